@@ -1,0 +1,56 @@
+# phiproxy — two commands for a newcomer: `make demo` and `make test`.
+SHELL := /bin/bash
+GO ?= go
+export GOFLAGS ?= -buildvcs=false
+PKGS_APT := postgresql-15 postgresql-client-15 pgbouncer python3-psycopg libpostgresql-jdbc-java default-jdk-headless
+
+.PHONY: all build test demo deps deps-go deps-system vet fuzz bench clean
+
+all: build
+
+build:
+	$(GO) build -o bin/phiproxy ./cmd/phiproxy
+
+# deps-system installs PostgreSQL 15 and the client libraries the tests drive,
+# but only what is missing: a machine that has them is left alone.
+deps-system:
+	@missing=""; \
+	command -v initdb >/dev/null 2>&1 || [ -x "$$(pg_config --bindir 2>/dev/null)/initdb" ] || [ -x /usr/lib/postgresql/15/bin/initdb ] || missing="$$missing postgresql-15 postgresql-client-15"; \
+	command -v pgbouncer >/dev/null 2>&1 || [ -x /usr/sbin/pgbouncer ] || missing="$$missing pgbouncer"; \
+	python3 -c 'import psycopg' >/dev/null 2>&1 || /usr/bin/python3 -c 'import psycopg' >/dev/null 2>&1 || missing="$$missing python3-psycopg"; \
+	[ -f /usr/share/java/postgresql.jar ] || missing="$$missing libpostgresql-jdbc-java"; \
+	command -v javac >/dev/null 2>&1 || missing="$$missing default-jdk-headless"; \
+	if [ -n "$$missing" ]; then \
+		echo "installing:$$missing"; \
+		export DEBIAN_FRONTEND=noninteractive; \
+		apt-get update -qq && apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+	fi
+	@if [ -f integration/clients/node/package.json ] && [ ! -d integration/clients/node/node_modules/pg ]; then \
+		cd integration/clients/node && npm install --no-audit --no-fund --silent; \
+	fi
+
+deps-go:
+	$(GO) mod download
+
+deps: deps-system deps-go
+
+vet:
+	$(GO) vet ./...
+	@out=$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go')); if [ -n "$$out" ]; then echo "gofmt needed: $$out"; exit 1; fi
+
+# The whole suite: unit, data-driven, fuzz seed corpora, and integration
+# tests against a throwaway PostgreSQL 15 cluster with real clients.
+test: deps vet
+	$(GO) test -count=1 -timeout 14m ./...
+
+demo: deps-system build
+	./bin/phiproxy demo
+
+fuzz:
+	$(GO) test ./proxy -run '^$$' -fuzz FuzzStartup -fuzztime 60s
+
+bench: deps-system build
+	./bench/run.sh
+
+clean:
+	rm -rf bin

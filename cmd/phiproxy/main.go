@@ -1,0 +1,104 @@
+// Command phiproxy is a PHI-encrypting PostgreSQL wire proxy. main only
+// dispatches subcommands; each lives in its own file and returns an error.
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"sort"
+	"syscall"
+)
+
+// command is one subcommand. run gets the arguments after the subcommand
+// name and writes its normal output to stdout.
+type command struct {
+	summary string
+	run     func(ctx context.Context, env *cmdEnv, args []string) error
+}
+
+// cmdEnv carries the process's standard streams so subcommands stay
+// testable.
+type cmdEnv struct {
+	stdout io.Writer
+	stderr io.Writer
+}
+
+// usageError makes the process exit 2 (usage or config error).
+type usageError struct{ err error }
+
+func (e usageError) Error() string { return e.err.Error() }
+func (e usageError) Unwrap() error { return e.err }
+
+func usagef(format string, args ...any) error { return usageError{fmt.Errorf(format, args...)} }
+
+// findingsError makes the process exit 1 (a check found problems).
+type findingsError struct{ err error }
+
+func (e findingsError) Error() string { return e.err.Error() }
+func (e findingsError) Unwrap() error { return e.err }
+
+func commands() map[string]command {
+	return map[string]command{
+		"serve":   {"run the proxy (SIGHUP reloads, SIGTERM drains)", runServe},
+		"demo":    {"throwaway PostgreSQL + phiproxy in front of it; prints connection strings", runDemo},
+		"keys":    {"manage keysets: init|create|rotate|list|retire|export-public", runKeys},
+		"version": {"print the version", runVersion},
+	}
+}
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	env := &cmdEnv{stdout: os.Stdout, stderr: os.Stderr}
+	err := run(ctx, env, os.Args[1:])
+	stop()
+	os.Exit(exitCode(env, err))
+}
+
+func exitCode(env *cmdEnv, err error) int {
+	if err == nil {
+		return 0
+	}
+	fmt.Fprintln(env.stderr, "phiproxy:", err)
+	var f findingsError
+	if errors.As(err, &f) {
+		return 1
+	}
+	var u usageError
+	if errors.As(err, &u) {
+		return 2
+	}
+	return 2
+}
+
+func run(ctx context.Context, env *cmdEnv, args []string) error {
+	cmds := commands()
+	if len(args) == 0 || args[0] == "-h" || args[0] == "--help" || args[0] == "help" {
+		printUsage(env.stdout, cmds)
+		if len(args) == 0 {
+			return usagef("missing subcommand")
+		}
+		return nil
+	}
+	c, ok := cmds[args[0]]
+	if !ok {
+		printUsage(env.stderr, cmds)
+		return usagef("unknown subcommand %q", args[0])
+	}
+	return c.run(ctx, env, args[1:])
+}
+
+func printUsage(w io.Writer, cmds map[string]command) {
+	fmt.Fprintln(w, "usage: phiproxy <command> [flags]\n\ncommands:")
+	names := make([]string, 0, len(cmds))
+	for n := range cmds {
+		names = append(names, n)
+	}
+	sort.Strings(names)
+	for _, n := range names {
+		fmt.Fprintf(w, "  %-8s %s\n", n, cmds[n].summary)
+	}
+}

@@ -1,0 +1,636 @@
+package config
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+	"time"
+
+	"gopkg.in/yaml.v3"
+)
+
+// Config is the validated content of one config file. Treat it as immutable.
+type Config struct {
+	// Path is the absolute path of the file the config was loaded from
+	// ("" when loaded from bytes without a path).
+	Path string
+
+	Listen     string
+	ClientTLS  ClientTLS
+	Upstream   Upstream
+	CatalogDSN string
+	Auth       Auth
+	Admin      *Admin
+	StateDir   string
+	Keys       Keys
+	Audit      Audit
+	Limits     Limits
+
+	// PHI maps "schema.table" → column name → column. Use Column, Relations
+	// and Columns to read it.
+	PHI map[string]map[string]Column
+}
+
+// ClientTLS is the client leg's TLS setting.
+type ClientTLS struct {
+	Mode string // disable | allow | require
+	Cert string // absolute path
+	Key  string // absolute path
+}
+
+// Client TLS modes.
+const (
+	TLSDisable = "disable"
+	TLSAllow   = "allow"
+	TLSRequire = "require"
+)
+
+// Upstream is the PostgreSQL server phiproxy connects to, with libpq's
+// sslmode semantics.
+type Upstream struct {
+	Address     string
+	SSLMode     string // disable | prefer | require | verify-ca | verify-full
+	SSLRootCert string // absolute path, for verify-ca / verify-full
+	SSLCert     string // optional client certificate
+	SSLKey      string
+	// ServerName overrides the host name checked by verify-full; by default
+	// the host part of Address.
+	ServerName string
+}
+
+// Auth says how client authentication works.
+type Auth struct {
+	Mode  string // terminate | relay
+	Query string // verifier lookup; $1 is the role name
+}
+
+// Auth modes.
+const (
+	AuthTerminate = "terminate"
+	AuthRelay     = "relay"
+)
+
+// DefaultAuthQuery looks up a role's verifier; it needs a superuser catalog
+// role. docs/configuration.md shows a SECURITY DEFINER function instead.
+const DefaultAuthQuery = "SELECT rolname, rolpassword, rolvaliduntil FROM pg_authid WHERE rolname = $1 AND rolcanlogin"
+
+// Admin is the admin HTTP listener.
+type Admin struct {
+	Listen    string
+	TokenFile string
+}
+
+// Keys locates keysets and their key-encryption key.
+type Keys struct {
+	Dir string // absolute path
+	// KEK is "file:ABS" after resolution, or an "hcvault://" URI.
+	KEK string
+}
+
+// Audit configures the audit trail.
+type Audit struct {
+	Mode  string // strict | best_effort
+	File  AuditFile
+	Kafka *AuditKafka
+}
+
+// AuditFile is the local hash-chained sink.
+type AuditFile struct {
+	Dir             string
+	CheckpointEvery int
+}
+
+// AuditKafka is the optional Kafka sink fed from the file spool.
+type AuditKafka struct {
+	Brokers []string
+	Topic   string
+}
+
+// Limits bound resource use per session.
+type Limits struct {
+	// MaxMessageBytes bounds one protocol message on either leg.
+	MaxMessageBytes int
+	// DrainTimeout is how long SIGTERM waits for sessions before 57P01.
+	DrainTimeout time.Duration
+	// ConnectTimeout bounds dialling and logging in upstream.
+	ConnectTimeout time.Duration
+}
+
+// Column is one PHI column.
+type Column struct {
+	Schema string
+	Table  string
+	Name   string
+	// Type is the logical type clients see (canonical name, see Types).
+	Type string
+	// Mode is randomized or deterministic.
+	Mode string
+	// Key is the key name; by default the column's own identity. It is also
+	// the associated data of every ciphertext of the column.
+	Key string
+	// Default is the read access when no rule matches: plaintext or deny
+	// (masking and rules arrive with the policy engine).
+	Default string
+	// Line is where the column is declared in the config file.
+	Line int
+}
+
+// Ident is the column's identity "schema.table.column".
+func (c Column) Ident() string { return c.Schema + "." + c.Table + "." + c.Name }
+
+// Relation is "schema.table".
+func (c Column) Relation() string { return c.Schema + "." + c.Table }
+
+// Modes of a PHI column.
+const (
+	ModeRandomized    = "randomized"
+	ModeDeterministic = "deterministic"
+)
+
+// Read access values for Default.
+const (
+	AccessPlaintext = "plaintext"
+	AccessDeny      = "deny"
+)
+
+// Types lists the logical types a PHI column can have, with accepted aliases
+// mapping to the canonical name.
+var typeAliases = map[string]string{
+	"text": "text", "varchar": "varchar", "character varying": "varchar",
+	"date": "date", "timestamp": "timestamp", "timestamp without time zone": "timestamp",
+	"timestamptz": "timestamptz", "timestamp with time zone": "timestamptz",
+	"int4": "int4", "integer": "int4", "int": "int4",
+	"int8": "int8", "bigint": "int8",
+	"numeric": "numeric", "decimal": "numeric",
+	"bool": "bool", "boolean": "bool",
+	"uuid": "uuid", "jsonb": "jsonb",
+}
+
+// CanonicalType returns the canonical logical type name for t, or false.
+func CanonicalType(t string) (string, bool) {
+	c, ok := typeAliases[strings.ToLower(strings.TrimSpace(t))]
+	return c, ok
+}
+
+// Column returns the PHI column schema.table.name, if configured.
+func (c *Config) Column(schema, table, name string) (Column, bool) {
+	cols, ok := c.PHI[schema+"."+table]
+	if !ok {
+		return Column{}, false
+	}
+	col, ok := cols[name]
+	return col, ok
+}
+
+// Relations returns the configured PHI relations ("schema.table"), sorted.
+func (c *Config) Relations() []string {
+	out := make([]string, 0, len(c.PHI))
+	for r := range c.PHI {
+		out = append(out, r)
+	}
+	sort.Strings(out)
+	return out
+}
+
+// Columns returns every PHI column sorted by identity.
+func (c *Config) Columns() []Column {
+	var out []Column
+	for _, cols := range c.PHI {
+		for _, col := range cols {
+			out = append(out, col)
+		}
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Ident() < out[j].Ident() })
+	return out
+}
+
+// KeyNames returns the distinct key names with the columns that use each.
+func (c *Config) KeyNames() map[string][]Column {
+	out := map[string][]Column{}
+	for _, col := range c.Columns() {
+		out[col.Key] = append(out[col.Key], col)
+	}
+	return out
+}
+
+// Dir is the directory relative paths are resolved against.
+func (c *Config) Dir() string {
+	if c.Path == "" {
+		wd, _ := os.Getwd()
+		return wd
+	}
+	return filepath.Dir(c.Path)
+}
+
+// raw mirrors the YAML document; strict decoding rejects unknown keys.
+type raw struct {
+	Listen    string `yaml:"listen"`
+	ClientTLS *struct {
+		Mode string `yaml:"mode"`
+		Cert string `yaml:"cert"`
+		Key  string `yaml:"key"`
+	} `yaml:"client_tls"`
+	Upstream *struct {
+		Address     string `yaml:"address"`
+		SSLMode     string `yaml:"sslmode"`
+		SSLRootCert string `yaml:"sslrootcert"`
+		SSLCert     string `yaml:"sslcert"`
+		SSLKey      string `yaml:"sslkey"`
+		ServerName  string `yaml:"server_name"`
+	} `yaml:"upstream"`
+	CatalogDSN string `yaml:"catalog_dsn"`
+	Auth       *struct {
+		Mode  string `yaml:"mode"`
+		Query string `yaml:"query"`
+	} `yaml:"auth"`
+	Admin *struct {
+		Listen    string `yaml:"listen"`
+		TokenFile string `yaml:"token_file"`
+	} `yaml:"admin"`
+	StateDir string `yaml:"state_dir"`
+	Keys     *struct {
+		Dir string `yaml:"dir"`
+		KEK string `yaml:"kek"`
+	} `yaml:"keys"`
+	Audit *struct {
+		Mode string `yaml:"mode"`
+		File *struct {
+			Dir             string `yaml:"dir"`
+			CheckpointEvery int    `yaml:"checkpoint_every"`
+		} `yaml:"file"`
+		Kafka *struct {
+			Brokers []string `yaml:"brokers"`
+			Topic   string   `yaml:"topic"`
+		} `yaml:"kafka"`
+	} `yaml:"audit"`
+	Limits *struct {
+		MaxMessageBytes int    `yaml:"max_message_bytes"`
+		DrainTimeout    string `yaml:"drain_timeout"`
+		ConnectTimeout  string `yaml:"connect_timeout"`
+	} `yaml:"limits"`
+	PHI map[string]map[string]*rawColumn `yaml:"phi"`
+}
+
+type rawColumn struct {
+	Type    string      `yaml:"type"`
+	Mode    string      `yaml:"mode"`
+	Key     string      `yaml:"key"`
+	Default string      `yaml:"default"`
+	Read    []yaml.Node `yaml:"read"`
+	Write   []yaml.Node `yaml:"write"`
+}
+
+// Load reads and validates the config file at path.
+func Load(path string) (*Config, error) {
+	abs, err := filepath.Abs(path)
+	if err != nil {
+		return nil, err
+	}
+	data, err := os.ReadFile(abs)
+	if err != nil {
+		return nil, fmt.Errorf("config: %w", err)
+	}
+	return Parse(data, abs)
+}
+
+// Parse validates a config document; path (absolute, may be "") anchors
+// relative paths and names the file in errors.
+func Parse(data []byte, path string) (*Config, error) {
+	name := path
+	if name == "" {
+		name = "config"
+	}
+	var r raw
+	dec := yaml.NewDecoder(bytes.NewReader(data))
+	dec.KnownFields(true)
+	if err := dec.Decode(&r); err != nil {
+		return nil, fmt.Errorf("%s: %w", name, err)
+	}
+	var root yaml.Node
+	_ = yaml.Unmarshal(data, &root)
+
+	v := &validator{file: name, root: &root}
+	c := &Config{Path: path}
+	dir := c.Dir()
+	resolve := func(p string) string {
+		if p == "" || filepath.IsAbs(p) {
+			return p
+		}
+		return filepath.Join(dir, p)
+	}
+
+	c.Listen = r.Listen
+	if c.Listen == "" {
+		v.errf([]string{"listen"}, "listen is required (host:port)")
+	} else if _, _, err := net.SplitHostPort(c.Listen); err != nil {
+		v.errf([]string{"listen"}, "listen %q is not host:port", c.Listen)
+	}
+
+	c.ClientTLS.Mode = TLSDisable
+	if r.ClientTLS != nil {
+		if r.ClientTLS.Mode != "" {
+			c.ClientTLS.Mode = r.ClientTLS.Mode
+		}
+		c.ClientTLS.Cert = resolve(r.ClientTLS.Cert)
+		c.ClientTLS.Key = resolve(r.ClientTLS.Key)
+	}
+	switch c.ClientTLS.Mode {
+	case TLSDisable:
+	case TLSAllow, TLSRequire:
+		if c.ClientTLS.Cert == "" || c.ClientTLS.Key == "" {
+			v.errf([]string{"client_tls"}, "client_tls mode %s needs cert and key", c.ClientTLS.Mode)
+		}
+	default:
+		v.errf([]string{"client_tls", "mode"}, "client_tls.mode %q is not one of disable, allow, require", c.ClientTLS.Mode)
+	}
+
+	if r.Upstream == nil || r.Upstream.Address == "" {
+		v.errf([]string{"upstream"}, "upstream.address is required (host:port)")
+	} else {
+		c.Upstream = Upstream{
+			Address:     r.Upstream.Address,
+			SSLMode:     r.Upstream.SSLMode,
+			SSLRootCert: resolve(r.Upstream.SSLRootCert),
+			SSLCert:     resolve(r.Upstream.SSLCert),
+			SSLKey:      resolve(r.Upstream.SSLKey),
+			ServerName:  r.Upstream.ServerName,
+		}
+		if _, _, err := net.SplitHostPort(c.Upstream.Address); err != nil {
+			v.errf([]string{"upstream", "address"}, "upstream.address %q is not host:port", c.Upstream.Address)
+		}
+		if c.Upstream.SSLMode == "" {
+			c.Upstream.SSLMode = "prefer" // libpq's default
+		}
+		switch c.Upstream.SSLMode {
+		case "disable", "allow", "prefer", "require":
+		case "verify-ca", "verify-full":
+			if c.Upstream.SSLRootCert == "" {
+				v.errf([]string{"upstream", "sslmode"}, "upstream.sslmode %s needs upstream.sslrootcert", c.Upstream.SSLMode)
+			}
+		default:
+			v.errf([]string{"upstream", "sslmode"}, "upstream.sslmode %q is not one of disable, allow, prefer, require, verify-ca, verify-full", c.Upstream.SSLMode)
+		}
+		if (c.Upstream.SSLCert == "") != (c.Upstream.SSLKey == "") {
+			v.errf([]string{"upstream"}, "upstream.sslcert and upstream.sslkey go together")
+		}
+	}
+
+	c.CatalogDSN = r.CatalogDSN
+	if c.CatalogDSN == "" {
+		v.errf([]string{"catalog_dsn"}, "catalog_dsn is required")
+	} else if strings.Contains(c.CatalogDSN, "password=") || dsnHasPassword(c.CatalogDSN) {
+		v.errf([]string{"catalog_dsn"}, "catalog_dsn must not hold a password: use PGPASSFILE")
+	}
+
+	c.Auth = Auth{Mode: AuthTerminate, Query: DefaultAuthQuery}
+	if r.Auth != nil {
+		if r.Auth.Mode != "" {
+			c.Auth.Mode = r.Auth.Mode
+		}
+		if r.Auth.Query != "" {
+			c.Auth.Query = r.Auth.Query
+		}
+	}
+	if c.Auth.Mode != AuthTerminate && c.Auth.Mode != AuthRelay {
+		v.errf([]string{"auth", "mode"}, "auth.mode %q is not one of terminate, relay", c.Auth.Mode)
+	}
+	if !strings.Contains(c.Auth.Query, "$1") {
+		v.errf([]string{"auth", "query"}, "auth.query must take the role name as $1")
+	}
+
+	if r.Admin != nil {
+		c.Admin = &Admin{Listen: r.Admin.Listen, TokenFile: resolve(r.Admin.TokenFile)}
+		if _, _, err := net.SplitHostPort(c.Admin.Listen); err != nil {
+			v.errf([]string{"admin", "listen"}, "admin.listen %q is not host:port", c.Admin.Listen)
+		}
+	}
+
+	c.StateDir = resolve("state")
+	if r.StateDir != "" {
+		c.StateDir = resolve(r.StateDir)
+	}
+
+	c.Keys = Keys{Dir: resolve("keys"), KEK: "file:" + resolve("kek.json")}
+	if r.Keys != nil {
+		if r.Keys.Dir != "" {
+			c.Keys.Dir = resolve(r.Keys.Dir)
+		}
+		if r.Keys.KEK != "" {
+			kek, err := resolveKEK(r.Keys.KEK, dir)
+			if err != nil {
+				v.errf([]string{"keys", "kek"}, "%v", err)
+			}
+			c.Keys.KEK = kek
+		}
+	}
+
+	c.Audit = Audit{Mode: "strict", File: AuditFile{Dir: resolve("audit"), CheckpointEvery: 1000}}
+	if r.Audit != nil {
+		if r.Audit.Mode != "" {
+			c.Audit.Mode = r.Audit.Mode
+		}
+		if r.Audit.File != nil {
+			if r.Audit.File.Dir != "" {
+				c.Audit.File.Dir = resolve(r.Audit.File.Dir)
+			}
+			if r.Audit.File.CheckpointEvery != 0 {
+				c.Audit.File.CheckpointEvery = r.Audit.File.CheckpointEvery
+			}
+		}
+		if r.Audit.Kafka != nil {
+			c.Audit.Kafka = &AuditKafka{Brokers: r.Audit.Kafka.Brokers, Topic: r.Audit.Kafka.Topic}
+		}
+	}
+	if c.Audit.Mode != "strict" && c.Audit.Mode != "best_effort" {
+		v.errf([]string{"audit", "mode"}, "audit.mode %q is not one of strict, best_effort", c.Audit.Mode)
+	}
+
+	c.Limits = Limits{MaxMessageBytes: 64 << 20, DrainTimeout: 30 * time.Second, ConnectTimeout: 10 * time.Second}
+	if r.Limits != nil {
+		if r.Limits.MaxMessageBytes != 0 {
+			if r.Limits.MaxMessageBytes < 1<<16 {
+				v.errf([]string{"limits", "max_message_bytes"}, "limits.max_message_bytes must be at least 65536")
+			}
+			c.Limits.MaxMessageBytes = r.Limits.MaxMessageBytes
+		}
+		for _, d := range []struct {
+			key string
+			val string
+			dst *time.Duration
+		}{{"drain_timeout", r.Limits.DrainTimeout, &c.Limits.DrainTimeout}, {"connect_timeout", r.Limits.ConnectTimeout, &c.Limits.ConnectTimeout}} {
+			if d.val == "" {
+				continue
+			}
+			dur, err := time.ParseDuration(d.val)
+			if err != nil || dur <= 0 {
+				v.errf([]string{"limits", d.key}, "limits.%s %q is not a positive duration such as 30s", d.key, d.val)
+				continue
+			}
+			*d.dst = dur
+		}
+	}
+
+	c.PHI = map[string]map[string]Column{}
+	for relName, cols := range r.PHI {
+		schema, table, ok := splitRelation(relName)
+		if !ok {
+			v.errf([]string{"phi", relName}, "phi relation %q must be schema.table", relName)
+			continue
+		}
+		rel := schema + "." + table
+		if _, dup := c.PHI[rel]; dup {
+			v.errf([]string{"phi", relName}, "phi relation %s is declared twice", rel)
+			continue
+		}
+		m := map[string]Column{}
+		for colName, rc := range cols {
+			path := []string{"phi", relName, colName}
+			if rc == nil {
+				v.errf(path, "phi column %s.%s needs at least type and mode", rel, colName)
+				continue
+			}
+			col := Column{Schema: schema, Table: table, Name: colName, Key: rc.Key, Default: rc.Default, Mode: rc.Mode, Line: v.line(path)}
+			typ, ok := CanonicalType(rc.Type)
+			if !ok {
+				v.errf(append(path, "type"), "phi column %s: type %q is not one of text, varchar, date, timestamp, timestamptz, int4, int8, numeric, bool, uuid, jsonb", col.Ident(), rc.Type)
+			}
+			col.Type = typ
+			if col.Mode != ModeRandomized && col.Mode != ModeDeterministic {
+				v.errf(append(path, "mode"), "phi column %s: mode %q is not one of randomized, deterministic", col.Ident(), rc.Mode)
+			}
+			if col.Key == "" {
+				col.Key = col.Ident()
+			}
+			if col.Default == "" {
+				col.Default = AccessDeny
+			}
+			switch {
+			case col.Default == AccessPlaintext || col.Default == AccessDeny:
+			case strings.HasPrefix(col.Default, "mask:"):
+				v.errf(append(path, "default"), "phi column %s: default %q: masking is not supported by this version yet; use plaintext or deny", col.Ident(), col.Default)
+			default:
+				v.errf(append(path, "default"), "phi column %s: default %q is not one of plaintext, deny", col.Ident(), col.Default)
+			}
+			if len(rc.Read) > 0 {
+				v.errf(append(path, "read"), "phi column %s: read rules are not supported by this version yet; only default applies", col.Ident())
+			}
+			if len(rc.Write) > 0 {
+				v.errf(append(path, "write"), "phi column %s: write rules are not supported by this version yet", col.Ident())
+			}
+			m[colName] = col
+		}
+		c.PHI[rel] = m
+	}
+	// Columns sharing a key must agree on mode and type.
+	for key, cols := range c.KeyNames() {
+		for _, col := range cols[1:] {
+			if col.Mode != cols[0].Mode || col.Type != cols[0].Type {
+				v.errAt(col.Line, "phi column %s shares key %s with %s but differs in mode or type (%s %s vs %s %s)",
+					col.Ident(), key, cols[0].Ident(), col.Mode, col.Type, cols[0].Mode, cols[0].Type)
+			}
+		}
+	}
+	if err := errors.Join(v.errs...); err != nil {
+		return nil, err
+	}
+	return c, nil
+}
+
+func dsnHasPassword(dsn string) bool {
+	if !strings.HasPrefix(dsn, "postgres://") && !strings.HasPrefix(dsn, "postgresql://") {
+		return false
+	}
+	rest := dsn[strings.Index(dsn, "://")+3:]
+	at := strings.IndexByte(rest, '@')
+	if at < 0 {
+		return false
+	}
+	return strings.Contains(rest[:at], ":")
+}
+
+func splitRelation(s string) (schema, table string, ok bool) {
+	parts := strings.Split(s, ".")
+	switch len(parts) {
+	case 1:
+		return "public", parts[0], parts[0] != ""
+	case 2:
+		return parts[0], parts[1], parts[0] != "" && parts[1] != ""
+	}
+	return "", "", false
+}
+
+func resolveKEK(kek, dir string) (string, error) {
+	switch {
+	case strings.HasPrefix(kek, "file://"):
+		p := strings.TrimPrefix(kek, "file://")
+		if !filepath.IsAbs(p) {
+			return "", fmt.Errorf("keys.kek %q: file:// needs an absolute path (file:///ABS); use file:REL for a relative one", kek)
+		}
+		return "file:" + p, nil
+	case strings.HasPrefix(kek, "file:"):
+		p := strings.TrimPrefix(kek, "file:")
+		if p == "" {
+			return "", fmt.Errorf("keys.kek %q names no file", kek)
+		}
+		if !filepath.IsAbs(p) {
+			p = filepath.Join(dir, p)
+		}
+		return "file:" + p, nil
+	case strings.HasPrefix(kek, "hcvault://"):
+		return kek, nil
+	}
+	return "", fmt.Errorf("keys.kek %q is not file:PATH, file:///ABS or hcvault://HOST/transit/keys/NAME", kek)
+}
+
+// validator collects problems with their line numbers.
+type validator struct {
+	file string
+	root *yaml.Node
+	errs []error
+}
+
+func (v *validator) errf(path []string, format string, args ...any) {
+	v.errAt(v.line(path), format, args...)
+}
+
+func (v *validator) errAt(line int, format string, args ...any) {
+	msg := fmt.Sprintf(format, args...)
+	if line > 0 {
+		v.errs = append(v.errs, fmt.Errorf("%s:%d: %s", v.file, line, msg))
+		return
+	}
+	v.errs = append(v.errs, fmt.Errorf("%s: %s", v.file, msg))
+}
+
+// line finds the line of the deepest existing key along path.
+func (v *validator) line(path []string) int {
+	n := v.root
+	if n == nil || n.Kind != yaml.DocumentNode || len(n.Content) == 0 {
+		return 0
+	}
+	n = n.Content[0]
+	line := 0
+	for _, key := range path {
+		if n.Kind != yaml.MappingNode {
+			break
+		}
+		found := false
+		for i := 0; i+1 < len(n.Content); i += 2 {
+			if n.Content[i].Value == key {
+				line = n.Content[i].Line
+				n = n.Content[i+1]
+				found = true
+				break
+			}
+		}
+		if !found {
+			break
+		}
+	}
+	return line
+}

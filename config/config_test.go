@@ -1,0 +1,113 @@
+package config
+
+import (
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+const minimal = `listen: 127.0.0.1:6432
+upstream: {address: 127.0.0.1:5432}
+catalog_dsn: postgres://cat@127.0.0.1:5432/clinic
+`
+
+func TestLoadAppliesDefaults(t *testing.T) {
+	dir := t.TempDir()
+	p := filepath.Join(dir, "phiproxy.yaml")
+	if err := os.WriteFile(p, []byte(minimal), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	c, err := Load(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	checks := []struct{ name, got, want string }{
+		{"client tls off by default", c.ClientTLS.Mode, TLSDisable},
+		{"upstream sslmode prefer like libpq", c.Upstream.SSLMode, "prefer"},
+		{"auth terminates by default", c.Auth.Mode, AuthTerminate},
+		{"audit strict by default", c.Audit.Mode, "strict"},
+		{"audit dir beside the config", c.Audit.File.Dir, filepath.Join(dir, "audit")},
+		{"state dir beside the config", c.StateDir, filepath.Join(dir, "state")},
+		{"kek beside the config", c.Keys.KEK, "file:" + filepath.Join(dir, "kek.json")},
+	}
+	for _, ch := range checks {
+		if ch.got != ch.want {
+			t.Errorf("%s: got %q, want %q", ch.name, ch.got, ch.want)
+		}
+	}
+	if len(c.PHI) != 0 {
+		t.Errorf("no phi section must mean pure pass-through, got %v", c.PHI)
+	}
+}
+
+func TestPHIColumns(t *testing.T) {
+	doc := minimal + `keys: {dir: k/, kek: "file:kek.json"}
+phi:
+  public.patients:
+    ssn: {type: text, mode: deterministic, default: plaintext}
+    dob: {type: date, mode: randomized}
+  visits:
+    patient_ssn: {type: text, mode: deterministic, key: public.patients.ssn, default: plaintext}
+`
+	c, err := Parse([]byte(doc), "/etc/phiproxy/p.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ssn, ok := c.Column("public", "patients", "ssn")
+	if !ok || ssn.Key != "public.patients.ssn" || ssn.Mode != ModeDeterministic || ssn.Line != 7 {
+		t.Fatalf("ssn = %+v", ssn)
+	}
+	dob, _ := c.Column("public", "patients", "dob")
+	if dob.Default != AccessDeny {
+		t.Fatalf("absent default must be deny, got %q", dob.Default)
+	}
+	if ps, ok := c.Column("public", "visits", "patient_ssn"); !ok || ps.Key != "public.patients.ssn" {
+		t.Fatalf("unqualified relation must default to public and keep the shared key: %+v", ps)
+	}
+	if got := c.Relations(); strings.Join(got, ",") != "public.patients,public.visits" {
+		t.Fatalf("relations = %v", got)
+	}
+	if len(c.KeyNames()["public.patients.ssn"]) != 2 {
+		t.Fatal("shared key must list both columns")
+	}
+	if c.Keys.Dir != "/etc/phiproxy/k" || c.Keys.KEK != "file:/etc/phiproxy/kek.json" {
+		t.Fatalf("keys = %+v", c.Keys)
+	}
+}
+
+func TestLoadErrorsNameTheLine(t *testing.T) {
+	cases := []struct {
+		name string
+		doc  string
+		want []string
+	}{
+		{"unknown top-level key", minimal + "listne: x\n", []string{"line 4", "listne"}},
+		{"unknown column key", minimal + "phi:\n  public.p:\n    ssn: {type: text, mode: randomized, colour: red}\n", []string{"line 6", "colour"}},
+		{"unknown type", minimal + "phi:\n  public.p:\n    ssn: {type: blob, mode: randomized}\n", []string{":6:", "type \"blob\""}},
+		{"unknown mode", minimal + "phi:\n  public.p:\n    ssn: {type: text, mode: fast}\n", []string{":6:", "mode \"fast\""}},
+		{"masking not yet enforced", minimal + "phi:\n  public.p:\n    ssn: {type: text, mode: randomized, default: mask:last4}\n", []string{":6:", "masking is not supported"}},
+		{"read rules not yet enforced", minimal + "phi:\n  public.p:\n    ssn:\n      type: text\n      mode: randomized\n      read: [{roles: [a], access: plaintext}]\n", []string{":9:", "read rules"}},
+		{"shared key must agree", minimal + "phi:\n  public.a:\n    x: {type: text, mode: deterministic, key: k}\n  public.b:\n    y: {type: int4, mode: deterministic, key: k}\n", []string{":8:", "shares key k"}},
+		{"bad sslmode", "listen: 127.0.0.1:1\nupstream: {address: 127.0.0.1:5432, sslmode: sometimes}\ncatalog_dsn: postgres://a@b/c\n", []string{":2:", "sslmode"}},
+		{"verify-full needs a root cert", "listen: 127.0.0.1:1\nupstream: {address: 127.0.0.1:5432, sslmode: verify-full}\ncatalog_dsn: postgres://a@b/c\n", []string{"sslrootcert"}},
+		{"client tls require needs cert", minimal + "client_tls: {mode: require}\n", []string{":4:", "needs cert and key"}},
+		{"password in catalog dsn", "listen: 127.0.0.1:1\nupstream: {address: 127.0.0.1:5432}\ncatalog_dsn: postgres://a:secret@b/c\n", []string{":3:", "PGPASSFILE"}},
+		{"listen missing", "upstream: {address: 127.0.0.1:5432}\ncatalog_dsn: postgres://a@b/c\n", []string{"listen is required"}},
+		{"bad kek", minimal + "keys: {kek: \"s3://x\"}\n", []string{":4:", "keys.kek"}},
+		{"all problems at once", "listen: nope\nupstream: {address: nope}\ncatalog_dsn: postgres://a@b/c\n", []string{":1:", ":2:"}},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := Parse([]byte(tc.doc), "p.yaml")
+			if err == nil {
+				t.Fatal("expected an error")
+			}
+			for _, w := range tc.want {
+				if !strings.Contains(err.Error(), w) {
+					t.Errorf("error %q does not contain %q", err, w)
+				}
+			}
+		})
+	}
+}
