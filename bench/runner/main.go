@@ -1,0 +1,269 @@
+// Command runner measures pgbench through three paths in one run — direct to
+// PostgreSQL, through phiproxy, through PgBouncer in session mode — against
+// the same throwaway cluster, and prints TPS, latency and ratios to direct.
+// It is a script, not a test: see bench/run.sh and docs/performance.md.
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"os/exec"
+	"os/signal"
+	"os/user"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"strings"
+	"syscall"
+	"text/tabwriter"
+	"time"
+
+	"github.com/phiproxy/phiproxy/pgcluster"
+)
+
+const (
+	benchUser = "bench"
+	benchPass = "bench-password"
+	benchDB   = "bench"
+)
+
+type target struct {
+	name string
+	port int
+}
+
+type result struct {
+	tps, latencyMS float64
+}
+
+func main() {
+	phiproxy := flag.String("phiproxy", "bin/phiproxy", "phiproxy binary")
+	duration := flag.Duration("duration", 10*time.Second, "seconds per pgbench run")
+	scale := flag.Int("scale", 10, "pgbench -i scale factor")
+	modes := flag.String("modes", "prepared,simple", "pgbench -M modes")
+	clients := flag.String("clients", "1,8", "pgbench -c values")
+	targetsFlag := flag.String("targets", "direct,phiproxy,pgbouncer", "paths to measure")
+	flag.Parse()
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	if err := run(ctx, *phiproxy, *duration, *scale, strings.Split(*modes, ","), strings.Split(*clients, ","), strings.Split(*targetsFlag, ",")); err != nil {
+		fmt.Fprintln(os.Stderr, "bench:", err)
+		stop()
+		os.Exit(1)
+	}
+}
+
+func run(ctx context.Context, phiproxyBin string, dur time.Duration, scale int, modes, clients, which []string) error {
+	want := map[string]bool{}
+	for _, w := range which {
+		want[w] = true
+	}
+	c, err := pgcluster.Start(ctx, pgcluster.Options{NoTLS: true, Conf: []string{"max_connections = 60"}})
+	if err != nil {
+		return err
+	}
+	defer c.Stop()
+	if err := c.Exec(ctx, fmt.Sprintf(`CREATE ROLE %s LOGIN PASSWORD '%s'`, benchUser, benchPass)); err != nil {
+		return err
+	}
+	if err := c.Exec(ctx, fmt.Sprintf(`CREATE DATABASE %s OWNER %s`, benchDB, benchUser)); err != nil {
+		return err
+	}
+	work, err := os.MkdirTemp("", "phiproxy-bench-")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(work)
+	os.Chmod(work, 0o755)
+
+	pgbench := filepath.Join(c.BinDir, "pgbench")
+	env := append(os.Environ(), "PGPASSWORD="+benchPass, "PGSSLMODE=disable")
+	initCmd := exec.CommandContext(ctx, pgbench, "-i", "-q", "-s", strconv.Itoa(scale), "-h", c.Host, "-p", strconv.Itoa(c.Port), "-U", benchUser, benchDB)
+	initCmd.Env = env
+	if out, err := initCmd.CombinedOutput(); err != nil {
+		return fmt.Errorf("pgbench -i: %v\n%s", err, out)
+	}
+
+	targets := []target{{"direct", c.Port}}
+
+	if want["phiproxy"] {
+		port, stopProxy, err := startPhiproxy(ctx, work, phiproxyBin, c)
+		if err != nil {
+			return err
+		}
+		defer stopProxy()
+		targets = append(targets, target{"phiproxy", port})
+	}
+
+	if want["pgbouncer"] {
+		bport, stopBouncer, err := startBouncer(ctx, work, c)
+		if err != nil {
+			return err
+		}
+		defer stopBouncer()
+		targets = append(targets, target{"pgbouncer", bport})
+	}
+	return measure(ctx, pgbench, env, targets, modes, clients, dur)
+}
+
+// startPhiproxy runs phiproxy serve with authentication terminated at the
+// proxy (the default) and a plain upstream leg, like the other paths.
+func startPhiproxy(ctx context.Context, work, phiproxyBin string, c *pgcluster.Cluster) (int, func(), error) {
+	pxPort, _ := pgcluster.FreePort()
+	pgpass := filepath.Join(work, "pgpass")
+	os.WriteFile(pgpass, []byte(fmt.Sprintf("%s:%d:*:%s:%s\n", c.Host, c.Port, c.SuperUser, c.SuperPassword)), 0o600)
+	cfgPath := filepath.Join(work, "phiproxy.yaml")
+	os.WriteFile(cfgPath, []byte(fmt.Sprintf(`listen: 127.0.0.1:%d
+upstream: {address: %s, sslmode: disable}
+catalog_dsn: postgres://%s@%s/postgres?sslmode=disable
+`, pxPort, c.Addr(), c.SuperUser, c.Addr())), 0o600)
+	px := exec.CommandContext(ctx, phiproxyBin, "serve", "--config", cfgPath)
+	px.Env = append(os.Environ(), "PGPASSFILE="+pgpass)
+	pxLog, _ := os.Create(filepath.Join(work, "phiproxy.log"))
+	px.Stdout, px.Stderr = pxLog, pxLog
+	if err := px.Start(); err != nil {
+		return 0, nil, err
+	}
+	stop := func() { px.Process.Signal(syscall.SIGTERM); px.Wait() }
+	if err := waitPort(ctx, pxPort); err != nil {
+		stop()
+		b, _ := os.ReadFile(filepath.Join(work, "phiproxy.log"))
+		return 0, nil, fmt.Errorf("phiproxy: %v\n%s", err, b)
+	}
+	return pxPort, stop, nil
+}
+
+func measure(ctx context.Context, pgbench string, env []string, targets []target, modes, clients []string, dur time.Duration) error {
+	results := map[string]result{}
+	key := func(t, m, cl string) string { return t + "/" + m + "/" + cl }
+	for _, m := range modes {
+		for _, cl := range clients {
+			for _, t := range targets {
+				r, err := runPgbench(ctx, pgbench, env, t.port, m, cl, dur)
+				if err != nil {
+					return fmt.Errorf("%s -M %s -c %s: %w", t.name, m, cl, err)
+				}
+				results[key(t.name, m, cl)] = r
+				fmt.Fprintf(os.Stderr, "%-10s -M %-8s -c %-2s tps=%.0f lat=%.3fms\n", t.name, m, cl, r.tps, r.latencyMS)
+			}
+		}
+	}
+
+	tw := tabwriter.NewWriter(os.Stdout, 0, 0, 1, ' ', tabwriter.Debug)
+	fmt.Fprintf(tw, "workload\tmode\tclients\ttarget\tTPS\tlatency ms\tratio to direct\t\n")
+	for _, m := range modes {
+		for _, cl := range clients {
+			d := results[key("direct", m, cl)]
+			for _, t := range targets {
+				r := results[key(t.name, m, cl)]
+				fmt.Fprintf(tw, "pgbench -S\t%s\t%s\t%s\t%.0f\t%.3f\t%.2f\t\n", m, cl, t.name, r.tps, r.latencyMS, r.tps/d.tps)
+			}
+		}
+	}
+	tw.Flush()
+	return nil
+}
+
+var (
+	tpsRe = regexp.MustCompile(`tps = ([0-9.]+) \(without initial connection time\)`)
+	latRe = regexp.MustCompile(`latency average = ([0-9.]+) ms`)
+)
+
+func runPgbench(ctx context.Context, pgbench string, env []string, port int, mode, clients string, dur time.Duration) (result, error) {
+	jobs := clients
+	if n, _ := strconv.Atoi(clients); n > 2 {
+		jobs = "2"
+	}
+	cmd := exec.CommandContext(ctx, pgbench, "-S", "-n", "-M", mode, "-c", clients, "-j", jobs,
+		"-T", strconv.Itoa(int(dur.Seconds())), "-h", "127.0.0.1", "-p", strconv.Itoa(port), "-U", benchUser, benchDB)
+	cmd.Env = env
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		return result{}, fmt.Errorf("%v\n%s", err, out)
+	}
+	tm := tpsRe.FindSubmatch(out)
+	lm := latRe.FindSubmatch(out)
+	if tm == nil || lm == nil {
+		return result{}, fmt.Errorf("cannot read pgbench output:\n%s", out)
+	}
+	tps, _ := strconv.ParseFloat(string(tm[1]), 64)
+	lat, _ := strconv.ParseFloat(string(lm[1]), 64)
+	return result{tps, lat}, nil
+}
+
+func waitPort(ctx context.Context, port int) error {
+	deadline := time.Now().Add(15 * time.Second)
+	for time.Now().Before(deadline) {
+		conn, err := net.DialTimeout("tcp", fmt.Sprintf("127.0.0.1:%d", port), time.Second)
+		if err == nil {
+			conn.Close()
+			return nil
+		}
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	return fmt.Errorf("port %d not listening", port)
+}
+
+// startBouncer runs PgBouncer in session mode as the postgres user (it
+// refuses to run as root).
+func startBouncer(ctx context.Context, work string, c *pgcluster.Cluster) (int, func(), error) {
+	bin, err := exec.LookPath("pgbouncer")
+	if err != nil {
+		if _, err2 := os.Stat("/usr/sbin/pgbouncer"); err2 == nil {
+			bin = "/usr/sbin/pgbouncer"
+		} else {
+			return 0, nil, fmt.Errorf("pgbouncer not installed (apt-get install pgbouncer): %w", err)
+		}
+	}
+	port, _ := pgcluster.FreePort()
+	dir := filepath.Join(work, "pgbouncer")
+	os.Mkdir(dir, 0o755)
+	ini := fmt.Sprintf(`[databases]
+%s = host=%s port=%d dbname=%s
+[pgbouncer]
+listen_addr = 127.0.0.1
+listen_port = %d
+unix_socket_dir =
+auth_type = scram-sha-256
+auth_file = %s/userlist.txt
+pool_mode = session
+max_client_conn = 100
+default_pool_size = 20
+logfile = %s/pgbouncer.log
+pidfile = %s/pgbouncer.pid
+`, benchDB, c.Host, c.Port, benchDB, port, dir, dir, dir)
+	os.WriteFile(filepath.Join(dir, "pgbouncer.ini"), []byte(ini), 0o644)
+	os.WriteFile(filepath.Join(dir, "userlist.txt"), []byte(fmt.Sprintf("%q %q\n", benchUser, benchPass)), 0o600)
+	cmd := exec.CommandContext(ctx, bin, filepath.Join(dir, "pgbouncer.ini"))
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	if os.Geteuid() == 0 {
+		u, err := user.Lookup("postgres")
+		if err != nil {
+			return 0, nil, err
+		}
+		uid, _ := strconv.Atoi(u.Uid)
+		gid, _ := strconv.Atoi(u.Gid)
+		for _, f := range []string{dir, filepath.Join(dir, "pgbouncer.ini"), filepath.Join(dir, "userlist.txt")} {
+			os.Chown(f, uid, gid)
+		}
+		cmd.SysProcAttr.Credential = &syscall.Credential{Uid: uint32(uid), Gid: uint32(gid)}
+	}
+	cmd.Stdout, cmd.Stderr = io.Discard, io.Discard
+	if err := cmd.Start(); err != nil {
+		return 0, nil, err
+	}
+	stop := func() { cmd.Process.Signal(syscall.SIGINT); cmd.Wait() }
+	if err := waitPort(ctx, port); err != nil {
+		stop()
+		b, _ := os.ReadFile(filepath.Join(dir, "pgbouncer.log"))
+		return 0, nil, fmt.Errorf("pgbouncer: %v\n%s", err, b)
+	}
+	return port, stop, nil
+}
