@@ -1,0 +1,351 @@
+package config
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+
+	"github.com/phiproxy/phiproxy/pgcluster"
+)
+
+// The cluster is started on first use so that the pure config tests stay
+// fast; TestMain stops it.
+var shared struct {
+	once    sync.Once
+	cluster *pgcluster.Cluster
+	err     error
+}
+
+func TestMain(m *testing.M) {
+	code := m.Run()
+	if shared.cluster != nil {
+		shared.cluster.Stop()
+	}
+	os.Exit(code)
+}
+
+// testDB returns a connection to a fresh database of the shared cluster.
+func testDB(t *testing.T) *pgx.Conn {
+	t.Helper()
+	ctx := context.Background()
+	shared.once.Do(func() {
+		sctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
+		defer cancel()
+		shared.cluster, shared.err = pgcluster.Start(sctx, pgcluster.Options{NoTLS: true})
+	})
+	if shared.err != nil {
+		t.Fatal(shared.err)
+	}
+	c := shared.cluster
+	db := "t_" + strings.ToLower(strings.NewReplacer("/", "_", " ", "_").Replace(t.Name()))
+	if len(db) > 60 {
+		db = db[:60]
+	}
+	for _, sql := range []string{"DROP DATABASE IF EXISTS " + db, "CREATE DATABASE " + db} {
+		if err := c.Exec(ctx, sql); err != nil {
+			t.Fatal(err)
+		}
+	}
+	conn, err := pgx.Connect(ctx, c.DSN(c.SuperUser, c.SuperPassword, db, "sslmode=disable"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close(context.Background()) })
+	return conn
+}
+
+func mustExec(t *testing.T, conn *pgx.Conn, sql string) {
+	t.Helper()
+	if _, err := conn.Exec(context.Background(), sql, pgx.QueryExecModeSimpleProtocol); err != nil {
+		t.Fatalf("%v\n%s", err, sql)
+	}
+}
+
+const clinicSchema = `
+CREATE TABLE patients (id int PRIMARY KEY, gone text, name text, ssn bytea, dob bytea, notes text);
+ALTER TABLE patients DROP COLUMN gone;
+CREATE TABLE visits (id int, patient_ssn bytea, at timestamptz);
+CREATE VIEW v_patients AS SELECT id, ssn AS social FROM patients WHERE dob IS NOT NULL;
+CREATE VIEW v_names AS SELECT id, name FROM patients;
+CREATE VIEW v_nested AS SELECT social FROM v_patients;
+CREATE VIEW v_rows AS SELECT p FROM patients p;
+CREATE MATERIALIZED VIEW mv_visits AS SELECT patient_ssn FROM visits;
+CREATE SCHEMA other;
+CREATE TABLE other.plain (x int);
+CREATE FUNCTION count_patients() RETURNS bigint LANGUAGE sql AS 'SELECT count(*) FROM Patients';
+CREATE FUNCTION count_patients_atomic() RETURNS bigint LANGUAGE sql BEGIN ATOMIC SELECT count(*) FROM patients; END;
+CREATE FUNCTION dyn() RETURNS void LANGUAGE plpgsql AS $$BEGIN EXECUTE 'DELETE FROM v_nested'; END$$;
+CREATE TABLE patients_archive_x (a int);
+CREATE FUNCTION harmless() RETURNS int LANGUAGE sql AS 'SELECT 1 FROM patients_archive_x';
+`
+
+const clinicConfig = minimal + `phi:
+  public.patients:
+    ssn: {type: text, mode: deterministic}
+    dob: {type: date, mode: randomized}
+  public.visits:
+    patient_ssn: {type: text, mode: deterministic, key: public.patients.ssn}
+`
+
+func TestCatalogSnapshot(t *testing.T) {
+	ctx := context.Background()
+	conn := testDB(t)
+	mustExec(t, conn, clinicSchema)
+	cfg, err := Parse([]byte(clinicConfig), "/etc/phiproxy.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	cat, err := LoadCatalog(ctx, conn, cfg, 7)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cat.Version != 7 {
+		t.Errorf("version = %d", cat.Version)
+	}
+	if err := cat.Check(cfg); err != nil {
+		t.Errorf("check of a matching schema: %v", err)
+	}
+
+	pat, ok := cat.Relation("public", "patients")
+	if !ok || pat.Kind != KindTable {
+		t.Fatalf("patients = %+v", pat)
+	}
+	var oid uint32
+	if err := conn.QueryRow(ctx, "SELECT 'public.patients'::regclass::oid").Scan(&oid); err != nil {
+		t.Fatal(err)
+	}
+	if pat.OID != oid {
+		t.Errorf("patients OID = %d, want %d", pat.OID, oid)
+	}
+	if byOID, ok := cat.RelationByOID(oid); !ok || byOID != pat {
+		t.Errorf("RelationByOID does not find patients")
+	}
+	var names []string
+	for _, a := range pat.Columns {
+		names = append(names, fmt.Sprintf("%d:%s:%s", a.Num, a.Name, a.TypeName))
+	}
+	if got, want := strings.Join(names, " "), "1:id:integer 3:name:text 4:ssn:bytea 5:dob:bytea 6:notes:text"; got != want {
+		t.Errorf("dropped columns must be ignored and attnums kept:\n got %s\nwant %s", got, want)
+	}
+	if _, ok := pat.Column("gone"); ok {
+		t.Error("dropped column is visible")
+	}
+	ssn, _ := pat.Column("ssn")
+	dob, _ := pat.Column("dob")
+	if ssn.TypeOID != ByteaOID {
+		t.Errorf("ssn type OID = %d", ssn.TypeOID)
+	}
+	if a, ok := pat.ColumnByNum(4); !ok || a.Name != "ssn" {
+		t.Errorf("ColumnByNum(4) = %+v %v", a, ok)
+	}
+	if col, ok := cat.PHIColumn(ColumnRef{pat.OID, ssn.Num}); !ok || col.Ident() != "public.patients.ssn" {
+		t.Errorf("PHIColumn(ssn) = %+v %v", col, ok)
+	}
+	if _, ok := cat.PHIColumn(ColumnRef{pat.OID, 3}); ok {
+		t.Error("name is not PHI")
+	}
+
+	kinds := map[string]RelKind{"v_patients": KindView, "mv_visits": KindMatView, "visits": KindTable}
+	for name, want := range kinds {
+		if r, ok := cat.Relation("public", name); !ok || r.Kind != want {
+			t.Errorf("%s: kind %v ok %v, want %v", name, r.Kind, ok, want)
+		}
+	}
+	if _, ok := cat.Relation("other", "plain"); !ok {
+		t.Error("other.plain missing")
+	}
+	if _, ok := cat.Relation("pg_catalog", "pg_class"); ok {
+		t.Error("system catalogs are not part of the snapshot")
+	}
+
+	visits, _ := cat.Relation("public", "visits")
+	vssn, _ := visits.Column("patient_ssn")
+	both := []ColumnRef{{pat.OID, ssn.Num}, {pat.OID, dob.Num}}
+	sortRefs(both)
+	deps := map[string][]ColumnRef{
+		"v_patients": both, // the WHERE clause counts too
+		"v_nested":   both, // through v_patients
+		"v_rows":     both, // whole-row reference
+		"v_names":    nil,
+		"mv_visits":  {{visits.OID, vssn.Num}},
+	}
+	for name, want := range deps {
+		r, _ := cat.Relation("public", name)
+		if fmt.Sprint(r.PHIDeps) != fmt.Sprint(want) {
+			t.Errorf("%s PHIDeps = %v, want %v (DependsOn %v)", name, r.PHIDeps, want, r.DependsOn)
+		}
+		if got := cat.IsPHIRelation(r.OID); got != (want != nil) {
+			t.Errorf("IsPHIRelation(%s) = %v", name, got)
+		}
+	}
+	vp, _ := cat.Relation("public", "v_patients")
+	vn, _ := cat.Relation("public", "v_nested")
+	if fmt.Sprint(vn.DependsOn) != fmt.Sprint([]ColumnRef{{vp.OID, 2}}) {
+		t.Errorf("v_nested DependsOn = %v, want v_patients.social", vn.DependsOn)
+	}
+
+	for _, name := range []string{"count_patients", "count_patients_atomic", "dyn"} {
+		fs := cat.PHIFunctions(name)
+		if len(fs) != 1 || fs[0].Schema != "public" || len(fs[0].Touches) == 0 {
+			t.Errorf("function %s must be flagged as touching PHI, got %+v", name, fs)
+		}
+	}
+	if fs := cat.PHIFunctions("harmless"); len(fs) != 0 {
+		t.Errorf("a longer identifier containing the table name is not a mention: %+v", fs[0])
+	}
+}
+
+func TestCatalogPartitionsAreChildrenOfPHITables(t *testing.T) {
+	conn := testDB(t)
+	mustExec(t, conn, `CREATE TABLE patients (id int, ssn bytea) PARTITION BY RANGE (id);
+CREATE TABLE patients_1 PARTITION OF patients FOR VALUES FROM (0) TO (1000);`)
+	cfg, err := Parse([]byte(minimal+"phi:\n  patients:\n    ssn: {type: text, mode: randomized}\n"), "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	cat, err := LoadCatalog(context.Background(), conn, cfg, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cat.Check(cfg); err != nil {
+		t.Errorf("a partitioned table may hold PHI columns: %v", err)
+	}
+	part, _ := cat.Relation("public", "patients_1")
+	parent, _ := cat.Relation("public", "patients")
+	if fmt.Sprint(part.Parents) != fmt.Sprint([]uint32{parent.OID}) || !cat.IsPHIRelation(part.OID) {
+		t.Errorf("partition parents %v, IsPHIRelation %v", part.Parents, cat.IsPHIRelation(part.OID))
+	}
+}
+
+func TestCatalogCheckNamesEveryProblemWithItsLine(t *testing.T) {
+	conn := testDB(t)
+	mustExec(t, conn, `CREATE TABLE patients (id int, ssn text, dob bytea);
+CREATE VIEW v AS SELECT id FROM patients;`)
+	doc := minimal + `phi:
+  public.patients:
+    ssn: {type: text, mode: deterministic}
+    dob: {type: date, mode: randomized}
+    mrn: {type: text, mode: randomized}
+  public.ghosts:
+    x: {type: int4, mode: randomized}
+  public.v:
+    id: {type: int4, mode: randomized}
+`
+	cfg, err := Parse([]byte(doc), "/etc/p.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	cat, err := LoadCatalog(context.Background(), conn, cfg, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = cat.Check(cfg)
+	if err == nil {
+		t.Fatal("check passed a schema with missing and non-bytea columns")
+	}
+	msg := err.Error()
+	for _, want := range []string{
+		"/etc/p.yaml:6: phi column public.patients.ssn: column has type text in the database; a PHI column must be bytea",
+		"/etc/p.yaml:8: phi column public.patients.mrn: column mrn does not exist in public.patients",
+		"/etc/p.yaml:10: phi column public.ghosts.x: relation public.ghosts does not exist",
+		"/etc/p.yaml:12: phi column public.v.id: public.v is a view; PHI columns must be declared on tables",
+	} {
+		if !strings.Contains(msg, want) {
+			t.Errorf("missing %q in:\n%s", want, msg)
+		}
+	}
+	if strings.Contains(msg, "dob") {
+		t.Errorf("dob is fine but reported:\n%s", msg)
+	}
+	if n := len(strings.Split(msg, "\n")); n != 4 {
+		t.Errorf("want 4 problems, got %d:\n%s", n, msg)
+	}
+}
+
+func TestRoleMembershipsFollowNestedGroups(t *testing.T) {
+	ctx := context.Background()
+	conn := testDB(t)
+	mustExec(t, conn, `DROP ROLE IF EXISTS alice, bob, physician, clinical, staff, unrelated;
+CREATE ROLE staff; CREATE ROLE clinical IN ROLE staff; CREATE ROLE physician IN ROLE clinical;
+CREATE ROLE unrelated;
+CREATE ROLE alice LOGIN IN ROLE physician; CREATE ROLE bob LOGIN;
+GRANT staff TO physician;`)
+	got, err := RoleMemberships(ctx, conn, "alice")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if strings.Join(got, ",") != "alice,clinical,physician,staff" {
+		t.Errorf("alice's roles = %v", got)
+	}
+	for _, r := range got {
+		var member bool
+		if err := conn.QueryRow(ctx, "SELECT pg_has_role('alice', $1, 'MEMBER')", r).Scan(&member); err != nil || !member {
+			t.Errorf("pg_has_role(alice, %s) = %v, %v", r, member, err)
+		}
+	}
+	if got, err := RoleMemberships(ctx, conn, "bob"); err != nil || strings.Join(got, ",") != "bob" {
+		t.Errorf("bob's roles = %v, %v", got, err)
+	}
+	if _, err := RoleMemberships(ctx, conn, "nobody"); err == nil {
+		t.Error("an unknown role must be an error")
+	}
+}
+
+func TestEnvelopeCheckConstraint(t *testing.T) {
+	ctx := context.Background()
+	conn := testDB(t)
+	mustExec(t, conn, `CREATE SCHEMA "Clinic"; CREATE TABLE "Clinic"."Patients" (id int, "S""sn" bytea);
+INSERT INTO "Clinic"."Patients" VALUES (0, 'legacy plaintext');`)
+	col := Column{Schema: "Clinic", Table: "Patients", Name: `S"sn`}
+	if got, want := EnvelopeCheckSQL(col), `ALTER TABLE "Clinic"."Patients" ADD CONSTRAINT "phiproxy_S""sn_envelope" CHECK ("S""sn" IS NULL OR substring("S""sn" from 1 for 3) = decode('504801', 'hex')) NOT VALID`; got != want {
+		t.Errorf("EnvelopeCheckSQL =\n%s\nwant\n%s", got, want)
+	}
+	// NOT VALID: existing plaintext does not stop the constraint from being added.
+	mustExec(t, conn, EnvelopeCheckSQL(col))
+	for _, stdStrings := range []string{"on", "off"} {
+		mustExec(t, conn, "SET standard_conforming_strings = "+stdStrings)
+		_, err := conn.Exec(ctx, `INSERT INTO "Clinic"."Patients" VALUES (1, $1)`, []byte("123-45-6789"))
+		var pe *pgconn.PgError
+		if !errors.As(err, &pe) || pe.Code != "23514" || pe.ConstraintName != EnvelopeCheckName(col) {
+			t.Errorf("plaintext write (standard_conforming_strings=%s): got %v, want 23514 from %s", stdStrings, err, EnvelopeCheckName(col))
+		}
+		if _, err := conn.Exec(ctx, `INSERT INTO "Clinic"."Patients" VALUES (2, $1), (3, NULL)`, append([]byte(EnvelopeHeader), 1, 2, 3, 4, 5)); err != nil {
+			t.Errorf("envelope-prefixed write refused: %v", err)
+		}
+		mustExec(t, conn, `DELETE FROM "Clinic"."Patients" WHERE id > 0`)
+	}
+	if _, err := conn.Exec(ctx, `INSERT INTO "Clinic"."Patients" VALUES (4, '\x5048'::bytea)`); err == nil {
+		t.Error("a truncated header must be refused")
+	}
+	// VALIDATE fails while plaintext remains, and passes once it is gone.
+	if _, err := conn.Exec(ctx, EnvelopeValidateSQL(col)); err == nil {
+		t.Error("VALIDATE must fail while legacy plaintext remains")
+	}
+	mustExec(t, conn, `UPDATE "Clinic"."Patients" SET "S""sn" = decode('50480100', 'hex')`)
+	mustExec(t, conn, EnvelopeValidateSQL(col))
+}
+
+func TestEnvelopeCheckNameFitsIdentifierLimit(t *testing.T) {
+	long := strings.Repeat("é", 40)
+	a := EnvelopeCheckName(Column{Schema: "s", Table: "t", Name: long})
+	b := EnvelopeCheckName(Column{Schema: "s", Table: "u", Name: long})
+	if len(a) > 63 || a == b || !strings.HasSuffix(a, "_envelope") {
+		t.Errorf("names %q (%d bytes) and %q", a, len(a), b)
+	}
+	if !utf8Valid(a) {
+		t.Errorf("name %q splits a UTF-8 sequence", a)
+	}
+	if got := EnvelopeCheckName(Column{Name: "ssn"}); got != "phiproxy_ssn_envelope" {
+		t.Errorf("short name = %q", got)
+	}
+}
+
+func utf8Valid(s string) bool { return strings.ToValidUTF8(s, "\uFFFD") == s }
