@@ -3,9 +3,89 @@ package main
 import (
 	"context"
 	"errors"
+	"log/slog"
+	"net"
+	"os"
+	"os/signal"
+	"syscall"
+	"time"
+
+	"github.com/spf13/pflag"
+
+	"github.com/phiproxy/phiproxy/config"
+	"github.com/phiproxy/phiproxy/proxy"
 )
 
-// runServe is filled in by its issue; until then it refuses clearly.
-func runServe(_ context.Context, _ *cmdEnv, _ []string) error {
-	return errors.New("serve: not available in this build yet")
+// runServe runs the proxy until ctx is cancelled (SIGINT/SIGTERM from
+// main), then drains: listeners close, sessions get limits.drain_timeout to
+// finish, the rest get 57P01. SIGHUP reloads the config file for new
+// sessions; a config that does not load is logged and the old one kept.
+func runServe(ctx context.Context, env *cmdEnv, args []string) error {
+	fs := pflag.NewFlagSet("serve", pflag.ContinueOnError)
+	fs.SetOutput(env.stderr)
+	cfgPath := fs.String("config", "", "config file (YAML), required")
+	fs.Usage = func() {
+		env.stderr.Write([]byte("usage: phiproxy serve --config FILE\n\n"))
+		fs.PrintDefaults()
+	}
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, pflag.ErrHelp) {
+			return nil
+		}
+		return usageError{err}
+	}
+	if *cfgPath == "" {
+		return usagef("serve: --config FILE is required")
+	}
+	if fs.NArg() > 0 {
+		return usagef("serve takes no arguments, got %q", fs.Args())
+	}
+	cfg, err := config.Load(*cfgPath)
+	if err != nil {
+		return usageError{err}
+	}
+	log := slog.New(slog.NewJSONHandler(env.stderr, nil))
+	srv, err := proxy.New(cfg, proxy.WithLogger(log))
+	if err != nil {
+		return usageError{err}
+	}
+	var lc net.ListenConfig
+	ln, err := lc.Listen(ctx, "tcp", cfg.Listen)
+	if err != nil {
+		return err
+	}
+
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
+
+	served := make(chan error, 1)
+	// Serve's context is not ctx: a signal must drain, not cut.
+	go func() { served <- srv.Serve(context.WithoutCancel(ctx), ln) }()
+	for {
+		select {
+		case <-hup:
+			next, err := config.Load(*cfgPath)
+			if err == nil {
+				err = srv.Reload(next)
+			}
+			if err != nil {
+				log.Error("config reload failed; keeping the running config", "config", *cfgPath, "err", err)
+				continue
+			}
+			log.Info("config reloaded", "config", *cfgPath)
+		case err := <-served:
+			return err
+		case <-ctx.Done():
+			log.Info("stopping: draining sessions", "drain_timeout", srv.Config().Limits.DrainTimeout.String())
+			sctx, cancel := context.WithTimeout(context.Background(), srv.Config().Limits.DrainTimeout+10*time.Second)
+			err := srv.Shutdown(sctx)
+			cancel()
+			if serr := <-served; !errors.Is(serr, proxy.ErrServerClosed) && err == nil {
+				err = serr
+			}
+			log.Info("stopped")
+			return err
+		}
+	}
 }

@@ -1,0 +1,295 @@
+package proxy
+
+import (
+	"net"
+
+	"github.com/jackc/pgx/v5/pgproto3"
+
+	"github.com/phiproxy/phiproxy/config"
+)
+
+// Interceptor is a session's interception point between the client and the
+// upstream server: the place where statements are classified, rewritten,
+// refused, and results decrypted (issue 6 plugs in here).
+//
+// The relay loops decode only the message types an Interceptor selects with
+// Intercepts; every other message is relayed as raw bytes without decoding.
+// A session without an Interceptor (no PHI configured) decodes nothing: that
+// is the pass-through path and it costs nothing beyond the relay itself.
+//
+// ClientMessage runs on the client→server goroutine, ServerMessage on the
+// server→client goroutine; they may run concurrently with each other, never
+// with themselves. A message passed in is valid only until the method
+// returns (it points into the read buffer): copy what you keep.
+//
+// Each method decides what happens to the message through out:
+//   - forward it, possibly rewritten: out.Forward(msg);
+//   - drop it: do nothing;
+//   - inject messages towards either side: out.ToServer, out.ToClient;
+//   - refuse a statement: answer the client with
+//     out.ToClient(ErrorResponse(pgerr.New(...))) at the point in the
+//     response stream where PostgreSQL would have sent its error. Since the
+//     Interceptor sees both directions it keeps the FIFO of expected
+//     responses for pipelined batches itself (Parse/Bind/Describe/Execute
+//     → ParseComplete/BindComplete/RowDescription/DataRow…, Sync →
+//     ReadyForQuery) and knows when that point is reached.
+//
+// A non-nil error ends the session: the client gets it as a FATAL
+// ErrorResponse (a *pgerr.Error keeps its SQLSTATE, anything else becomes
+// XX000) and both connections are closed.
+type Interceptor interface {
+	// Intercepts returns the message types (the protocol's type bytes) to
+	// decode and hand over, per direction. It is called once per session.
+	Intercepts() (fromClient, fromServer MessageSet)
+	// ClientMessage sees one selected message from the client: Query,
+	// Parse, Bind, Describe, Execute, Close, Sync, Flush, FunctionCall,
+	// CopyData, CopyDone, CopyFail or Terminate.
+	ClientMessage(msg pgproto3.FrontendMessage, out *Out) error
+	// ServerMessage sees one selected message from the server, for
+	// example RowDescription, DataRow, ParameterDescription,
+	// CommandComplete, ErrorResponse, ReadyForQuery, CopyData.
+	ServerMessage(msg pgproto3.BackendMessage, out *Out) error
+}
+
+// Message type bytes of the messages an Interceptor can select.
+const (
+	// From the client.
+	MsgQuery        byte = 'Q'
+	MsgParse        byte = 'P'
+	MsgBind         byte = 'B'
+	MsgDescribe     byte = 'D'
+	MsgExecute      byte = 'E'
+	MsgClose        byte = 'C'
+	MsgSync         byte = 'S'
+	MsgFlush        byte = 'H'
+	MsgFunctionCall byte = 'F'
+	MsgCopyFail     byte = 'f'
+	MsgTerminate    byte = 'X'
+	// From either side.
+	MsgCopyData byte = 'd'
+	MsgCopyDone byte = 'c'
+	// From the server.
+	MsgRowDescription       byte = 'T'
+	MsgDataRow              byte = 'D'
+	MsgParameterDescription byte = 't'
+	MsgCommandComplete      byte = 'C'
+	MsgErrorResponse        byte = 'E'
+	MsgReadyForQuery        byte = 'Z'
+	MsgParseComplete        byte = '1'
+	MsgBindComplete         byte = '2'
+	MsgCloseComplete        byte = '3'
+	MsgNoData               byte = 'n'
+	MsgPortalSuspended      byte = 's'
+	MsgEmptyQueryResponse   byte = 'I'
+	MsgNoticeResponse       byte = 'N'
+	MsgNotification         byte = 'A'
+	MsgParameterStatus      byte = 'S'
+	MsgCopyInResponse       byte = 'G'
+	MsgCopyOutResponse      byte = 'H'
+	MsgFunctionCallResponse byte = 'V'
+)
+
+// MessageSet is a set of message type bytes.
+type MessageSet [4]uint64
+
+// Messages returns the set of the given message types.
+func Messages(types ...byte) MessageSet {
+	var s MessageSet
+	for _, t := range types {
+		s[t>>6] |= 1 << (t & 63)
+	}
+	return s
+}
+
+// Has reports whether t is in the set.
+func (s *MessageSet) Has(t byte) bool { return s[t>>6]&(1<<(t&63)) != 0 }
+
+// Empty reports whether the set selects nothing.
+func (s *MessageSet) Empty() bool { return s[0]|s[1]|s[2]|s[3] == 0 }
+
+// SessionInfo describes a session to the code that builds its Interceptor.
+type SessionInfo struct {
+	// ID is a random session identifier (also in logs).
+	ID string
+	// User, Database and ApplicationName come from the startup message.
+	User            string
+	Database        string
+	ApplicationName string
+	// ClientAddr is the client's remote address.
+	ClientAddr net.Addr
+	// TLS reports whether the client leg is encrypted.
+	TLS bool
+	// Config is the configuration in force when the session started.
+	Config *config.Config
+}
+
+// Out is where an Interceptor sends messages. It is only valid during the
+// call it was passed to.
+type Out struct {
+	s        *session
+	toServer bool // direction of the message being handled
+}
+
+// Forward sends msg on in the direction it was travelling.
+func (o *Out) Forward(msg pgproto3.Message) error {
+	if o.toServer {
+		return o.s.server.send(msg)
+	}
+	return o.s.client.send(msg)
+}
+
+// ToServer sends msg to the upstream server. From ServerMessage (the other
+// goroutine) it is flushed at once.
+func (o *Out) ToServer(msg pgproto3.Message) error {
+	if o.toServer {
+		return o.s.server.send(msg)
+	}
+	return o.s.server.sendNow(msg)
+}
+
+// ToClient sends msg to the client. From ClientMessage (the other
+// goroutine) it is flushed at once.
+func (o *Out) ToClient(msg pgproto3.Message) error {
+	if !o.toServer {
+		return o.s.client.send(msg)
+	}
+	return o.s.client.sendNow(msg)
+}
+
+// Session describes the session the message belongs to.
+func (o *Out) Session() *SessionInfo { return &o.s.info }
+
+// State is the session's current protocol state.
+func (o *Out) State() State { return o.s.state() }
+
+// frontendDecoders holds one flyweight per client message type, reused for
+// every message of a session (as pgproto3.Backend does).
+type frontendDecoders struct {
+	query        pgproto3.Query
+	parse        pgproto3.Parse
+	bind         pgproto3.Bind
+	describe     pgproto3.Describe
+	execute      pgproto3.Execute
+	close        pgproto3.Close
+	sync         pgproto3.Sync
+	flush        pgproto3.Flush
+	functionCall pgproto3.FunctionCall
+	copyData     pgproto3.CopyData
+	copyDone     pgproto3.CopyDone
+	copyFail     pgproto3.CopyFail
+	terminate    pgproto3.Terminate
+}
+
+func (d *frontendDecoders) decode(typ byte, body []byte) (pgproto3.FrontendMessage, error) {
+	var m pgproto3.FrontendMessage
+	switch typ {
+	case MsgQuery:
+		m = &d.query
+	case MsgParse:
+		m = &d.parse
+	case MsgBind:
+		m = &d.bind
+	case MsgDescribe:
+		m = &d.describe
+	case MsgExecute:
+		m = &d.execute
+	case MsgClose:
+		m = &d.close
+	case MsgSync:
+		m = &d.sync
+	case MsgFlush:
+		m = &d.flush
+	case MsgFunctionCall:
+		m = &d.functionCall
+	case MsgCopyData:
+		m = &d.copyData
+	case MsgCopyDone:
+		m = &d.copyDone
+	case MsgCopyFail:
+		m = &d.copyFail
+	case MsgTerminate:
+		m = &d.terminate
+	default:
+		return nil, nil
+	}
+	if err := m.Decode(body); err != nil {
+		return nil, err
+	}
+	return m, nil
+}
+
+// backendDecoders is frontendDecoders for server messages.
+type backendDecoders struct {
+	rowDescription       pgproto3.RowDescription
+	dataRow              pgproto3.DataRow
+	parameterDescription pgproto3.ParameterDescription
+	commandComplete      pgproto3.CommandComplete
+	errorResponse        pgproto3.ErrorResponse
+	readyForQuery        pgproto3.ReadyForQuery
+	parseComplete        pgproto3.ParseComplete
+	bindComplete         pgproto3.BindComplete
+	closeComplete        pgproto3.CloseComplete
+	noData               pgproto3.NoData
+	portalSuspended      pgproto3.PortalSuspended
+	emptyQueryResponse   pgproto3.EmptyQueryResponse
+	noticeResponse       pgproto3.NoticeResponse
+	notification         pgproto3.NotificationResponse
+	parameterStatus      pgproto3.ParameterStatus
+	copyInResponse       pgproto3.CopyInResponse
+	copyOutResponse      pgproto3.CopyOutResponse
+	copyData             pgproto3.CopyData
+	copyDone             pgproto3.CopyDone
+	functionCallResponse pgproto3.FunctionCallResponse
+}
+
+func (d *backendDecoders) decode(typ byte, body []byte) (pgproto3.BackendMessage, error) {
+	var m pgproto3.BackendMessage
+	switch typ {
+	case MsgRowDescription:
+		m = &d.rowDescription
+	case MsgDataRow:
+		m = &d.dataRow
+	case MsgParameterDescription:
+		m = &d.parameterDescription
+	case MsgCommandComplete:
+		m = &d.commandComplete
+	case MsgErrorResponse:
+		m = &d.errorResponse
+	case MsgReadyForQuery:
+		m = &d.readyForQuery
+	case MsgParseComplete:
+		m = &d.parseComplete
+	case MsgBindComplete:
+		m = &d.bindComplete
+	case MsgCloseComplete:
+		m = &d.closeComplete
+	case MsgNoData:
+		m = &d.noData
+	case MsgPortalSuspended:
+		m = &d.portalSuspended
+	case MsgEmptyQueryResponse:
+		m = &d.emptyQueryResponse
+	case MsgNoticeResponse:
+		m = &d.noticeResponse
+	case MsgNotification:
+		m = &d.notification
+	case MsgParameterStatus:
+		m = &d.parameterStatus
+	case MsgCopyInResponse:
+		m = &d.copyInResponse
+	case MsgCopyOutResponse:
+		m = &d.copyOutResponse
+	case MsgCopyData:
+		m = &d.copyData
+	case MsgCopyDone:
+		m = &d.copyDone
+	case MsgFunctionCallResponse:
+		m = &d.functionCallResponse
+	default:
+		return nil, nil
+	}
+	if err := m.Decode(body); err != nil {
+		return nil, err
+	}
+	return m, nil
+}

@@ -1,0 +1,238 @@
+package proxy
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"os"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/phiproxy/phiproxy/config"
+	"github.com/phiproxy/phiproxy/pgcluster"
+)
+
+// The one PostgreSQL cluster of this package's tests (TLS on).
+var testCluster *pgcluster.Cluster
+
+const (
+	appUser     = "app"
+	appPassword = "app-secret"
+	appDB       = "appdb"
+)
+
+func TestMain(m *testing.M) {
+	os.Exit(runTests(m))
+}
+
+func runTests(m *testing.M) int {
+	if !needsCluster() {
+		return m.Run()
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	c, err := pgcluster.Start(ctx, pgcluster.Options{})
+	cancel()
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "proxy tests: starting PostgreSQL:", err)
+		return 1
+	}
+	defer c.Stop()
+	ctx, cancel = context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	for _, sql := range []string{
+		fmt.Sprintf("CREATE ROLE %s LOGIN PASSWORD '%s'", appUser, appPassword),
+		fmt.Sprintf("CREATE DATABASE %s OWNER %s", appDB, appUser),
+	} {
+		if err := c.Exec(ctx, sql); err != nil {
+			fmt.Fprintln(os.Stderr, "proxy tests: setup:", err)
+			return 1
+		}
+	}
+	testCluster = c
+	return m.Run()
+}
+
+// needsCluster is false when only fuzzing or benchmarking the in-memory
+// paths was asked for, so `go test -fuzz` does not start PostgreSQL.
+func needsCluster() bool {
+	for _, a := range os.Args[1:] {
+		if strings.HasPrefix(a, "-test.fuzz=") || strings.HasPrefix(a, "-test.run=^$") || a == "-test.run=^$" {
+			return false
+		}
+	}
+	return true
+}
+
+// testLogger returns a JSON logger that writes into buf (kept for canary
+// checks) and into the test log.
+type logSink struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (l *logSink) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.buf.Write(p)
+}
+
+func (l *logSink) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.buf.String()
+}
+
+// testProxy is a running proxy in front of the test cluster.
+type testProxy struct {
+	srv  *Server
+	addr string
+	logs *logSink
+	cfg  *config.Config
+}
+
+// proxyConfig renders a config for upstream address up; extra YAML lines
+// are appended.
+func proxyConfig(t testing.TB, up string, extra ...string) *config.Config {
+	t.Helper()
+	y := "listen: 127.0.0.1:0\nupstream: {address: " + up + ", sslmode: disable}\n" +
+		"catalog_dsn: postgres://postgres@127.0.0.1/postgres\nauth: {mode: relay}\n" + strings.Join(extra, "\n") + "\n"
+	cfg, err := config.Parse([]byte(y), "")
+	if err != nil {
+		t.Fatalf("config: %v\n%s", err, y)
+	}
+	return cfg
+}
+
+// startProxy runs a proxy for cfg on a free port until the test ends.
+func startProxy(t testing.TB, cfg *config.Config, opts ...Option) *testProxy {
+	t.Helper()
+	logs := &logSink{}
+	opts = append([]Option{WithLogger(slog.New(slog.NewJSONHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug})))}, opts...)
+	srv, err := New(cfg, opts...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- srv.Serve(context.Background(), ln) }()
+	t.Cleanup(func() {
+		srv.Close()
+		if err := <-done; err != ErrServerClosed {
+			t.Errorf("Serve returned %v, want ErrServerClosed", err)
+		}
+		if t.Failed() {
+			t.Logf("proxy log:\n%s", logs.String())
+		}
+	})
+	return &testProxy{srv: srv, addr: ln.Addr().String(), logs: logs, cfg: cfg}
+}
+
+// dsn is a connection string to the proxy as the app user.
+func (p *testProxy) dsn(params ...string) string {
+	return "postgres://" + appUser + ":" + appPassword + "@" + p.addr + "/" + appDB + "?" + strings.Join(append([]string{"sslmode=disable"}, params...), "&")
+}
+
+func directDSN(params ...string) string {
+	return testCluster.DSN(appUser, appPassword, appDB, append([]string{"sslmode=disable"}, params...)...)
+}
+
+func connect(t testing.TB, ctx context.Context, dsn string) *pgx.Conn {
+	t.Helper()
+	conn, err := pgx.Connect(ctx, dsn)
+	if err != nil {
+		t.Fatalf("connect: %v", err)
+	}
+	t.Cleanup(func() { conn.Close(context.Background()) })
+	return conn
+}
+
+func testCtx(t testing.TB) context.Context {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	t.Cleanup(cancel)
+	return ctx
+}
+
+// forwarder is a TCP relay in front of the cluster that answers 'N' to an
+// SSLRequest itself: to the proxy it looks like a PostgreSQL server with
+// ssl = off. kill cuts every connection it carries.
+type forwarder struct {
+	ln    net.Listener
+	mu    sync.Mutex
+	conns []net.Conn
+}
+
+func startForwarder(t testing.TB, target string) *forwarder {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := &forwarder{ln: ln}
+	var wg sync.WaitGroup
+	t.Cleanup(func() { ln.Close(); f.kill(); wg.Wait() })
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				f.serve(c, target)
+			}()
+		}
+	}()
+	return f
+}
+
+func (f *forwarder) addr() string { return f.ln.Addr().String() }
+
+func (f *forwarder) serve(c net.Conn, target string) {
+	defer c.Close()
+	var hdr [8]byte
+	if _, err := io.ReadFull(c, hdr[:]); err != nil {
+		return
+	}
+	first := hdr[:]
+	if bytes.Equal(hdr[:], []byte{0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f}) {
+		if _, err := c.Write([]byte{'N'}); err != nil {
+			return
+		}
+		first = nil
+	}
+	u, err := net.Dial("tcp", target)
+	if err != nil {
+		return
+	}
+	defer u.Close()
+	f.mu.Lock()
+	f.conns = append(f.conns, c, u)
+	f.mu.Unlock()
+	if _, err := u.Write(first); err != nil {
+		return
+	}
+	go func() { _, _ = io.Copy(c, u); c.Close() }()
+	_, _ = io.Copy(u, c)
+}
+
+func (f *forwarder) kill() {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	for _, c := range f.conns {
+		c.Close()
+	}
+	f.conns = nil
+}

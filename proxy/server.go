@@ -1,0 +1,308 @@
+package proxy
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/phiproxy/phiproxy/config"
+	"github.com/phiproxy/phiproxy/pgerr"
+)
+
+// ErrServerClosed is returned by Serve after Shutdown or Close.
+var ErrServerClosed = errors.New("proxy: server closed")
+
+// Server accepts PostgreSQL clients and relays each session to the
+// upstream server. Create it with New; it is safe for concurrent use.
+type Server struct {
+	log  *slog.Logger
+	opts options
+
+	rt      atomic.Pointer[runtimeConfig]
+	cancels cancelRegistry
+
+	mu         sync.Mutex
+	listeners  map[*net.Listener]struct{}
+	sessions   map[*session]struct{}
+	inShutdown atomic.Bool
+	conns      sync.WaitGroup
+	// idle is closed (and replaced) whenever the session set becomes empty.
+	idle chan struct{}
+}
+
+// runtimeConfig is everything derived from one Config; Reload swaps it
+// atomically and sessions keep the one they started with.
+type runtimeConfig struct {
+	cfg       *config.Config
+	clientTLS *tls.Config // nil when client_tls.mode is disable
+	upstream  *upstreamDialer
+	login     loginFunc
+}
+
+// Option configures a Server.
+type Option func(*options)
+
+type options struct {
+	logger         *slog.Logger
+	interceptor    func(*SessionInfo) Interceptor
+	startupTimeout time.Duration
+}
+
+// WithLogger sets the logger (default: slog.Default()). Logs carry
+// connection metadata, durations and SQLSTATEs, never SQL text, parameters
+// or row data.
+func WithLogger(l *slog.Logger) Option { return func(o *options) { o.logger = l } }
+
+// WithInterceptor installs a per-session Interceptor factory. It is called
+// once per session after login; returning nil makes that session a pure
+// pass-through.
+func WithInterceptor(f func(*SessionInfo) Interceptor) Option {
+	return func(o *options) { o.interceptor = f }
+}
+
+// WithStartupTimeout bounds the time a client has from connecting to
+// completing authentication (PostgreSQL's authentication_timeout; default
+// one minute).
+func WithStartupTimeout(d time.Duration) Option { return func(o *options) { o.startupTimeout = d } }
+
+// New builds a Server for cfg. It loads the client certificate and the
+// upstream root certificate now, so that configuration mistakes surface
+// before the first client does.
+func New(cfg *config.Config, opts ...Option) (*Server, error) {
+	o := options{logger: slog.Default(), startupTimeout: time.Minute}
+	for _, opt := range opts {
+		opt(&o)
+	}
+	s := &Server{
+		log:       o.logger,
+		opts:      o,
+		listeners: map[*net.Listener]struct{}{},
+		sessions:  map[*session]struct{}{},
+		idle:      make(chan struct{}),
+	}
+	s.cancels.m = map[uint32]*cancelEntry{}
+	rt, err := s.buildRuntime(cfg)
+	if err != nil {
+		return nil, err
+	}
+	s.rt.Store(rt)
+	return s, nil
+}
+
+func (s *Server) buildRuntime(cfg *config.Config) (*runtimeConfig, error) {
+	rt := &runtimeConfig{cfg: cfg}
+	if cfg.ClientTLS.Mode != config.TLSDisable {
+		cert, err := tls.LoadX509KeyPair(cfg.ClientTLS.Cert, cfg.ClientTLS.Key)
+		if err != nil {
+			return nil, fmt.Errorf("client_tls: %w", err)
+		}
+		rt.clientTLS = &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
+	}
+	up, err := newUpstreamDialer(cfg.Upstream, cfg.Limits.ConnectTimeout)
+	if err != nil {
+		return nil, err
+	}
+	rt.upstream = up
+	switch cfg.Auth.Mode {
+	case config.AuthRelay:
+		rt.login = relayLogin
+	case config.AuthTerminate:
+		login, err := s.terminateLogin(cfg)
+		if err != nil {
+			return nil, err
+		}
+		rt.login = login
+	default:
+		return nil, fmt.Errorf("auth.mode %q is not supported", cfg.Auth.Mode)
+	}
+	return rt, nil
+}
+
+// Reload swaps in a new configuration for sessions that start from now on;
+// running sessions keep theirs. The listen address is not changed by a
+// reload.
+func (s *Server) Reload(cfg *config.Config) error {
+	rt, err := s.buildRuntime(cfg)
+	if err != nil {
+		return err
+	}
+	old := s.rt.Swap(rt)
+	if old.cfg.Listen != cfg.Listen {
+		s.log.Warn("config reloaded; the listen address only changes on restart", "listen", old.cfg.Listen)
+	}
+	return nil
+}
+
+// Config returns the configuration new sessions use.
+func (s *Server) Config() *config.Config { return s.rt.Load().cfg }
+
+// ListenAndServe listens on cfg.Listen and serves until Shutdown or Close.
+func (s *Server) ListenAndServe(ctx context.Context) error {
+	var lc net.ListenConfig
+	ln, err := lc.Listen(ctx, "tcp", s.Config().Listen)
+	if err != nil {
+		return err
+	}
+	return s.Serve(ctx, ln)
+}
+
+// Serve accepts clients on ln until Shutdown or Close, then returns
+// ErrServerClosed. ctx is the parent of every session: cancelling it cuts
+// all sessions at once (call Shutdown first for a graceful drain). Serve
+// closes ln when it returns.
+func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
+	if !s.trackListener(&ln, true) {
+		ln.Close()
+		return ErrServerClosed
+	}
+	defer s.trackListener(&ln, false)
+	stop := context.AfterFunc(ctx, func() { ln.Close() })
+	defer stop()
+	s.log.Info("listening", "addr", ln.Addr().String())
+	var backoff time.Duration
+	for {
+		conn, err := ln.Accept()
+		if err != nil {
+			if s.inShutdown.Load() {
+				return ErrServerClosed
+			}
+			if ctx.Err() != nil {
+				s.Close()
+				return ctx.Err()
+			}
+			var ne net.Error
+			if errors.As(err, &ne) && ne.Timeout() {
+				backoff = min(max(2*backoff, 5*time.Millisecond), time.Second)
+				s.log.Warn("accept failed; retrying", "err", err, "backoff", backoff)
+				time.Sleep(backoff)
+				continue
+			}
+			return err
+		}
+		backoff = 0
+		sess := newSession(s, conn)
+		if !s.trackSession(sess, true) {
+			sess.client.sendFatal(pgerr.Fatal(pgerr.CannotConnectNow, "the proxy is shutting down"))
+			conn.Close()
+			continue
+		}
+		s.conns.Add(1)
+		go func() {
+			defer s.conns.Done()
+			defer s.trackSession(sess, false)
+			sess.serve(ctx)
+		}()
+	}
+}
+
+func (s *Server) trackListener(ln *net.Listener, add bool) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if add {
+		if s.inShutdown.Load() {
+			return false
+		}
+		s.listeners[ln] = struct{}{}
+	} else {
+		delete(s.listeners, ln)
+	}
+	return true
+}
+
+func (s *Server) trackSession(sess *session, add bool) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if add {
+		if s.inShutdown.Load() {
+			return false
+		}
+		s.sessions[sess] = struct{}{}
+		return true
+	}
+	delete(s.sessions, sess)
+	if len(s.sessions) == 0 {
+		close(s.idle)
+		s.idle = make(chan struct{})
+	}
+	return true
+}
+
+// Sessions returns the number of open client connections.
+func (s *Server) Sessions() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return len(s.sessions)
+}
+
+// Shutdown stops the server gracefully, in net/http.Server's order: it
+// closes the listeners, cuts connections that have not logged in yet, lets
+// sessions finish for up to limits.drain_timeout (or until ctx is done),
+// then sends the remaining ones FATAL 57P01 "terminating connection due to
+// administrator command", closes them and waits for their goroutines.
+func (s *Server) Shutdown(ctx context.Context) error {
+	s.mu.Lock()
+	s.inShutdown.Store(true)
+	for ln := range s.listeners {
+		(*ln).Close()
+	}
+	var startup []*session
+	for sess := range s.sessions {
+		if sess.state() == StateStartup {
+			startup = append(startup, sess)
+		}
+	}
+	n := len(s.sessions)
+	idle := s.idle
+	s.mu.Unlock()
+	s.log.Info("shutting down", "sessions", n, "drain_timeout", s.Config().Limits.DrainTimeout)
+	for _, sess := range startup {
+		sess.end(pgerr.Fatal(pgerr.CannotConnectNow, "the proxy is shutting down"))
+	}
+
+	drain := time.NewTimer(s.Config().Limits.DrainTimeout)
+	defer drain.Stop()
+	var err error
+	if n > 0 {
+		select {
+		case <-idle:
+		case <-drain.C:
+		case <-ctx.Done():
+			err = ctx.Err()
+		}
+	}
+	s.cutAll(pgerr.Fatal(pgerr.AdminShutdown, "terminating connection due to administrator command"))
+	s.conns.Wait()
+	return err
+}
+
+// Close stops the server at once: listeners closed, every session cut
+// with 57P01.
+func (s *Server) Close() error {
+	s.mu.Lock()
+	s.inShutdown.Store(true)
+	for ln := range s.listeners {
+		(*ln).Close()
+	}
+	s.mu.Unlock()
+	s.cutAll(pgerr.Fatal(pgerr.AdminShutdown, "terminating connection due to administrator command"))
+	s.conns.Wait()
+	return nil
+}
+
+func (s *Server) cutAll(e *pgerr.Error) {
+	s.mu.Lock()
+	all := make([]*session, 0, len(s.sessions))
+	for sess := range s.sessions {
+		all = append(all, sess)
+	}
+	s.mu.Unlock()
+	for _, sess := range all {
+		sess.end(e)
+	}
+}

@@ -1,0 +1,551 @@
+package proxy
+
+import (
+	"bufio"
+	"context"
+	"crypto/rand"
+	"crypto/tls"
+	"encoding/binary"
+	"encoding/hex"
+	"errors"
+	"io"
+	"log/slog"
+	"net"
+	"os"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgproto3"
+
+	"github.com/phiproxy/phiproxy/pgerr"
+)
+
+// session is one client connection and, after login, its upstream
+// connection. Two goroutines relay it: the one that accepted it runs
+// pumpClient (client → server), a second one runs pumpServer.
+type session struct {
+	srv   *Server
+	start time.Time
+	log   *slog.Logger
+	info  SessionInfo
+
+	connMu sync.Mutex // guards client.conn swaps and server assignment
+	client *leg
+	server *leg
+
+	hook                   Interceptor
+	fromClient, fromServer MessageSet
+	fdec                   frontendDecoders
+	bdec                   backendDecoders
+
+	stMu sync.Mutex
+	cur  State
+	tx   State
+	// inflight holds, in order, the client messages that each get one
+	// ReadyForQuery: 'Q' (Query), 'F' (FunctionCall), 'S' (Sync).
+	inflight []byte
+	// extOpen: extended-protocol messages were sent since the last Sync.
+	extOpen bool
+
+	proxyPID         uint32
+	closing          atomic.Bool
+	clientTerminated atomic.Bool // the client sent Terminate
+	fatalRelayed     atomic.Bool // the upstream sent a FATAL error
+	endOnce          sync.Once
+	endErr           atomic.Pointer[pgerr.Error]
+}
+
+func newSession(srv *Server, conn net.Conn) *session {
+	if tc, ok := conn.(*net.TCPConn); ok {
+		_ = tc.SetNoDelay(true)
+	}
+	var id [8]byte
+	_, _ = rand.Read(id[:])
+	s := &session{
+		srv:    srv,
+		start:  time.Now(),
+		client: newLeg(conn, srv.Config().Limits.MaxMessageBytes),
+	}
+	s.info.ID = hex.EncodeToString(id[:])
+	s.info.ClientAddr = conn.RemoteAddr()
+	s.log = srv.log.With("session", s.info.ID, "client", addrString(conn.RemoteAddr()))
+	return s
+}
+
+func addrString(a net.Addr) string {
+	if a == nil {
+		return ""
+	}
+	return a.String()
+}
+
+func (s *session) setClientConn(conn net.Conn) {
+	s.connMu.Lock()
+	defer s.connMu.Unlock()
+	s.client.mu.Lock()
+	defer s.client.mu.Unlock()
+	s.client.conn = conn
+	s.client.in.r = bufio.NewReaderSize(conn, ioBufferSize)
+	s.client.w = bufio.NewWriterSize(conn, ioBufferSize)
+}
+
+// setServer attaches the upstream connection; it reports false (and
+// closes it) when the session is already ending.
+func (s *session) setServer(l *leg) bool {
+	s.connMu.Lock()
+	defer s.connMu.Unlock()
+	if s.closing.Load() {
+		l.conn.Close()
+		return false
+	}
+	s.server = l
+	return true
+}
+
+func (s *session) state() State {
+	s.stMu.Lock()
+	defer s.stMu.Unlock()
+	return s.cur
+}
+
+// apply runs transition under the state lock; the caller holds stMu.
+func (s *session) applyLocked(ev event) {
+	s.cur = transition(s.cur, s.tx, ev)
+	if ev.kind == evReady {
+		s.tx = s.cur
+	}
+}
+
+// end finishes the session once: it sends e (if any) to the client as a
+// FATAL ErrorResponse, then closes both connections, which unblocks both
+// relay goroutines. Later calls do nothing.
+func (s *session) end(e *pgerr.Error) {
+	s.endOnce.Do(func() {
+		s.connMu.Lock()
+		s.closing.Store(true)
+		client, server := s.client.conn, s.server
+		s.connMu.Unlock()
+		if e != nil {
+			s.endErr.Store(e)
+			// A relay goroutine may hold the writer while blocked on a
+			// client that stopped reading: the deadline frees it.
+			_ = client.SetWriteDeadline(time.Now().Add(2 * time.Second))
+			s.client.sendFatal(e)
+		}
+		client.Close()
+		if server != nil {
+			server.conn.Close()
+		}
+		s.stMu.Lock()
+		s.applyLocked(event{kind: evClose})
+		s.stMu.Unlock()
+	})
+}
+
+// fail ends the session because of err from the startup or login phase.
+func (s *session) fail(err error) {
+	var ue *upstreamError
+	switch pe := pgerr.As(err); {
+	case errors.As(err, &ue):
+		// The upstream's own error was relayed unchanged.
+		s.endErr.Store(pgerr.Fatal(pgerr.MakeCode(ue.code), "upstream error"))
+		s.end(nil)
+	case pe != nil:
+		s.end(pe)
+	default:
+		s.end(nil)
+	}
+	if !isClientGone(err) {
+		s.log.Info("connection failed", "err", err, "sqlstate", sqlstateOf(err))
+	}
+}
+
+// upstreamError is an ErrorResponse from the upstream server during login
+// that has already been relayed to the client.
+type upstreamError struct {
+	code string
+	msg  string
+}
+
+func (e *upstreamError) Error() string { return "upstream: " + e.msg + " (SQLSTATE " + e.code + ")" }
+
+func sqlstateOf(err error) string {
+	var ue *upstreamError
+	if errors.As(err, &ue) {
+		return ue.code
+	}
+	if pe := pgerr.As(err); pe != nil {
+		return pe.Code.String()
+	}
+	return ""
+}
+
+func isClientGone(err error) bool {
+	return errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, net.ErrClosed) ||
+		errors.Is(err, errClientGone) || errors.Is(err, os.ErrDeadlineExceeded)
+}
+
+// serve runs the whole session: startup, login, relay.
+func (s *session) serve(ctx context.Context) {
+	rt := s.srv.rt.Load()
+	s.info.Config = rt.cfg
+	stop := context.AfterFunc(ctx, func() {
+		s.end(pgerr.Fatal(pgerr.AdminShutdown, "terminating connection due to administrator command"))
+	})
+	defer stop()
+	defer func() {
+		if s.proxyPID != 0 {
+			s.srv.cancels.unregister(s.proxyPID)
+		}
+		s.end(nil)
+	}()
+
+	_ = s.client.conn.SetDeadline(time.Now().Add(s.srv.opts.startupTimeout))
+	p, err := s.clientStartup(ctx, rt)
+	if err != nil {
+		s.fail(err)
+		return
+	}
+	if p == nil {
+		return // a CancelRequest, already handled
+	}
+	_, s.info.TLS = s.clientConn().(*tls.Conn)
+	s.info.User = p.get("user")
+	s.info.Database = p.get("database")
+	if s.info.Database == "" {
+		s.info.Database = s.info.User
+	}
+	s.info.ApplicationName = p.get("application_name")
+	s.log = s.log.With("user", s.info.User, "database", s.info.Database, "application_name", s.info.ApplicationName, "tls", s.info.TLS)
+
+	if p.minor > 0 || len(p.options) > 0 {
+		// Like PostgreSQL: speak 3.0 and name the options not understood.
+		opts := p.options
+		if opts == nil {
+			opts = []string{}
+		}
+		if err := s.client.send(&pgproto3.NegotiateProtocolVersion{NewestMinorProtocol: 0, UnrecognizedOptions: opts}); err != nil {
+			s.fail(err)
+			return
+		}
+	}
+
+	res, err := rt.login(ctx, s, rt, p)
+	if err != nil {
+		s.fail(err)
+		return
+	}
+	entry := &cancelEntry{upPID: res.pid, upSecret: res.secret, dialer: rt.upstream}
+	s.proxyPID = s.srv.cancels.register(entry)
+	if err := s.client.sendNow(
+		&pgproto3.BackendKeyData{ProcessID: s.proxyPID, SecretKey: entry.secret[:]},
+		&pgproto3.ReadyForQuery{TxStatus: res.status},
+	); err != nil {
+		s.fail(err)
+		return
+	}
+	_ = s.client.conn.SetDeadline(time.Time{})
+	_ = s.server.conn.SetDeadline(time.Time{})
+	s.stMu.Lock()
+	s.applyLocked(event{kind: evReady, status: res.status})
+	s.stMu.Unlock()
+
+	if f := s.srv.opts.interceptor; f != nil {
+		s.hook = f(&s.info)
+		if s.hook != nil {
+			s.fromClient, s.fromServer = s.hook.Intercepts()
+		}
+	}
+	s.log.Info("session started")
+	s.relay()
+	attrs := []any{"duration", time.Since(s.start).Round(time.Millisecond)}
+	if e := s.endErr.Load(); e != nil {
+		attrs = append(attrs, "sqlstate", e.Code.String())
+	}
+	s.log.Info("session closed", attrs...)
+}
+
+func (s *session) clientConn() net.Conn {
+	s.connMu.Lock()
+	defer s.connMu.Unlock()
+	return s.client.conn
+}
+
+// relay runs both directions until the session ends, leaving no goroutine
+// behind.
+func (s *session) relay() {
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		s.serverEnded(s.pumpServer())
+	}()
+	s.clientEnded(s.pumpClient())
+	<-done
+}
+
+// hookError is an error returned by an Interceptor.
+type hookError struct{ err error }
+
+func (e *hookError) Error() string { return "interceptor: " + e.err.Error() }
+func (e *hookError) Unwrap() error { return e.err }
+
+// clientEnded decides how the session ends when the client→server loop
+// stops with err.
+func (s *session) clientEnded(err error) {
+	if s.closing.Load() {
+		return
+	}
+	var we *writeError
+	var tooLarge *errMessageTooLarge
+	var he *hookError
+	switch {
+	case errors.As(err, &he):
+		s.log.Warn("session ended by interceptor", "err", err, "sqlstate", sqlstateOf(err))
+		if pe := pgerr.As(err); pe != nil {
+			s.end(pe)
+		} else {
+			s.end(pgerr.Fatal(pgerr.Internal, "internal error in phiproxy"))
+		}
+	case errors.As(err, &we):
+		s.log.Warn("lost connection to the upstream server", "err", err)
+		s.end(lostUpstream())
+	case errors.As(err, &tooLarge):
+		s.log.Warn("client message too large", "err", err)
+		s.end(pgerr.Fatal(pgerr.ProgramLimitExceeded, "message too large").
+			WithDetail(err.Error()))
+	case errors.Is(err, errInvalidLength):
+		s.end(pgerr.Fatal(pgerr.ProtocolViolation, "invalid message length"))
+	case pgerr.As(err) != nil:
+		s.end(pgerr.As(err))
+	case isClientGone(err):
+		s.end(nil)
+	default:
+		s.log.Info("client connection error", "err", err)
+		s.end(nil)
+	}
+}
+
+// serverEnded decides how the session ends when the server→client loop
+// stops with err.
+func (s *session) serverEnded(err error) {
+	if s.closing.Load() {
+		return
+	}
+	var we *writeError
+	var he *hookError
+	switch {
+	case errors.As(err, &he):
+		s.log.Warn("session ended by interceptor", "err", err, "sqlstate", sqlstateOf(err))
+		if pe := pgerr.As(err); pe != nil {
+			s.end(pe)
+		} else {
+			s.end(pgerr.Fatal(pgerr.Internal, "internal error in phiproxy"))
+		}
+	case errors.As(err, &we):
+		s.end(nil) // the client went away
+	case s.clientTerminated.Load() || s.fatalRelayed.Load():
+		s.end(nil) // the upstream closed after Terminate or its own FATAL
+	default:
+		s.log.Warn("lost connection to the upstream server", "err", err)
+		s.end(lostUpstream())
+	}
+}
+
+func lostUpstream() *pgerr.Error {
+	return pgerr.Fatal(pgerr.ConnectionFailure, "phiproxy lost the connection to the upstream server").
+		WithHint("The upstream PostgreSQL server closed the connection or became unreachable; reconnect to retry.")
+}
+
+// pumpClient relays client messages to the server. Pass-through messages
+// are copied as raw bytes; output is flushed only when no more client
+// input is buffered, so a pipelined batch leaves in one write.
+func (s *session) pumpClient() error {
+	in := &s.client.in
+	out := s.server
+	hooked := s.hook != nil && !s.fromClient.Empty()
+	for {
+		if in.r.Buffered() == 0 {
+			if err := out.flush(); err != nil {
+				return err
+			}
+		}
+		typ, n, err := in.header()
+		if err != nil {
+			return err
+		}
+		s.clientSaw(typ)
+		if hooked && s.fromClient.Has(typ) {
+			if err := s.hookClient(typ); err != nil {
+				return err
+			}
+			continue
+		}
+		out.mu.Lock()
+		err = in.copyMessage(out.w, n)
+		out.mu.Unlock()
+		if err != nil {
+			return err
+		}
+	}
+}
+
+func (s *session) hookClient(typ byte) error {
+	_, body, err := s.client.in.next()
+	if err != nil {
+		return err
+	}
+	msg, err := s.fdec.decode(typ, body)
+	if err != nil {
+		return pgerr.Fatal(pgerr.ProtocolViolation, "invalid frontend message").WithCause(err)
+	}
+	if msg == nil {
+		return writeRaw(s.server, typ, body)
+	}
+	if err := s.hook.ClientMessage(msg, &Out{s: s, toServer: true}); err != nil {
+		return &hookError{err}
+	}
+	return nil
+}
+
+// pumpServer relays server messages to the client, with the same
+// flushing rule as pumpClient.
+func (s *session) pumpServer() error {
+	in := &s.server.in
+	out := s.client
+	hooked := s.hook != nil && !s.fromServer.Empty()
+	for {
+		if in.r.Buffered() == 0 {
+			if err := out.flush(); err != nil {
+				return err
+			}
+		}
+		typ, n, err := in.header()
+		if err != nil {
+			return err
+		}
+		if err := s.serverSaw(typ, n); err != nil {
+			return err
+		}
+		if hooked && s.fromServer.Has(typ) {
+			if err := s.hookServer(typ); err != nil {
+				return err
+			}
+			continue
+		}
+		out.mu.Lock()
+		err = in.copyMessage(out.w, n)
+		out.mu.Unlock()
+		if err != nil {
+			return err
+		}
+	}
+}
+
+func (s *session) hookServer(typ byte) error {
+	_, body, err := s.server.in.next()
+	if err != nil {
+		return err
+	}
+	msg, err := s.bdec.decode(typ, body)
+	if err != nil {
+		return pgerr.Fatal(pgerr.ProtocolViolation, "invalid message from the upstream server").WithCause(err)
+	}
+	if msg == nil {
+		return writeRaw(s.client, typ, body)
+	}
+	if err := s.hook.ServerMessage(msg, &Out{s: s, toServer: false}); err != nil {
+		return &hookError{err}
+	}
+	return nil
+}
+
+func writeRaw(l *leg, typ byte, body []byte) error {
+	var hdr [5]byte
+	hdr[0] = typ
+	binary.BigEndian.PutUint32(hdr[1:], uint32(len(body)+4))
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if _, err := l.w.Write(hdr[:]); err != nil {
+		return &writeError{err}
+	}
+	if _, err := l.w.Write(body); err != nil {
+		return &writeError{err}
+	}
+	return nil
+}
+
+// clientSaw records what a client message means for the protocol state.
+func (s *session) clientSaw(typ byte) {
+	switch typ {
+	case 'Q', 'F', 'S':
+		s.stMu.Lock()
+		s.inflight = append(s.inflight, typ)
+		if typ == 'S' {
+			s.extOpen = false
+		}
+		s.stMu.Unlock()
+	case 'P', 'B', 'D', 'E', 'C', 'H':
+		s.stMu.Lock()
+		s.extOpen = true
+		s.stMu.Unlock()
+	case 'X':
+		s.clientTerminated.Store(true)
+	}
+}
+
+// serverSaw records what a server message means for the protocol state;
+// it peeks at the few bytes it needs without consuming the message.
+func (s *session) serverSaw(typ byte, n int) error {
+	switch typ {
+	case 'Z':
+		b, err := s.server.in.r.Peek(6)
+		if err != nil {
+			return unexpected(err)
+		}
+		st := b[5]
+		if n != 1 || (st != 'I' && st != 'T' && st != 'E') {
+			return pgerr.Fatal(pgerr.ProtocolViolation, "invalid ReadyForQuery from the upstream server")
+		}
+		s.stMu.Lock()
+		if len(s.inflight) > 0 {
+			copy(s.inflight, s.inflight[1:])
+			s.inflight = s.inflight[:len(s.inflight)-1]
+		}
+		s.applyLocked(event{kind: evReady, status: st})
+		s.stMu.Unlock()
+	case 'E':
+		if 5+n <= s.server.in.r.Size() {
+			b, err := s.server.in.r.Peek(5 + n)
+			if err != nil {
+				return unexpected(err)
+			}
+			if isFatalError(b[5:]) {
+				s.fatalRelayed.Store(true)
+				s.log.Info("upstream ended the session", "sqlstate", errorCode(b[5:]))
+			}
+		}
+		s.stMu.Lock()
+		ext := s.extOpen
+		if len(s.inflight) > 0 {
+			ext = s.inflight[0] == 'S'
+		}
+		s.applyLocked(event{kind: evError, extended: ext})
+		s.stMu.Unlock()
+	case 'G':
+		s.stMu.Lock()
+		s.applyLocked(event{kind: evCopyIn})
+		s.stMu.Unlock()
+	case 'H', 'W':
+		s.stMu.Lock()
+		s.applyLocked(event{kind: evCopyOut})
+		s.stMu.Unlock()
+	case 'C':
+		s.stMu.Lock()
+		if s.cur == StateCopyIn || s.cur == StateCopyOut {
+			s.applyLocked(event{kind: evCopyEnd})
+		}
+		s.stMu.Unlock()
+	}
+	return nil
+}
