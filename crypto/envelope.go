@@ -1,0 +1,82 @@
+package crypto
+
+import "encoding/binary"
+
+// The envelope (DESIGN.md §4, a contract): "PH", a version byte, then Tink's
+// output, which starts with its own 5-byte prefix (0x01 and the big-endian
+// id of the key that made it).
+const (
+	// envelopeHeader is "PH" followed by version 1.
+	envelopeHeader = "PH\x01"
+	// HeaderLen is the length of the envelope header ("PH" + version).
+	HeaderLen = len(envelopeHeader)
+	// tinkPrefixLen is Tink's output prefix: 0x01 + 4-byte key id.
+	tinkPrefixLen = 5
+	tinkStartByte = 0x01
+	// minTinkPayload is the shortest Tink ciphertext we produce after its
+	// prefix: AES-SIV's 16-byte synthetic IV (AES-GCM adds 12 + 16 bytes).
+	minTinkPayload = 16
+	// MinEnvelopeLen is the length of the shortest well-formed envelope.
+	MinEnvelopeLen = HeaderLen + tinkPrefixLen + minTinkPayload
+	// textEnvelopePrefix is the envelope header in PostgreSQL's hex bytea
+	// text form.
+	textEnvelopePrefix = `\x504801`
+)
+
+// IsEnvelope reports whether b looks like a phiproxy ciphertext: the header,
+// a Tink key-id prefix and at least the shortest Tink payload. It does not
+// authenticate anything; it is the proxy's cheap safety net (DESIGN.md §5.5).
+func IsEnvelope(b []byte) bool {
+	return len(b) >= MinEnvelopeLen &&
+		b[0] == envelopeHeader[0] && b[1] == envelopeHeader[1] && b[2] == envelopeHeader[2] &&
+		b[HeaderLen] == tinkStartByte
+}
+
+// HasEnvelopeHeader reports whether b starts with the envelope header,
+// whatever its length. The safety net uses it for values that may have been
+// truncated or altered: they still must not reach a client.
+func HasEnvelopeHeader(b []byte) bool {
+	return len(b) >= HeaderLen &&
+		b[0] == envelopeHeader[0] && b[1] == envelopeHeader[1] && b[2] == envelopeHeader[2]
+}
+
+// IsTextEnvelope reports whether b, a value in PostgreSQL's text format,
+// begins with the envelope header in bytea hex form (`\x504801`, hex digits
+// in either case). Casts, encode(), row and array literals all produce this
+// form, so the proxy checks every text value with it, not only bytea ones.
+func IsTextEnvelope(b []byte) bool {
+	if len(b) < len(textEnvelopePrefix) || b[0] != '\\' || (b[1] != 'x' && b[1] != 'X') {
+		return false
+	}
+	for i := 2; i < len(textEnvelopePrefix); i++ {
+		c := b[i]
+		if c >= 'A' && c <= 'F' {
+			c += 'a' - 'A'
+		}
+		if c != textEnvelopePrefix[i] {
+			return false
+		}
+	}
+	return true
+}
+
+// EnvelopeKeyID returns the id of the Tink key that produced envelope b, or
+// false when b is not an envelope. Key ids are not secret: `keys list` shows
+// them, and operators use them to find rows still under a key before
+// retiring it.
+func EnvelopeKeyID(b []byte) (uint32, bool) {
+	if !IsEnvelope(b) {
+		return 0, false
+	}
+	return binary.BigEndian.Uint32(b[HeaderLen+1 : HeaderLen+tinkPrefixLen]), true
+}
+
+// KeyPrefix returns the first bytes every envelope made by key id has:
+// header + Tink prefix. DBAs use it to count rows under a key, e.g.
+// substring(col FROM 1 FOR 8) = '\x5048010112345678'.
+func KeyPrefix(id uint32) []byte {
+	p := make([]byte, 0, HeaderLen+tinkPrefixLen)
+	p = append(p, envelopeHeader...)
+	p = append(p, tinkStartByte)
+	return binary.BigEndian.AppendUint32(p, id)
+}
