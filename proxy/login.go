@@ -62,6 +62,14 @@ func relayLogin(ctx context.Context, s *session, rt *runtimeConfig, p *startupPa
 	if err != nil {
 		return nil, err
 	}
+	return relayUntilReady(s, up)
+}
+
+// relayUntilReady relays the upstream's login messages to the client until
+// its ReadyForQuery: authentication requests (answered by the client, in
+// relay mode), ParameterStatus and NoticeResponse. BackendKeyData and
+// ReadyForQuery are kept for the session, which sends its own.
+func relayUntilReady(s *session, up *leg) (*loginResult, error) {
 	res := &loginResult{}
 	for {
 		typ, body, err := up.in.next()

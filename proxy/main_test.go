@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"net"
 	"os"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -55,6 +56,17 @@ func runTests(m *testing.M) int {
 			return 1
 		}
 	}
+	// The catalog connection takes its password from PGPASSFILE, as in
+	// production (config refuses passwords in catalog_dsn).
+	pgpass, err := os.CreateTemp("", "proxy-test-pgpass-")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	defer os.Remove(pgpass.Name())
+	fmt.Fprintf(pgpass, "*:*:*:%s:%s\n", c.SuperUser, c.SuperPassword)
+	pgpass.Close()
+	os.Setenv("PGPASSFILE", pgpass.Name())
 	testCluster = c
 	return m.Run()
 }
@@ -97,12 +109,16 @@ type testProxy struct {
 	cfg  *config.Config
 }
 
-// proxyConfig renders a config for upstream address up; extra YAML lines
-// are appended.
+// proxyConfig renders a config for upstream address up (sslmode disable,
+// auth terminate unless extra lines say otherwise); extra YAML lines are
+// appended.
 func proxyConfig(t testing.TB, up string, extra ...string) *config.Config {
 	t.Helper()
-	y := "listen: 127.0.0.1:0\nupstream: {address: " + up + ", sslmode: disable}\n" +
-		"catalog_dsn: postgres://postgres@127.0.0.1/postgres\nauth: {mode: relay}\n" + strings.Join(extra, "\n") + "\n"
+	y := "listen: 127.0.0.1:0\ncatalog_dsn: postgres://postgres@" + testCluster.Addr() + "/postgres?sslmode=disable\n"
+	if !slices.ContainsFunc(extra, func(l string) bool { return strings.HasPrefix(l, "upstream:") }) {
+		y += "upstream: {address: " + up + ", sslmode: disable}\n"
+	}
+	y += strings.Join(extra, "\n") + "\n"
 	cfg, err := config.Parse([]byte(y), "")
 	if err != nil {
 		t.Fatalf("config: %v\n%s", err, y)

@@ -13,6 +13,7 @@ import (
 
 	"github.com/phiproxy/phiproxy/config"
 	"github.com/phiproxy/phiproxy/pgerr"
+	"github.com/phiproxy/phiproxy/proxy/auth"
 )
 
 // ErrServerClosed is returned by Serve after Shutdown or Close.
@@ -43,6 +44,9 @@ type runtimeConfig struct {
 	clientTLS *tls.Config // nil when client_tls.mode is disable
 	upstream  *upstreamDialer
 	login     loginFunc
+	// channelBinding is tls-server-end-point of the client certificate,
+	// nil when SCRAM-SHA-256-PLUS cannot be offered.
+	channelBinding []byte
 }
 
 // Option configures a Server.
@@ -52,6 +56,7 @@ type options struct {
 	logger         *slog.Logger
 	interceptor    func(*SessionInfo) Interceptor
 	startupTimeout time.Duration
+	lookup         auth.LookupFunc
 }
 
 // WithLogger sets the logger (default: slog.Default()). Logs carry
@@ -103,6 +108,11 @@ func (s *Server) buildRuntime(cfg *config.Config) (*runtimeConfig, error) {
 			return nil, fmt.Errorf("client_tls: %w", err)
 		}
 		rt.clientTLS = &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
+		if cb, err := auth.TLSServerEndPoint(cert.Leaf); err == nil {
+			rt.channelBinding = cb
+		} else {
+			s.log.Warn("client certificate allows no channel binding; SCRAM-SHA-256-PLUS is not offered", "err", err)
+		}
 	}
 	up, err := newUpstreamDialer(cfg.Upstream, cfg.Limits.ConnectTimeout)
 	if err != nil {

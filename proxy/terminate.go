@@ -1,12 +1,200 @@
 package proxy
 
 import (
+	"bufio"
+	"context"
+	"crypto/tls"
+	"encoding/binary"
 	"errors"
+	"sync"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgproto3"
 
 	"github.com/phiproxy/phiproxy/config"
+	"github.com/phiproxy/phiproxy/pgerr"
+	"github.com/phiproxy/phiproxy/proxy/auth"
 )
 
-// terminateLogin builds the login for auth.mode terminate.
-func (s *Server) terminateLogin(_ *config.Config) (loginFunc, error) {
-	return nil, errors.New("auth.mode terminate is not available in this build yet; use auth.mode relay")
+// WithLookup replaces the verifier lookup of auth.mode terminate (by
+// default auth.query over catalog_dsn).
+func WithLookup(f auth.LookupFunc) Option { return func(o *options) { o.lookup = f } }
+
+// terminateLogin builds the login of auth.mode terminate: the client is
+// authenticated by package auth against the verifier that auth.query
+// returns over the catalog connection, then the proxy logs in upstream with
+// the credentials recovered from that exchange.
+func (s *Server) terminateLogin(cfg *config.Config) (loginFunc, error) {
+	lookup := s.opts.lookup
+	if lookup == nil {
+		cat, err := newCatalogQuerier(cfg.CatalogDSN)
+		if err != nil {
+			return nil, err
+		}
+		lookup = auth.QueryLookup(cat, cfg.Auth.Query)
+	}
+	a, err := auth.New(auth.Options{Lookup: lookup})
+	if err != nil {
+		return nil, err
+	}
+	return func(ctx context.Context, ss *session, rt *runtimeConfig, p *startupPacket) (*loginResult, error) {
+		return terminate(ctx, ss, rt, p, a)
+	}, nil
+}
+
+func terminate(ctx context.Context, s *session, rt *runtimeConfig, p *startupPacket, a *auth.Authenticator) (*loginResult, error) {
+	max := rt.cfg.Limits.MaxMessageBytes
+	be := pgproto3.NewBackend(&frameReader{r: s.client.in.r}, legWriter{s.client})
+	be.SetMaxBodyLen(max)
+	client := auth.Client{User: s.info.User}
+	if _, ok := s.clientConn().(*tls.Conn); ok {
+		client.ChannelBinding = rt.channelBinding
+	}
+	creds, err := a.Authenticate(ctx, be, client)
+	if err != nil {
+		if errors.Is(err, auth.ErrClientGone) {
+			return nil, errClientGone
+		}
+		return nil, err
+	}
+	defer creds.Wipe()
+
+	up, err := connectUpstream(ctx, s, rt, p)
+	if err != nil {
+		return nil, err
+	}
+	fe := pgproto3.NewFrontend(&frameReader{r: up.in.r}, legWriter{up})
+	fe.SetMaxBodyLen(max)
+	var upTLS *tls.ConnectionState
+	if tc, ok := up.conn.(*tls.Conn); ok {
+		st := tc.ConnectionState()
+		upTLS = &st
+	}
+	if err := creds.Login(ctx, fe, upTLS); err != nil {
+		var ue *auth.UpstreamError
+		switch {
+		case errors.As(err, &ue):
+			// The upstream's own error, unchanged.
+			_ = s.client.sendNow(&ue.Response)
+			return nil, &upstreamError{code: ue.Response.Code, msg: "upstream login refused"}
+		case pgerr.As(err) != nil:
+			return nil, err
+		default:
+			return nil, lostUpstreamDuringLogin(err)
+		}
+	}
+	if err := s.client.send(&pgproto3.AuthenticationOk{}); err != nil {
+		return nil, err
+	}
+	return relayUntilReady(s, up)
+}
+
+// frameReader hands pgproto3 the bytes of a bufio.Reader without reading
+// past the end of the current message, so that whatever the peer sent
+// after the login exchange stays in the buffer for the relay loop.
+type frameReader struct {
+	r         *bufio.Reader
+	remaining int
+}
+
+func (f *frameReader) Read(p []byte) (int, error) {
+	if f.remaining == 0 {
+		h, err := f.r.Peek(5)
+		if err != nil {
+			if len(h) == 0 {
+				return 0, err
+			}
+			p = p[:min(len(p), len(h))]
+			return f.r.Read(p)
+		}
+		n := int(int32(binary.BigEndian.Uint32(h[1:])))
+		f.remaining = 1 + max(n, 4)
+	}
+	if len(p) > f.remaining {
+		p = p[:f.remaining]
+	}
+	n, err := f.r.Read(p)
+	f.remaining -= n
+	return n, err
+}
+
+// legWriter lets pgproto3 write through a leg: each Flush of pgproto3 is
+// one Write here, which is buffered and flushed at once.
+type legWriter struct{ l *leg }
+
+func (w legWriter) Write(p []byte) (int, error) {
+	w.l.mu.Lock()
+	defer w.l.mu.Unlock()
+	if _, err := w.l.w.Write(p); err != nil {
+		return 0, err
+	}
+	if err := w.l.w.Flush(); err != nil {
+		return 0, err
+	}
+	return len(p), nil
+}
+
+// catalogQuerier is the catalog connection for verifier lookups: one pgx
+// connection, opened on first use and re-opened after a failure, used by
+// one lookup at a time (a lookup is one short query per login).
+type catalogQuerier struct {
+	cfg *pgx.ConnConfig
+
+	mu   sync.Mutex
+	conn *pgx.Conn
+}
+
+func newCatalogQuerier(dsn string) (*catalogQuerier, error) {
+	cfg, err := pgx.ParseConfig(dsn)
+	if err != nil {
+		return nil, errors.New("catalog_dsn: " + err.Error())
+	}
+	return &catalogQuerier{cfg: cfg}, nil
+}
+
+// Query runs sql; the connection stays locked until the rows are closed.
+func (c *catalogQuerier) Query(ctx context.Context, sql string, args ...any) (pgx.Rows, error) {
+	c.mu.Lock()
+	if c.conn == nil || c.conn.IsClosed() {
+		conn, err := pgx.ConnectConfig(ctx, c.cfg)
+		if err != nil {
+			c.mu.Unlock()
+			return nil, err
+		}
+		c.conn = conn
+	}
+	rows, err := c.conn.Query(ctx, sql, args...)
+	if err != nil {
+		c.dropLocked()
+		c.mu.Unlock()
+		return nil, err
+	}
+	return &lockedRows{Rows: rows, c: c}, nil
+}
+
+func (c *catalogQuerier) dropLocked() {
+	if c.conn != nil {
+		_ = c.conn.Close(context.Background())
+		c.conn = nil
+	}
+}
+
+// Close closes the catalog connection.
+func (c *catalogQuerier) Close() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.dropLocked()
+}
+
+type lockedRows struct {
+	pgx.Rows
+	c    *catalogQuerier
+	once sync.Once
+}
+
+func (r *lockedRows) Close() {
+	r.once.Do(func() {
+		r.Rows.Close()
+		r.c.mu.Unlock()
+	})
 }
