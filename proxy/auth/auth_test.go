@@ -261,13 +261,15 @@ func TestFailuresLookLikePostgreSQL(t *testing.T) {
 		{"lookup through the SECURITY DEFINER function", functionQuery},
 		{"lookup without rolcanlogin", "SELECT rolname, rolpassword, rolvaliduntil FROM phiproxy.user_lookup($1)"},
 	} {
-		for _, ut := range []bool{false, true} {
-			p := startProxy(t, proxyOptions{clientTLS: true, upstreamTLS: ut, query: q.query})
+		for _, legs := range [][2]bool{{false, false}, {true, false}, {true, true}} {
+			ct, ut := legs[0], legs[1]
+			sslmode := map[bool]string{false: "disable", true: "verify-full"}[ct]
+			p := startProxy(t, proxyOptions{clientTLS: ct, upstreamTLS: ut, query: q.query})
 			for _, tc := range cases {
 				for _, cl := range clients {
-					t.Run(fmt.Sprintf("%s: %s with %s (upstream_tls=%v)", q.name, tc.name, cl.name, ut), func(t *testing.T) {
-						direct := normalize(cl.run(t, cluster.Port, tc.user, tc.password, "verify-full", "prefer"), cluster.Port)
-						got := normalize(cl.run(t, p.port(), tc.user, tc.password, "verify-full", "prefer"), p.port())
+					t.Run(fmt.Sprintf("%s: %s with %s (sslmode=%s upstream_tls=%v)", q.name, tc.name, cl.name, sslmode, ut), func(t *testing.T) {
+						direct := normalize(cl.run(t, cluster.Port, tc.user, tc.password, sslmode, "prefer"), cluster.Port)
+						got := normalize(cl.run(t, p.port(), tc.user, tc.password, sslmode, "prefer"), p.port())
 						if got != direct {
 							t.Fatalf("through the proxy:\n  %s\ndirect:\n  %s", got, direct)
 						}
@@ -360,6 +362,14 @@ func TestLookupFunction(t *testing.T) {
 	v, err = catalogLookup(t, functionQuery)(ctx, "expired_user")
 	if err != nil || v == nil || v.ValidUntil == nil || v.ValidUntil.Year() != 2000 {
 		t.Fatalf("lookup expired_user = %+v, %v", v, err)
+	}
+	v, err = catalogLookup(t, functionQuery)(ctx, "forever")
+	if err != nil || v == nil || v.ValidUntil != nil {
+		t.Fatalf("lookup forever (VALID UNTIL infinity) = %+v, %v", v, err)
+	}
+	v, err = catalogLookup(t, functionQuery)(ctx, "nologin_user")
+	if err != nil || v == nil || v.CanLogin {
+		t.Fatalf("lookup nologin_user = %+v, %v", v, err)
 	}
 	if v, err = catalogLookup(t, functionQuery)(ctx, "ghost"); v != nil || err != nil {
 		t.Fatalf("lookup ghost = %+v, %v", v, err)

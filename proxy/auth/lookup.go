@@ -9,10 +9,6 @@ import (
 	"github.com/jackc/pgx/v5/pgtype"
 )
 
-// DefaultQuery is auth.query's default. It does not filter on rolcanlogin:
-// a NOLOGIN role then gets PostgreSQL's own 28000 after a correct password.
-const DefaultQuery = "SELECT rolname, rolpassword, rolvaliduntil, rolcanlogin FROM pg_catalog.pg_authid WHERE rolname = $1"
-
 // Querier is what QueryLookup needs of the catalog connection: a
 // *pgxpool.Pool, or a *pgx.Conn guarded against concurrent use.
 type Querier interface {

@@ -68,6 +68,7 @@ CREATE ROLE alice LOGIN PASSWORD '%s';
 CREATE ROLE nologin_user NOLOGIN PASSWORD '%s';
 CREATE ROLE expired_user LOGIN PASSWORD '%s' VALID UNTIL '2000-01-01';
 CREATE ROLE nopass_user LOGIN;
+CREATE ROLE forever LOGIN PASSWORD 'forever-pw' VALID UNTIL 'infinity';
 SET password_encryption = 'md5';
 CREATE ROLE md5user LOGIN PASSWORD '%s';
 CREATE ROLE md5only LOGIN PASSWORD '%s';
