@@ -47,6 +47,8 @@ type session struct {
 	inflight []byte
 	// extOpen: extended-protocol messages were sent since the last Sync.
 	extOpen bool
+	// exitState is the state the session was in when it ended, for logs.
+	exitState State
 
 	proxyPID         uint32
 	closing          atomic.Bool
@@ -138,6 +140,7 @@ func (s *session) end(e *pgerr.Error) {
 			server.conn.Close()
 		}
 		s.stMu.Lock()
+		s.exitState = s.cur
 		s.applyLocked(event{kind: evClose})
 		s.stMu.Unlock()
 	})
@@ -259,7 +262,9 @@ func (s *session) serve(ctx context.Context) {
 	}
 	s.log.Info("session started")
 	s.relay()
-	attrs := []any{"duration", time.Since(s.start).Round(time.Millisecond)}
+	s.stMu.Lock()
+	attrs := []any{"duration_ms", time.Since(s.start).Milliseconds(), "state", s.exitState.String()}
+	s.stMu.Unlock()
 	if e := s.endErr.Load(); e != nil {
 		attrs = append(attrs, "sqlstate", e.Code.String())
 	}
