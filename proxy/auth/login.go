@@ -28,12 +28,15 @@ type Credentials struct {
 // Role is the authenticated user name.
 func (c *Credentials) Role() string { return c.role }
 
-// Method is "scram-sha-256" or "md5".
+// Method is "scram-sha-256" or "md5" ("" after Wipe).
 func (c *Credentials) Method() string {
-	if c.scram != nil {
+	switch {
+	case c.scram != nil:
 		return "scram-sha-256"
+	case c.md5 != "":
+		return "md5"
 	}
-	return "md5"
+	return ""
 }
 
 // LogValue keeps the credentials out of logs.
