@@ -1,0 +1,109 @@
+package rewrite
+
+import (
+	"hash/maphash"
+	"sync"
+)
+
+// Cache is a bounded LRU of plans keyed by the exact SQL text, the catalog
+// version, the session's search_path and user. It is safe for concurrent
+// use by every session; a hit takes one shard lock and allocates nothing.
+// Refusals are cached too.
+type Cache struct {
+	seed   maphash.Seed
+	shards []cacheShard
+}
+
+type cacheKey struct {
+	sql        string
+	version    uint64
+	searchPath string
+	user       string
+}
+
+type cacheEntry struct {
+	key        cacheKey
+	plan       *Plan
+	err        error
+	prev, next *cacheEntry
+}
+
+type cacheShard struct {
+	mu    sync.Mutex
+	max   int
+	m     map[cacheKey]*cacheEntry
+	head  cacheEntry // sentinel: head.next is the most recent
+	_     [32]byte   // keep shards' locks on separate cache lines
+	count int
+}
+
+const cacheShards = 16
+
+// NewCache returns a cache holding at most size plans (at least one per
+// shard).
+func NewCache(size int) *Cache {
+	c := &Cache{seed: maphash.MakeSeed(), shards: make([]cacheShard, cacheShards)}
+	per := (size + cacheShards - 1) / cacheShards
+	if per < 1 {
+		per = 1
+	}
+	for i := range c.shards {
+		s := &c.shards[i]
+		s.max = per
+		s.m = make(map[cacheKey]*cacheEntry, per)
+		s.head.next, s.head.prev = &s.head, &s.head
+	}
+	return c
+}
+
+func (c *Cache) shard(k cacheKey) *cacheShard {
+	return &c.shards[maphash.String(c.seed, k.sql)%cacheShards]
+}
+
+func (c *Cache) get(k cacheKey) (*cacheEntry, bool) {
+	s := c.shard(k)
+	s.mu.Lock()
+	e, ok := s.m[k]
+	if ok && s.head.next != e {
+		e.prev.next, e.next.prev = e.next, e.prev
+		e.next, e.prev = s.head.next, &s.head
+		s.head.next.prev = e
+		s.head.next = e
+	}
+	s.mu.Unlock()
+	return e, ok
+}
+
+func (c *Cache) put(k cacheKey, p *Plan, err error) {
+	s := c.shard(k)
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if _, ok := s.m[k]; ok {
+		return
+	}
+	e := &cacheEntry{key: k, plan: p, err: err}
+	s.m[k] = e
+	e.next, e.prev = s.head.next, &s.head
+	s.head.next.prev = e
+	s.head.next = e
+	s.count++
+	for s.count > s.max {
+		last := s.head.prev
+		last.prev.next = &s.head
+		s.head.prev = last.prev
+		delete(s.m, last.key)
+		s.count--
+	}
+}
+
+// Len returns the number of cached plans.
+func (c *Cache) Len() int {
+	n := 0
+	for i := range c.shards {
+		s := &c.shards[i]
+		s.mu.Lock()
+		n += s.count
+		s.mu.Unlock()
+	}
+	return n
+}

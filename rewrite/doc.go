@@ -1,0 +1,64 @@
+// Package rewrite turns SQL text into a Plan the proxy can execute on
+// ciphertext, or into a clear refusal (*pgerr.Error with a SQLSTATE, a
+// message naming relation.column and a hint).
+//
+// It is pure: no I/O, no keys, no clock, no package-level mutable state
+// (deps_test.go enforces the imports). The proxy owns everything with a
+// side effect.
+//
+// # Inputs
+//
+//   - the PHI column map (Columns, from config: schema, table, column,
+//     logical type, mode, key);
+//   - a Catalog (relations with OIDs, columns with attnums, views and
+//     functions that read PHI, a Version); the proxy implements it from a
+//     pg_catalog snapshot, tests use MemCatalog;
+//   - per statement, the Session (search_path as SHOW prints it, user).
+//
+// # Flow
+//
+//	planner := rewrite.NewPlanner(cols, catalog, cache)   // per config+catalog snapshot
+//	plan, err := planner.Plan(sql, rewrite.Session{SearchPath: sp, User: u})
+//	if err != nil { send ErrorResponse from pgerr.As(err); return }
+//	if plan.PassThrough { forward sql unchanged (still apply Effects); return }
+//	text, err := plan.Render(func(s rewrite.Slot) (string, error) {
+//	    // canonicalise s.Text to s.Column.Type (pgtype), encrypt with
+//	    // s.Column.Key, return a bytea literal: '\x5048…'::bytea
+//	})
+//	// Params: encrypt $n values for Param.Column, send as bytea, describe
+//	//         them to the client as Param.Column.Type.
+//	// Results: decrypt output column Result.Position with Result.Column
+//	//          (cross-check with RowDescription's table OID + attnum).
+//	// Audit:   Statement.Action, Relations, Columns, Normalized,
+//	//          Fingerprint, Plan.EndUser.
+//
+// 1. A lexical pre-check (no parsing, no allocation) looks for any PHI
+// relation name, any view or function over PHI, and anything that could
+// spell one (U& escapes) anywhere in the text, and for statements that may
+// change session state. With neither, the plan is pass-through.
+//
+// 2. Otherwise the text is parsed once with libpg_query. Every statement
+// gets its Effects (search_path, DDL → catalog refresh, PREPARE, EXECUTE,
+// DEALLOCATE, transaction control, DISCARD, SET phiproxy.end_user, SET
+// ROLE). Each statement whose own text mentions a PHI name is analyzed:
+// names are resolved with the search_path, * is expanded from the catalog,
+// aliases, subqueries, CTEs, joins and set operations are followed, and
+// every use of a PHI column is checked against what its mode allows
+// (DESIGN §4). Anything else is refused before anything is sent: fail
+// closed.
+//
+// 3. Literals bound for a PHI column become Slots: byte ranges of the
+// original text (including a cast around the literal), so comments,
+// sqlcommenter tags and formatting survive; nothing is deparsed. The slot
+// carries the literal's plaintext as written (unescaped string value, or
+// the numeric/boolean text): canonicalisation to the logical type's text
+// form ('1980-1-2' → '1980-01-02') is the proxy's job, with pgtype. A
+// literal already cast to bytea is taken as ciphertext and left alone, so
+// planning a rendered statement again adds no slot (idempotence).
+//
+// 4. Plans (and refusals) are cached in a Cache keyed by exact SQL text,
+// catalog version, search_path and user.
+//
+// SQL-level EXECUTE needs the plan of its PREPARE, which is session state:
+// the proxy keeps Statement values by Prepare name and calls BindExecute.
+package rewrite

@@ -1,0 +1,197 @@
+package rewrite
+
+import (
+	"fmt"
+	"os"
+	"strings"
+	"testing"
+)
+
+// loadSchema builds the PHI column map and catalog from the small schema
+// language of testdata/standard.schema.
+func loadSchema(t testing.TB, text string) (*Columns, *MemCatalog) {
+	t.Helper()
+	cat := NewMemCatalog(1)
+	var cols []Column
+	for ln, line := range strings.Split(text, "\n") {
+		line = strings.TrimSpace(line)
+		if line == "" || strings.HasPrefix(line, "#") {
+			continue
+		}
+		kind, rest, _ := strings.Cut(line, " ")
+		head, body, _ := strings.Cut(rest, ":")
+		head = strings.TrimSpace(head)
+		var reads []string
+		if i := strings.Index(head, "(reads "); i >= 0 {
+			reads = strings.Fields(strings.TrimSuffix(head[i+len("(reads "):], ")"))
+			head = strings.TrimSpace(head[:i])
+		}
+		schema, name, ok := strings.Cut(head, ".")
+		if !ok {
+			t.Fatalf("schema line %d: want schema.name: %q", ln+1, line)
+		}
+		var attrs []Attr
+		for _, c := range strings.Split(body, ",") {
+			f := strings.Fields(c)
+			if len(f) == 0 {
+				continue
+			}
+			a := Attr{Name: f[0], Type: f[1]}
+			if len(f) >= 4 && f[2] == "PHI" {
+				a.Type = "bytea"
+				col := Column{Schema: schema, Table: name, Name: f[0], Type: f[1], Mode: f[3]}
+				if len(f) >= 6 && f[4] == "key" {
+					col.Key = f[5]
+				}
+				cols = append(cols, col)
+			}
+			attrs = append(attrs, a)
+		}
+		switch kind {
+		case "table":
+			cat.AddTable(schema, name, attrs...)
+		case "view":
+			cat.AddView(schema, name, reads, attrs...)
+		case "function":
+			cat.AddFunction(schema, name, reads...)
+		default:
+			t.Fatalf("schema line %d: unknown kind %q", ln+1, kind)
+		}
+	}
+	m, err := NewColumns(cols)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return m, cat
+}
+
+func standardSchema(t testing.TB) string {
+	t.Helper()
+	b, err := os.ReadFile("testdata/standard.schema")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(b)
+}
+
+// describePlan prints a plan the way the data-driven files show it.
+func describePlan(p *Plan, err error) string {
+	if err != nil {
+		return describeErr(err)
+	}
+	var b strings.Builder
+	if p.PassThrough {
+		b.WriteString("pass-through\n")
+	}
+	if p.EndUser != "" {
+		fmt.Fprintf(&b, "end_user: %s\n", p.EndUser)
+	}
+	multi := len(p.Statements) > 1
+	for i, st := range p.Statements {
+		if !st.TouchesPHI && st.Effects == 0 && p.PassThrough {
+			continue
+		}
+		ind := ""
+		if multi || !p.PassThrough {
+			if multi {
+				fmt.Fprintf(&b, "statement %d: %s", i+1, st.Tag)
+			} else {
+				fmt.Fprintf(&b, "%s", st.Tag)
+			}
+			if st.Action != "" {
+				fmt.Fprintf(&b, " (%s)", st.Action)
+			}
+			if st.Explain {
+				b.WriteString(" (explain only)")
+			}
+			b.WriteString("\n")
+			ind = "  "
+		}
+		if st.TouchesPHI {
+			fmt.Fprintf(&b, "%srelations: %s\n", ind, strings.Join(st.Relations, ", "))
+			if len(st.Columns) > 0 {
+				fmt.Fprintf(&b, "%scolumns: %s\n", ind, strings.Join(st.Columns, ", "))
+			}
+		}
+		if len(st.Slots)+len(st.Edits) > 0 {
+			one := &Plan{SQL: p.SQL, Statements: []*Statement{st}}
+			n := 0
+			sent, _ := one.Render(func(Slot) (string, error) { n++; return fmt.Sprintf("$ENC%d", n), nil })
+			fmt.Fprintf(&b, "%ssend: %s\n", ind, strings.TrimSpace(sent[st.Offset:len(sent)-(len(p.SQL)-st.Offset-st.Length)]))
+		}
+		for k, s := range st.Slots {
+			fmt.Fprintf(&b, "%s$ENC%d = encrypt(%q) for %s\n", ind, k+1, s.Text, colDesc(s.Column))
+		}
+		for _, pr := range st.Params {
+			arr := ""
+			if pr.Array {
+				arr = " (array, each element)"
+			}
+			fmt.Fprintf(&b, "%sparam $%d%s: encrypt for %s\n", ind, pr.Number, arr, colDesc(pr.Column))
+		}
+		for _, r := range st.Results {
+			fmt.Fprintf(&b, "%soutput column %d: decrypt %s\n", ind, r.Position+1, colDesc(r.Column))
+		}
+		if c := st.Copy; c != nil {
+			dir := "out"
+			if c.In {
+				dir = "in"
+			}
+			var fs []string
+			for _, f := range c.Fields {
+				if f.Column != nil {
+					fs = append(fs, f.Name+"*")
+				} else {
+					fs = append(fs, f.Name)
+				}
+			}
+			fmt.Fprintf(&b, "%scopy %s, format %s, fields: %s (* = PHI)\n", ind, dir, c.Format, strings.Join(fs, ", "))
+		}
+		if st.Effects != 0 {
+			fmt.Fprintf(&b, "%seffects: %s\n", ind, st.Effects)
+		}
+		if st.SearchPath != "" {
+			fmt.Fprintf(&b, "%snew search_path: %s\n", ind, st.SearchPath)
+		}
+		if st.SetEndUser != "" {
+			fmt.Fprintf(&b, "%snew end_user: %s\n", ind, st.SetEndUser)
+		}
+		if st.Prepare != "" {
+			fmt.Fprintf(&b, "%sprepares: %s\n", ind, st.Prepare)
+		}
+		if e := st.Execute; e != nil {
+			var args []string
+			for _, a := range e.Args {
+				args = append(args, a.Kind)
+			}
+			fmt.Fprintf(&b, "%sexecutes: %s(%s)\n", ind, e.Name, strings.Join(args, ", "))
+		}
+		if st.Normalized != "" {
+			fmt.Fprintf(&b, "%snormalized: %s\n", ind, st.Normalized)
+		}
+	}
+	return b.String()
+}
+
+func colDesc(c PHIColumn) string {
+	s := fmt.Sprintf("%s (%s, %s", c.Ident, c.Type, c.Mode)
+	if c.Key != c.Ident {
+		s += ", key " + c.Key
+	}
+	return s + ")"
+}
+
+func describeErr(err error) string {
+	pe := asPgErr(err)
+	if pe == nil {
+		return "error: " + err.Error() + "\n"
+	}
+	s := fmt.Sprintf("refused %s: %s\n", pe.Code, pe.Message)
+	if pe.Hint != "" {
+		s += "hint: " + pe.Hint + "\n"
+	}
+	if pe.Position > 0 {
+		s += fmt.Sprintf("position: %d\n", pe.Position)
+	}
+	return s
+}

@@ -1,0 +1,538 @@
+package rewrite
+
+import "strings"
+
+// This file holds the small lexical tools: the pass-through pre-check that
+// runs on every statement before any parsing, and the token extents the
+// parse tree does not give (a literal's end, a type name's end).
+
+// nameIndex is the set of words whose presence sends a statement to the
+// full planner: PHI relation names, views and functions over them, and a few
+// functions that run SQL given as text.
+type nameIndex struct {
+	words map[string]struct{} // folded; identifier characters only
+	// odd holds folded names containing other characters (spaces, quotes):
+	// checked by case-insensitive substring search.
+	odd []string
+}
+
+func (ix *nameIndex) add(name string) {
+	f := strings.ToLower(name)
+	if len(f) > maxIdentLen {
+		f = f[:maxIdentLen]
+	}
+	for i := 0; i < len(f); i++ {
+		if !isIdentByte(f[i]) {
+			ix.odd = append(ix.odd, f)
+			return
+		}
+	}
+	ix.words[f] = struct{}{}
+}
+
+// maxIdentLen is NAMEDATALEN-1: PostgreSQL truncates longer identifiers.
+const maxIdentLen = 63
+
+func isIdentByte(c byte) bool {
+	return c == '_' || c == '$' || c >= 0x80 || (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9')
+}
+
+func isIdentStart(c byte) bool {
+	return c == '_' || c >= 0x80 || (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z')
+}
+
+func isSpace(c byte) bool {
+	return c == ' ' || c == '\t' || c == '\n' || c == '\r' || c == '\f' || c == '\v'
+}
+
+// fastStarts are first words of statements that change no session state:
+// when a string mentions no PHI name and every statement starts with one of
+// these, the planner passes it through without parsing.
+var fastStarts = [...]string{"select", "insert", "update", "delete", "with", "values", "table",
+	"show", "explain", "copy", "fetch", "move", "close", "listen", "notify", "unlisten"}
+
+func isFastStart(w []byte) bool {
+	for _, s := range fastStarts {
+		if string(w) == s {
+			return true
+		}
+	}
+	return false
+}
+
+// precheck reports whether sql mentions a name of ix anywhere (in
+// identifiers, strings, comments: over-matching only costs a parse), and
+// whether it needs parsing for another reason (a U& escape, which can spell
+// any name, or a statement that may change session state). It does not
+// allocate.
+func (ix *nameIndex) precheck(sql string) (mentions, needParse bool) {
+	var buf [maxIdentLen]byte
+	atStart := true // at the beginning of a statement
+	i := 0
+	for i < len(sql) {
+		c := sql[i]
+		switch {
+		case isIdentByte(c) && !(c == '$' && (i == 0 || !isIdentByte(sql[i-1]))):
+			j := i
+			n := 0
+			for j < len(sql) && isIdentByte(sql[j]) {
+				if n < maxIdentLen {
+					b := sql[j]
+					if b >= 'A' && b <= 'Z' {
+						b += 'a' - 'A'
+					}
+					buf[n] = b
+					n++
+				}
+				j++
+			}
+			if _, ok := ix.words[string(buf[:n])]; ok {
+				mentions = true
+			}
+			if (c == 'u' || c == 'U') && j == i+1 && j < len(sql) && sql[j] == '&' {
+				needParse = true
+			}
+			if atStart {
+				atStart = false
+				if !isFastStart(buf[:n]) {
+					needParse = true
+				}
+			}
+			// A string right after E (E'...') honours backslash escapes.
+			if j == i+1 && (c == 'e' || c == 'E') && j < len(sql) && sql[j] == '\'' {
+				i = skipQuoted(sql, j, '\'', true, &ix.words, &buf, &mentions)
+				continue
+			}
+			i = j
+		case c == '\'':
+			atStart = false
+			i = skipQuoted(sql, i, '\'', false, &ix.words, &buf, &mentions)
+		case c == '"':
+			atStart = false
+			i = skipQuoted(sql, i, '"', false, &ix.words, &buf, &mentions)
+		case c == '-' && i+1 < len(sql) && sql[i+1] == '-':
+			j := strings.IndexByte(sql[i:], '\n')
+			if j < 0 {
+				j = len(sql) - i
+			}
+			ix.checkWords(sql[i:i+j], &buf, &mentions)
+			i += j
+		case c == '/' && i+1 < len(sql) && sql[i+1] == '*':
+			j := skipBlockComment(sql, i)
+			ix.checkWords(sql[i:j], &buf, &mentions)
+			i = j
+		case c == '$':
+			if end, ok := dollarQuoteEnd(sql, i); ok {
+				atStart = false
+				ix.checkWords(sql[i:end], &buf, &mentions)
+				i = end
+				continue
+			}
+			i++
+		case c == ';':
+			atStart = true
+			i++
+		case isSpace(c) || (c == '(' && atStart):
+			i++
+		default:
+			atStart = false
+			i++
+		}
+	}
+	if !mentions && len(ix.odd) > 0 {
+		for _, o := range ix.odd {
+			if containsFold(sql, o) {
+				mentions = true
+			}
+		}
+	}
+	return mentions, needParse
+}
+
+// checkWords checks every identifier-like run inside s (a string body or
+// comment) against the index.
+func (ix *nameIndex) checkWords(s string, buf *[maxIdentLen]byte, mentions *bool) {
+	wordsIn(s, &ix.words, buf, mentions)
+}
+
+func wordsIn(s string, words *map[string]struct{}, buf *[maxIdentLen]byte, mentions *bool) {
+	for i := 0; i < len(s); {
+		if !isIdentByte(s[i]) {
+			i++
+			continue
+		}
+		n := 0
+		for i < len(s) && isIdentByte(s[i]) {
+			if n < maxIdentLen {
+				b := s[i]
+				if b >= 'A' && b <= 'Z' {
+					b += 'a' - 'A'
+				}
+				buf[n] = b
+				n++
+			}
+			i++
+		}
+		if _, ok := (*words)[string(buf[:n])]; ok {
+			*mentions = true
+		}
+	}
+}
+
+// skipQuoted returns the index after the quoted token starting at sql[i]
+// (quote q, doubled to escape; backslash escapes when bs), checking the
+// words inside.
+func skipQuoted(sql string, i int, q byte, bs bool, words *map[string]struct{}, buf *[maxIdentLen]byte, mentions *bool) int {
+	j := i + 1
+	for j < len(sql) {
+		c := sql[j]
+		if bs && c == '\\' {
+			j += 2
+			continue
+		}
+		if c == q {
+			if j+1 < len(sql) && sql[j+1] == q {
+				j += 2
+				continue
+			}
+			j++
+			break
+		}
+		j++
+	}
+	if j > len(sql) {
+		j = len(sql)
+	}
+	wordsIn(sql[i:j], words, buf, mentions)
+	return j
+}
+
+func skipBlockComment(sql string, i int) int {
+	depth := 0
+	j := i
+	for j < len(sql) {
+		if sql[j] == '/' && j+1 < len(sql) && sql[j+1] == '*' {
+			depth++
+			j += 2
+			continue
+		}
+		if sql[j] == '*' && j+1 < len(sql) && sql[j+1] == '/' {
+			depth--
+			j += 2
+			if depth == 0 {
+				return j
+			}
+			continue
+		}
+		j++
+	}
+	return len(sql)
+}
+
+// dollarQuoteEnd returns the end of a dollar-quoted string starting at
+// sql[i] == '$', or false if sql[i] does not start one.
+func dollarQuoteEnd(sql string, i int) (int, bool) {
+	if i > 0 && isIdentByte(sql[i-1]) {
+		return 0, false
+	}
+	j := i + 1
+	if j < len(sql) && isIdentStart(sql[j]) {
+		for j < len(sql) && isIdentByte(sql[j]) && sql[j] != '$' {
+			j++
+		}
+	}
+	if j >= len(sql) || sql[j] != '$' {
+		return 0, false
+	}
+	tag := sql[i : j+1]
+	k := strings.Index(sql[j+1:], tag)
+	if k < 0 {
+		return len(sql), true
+	}
+	return j + 1 + k + len(tag), true
+}
+
+func containsFold(s, lowerSub string) bool {
+	n := len(lowerSub)
+	for i := 0; i+n <= len(s); i++ {
+		ok := true
+		for k := 0; k < n; k++ {
+			b := s[i+k]
+			if b >= 'A' && b <= 'Z' {
+				b += 'a' - 'A'
+			}
+			if b != lowerSub[k] {
+				ok = false
+				break
+			}
+		}
+		if ok {
+			return true
+		}
+	}
+	return false
+}
+
+// skipSpace skips whitespace and comments from i.
+func skipSpace(sql string, i int) int {
+	for i < len(sql) {
+		switch {
+		case isSpace(sql[i]):
+			i++
+		case sql[i] == '-' && i+1 < len(sql) && sql[i+1] == '-':
+			j := strings.IndexByte(sql[i:], '\n')
+			if j < 0 {
+				return len(sql)
+			}
+			i += j
+		case sql[i] == '/' && i+1 < len(sql) && sql[i+1] == '*':
+			i = skipBlockComment(sql, i)
+		default:
+			return i
+		}
+	}
+	return i
+}
+
+// literalEnd returns the end offset of the constant token that starts at
+// loc (a location the parser gave an A_Const): numbers with an optional
+// sign, TRUE/FALSE/NULL, and every string form with SQL-standard
+// continuation across newlines. It returns -1 if it cannot tell.
+func literalEnd(sql string, loc int) int {
+	if loc < 0 || loc >= len(sql) {
+		return -1
+	}
+	i := loc
+	if sql[i] == '-' || sql[i] == '+' {
+		i = skipSpace(sql, i+1)
+		if i >= len(sql) {
+			return -1
+		}
+	}
+	c := sql[i]
+	switch {
+	case c >= '0' && c <= '9' || c == '.':
+		j := i
+		for j < len(sql) {
+			b := sql[j]
+			if isIdentByte(b) && b != '$' || b == '.' {
+				j++
+				continue
+			}
+			if (b == '+' || b == '-') && j > i && (sql[j-1] == 'e' || sql[j-1] == 'E') && !strings.HasPrefix(strings.ToLower(sql[i:j]), "0x") {
+				j++
+				continue
+			}
+			break
+		}
+		return j
+	case c == '\'':
+		return stringEnd(sql, i, false)
+	case c == '$':
+		if end, ok := dollarQuoteEnd(sql, i); ok {
+			return end
+		}
+		return -1
+	case isIdentStart(c):
+		j := i
+		for j < len(sql) && isIdentByte(sql[j]) {
+			j++
+		}
+		w := strings.ToLower(sql[i:j])
+		switch {
+		case w == "true" || w == "false" || w == "null":
+			return j
+		case (w == "e" || w == "n" || w == "b" || w == "x") && j < len(sql) && sql[j] == '\'':
+			return stringEnd(sql, j, w == "e")
+		case w == "u" && strings.HasPrefix(sql[j:], "&'"):
+			end := stringEnd(sql, j+1, false)
+			if end < 0 {
+				return -1
+			}
+			k := skipSpace(sql, end)
+			if k+7 <= len(sql) && strings.EqualFold(sql[k:k+7], "uescape") {
+				k = skipSpace(sql, k+7)
+				if k < len(sql) && sql[k] == '\'' {
+					return stringEnd(sql, k, false)
+				}
+			}
+			return end
+		}
+	}
+	return -1
+}
+
+// stringEnd returns the end of the quoted string at sql[i] == '\” and of
+// any continuation segments (a quote after whitespace holding a newline).
+func stringEnd(sql string, i int, bs bool) int {
+	for {
+		j := i + 1
+		closed := false
+		for j < len(sql) {
+			c := sql[j]
+			if bs && c == '\\' {
+				j += 2
+				continue
+			}
+			if c == '\'' {
+				if j+1 < len(sql) && sql[j+1] == '\'' {
+					j += 2
+					continue
+				}
+				j++
+				closed = true
+				break
+			}
+			j++
+		}
+		if !closed {
+			return -1
+		}
+		k := j
+		nl := false
+		for k < len(sql) && isSpace(sql[k]) {
+			if sql[k] == '\n' || sql[k] == '\r' {
+				nl = true
+			}
+			k++
+		}
+		if nl && k < len(sql) && sql[k] == '\'' {
+			i = k
+			continue
+		}
+		return j
+	}
+}
+
+var typeWordFollowers = map[string]bool{"with": true, "without": true, "time": true, "zone": true, "varying": true, "precision": true}
+
+// typeNameEnd returns the end of the type name starting at loc (a
+// TypeName location), or -1.
+func typeNameEnd(sql string, loc int) int {
+	if loc < 0 || loc >= len(sql) {
+		return -1
+	}
+	i := loc
+	word := func(i int) int {
+		if i < len(sql) && sql[i] == '"' {
+			j := i + 1
+			for j < len(sql) {
+				if sql[j] == '"' {
+					if j+1 < len(sql) && sql[j+1] == '"' {
+						j += 2
+						continue
+					}
+					return j + 1
+				}
+				j++
+			}
+			return -1
+		}
+		j := i
+		for j < len(sql) && isIdentByte(sql[j]) {
+			j++
+		}
+		if j == i {
+			return -1
+		}
+		return j
+	}
+	end := word(i)
+	if end < 0 {
+		return -1
+	}
+	for end < len(sql) && sql[end] == '.' {
+		if end = word(end + 1); end < 0 {
+			return -1
+		}
+	}
+	for {
+		k := skipSpace(sql, end)
+		e := word(k)
+		if e < 0 || !typeWordFollowers[strings.ToLower(sql[k:e])] {
+			break
+		}
+		end = e
+	}
+	if k := skipSpace(sql, end); k < len(sql) && sql[k] == '(' {
+		if j := strings.IndexByte(sql[k:], ')'); j >= 0 {
+			end = k + j + 1
+		}
+	}
+	for {
+		k := skipSpace(sql, end)
+		if k < len(sql) && sql[k] == '[' {
+			j := strings.IndexByte(sql[k:], ']')
+			if j < 0 {
+				return -1
+			}
+			end = k + j + 1
+			continue
+		}
+		break
+	}
+	return end
+}
+
+// endUserTag returns the sqlcommenter end_user value of the last comment
+// that has one.
+func endUserTag(sql string) string {
+	out := ""
+	for i := 0; i < len(sql); {
+		k := strings.Index(sql[i:], "/*")
+		if k < 0 {
+			break
+		}
+		start := i + k
+		end := skipBlockComment(sql, start)
+		body := sql[start:end]
+		if p := strings.Index(body, "end_user='"); p >= 0 {
+			v := body[p+len("end_user='"):]
+			var b strings.Builder
+			for j := 0; j < len(v); j++ {
+				if v[j] == '\\' && j+1 < len(v) {
+					j++
+					b.WriteByte(v[j])
+					continue
+				}
+				if v[j] == '\'' {
+					break
+				}
+				b.WriteByte(v[j])
+			}
+			out = percentDecode(b.String())
+		}
+		i = end
+	}
+	return out
+}
+
+func percentDecode(s string) string {
+	if !strings.Contains(s, "%") {
+		return s
+	}
+	var b strings.Builder
+	for i := 0; i < len(s); i++ {
+		if s[i] == '%' && i+2 < len(s) && isHex(s[i+1]) && isHex(s[i+2]) {
+			b.WriteByte(unhex(s[i+1])<<4 | unhex(s[i+2]))
+			i += 2
+			continue
+		}
+		b.WriteByte(s[i])
+	}
+	return b.String()
+}
+
+func isHex(c byte) bool {
+	return c >= '0' && c <= '9' || c >= 'a' && c <= 'f' || c >= 'A' && c <= 'F'
+}
+
+func unhex(c byte) byte {
+	switch {
+	case c >= '0' && c <= '9':
+		return c - '0'
+	case c >= 'a' && c <= 'f':
+		return c - 'a' + 10
+	}
+	return c - 'A' + 10
+}

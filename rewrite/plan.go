@@ -1,0 +1,306 @@
+package rewrite
+
+import (
+	"fmt"
+	"log/slog"
+	"sort"
+	"strings"
+)
+
+// Plan is what the proxy does with one query string (one simple-protocol
+// Query message or one extended-protocol Parse). A string holds one or more
+// statements; each gets a Statement. Plans are immutable and shared between
+// sessions through the Cache: never modify one.
+type Plan struct {
+	// SQL is the original text. The text to send is SQL with Slots and Edits
+	// applied: see Render.
+	SQL string
+	// PassThrough is true when no statement touches PHI: send SQL
+	// unchanged, transform nothing, audit nothing. Statements may still
+	// carry Effects.
+	PassThrough bool
+	Statements  []*Statement
+	// EndUser is the sqlcommenter end_user tag (/*end_user='dr.smith'*/),
+	// URL-decoded, or "".
+	EndUser string
+}
+
+// Statement is the plan of one statement of the string.
+type Statement struct {
+	// Offset and Length locate the statement in Plan.SQL (bytes).
+	Offset, Length int
+	// Tag is the statement kind in upper case ("SELECT", "INSERT", ...).
+	Tag string
+	// TouchesPHI says the statement reaches a PHI relation; only then are
+	// Action, Relations, Columns, Normalized and Fingerprint set.
+	TouchesPHI bool
+	Action     Action
+	// Relations ("schema.table") and Columns ("schema.table.column") are
+	// the PHI relations and columns the statement reaches, sorted.
+	Relations []string
+	Columns   []string
+	// Normalized is the statement with every constant replaced by $n
+	// (pg_query Normalize); it never holds a value. Fingerprint is
+	// pg_query's fingerprint of the statement (hex).
+	Normalized  string
+	Fingerprint string
+
+	// Slots are literals that must be encrypted, in text order.
+	Slots []Slot
+	// Edits are fixed text replacements (for example a cast of a PHI
+	// parameter to its logical type becomes a cast to bytea).
+	Edits []Edit
+	// Params are the $n bound for PHI columns, by number.
+	Params []Param
+	// Results are the output columns that carry PHI, by position.
+	Results []Result
+
+	// Effects lists session state the statement changes.
+	Effects Effect
+	// SearchPath is the new search_path for SET [LOCAL] search_path with a
+	// value (in SHOW search_path form); empty when Effects has
+	// EffectSearchPath but the value is not known statically (RESET,
+	// DEFAULT, set_config): the proxy must ask the server.
+	SearchPath string
+	// SetEndUser is the value of SET phiproxy.end_user.
+	SetEndUser string
+	// Prepare is set for SQL-level PREPARE: the Statement's Params and
+	// Results describe the prepared statement.
+	Prepare string
+	// Execute is set for SQL-level EXECUTE: call BindExecute with the
+	// Statement of the PREPARE to get slots and results.
+	Execute *Execute
+	// Deallocate is the name for DEALLOCATE ("" with EffectDeallocate
+	// means DEALLOCATE ALL).
+	Deallocate string
+	// Copy is set for COPY ... FROM STDIN / TO STDOUT.
+	Copy *Copy
+	// Explain is true for EXPLAIN without ANALYZE: nothing is read or
+	// written, but literals are still encrypted.
+	Explain bool
+}
+
+// Action is the audit action of a statement (contract: DESIGN §8).
+type Action string
+
+// Audit actions.
+const (
+	ActionNone    Action = ""
+	ActionRead    Action = "read"
+	ActionWrite   Action = "write"
+	ActionDelete  Action = "delete"
+	ActionCopyIn  Action = "copy_in"
+	ActionCopyOut Action = "copy_out"
+)
+
+// Effect is a set of session-state changes.
+type Effect uint16
+
+// Effects the proxy tracks.
+const (
+	// EffectSearchPath: search_path changes (see Statement.SearchPath).
+	EffectSearchPath Effect = 1 << iota
+	// EffectCatalog: DDL; refresh the catalog snapshot after success.
+	EffectCatalog
+	// EffectPrepare, EffectExecute, EffectDeallocate: SQL-level prepared
+	// statements (see Statement.Prepare, Execute, Deallocate).
+	EffectPrepare
+	EffectExecute
+	EffectDeallocate
+	// EffectTransaction: BEGIN, COMMIT, ROLLBACK, SAVEPOINT, ...
+	EffectTransaction
+	// EffectDiscard: DISCARD ALL/PLANS/TEMP (prepared statements and
+	// search_path may be reset).
+	EffectDiscard
+	// EffectEndUser: SET phiproxy.end_user (see Statement.SetEndUser).
+	EffectEndUser
+	// EffectRole: SET ROLE / SET SESSION AUTHORIZATION / RESET ROLE;
+	// re-resolve role memberships for policy.
+	EffectRole
+	// EffectLocal: the SET is LOCAL (undone at transaction end).
+	EffectLocal
+)
+
+var effectNames = []string{"search_path", "catalog", "prepare", "execute", "deallocate", "transaction", "discard", "end_user", "role", "local"}
+
+func (e Effect) String() string {
+	var parts []string
+	for i, n := range effectNames {
+		if e&(1<<i) != 0 {
+			parts = append(parts, n)
+		}
+	}
+	return strings.Join(parts, ",")
+}
+
+// PHIColumn identifies a PHI column as the proxy needs it to encrypt,
+// decrypt, check policy and describe types.
+type PHIColumn struct {
+	// Ident is "schema.table.column" of the configured column.
+	Ident string
+	// RelOID and Attnum are the column's origin (for a configured view
+	// column, the view's).
+	RelOID uint32
+	Attnum int16
+	// Type is the logical type; Mode and Key as configured.
+	Type string
+	Mode string
+	Key  string
+}
+
+// Slot is a literal in the original text that must become ciphertext. The
+// proxy canonicalises Text to Column.Type's canonical text form (pgtype),
+// encrypts it with the column's key and replaces SQL[Offset:Offset+Length]
+// with a bytea literal such as '\x5048…'::bytea. A slot may cover a cast
+// around the literal ('1980-1-2'::date, date '1980-1-2'): the whole cast is
+// replaced.
+type Slot struct {
+	Offset, Length int
+	// Text is the literal's plaintext: the unescaped string constant, or
+	// the numeric/boolean literal as written.
+	Text   string
+	Column PHIColumn
+}
+
+// LogValue keeps the plaintext out of logs.
+func (s Slot) LogValue() slog.Value {
+	return slog.GroupValue(slog.Int("offset", s.Offset), slog.Int("length", s.Length),
+		slog.String("column", s.Column.Ident), slog.String("text", "REDACTED"))
+}
+
+// Edit replaces SQL[Offset:Offset+Length] with Text (no secret involved).
+type Edit struct {
+	Offset, Length int
+	Text           string
+}
+
+// Param is a $n bound for a PHI column: the proxy reports Column.Type in
+// ParameterDescription, encrypts the client's value for Column (after
+// decoding it with the client's format and canonicalising) and sends it as
+// bytea. With Array, the value is an array of Column.Type whose elements
+// are each encrypted, sent as bytea[].
+type Param struct {
+	Number int
+	Array  bool
+	Column PHIColumn
+}
+
+// Result is an output column carrying PHI: decrypt (or mask or deny) with
+// Column and describe it to the client as Column.Type. Position is 0-based
+// among the statement's output columns.
+type Result struct {
+	Position int
+	Column   PHIColumn
+}
+
+// Execute describes a SQL-level EXECUTE name(args).
+type Execute struct {
+	Name string
+	Args []ExecArg
+}
+
+// ExecArg is one argument of EXECUTE.
+type ExecArg struct {
+	Offset, Length int
+	// Kind is "literal", "null", "param" or "expr".
+	Kind   string
+	Text   string // literal plaintext
+	Number int    // for "param"
+}
+
+// Copy describes COPY ... FROM STDIN / TO STDOUT on a PHI relation or query.
+type Copy struct {
+	// In is true for FROM STDIN.
+	In bool
+	// Format is text, csv or binary.
+	Format string
+	// Options are the remaining COPY options by lower-case name
+	// (delimiter, null, header, quote, escape, encoding, ...), as written.
+	Options map[string]string
+	// Fields are the fields of each row in order; Column is set for PHI
+	// fields.
+	Fields []CopyField
+}
+
+// CopyField is one field of a COPY row.
+type CopyField struct {
+	Name   string
+	Column *PHIColumn
+}
+
+// Render returns the text to send: SQL with every slot replaced by fill's
+// result and every edit applied.
+func (p *Plan) Render(fill func(Slot) (string, error)) (string, error) {
+	type rep struct {
+		off, n int
+		text   string
+		slot   *Slot
+	}
+	var reps []rep
+	for _, st := range p.Statements {
+		for i := range st.Slots {
+			reps = append(reps, rep{off: st.Slots[i].Offset, n: st.Slots[i].Length, slot: &st.Slots[i]})
+		}
+		for _, e := range st.Edits {
+			reps = append(reps, rep{off: e.Offset, n: e.Length, text: e.Text})
+		}
+	}
+	if len(reps) == 0 {
+		return p.SQL, nil
+	}
+	sort.Slice(reps, func(i, j int) bool { return reps[i].off < reps[j].off })
+	var b strings.Builder
+	b.Grow(len(p.SQL) + 64*len(reps))
+	pos := 0
+	for _, r := range reps {
+		if r.off < pos {
+			panic("BUG: overlapping rewrite slots")
+		}
+		b.WriteString(p.SQL[pos:r.off])
+		if r.slot != nil {
+			s, err := fill(*r.slot)
+			if err != nil {
+				return "", err
+			}
+			b.WriteString(s)
+		} else {
+			b.WriteString(r.text)
+		}
+		pos = r.off + r.n
+	}
+	b.WriteString(p.SQL[pos:])
+	return b.String(), nil
+}
+
+// BindExecute returns the plan of a SQL-level EXECUTE given the Statement
+// planned for its PREPARE: arguments bound for PHI parameters become slots
+// (in the EXECUTE's text), and results, action and PHI relations are the
+// prepared statement's. An argument for a PHI parameter that is not a
+// literal or NULL is refused.
+func BindExecute(exec, prepared *Statement) (*Statement, error) {
+	if exec.Execute == nil {
+		panic("BUG: BindExecute on a statement that is not EXECUTE")
+	}
+	out := *exec
+	out.TouchesPHI = prepared.TouchesPHI
+	out.Action = prepared.Action
+	out.Relations = prepared.Relations
+	out.Columns = prepared.Columns
+	out.Results = prepared.Results
+	out.Slots = nil
+	for _, p := range prepared.Params {
+		if p.Number > len(exec.Execute.Args) {
+			continue
+		}
+		arg := exec.Execute.Args[p.Number-1]
+		switch {
+		case arg.Kind == "null":
+		case arg.Kind == "literal" && !p.Array:
+			out.Slots = append(out.Slots, Slot{Offset: arg.Offset, Length: arg.Length, Text: arg.Text, Column: p.Column})
+		default:
+			return nil, refusal(fmt.Sprintf("EXECUTE %s: argument %d is bound for PHI column %s and must be a literal or NULL", exec.Execute.Name, p.Number, p.Column.Ident),
+				"pass a plain literal, or use the extended protocol with a parameter")
+		}
+	}
+	return &out, nil
+}

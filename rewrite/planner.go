@@ -1,0 +1,367 @@
+package rewrite
+
+import (
+	"errors"
+	"fmt"
+	"sort"
+	"strings"
+	"unicode/utf8"
+
+	pg "github.com/pganalyze/pg_query_go/v5"
+	pgparser "github.com/pganalyze/pg_query_go/v5/parser"
+
+	"github.com/phiproxy/phiproxy/pgerr"
+)
+
+// Session is the per-session input that changes a plan.
+type Session struct {
+	// SearchPath is the session's search_path as SHOW search_path prints
+	// it, e.g. `"$user", public`.
+	SearchPath string
+	// User is the session user, substituted for "$user" in SearchPath.
+	User string
+}
+
+// Planner plans statements against one PHI column map and one catalog
+// snapshot. It is immutable and safe for concurrent use; build a new one
+// when the config or the catalog changes (they may share a Cache).
+type Planner struct {
+	cols  *Columns
+	cat   Catalog
+	ix    nameIndex
+	funcs map[string]Dependent // PHI-reading functions by name
+	cache *Cache
+}
+
+// sqlRunners are built-in functions that run SQL given as text, so a PHI
+// relation may hide in an expression: refused whenever PHI is configured.
+var sqlRunners = map[string]bool{
+	"query_to_xml": true, "query_to_xmlschema": true, "query_to_xml_and_xmlschema": true,
+	"table_to_xml": true, "table_to_xmlschema": true, "table_to_xml_and_xmlschema": true,
+	"cursor_to_xml": true, "cursor_to_xmlschema": true,
+	"schema_to_xml": true, "schema_to_xmlschema": true, "schema_to_xml_and_xmlschema": true,
+	"database_to_xml": true, "database_to_xmlschema": true, "database_to_xml_and_xmlschema": true,
+	"dblink": true, "dblink_exec": true,
+}
+
+// NewPlanner returns a Planner. cache may be nil (no caching).
+func NewPlanner(cols *Columns, cat Catalog, cache *Cache) *Planner {
+	if cols == nil {
+		cols, _ = NewColumns(nil)
+	}
+	p := &Planner{cols: cols, cat: cat, ix: nameIndex{words: map[string]struct{}{}}, funcs: map[string]Dependent{}, cache: cache}
+	for rel := range cols.byRel {
+		p.ix.add(rel[strings.IndexByte(rel, '.')+1:])
+	}
+	if len(cols.byRel) > 0 {
+		for _, d := range cat.PHIDependents() {
+			p.ix.add(d.Name)
+			if d.Kind == DependentFunction {
+				p.funcs[d.Name] = d
+			}
+		}
+		for f := range sqlRunners {
+			p.ix.add(f)
+		}
+		p.ix.add("set_config")
+	}
+	return p
+}
+
+// MentionsPHI is the cheap lexical check the pass-through path relies on:
+// false means the text names no PHI relation, no view or function over
+// one, and nothing that could spell one (U& escapes).
+func (p *Planner) MentionsPHI(sql string) bool {
+	m, _ := p.ix.precheck(sql)
+	return m
+}
+
+// Plan plans sql for a session, through the cache when the Planner has
+// one. The error is a *pgerr.Error refusal; the statement must then not be
+// sent.
+func (p *Planner) Plan(sql string, sess Session) (*Plan, error) {
+	if p.cache == nil {
+		return p.plan(sql, sess)
+	}
+	k := cacheKey{sql: sql, version: p.cat.Version(), searchPath: sess.SearchPath, user: sess.User}
+	if e, ok := p.cache.get(k); ok {
+		return e.plan, e.err
+	}
+	pl, err := p.plan(sql, sess)
+	p.cache.put(k, pl, err)
+	return pl, err
+}
+
+func (p *Planner) plan(sql string, sess Session) (*Plan, error) {
+	mentions, needParse := p.ix.precheck(sql)
+	if !mentions && !needParse {
+		return &Plan{SQL: sql, PassThrough: true}, nil
+	}
+	tree, err := pg.Parse(sql)
+	if err != nil {
+		if !mentions {
+			// PostgreSQL will report the syntax error itself.
+			return &Plan{SQL: sql, PassThrough: true}, nil
+		}
+		e := pgerr.New(pgerr.SyntaxError, "cannot parse a statement that mentions PHI relation "+p.mentionedRelation(sql)).
+			WithHint("fix the syntax: phiproxy refuses what it cannot parse when it names a PHI relation")
+		var pe *pgparser.Error
+		if errors.As(err, &pe) && pe.Cursorpos > 0 {
+			e = e.WithPosition(pe.Cursorpos)
+		}
+		return nil, e
+	}
+	plan := &Plan{SQL: sql, PassThrough: true}
+	path := ParseSearchPath(sess.SearchPath)
+	for _, raw := range tree.Stmts {
+		off := int(raw.StmtLocation)
+		n := int(raw.StmtLen)
+		if n == 0 {
+			n = len(sql) - off
+		}
+		st := &Statement{Offset: off, Length: n, Tag: tagOf(raw.Stmt)}
+		effects(st, raw.Stmt, sql)
+		if mentions {
+			if m, _ := p.ix.precheck(sql[off : off+n]); m {
+				a := &analyzer{p: p, sql: sql, path: path, user: sess.User, st: st,
+					rels: map[string]bool{}, cols: map[string]bool{}, params: map[int]*Param{}, plainParams: map[int]int32{}, sublinks: map[*pg.SubLink]*PHIColumn{}}
+				if err := a.statement(raw.Stmt); err != nil {
+					return nil, err
+				}
+				a.finish()
+			}
+		}
+		if st.TouchesPHI {
+			plan.PassThrough = false
+			text := sql[off : off+n]
+			if st.Normalized, err = pg.Normalize(text); err != nil {
+				return nil, pgerr.New(pgerr.Internal, "cannot normalize a PHI statement").WithCause(err)
+			}
+			if st.Fingerprint, err = pg.Fingerprint(text); err != nil {
+				return nil, pgerr.New(pgerr.Internal, "cannot fingerprint a PHI statement").WithCause(err)
+			}
+		}
+		plan.Statements = append(plan.Statements, st)
+	}
+	if !plan.PassThrough {
+		plan.EndUser = endUserTag(sql)
+	}
+	return plan, nil
+}
+
+// mentionedRelation names a PHI relation the text mentions, for messages.
+func (p *Planner) mentionedRelation(sql string) string {
+	var found []string
+	for rel := range p.cols.byRel {
+		if containsFold(sql, strings.ToLower(rel[strings.IndexByte(rel, '.')+1:])) {
+			found = append(found, rel)
+		}
+	}
+	for _, d := range p.cat.PHIDependents() {
+		if containsFold(sql, strings.ToLower(d.Name)) {
+			found = append(found, d.Schema+"."+d.Name)
+		}
+	}
+	if len(found) == 0 {
+		return "(spelled with escapes)"
+	}
+	sort.Strings(found)
+	return found[0]
+}
+
+// position converts a byte offset to PostgreSQL's 1-based character
+// position.
+func position(sql string, loc int32) int {
+	if loc < 0 || int(loc) > len(sql) {
+		return 0
+	}
+	return utf8.RuneCountInString(sql[:loc]) + 1
+}
+
+func tagOf(n *pg.Node) string {
+	switch x := n.Node.(type) {
+	case *pg.Node_SelectStmt:
+		return "SELECT"
+	case *pg.Node_InsertStmt:
+		return "INSERT"
+	case *pg.Node_UpdateStmt:
+		return "UPDATE"
+	case *pg.Node_DeleteStmt:
+		return "DELETE"
+	case *pg.Node_MergeStmt:
+		return "MERGE"
+	case *pg.Node_CopyStmt:
+		return "COPY"
+	case *pg.Node_ExplainStmt:
+		return "EXPLAIN"
+	case *pg.Node_TruncateStmt:
+		return "TRUNCATE"
+	case *pg.Node_PrepareStmt:
+		return "PREPARE"
+	case *pg.Node_ExecuteStmt:
+		return "EXECUTE"
+	case *pg.Node_DeallocateStmt:
+		return "DEALLOCATE"
+	case *pg.Node_VariableSetStmt:
+		if x.VariableSetStmt.Kind == pg.VariableSetKind_VAR_RESET || x.VariableSetStmt.Kind == pg.VariableSetKind_VAR_RESET_ALL {
+			return "RESET"
+		}
+		return "SET"
+	case *pg.Node_TransactionStmt:
+		return strings.TrimPrefix(x.TransactionStmt.Kind.String(), "TRANS_STMT_")
+	case nil:
+		return ""
+	}
+	name := string(n.ProtoReflect().WhichOneof(n.ProtoReflect().Descriptor().Oneofs().Get(0)).Message().Name())
+	return nodeTypeTag(name)
+}
+
+// nodeTypeTag turns a node type name (CreateTrigStmt) into a readable tag
+// (CREATE TRIG).
+func nodeTypeTag(name string) string {
+	name = strings.TrimSuffix(name, "Stmt")
+	var b strings.Builder
+	for i, r := range name {
+		if i > 0 && r >= 'A' && r <= 'Z' {
+			b.WriteByte(' ')
+		}
+		b.WriteRune(r)
+	}
+	return strings.ToUpper(b.String())
+}
+
+// effects records the session state a statement changes; it runs for every
+// parsed statement, PHI or not.
+func effects(st *Statement, n *pg.Node, sql string) {
+	switch x := n.Node.(type) {
+	case *pg.Node_VariableSetStmt:
+		v := x.VariableSetStmt
+		if v.IsLocal {
+			st.Effects |= EffectLocal
+		}
+		switch strings.ToLower(v.Name) {
+		case "search_path":
+			st.Effects |= EffectSearchPath
+			if v.Kind == pg.VariableSetKind_VAR_SET_VALUE {
+				st.SearchPath = searchPathValue(v.Args)
+			}
+		case "phiproxy.end_user":
+			st.Effects |= EffectEndUser
+			if v.Kind == pg.VariableSetKind_VAR_SET_VALUE && len(v.Args) == 1 {
+				st.SetEndUser = constText(v.Args[0])
+			}
+		case "role", "session_authorization":
+			st.Effects |= EffectRole
+		case "":
+			if v.Kind == pg.VariableSetKind_VAR_RESET_ALL {
+				st.Effects |= EffectSearchPath | EffectEndUser | EffectRole
+			}
+		}
+	case *pg.Node_TransactionStmt:
+		st.Effects |= EffectTransaction
+	case *pg.Node_PrepareStmt:
+		st.Effects |= EffectPrepare
+		st.Prepare = x.PrepareStmt.Name
+	case *pg.Node_ExecuteStmt:
+		st.Effects |= EffectExecute
+		st.Execute = executeInfo(x.ExecuteStmt, sql)
+	case *pg.Node_DeallocateStmt:
+		st.Effects |= EffectDeallocate
+		st.Deallocate = x.DeallocateStmt.Name
+	case *pg.Node_DiscardStmt:
+		st.Effects |= EffectDiscard
+		if x.DiscardStmt.Target == pg.DiscardMode_DISCARD_ALL {
+			st.Effects |= EffectSearchPath | EffectDeallocate | EffectRole | EffectEndUser
+		}
+	case *pg.Node_SelectStmt:
+		if x.SelectStmt.IntoClause != nil {
+			st.Effects |= EffectCatalog
+		}
+	case *pg.Node_ViewStmt, *pg.Node_IndexStmt, *pg.Node_RenameStmt, *pg.Node_CreateTableAsStmt,
+		*pg.Node_CompositeTypeStmt, *pg.Node_DefineStmt, *pg.Node_CreateEnumStmt, *pg.Node_RuleStmt:
+		st.Effects |= EffectCatalog
+	case nil:
+	default:
+		tag := st.Tag
+		if strings.HasPrefix(tag, "CREATE") || strings.HasPrefix(tag, "ALTER") || strings.HasPrefix(tag, "DROP") {
+			st.Effects |= EffectCatalog
+		}
+	}
+}
+
+func searchPathValue(args []*pg.Node) string {
+	var parts []string
+	for _, a := range args {
+		s := constText(a)
+		if s == "" {
+			continue
+		}
+		if s == strings.ToLower(s) && isPlainIdent(s) {
+			parts = append(parts, s)
+		} else {
+			parts = append(parts, `"`+strings.ReplaceAll(s, `"`, `""`)+`"`)
+		}
+	}
+	return strings.Join(parts, ", ")
+}
+
+func isPlainIdent(s string) bool {
+	if s == "" || !(s[0] == '_' || s[0] >= 'a' && s[0] <= 'z') {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		if !(c == '_' || c >= 'a' && c <= 'z' || c >= '0' && c <= '9') {
+			return false
+		}
+	}
+	return true
+}
+
+// constText is the text of an A_Const (string, number or boolean).
+func constText(n *pg.Node) string {
+	c := n.GetAConst()
+	if c == nil {
+		return ""
+	}
+	switch v := c.Val.(type) {
+	case *pg.A_Const_Sval:
+		return v.Sval.Sval
+	case *pg.A_Const_Ival:
+		return fmt.Sprint(v.Ival.Ival)
+	case *pg.A_Const_Fval:
+		return v.Fval.Fval
+	case *pg.A_Const_Boolval:
+		if v.Boolval.Boolval {
+			return "true"
+		}
+		return "false"
+	}
+	return ""
+}
+
+func executeInfo(x *pg.ExecuteStmt, sql string) *Execute {
+	e := &Execute{Name: x.Name}
+	for _, p := range x.Params {
+		arg := ExecArg{Kind: "expr", Offset: -1}
+		switch v := p.Node.(type) {
+		case *pg.Node_AConst:
+			arg.Offset = int(v.AConst.Location)
+			if end := literalEnd(sql, arg.Offset); end > 0 {
+				arg.Length = end - arg.Offset
+				if v.AConst.Isnull {
+					arg.Kind = "null"
+				} else if v.AConst.GetBsval() == nil {
+					arg.Kind = "literal"
+					arg.Text = constText(p)
+				}
+			}
+		case *pg.Node_ParamRef:
+			arg.Kind = "param"
+			arg.Number = int(v.ParamRef.Number)
+			arg.Offset = int(v.ParamRef.Location)
+		}
+		e.Args = append(e.Args, arg)
+	}
+	return e
+}
