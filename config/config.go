@@ -75,9 +75,10 @@ const (
 	AuthRelay     = "relay"
 )
 
-// DefaultAuthQuery looks up a role's verifier; it needs a superuser catalog
+// DefaultAuthQuery looks up a role's verifier and whether it may log in, so
+// NOLOGIN gets PostgreSQL's own 28000 after a correct password; it needs a superuser catalog
 // role. docs/configuration.md shows a SECURITY DEFINER function instead.
-const DefaultAuthQuery = "SELECT rolname, rolpassword, rolvaliduntil FROM pg_authid WHERE rolname = $1 AND rolcanlogin"
+const DefaultAuthQuery = "SELECT rolname, rolpassword, rolvaliduntil, rolcanlogin FROM pg_authid WHERE rolname = $1"
 
 // Admin is the admin HTTP listener.
 type Admin struct {
