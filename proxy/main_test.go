@@ -114,7 +114,11 @@ type testProxy struct {
 // appended.
 func proxyConfig(t testing.TB, up string, extra ...string) *config.Config {
 	t.Helper()
-	y := "listen: 127.0.0.1:0\ncatalog_dsn: postgres://postgres@" + testCluster.Addr() + "/postgres?sslmode=disable\n"
+	catalog := "127.0.0.1:1" // fuzzing and benchmarks run without PostgreSQL
+	if testCluster != nil {
+		catalog = testCluster.Addr()
+	}
+	y := "listen: 127.0.0.1:0\ncatalog_dsn: postgres://postgres@" + catalog + "/postgres?sslmode=disable\n"
 	if !slices.ContainsFunc(extra, func(l string) bool { return strings.HasPrefix(l, "upstream:") }) {
 		y += "upstream: {address: " + up + ", sslmode: disable}\n"
 	}

@@ -1,0 +1,82 @@
+// Package proxy is phiproxy's PostgreSQL front end: it accepts clients,
+// terminates TLS and authentication, logs in to the upstream server, and
+// relays each session between the two, with one interception point per
+// session where later layers classify, rewrite and refuse statements and
+// transform results.
+//
+// # Connection lifecycle
+//
+// Server.Serve accepts a connection and runs one session in its own
+// goroutine:
+//
+//  1. Startup (state Startup). The client's untyped startup packets are read
+//     straight from the socket, unbuffered, so nothing sent ahead of a TLS
+//     handshake can be mistaken for encrypted data. SSLRequest is answered
+//     'S' and the connection upgraded with the configured certificate, or
+//     'N' when client_tls.mode is disable; GSSENCRequest is answered 'N'; a
+//     CancelRequest is looked up and forwarded (see Cancel) and the
+//     connection closed. A StartupMessage must be protocol 3.x: a minor
+//     version above 0 or "_pq_." options get a NegotiateProtocolVersion
+//     down to 3.0, as PostgreSQL does; other majors get FATAL 0A000. With
+//     client_tls.mode require a plaintext StartupMessage gets FATAL 28000.
+//
+//  2. Login. With auth.mode terminate (the default) package proxy/auth runs
+//     the SCRAM-SHA-256(-PLUS) or md5 exchange with the client against the
+//     verifier auth.query returns over the catalog connection; the proxy
+//     then dials upstream (TLS per upstream.sslmode, with libpq's meaning of
+//     each mode) and logs in with the credentials recovered from the
+//     exchange. With auth.mode relay the upstream's own authentication
+//     requests are relayed to the client and back (SCRAM-SHA-256-PLUS
+//     hidden). Either way the upstream's ParameterStatus and notices reach
+//     the client unchanged; its BackendKeyData does not: the client gets a
+//     random key of the proxy's, registered in the Server's cancel map, and
+//     ReadyForQuery.
+//
+//  3. Relay (states Idle, InTx, FailedTx, SkipTillSync, CopyIn, CopyOut).
+//     pumpClient (client → server, on the accepting goroutine) and
+//     pumpServer (server → client, on a second goroutine) frame messages
+//     from a buffered reader without decoding them and copy the raw bytes
+//     into the other leg's buffered writer; they flush only when their
+//     reader has no more input buffered, so a pipelined batch or a result
+//     set leaves in as few writes as it arrived in. The type byte of each
+//     message drives the session's State through one transition function
+//     (ReadyForQuery's status, CopyInResponse, CopyOutResponse,
+//     ErrorResponse during an extended-protocol batch), at no decoding cost.
+//
+//     An Interceptor, when one is installed for the session, selects the
+//     message types it wants per direction; only those are decoded (with
+//     pgproto3's message types, into per-session flyweights) and handed to
+//     it, with an Out to forward, rewrite, drop, inject or refuse. Without
+//     an Interceptor the relay is a pure byte copy that allocates nothing
+//     per message.
+//
+//  4. End (state Closed). Whatever ends first ends the session once, in
+//     session.end: a client that goes away (EOF, reset, Terminate) closes
+//     the upstream connection; an upstream that goes away gives the client
+//     FATAL 08006 (unless the upstream sent its own FATAL first); a client
+//     that cannot be reached gets nothing. Both connections are closed, so
+//     both goroutines return and nothing is left behind.
+//
+// # Cancel
+//
+// A CancelRequest on a new connection is matched (constant time) against
+// the keys the proxy issued; a match is forwarded with the upstream
+// backend's own key over a fresh upstream connection negotiated like the
+// session's, a miss cancels nothing and is only logged.
+//
+// # Shutdown
+//
+// Server.Shutdown follows net/http.Server: close the listeners, cut
+// connections still in startup (57P03), wait up to limits.drain_timeout for
+// sessions to end by themselves, then send every remaining one FATAL 57P01
+// "terminating connection due to administrator command" and close it.
+//
+// # Errors and logs
+//
+// phiproxy's own errors are *pgerr.Error values and become ErrorResponse
+// messages in one place, ErrorResponse in this package; the upstream's
+// errors are relayed byte for byte. Logs (log/slog, the logger passed with
+// WithLogger) carry session id, client address, user, database,
+// application_name, TLS, durations, states and SQLSTATEs, never SQL text,
+// parameters or row data.
+package proxy
