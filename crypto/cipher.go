@@ -48,6 +48,14 @@ func (*Cipher) GoString() string { return Redacted }
 // key name as associated data. Deterministic ciphers return the same
 // envelope for the same plaintext (as long as the primary key is the same).
 func (c *Cipher) Encrypt(plaintext []byte) ([]byte, error) {
+	return c.AppendEncrypt(nil, plaintext)
+}
+
+// AppendEncrypt appends the envelope of plaintext to dst and returns the
+// extended slice, as Encrypt does. The proxy appends straight into the
+// protocol message it is building, which saves Encrypt's allocation and
+// copy of the ciphertext.
+func (c *Cipher) AppendEncrypt(dst, plaintext []byte) ([]byte, error) {
 	var ct []byte
 	var err error
 	if c.daead != nil {
@@ -58,14 +66,15 @@ func (c *Cipher) Encrypt(plaintext []byte) ([]byte, error) {
 	if err != nil {
 		// Tink's errors name no plaintext, but keep them out of the message
 		// sent to clients all the same.
-		return nil, pgerr.Newf(pgerr.Internal, "cannot encrypt a value for %s", c.what()).WithCause(err)
+		return dst, pgerr.Newf(pgerr.Internal, "cannot encrypt a value for %s", c.what()).WithCause(err)
 	}
-	// One allocation: Tink offers no API that encrypts into a caller's
-	// buffer, so the header costs a copy of the ciphertext.
-	out := make([]byte, HeaderLen+len(ct))
-	copy(out, envelopeHeader)
-	copy(out[HeaderLen:], ct)
-	return out, nil
+	// Tink has no API that encrypts into a caller's buffer, so the header
+	// costs one copy of the ciphertext.
+	if dst == nil {
+		dst = make([]byte, 0, HeaderLen+len(ct))
+	}
+	dst = append(dst, envelopeHeader...)
+	return append(dst, ct...), nil
 }
 
 // Decrypt authenticates and decrypts an envelope made by Encrypt for the

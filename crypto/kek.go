@@ -188,11 +188,15 @@ func openVaultKEK(_ context.Context, uri string, env Env) (tink.AEAD, error) {
 	if err != nil {
 		return nil, fmt.Errorf("KEK %s: %v (want hcvault://HOST[:PORT]/MOUNT/keys/NAME)", uri, err)
 	}
-	return &vaultAEAD{uri: uri, a: a}, nil
+	va := &vaultAEAD{uri: uri, a: a}
+	if err := probe(va); err != nil {
+		return nil, err
+	}
+	return va, nil
 }
 
-// vaultAEAD names the KEK in Vault's errors, which otherwise say only
-// "Code: 403".
+// vaultAEAD names the KEK in Vault's errors, and puts the client's
+// multi-line messages on one line.
 type vaultAEAD struct {
 	uri string
 	a   tink.AEAD
@@ -201,7 +205,7 @@ type vaultAEAD struct {
 func (v *vaultAEAD) Encrypt(pt, ad []byte) ([]byte, error) {
 	ct, err := v.a.Encrypt(pt, ad)
 	if err != nil {
-		return nil, fmt.Errorf("vault KEK %s: encrypt: %w", v.uri, err)
+		return nil, &vaultError{uri: v.uri, op: "encrypt", err: err}
 	}
 	return ct, nil
 }
@@ -209,7 +213,36 @@ func (v *vaultAEAD) Encrypt(pt, ad []byte) ([]byte, error) {
 func (v *vaultAEAD) Decrypt(ct, ad []byte) ([]byte, error) {
 	pt, err := v.a.Decrypt(ct, ad)
 	if err != nil {
-		return nil, fmt.Errorf("vault KEK %s: decrypt: %w", v.uri, err)
+		return nil, &vaultError{uri: v.uri, op: "decrypt", err: err}
 	}
 	return pt, nil
+}
+
+type vaultError struct {
+	uri, op string
+	err     error
+}
+
+func (e *vaultError) Error() string {
+	return fmt.Sprintf("vault KEK %s: %s: %s", e.uri, e.op, strings.Join(strings.Fields(e.err.Error()), " "))
+}
+
+func (e *vaultError) Unwrap() error { return e.err }
+
+// probe checks once that the KEK works (address, TLS, token, policy), so a
+// Vault problem is one clear error rather than one per keyset file.
+func probe(a tink.AEAD) error {
+	msg, ad := []byte("phiproxy KEK probe"), []byte("phiproxy KEK probe")
+	ct, err := a.Encrypt(msg, ad)
+	if err != nil {
+		return err
+	}
+	pt, err := a.Decrypt(ct, ad)
+	if err != nil {
+		return err
+	}
+	if string(pt) != string(msg) {
+		return errors.New("KEK probe: decrypt returned other bytes")
+	}
+	return nil
 }
