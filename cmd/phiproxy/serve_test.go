@@ -1,0 +1,115 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"net"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+)
+
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+func TestServeUsage(t *testing.T) {
+	env := &cmdEnv{stdout: &bytes.Buffer{}, stderr: &bytes.Buffer{}}
+	for _, args := range [][]string{nil, {"--config"}, {"--config", "x.yaml", "extra"}, {"--nope"}} {
+		var u usageError
+		if err := runServe(context.Background(), env, args); !errors.As(err, &u) {
+			t.Errorf("runServe(%q) = %v, want a usage error", args, err)
+		}
+	}
+	bad := filepath.Join(t.TempDir(), "bad.yaml")
+	os.WriteFile(bad, []byte("listen: 127.0.0.1:0\nbogus: 1\n"), 0o600)
+	var u usageError
+	if err := runServe(context.Background(), env, []string{"--config", bad}); !errors.As(err, &u) || !strings.Contains(err.Error(), "bogus") {
+		t.Errorf("a bad config gave %v, want a usage error naming the key", err)
+	}
+}
+
+func TestServeRunsReloadsAndDrains(t *testing.T) {
+	dir := t.TempDir()
+	cfgPath := filepath.Join(dir, "phiproxy.yaml")
+	write := func(s string) {
+		if err := os.WriteFile(cfgPath, []byte(s), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	good := "listen: 127.0.0.1:0\nupstream: {address: 127.0.0.1:1, sslmode: disable}\ncatalog_dsn: postgres://c@127.0.0.1:1/db\nauth: {mode: relay}\nlimits: {drain_timeout: 1s}\n"
+	write(good)
+	stderr := &syncBuffer{}
+	env := &cmdEnv{stdout: &bytes.Buffer{}, stderr: stderr}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	done := make(chan error, 1)
+	go func() { done <- runServe(ctx, env, []string{"--config", cfgPath}) }()
+
+	waitLog := func(msg string) map[string]any {
+		t.Helper()
+		deadline := time.Now().Add(10 * time.Second)
+		for time.Now().Before(deadline) {
+			for _, line := range strings.Split(stderr.String(), "\n") {
+				var rec map[string]any
+				if json.Unmarshal([]byte(line), &rec) == nil && rec["msg"] == msg {
+					return rec
+				}
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+		t.Fatalf("no %q in the log:\n%s", msg, stderr.String())
+		return nil
+	}
+	addr := waitLog("listening")["addr"].(string)
+
+	// It serves: a client's SSLRequest is answered (N: client_tls disabled).
+	c, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.Write([]byte{0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f})
+	c.SetReadDeadline(time.Now().Add(5 * time.Second))
+	var b [1]byte
+	if _, err := c.Read(b[:]); err != nil || b[0] != 'N' {
+		t.Fatalf("SSLRequest answered %q, %v", b[0], err)
+	}
+	c.Close()
+
+	write(good + "# edited\n")
+	syscall.Kill(os.Getpid(), syscall.SIGHUP)
+	waitLog("config reloaded")
+	write("listen: [\n")
+	syscall.Kill(os.Getpid(), syscall.SIGHUP)
+	waitLog("config reload failed; keeping the running config")
+
+	cancel()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatalf("serve ended with %v", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("serve did not stop after its context was cancelled")
+	}
+	waitLog("stopped")
+}
