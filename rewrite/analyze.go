@@ -24,6 +24,7 @@ type analyzer struct {
 	plainParams map[int]int32
 	actions     []Action
 	sublinks    map[*pg.SubLink]*PHIColumn
+	ddl         bool
 }
 
 func (a *analyzer) finish() {
@@ -42,6 +43,10 @@ func (a *analyzer) finish() {
 	sort.Slice(st.Params, func(i, j int) bool { return st.Params[i].Number < st.Params[j].Number })
 	sort.Slice(st.Slots, func(i, j int) bool { return st.Slots[i].Offset < st.Slots[j].Offset })
 	sort.Slice(st.Edits, func(i, j int) bool { return st.Edits[i].Offset < st.Edits[j].Offset })
+	if a.ddl {
+		// DDL moves no PHI value: it is checked, not audited as a read.
+		st.Relations, st.Columns = nil, nil
+	}
 	st.TouchesPHI = len(st.Relations) > 0
 	if !st.TouchesPHI {
 		return
@@ -147,6 +152,7 @@ func (a *analyzer) statement(n *pg.Node) error {
 		}
 		return nil
 	case *pg.Node_CreateTableAsStmt:
+		a.ddl = true
 		out, err := a.selectStmt(x.CreateTableAsStmt.Query.GetSelectStmt(), nil, nil)
 		if err != nil {
 			return err
@@ -158,6 +164,7 @@ func (a *analyzer) statement(n *pg.Node) error {
 		}
 		return nil
 	case *pg.Node_ViewStmt:
+		a.ddl = true
 		sel := x.ViewStmt.Query.GetSelectStmt()
 		if sel == nil {
 			return a.refuseStmt("CREATE VIEW", "")
@@ -165,8 +172,10 @@ func (a *analyzer) statement(n *pg.Node) error {
 		_, err := a.selectStmt(sel, nil, nil)
 		return err
 	case *pg.Node_AlterTableStmt:
+		a.ddl = true
 		return a.alterTable(x.AlterTableStmt)
 	case *pg.Node_RenameStmt:
+		a.ddl = true
 		r := x.RenameStmt
 		if r.Relation == nil {
 			return nil
@@ -184,6 +193,7 @@ func (a *analyzer) statement(n *pg.Node) error {
 		return pgerr.Newf(pgerr.FeatureNotSupported, "renaming PHI relation %s is not supported through phiproxy", src.relIdent).
 			WithHint("rename it in PostgreSQL and in the phi: section together, with phiproxy stopped")
 	case *pg.Node_IndexStmt:
+		a.ddl = true
 		return a.index(x.IndexStmt)
 	case *pg.Node_CallStmt:
 		if x.CallStmt.Funccall != nil {
@@ -479,7 +489,7 @@ func (a *analyzer) tail(s *pg.SelectStmt, sc *scope) error {
 			return err
 		}
 		if phi != nil {
-			return a.refuseCol(phi, sb.Location, "ORDER BY", hintOrder)
+			return a.refuseCol(phi, location(sb.Node), "ORDER BY", hintOrder)
 		}
 	}
 	if err := a.plain(s.LimitCount, sc, "LIMIT"); err != nil {
@@ -838,7 +848,7 @@ func (a *analyzer) expr(n *pg.Node, sc *scope) (*PHIColumn, error) {
 			return nil, err
 		}
 		if phi != nil {
-			return nil, a.refuseCol(phi, x.SortBy.Location, "ORDER BY", hintOrder)
+			return nil, a.refuseCol(phi, location(x.SortBy.Node), "ORDER BY", hintOrder)
 		}
 		return nil, nil
 	}
@@ -1424,4 +1434,3 @@ func (a *analyzer) subLink(sl *pg.SubLink, sc *scope) (*PHIColumn, error) {
 	}
 	return nil, nil
 }
-

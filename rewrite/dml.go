@@ -83,7 +83,7 @@ func (a *analyzer) insertOut(ins *pg.InsertStmt, parent *scope) ([]colInfo, erro
 			case t == nil && c.phi != nil:
 				name := "column " + c.name
 				if i < len(cols) && cols[i].name != "" {
-					name = "non-PHI column " + target.rel + "." + cols[i].name
+					name = "non-PHI column " + target.schema + "." + target.rel + "." + cols[i].name
 				}
 				return nil, a.refuseCol(c.phi, -1, "copying it into "+name, "copy PHI only into PHI columns sharing its key")
 			}
@@ -160,7 +160,7 @@ func (a *analyzer) setList(list []*pg.Node, target *source, sc *scope) error {
 			val = row.Args[mar.Colno-1]
 		}
 		if c.phi == nil {
-			if err := a.plain(val, sc, "assignment to non-PHI column "+target.rel+"."+rt.Name); err != nil {
+			if err := a.plain(val, sc, "assignment to non-PHI column "+target.schema+"."+target.rel+"."+rt.Name); err != nil {
 				return err
 			}
 			continue
@@ -370,7 +370,7 @@ func (a *analyzer) alterTable(at *pg.AlterTableStmt) error {
 			continue
 		}
 		if c, ok := src.col(cmd.Name); ok && c.phi != nil {
-			what := "ALTER TABLE " + strings.ToUpper(strings.ReplaceAll(strings.TrimPrefix(cmd.Subtype.String(), "AT_"), "_", " "))
+			what := "ALTER TABLE " + nodeTypeTag(strings.TrimPrefix(cmd.Subtype.String(), "AT_"))
 			return pgerr.Newf(pgerr.FeatureNotSupported, "%s on PHI column %s is not supported through phiproxy", what, c.phi.Ident).
 				WithHint("a PHI column holds ciphertext (bytea); change it with phiproxy stopped and the phi: section updated, or use phiproxy reencrypt")
 		}

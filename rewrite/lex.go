@@ -90,7 +90,8 @@ func (ix *nameIndex) precheck(sql string) (mentions, needParse bool) {
 				mentions = true
 			}
 			if (c == 'u' || c == 'U') && j == i+1 && j < len(sql) && sql[j] == '&' {
-				needParse = true
+				// U&"..." can spell any name: plan it as if it named one.
+				mentions, needParse = true, true
 			}
 			if atStart {
 				atStart = false
@@ -535,4 +536,46 @@ func unhex(c byte) byte {
 		return c - 'a' + 10
 	}
 	return c - 'A' + 10
+}
+
+// stripComments removes comments outside quoted text (normalized queries
+// go to the audit trail, and a comment may hold anything).
+func stripComments(sql string) string {
+	if !strings.Contains(sql, "--") && !strings.Contains(sql, "/*") {
+		return sql
+	}
+	var b strings.Builder
+	for i := 0; i < len(sql); {
+		c := sql[i]
+		switch {
+		case c == '\'' || c == '"':
+			j := i + 1
+			for j < len(sql) {
+				if sql[j] == c {
+					if j+1 < len(sql) && sql[j+1] == c {
+						j += 2
+						continue
+					}
+					j++
+					break
+				}
+				j++
+			}
+			b.WriteString(sql[i:j])
+			i = j
+		case c == '-' && i+1 < len(sql) && sql[i+1] == '-':
+			j := strings.IndexByte(sql[i:], '\n')
+			if j < 0 {
+				i = len(sql)
+			} else {
+				i += j
+			}
+		case c == '/' && i+1 < len(sql) && sql[i+1] == '*':
+			i = skipBlockComment(sql, i)
+		default:
+			b.WriteByte(c)
+			i++
+		}
+	}
+	return strings.TrimSpace(b.String())
 }

@@ -17,7 +17,9 @@ type Plan struct {
 	SQL string
 	// PassThrough is true when no statement touches PHI: send SQL
 	// unchanged, transform nothing, audit nothing. Statements may still
-	// carry Effects.
+	// carry Effects. A string with a SQL-level EXECUTE is never
+	// pass-through: the proxy must look up the prepared statement and call
+	// BindExecute.
 	PassThrough bool
 	Statements  []*Statement
 	// EndUser is the sqlcommenter end_user tag (/*end_user='dr.smith'*/),

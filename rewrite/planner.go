@@ -131,12 +131,17 @@ func (p *Planner) plan(sql string, sess Session) (*Plan, error) {
 				a.finish()
 			}
 		}
+		if st.Execute != nil {
+			// The prepared statement may touch PHI: see BindExecute.
+			plan.PassThrough = false
+		}
 		if st.TouchesPHI {
 			plan.PassThrough = false
 			text := sql[off : off+n]
 			if st.Normalized, err = pg.Normalize(text); err != nil {
 				return nil, pgerr.New(pgerr.Internal, "cannot normalize a PHI statement").WithCause(err)
 			}
+			st.Normalized = strings.TrimSpace(stripComments(st.Normalized))
 			if st.Fingerprint, err = pg.Fingerprint(text); err != nil {
 				return nil, pgerr.New(pgerr.Internal, "cannot fingerprint a PHI statement").WithCause(err)
 			}
@@ -153,13 +158,14 @@ func (p *Planner) plan(sql string, sess Session) (*Plan, error) {
 func (p *Planner) mentionedRelation(sql string) string {
 	var found []string
 	for rel := range p.cols.byRel {
-		if containsFold(sql, strings.ToLower(rel[strings.IndexByte(rel, '.')+1:])) {
-			found = append(found, rel)
+		name := rel[strings.IndexByte(rel, '.')+1:]
+		if containsFold(sql, strings.ToLower(name)) {
+			found = append(found, `"`+name+`"`)
 		}
 	}
 	for _, d := range p.cat.PHIDependents() {
 		if containsFold(sql, strings.ToLower(d.Name)) {
-			found = append(found, d.Schema+"."+d.Name)
+			found = append(found, `"`+d.Name+`"`)
 		}
 	}
 	if len(found) == 0 {
@@ -208,7 +214,17 @@ func tagOf(n *pg.Node) string {
 		}
 		return "SET"
 	case *pg.Node_TransactionStmt:
-		return strings.TrimPrefix(x.TransactionStmt.Kind.String(), "TRANS_STMT_")
+		return strings.ReplaceAll(strings.TrimPrefix(x.TransactionStmt.Kind.String(), "TRANS_STMT_"), "_", " ")
+	case *pg.Node_IndexStmt:
+		return "CREATE INDEX"
+	case *pg.Node_ViewStmt:
+		return "CREATE VIEW"
+	case *pg.Node_CreateTableAsStmt:
+		return "CREATE TABLE AS"
+	case *pg.Node_RenameStmt:
+		return "ALTER " + strings.TrimPrefix(x.RenameStmt.RenameType.String(), "OBJECT_") + " RENAME"
+	case *pg.Node_CreateStmt:
+		return "CREATE TABLE"
 	case nil:
 		return ""
 	}

@@ -392,7 +392,7 @@ func describe(n *pg.Node) string {
 		return "expression"
 	}
 	switch name := string(f.Message().Name()); name {
-	case "CaseExpr":
+	case "CaseExpr", "CaseWhen":
 		return "CASE"
 	case "CoalesceExpr":
 		return "COALESCE"
