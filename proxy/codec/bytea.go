@@ -1,6 +1,7 @@
 package codec
 
 import (
+	"bytes"
 	"encoding/binary"
 	"encoding/hex"
 
@@ -98,7 +99,8 @@ func DecodeBytea(src []byte, format int16) ([]byte, error) {
 // CanonicalArray decodes an array parameter of logicalType (for
 // "col = ANY($1)") in format and returns the canonical form of each
 // element, flattened in storage order as ANY sees them; a NULL element is
-// returned as nil. The text form is parsed with pgtype; the binary form's
+// returned as nil. The text form follows array_in (pgtype's parser does
+// not trim unquoted whitespace as PostgreSQL does); the binary form's
 // element type must be the logical type's.
 func (c Codec) CanonicalArray(logicalType string, format int16, src []byte) ([][]byte, error) {
 	t, err := lookup(logicalType)
@@ -111,16 +113,9 @@ func (c Codec) CanonicalArray(logicalType string, format int16, src []byte) ([][
 		if err := checkText(src); err != nil {
 			return nil, err
 		}
-		m := pgtype.NewMap() // per call: a Map is not safe for concurrent use
-		var elems pgtype.FlatArray[*string]
-		if err := m.Scan(pgtype.TextArrayOID, TextFormat, src, &elems); err != nil {
+		var ok bool
+		if raw, ok = splitTextArray(src); !ok {
 			return nil, pgerr.Newf(pgerr.InvalidTextRepresentation, "malformed array literal for type %s[]", t.name)
-		}
-		raw = make([][]byte, len(elems))
-		for i, e := range elems {
-			if e != nil {
-				raw[i] = []byte(*e)
-			}
 		}
 	case BinaryFormat:
 		raw, err = splitBinaryArray(src, t)
@@ -253,4 +248,135 @@ func EncodeByteaArray(elems [][]byte, format int16) []byte {
 		out = append(out, '"')
 	}
 	return append(out, '}')
+}
+
+// splitTextArray splits array_in's text form into elements (nil for NULL),
+// flattening dimensions; sub-arrays must be rectangular.
+func splitTextArray(src []byte) ([][]byte, bool) {
+	s := trimSpace(src)
+	if len(s) > 0 && s[0] == '[' { // dimension decoration [lb:ub]...=
+		i := bytes.IndexByte(s, '=')
+		if i < 0 {
+			return nil, false
+		}
+		s = trimSpace(s[i+1:])
+	}
+	var out [][]byte
+	var counts []int // elements or sub-arrays seen at each open level
+	var dims []int   // established size per level, -1 unknown
+	depth := 0
+	expectItem := true
+	for len(s) > 0 {
+		c := s[0]
+		switch {
+		case isSpace(c):
+			s = s[1:]
+		case c == '{':
+			if !expectItem {
+				return nil, false
+			}
+			if depth > 0 {
+				counts[depth-1]++
+			}
+			depth++
+			if depth > 6 {
+				return nil, false
+			}
+			if len(counts) < depth {
+				counts = append(counts, 0)
+				dims = append(dims, -1)
+			}
+			counts[depth-1] = 0
+			s = s[1:]
+		case c == '}':
+			if depth == 0 || (expectItem && counts[depth-1] > 0) || (depth > 1 && counts[depth-1] == 0) {
+				return nil, false
+			}
+			if dims[depth-1] == -1 {
+				dims[depth-1] = counts[depth-1]
+			} else if dims[depth-1] != counts[depth-1] {
+				return nil, false
+			}
+			depth--
+			expectItem = false
+			s = s[1:]
+			if depth == 0 {
+				return out, len(trimSpace(s)) == 0
+			}
+		case c == ',':
+			if expectItem || depth == 0 {
+				return nil, false
+			}
+			expectItem = true
+			s = s[1:]
+		default:
+			if !expectItem || depth == 0 || depth < len(dims) && dims[depth] != -1 {
+				return nil, false
+			}
+			var elem []byte
+			quoted := false
+			lastSig := 0 // length of elem up to its last escaped or non-space byte
+			for len(s) > 0 {
+				c := s[0]
+				if c == '\\' {
+					if len(s) < 2 {
+						return nil, false
+					}
+					elem = append(elem, s[1])
+					lastSig = len(elem)
+					s = s[2:]
+					continue
+				}
+				if c == '"' {
+					if len(elem) != 0 || quoted {
+						return nil, false
+					}
+					s = s[1:]
+					for {
+						if len(s) == 0 {
+							return nil, false
+						}
+						if s[0] == '\\' && len(s) > 1 {
+							elem = append(elem, s[1])
+							s = s[2:]
+							continue
+						}
+						if s[0] == '"' {
+							s = s[1:]
+							break
+						}
+						elem = append(elem, s[0])
+						s = s[1:]
+					}
+					quoted = true
+					lastSig = len(elem)
+					continue
+				}
+				if c == ',' || c == '}' || c == '{' {
+					break
+				}
+				if quoted && !isSpace(c) {
+					return nil, false
+				}
+				elem = append(elem, c)
+				if !isSpace(c) {
+					lastSig = len(elem)
+				}
+				s = s[1:]
+			}
+			elem = elem[:lastSig]
+			if !quoted && len(elem) == 0 {
+				return nil, false
+			}
+			if !quoted && equalFold(elem, "null") {
+				elem = nil
+			} else if elem == nil {
+				elem = []byte{}
+			}
+			out = append(out, elem)
+			counts[depth-1]++
+			expectItem = false
+		}
+	}
+	return nil, false
 }

@@ -58,7 +58,7 @@ func parseCivil(src []byte, typ string) (civil, error) {
 		c.year, c.month, c.day = 1970, 1, 1
 		return c, nil
 	}
-	bad := datetimeSyntaxErr(typ)
+	bad := func() error { return datetimeSyntaxErr(typ) }
 	num := func(minLen, maxLen int) (int, bool) {
 		n, v := 0, 0
 		for n < len(s) && isDigit(s[n]) {
@@ -83,13 +83,13 @@ func parseCivil(src []byte, typ string) (civil, error) {
 	}
 	var ok bool
 	if c.year, ok = num(4, 9); !ok || !expect('-') {
-		return c, bad
+		return c, bad()
 	}
 	if c.month, ok = num(1, 2); !ok || !expect('-') {
-		return c, bad
+		return c, bad()
 	}
 	if c.day, ok = num(1, 2); !ok {
-		return c, bad
+		return c, bad()
 	}
 	if len(s) > 0 && (s[0] == 'T' || s[0] == 't' || isSpace(s[0])) {
 		rest := trimSpace(s[1:])
@@ -97,26 +97,24 @@ func parseCivil(src []byte, typ string) (civil, error) {
 			s = rest
 			c.hasTime = true
 			if c.hour, ok = num(1, 2); !ok || !expect(':') {
-				return c, bad
+				return c, bad()
 			}
 			if c.min, ok = num(2, 2); !ok {
-				return c, bad
+				return c, bad()
 			}
 			if expect(':') {
 				if c.sec, ok = num(2, 2); !ok {
-					return c, bad
+					return c, bad()
 				}
 				if expect('.') {
 					n := 0
 					for n < len(s) && isDigit(s[n]) {
 						n++
 					}
-					if n == 0 {
-						return c, bad
-					}
+					// n may be 0: "03:04:05." is 03:04:05, as in PostgreSQL.
 					// PostgreSQL: rint(strtod("0.fff") * 1e6); ParseFloat
 					// rounds correctly, as strtod does.
-					f, _ := strconv.ParseFloat("0."+string(s[:n]), 64)
+					f, _ := strconv.ParseFloat("0."+string(s[:n])+"0", 64)
 					c.usec = int64(math.RoundToEven(f * 1e6))
 					s = s[n:]
 				}
@@ -139,7 +137,7 @@ func parseCivil(src []byte, typ string) (civil, error) {
 				s = s[1:]
 				off, err := parseOffset(&s)
 				if err {
-					return c, bad
+					return c, bad()
 				}
 				if neg {
 					off = -off
@@ -165,7 +163,7 @@ func parseCivil(src []byte, typ string) (civil, error) {
 		s = nil
 	}
 	if len(s) != 0 {
-		return c, bad
+		return c, bad()
 	}
 	if c.month < 1 || c.month > 12 || c.day < 1 || c.day > daysIn(c.year, c.month) ||
 		c.hour > 24 || c.min > 59 || c.sec > 60 || (c.hour == 24 && (c.min > 0 || c.sec > 0 || c.usec > 0)) {
