@@ -74,7 +74,7 @@ func keysActions() map[string]keysAction {
 			usage:   "(--key NAME | --column S.T.C | --signing) --key-id ID (--confirm-unused | --force)",
 			flags: func(fs *pflag.FlagSet, k *keysCmd) {
 				target(fs, k)
-				fs.StringVar(&k.keyID, "key-id", "", "id of the key to retire, as `keys list` shows it")
+				fs.StringVar(&k.keyID, "key-id", "", "id of the key to retire, as keys list shows it")
 				fs.BoolVar(&k.confirmUnused, "confirm-unused", false, "affirm that no value uses the key any more (checked as docs/keys.md shows)")
 				fs.BoolVar(&k.force, "force", false, "retire even though values may still use the key: they are destroyed")
 			},
