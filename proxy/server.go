@@ -44,6 +44,8 @@ type runtimeConfig struct {
 	clientTLS *tls.Config // nil when client_tls.mode is disable
 	upstream  *upstreamDialer
 	login     loginFunc
+	// closers release what the runtime holds (the catalog connection).
+	closers []func()
 	// channelBinding is tls-server-end-point of the client certificate,
 	// nil when SCRAM-SHA-256-PLUS cannot be offered.
 	channelBinding []byte
@@ -123,7 +125,7 @@ func (s *Server) buildRuntime(cfg *config.Config) (*runtimeConfig, error) {
 	case config.AuthRelay:
 		rt.login = relayLogin
 	case config.AuthTerminate:
-		login, err := s.terminateLogin(cfg)
+		login, err := s.terminateLogin(cfg, rt)
 		if err != nil {
 			return nil, err
 		}
@@ -143,6 +145,7 @@ func (s *Server) Reload(cfg *config.Config) error {
 		return err
 	}
 	old := s.rt.Swap(rt)
+	old.close()
 	if old.cfg.Listen != cfg.Listen {
 		s.log.Warn("config reloaded; the listen address only changes on restart", "listen", old.cfg.Listen)
 	}
@@ -288,6 +291,7 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	}
 	s.cutAll(pgerr.Fatal(pgerr.AdminShutdown, "terminating connection due to administrator command"))
 	s.conns.Wait()
+	s.rt.Load().close()
 	return err
 }
 
@@ -302,7 +306,14 @@ func (s *Server) Close() error {
 	s.mu.Unlock()
 	s.cutAll(pgerr.Fatal(pgerr.AdminShutdown, "terminating connection due to administrator command"))
 	s.conns.Wait()
+	s.rt.Load().close()
 	return nil
+}
+
+func (rt *runtimeConfig) close() {
+	for _, f := range rt.closers {
+		f()
+	}
 }
 
 func (s *Server) cutAll(e *pgerr.Error) {

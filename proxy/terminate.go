@@ -24,13 +24,14 @@ func WithLookup(f auth.LookupFunc) Option { return func(o *options) { o.lookup =
 // authenticated by package auth against the verifier that auth.query
 // returns over the catalog connection, then the proxy logs in upstream with
 // the credentials recovered from that exchange.
-func (s *Server) terminateLogin(cfg *config.Config) (loginFunc, error) {
+func (s *Server) terminateLogin(cfg *config.Config, rt *runtimeConfig) (loginFunc, error) {
 	lookup := s.opts.lookup
 	if lookup == nil {
 		cat, err := newCatalogQuerier(cfg.CatalogDSN)
 		if err != nil {
 			return nil, err
 		}
+		rt.closers = append(rt.closers, cat.Close)
 		lookup = auth.QueryLookup(cat, cfg.Auth.Query)
 	}
 	a, err := auth.New(auth.Options{Lookup: lookup})
