@@ -157,9 +157,16 @@ func TestNoticeAndNotify(t *testing.T) {
 		t.Fatal(err)
 	}
 	notifier := connect(t, ctx, p.dsn())
+	notified := make(chan error, 1)
 	go func() {
 		time.Sleep(100 * time.Millisecond) // the listener is waiting, idle
-		_, _ = notifier.Exec(ctx, "SELECT pg_notify('chan1', 'payload')")
+		_, err := notifier.Exec(ctx, "SELECT pg_notify('chan1', 'payload')")
+		notified <- err
+	}()
+	defer func() {
+		if err := <-notified; err != nil {
+			t.Error(err)
+		}
 	}()
 	wctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
