@@ -203,3 +203,38 @@ func mustKEK(t testing.TB, uri string) tink.AEAD {
 	}
 	return k.aead
 }
+
+func TestKeyringUnknownKeyName(t *testing.T) {
+	cfg, _ := setup(t, testPHI)
+	kr := openRing(t, cfg)
+	if got := strings.Join(kr.KeyNames(), ","); got != "public.patients.diagnosis,public.patients.ssn,visit notes/v1" {
+		t.Fatalf("KeyNames = %s", got)
+	}
+	for name, call := range map[string]func() error{
+		"Cipher":  func() error { _, err := kr.Cipher("public.patients.name"); return err },
+		"Encrypt": func() error { _, err := kr.Encrypt("public.patients.name", []byte("x")); return err },
+		"Decrypt": func() error { _, err := kr.Decrypt("public.patients.name", []byte("x")); return err },
+	} {
+		err := call()
+		if err == nil || pgerr.CodeOf(err) != pgerr.Internal || !strings.Contains(err.Error(), "public.patients.name") {
+			t.Errorf("%s of an unknown key name: %v", name, err)
+		}
+	}
+}
+
+func TestAppendEncryptAppends(t *testing.T) {
+	cfg, _ := setup(t, testPHI)
+	c := mustCipher(t, openRing(t, cfg), "public.patients.ssn")
+	buf := []byte("D\x00\x00")
+	out, err := c.AppendEncrypt(buf, []byte("123-45-6789"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if string(out[:3]) != "D\x00\x00" {
+		t.Fatal("AppendEncrypt overwrote dst")
+	}
+	want, _ := c.Encrypt([]byte("123-45-6789"))
+	if !bytes.Equal(out[3:], want) {
+		t.Fatal("AppendEncrypt appended something else than Encrypt returns")
+	}
+}
