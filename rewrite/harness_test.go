@@ -166,8 +166,11 @@ func describePlan(p *Plan, err error) string {
 			}
 			fmt.Fprintf(&b, "%sexecutes: %s(%s)\n", ind, e.Name, strings.Join(args, ", "))
 		}
-		if st.Normalized != "" {
-			fmt.Fprintf(&b, "%snormalized: %s\n", ind, st.Normalized)
+		if n := st.Normalized(); n != "" {
+			fmt.Fprintf(&b, "%snormalized: %s\n", ind, n)
+			if len(st.Fingerprint()) != 16 {
+				panic("fingerprint missing for " + n)
+			}
 		}
 	}
 	return b.String()

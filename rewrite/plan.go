@@ -5,7 +5,49 @@ import (
 	"log/slog"
 	"sort"
 	"strings"
+	"sync"
+
+	pg "github.com/pganalyze/pg_query_go/v5"
 )
+
+type auditText struct {
+	once        sync.Once
+	text        string
+	normalized  string
+	fingerprint string
+}
+
+func (a *auditText) compute() {
+	a.once.Do(func() {
+		if n, err := pg.Normalize(a.text); err == nil {
+			a.normalized = strings.TrimSpace(stripComments(n))
+		}
+		if f, err := pg.Fingerprint(a.text); err == nil {
+			a.fingerprint = f
+		}
+	})
+}
+
+// Normalized is the statement with every constant replaced by $n (pg_query
+// Normalize) and comments removed; it never holds a value. It is "" for a
+// statement that touches no PHI.
+func (s *Statement) Normalized() string {
+	if s.audit == nil {
+		return ""
+	}
+	s.audit.compute()
+	return s.audit.normalized
+}
+
+// Fingerprint is pg_query's fingerprint of the statement (hex), "" for a
+// statement that touches no PHI.
+func (s *Statement) Fingerprint() string {
+	if s.audit == nil {
+		return ""
+	}
+	s.audit.compute()
+	return s.audit.fingerprint
+}
 
 // Plan is what the proxy does with one query string (one simple-protocol
 // Query message or one extended-protocol Parse). A string holds one or more
@@ -41,11 +83,10 @@ type Statement struct {
 	// the PHI relations and columns the statement reaches, sorted.
 	Relations []string
 	Columns   []string
-	// Normalized is the statement with every constant replaced by $n
-	// (pg_query Normalize); it never holds a value. Fingerprint is
-	// pg_query's fingerprint of the statement (hex).
-	Normalized  string
-	Fingerprint string
+	// audit computes Normalized and Fingerprint on first use: they cost
+	// two more passes of libpg_query, paid once per cached plan and only
+	// for statements that are audited.
+	audit *auditText
 
 	// Slots are literals that must be encrypted, in text order.
 	Slots []Slot
@@ -289,6 +330,7 @@ func BindExecute(exec, prepared *Statement) (*Statement, error) {
 	out.Relations = prepared.Relations
 	out.Columns = prepared.Columns
 	out.Results = prepared.Results
+	out.audit = prepared.audit
 	out.Slots = nil
 	for _, p := range prepared.Params {
 		if p.Number > len(exec.Execute.Args) {

@@ -137,14 +137,7 @@ func (p *Planner) plan(sql string, sess Session) (*Plan, error) {
 		}
 		if st.TouchesPHI {
 			plan.PassThrough = false
-			text := sql[off : off+n]
-			if st.Normalized, err = pg.Normalize(text); err != nil {
-				return nil, pgerr.New(pgerr.Internal, "cannot normalize a PHI statement").WithCause(err)
-			}
-			st.Normalized = strings.TrimSpace(stripComments(st.Normalized))
-			if st.Fingerprint, err = pg.Fingerprint(text); err != nil {
-				return nil, pgerr.New(pgerr.Internal, "cannot fingerprint a PHI statement").WithCause(err)
-			}
+			st.audit = &auditText{text: sql[off : off+n]}
 		}
 		plan.Statements = append(plan.Statements, st)
 	}

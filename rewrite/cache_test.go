@@ -1,0 +1,117 @@
+package rewrite
+
+import (
+	"fmt"
+	"sync"
+	"testing"
+)
+
+func TestCacheHitAllocatesNothing(t *testing.T) {
+	cols, cat := loadSchema(t, standardSchema(t))
+	p := NewPlanner(cols, cat, NewCache(64))
+	sess := Session{SearchPath: "public", User: "app"}
+	first, err := p.Plan(benchPointSelect, sess)
+	if err != nil {
+		t.Fatal(err)
+	}
+	allocs := testing.AllocsPerRun(100, func() {
+		pl, _ := p.Plan(benchPointSelect, sess)
+		if pl != first {
+			t.Fatal("cache returned a different plan")
+		}
+	})
+	if allocs != 0 {
+		t.Fatalf("cached lookup allocates %v times", allocs)
+	}
+}
+
+func TestCacheKeysOnSearchPathAndCatalogVersion(t *testing.T) {
+	cols, cat := loadSchema(t, standardSchema(t))
+	cache := NewCache(64)
+	p := NewPlanner(cols, cat, cache)
+	pub, _ := p.Plan("SELECT ssn FROM patients", Session{SearchPath: "public"})
+	arch, _ := p.Plan("SELECT ssn FROM patients", Session{SearchPath: "archive"})
+	if pub.Statements[0].Results[0].Column.Ident == arch.Statements[0].Results[0].Column.Ident {
+		t.Fatal("search_path did not change the plan: the cache key misses it")
+	}
+	cols2, cat2 := loadSchema(t, standardSchema(t))
+	cat2.Ver = 2
+	p2 := NewPlanner(cols2, cat2, cache)
+	again, _ := p2.Plan("SELECT ssn FROM patients", Session{SearchPath: "public"})
+	if again == pub {
+		t.Fatal("a new catalog version reused the old plan")
+	}
+}
+
+func TestCacheCachesRefusals(t *testing.T) {
+	cols, cat := loadSchema(t, standardSchema(t))
+	p := NewPlanner(cols, cat, NewCache(64))
+	_, err1 := p.Plan("SELECT lower(ssn) FROM patients", Session{})
+	_, err2 := p.Plan("SELECT lower(ssn) FROM patients", Session{})
+	if err1 == nil || err1 != err2 {
+		t.Fatalf("refusal not cached: %v, %v", err1, err2)
+	}
+}
+
+func TestCacheEvictsLeastRecentlyUsed(t *testing.T) {
+	c := NewCache(cacheShards) // one entry per shard
+	k := func(i int) cacheKey { return cacheKey{sql: fmt.Sprintf("SELECT %d", i)} }
+	for i := 0; i < 1000; i++ {
+		c.put(k(i), &Plan{}, nil)
+	}
+	if n := c.Len(); n > cacheShards {
+		t.Fatalf("cache holds %d plans, bound is %d", n, cacheShards)
+	}
+	if _, ok := c.get(k(999)); !ok {
+		t.Fatal("most recent plan evicted")
+	}
+}
+
+func TestCacheConcurrentSessions(t *testing.T) {
+	cols, cat := loadSchema(t, standardSchema(t))
+	p := NewPlanner(cols, cat, NewCache(32))
+	var wg sync.WaitGroup
+	for g := 0; g < 8; g++ {
+		wg.Add(1)
+		go func(g int) {
+			defer wg.Done()
+			for i := 0; i < 200; i++ {
+				sql := fmt.Sprintf("SELECT ssn FROM patients WHERE id = %d", (i*7+g)%50)
+				pl, err := p.Plan(sql, Session{SearchPath: "public"})
+				if err != nil || len(pl.Statements[0].Results) != 1 {
+					t.Errorf("plan %q: %v", sql, err)
+					return
+				}
+			}
+		}(g)
+	}
+	wg.Wait()
+}
+
+func TestBindExecute(t *testing.T) {
+	cols, cat := loadSchema(t, standardSchema(t))
+	p := NewPlanner(cols, cat, nil)
+	prep, err := p.Plan("PREPARE find(text) AS SELECT name, dob FROM patients WHERE ssn = $1", Session{SearchPath: "public"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	sql := "EXECUTE find('123-45-6789')"
+	exec, err := p.Plan(sql, Session{SearchPath: "public"})
+	if err != nil || exec.PassThrough {
+		t.Fatalf("EXECUTE must not be pass-through: %v", err)
+	}
+	st, err := BindExecute(exec.Statements[0], prep.Statements[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(st.Slots) != 1 || sql[st.Slots[0].Offset:st.Slots[0].Offset+st.Slots[0].Length] != "'123-45-6789'" || st.Slots[0].Text != "123-45-6789" {
+		t.Fatalf("slots = %+v", st.Slots)
+	}
+	if len(st.Results) != 1 || st.Results[0].Column.Ident != "public.patients.dob" || st.Action != ActionRead || st.Normalized() == "" {
+		t.Fatalf("bound statement = %+v", st)
+	}
+	bad, _ := p.Plan("EXECUTE find(upper('x'))", Session{SearchPath: "public"})
+	if _, err := BindExecute(bad.Statements[0], prep.Statements[0]); err == nil {
+		t.Fatal("an expression bound for a PHI parameter must be refused")
+	}
+}
