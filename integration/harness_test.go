@@ -91,6 +91,7 @@ type proxyOpts struct {
 	authMode     string // terminate | relay
 	extra        string // appended YAML
 	drainTimeout string
+	catalogDB    string // database of catalog_dsn; postgres when empty
 }
 
 // proxy is a running `phiproxy serve`.
@@ -121,6 +122,9 @@ func startProxy(t *testing.T, o proxyOpts) *proxy {
 	if o.drainTimeout == "" {
 		o.drainTimeout = "5s"
 	}
+	if o.catalogDB == "" {
+		o.catalogDB = "postgres"
+	}
 	port, err := pgcluster.FreePort()
 	if err != nil {
 		t.Fatal(err)
@@ -129,11 +133,11 @@ func startProxy(t *testing.T, o proxyOpts) *proxy {
 	cfg := fmt.Sprintf(`listen: 127.0.0.1:%d
 client_tls: {mode: %s, cert: %s, key: %s}
 upstream: {address: %s, sslmode: %s, sslrootcert: %s, server_name: localhost}
-catalog_dsn: postgres://%s@%s/postgres?sslmode=require
+catalog_dsn: postgres://%s@%s/%s?sslmode=require
 auth: {mode: %s}
 limits: {drain_timeout: %s}
 %s`, port, o.clientTLS, e.certFile, e.keyFile, e.cluster.Addr(), o.upstreamSSL, e.cluster.CA.CertFile,
-		e.cluster.SuperUser, e.cluster.Addr(), o.authMode, o.drainTimeout, o.extra)
+		e.cluster.SuperUser, e.cluster.Addr(), o.catalogDB, o.authMode, o.drainTimeout, o.extra)
 	cfgPath := filepath.Join(dir, "phiproxy.yaml")
 	if err := os.WriteFile(cfgPath, []byte(cfg), 0o600); err != nil {
 		t.Fatal(err)

@@ -2,6 +2,7 @@ package integration
 
 import (
 	"context"
+	"fmt"
 	"os/exec"
 	"path/filepath"
 	"strings"
@@ -18,12 +19,18 @@ var (
 	javaErr  error
 )
 
-// compileJava compiles the Java probes once per package run.
+// compileJava compiles every Java program in clients/java once per package
+// run.
 func compileJava(t *testing.T) string {
 	t.Helper()
 	javaOnce.Do(func() {
 		javaDir = filepath.Join(fixture.work, "java")
-		out, err := exec.Command("javac", "-d", javaDir, "-cp", jdbcJar, "clients/java/Probe.java").CombinedOutput()
+		srcs, err := filepath.Glob("clients/java/*.java")
+		if err != nil || len(srcs) == 0 {
+			javaErr, javaDir = fmt.Errorf("no Java sources in clients/java: %v", err), ""
+			return
+		}
+		out, err := exec.Command("javac", append([]string{"-d", javaDir, "-cp", jdbcJar}, srcs...)...).CombinedOutput()
 		if err != nil {
 			javaErr = err
 			javaDir = string(out)

@@ -1,0 +1,199 @@
+package integration
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/phiproxy/phiproxy/config"
+)
+
+// The PHI fixture: database phi owned by app, the encrypted schema, its
+// plaintext twin, keysets made with the real `phiproxy keys` CLI, and the
+// phi: section every PHI test's proxy runs with. It is built once per
+// package run, on first use.
+
+const phiDB = "phi"
+
+// phiSchema is created as app in database phi. patients/visits hold PHI as
+// bytea; *_plain are the same tables with the logical types, used direct as
+// the reference every client's results are compared with. note is a
+// non-PHI text column (the canary test's control).
+const phiSchema = `
+CREATE TABLE patients (id serial PRIMARY KEY, name text, ssn bytea, diagnosis bytea, dob bytea, mrn bytea, secret bytea, note text);
+CREATE TABLE visits (id serial PRIMARY KEY, patient_ssn bytea, visited_on date);
+CREATE TABLE patients_plain (id serial PRIMARY KEY, name text, ssn text, diagnosis text, dob date, mrn int8, secret text, note text);
+CREATE TABLE visits_plain (id serial PRIMARY KEY, patient_ssn text, visited_on date);
+`
+
+// phiColumns are the configured PHI columns, as the phi: section declares
+// them.
+var phiColumns = []config.Column{
+	{Schema: "public", Table: "patients", Name: "ssn", Type: "text", Mode: config.ModeDeterministic},
+	{Schema: "public", Table: "patients", Name: "diagnosis", Type: "text", Mode: config.ModeRandomized},
+	{Schema: "public", Table: "patients", Name: "dob", Type: "date", Mode: config.ModeRandomized},
+	{Schema: "public", Table: "patients", Name: "mrn", Type: "int8", Mode: config.ModeDeterministic},
+	{Schema: "public", Table: "patients", Name: "secret", Type: "text", Mode: config.ModeRandomized},
+	{Schema: "public", Table: "visits", Name: "patient_ssn", Type: "text", Mode: config.ModeDeterministic},
+}
+
+const phiSection = `phi:
+  public.patients:
+    ssn:       {type: text, mode: deterministic, default: plaintext}
+    diagnosis: {type: text, mode: randomized, default: plaintext}
+    dob:       {type: date, mode: randomized, default: plaintext}
+    mrn:       {type: int8, mode: deterministic, default: plaintext}
+    secret:    {type: text, mode: randomized, default: deny}
+  public.visits:
+    patient_ssn: {type: text, mode: deterministic, key: public.patients.ssn, default: plaintext}
+`
+
+type phiEnv struct {
+	// extra is the YAML appended to the proxy config: keys and phi.
+	extra string
+	// keysDir holds the KEK and keysets (outside the cluster directory).
+	keysDir string
+}
+
+var (
+	phiOnce sync.Once
+	phiFix  *phiEnv
+	phiErr  error
+)
+
+// phiFixture builds the PHI fixture on first use.
+func phiFixture(t *testing.T) *phiEnv {
+	t.Helper()
+	phiOnce.Do(func() { phiFix, phiErr = buildPHIFixture() })
+	if phiErr != nil {
+		t.Fatalf("PHI fixture: %v", phiErr)
+	}
+	return phiFix
+}
+
+func buildPHIFixture() (*phiEnv, error) {
+	e := fixture
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	if err := e.cluster.Exec(ctx, "CREATE DATABASE "+phiDB+" OWNER app"); err != nil {
+		return nil, err
+	}
+	conn, err := pgx.Connect(ctx, e.cluster.DSN(e.cluster.SuperUser, e.cluster.SuperPassword, phiDB, "sslmode=disable"))
+	if err != nil {
+		return nil, err
+	}
+	defer conn.Close(ctx)
+	ddl := []string{"SET ROLE app", phiSchema}
+	for _, c := range phiColumns {
+		ddl = append(ddl, config.EnvelopeCheckSQL(c))
+	}
+	ddl = append(ddl, "RESET ROLE")
+	for _, q := range ddl {
+		if _, err := conn.Exec(ctx, q, pgx.QueryExecModeSimpleProtocol); err != nil {
+			return nil, fmt.Errorf("%s: %w", q, err)
+		}
+	}
+
+	f := &phiEnv{keysDir: filepath.Join(e.work, "phi-keys")}
+	if err := os.MkdirAll(f.keysDir, 0o700); err != nil {
+		return nil, err
+	}
+	keys := fmt.Sprintf("keys: {dir: %s, kek: \"file://%s\"}\n", filepath.Join(f.keysDir, "keysets"), filepath.Join(f.keysDir, "kek.json"))
+	f.extra = keys + phiSection
+	// The keys CLI reads the same keys: and phi: sections as the proxy.
+	cfg := filepath.Join(f.keysDir, "phiproxy.yaml")
+	head := fmt.Sprintf("listen: 127.0.0.1:1\nupstream: {address: %s, sslmode: disable}\ncatalog_dsn: postgres://%s@%s/%s?sslmode=disable\n",
+		e.cluster.Addr(), e.cluster.SuperUser, e.cluster.Addr(), phiDB)
+	if err := os.WriteFile(cfg, []byte(head+f.extra), 0o600); err != nil {
+		return nil, err
+	}
+	for _, action := range []string{"init", "create"} {
+		out, err := exec.CommandContext(ctx, e.binary, "keys", action, "--config", cfg).CombinedOutput()
+		if err != nil {
+			return nil, fmt.Errorf("phiproxy keys %s: %v\n%s", action, err, out)
+		}
+	}
+	return f, nil
+}
+
+// startPHIProxy runs phiproxy serve with the fixture's keys and phi: map.
+func startPHIProxy(t *testing.T) *proxy {
+	t.Helper()
+	f := phiFixture(t)
+	return startProxy(t, proxyOpts{extra: f.extra, catalogDB: phiDB})
+}
+
+// phiDirect connects to database phi as app, around the proxy.
+func phiDirect(t *testing.T) *pgx.Conn {
+	t.Helper()
+	e := fixture
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	conn, err := pgx.Connect(ctx, e.dsn(e.cluster.Addr(), "app", "app-pw", phiDB))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close(context.Background()) })
+	return conn
+}
+
+// assertCiphertext checks, around the proxy, that the rows with ids in
+// [lo, hi] hold only envelopes in every PHI column of patients and that at
+// least one PHI value is there at all.
+func assertCiphertext(t *testing.T, lo, hi int) {
+	t.Helper()
+	conn := phiDirect(t)
+	var nonNull, bad int
+	err := conn.QueryRow(context.Background(), `
+SELECT count(v), count(v) FILTER (WHERE substring(v from 1 for 3) <> decode('504801', 'hex'))
+FROM patients, LATERAL (VALUES (ssn), (diagnosis), (dob), (mrn), (secret)) AS c(v)
+WHERE id BETWEEN $1 AND $2`, lo, hi).Scan(&nonNull, &bad)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if nonNull == 0 || bad != 0 {
+		t.Fatalf("patients ids %d..%d around the proxy: %d non-NULL PHI values, %d without the envelope header", lo, hi, nonNull, bad)
+	}
+}
+
+// diffLines reports the first differing line of two outputs.
+func diffLines(got, want string) string {
+	g, w := strings.Split(got, "\n"), strings.Split(want, "\n")
+	for i := 0; i < len(g) || i < len(w); i++ {
+		var gl, wl string
+		if i < len(g) {
+			gl = g[i]
+		}
+		if i < len(w) {
+			wl = w[i]
+		}
+		if gl != wl {
+			return fmt.Sprintf("line %d:\n  through the proxy: %q\n  direct (plain):    %q", i+1, gl, wl)
+		}
+	}
+	return ""
+}
+
+// runCmd runs a client program and returns its stdout; stderr and the exit
+// status fail the test with everything printed.
+func runCmd(t *testing.T, name string, args ...string) string {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, name, args...)
+	var stdout, stderr bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	if err := cmd.Run(); err != nil {
+		t.Fatalf("%s %s: %v\nstdout:\n%s\nstderr:\n%s", name, strings.Join(args[:min(len(args), 2)], " "), err, stdout.String(), stderr.String())
+	}
+	return stdout.String()
+}
