@@ -1,0 +1,457 @@
+package phi
+
+import (
+	"sort"
+	"strings"
+
+	"github.com/jackc/pgx/v5/pgproto3"
+
+	"github.com/phiproxy/phiproxy/pgerr"
+	"github.com/phiproxy/phiproxy/proxy"
+	"github.com/phiproxy/phiproxy/proxy/codec"
+	"github.com/phiproxy/phiproxy/rewrite"
+)
+
+// Type OIDs of the ciphertext columns and arrays sent upstream.
+const (
+	byteaOID      = 17
+	byteaArrayOID = 1001
+)
+
+// ClientMessage implements proxy.Interceptor (client goroutine).
+func (s *session) ClientMessage(msg pgproto3.FrontendMessage, out *proxy.Out) error {
+	switch m := msg.(type) {
+	case *pgproto3.Query:
+		return s.query(m, out)
+	case *pgproto3.Parse:
+		return s.parse(m, out)
+	case *pgproto3.Bind:
+		return s.bind(m, out)
+	case *pgproto3.Describe:
+		e := &entry{kind: entryDescribe, describe: m.ObjectType}
+		if m.ObjectType == 'S' {
+			e.ps = s.stmts[m.Name]
+		} else {
+			e.portal = s.portals[m.Name]
+		}
+		if _, err := s.push(e, out); err != nil {
+			return err
+		}
+	case *pgproto3.Execute:
+		if _, err := s.push(&entry{kind: entryExecute, portal: s.portals[m.Portal]}, out); err != nil {
+			return err
+		}
+	case *pgproto3.Close:
+		queued, err := s.push(&entry{kind: entryClose}, out)
+		if err != nil {
+			return err
+		}
+		if queued {
+			if m.ObjectType == 'S' {
+				delete(s.stmts, m.Name)
+			} else {
+				delete(s.portals, m.Name)
+			}
+		}
+	case *pgproto3.Sync:
+		if _, err := s.push(&entry{kind: entrySync}, out); err != nil {
+			return err
+		}
+	case *pgproto3.FunctionCall:
+		if _, err := s.push(&entry{kind: entryFunction}, out); err != nil {
+			return err
+		}
+	}
+	return out.Forward(msg)
+}
+
+// query handles a simple-protocol Query.
+func (s *session) query(m *pgproto3.Query, out *proxy.Out) error {
+	snap := s.p.cur.Load()
+	q := &queryRun{poisonAt: -1}
+	e := &entry{kind: entryQuery, q: q}
+	plan, err := snap.planner.Plan(m.String, rewrite.Session{SearchPath: s.searchPath(), User: s.user})
+	if err != nil {
+		return s.refuseQuery(e, "", err, out)
+	}
+	if plan.PassThrough {
+		q.stmts = plan.Statements
+		for _, st := range plan.Statements {
+			s.sessionEffects(st)
+		}
+		if _, err := s.push(e, out); err != nil {
+			return err
+		}
+		return out.Forward(m)
+	}
+	q.stmts = make([]*rewrite.Statement, len(plan.Statements))
+	copy(q.stmts, plan.Statements)
+	for i, st := range q.stmts {
+		st, err := s.bindExecute(st)
+		if err == nil {
+			err = s.checkStatement(snap, st)
+		}
+		if err != nil {
+			return s.refuseAt(e, plan.SQL, i, err, out)
+		}
+		q.stmts[i] = st
+	}
+	text, bad, err := s.render(plan.SQL, q.stmts, len(q.stmts))
+	if err != nil {
+		return s.refuseAt(e, plan.SQL, bad, err, out)
+	}
+	for _, st := range q.stmts {
+		s.sessionEffects(st)
+	}
+	if _, err := s.push(e, out); err != nil {
+		return err
+	}
+	return out.Forward(&pgproto3.Query{String: text})
+}
+
+// refuseAt refuses statement i of a Query: the statements before it are
+// sent rendered, followed by a poison DO block in its place, so that
+// PostgreSQL runs (and, in the implicit transaction, rolls back) what it
+// would have run before failing at that statement.
+func (s *session) refuseAt(e *entry, sql string, i int, refusal error, out *proxy.Out) error {
+	q := e.q
+	prefix := ""
+	if i > 0 {
+		text, bad, err := s.render(sql, q.stmts, i)
+		if err != nil {
+			return s.refuseAt(e, sql, bad, err, out)
+		}
+		for _, st := range q.stmts[:i] {
+			s.sessionEffects(st)
+		}
+		prefix = text
+		if t := strings.TrimRight(prefix, " \t\r\n"); !strings.HasSuffix(t, ";") {
+			prefix = t + ";"
+		}
+	}
+	q.stmts = q.stmts[:i]
+	return s.refuseQuery(e, prefix, refusal, out)
+}
+
+func (s *session) refuseQuery(e *entry, prefix string, refusal error, out *proxy.Out) error {
+	pe := asRefusal(refusal)
+	q := e.q
+	q.poisonAt = len(q.stmts)
+	q.poison = pe
+	if _, err := s.push(e, out); err != nil {
+		return err
+	}
+	return out.Forward(&pgproto3.Query{String: prefix + poisonDO(pe.Code)})
+}
+
+// asRefusal makes err a client-facing ERROR; anything without a SQLSTATE
+// is XX000 with a generic message (its text is not for the client).
+func asRefusal(err error) *pgerr.Error {
+	pe := pgerr.As(err)
+	if pe == nil {
+		return pgerr.New(pgerr.Internal, "internal error in phiproxy").WithCause(err)
+	}
+	if pe.Severity != pgerr.SeverityError {
+		c := *pe
+		c.Severity = pgerr.SeverityError
+		pe = &c
+	}
+	return pe
+}
+
+type replacement struct {
+	off, n int
+	text   string
+	slot   *rewrite.Slot
+}
+
+// render returns sql up to the start of statement n (all of it if n is
+// len(stmts)) with the slots and edits of stmts[:n] applied. On a slot
+// error it returns the index of the statement that failed.
+func (s *session) render(sql string, stmts []*rewrite.Statement, n int) (string, int, error) {
+	end := len(sql)
+	if n < len(stmts) {
+		end = stmts[n].Offset
+	}
+	var reps []replacement
+	for _, st := range stmts[:n] {
+		for i := range st.Slots {
+			reps = append(reps, replacement{off: st.Slots[i].Offset, n: st.Slots[i].Length, slot: &st.Slots[i]})
+		}
+		for _, ed := range st.Edits {
+			reps = append(reps, replacement{off: ed.Offset, n: ed.Length, text: ed.Text})
+		}
+	}
+	if len(reps) == 0 {
+		return sql[:end], 0, nil
+	}
+	sort.Slice(reps, func(i, j int) bool { return reps[i].off < reps[j].off })
+	var b strings.Builder
+	b.Grow(end + 128*len(reps))
+	pos := 0
+	for _, r := range reps {
+		if r.off < pos || r.off+r.n > end {
+			panic("BUG: overlapping or out-of-range rewrite slots")
+		}
+		b.WriteString(sql[pos:r.off])
+		if r.slot != nil {
+			lit, err := s.fillSlot(r.slot)
+			if err != nil {
+				return "", stmtIndex(stmts, r.off), err
+			}
+			b.WriteString(lit)
+		} else {
+			b.WriteString(r.text)
+		}
+		pos = r.off + r.n
+	}
+	b.WriteString(sql[pos:end])
+	return b.String(), 0, nil
+}
+
+func stmtIndex(stmts []*rewrite.Statement, off int) int {
+	for i := len(stmts) - 1; i >= 0; i-- {
+		if stmts[i].Offset <= off {
+			return i
+		}
+	}
+	return 0
+}
+
+// fillSlot canonicalises and encrypts a literal and returns it as a bytea
+// literal.
+func (s *session) fillSlot(sl *rewrite.Slot) (string, error) {
+	canon, err := s.codec().AppendCanonical(s.cbuf[:0], sl.Column.Type, codec.TextFormat, []byte(sl.Text))
+	if err != nil {
+		return "", codec.WithColumn(err, sl.Column.Ident)
+	}
+	c, err := s.p.keys.Cipher(sl.Column.Key)
+	if err != nil {
+		return "", err
+	}
+	ct, err := c.AppendEncrypt(canon[len(canon):], canon)
+	s.cbuf = canon[:0]
+	if err != nil {
+		return "", err
+	}
+	return codec.ByteaEscapeLiteral(ct), nil
+}
+
+// parse handles an extended-protocol Parse.
+func (s *session) parse(m *pgproto3.Parse, out *proxy.Out) error {
+	if s.isSkipping() {
+		return out.Forward(m) // the server ignores it until Sync
+	}
+	snap := s.p.cur.Load()
+	ps := &prepared{name: m.Name}
+	e := &entry{kind: entryParse, ps: ps}
+	plan, err := snap.planner.Plan(m.Query, rewrite.Session{SearchPath: s.searchPath(), User: s.user})
+	if err == nil && !plan.PassThrough && len(plan.Statements) > 1 {
+		err = pgerr.New(pgerr.SyntaxError, "cannot insert multiple commands into a prepared statement")
+	}
+	var st *rewrite.Statement
+	if err == nil && len(plan.Statements) == 1 {
+		st, err = s.bindExecute(plan.Statements[0])
+		if err == nil {
+			err = s.checkStatement(snap, st)
+		}
+	}
+	text := m.Query
+	if err == nil && !plan.PassThrough {
+		text, _, err = s.render(plan.SQL, []*rewrite.Statement{st}, 1)
+	}
+	if err != nil {
+		return s.poison(e, &pgproto3.Parse{Name: m.Name, Query: poisonParse}, "42601", err, out, func() {
+			if m.Name == "" {
+				delete(s.stmts, "")
+			}
+		})
+	}
+	ps.st = st
+	fwd := m
+	if st != nil && len(st.Params) > 0 {
+		max := len(m.ParameterOIDs)
+		for _, p := range st.Params {
+			max = maxInt(max, p.Number)
+		}
+		oids := make([]uint32, max)
+		copy(oids, m.ParameterOIDs)
+		for _, p := range st.Params {
+			if p.Array {
+				oids[p.Number-1] = byteaArrayOID
+			} else {
+				oids[p.Number-1] = byteaOID
+			}
+		}
+		fwd = &pgproto3.Parse{Name: m.Name, Query: text, ParameterOIDs: oids}
+	} else if text != m.Query {
+		fwd = &pgproto3.Parse{Name: m.Name, Query: text, ParameterOIDs: m.ParameterOIDs}
+	}
+	if st != nil {
+		s.sessionEffects(st)
+	}
+	queued, err := s.push(e, out)
+	if err != nil {
+		return err
+	}
+	if queued {
+		s.stmts[m.Name] = ps
+	}
+	return out.Forward(fwd)
+}
+
+func maxInt(a, b int) int {
+	if a > b {
+		return a
+	}
+	return b
+}
+
+// poison sends msg (which the server is certain to refuse with code)
+// instead of the client's message, so the server enters its error path
+// (skip to Sync, failed transaction) by itself; the client gets refusal.
+func (s *session) poison(e *entry, msg pgproto3.FrontendMessage, code string, refusal error, out *proxy.Out, onQueued func()) error {
+	e.poison = asRefusal(refusal)
+	e.poisonCode = code
+	queued, err := s.push(e, out)
+	if err != nil {
+		return err
+	}
+	if queued && onQueued != nil {
+		onQueued()
+	}
+	return out.Forward(msg)
+}
+
+// bind handles an extended-protocol Bind: PHI parameters are decoded from
+// the client's format, canonicalised, encrypted and sent as binary bytea.
+func (s *session) bind(m *pgproto3.Bind, out *proxy.Out) error {
+	if s.isSkipping() {
+		return out.Forward(m)
+	}
+	ps := s.stmts[m.PreparedStatement]
+	pt := &portal{ps: ps}
+	e := &entry{kind: entryBind, portal: pt}
+	fwd := m
+	if ps != nil && ps.st != nil {
+		pt.x = s.resultX(ps, m.ResultFormatCodes)
+		if len(ps.st.Params) > 0 && len(m.Parameters) > 0 {
+			b, err := s.encryptParams(ps.st, m)
+			if err != nil {
+				return s.poison(e, &pgproto3.Bind{DestinationPortal: m.DestinationPortal, PreparedStatement: poisonStatement}, "26000", err, out, nil)
+			}
+			fwd = b
+		}
+	}
+	queued, err := s.push(e, out)
+	if err != nil {
+		return err
+	}
+	if queued {
+		s.portals[m.DestinationPortal] = pt
+	}
+	return out.Forward(fwd)
+}
+
+// resultX returns the result transform of ps for the given result format
+// codes, cached for the common case of the same codes every time.
+func (s *session) resultX(ps *prepared, formats []int16) *rowX {
+	if len(ps.st.Results) == 0 {
+		return nil
+	}
+	if ps.lastX != nil && equalFormats(ps.lastFormats, formats) {
+		return ps.lastX
+	}
+	x := s.newRowX(ps.st.Results, func(i int) int16 { return formatAt(formats, i) })
+	ps.lastFormats = append(ps.lastFormats[:0], formats...)
+	ps.lastX = x
+	return x
+}
+
+func equalFormats(a, b []int16) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for i := range a {
+		if a[i] != b[i] {
+			return false
+		}
+	}
+	return true
+}
+
+// formatAt is the format code of column or parameter i given a list of
+// codes: none means text, one applies to all.
+func formatAt(codes []int16, i int) int16 {
+	switch len(codes) {
+	case 0:
+		return codec.TextFormat
+	case 1:
+		return codes[0]
+	}
+	if i < len(codes) {
+		return codes[i]
+	}
+	return codec.TextFormat
+}
+
+func (s *session) encryptParams(st *rewrite.Statement, m *pgproto3.Bind) (*pgproto3.Bind, error) {
+	params := make([][]byte, len(m.Parameters))
+	copy(params, m.Parameters)
+	formats := make([]int16, len(m.Parameters))
+	for i := range formats {
+		formats[i] = formatAt(m.ParameterFormatCodes, i)
+	}
+	cd := s.codec()
+	buf := s.cbuf[:0]
+	offs := s.coffs[:0]
+	for _, p := range st.Params {
+		i := p.Number - 1
+		if i >= len(params) || params[i] == nil {
+			continue
+		}
+		c, err := s.p.keys.Cipher(p.Column.Key)
+		if err != nil {
+			return nil, err
+		}
+		start := len(buf)
+		if p.Array {
+			elems, err := cd.CanonicalArray(p.Column.Type, formats[i], params[i])
+			if err != nil {
+				return nil, codec.WithColumn(err, p.Column.Ident)
+			}
+			cts := make([][]byte, len(elems))
+			for j, el := range elems {
+				if el == nil {
+					continue
+				}
+				if cts[j], err = c.Encrypt(el); err != nil {
+					return nil, err
+				}
+			}
+			buf = append(buf, codec.EncodeByteaArray(cts, codec.BinaryFormat)...)
+		} else {
+			canon, err := cd.AppendCanonical(buf, p.Column.Type, formats[i], params[i])
+			if err != nil {
+				return nil, codec.WithColumn(err, p.Column.Ident)
+			}
+			mid := len(canon)
+			buf, err = c.AppendEncrypt(canon, canon[start:mid])
+			if err != nil {
+				return nil, err
+			}
+			// Drop the plaintext: move the envelope down over it.
+			n := copy(buf[start:], buf[mid:])
+			clear(buf[start+n : len(buf)])
+			buf = buf[:start+n]
+		}
+		offs = append(offs, i, start, len(buf))
+		formats[i] = codec.BinaryFormat
+	}
+	for k := 0; k < len(offs); k += 3 {
+		params[offs[k]] = buf[offs[k+1]:offs[k+2]:offs[k+2]]
+	}
+	s.cbuf, s.coffs = buf[:0], offs[:0]
+	return &pgproto3.Bind{DestinationPortal: m.DestinationPortal, PreparedStatement: m.PreparedStatement,
+		ParameterFormatCodes: formats, Parameters: params, ResultFormatCodes: m.ResultFormatCodes}, nil
+}

@@ -1,0 +1,88 @@
+// Package phi is phiproxy's PHI layer: it plugs into package proxy as a
+// per-session proxy.Interceptor and makes configured PHI columns
+// ciphertext in PostgreSQL while clients see plaintext.
+//
+// # Wiring
+//
+//	p, err := phi.New(ctx, cfg, phi.WithLogger(log))     // keys, catalog, Check, planner
+//	srv, err := proxy.New(cfg, proxy.WithInterceptor(p.Factory()))
+//	// SIGHUP: p.Reload(ctx, next) (keys + catalog + config, atomic)
+//
+// Factory is nil when no PHI column is configured: sessions then relay
+// bytes without decoding anything.
+//
+// # Per-session data flow
+//
+// Each session has one Interceptor. ClientMessage runs on the
+// client→server goroutine, ServerMessage on the server→client goroutine;
+// what they share (the FIFO of expected responses, search_path, the
+// failed-transaction overlay) is behind one mutex that each side holds
+// only for a few instructions per message. Prepared statements and portals
+// are owned by the client goroutine; entries carry pointers to what the
+// server side needs, so DataRows are transformed without locking.
+//
+// Simple protocol. A Query is planned (rewrite.Planner, cached per SQL
+// text, catalog version, search_path and user). Pass-through plans are
+// forwarded unchanged. Otherwise every literal slot is canonicalised
+// (proxy/codec), encrypted under its column's key and spliced in as a
+// bytea literal; the rendered text is sent. The Query's FIFO entry keeps
+// the statements: RowDescription i gets the logical type OIDs for the
+// planned PHI positions (cross-checked with the table OID and attnum the
+// server reports), each DataRow's PHI fields are decoded from bytea,
+// decrypted and encoded in the column's format, and CommandComplete or
+// EmptyQueryResponse moves to statement i+1 (applying its effects:
+// search_path, catalog refresh after DDL).
+//
+// Extended protocol. Parse is planned like a Query; PHI parameters are
+// declared bytea (or bytea[] for = ANY($n)) upstream and reported as
+// their logical types in ParameterDescription. Bind decodes each PHI
+// parameter from the client's format, canonicalises, encrypts and sends it
+// as binary bytea (NULL stays NULL); the portal remembers the result
+// transform for the client's result format codes. Every message that the
+// server answers (Parse, Bind, Describe, Execute, Close, Sync, Query,
+// FunctionCall) pushes an entry; every answer is matched to the front
+// entry. After an error the server skips to Sync, and so does the FIFO.
+//
+// # Refusals
+//
+// A refusal (planner, policy, a value that does not canonicalise) must
+// leave the session exactly as a server error would. phiproxy lets
+// PostgreSQL run its own state machine: in a Query, the statements before
+// the refused one are sent followed by a DO block that raises the
+// refusal's SQLSTATE, and the server's error is replaced by ours; in the
+// extended protocol the refused message is replaced by a poison message
+// certain to fail at that point (a Parse of text that does not parse, a
+// Bind naming a statement that does not exist) and the server's error is
+// replaced by ours. The server then skips to Sync and fails an open
+// transaction by itself.
+//
+// # Safety net
+//
+// Any DataRow value that is not a planned PHI result and starts with the
+// envelope header (binary "PH\x01", or text `\x504801`) fails the
+// statement with XX000 naming the column, never the value; so does a PHI
+// value that does not decrypt, and a RowDescription whose reported origin
+// contradicts the plan. COPY output is scanned the same way. When a
+// statement fails mid-stream, everything the server sends until
+// ReadyForQuery is dropped; if the server's transaction is still open the
+// client is told it failed (ReadyForQuery 'E') and, before the client's
+// next message, a poison Query makes the upstream transaction fail for
+// real, so that the next statement gets 25P02 and ROLLBACK works. Outside
+// a transaction the failed statement has already committed upstream (a
+// statement with RETURNING): the client sees the error PostgreSQL would
+// have raised, but not a rollback.
+//
+// # Session state and its limits
+//
+// search_path starts as PostgreSQL's default and follows successful SET
+// search_path (RESET and DISCARD ALL go back to the default; SET LOCAL and
+// SETs rolled back are undone when the transaction ends). Statements
+// pipelined behind a SET before its completion are planned with the old
+// path. A role-level or database-level search_path setting is not known.
+// The session TimeZone starts as the server default (read over the
+// catalog connection) and follows ParameterStatus. SQL-level PREPARE,
+// EXECUTE, DEALLOCATE and DISCARD ALL are tracked when sent.
+//
+// COPY on a PHI relation is refused (0A000) in every format; server-side
+// file COPY is refused by package rewrite.
+package phi

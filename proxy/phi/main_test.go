@@ -1,0 +1,292 @@
+package phi
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+
+	"github.com/phiproxy/phiproxy/config"
+	"github.com/phiproxy/phiproxy/crypto"
+	"github.com/phiproxy/phiproxy/pgcluster"
+	"github.com/phiproxy/phiproxy/proxy"
+)
+
+// The package's one PostgreSQL cluster and the config every test uses.
+var (
+	testCluster *pgcluster.Cluster
+	testCfg     *config.Config
+)
+
+const (
+	appUser     = "app"
+	appPassword = "app-secret"
+	appDB       = "appdb"
+)
+
+// typeCols are the logical types exercised, one randomized column each in
+// public.types (bytea) and public.types_plain (the real type).
+var typeCols = []struct{ name, typ, sqlType string }{
+	{"t_text", "text", "text"},
+	{"t_varchar", "varchar", "varchar"},
+	{"t_date", "date", "date"},
+	{"t_ts", "timestamp", "timestamp"},
+	{"t_tstz", "timestamptz", "timestamptz"},
+	{"t_int4", "int4", "int4"},
+	{"t_int8", "int8", "int8"},
+	{"t_numeric", "numeric", "numeric"},
+	{"t_bool", "bool", "bool"},
+	{"t_uuid", "uuid", "uuid"},
+	{"t_jsonb", "jsonb", "jsonb"},
+}
+
+func phiYAML() string {
+	var b strings.Builder
+	b.WriteString(`phi:
+  public.patients:
+    ssn:       {type: text, mode: deterministic, default: plaintext}
+    diagnosis: {type: text, mode: randomized, default: plaintext}
+    dob:       {type: date, mode: randomized, default: plaintext}
+    mrn:       {type: int8, mode: deterministic, default: plaintext}
+  public.visits:
+    patient_ssn: {type: text, mode: deterministic, key: public.patients.ssn, default: plaintext}
+  public.restricted:
+    secret: {type: text, mode: randomized, default: deny}
+  public.types:
+`)
+	for _, c := range typeCols {
+		fmt.Fprintf(&b, "    %s: {type: %s, mode: randomized, default: plaintext}\n", c.name, c.typ)
+	}
+	return b.String()
+}
+
+func schemaSQL() string {
+	var enc, plain []string
+	for _, c := range typeCols {
+		enc = append(enc, c.name+" bytea")
+		plain = append(plain, c.name+" "+c.sqlType)
+	}
+	return `
+CREATE TABLE patients (id int4 PRIMARY KEY, name text, ssn bytea, diagnosis bytea, dob bytea, mrn bytea, active bool DEFAULT true, blob bytea);
+CREATE TABLE patients_plain (id int4 PRIMARY KEY, name text, ssn text, diagnosis text, dob date, mrn int8, active bool DEFAULT true, blob bytea);
+CREATE TABLE visits (id int4 PRIMARY KEY, patient_ssn bytea, note text);
+CREATE TABLE visits_plain (id int4 PRIMARY KEY, patient_ssn text, note text);
+CREATE TABLE restricted (id int4 PRIMARY KEY, secret bytea, label text);
+CREATE TABLE types (id int4 PRIMARY KEY, ` + strings.Join(enc, ", ") + `);
+CREATE TABLE types_plain (id int4 PRIMARY KEY, ` + strings.Join(plain, ", ") + `);
+CREATE TABLE blobs (id int4 PRIMARY KEY, b bytea, t text);
+`
+}
+
+func TestMain(m *testing.M) { os.Exit(runTests(m)) }
+
+func runTests(m *testing.M) int {
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	c, err := pgcluster.Start(ctx, pgcluster.Options{})
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "phi tests: starting PostgreSQL:", err)
+		return 1
+	}
+	defer c.Stop()
+	for _, sql := range []string{
+		fmt.Sprintf("CREATE ROLE %s LOGIN PASSWORD '%s'", appUser, appPassword),
+		fmt.Sprintf("CREATE DATABASE %s OWNER %s", appDB, appUser),
+	} {
+		if err := c.Exec(ctx, sql); err != nil {
+			fmt.Fprintln(os.Stderr, "phi tests: setup:", err)
+			return 1
+		}
+	}
+	dir, err := os.MkdirTemp("", "phi-test-")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	defer os.RemoveAll(dir)
+	pgpass := filepath.Join(dir, "pgpass")
+	if err := os.WriteFile(pgpass, []byte(fmt.Sprintf("*:*:*:%s:%s\n", c.SuperUser, c.SuperPassword)), 0o600); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	os.Setenv("PGPASSFILE", pgpass)
+	doc := "listen: 127.0.0.1:0\n" +
+		"upstream: {address: " + c.Addr() + ", sslmode: disable}\n" +
+		"catalog_dsn: postgres://" + c.SuperUser + "@" + c.Addr() + "/" + appDB + "?sslmode=disable\n" +
+		"keys: {dir: keys/, kek: \"file:kek.json\"}\n" + phiYAML()
+	path := filepath.Join(dir, "phiproxy.yaml")
+	if err := os.WriteFile(path, []byte(doc), 0o600); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	cfg, err := config.Load(path)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "phi tests: config:", err)
+		return 1
+	}
+	if err := makeKeys(ctx, cfg); err != nil {
+		fmt.Fprintln(os.Stderr, "phi tests: keys:", err)
+		return 1
+	}
+	conn, err := pgx.Connect(ctx, c.DSN(appUser, appPassword, appDB, "sslmode=disable"))
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	stmts := []string{schemaSQL()}
+	for _, col := range cfg.Columns() {
+		stmts = append(stmts, config.EnvelopeCheckSQL(col))
+	}
+	for _, s := range stmts {
+		if _, err := conn.Exec(ctx, s); err != nil {
+			fmt.Fprintln(os.Stderr, "phi tests: schema:", err)
+			return 1
+		}
+	}
+	conn.Close(ctx)
+	testCluster, testCfg = c, cfg
+	return m.Run()
+}
+
+// makeKeys creates the file KEK and every column keyset of cfg, as
+// `phiproxy keys init` does.
+func makeKeys(ctx context.Context, cfg *config.Config) error {
+	if _, err := crypto.InitFileKEK(strings.TrimPrefix(cfg.Keys.KEK, "file:")); err != nil {
+		return err
+	}
+	st, err := crypto.OpenStore(ctx, cfg.Keys, crypto.Options{})
+	if err != nil {
+		return err
+	}
+	for name, cols := range cfg.KeyNames() {
+		if _, err := st.Create(crypto.ColumnKey(name), cols[0].Mode); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+type logSink struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (l *logSink) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.buf.Write(p)
+}
+
+func (l *logSink) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.buf.String()
+}
+
+type testProxy struct {
+	phi  *Proxy
+	addr string
+	logs *logSink
+}
+
+// startProxy runs phiproxy with the PHI layer in front of the cluster.
+func startProxy(t testing.TB) *testProxy {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	logs := &logSink{}
+	log := slog.New(slog.NewJSONHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	p, err := New(ctx, testCfg, WithLogger(log))
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv, err := proxy.New(testCfg, proxy.WithLogger(log), proxy.WithInterceptor(p.Factory()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- srv.Serve(context.Background(), ln) }()
+	t.Cleanup(func() {
+		srv.Close()
+		<-done
+		p.Close()
+		if t.Failed() {
+			t.Logf("proxy log:\n%s", logs.String())
+		}
+	})
+	return &testProxy{phi: p, addr: ln.Addr().String(), logs: logs}
+}
+
+func (p *testProxy) dsn(params ...string) string {
+	return "postgres://" + appUser + ":" + appPassword + "@" + p.addr + "/" + appDB + "?" + strings.Join(append([]string{"sslmode=disable"}, params...), "&")
+}
+
+func directDSN() string {
+	return testCluster.DSN(appUser, appPassword, appDB, "sslmode=disable")
+}
+
+func connect(t testing.TB, ctx context.Context, dsn string, mode pgx.QueryExecMode) *pgx.Conn {
+	t.Helper()
+	cc, err := pgx.ParseConfig(dsn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cc.DefaultQueryExecMode = mode
+	conn, err := pgx.ConnectConfig(ctx, cc)
+	if err != nil {
+		t.Fatalf("connect: %v", err)
+	}
+	t.Cleanup(func() { conn.Close(context.Background()) })
+	return conn
+}
+
+func testCtx(t testing.TB) context.Context {
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	t.Cleanup(cancel)
+	return ctx
+}
+
+func sqlstate(err error) string {
+	if pe, ok := err.(*pgconn.PgError); ok {
+		return pe.Code
+	}
+	var pe *pgconn.PgError
+	if err != nil && asPgErr(err, &pe) {
+		return pe.Code
+	}
+	return ""
+}
+
+func asPgErr(err error, target **pgconn.PgError) bool {
+	for err != nil {
+		if pe, ok := err.(*pgconn.PgError); ok {
+			*target = pe
+			return true
+		}
+		u, ok := err.(interface{ Unwrap() error })
+		if !ok {
+			return false
+		}
+		err = u.Unwrap()
+	}
+	return false
+}
+
+var modes = []pgx.QueryExecMode{
+	pgx.QueryExecModeCacheStatement, pgx.QueryExecModeCacheDescribe, pgx.QueryExecModeDescribeExec,
+	pgx.QueryExecModeExec, pgx.QueryExecModeSimpleProtocol,
+}

@@ -1,0 +1,293 @@
+package phi
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/phiproxy/phiproxy/config"
+	"github.com/phiproxy/phiproxy/crypto"
+	"github.com/phiproxy/phiproxy/proxy"
+	"github.com/phiproxy/phiproxy/rewrite"
+)
+
+// Proxy is the long-lived PHI layer of one phiproxy instance: the
+// keyring, the catalog snapshot, the rewrite planner and its plan cache.
+// Sessions read the current snapshot with one atomic load per statement;
+// Reload and catalog refreshes build a new snapshot and swap it in.
+type Proxy struct {
+	log     *slog.Logger
+	cryptoO crypto.Options
+	keys    *crypto.Keyring
+	cache   *rewrite.Cache
+
+	cur atomic.Pointer[snapshot]
+	// mu serializes Reload and catalog refreshes (never taken by sessions).
+	mu         sync.Mutex
+	version    atomic.Uint64
+	refreshing atomic.Bool
+	pending    atomic.Bool
+	// bg bounds the asynchronous catalog refreshes; Close cancels it.
+	bg     context.Context
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
+}
+
+// snapshot is everything derived from one config and one catalog.
+type snapshot struct {
+	cfg     *config.Config
+	cat     *config.Catalog
+	planner *rewrite.Planner
+	// cols is the PHI column map by "schema.table.column".
+	cols map[string]config.Column
+	// timeZone is the server's default TimeZone (what a session starts with
+	// unless its startup packet or role settings say otherwise).
+	timeZone *time.Location
+}
+
+// Option configures a Proxy.
+type Option func(*Proxy)
+
+// WithLogger sets the logger (default slog.Default()). Nothing logged holds
+// SQL text, parameters or values.
+func WithLogger(l *slog.Logger) Option { return func(p *Proxy) { p.log = l } }
+
+// WithCryptoOptions passes options to crypto.Open (environment for Vault,
+// clock).
+func WithCryptoOptions(o crypto.Options) Option { return func(p *Proxy) { p.cryptoO = o } }
+
+// PlanCacheSize is the number of plans cached per instance.
+const PlanCacheSize = 4096
+
+// New opens the keyring of cfg, loads the catalog over cfg.CatalogDSN and
+// checks every configured PHI column against it (missing or not bytea is an
+// error naming the config line). With no PHI columns configured it returns
+// a Proxy whose Factory is nil: sessions are pure pass-through.
+func New(ctx context.Context, cfg *config.Config, opts ...Option) (*Proxy, error) {
+	p := &Proxy{log: slog.Default(), cryptoO: crypto.Options{Env: crypto.EnvFromOS()}, cache: rewrite.NewCache(PlanCacheSize)}
+	for _, o := range opts {
+		o(p)
+	}
+	p.bg, p.cancel = context.WithCancel(context.Background())
+	if len(cfg.PHI) == 0 {
+		p.cur.Store(&snapshot{cfg: cfg})
+		return p, nil
+	}
+	keys, err := crypto.Open(ctx, cfg, p.cryptoO)
+	if err != nil {
+		return nil, fmt.Errorf("phi: keys: %w", err)
+	}
+	p.keys = keys
+	s, err := p.load(ctx, cfg)
+	if err != nil {
+		return nil, err
+	}
+	p.cur.Store(s)
+	return p, nil
+}
+
+// Close stops background catalog refreshes.
+func (p *Proxy) Close() {
+	p.cancel()
+	p.wg.Wait()
+}
+
+// Factory returns the per-session Interceptor factory for
+// proxy.WithInterceptor, or nil when no PHI column is configured (then
+// sessions relay bytes without decoding anything). Sessions built by the
+// factory follow later reloads: they read the current snapshot per
+// statement.
+func (p *Proxy) Factory() func(*proxy.SessionInfo) proxy.Interceptor {
+	if len(p.cur.Load().cfg.PHI) == 0 {
+		return nil
+	}
+	return func(info *proxy.SessionInfo) proxy.Interceptor {
+		return newSession(p, info)
+	}
+}
+
+// Reload swaps in cfg (a newly loaded config), its keys and a fresh catalog
+// snapshot, atomically: on any error nothing changes. Call it on SIGHUP.
+// A config that turns PHI on or off needs a restart (the Factory was
+// chosen at startup); Reload refuses that change.
+func (p *Proxy) Reload(ctx context.Context, cfg *config.Config) error {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	old := p.cur.Load()
+	if (len(cfg.PHI) == 0) != (len(old.cfg.PHI) == 0) {
+		return errors.New("phi: turning PHI columns on or off needs a restart")
+	}
+	if len(cfg.PHI) == 0 {
+		p.cur.Store(&snapshot{cfg: cfg})
+		return nil
+	}
+	s, err := p.load(ctx, cfg)
+	if err != nil {
+		return err
+	}
+	// Keys last: if they fail, the old snapshot (and keys) stay.
+	if err := p.keys.Reload(ctx, cfg); err != nil {
+		return fmt.Errorf("phi: keys: %w", err)
+	}
+	p.cur.Store(s)
+	return nil
+}
+
+// RefreshCatalog reloads the catalog snapshot with the current config.
+func (p *Proxy) RefreshCatalog(ctx context.Context) error {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	old := p.cur.Load()
+	if len(old.cfg.PHI) == 0 {
+		return nil
+	}
+	s, err := p.load(ctx, old.cfg)
+	if err != nil {
+		return err
+	}
+	p.cur.Store(s)
+	return nil
+}
+
+// catalogChanged asks for an asynchronous catalog refresh after DDL went
+// through. Concurrent requests collapse into at most one more refresh.
+func (p *Proxy) catalogChanged() {
+	p.pending.Store(true)
+	if !p.refreshing.CompareAndSwap(false, true) {
+		return
+	}
+	p.wg.Add(1)
+	go func() {
+		defer p.wg.Done()
+		defer p.refreshing.Store(false)
+		for p.pending.Swap(false) {
+			ctx, cancel := context.WithTimeout(p.bg, 30*time.Second)
+			err := p.RefreshCatalog(ctx)
+			cancel()
+			if err != nil {
+				// A refresh that fails keeps the old snapshot; a PHI column
+				// that vanished is caught by Check at the next reload.
+				p.log.Warn("catalog refresh after DDL failed", "err", err)
+			}
+		}
+	}()
+}
+
+// load builds a snapshot for cfg: catalog over catalog_dsn, Check, planner.
+func (p *Proxy) load(ctx context.Context, cfg *config.Config) (*snapshot, error) {
+	conn, err := pgx.Connect(ctx, cfg.CatalogDSN)
+	if err != nil {
+		return nil, fmt.Errorf("phi: catalog connection: %w", err)
+	}
+	defer conn.Close(context.Background())
+	ver := p.version.Add(1)
+	cat, err := config.LoadCatalog(ctx, conn, cfg, ver)
+	if err != nil {
+		return nil, fmt.Errorf("phi: %w", err)
+	}
+	if err := cat.Check(cfg); err != nil {
+		return nil, fmt.Errorf("phi: the config does not match the database:\n%w", err)
+	}
+	funcs, err := functionNames(ctx, conn)
+	if err != nil {
+		return nil, fmt.Errorf("phi: catalog: %w", err)
+	}
+	var tzName string
+	if err := conn.QueryRow(ctx, "SELECT pg_catalog.current_setting('TimeZone')").Scan(&tzName); err != nil {
+		return nil, fmt.Errorf("phi: catalog: %w", err)
+	}
+	tz, err := time.LoadLocation(tzName)
+	if err != nil {
+		tz = time.UTC
+	}
+	s := &snapshot{cfg: cfg, cat: cat, cols: map[string]config.Column{}, timeZone: tz}
+	var rcols []rewrite.Column
+	for _, c := range cfg.Columns() {
+		s.cols[c.Ident()] = c
+		rcols = append(rcols, rewrite.Column{Schema: c.Schema, Table: c.Table, Name: c.Name, Type: c.Type, Mode: c.Mode, Key: c.Key})
+	}
+	cols, err := rewrite.NewColumns(rcols)
+	if err != nil {
+		return nil, fmt.Errorf("phi: %w", err)
+	}
+	s.planner = rewrite.NewPlanner(cols, newCatalogAdapter(cat, cfg, funcs), p.cache)
+	return s, nil
+}
+
+// functionNames lists the names of user functions, so the adapter can ask
+// config.Catalog.PHIFunctions about each (the snapshot has no enumeration).
+func functionNames(ctx context.Context, conn *pgx.Conn) ([]string, error) {
+	rows, err := conn.Query(ctx, `SELECT DISTINCT p.proname FROM pg_catalog.pg_proc p
+JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace
+WHERE n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname NOT LIKE 'pg\_toast%'`)
+	if err != nil {
+		return nil, err
+	}
+	return pgx.CollectRows(rows, pgx.RowTo[string])
+}
+
+// catalogAdapter presents a config.Catalog as a rewrite.Catalog. It is
+// built once per snapshot and immutable.
+type catalogAdapter struct {
+	ver  uint64
+	rels map[string]*rewrite.Relation
+	deps []rewrite.Dependent
+}
+
+func newCatalogAdapter(cat *config.Catalog, cfg *config.Config, funcs []string) *catalogAdapter {
+	a := &catalogAdapter{ver: cat.Version, rels: map[string]*rewrite.Relation{}}
+	ident := func(ref config.ColumnRef) string {
+		r, ok := cat.RelationByOID(ref.RelOID)
+		if !ok {
+			return ""
+		}
+		col, ok := r.ColumnByNum(ref.Num)
+		if !ok {
+			return ""
+		}
+		return r.Ident() + "." + col.Name
+	}
+	for _, r := range cat.Relations() {
+		rr := &rewrite.Relation{OID: r.OID, Schema: r.Schema, Name: r.Name, Kind: rewrite.RelKind(r.Kind)}
+		for _, c := range r.Columns {
+			rr.Columns = append(rr.Columns, rewrite.Attr{Name: c.Name, Num: c.Num, Type: c.TypeName})
+		}
+		for _, d := range r.PHIDeps {
+			if s := ident(d); s != "" {
+				rr.PHIDeps = append(rr.PHIDeps, s)
+			}
+		}
+		a.rels[r.Schema+"."+r.Name] = rr
+		if len(rr.PHIDeps) > 0 {
+			a.deps = append(a.deps, rewrite.Dependent{Kind: rewrite.DependentView, Schema: r.Schema, Name: r.Name, Reads: rr.PHIDeps})
+		}
+	}
+	for _, name := range funcs {
+		for _, f := range cat.PHIFunctions(name) {
+			d := rewrite.Dependent{Kind: rewrite.DependentFunction, Schema: f.Schema, Name: f.Name}
+			for _, oid := range f.Touches {
+				if r, ok := cat.RelationByOID(oid); ok {
+					for _, c := range cfg.PHI[r.Ident()] {
+						d.Reads = append(d.Reads, c.Ident())
+					}
+				}
+			}
+			a.deps = append(a.deps, d)
+		}
+	}
+	return a
+}
+
+func (a *catalogAdapter) Version() uint64 { return a.ver }
+
+func (a *catalogAdapter) Relation(schema, name string) *rewrite.Relation {
+	return a.rels[schema+"."+name]
+}
+
+func (a *catalogAdapter) PHIDependents() []rewrite.Dependent { return a.deps }

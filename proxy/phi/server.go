@@ -1,0 +1,372 @@
+package phi
+
+import (
+	"bytes"
+	"fmt"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgproto3"
+
+	"github.com/phiproxy/phiproxy/config"
+	"github.com/phiproxy/phiproxy/crypto"
+	"github.com/phiproxy/phiproxy/pgerr"
+	"github.com/phiproxy/phiproxy/proxy"
+	"github.com/phiproxy/phiproxy/proxy/codec"
+	"github.com/phiproxy/phiproxy/rewrite"
+)
+
+// colX is the transform of one PHI output column.
+type colX struct {
+	col    rewrite.PHIColumn
+	cipher *crypto.Cipher // nil: the key is not loaded (fails closed)
+	format int16
+}
+
+// rowX is the result transform of a statement: cols[i] is the transform
+// of output column i, nil when the column carries no PHI.
+type rowX struct {
+	cols []*colX
+}
+
+func (x *rowX) at(i int) *colX {
+	if x == nil || i >= len(x.cols) {
+		return nil
+	}
+	return x.cols[i]
+}
+
+func (s *session) newRowX(results []rewrite.Result, format func(int) int16) *rowX {
+	if len(results) == 0 {
+		return nil
+	}
+	n := 0
+	for _, r := range results {
+		n = maxInt(n, r.Position+1)
+	}
+	x := &rowX{cols: make([]*colX, n)}
+	for _, r := range results {
+		c, _ := s.p.keys.Cipher(r.Column.Key)
+		x.cols[r.Position] = &colX{col: r.Column, cipher: c, format: format(r.Position)}
+	}
+	return x
+}
+
+// typeSize is pg_type.typlen of a logical type, for RowDescription.
+func typeSize(t string) int16 {
+	switch t {
+	case "int4", "date":
+		return 4
+	case "int8", "timestamp", "timestamptz":
+		return 8
+	case "bool":
+		return 1
+	case "uuid":
+		return 16
+	}
+	return -1
+}
+
+func safetyErr(column string) *pgerr.Error {
+	return pgerr.Newf(pgerr.Internal, "phiproxy refused to return ciphertext in result column %s", column).
+		WithHint("the value carries the PHI envelope header but the statement has no decryption planned for it; select the configured PHI column itself")
+}
+
+func columnName(names []string, i int) string {
+	if i < len(names) && names[i] != "" {
+		return fmt.Sprintf("%q", names[i])
+	}
+	return fmt.Sprintf("%d", i+1)
+}
+
+// ServerMessage implements proxy.Interceptor (server goroutine).
+func (s *session) ServerMessage(msg pgproto3.BackendMessage, out *proxy.Out) error {
+	if z, ok := msg.(*pgproto3.ReadyForQuery); ok {
+		return s.ready(z, out)
+	}
+	if ps, ok := msg.(*pgproto3.ParameterStatus); ok {
+		if ps.Name == "TimeZone" {
+			if loc, err := time.LoadLocation(ps.Value); err == nil {
+				s.tz.Store(loc)
+			}
+		}
+		return out.Forward(msg)
+	}
+	if s.dropping {
+		return nil
+	}
+	e := s.front()
+	if e == nil {
+		// Nothing expected (an asynchronous error or notice): still guard
+		// rows.
+		if d, ok := msg.(*pgproto3.DataRow); ok {
+			return s.row(nil, nil, d, out)
+		}
+		return out.Forward(msg)
+	}
+	if e.kind == entryInjected {
+		return nil // the answer to our own poison Query
+	}
+	switch m := msg.(type) {
+	case *pgproto3.ParseComplete, *pgproto3.BindComplete, *pgproto3.CloseComplete:
+		s.pop()
+	case *pgproto3.ParameterDescription:
+		if e.kind == entryDescribe && e.ps != nil && e.ps.st != nil {
+			oids := make([]uint32, len(m.ParameterOIDs))
+			copy(oids, m.ParameterOIDs)
+			for _, p := range e.ps.st.Params {
+				if p.Number-1 < len(oids) {
+					if p.Array {
+						oids[p.Number-1] = codec.ArrayOID(p.Column.Type)
+					} else {
+						oids[p.Number-1] = codec.OID(p.Column.Type)
+					}
+				}
+			}
+			return out.Forward(&pgproto3.ParameterDescription{ParameterOIDs: oids})
+		}
+	case *pgproto3.RowDescription:
+		return s.rowDescription(e, m, out)
+	case *pgproto3.NoData:
+		if e.kind == entryDescribe {
+			s.pop()
+		}
+	case *pgproto3.DataRow:
+		switch e.kind {
+		case entryQuery:
+			return s.row(e.q.x, nil, m, out)
+		case entryExecute:
+			var names []string
+			var x *rowX
+			if e.portal != nil {
+				x = e.portal.x
+				if e.portal.ps != nil {
+					names = e.portal.ps.names
+				}
+			}
+			return s.row(x, names, m, out)
+		}
+		return s.row(nil, nil, m, out)
+	case *pgproto3.CommandComplete:
+		switch e.kind {
+		case entryQuery:
+			q := e.q
+			if q.idx < len(q.stmts) {
+				s.completed(q.stmts[q.idx], m.CommandTag)
+			}
+			q.idx++
+			q.x = nil
+		case entryExecute:
+			if e.portal != nil && e.portal.ps != nil {
+				s.completed(e.portal.ps.st, m.CommandTag)
+			}
+			s.pop()
+		}
+	case *pgproto3.EmptyQueryResponse:
+		switch e.kind {
+		case entryQuery:
+			e.q.idx++
+		case entryExecute:
+			s.pop()
+		}
+	case *pgproto3.PortalSuspended:
+		if e.kind == entryExecute {
+			s.pop()
+		}
+	case *pgproto3.CopyData:
+		if bytes.Contains(m.Data, []byte(config.EnvelopeHeader)) || bytes.Contains(m.Data, []byte("x504801")) || bytes.Contains(m.Data, []byte("X504801")) {
+			return s.fail(pgerr.New(pgerr.Internal, "phiproxy refused to return ciphertext in COPY output").
+				WithHint("COPY a PHI relation through phiproxy is not supported; select the PHI columns instead"), out)
+		}
+	case *pgproto3.ErrorResponse:
+		return s.errorResponse(e, m, out)
+	}
+	return out.Forward(msg)
+}
+
+// fail ends the current statement with err: the client gets err, and
+// everything the server sends until ReadyForQuery is dropped.
+func (s *session) fail(err *pgerr.Error, out *proxy.Out) error {
+	s.dropping = true
+	return out.Forward(proxy.ErrorResponse(err))
+}
+
+func (s *session) errorResponse(e *entry, m *pgproto3.ErrorResponse, out *proxy.Out) error {
+	switch e.kind {
+	case entryQuery:
+		q := e.q
+		if q.poison != nil && q.idx == q.poisonAt && m.Code == q.poison.Code.String() && m.Message == poisonMessage {
+			return out.Forward(proxy.ErrorResponse(q.poison))
+		}
+		return out.Forward(m)
+	case entrySync, entryFunction:
+		return out.Forward(m)
+	}
+	var fwd pgproto3.Message = m
+	if e.poison != nil && m.Code == e.poisonCode {
+		fwd = proxy.ErrorResponse(e.poison)
+	}
+	// The server now skips everything until Sync: so do the responses.
+	s.mu.Lock()
+	for len(s.fifo) > 0 && s.fifo[0].kind != entrySync {
+		s.fifo[0] = nil
+		s.fifo = s.fifo[1:]
+	}
+	if len(s.fifo) == 0 {
+		s.skipping = true
+	}
+	s.mu.Unlock()
+	s.head = nil
+	return out.Forward(fwd)
+}
+
+// ready handles ReadyForQuery: the end of a Query, Sync or FunctionCall
+// cycle.
+func (s *session) ready(z *pgproto3.ReadyForQuery, out *proxy.Out) error {
+	status := z.TxStatus
+	s.mu.Lock()
+	// Pop up to and including the entry this ReadyForQuery answers
+	// (entries before it were answered, skipped or dropped).
+	for len(s.fifo) > 0 {
+		k := s.fifo[0].kind
+		s.fifo[0] = nil
+		s.fifo = s.fifo[1:]
+		if k == entryQuery || k == entrySync || k == entryFunction {
+			break
+		}
+		if k == entryInjected {
+			s.mu.Unlock()
+			s.head = nil
+			return nil // our poison's cycle: the client never asked
+		}
+	}
+	if s.dropping && status == 'T' {
+		// The client saw the statement fail: its transaction must be
+		// failed too. The next client message first makes it so upstream.
+		status = 'E'
+		s.overlay = true
+	}
+	if status == 'I' {
+		if s.local || s.rolled {
+			s.path = s.txBase
+		}
+		s.txBase = s.path
+		s.local, s.rolled = false, false
+	}
+	s.mu.Unlock()
+	s.head = nil
+	s.dropping = false
+	if status != z.TxStatus {
+		return out.Forward(&pgproto3.ReadyForQuery{TxStatus: status})
+	}
+	return out.Forward(z)
+}
+
+// rowDescription rewrites the PHI columns' types to their logical types
+// and cross-checks the planned PHI positions against the columns' origin.
+func (s *session) rowDescription(e *entry, m *pgproto3.RowDescription, out *proxy.Out) error {
+	var x *rowX
+	var results []rewrite.Result
+	switch e.kind {
+	case entryQuery:
+		q := e.q
+		if q.idx < len(q.stmts) {
+			results = q.stmts[q.idx].Results
+		}
+		x = s.newRowX(results, func(i int) int16 {
+			if i < len(m.Fields) {
+				return m.Fields[i].Format
+			}
+			return codec.TextFormat
+		})
+		q.x = x
+	case entryDescribe:
+		s.pop()
+		if e.describe == 'S' {
+			if e.ps != nil && e.ps.st != nil {
+				results = e.ps.st.Results
+				x = s.newRowX(results, func(int) int16 { return codec.TextFormat })
+				names := make([]string, len(m.Fields))
+				for i, f := range m.Fields {
+					names[i] = string(f.Name)
+				}
+				e.ps.names = names
+			}
+		} else if e.portal != nil {
+			x = e.portal.x
+		}
+	case entryExecute:
+		// A RowDescription during Execute (FETCH through a cursor): no plan
+		// for it; the safety net guards its rows.
+	}
+	cat := s.p.cur.Load().cat
+	for i := range m.Fields {
+		f := &m.Fields[i]
+		c := x.at(i)
+		if f.TableOID != 0 && f.TableAttributeNumber > 0 && cat != nil {
+			col, isPHI := cat.PHIColumn(config.ColumnRef{RelOID: f.TableOID, Num: int16(f.TableAttributeNumber)})
+			if isPHI && (c == nil || c.col.Key != col.Key) || !isPHI && c != nil && cat.IsPHIRelation(f.TableOID) {
+				return s.fail(pgerr.Newf(pgerr.Internal, "phiproxy cannot match result column %s to its planned PHI transform", columnName([]string{string(f.Name)}, 0)).
+					WithHint("the statement's result shape differs from what phiproxy planned; the catalog may have changed, retry"), out)
+			}
+		}
+		if c != nil {
+			f.DataTypeOID = codec.OID(c.col.Type)
+			f.DataTypeSize = typeSize(c.col.Type)
+			f.TypeModifier = -1
+		}
+	}
+	return out.Forward(m)
+}
+
+// row decrypts the PHI fields of a DataRow into the client's format and
+// applies the safety net to every other field.
+func (s *session) row(x *rowX, names []string, m *pgproto3.DataRow, out *proxy.Out) error {
+	buf := s.sbuf[:0]
+	offs := s.soffs[:0]
+	cd := codec.Codec{}
+	cdSet := false
+	for i, v := range m.Values {
+		if v == nil {
+			continue
+		}
+		c := x.at(i)
+		if c == nil {
+			if crypto.HasEnvelopeHeader(v) || crypto.IsTextEnvelope(v) {
+				return s.fail(safetyErr(columnName(names, i)), out)
+			}
+			continue
+		}
+		ct, err := codec.DecodeBytea(v, c.format)
+		if err != nil || c.cipher == nil {
+			return s.fail(decryptErr(c.col.Ident), out)
+		}
+		pt, err := c.cipher.Decrypt(ct)
+		if err != nil {
+			return s.fail(decryptErr(c.col.Ident), out)
+		}
+		if !cdSet {
+			cd, cdSet = s.codec(), true
+		}
+		start := len(buf)
+		buf, err = cd.AppendEncode(buf, c.col.Type, c.format, pt)
+		clear(pt)
+		if err != nil {
+			return s.fail(decryptErr(c.col.Ident), out)
+		}
+		offs = append(offs, i, start, len(buf))
+	}
+	for k := 0; k < len(offs); k += 3 {
+		m.Values[offs[k]] = buf[offs[k+1]:offs[k+2]:offs[k+2]]
+	}
+	err := out.Forward(m)
+	if cap(buf) > 1<<20 {
+		buf = nil // do not keep a huge value's buffer for the session's life
+	}
+	s.sbuf, s.soffs = buf[:0], offs[:0]
+	return err
+}
+
+func decryptErr(ident string) *pgerr.Error {
+	return pgerr.Newf(pgerr.Internal, "phiproxy cannot decrypt a value of PHI column %s", ident).
+		WithHint("the stored value is not a valid ciphertext for this column's key (written around the proxy, copied from another column, or its key was retired)")
+}

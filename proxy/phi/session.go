@@ -1,0 +1,323 @@
+package phi
+
+import (
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgproto3"
+
+	"github.com/phiproxy/phiproxy/config"
+	"github.com/phiproxy/phiproxy/pgerr"
+	"github.com/phiproxy/phiproxy/proxy"
+	"github.com/phiproxy/phiproxy/proxy/codec"
+	"github.com/phiproxy/phiproxy/rewrite"
+)
+
+// initialSearchPath is PostgreSQL's default search_path.
+const initialSearchPath = `"$user", public`
+
+// Entry kinds of the FIFO of expected responses. The client messages'
+// type bytes, plus entryInjected for a poison Query of our own.
+const (
+	entryQuery    = 'Q'
+	entryParse    = 'P'
+	entryBind     = 'B'
+	entryDescribe = 'D'
+	entryExecute  = 'E'
+	entryClose    = 'C'
+	entrySync     = 'S'
+	entryFunction = 'F'
+	entryInjected = 'i'
+)
+
+// entry is one client message that the server will answer, in order.
+type entry struct {
+	kind byte
+	// Query.
+	q *queryRun
+	// Parse, Describe 'S'.
+	ps *prepared
+	// Bind, Describe 'P', Execute.
+	portal *portal
+	// describe is 'S' or 'P' for Describe.
+	describe byte
+	// poison is our refusal standing in for the server's answer to the
+	// poison message we sent instead of the client's; poisonCode is the
+	// SQLSTATE the poison makes the server raise.
+	poison     *pgerr.Error
+	poisonCode string
+	// rowsSeen is set once an Execute's first DataRow arrived.
+	x *rowX
+}
+
+// queryRun is a simple-protocol Query on its way through the server.
+type queryRun struct {
+	stmts []*rewrite.Statement
+	idx   int
+	// poisonAt is the index of the statement replaced by a poison DO
+	// block (-1 if none) and poison our error for it.
+	poisonAt int
+	poison   *pgerr.Error
+	x        *rowX
+}
+
+// prepared is an extended-protocol prepared statement.
+type prepared struct {
+	name string
+	st   *rewrite.Statement // nil: nothing PHI about it
+	// lastFormats/lastX cache the result transform for the last result
+	// format codes bound (client goroutine only).
+	lastFormats []int16
+	lastX       *rowX
+	// names are the output column names from a Describe (server goroutine
+	// only), for error messages.
+	names []string
+}
+
+// portal is an extended-protocol portal.
+type portal struct {
+	ps *prepared
+	x  *rowX
+}
+
+// session is one client session's Interceptor.
+type session struct {
+	p    *Proxy
+	info *proxy.SessionInfo
+	user string
+
+	mu sync.Mutex
+	// Guarded by mu.
+	fifo     []*entry
+	skipping bool // an extended error was answered and no Sync is queued yet
+	path     string
+	txBase   string // search_path at the start of the current transaction
+	local    bool   // SET LOCAL search_path in this transaction
+	rolled   bool   // a ROLLBACK completed in this transaction
+	overlay  bool   // the client was told its transaction failed; the server's has not yet
+
+	tz atomic.Pointer[time.Location]
+
+	// Client goroutine only.
+	stmts   map[string]*prepared
+	portals map[string]*portal
+	sqlPrep map[string]*rewrite.Statement
+	cbuf    []byte
+	coffs   []int
+
+	// Server goroutine only.
+	head     *entry // the FIFO's front, cached
+	dropping bool   // a statement failed here: drop until ReadyForQuery
+	sbuf     []byte
+	soffs    []int
+}
+
+func newSession(p *Proxy, info *proxy.SessionInfo) *session {
+	s := &session{p: p, info: info, user: info.User, path: initialSearchPath, txBase: initialSearchPath,
+		stmts: map[string]*prepared{}, portals: map[string]*portal{}, sqlPrep: map[string]*rewrite.Statement{}}
+	tz := p.cur.Load().timeZone
+	if tz == nil {
+		tz = time.UTC
+	}
+	s.tz.Store(tz)
+	return s
+}
+
+// Intercepts implements proxy.Interceptor.
+func (s *session) Intercepts() (proxy.MessageSet, proxy.MessageSet) {
+	return proxy.Messages(proxy.MsgQuery, proxy.MsgParse, proxy.MsgBind, proxy.MsgDescribe, proxy.MsgExecute,
+			proxy.MsgClose, proxy.MsgSync, proxy.MsgFunctionCall),
+		proxy.Messages(proxy.MsgRowDescription, proxy.MsgDataRow, proxy.MsgParameterDescription,
+			proxy.MsgCommandComplete, proxy.MsgErrorResponse, proxy.MsgReadyForQuery, proxy.MsgParseComplete,
+			proxy.MsgBindComplete, proxy.MsgCloseComplete, proxy.MsgNoData, proxy.MsgPortalSuspended,
+			proxy.MsgEmptyQueryResponse, proxy.MsgCopyData, proxy.MsgParameterStatus)
+}
+
+func (s *session) codec() codec.Codec { return codec.Codec{TimeZone: s.tz.Load()} }
+
+// push queues e unless an extended-protocol error is being skipped (then
+// the server answers nothing until Sync). It reports whether e was queued.
+// A pending failed-transaction overlay is made real first: a poison Query
+// makes the upstream transaction fail exactly where the client believes it
+// already has.
+func (s *session) push(e *entry, out *proxy.Out) (bool, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.overlay {
+		s.overlay = false
+		if err := out.ToServer(&pgproto3.Query{String: poisonDO(pgerr.InFailedSQLTransaction)}); err != nil {
+			return false, err
+		}
+		s.fifo = append(s.fifo, &entry{kind: entryInjected})
+	}
+	if e.kind == entrySync {
+		s.skipping = false
+	} else if s.skipping && e.kind != entryQuery && e.kind != entryFunction {
+		return false, nil
+	}
+	s.fifo = append(s.fifo, e)
+	return true, nil
+}
+
+func (s *session) isSkipping() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.skipping
+}
+
+func (s *session) searchPath() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.path
+}
+
+// front returns the entry the next server message answers (server
+// goroutine).
+func (s *session) front() *entry {
+	if s.head != nil {
+		return s.head
+	}
+	s.mu.Lock()
+	if len(s.fifo) > 0 {
+		s.head = s.fifo[0]
+	}
+	s.mu.Unlock()
+	return s.head
+}
+
+// pop removes the front entry (server goroutine).
+func (s *session) pop() {
+	s.mu.Lock()
+	if len(s.fifo) > 0 {
+		s.fifo[0] = nil
+		s.fifo = s.fifo[1:]
+	}
+	s.mu.Unlock()
+	s.head = nil
+}
+
+// poisonDO is a statement that fails with code: it stands in for a refused
+// statement so that PostgreSQL itself runs the statements before it, rolls
+// back what it must and marks an open transaction failed. The message is a
+// marker; the client gets our ErrorResponse instead of the server's.
+func poisonDO(code pgerr.Code) string {
+	return "DO $phiproxy$BEGIN RAISE EXCEPTION USING ERRCODE = '" + code.String() + "', MESSAGE = '" + poisonMessage + "'; END$phiproxy$"
+}
+
+const poisonMessage = "phiproxy refusal"
+
+// poisonParse is text that fails to parse (42601) in Parse.
+const poisonParse = "phiproxy refused"
+
+// poisonStatement is a prepared statement name no client uses: a Bind
+// naming it fails with 26000.
+const poisonStatement = "phiproxy\x01refused"
+
+// denied returns the 42501 refusal if st would return plaintext of a
+// column whose policy denies reading it.
+func denied(snap *snapshot, st *rewrite.Statement) error {
+	for _, r := range st.Results {
+		if c, ok := snap.cols[r.Column.Ident]; ok && c.Default == config.AccessDeny {
+			return pgerr.Newf(pgerr.InsufficientPrivilege, "permission denied for column %s", r.Column.Ident).
+				WithHint("phiproxy policy: reading this PHI column is denied; leave it out of the select list")
+		}
+	}
+	if st.Copy != nil && !st.Copy.In {
+		for _, f := range st.Copy.Fields {
+			if f.Column != nil {
+				if c, ok := snap.cols[f.Column.Ident]; ok && c.Default == config.AccessDeny {
+					return pgerr.Newf(pgerr.InsufficientPrivilege, "permission denied for column %s", f.Column.Ident).
+						WithHint("phiproxy policy: reading this PHI column is denied; leave it out of the COPY column list")
+				}
+			}
+		}
+	}
+	return nil
+}
+
+// copyRefusal refuses COPY on PHI relations (not implemented: fail closed).
+func copyRefusal(st *rewrite.Statement) error {
+	if st.Copy == nil || !st.TouchesPHI {
+		return nil
+	}
+	rel := strings.Join(st.Relations, ", ")
+	if st.Copy.Format == "binary" {
+		return pgerr.Newf(pgerr.FeatureNotSupported, "COPY in binary format is not supported on PHI relation %s", rel).
+			WithHint("use INSERT or SELECT through phiproxy")
+	}
+	return pgerr.Newf(pgerr.FeatureNotSupported, "COPY is not supported yet on PHI relation %s", rel).
+		WithHint("use INSERT or SELECT through phiproxy")
+}
+
+// checkStatement applies the per-statement policy and support checks.
+func (s *session) checkStatement(snap *snapshot, st *rewrite.Statement) error {
+	if err := copyRefusal(st); err != nil {
+		return err
+	}
+	return denied(snap, st)
+}
+
+// bindExecute resolves a SQL-level EXECUTE against the session's PREPAREs.
+func (s *session) bindExecute(st *rewrite.Statement) (*rewrite.Statement, error) {
+	if st.Execute == nil {
+		return st, nil
+	}
+	prep, ok := s.sqlPrep[st.Execute.Name]
+	if !ok {
+		// Unknown to us, so not prepared in this session through us:
+		// PostgreSQL reports 26000 itself; the safety net guards rows.
+		return st, nil
+	}
+	return rewrite.BindExecute(st, prep)
+}
+
+// sessionEffects applies the client-side bookkeeping of SQL-level
+// PREPARE, DEALLOCATE and DISCARD (optimistically, when the statement is
+// sent).
+func (s *session) sessionEffects(st *rewrite.Statement) {
+	if st.Effects&rewrite.EffectPrepare != 0 && st.Prepare != "" {
+		s.sqlPrep[st.Prepare] = st
+	}
+	if st.Effects&rewrite.EffectDeallocate != 0 {
+		if st.Deallocate == "" {
+			clear(s.sqlPrep)
+			if st.Tag == "DISCARD" {
+				clear(s.stmts)
+				clear(s.portals)
+			}
+		} else {
+			delete(s.sqlPrep, st.Deallocate)
+		}
+	}
+}
+
+// completed applies a statement's server-side effects once it succeeded
+// (server goroutine).
+func (s *session) completed(st *rewrite.Statement, tag []byte) {
+	if st == nil {
+		return
+	}
+	if st.Effects&rewrite.EffectCatalog != 0 {
+		s.p.catalogChanged()
+	}
+	if st.Effects&(rewrite.EffectSearchPath|rewrite.EffectTransaction) == 0 {
+		return
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if st.Effects&rewrite.EffectSearchPath != 0 {
+		if st.SearchPath != "" {
+			s.path = st.SearchPath
+		} else {
+			s.path = initialSearchPath
+		}
+		if st.Effects&rewrite.EffectLocal != 0 {
+			s.local = true
+		}
+	}
+	if st.Tag == "ROLLBACK" && string(tag) == "ROLLBACK" {
+		s.rolled = true
+	}
+}
