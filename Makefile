@@ -12,12 +12,14 @@ build:
 	$(GO) build -o bin/phiproxy ./cmd/phiproxy
 
 # deps-system installs PostgreSQL 15 and the client libraries the tests drive,
-# but only what is missing: a machine that has them is left alone.
+# but only what is missing: a machine that has them is left alone. The
+# psycopg tests run Debian's /usr/bin/python3, whatever python3 is on PATH.
 deps-system:
 	@missing=""; \
 	command -v initdb >/dev/null 2>&1 || [ -x "$$(pg_config --bindir 2>/dev/null)/initdb" ] || [ -x /usr/lib/postgresql/15/bin/initdb ] || missing="$$missing postgresql-15 postgresql-client-15"; \
 	command -v pgbouncer >/dev/null 2>&1 || [ -x /usr/sbin/pgbouncer ] || missing="$$missing pgbouncer"; \
-	python3 -c 'import psycopg' >/dev/null 2>&1 || /usr/bin/python3 -c 'import psycopg' >/dev/null 2>&1 || missing="$$missing python3-psycopg"; \
+	/usr/bin/python3 -c 'import psycopg' >/dev/null 2>&1 || missing="$$missing python3-psycopg"; \
+	command -v node >/dev/null 2>&1 && command -v npm >/dev/null 2>&1 || missing="$$missing nodejs npm"; \
 	[ -f /usr/share/java/postgresql.jar ] || missing="$$missing libpostgresql-jdbc-java"; \
 	command -v javac >/dev/null 2>&1 || missing="$$missing default-jdk-headless"; \
 	if [ -n "$$missing" ]; then \
