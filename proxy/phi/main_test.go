@@ -2,6 +2,7 @@ package phi
 
 import (
 	"bytes"
+	"errors"
 	"context"
 	"fmt"
 	"log/slog"
@@ -277,11 +278,7 @@ func asPgErr(err error, target **pgconn.PgError) bool {
 			*target = pe
 			return true
 		}
-		u, ok := err.(interface{ Unwrap() error })
-		if !ok {
-			return false
-		}
-		err = u.Unwrap()
+		err = errors.Unwrap(err)
 	}
 	return false
 }
