@@ -79,15 +79,17 @@ func New(ctx context.Context, cfg *config.Config, opts ...Option) (*Proxy, error
 		p.cur.Store(&snapshot{cfg: cfg})
 		return p, nil
 	}
+	// The schema first: a configured column missing in the database is
+	// the clearer error.
+	s, err := p.load(ctx, cfg)
+	if err != nil {
+		return nil, err
+	}
 	keys, err := crypto.Open(ctx, cfg, p.cryptoO)
 	if err != nil {
 		return nil, fmt.Errorf("phi: keys: %w", err)
 	}
 	p.keys = keys
-	s, err := p.load(ctx, cfg)
-	if err != nil {
-		return nil, err
-	}
 	p.cur.Store(s)
 	return p, nil
 }

@@ -144,21 +144,29 @@ func (s *session) codec() codec.Codec { return codec.Codec{TimeZone: s.tz.Load()
 // already has.
 func (s *session) push(e *entry, out *proxy.Out) (bool, error) {
 	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.overlay {
+	inject := s.overlay
+	if inject {
 		s.overlay = false
-		if err := out.ToServer(&pgproto3.Query{String: poisonDO(pgerr.InFailedSQLTransaction)}); err != nil {
-			return false, err
-		}
 		s.fifo = append(s.fifo, &entry{kind: entryInjected})
 	}
+	queued := true
 	if e.kind == entrySync {
 		s.skipping = false
 	} else if s.skipping && e.kind != entryQuery && e.kind != entryFunction {
-		return false, nil
+		queued = false
 	}
-	s.fifo = append(s.fifo, e)
-	return true, nil
+	if queued {
+		s.fifo = append(s.fifo, e)
+	}
+	s.mu.Unlock()
+	// Sent outside the lock (a write may block on the network); the
+	// client's own message follows it, so the server answers in FIFO order.
+	if inject {
+		if err := out.ToServer(&pgproto3.Query{String: poisonDO(pgerr.InFailedSQLTransaction)}); err != nil {
+			return false, err
+		}
+	}
+	return queued, nil
 }
 
 func (s *session) isSkipping() bool {

@@ -1,0 +1,81 @@
+package phi
+
+import (
+	"bytes"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/phiproxy/phiproxy/config"
+)
+
+func TestStartupChecksTheSchema(t *testing.T) {
+	ctx := testCtx(t)
+	doc, err := os.ReadFile(testCfg.Path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// name is text in the database, and nothing is called nosuch.
+	bad := string(doc) + "  public.blobs:\n    t: {type: text, mode: randomized, default: plaintext}\n    nosuch: {type: text, mode: randomized, default: plaintext}\n"
+	path := filepath.Join(filepath.Dir(testCfg.Path), "bad.yaml")
+	if err := os.WriteFile(path, []byte(bad), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cfg, err := config.Load(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = New(ctx, cfg)
+	if err == nil || !strings.Contains(err.Error(), "public.blobs.t") || !strings.Contains(err.Error(), "must be bytea") ||
+		!strings.Contains(err.Error(), "public.blobs.nosuch") || !strings.Contains(err.Error(), "bad.yaml:") {
+		t.Fatalf("New with a bad schema: %v", err)
+	}
+	// A config without PHI is pure pass-through: no interceptor at all.
+	plain, err := config.Parse([]byte("listen: 127.0.0.1:0\nupstream: {address: 127.0.0.1:1, sslmode: disable}\ncatalog_dsn: postgres://x@127.0.0.1:1/db\n"), "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	p, err := New(ctx, plain)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if p.Factory() != nil {
+		t.Fatal("Factory is not nil without PHI columns")
+	}
+}
+
+func TestReloadAndDDL(t *testing.T) {
+	ctx := testCtx(t)
+	p := startProxy(t)
+	conn := connect(t, ctx, p.dsn(), pgx.QueryExecModeCacheStatement)
+	mustExec(t, ctx, conn, "INSERT INTO patients (id, ssn) VALUES (90001, $1)", "909-09-0909")
+	if err := p.phi.Reload(ctx, testCfg); err != nil {
+		t.Fatal(err)
+	}
+	v := p.phi.cur.Load().cat.Version
+	// DDL through the proxy refreshes the catalog in the background.
+	mustExec(t, ctx, conn, "CREATE TABLE ddl_probe (id int)")
+	for i := 0; i < 100 && p.phi.cur.Load().cat.Version == v; i++ {
+		mustExec(t, ctx, conn, "SELECT pg_sleep(0.01)")
+	}
+	if p.phi.cur.Load().cat.Version == v {
+		t.Fatal("the catalog was not refreshed after DDL")
+	}
+	var ssn string
+	if err := conn.QueryRow(ctx, "SELECT ssn FROM patients WHERE id = 90001").Scan(&ssn); err != nil || ssn != "909-09-0909" {
+		t.Fatalf("after reload: %v", err)
+	}
+	// COPY on a PHI relation is refused (0A000); on others it works.
+	var buf bytes.Buffer
+	_, err := conn.PgConn().CopyTo(ctx, &buf, "COPY patients TO STDOUT")
+	expectCode(t, err, "0A000", "COPY TO on a PHI relation")
+	_, err = conn.PgConn().CopyFrom(ctx, strings.NewReader("1\tx\n"), "COPY patients (id, ssn) FROM STDIN")
+	expectCode(t, err, "0A000", "COPY FROM on a PHI relation")
+	if _, err := conn.PgConn().CopyTo(ctx, &buf, "COPY ddl_probe TO STDOUT"); err != nil {
+		t.Fatal(err)
+	}
+	stillWorks(t, ctx, conn)
+}
