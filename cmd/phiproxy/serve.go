@@ -14,6 +14,7 @@ import (
 
 	"github.com/phiproxy/phiproxy/config"
 	"github.com/phiproxy/phiproxy/proxy"
+	"github.com/phiproxy/phiproxy/proxy/phi"
 )
 
 // runServe runs the proxy until ctx is cancelled (SIGINT/SIGTERM from
@@ -45,7 +46,14 @@ func runServe(ctx context.Context, env *cmdEnv, args []string) error {
 		return usageError{err}
 	}
 	log := slog.New(slog.NewJSONHandler(env.stderr, nil))
-	srv, err := proxy.New(cfg, proxy.WithLogger(log))
+	// The PHI path: catalog snapshot checked against the phi: map, keys
+	// opened under the KEK, planner. With no phi: it is a pure relay.
+	px, err := phi.New(ctx, cfg, phi.WithLogger(log))
+	if err != nil {
+		return usageError{err}
+	}
+	defer px.Close()
+	srv, err := proxy.New(cfg, proxy.WithLogger(log), proxy.WithInterceptor(px.Factory()))
 	if err != nil {
 		return usageError{err}
 	}
@@ -66,6 +74,11 @@ func runServe(ctx context.Context, env *cmdEnv, args []string) error {
 		select {
 		case <-hup:
 			next, err := config.Load(*cfgPath)
+			if err == nil {
+				// Keys, catalog and PHI map first: a session must never
+				// start with a config whose keys are not loaded.
+				err = px.Reload(ctx, next)
+			}
 			if err == nil {
 				err = srv.Reload(next)
 			}
