@@ -133,18 +133,49 @@ type Out struct {
 // Forward sends msg on in the direction it was travelling.
 func (o *Out) Forward(msg pgproto3.Message) error {
 	if o.toServer {
+		o.s.clientSaw(frontendType(msg))
 		return o.s.server.send(msg)
 	}
 	return o.s.client.send(msg)
 }
 
 // ToServer sends msg to the upstream server. From ServerMessage (the other
-// goroutine) it is flushed at once.
+// goroutine) it is flushed at once. The session's protocol state counts it
+// like a message from the client.
 func (o *Out) ToServer(msg pgproto3.Message) error {
+	o.s.clientSaw(frontendType(msg))
 	if o.toServer {
 		return o.s.server.send(msg)
 	}
 	return o.s.server.sendNow(msg)
+}
+
+// frontendType is the protocol type byte of a message sent upstream, for
+// the session's state tracking; 0 for messages that do not affect it.
+func frontendType(msg pgproto3.Message) byte {
+	switch msg.(type) {
+	case *pgproto3.Query:
+		return MsgQuery
+	case *pgproto3.FunctionCall:
+		return MsgFunctionCall
+	case *pgproto3.Sync:
+		return MsgSync
+	case *pgproto3.Parse:
+		return MsgParse
+	case *pgproto3.Bind:
+		return MsgBind
+	case *pgproto3.Describe:
+		return MsgDescribe
+	case *pgproto3.Execute:
+		return MsgExecute
+	case *pgproto3.Close:
+		return MsgClose
+	case *pgproto3.Flush:
+		return MsgFlush
+	case *pgproto3.Terminate:
+		return MsgTerminate
+	}
+	return 0
 }
 
 // ToClient sends msg to the client. From ClientMessage (the other

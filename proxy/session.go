@@ -379,13 +379,16 @@ func (s *session) pumpClient() error {
 		if err != nil {
 			return err
 		}
-		s.clientSaw(typ)
 		if hooked && s.fromClient.Has(typ) {
+			// The state follows what the Interceptor actually sends
+			// upstream (Out.Forward / Out.ToServer), not what the
+			// client sent: it may drop, replace or inject messages.
 			if err := s.hookClient(typ); err != nil {
 				return err
 			}
 			continue
 		}
+		s.clientSaw(typ)
 		out.mu.Lock()
 		err = in.copyMessage(out.w, n)
 		out.mu.Unlock()
