@@ -4,7 +4,9 @@
 # prints a table with ratios to direct. Usage: bench/run.sh [runner flags]
 #   -duration 10s   seconds per pgbench run
 #   -scale 10       pgbench -i scale
-#   -workload relay|phi
+#   -workload relay|phi  relay: pgbench -S direct/phiproxy/PgBouncer;
+#                       phi: bench/phi.sql direct (plaintext) / phiproxy pass-through / phiproxy with PHI
+#   -rows 10000         patients rows (phi)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 go build -o bin/phiproxy ./cmd/phiproxy

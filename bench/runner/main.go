@@ -1,7 +1,11 @@
-// Command runner measures pgbench through three paths in one run — direct to
-// PostgreSQL, through phiproxy, through PgBouncer in session mode — against
-// the same throwaway cluster, and prints TPS, latency and ratios to direct.
-// It is a script, not a test: see bench/run.sh and docs/performance.md.
+// Command runner measures pgbench through several paths in one run against
+// the same throwaway cluster and prints TPS, latency and ratios. With
+// -workload relay (the default): pgbench -S direct to PostgreSQL, through
+// phiproxy, through PgBouncer in session mode. With -workload phi:
+// bench/phi.sql direct on a plaintext schema, through phiproxy without PHI
+// columns on it, and through phiproxy with PHI columns on the encrypted
+// schema (see phi.go). It is a script, not a test: see bench/run.sh and
+// docs/performance.md.
 package main
 
 import (
@@ -46,11 +50,23 @@ func main() {
 	scale := flag.Int("scale", 10, "pgbench -i scale factor")
 	modes := flag.String("modes", "prepared,simple", "pgbench -M modes")
 	clients := flag.String("clients", "1,8", "pgbench -c values")
-	targetsFlag := flag.String("targets", "direct,phiproxy,pgbouncer", "paths to measure")
+	targetsFlag := flag.String("targets", "direct,phiproxy,pgbouncer", "paths to measure (relay workload)")
+	workload := flag.String("workload", "relay", "relay (pgbench -S) or phi (bench/phi.sql on PHI columns)")
+	rows := flag.Int("rows", 10000, "patients rows (phi workload)")
+	script := flag.String("script", "bench/phi.sql", "pgbench script (phi workload)")
 	flag.Parse()
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	if err := run(ctx, *phiproxy, *duration, *scale, strings.Split(*modes, ","), strings.Split(*clients, ","), strings.Split(*targetsFlag, ",")); err != nil {
+	var err error
+	switch *workload {
+	case "relay":
+		err = run(ctx, *phiproxy, *duration, *scale, strings.Split(*modes, ","), strings.Split(*clients, ","), strings.Split(*targetsFlag, ","))
+	case "phi":
+		err = runPHI(ctx, *phiproxy, *script, *duration, *rows, strings.Split(*modes, ","), strings.Split(*clients, ","))
+	default:
+		err = fmt.Errorf("-workload %q is not relay or phi", *workload)
+	}
+	if err != nil {
 		fmt.Fprintln(os.Stderr, "bench:", err)
 		stop()
 		os.Exit(1)
@@ -143,7 +159,7 @@ func measure(ctx context.Context, pgbench string, env []string, targets []target
 	for _, m := range modes {
 		for _, cl := range clients {
 			for _, t := range targets {
-				r, err := runPgbench(ctx, pgbench, env, t.port, m, cl, dur)
+				r, err := runPgbench(ctx, pgbench, env, t.port, benchDB, m, cl, dur, "-S")
 				if err != nil {
 					return fmt.Errorf("%s -M %s -c %s: %w", t.name, m, cl, err)
 				}
@@ -173,13 +189,15 @@ var (
 	latRe = regexp.MustCompile(`latency average = ([0-9.]+) ms`)
 )
 
-func runPgbench(ctx context.Context, pgbench string, env []string, port int, mode, clients string, dur time.Duration) (result, error) {
+// runPgbench runs pgbench with workload (e.g. -S, or -f SCRIPT) on db.
+func runPgbench(ctx context.Context, pgbench string, env []string, port int, db, mode, clients string, dur time.Duration, workload ...string) (result, error) {
 	jobs := clients
 	if n, _ := strconv.Atoi(clients); n > 2 {
 		jobs = "2"
 	}
-	cmd := exec.CommandContext(ctx, pgbench, "-S", "-n", "-M", mode, "-c", clients, "-j", jobs,
-		"-T", strconv.Itoa(int(dur.Seconds())), "-h", "127.0.0.1", "-p", strconv.Itoa(port), "-U", benchUser, benchDB)
+	args := append(append([]string{}, workload...), "-n", "-M", mode, "-c", clients, "-j", jobs,
+		"-T", strconv.Itoa(int(dur.Seconds())), "-h", "127.0.0.1", "-p", strconv.Itoa(port), "-U", benchUser, db)
+	cmd := exec.CommandContext(ctx, pgbench, args...)
 	cmd.Env = env
 	out, err := cmd.CombinedOutput()
 	if err != nil {

@@ -1,0 +1,247 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/phiproxy/phiproxy/config"
+	"github.com/phiproxy/phiproxy/crypto"
+	"github.com/phiproxy/phiproxy/pgcluster"
+)
+
+// The PHI workload runs bench/phi.sql on three paths in one run:
+//
+//	direct    PostgreSQL, plaintext twin (database bench_plain)
+//	pass      phiproxy without phi:, plaintext twin: the cost of the hop
+//	phi       phiproxy with phi:, encrypted table (database bench_phi)
+//
+// phi/pass is the cost of encryption and rewriting on top of the hop
+// (issue 6's target: >= 0.8); phi/direct is the whole cost.
+
+const (
+	plainDB = "bench_plain"
+	phiDB   = "bench_phi"
+)
+
+// phiColumns is the phi: section for bench_phi's patients table.
+const phiColumns = `phi:
+  public.patients:
+    ssn:       {type: text, mode: deterministic, default: plaintext}
+    diagnosis: {type: text, mode: randomized, default: plaintext}
+`
+
+// setupPHIDatabases creates bench_plain (with rows patients) and bench_phi
+// (empty: its rows are loaded through phiproxy), both owned by the bench
+// role, which must exist.
+func setupPHIDatabases(ctx context.Context, c *pgcluster.Cluster, rows int) error {
+	for _, db := range []string{plainDB, phiDB} {
+		if err := c.Exec(ctx, fmt.Sprintf("CREATE DATABASE %s OWNER %s", db, benchUser)); err != nil {
+			return err
+		}
+	}
+	run := func(db string, stmts ...string) error {
+		conn, err := pgx.Connect(ctx, c.DSN(c.SuperUser, c.SuperPassword, db, "sslmode=disable"))
+		if err != nil {
+			return err
+		}
+		defer conn.Close(ctx)
+		for _, s := range append([]string{"SET ROLE " + benchUser}, stmts...) {
+			if _, err := conn.Exec(ctx, s, pgx.QueryExecModeSimpleProtocol); err != nil {
+				return fmt.Errorf("%s: %s: %w", db, s, err)
+			}
+		}
+		return nil
+	}
+	if err := run(plainDB,
+		"CREATE TABLE patients (id serial PRIMARY KEY, ssn text, diagnosis text)",
+		fmt.Sprintf("INSERT INTO patients (id, ssn, diagnosis) SELECT g, (100000000 + g)::text, 'diagnosis ' || g FROM generate_series(1, %d) g", rows),
+		fmt.Sprintf("SELECT setval('patients_id_seq', %d)", rows),
+		"CREATE INDEX ON patients (ssn)",
+		"VACUUM ANALYZE patients"); err != nil {
+		return err
+	}
+	stmts := []string{"CREATE TABLE patients (id serial PRIMARY KEY, ssn bytea, diagnosis bytea)", "CREATE INDEX ON patients (ssn)"}
+	for _, col := range []string{"ssn", "diagnosis"} {
+		stmts = append(stmts, config.EnvelopeCheckSQL(config.Column{Schema: "public", Table: "patients", Name: col}))
+	}
+	return run(phiDB, stmts...)
+}
+
+// writeProxyConfig writes dir/phiproxy.yaml for a proxy on port in front of
+// c, with the catalog in db; with phi it adds the phi: section and creates
+// its keys (a file KEK in dir).
+func writeProxyConfig(ctx context.Context, dir string, port int, c *pgcluster.Cluster, db string, phi bool) (string, error) {
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return "", err
+	}
+	text := fmt.Sprintf(`listen: 127.0.0.1:%d
+upstream: {address: %s, sslmode: disable}
+catalog_dsn: postgres://%s@%s/%s?sslmode=disable
+keys: {dir: keys, kek: "file:kek.json"}
+`, port, c.Addr(), c.SuperUser, c.Addr(), db)
+	if phi {
+		text += phiColumns
+	}
+	path := filepath.Join(dir, "phiproxy.yaml")
+	if err := os.WriteFile(path, []byte(text), 0o600); err != nil {
+		return "", err
+	}
+	if !phi {
+		return path, nil
+	}
+	cfg, err := config.Load(path)
+	if err != nil {
+		return "", err
+	}
+	if _, err := crypto.InitFileKEK(strings.TrimPrefix(cfg.Keys.KEK, "file:")); err != nil {
+		return "", err
+	}
+	st, err := crypto.OpenStore(ctx, cfg.Keys, crypto.Options{})
+	if err != nil {
+		return "", err
+	}
+	for name, cols := range cfg.KeyNames() {
+		if _, err := st.Create(crypto.ColumnKey(name), cols[0].Mode); err != nil {
+			return "", err
+		}
+	}
+	if _, err := st.Create(crypto.SigningKey(), ""); err != nil {
+		return "", err
+	}
+	return path, nil
+}
+
+// loadPHIRows inserts the same rows bench_plain holds, through the proxy
+// at dsn, so that they are encrypted.
+func loadPHIRows(ctx context.Context, dsn string, rows int) error {
+	conn, err := pgx.Connect(ctx, dsn)
+	if err != nil {
+		return err
+	}
+	defer conn.Close(ctx)
+	for lo := 1; lo <= rows; lo += 1000 {
+		b := &pgx.Batch{}
+		for id := lo; id < lo+1000 && id <= rows; id++ {
+			b.Queue("INSERT INTO patients (id, ssn, diagnosis) VALUES ($1, $2, $3)", id, strconv.Itoa(100000000+id), "diagnosis "+strconv.Itoa(id))
+		}
+		if err := conn.SendBatch(ctx, b).Close(); err != nil {
+			return err
+		}
+	}
+	if _, err := conn.Exec(ctx, "SELECT setval('patients_id_seq', $1)", rows); err != nil {
+		return err
+	}
+	_, err = conn.Exec(ctx, "VACUUM ANALYZE patients")
+	return err
+}
+
+type phiTarget struct {
+	name string
+	port int
+	db   string
+}
+
+func runPHI(ctx context.Context, phiproxyBin, script string, dur time.Duration, rows int, modes, clients []string) error {
+	c, err := pgcluster.Start(ctx, pgcluster.Options{NoTLS: true, Conf: []string{"max_connections = 60"}})
+	if err != nil {
+		return err
+	}
+	defer c.Stop()
+	if err := c.Exec(ctx, fmt.Sprintf(`CREATE ROLE %s LOGIN PASSWORD '%s'`, benchUser, benchPass)); err != nil {
+		return err
+	}
+	if err := setupPHIDatabases(ctx, c, rows); err != nil {
+		return err
+	}
+	work, err := os.MkdirTemp("", "phiproxy-bench-")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(work)
+	os.Chmod(work, 0o755)
+	pgpass := filepath.Join(work, "pgpass")
+	if err := os.WriteFile(pgpass, []byte(fmt.Sprintf("%s:%d:*:%s:%s\n", c.Host, c.Port, c.SuperUser, c.SuperPassword)), 0o600); err != nil {
+		return err
+	}
+
+	targets := []phiTarget{{"direct", c.Port, plainDB}}
+	for _, t := range []phiTarget{{"pass", 0, plainDB}, {"phi", 0, phiDB}} {
+		port, err := pgcluster.FreePort()
+		if err != nil {
+			return err
+		}
+		cfg, err := writeProxyConfig(ctx, filepath.Join(work, t.name), port, c, t.db, t.name == "phi")
+		if err != nil {
+			return err
+		}
+		stop, err := startProxyProcess(ctx, phiproxyBin, cfg, pgpass, port)
+		if err != nil {
+			return err
+		}
+		defer stop()
+		t.port = port
+		targets = append(targets, t)
+	}
+	fmt.Fprintf(os.Stderr, "loading %d rows through phiproxy…\n", rows)
+	if err := loadPHIRows(ctx, fmt.Sprintf("postgres://%s:%s@127.0.0.1:%d/%s?sslmode=disable", benchUser, benchPass, targets[2].port, phiDB), rows); err != nil {
+		return fmt.Errorf("loading through phiproxy: %w", err)
+	}
+
+	pgbench := filepath.Join(c.BinDir, "pgbench")
+	env := append(os.Environ(), "PGPASSWORD="+benchPass, "PGSSLMODE=disable")
+	results := map[string]result{}
+	key := func(t, m, cl string) string { return t + "/" + m + "/" + cl }
+	for _, m := range modes {
+		for _, cl := range clients {
+			for _, t := range targets {
+				r, err := runPgbench(ctx, pgbench, env, t.port, t.db, m, cl, dur, "-f", script, "-D", "rows="+strconv.Itoa(rows))
+				if err != nil {
+					return fmt.Errorf("%s -M %s -c %s: %w", t.name, m, cl, err)
+				}
+				results[key(t.name, m, cl)] = r
+				fmt.Fprintf(os.Stderr, "%-7s -M %-8s -c %-2s tps=%.0f lat=%.3fms\n", t.name, m, cl, r.tps, r.latencyMS)
+			}
+		}
+	}
+	tw := tabwriter.NewWriter(os.Stdout, 0, 0, 1, ' ', tabwriter.Debug)
+	fmt.Fprintf(tw, "mode\tclients\tdirect TPS\tpass TPS\tphi TPS\tdirect ms\tpass ms\tphi ms\tphi/pass\tphi/direct\t\n")
+	for _, m := range modes {
+		for _, cl := range clients {
+			d, p, x := results[key("direct", m, cl)], results[key("pass", m, cl)], results[key("phi", m, cl)]
+			fmt.Fprintf(tw, "%s\t%s\t%.0f\t%.0f\t%.0f\t%.3f\t%.3f\t%.3f\t%.2f\t%.2f\t\n", m, cl, d.tps, p.tps, x.tps, d.latencyMS, p.latencyMS, x.latencyMS, x.tps/p.tps, x.tps/d.tps)
+		}
+	}
+	return tw.Flush()
+}
+
+// startProxyProcess runs `phiproxy serve --config cfg` until stop.
+func startProxyProcess(ctx context.Context, bin, cfg, pgpass string, port int) (stop func(), err error) {
+	px := exec.CommandContext(ctx, bin, "serve", "--config", cfg)
+	px.Env = append(os.Environ(), "PGPASSFILE="+pgpass)
+	logPath := filepath.Join(filepath.Dir(cfg), "phiproxy.log")
+	log, err := os.Create(logPath)
+	if err != nil {
+		return nil, err
+	}
+	px.Stdout, px.Stderr = log, log
+	if err := px.Start(); err != nil {
+		log.Close()
+		return nil, err
+	}
+	stop = func() { px.Process.Signal(os.Interrupt); px.Wait(); log.Close() }
+	if err := waitPort(ctx, port); err != nil {
+		stop()
+		b, _ := os.ReadFile(logPath)
+		return nil, fmt.Errorf("phiproxy: %v\n%s", err, b)
+	}
+	return stop, nil
+}

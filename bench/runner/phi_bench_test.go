@@ -1,0 +1,105 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"math/rand/v2"
+	"net"
+	"os"
+	"path/filepath"
+	"runtime/pprof"
+	"strconv"
+	"testing"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/phiproxy/phiproxy/config"
+	"github.com/phiproxy/phiproxy/pgcluster"
+	"github.com/phiproxy/phiproxy/proxy"
+	"github.com/phiproxy/phiproxy/proxy/phi"
+)
+
+// BenchmarkPHIWorkload runs bench/phi.sql's four statements through an
+// in-process phiproxy with PHI columns, with pgx in its default (prepared)
+// mode, so that a CPU profile can be taken of the proxy:
+//
+//	go test ./bench/runner -run '^$' -bench PHIWorkload -benchtime 10s -cpuprofile /tmp/phi.cpu
+//	go tool pprof -top -tagfocus side=proxy bench/runner/runner.test /tmp/phi.cpu
+//
+// The proxy's goroutines carry the profiler label side=proxy, so the
+// client's own CPU can be left out.
+func BenchmarkPHIWorkload(b *testing.B) {
+	const rows = 10000
+	ctx := context.Background()
+	c, err := pgcluster.Start(ctx, pgcluster.Options{NoTLS: true})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer c.Stop()
+	if err := c.Exec(ctx, fmt.Sprintf(`CREATE ROLE %s LOGIN PASSWORD '%s'`, benchUser, benchPass)); err != nil {
+		b.Fatal(err)
+	}
+	if err := setupPHIDatabases(ctx, c, rows); err != nil {
+		b.Fatal(err)
+	}
+	work := b.TempDir()
+	pgpass := filepath.Join(work, "pgpass")
+	if err := os.WriteFile(pgpass, []byte(fmt.Sprintf("%s:%d:*:%s:%s\n", c.Host, c.Port, c.SuperUser, c.SuperPassword)), 0o600); err != nil {
+		b.Fatal(err)
+	}
+	b.Setenv("PGPASSFILE", pgpass)
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		b.Fatal(err)
+	}
+	port := ln.Addr().(*net.TCPAddr).Port
+	cfgPath, err := writeProxyConfig(ctx, filepath.Join(work, "phi"), port, c, phiDB, true)
+	if err != nil {
+		b.Fatal(err)
+	}
+	cfg, err := config.Load(cfgPath)
+	if err != nil {
+		b.Fatal(err)
+	}
+	ph, err := phi.New(ctx, cfg)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer ph.Close()
+	srv, err := proxy.New(cfg, proxy.WithInterceptor(ph.Factory()))
+	if err != nil {
+		b.Fatal(err)
+	}
+	go pprof.Do(ctx, pprof.Labels("side", "proxy"), func(ctx context.Context) { srv.Serve(ctx, ln) })
+	defer srv.Close()
+
+	dsn := fmt.Sprintf("postgres://%s:%s@127.0.0.1:%d/%s?sslmode=disable", benchUser, benchPass, port, phiDB)
+	if err := loadPHIRows(ctx, dsn, rows); err != nil {
+		b.Fatal(err)
+	}
+	conn, err := pgx.Connect(ctx, dsn)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer conn.Close(ctx)
+	rng := rand.New(rand.NewPCG(1, 2))
+	var ssn, diag string
+	var id int
+	b.ReportAllocs()
+	for b.Loop() {
+		pid := 1 + rng.IntN(rows)
+		dx := strconv.Itoa(1 + rng.IntN(1000000))
+		if err := conn.QueryRow(ctx, "SELECT ssn, diagnosis FROM patients WHERE id = $1", pid).Scan(&ssn, &diag); err != nil {
+			b.Fatal(err)
+		}
+		if err := conn.QueryRow(ctx, "SELECT id, diagnosis FROM patients WHERE ssn = $1::text", strconv.Itoa(100000000+1+rng.IntN(rows))).Scan(&id, &diag); err != nil {
+			b.Fatal(err)
+		}
+		if _, err := conn.Exec(ctx, "INSERT INTO patients (ssn, diagnosis) VALUES ($1::text, $2::text)", strconv.Itoa(200000000+rng.IntN(100000000)), dx); err != nil {
+			b.Fatal(err)
+		}
+		if _, err := conn.Exec(ctx, "UPDATE patients SET diagnosis = $1::text WHERE id = $2", dx, pid); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
