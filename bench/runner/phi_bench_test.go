@@ -20,10 +20,11 @@ import (
 )
 
 // BenchmarkPHIWorkload runs bench/phi.sql's four statements through an
-// in-process phiproxy with PHI columns, with pgx in its default (prepared)
-// mode, so that a CPU profile can be taken of the proxy:
+// in-process phiproxy with PHI columns, with pgx in prepared (cached
+// statement) and simple-protocol mode, so that a CPU profile can be taken
+// of the proxy:
 //
-//	go test ./bench/runner -run '^$' -bench PHIWorkload -benchtime 10s -cpuprofile /tmp/phi.cpu
+//	go test ./bench/runner -run '^$' -bench PHIWorkload/simple -benchtime 10s -cpuprofile /tmp/phi.cpu
 //	go tool pprof -top -tagfocus side=proxy bench/runner/runner.test /tmp/phi.cpu
 //
 // The proxy's goroutines carry the profiler label side=proxy, so the
@@ -77,7 +78,24 @@ func BenchmarkPHIWorkload(b *testing.B) {
 	if err := loadPHIRows(ctx, dsn, rows); err != nil {
 		b.Fatal(err)
 	}
-	conn, err := pgx.Connect(ctx, dsn)
+	for _, mode := range []struct {
+		name string
+		mode pgx.QueryExecMode
+	}{{"prepared", pgx.QueryExecModeCacheStatement}, {"simple", pgx.QueryExecModeSimpleProtocol}} {
+		b.Run(mode.name, func(b *testing.B) { phiWorkload(b, dsn, rows, mode.mode) })
+	}
+}
+
+// phiWorkload runs the four statements in a loop on one connection; with
+// the simple protocol pgx inlines the values, as pgbench -M simple does.
+func phiWorkload(b *testing.B, dsn string, rows int, mode pgx.QueryExecMode) {
+	ctx := context.Background()
+	cc, err := pgx.ParseConfig(dsn)
+	if err != nil {
+		b.Fatal(err)
+	}
+	cc.DefaultQueryExecMode = mode
+	conn, err := pgx.ConnectConfig(ctx, cc)
 	if err != nil {
 		b.Fatal(err)
 	}
