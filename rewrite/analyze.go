@@ -1271,17 +1271,109 @@ func (a *analyzer) arrayValue(n *pg.Node, target *PHIColumn, sc *scope, loc int3
 	case *pg.Node_ParamRef:
 		return a.phiParam(x.ParamRef, target, true)
 	case *pg.Node_AArrayExpr:
-		for _, e := range x.AArrayExpr.Elements {
-			if err := a.value(e, target, sc, false); err != nil {
-				return err
-			}
+		return a.arrayElements(x.AArrayExpr, target, sc)
+	case *pg.Node_AConst:
+		c := x.AConst
+		if c.Isnull {
+			return nil
 		}
+		if c.GetSval() == nil {
+			return a.refuseCol(target, c.Location, "= ANY with a literal that is not an array", hintArray)
+		}
+		end := literalEnd(a.sql, int(c.Location))
+		if end < 0 {
+			return pgerr.Newf(pgerr.Internal, "BUG: cannot find the end of a literal for PHI column %s", target.Ident)
+		}
+		a.st.Slots = append(a.st.Slots, Slot{Offset: int(c.Location), Length: end - int(c.Location), Text: constText(n), Array: true, Column: *target})
 		return nil
+	case *pg.Node_TypeCast:
+		if tn := x.TypeCast.TypeName; tn != nil && len(tn.ArrayBounds) > 0 {
+			return a.arrayCast(x.TypeCast, target, sc)
+		}
 	}
 	if err := a.plain(n, sc, "= ANY(...)"); err != nil {
 		return err
 	}
-	return a.refuseCol(target, loc, "= ANY with an array literal or expression", "use IN (...), = ANY(ARRAY[...]) with literals, or = ANY($n) with an array parameter")
+	return a.refuseCol(target, loc, "= ANY with an array expression", hintArray)
+}
+
+const hintArray = "use IN (...), = ANY('{...}'), = ANY(ARRAY[...]) with literals, or = ANY($n) with an array parameter"
+
+func (a *analyzer) arrayElements(ae *pg.A_ArrayExpr, target *PHIColumn, sc *scope) error {
+	for _, e := range ae.Elements {
+		if err := a.value(e, target, sc, false); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// arrayCast handles col = ANY(x::T[]). A cast to bytea[] is taken as
+// ciphertext already (what the proxy renders for an array literal:
+// ARRAY[E'\\x…'::bytea, …]::bytea[]), so planning rendered text again adds
+// no slot. For the column's own logical type, an array literal becomes one
+// array slot covering the whole cast; ARRAY[...] and $n keep their
+// elements' handling and the cast becomes a cast to bytea[].
+func (a *analyzer) arrayCast(tc *pg.TypeCast, target *PHIColumn, sc *scope) error {
+	elem := opName(tc.TypeName.Names)
+	if t, ok := castTypes[elem]; ok {
+		elem = t
+	}
+	tl := int(tc.TypeName.Location)
+	end := typeNameEnd(a.sql, tl)
+	if end < 0 || a.sql[end-1] != ']' {
+		return a.refuseCol(target, tc.Location, "this form of array cast", "write the array type as "+target.Type+"[]")
+	}
+	if elem == "bytea" {
+		switch x := tc.Arg.Node.(type) {
+		case *pg.Node_AConst:
+			return nil
+		case *pg.Node_ParamRef:
+			return a.plainParam(x.ParamRef)
+		case *pg.Node_AArrayExpr:
+			return a.arrayElements(x.AArrayExpr, target, sc)
+		}
+		return a.refuseCol(target, tc.Location, "= ANY with a cast expression", hintArray)
+	}
+	if !compatibleCast(elem, target.Type) {
+		return a.refuseCol(target, tc.Location, "a cast to "+elem+"[]", "cast the array to "+target.Type+"[], or write it without a cast")
+	}
+	toBytea := Edit{Offset: tl, Length: end - tl, Text: "bytea[]"}
+	switch x := tc.Arg.Node.(type) {
+	case *pg.Node_AConst:
+		if x.AConst.Isnull {
+			a.st.Edits = append(a.st.Edits, toBytea)
+			return nil
+		}
+		if x.AConst.GetSval() == nil {
+			return a.refuseCol(target, x.AConst.Location, "= ANY with a literal that is not an array", hintArray)
+		}
+		start, cend := a.castExtent(tc)
+		if start < 0 || start > int(x.AConst.Location) {
+			return a.refuseCol(target, tc.Location, "this form of array cast", "write the array literal without a cast")
+		}
+		a.st.Slots = append(a.st.Slots, Slot{Offset: start, Length: cend - start, Text: constText(tc.Arg), Array: true, Column: *target})
+		return nil
+	case *pg.Node_AArrayExpr:
+		if tl < int(x.AArrayExpr.Location) {
+			return a.refuseCol(target, tc.Location, "this form of array cast", "write ARRAY[...] without a cast")
+		}
+		if err := a.arrayElements(x.AArrayExpr, target, sc); err != nil {
+			return err
+		}
+		a.st.Edits = append(a.st.Edits, toBytea)
+		return nil
+	case *pg.Node_ParamRef:
+		if tl < int(x.ParamRef.Location) {
+			return a.refuseCol(target, tc.Location, "this form of array cast", "leave the cast out")
+		}
+		a.st.Edits = append(a.st.Edits, toBytea)
+		return a.phiParam(x.ParamRef, target, true)
+	}
+	if err := a.plain(tc.Arg, sc, "= ANY(...)"); err != nil {
+		return err
+	}
+	return a.refuseCol(target, tc.Location, "= ANY with an array expression", hintArray)
 }
 
 func (a *analyzer) phiParam(pr *pg.ParamRef, target *PHIColumn, array bool) error {

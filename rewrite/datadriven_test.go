@@ -86,5 +86,9 @@ func checkPlanInvariants(t testing.TB, sql string, p *Plan, err error) {
 }
 
 func fakeCiphertext(s Slot) (string, error) {
+	if s.Array {
+		// What the proxy renders for an array literal.
+		return fmt.Sprintf(`ARRAY[E'\\x504801%x'::bytea, NULL]::bytea[]`, len(s.Text)), nil
+	}
 	return fmt.Sprintf(`'\x504801%x'::bytea`, len(s.Text)), nil
 }

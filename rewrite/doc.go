@@ -54,7 +54,10 @@
 // the numeric/boolean text): canonicalisation to the logical type's text
 // form ('1980-1-2' → '1980-01-02') is the proxy's job, with pgtype. A
 // literal already cast to bytea is taken as ciphertext and left alone, so
-// planning a rendered statement again adds no slot (idempotence).
+// planning a rendered statement again adds no slot (idempotence). An array
+// literal after = ANY / <> ALL ('{a,b}', '{a,b}'::text[]) is one slot with
+// Slot.Array set; the proxy renders it as ARRAY[…::bytea, …]::bytea[],
+// which is left alone the same way.
 //
 // 4. Plans (and refusals) are cached in a Cache keyed by exact SQL text,
 // catalog version, search_path and user.

@@ -120,6 +120,10 @@ func describePlan(p *Plan, err error) string {
 			fmt.Fprintf(&b, "%ssend: %s\n", ind, strings.TrimSpace(sent[st.Offset:len(sent)-(len(p.SQL)-st.Offset-st.Length)]))
 		}
 		for k, s := range st.Slots {
+			if s.Array {
+				fmt.Fprintf(&b, "%s$ENC%d = ARRAY[encrypt each element of %q]::bytea[] for %s\n", ind, k+1, s.Text, colDesc(s.Column))
+				continue
+			}
 			fmt.Fprintf(&b, "%s$ENC%d = encrypt(%q) for %s\n", ind, k+1, s.Text, colDesc(s.Column))
 		}
 		for _, pr := range st.Params {

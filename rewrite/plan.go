@@ -201,7 +201,13 @@ type Slot struct {
 	Offset, Length int
 	// Text is the literal's plaintext: the unescaped string constant, or
 	// the numeric/boolean literal as written.
-	Text   string
+	Text string
+	// Array is set for an array literal on the right of col = ANY(...) or
+	// col <> ALL(...) ('{a,b}', '{a,b}'::text[]): Text is the array's text
+	// form, with elements of Column.Type. The proxy encrypts each element
+	// and renders ARRAY['\x…'::bytea, …]::bytea[] (NULL elements stay NULL,
+	// an empty array is '{}'::bytea[]).
+	Array  bool
 	Column PHIColumn
 }
 
@@ -306,6 +312,9 @@ func (p *Plan) Render(fill func(Slot) (string, error)) (string, error) {
 				return "", err
 			}
 			b.WriteString(s)
+			if NeedsSpace(s, p.SQL, r.off+r.n) {
+				b.WriteByte(' ')
+			}
 		} else {
 			b.WriteString(r.text)
 		}
@@ -313,6 +322,14 @@ func (p *Plan) Render(fill func(Slot) (string, error)) (string, error) {
 	}
 	b.WriteString(p.SQL[pos:])
 	return b.String(), nil
+}
+
+// NeedsSpace reports whether a replacement ending in rep, followed by
+// sql[next:], needs a space between them: a literal may be followed by a
+// keyword with nothing between ('x'AND …), but the bytea literal that
+// replaces it ends in a type name, which would run into the keyword.
+func NeedsSpace(rep, sql string, next int) bool {
+	return rep != "" && next < len(sql) && isIdentByte(rep[len(rep)-1]) && isIdentByte(sql[next])
 }
 
 // BindExecute returns the plan of a SQL-level EXECUTE given the Statement
@@ -339,8 +356,8 @@ func BindExecute(exec, prepared *Statement) (*Statement, error) {
 		arg := exec.Execute.Args[p.Number-1]
 		switch {
 		case arg.Kind == "null":
-		case arg.Kind == "literal" && !p.Array:
-			out.Slots = append(out.Slots, Slot{Offset: arg.Offset, Length: arg.Length, Text: arg.Text, Column: p.Column})
+		case arg.Kind == "literal":
+			out.Slots = append(out.Slots, Slot{Offset: arg.Offset, Length: arg.Length, Text: arg.Text, Array: p.Array, Column: p.Column})
 		default:
 			return nil, refusal(fmt.Sprintf("EXECUTE %s: argument %d is bound for PHI column %s and must be a literal or NULL", exec.Execute.Name, p.Number, p.Column.Ident),
 				"pass a plain literal, or use the extended protocol with a parameter")

@@ -200,6 +200,9 @@ func (s *session) render(sql string, stmts []*rewrite.Statement, n int) (string,
 				return "", stmtIndex(stmts, r.off), err
 			}
 			b.WriteString(lit)
+			if rewrite.NeedsSpace(lit, sql, r.off+r.n) {
+				b.WriteByte(' ')
+			}
 		} else {
 			b.WriteString(r.text)
 		}
@@ -221,6 +224,9 @@ func stmtIndex(stmts []*rewrite.Statement, off int) int {
 // fillSlot canonicalises and encrypts a literal and returns it as a bytea
 // literal.
 func (s *session) fillSlot(sl *rewrite.Slot) (string, error) {
+	if sl.Array {
+		return s.fillArraySlot(sl)
+	}
 	canon, err := s.codec().AppendCanonical(s.cbuf[:0], sl.Column.Type, codec.TextFormat, []byte(sl.Text))
 	if err != nil {
 		return "", codec.WithColumn(err, sl.Column.Ident)
@@ -235,6 +241,44 @@ func (s *session) fillSlot(sl *rewrite.Slot) (string, error) {
 		return "", err
 	}
 	return codec.ByteaEscapeLiteral(ct), nil
+}
+
+// fillArraySlot canonicalises each element of an array literal (col =
+// ANY('{…}')), encrypts it and returns ARRAY[E'\\x…'::bytea, …]::bytea[]:
+// NULL elements stay NULL, an empty array is '{}'::bytea[]. Elements are
+// each a bytea literal, so the text means the same whatever
+// standard_conforming_strings is, and planning it again adds no slot.
+func (s *session) fillArraySlot(sl *rewrite.Slot) (string, error) {
+	elems, err := s.codec().CanonicalArray(sl.Column.Type, codec.TextFormat, []byte(sl.Text))
+	if err != nil {
+		return "", codec.WithColumn(err, sl.Column.Ident)
+	}
+	if len(elems) == 0 {
+		return "'{}'::bytea[]", nil
+	}
+	c, err := s.p.keys.Cipher(sl.Column.Key)
+	if err != nil {
+		return "", err
+	}
+	var b strings.Builder
+	b.WriteString("ARRAY[")
+	for i, el := range elems {
+		if i > 0 {
+			b.WriteString(", ")
+		}
+		if el == nil {
+			b.WriteString("NULL")
+			continue
+		}
+		ct, err := c.AppendEncrypt(s.cbuf[:0], el)
+		if err != nil {
+			return "", err
+		}
+		b.WriteString(codec.ByteaEscapeLiteral(ct))
+		s.cbuf = ct[:0]
+	}
+	b.WriteString("]::bytea[]")
+	return b.String(), nil
 }
 
 // parse handles an extended-protocol Parse.

@@ -25,7 +25,10 @@
 // text, catalog version, search_path and user). Pass-through plans are
 // forwarded unchanged. Otherwise every literal slot is canonicalised
 // (proxy/codec), encrypted under its column's key and spliced in as a
-// bytea literal; the rendered text is sent. The Query's FIFO entry keeps
+// bytea literal; an array literal on the right of = ANY (what pgx's
+// simple protocol sends for a slice) is split with array_in's rules and
+// spliced in as ARRAY[E'\\x…'::bytea, …]::bytea[], NULL elements kept.
+// The rendered text is sent. The Query's FIFO entry keeps
 // the statements: RowDescription i gets the logical type OIDs for the
 // planned PHI positions (cross-checked with the table OID and attnum the
 // server reports), each DataRow's PHI fields are decoded from bytea,
