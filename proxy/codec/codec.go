@@ -1,7 +1,9 @@
 package codec
 
 import (
+	"encoding/binary"
 	"errors"
+	"strconv"
 	"time"
 
 	"github.com/jackc/pgx/v5/pgtype"
@@ -238,4 +240,49 @@ func equalFold(s []byte, w string) bool {
 		}
 	}
 	return true
+}
+
+// AppendCanonicalFrom is AppendCanonical for a parameter the client declared
+// with its own type (Parse's parameter OIDs) rather than the column's
+// logical type: psycopg sends a small Python int as binary int2, pgjdbc a
+// String as varchar. PostgreSQL would coerce such a value to the column's
+// type; here a binary value of the declared type is first turned into its
+// text form and then read as the logical type, which is the same
+// assignment coercion for the types a client sends. A text value, an
+// unspecified (0) or identical declared type takes the plain path.
+func (c Codec) AppendCanonicalFrom(dst []byte, logicalType string, declared uint32, format int16, src []byte) ([]byte, error) {
+	if format != BinaryFormat || declared == 0 || declared == OID(logicalType) {
+		return c.AppendCanonical(dst, logicalType, format, src)
+	}
+	var text []byte
+	switch declared {
+	case pgtype.TextOID, pgtype.VarcharOID, pgtype.BPCharOID, pgtype.NameOID, pgtype.UnknownOID, pgtype.JSONOID:
+		text = src // their binary form is the text itself
+	case pgtype.Int2OID:
+		if len(src) != 2 {
+			return nil, binaryErr("smallint")
+		}
+		text = strconv.AppendInt(nil, int64(int16(binary.BigEndian.Uint16(src))), 10)
+	case pgtype.Float4OID, pgtype.Float8OID:
+		// Floats are not coerced: their text form is not what the
+		// client meant for an exact type.
+		return nil, pgerr.New(pgerr.DatatypeMismatch, "a binary float parameter cannot be stored in an encrypted "+logicalType+" column").
+			WithHint("send the value as text or as " + logicalType)
+	default:
+		name := ""
+		for _, t := range types {
+			if t.oid == declared {
+				name = t.name
+			}
+		}
+		if name == "" {
+			return nil, pgerr.Newf(pgerr.DatatypeMismatch, "a binary parameter of type OID %d cannot be stored in an encrypted %s column", declared, logicalType).
+				WithHint("send the value as text or as " + logicalType)
+		}
+		var err error
+		if text, err = c.AppendCanonical(nil, name, BinaryFormat, src); err != nil {
+			return nil, err
+		}
+	}
+	return c.AppendCanonical(dst, logicalType, TextFormat, text)
 }

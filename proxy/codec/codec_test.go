@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgtype"
 
 	"github.com/phiproxy/phiproxy/pgerr"
 )
@@ -220,5 +221,47 @@ func TestWithColumnLeavesOtherErrorsAlone(t *testing.T) {
 	e := errors.New("x")
 	if WithColumn(e, "c") != e {
 		t.Error("changed a non-pgerr error")
+	}
+}
+
+func TestCanonicalFromDeclaredType(t *testing.T) {
+	be16 := func(v int16) []byte { return []byte{byte(uint16(v) >> 8), byte(v)} }
+	be32 := func(v int32) []byte {
+		return []byte{byte(uint32(v) >> 24), byte(uint32(v) >> 16), byte(uint32(v) >> 8), byte(v)}
+	}
+	cases := []struct {
+		name     string
+		logical  string
+		declared uint32
+		format   int16
+		src      []byte
+		want     string
+		code     string
+	}{
+		{"psycopg's binary int2 into an int8 column", "int8", pgtype.Int2OID, BinaryFormat, be16(-4242), "-4242", ""},
+		{"binary int4 into an int8 column", "int8", pgtype.Int4OID, BinaryFormat, be32(7), "7", ""},
+		{"binary int4 into a numeric column", "numeric", pgtype.Int4OID, BinaryFormat, be32(12), "12", ""},
+		{"pgjdbc's varchar into a text column", "text", pgtype.VarcharOID, BinaryFormat, []byte("héllo"), "héllo", ""},
+		{"varchar text into a date column", "date", pgtype.VarcharOID, BinaryFormat, []byte("1980-1-2"), "1980-01-02", ""},
+		{"binary int8 that overflows int4", "int4", pgtype.Int8OID, BinaryFormat, []byte{0, 0, 0, 1, 0, 0, 0, 0}, "", "22003"},
+		{"binary float into numeric is refused", "numeric", pgtype.Float8OID, BinaryFormat, make([]byte, 8), "", "42804"},
+		{"an unknown binary type is refused", "text", 600, BinaryFormat, []byte{1}, "", "42804"},
+		{"truncated int2", "int8", pgtype.Int2OID, BinaryFormat, []byte{1}, "", "22P03"},
+		{"text format ignores the declared type", "int8", pgtype.Int2OID, TextFormat, []byte("00042"), "42", ""},
+		{"same declared type takes the plain path", "int4", pgtype.Int4OID, BinaryFormat, be32(-1), "-1", ""},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			got, err := Codec{}.AppendCanonicalFrom(nil, tc.logical, tc.declared, tc.format, tc.src)
+			if tc.code != "" {
+				if pgerr.CodeOf(err).String() != tc.code {
+					t.Fatalf("err = %v, want SQLSTATE %s", err, tc.code)
+				}
+				return
+			}
+			if err != nil || string(got) != tc.want {
+				t.Fatalf("got %q, %v; want %q", got, err, tc.want)
+			}
+		})
 	}
 }

@@ -144,6 +144,19 @@ func parseCivil(src []byte, typ string) (civil, error) {
 				}
 				c.hasZone, c.offset = true, off
 			}
+		} else if len(rest) > 0 && (rest[0] == '+' || rest[0] == '-') {
+			// A zone right after the date ("1980-01-02 +00", as pgjdbc's
+			// setDate sends it): PostgreSQL reads midnight in that zone.
+			neg := rest[0] == '-'
+			s = rest[1:]
+			off, err := parseOffset(&s)
+			if err {
+				return c, bad()
+			}
+			if neg {
+				off = -off
+			}
+			c.hasZone, c.offset = true, off
 		}
 	}
 	if c.year == 0 {
