@@ -28,7 +28,9 @@
 //     exchange. With auth.mode relay the upstream's own authentication
 //     requests are relayed to the client and back (SCRAM-SHA-256-PLUS
 //     hidden). Either way the upstream's ParameterStatus and notices reach
-//     the client unchanged; its BackendKeyData does not: the client gets a
+//     the client unchanged (and the client's startup parameters and the
+//     upstream's initial ParameterStatus values are kept in SessionInfo for
+//     the Interceptor); its BackendKeyData does not: the client gets a
 //     random key of the proxy's, registered in the Server's cancel map, and
 //     ReadyForQuery.
 //

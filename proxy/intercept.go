@@ -121,6 +121,18 @@ type SessionInfo struct {
 	TLS bool
 	// Config is the configuration in force when the session started.
 	Config *config.Config
+	// StartupParameters are the client's startup parameters as sent
+	// (user, database, application_name, options, client_encoding, ...),
+	// without the "_pq_." protocol options. A copy owned by the session:
+	// never modify it.
+	StartupParameters map[string]string
+	// ServerParameters are the upstream's ParameterStatus values at the end
+	// of login (TimeZone, DateStyle, client_encoding,
+	// standard_conforming_strings, server_version, ...): the settings the
+	// session starts with, after the startup packet's options and the
+	// role's and database's defaults. Later changes arrive as
+	// ParameterStatus messages. Never modify it.
+	ServerParameters map[string]string
 }
 
 // Out is where an Interceptor sends messages. It is only valid during the

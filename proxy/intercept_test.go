@@ -63,7 +63,7 @@ func TestInterceptor(t *testing.T) {
 		infos = append(infos, *si)
 		return hook
 	}))
-	conn := connect(t, ctx, p.dsn("application_name=hooked"))
+	conn := connect(t, ctx, p.dsn("application_name=hooked", "options=-c%20DateStyle%3DSQL,DMY"))
 	var s string
 	if err := conn.QueryRow(ctx, "SELECT 'quiet' || $1::text", "ly").Scan(&s); err != nil {
 		t.Fatal(err)
@@ -82,6 +82,19 @@ func TestInterceptor(t *testing.T) {
 	if len(infos) != 1 || infos[0].User != appUser || infos[0].Database != appDB || infos[0].ApplicationName != "hooked" || infos[0].Config == nil {
 		t.Fatalf("session info %+v", infos)
 	}
+	t.Run("startup parameters are the client's", func(t *testing.T) {
+		sp := infos[0].StartupParameters
+		if sp["application_name"] != "hooked" || sp["options"] != "-c DateStyle=SQL,DMY" || sp["user"] != appUser {
+			t.Fatalf("StartupParameters %v", sp)
+		}
+	})
+	t.Run("server parameters are the upstream's after login", func(t *testing.T) {
+		sp := infos[0].ServerParameters
+		if sp["DateStyle"] != "SQL, DMY" || sp["client_encoding"] != "UTF8" || sp["standard_conforming_strings"] != "on" ||
+			sp["TimeZone"] == "" || sp["server_version"] != conn.PgConn().ParameterStatus("server_version") {
+			t.Fatalf("ServerParameters %v", sp)
+		}
+	})
 }
 
 func TestStateTransitions(t *testing.T) {

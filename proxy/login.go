@@ -20,6 +20,8 @@ type loginResult struct {
 	pid    uint32
 	secret []byte
 	status byte
+	// params are the ParameterStatus values the upstream reported.
+	params map[string]string
 }
 
 // loginFunc authenticates the client of s and logs in upstream; on
@@ -70,7 +72,7 @@ func relayLogin(ctx context.Context, s *session, rt *runtimeConfig, p *startupPa
 // relay mode), ParameterStatus and NoticeResponse. BackendKeyData and
 // ReadyForQuery are kept for the session, which sends its own.
 func relayUntilReady(s *session, up *leg) (*loginResult, error) {
-	res := &loginResult{}
+	res := &loginResult{params: map[string]string{}}
 	for {
 		typ, body, err := up.in.next()
 		if err != nil {
@@ -131,6 +133,13 @@ func relayUntilReady(s *session, up *leg) (*loginResult, error) {
 			_ = s.client.flush()
 			return nil, &upstreamError{code: errorCode(body), msg: "login refused"}
 		case 'S', 'N':
+			if typ == 'S' {
+				var ps pgproto3.ParameterStatus
+				if err := ps.Decode(body); err != nil {
+					return nil, pgerr.Fatal(pgerr.ProtocolViolation, "invalid ParameterStatus from the upstream server").WithCause(err)
+				}
+				res.params[ps.Name] = ps.Value
+			}
 			if err := writeRaw(s.client, typ, body); err != nil {
 				return nil, err
 			}

@@ -220,6 +220,10 @@ func (s *session) serve(ctx context.Context) {
 		s.info.Database = s.info.User
 	}
 	s.info.ApplicationName = p.get("application_name")
+	s.info.StartupParameters = make(map[string]string, len(p.params))
+	for _, kv := range p.params {
+		s.info.StartupParameters[kv.key] = kv.value
+	}
 	s.log = s.log.With("user", s.info.User, "database", s.info.Database, "application_name", s.info.ApplicationName, "tls", s.info.TLS)
 
 	if p.minor > 0 || len(p.options) > 0 {
@@ -239,6 +243,7 @@ func (s *session) serve(ctx context.Context) {
 		s.fail(err)
 		return
 	}
+	s.info.ServerParameters = res.params
 	entry := &cancelEntry{upPID: res.pid, upSecret: res.secret, dialer: rt.upstream}
 	s.proxyPID = s.srv.cancels.register(entry)
 	if err := s.client.sendNow(

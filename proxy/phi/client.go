@@ -70,7 +70,13 @@ func (s *session) query(m *pgproto3.Query, out *proxy.Out) error {
 	snap := s.p.cur.Load()
 	q := &queryRun{poisonAt: -1}
 	e := &entry{kind: entryQuery, q: q}
-	plan, err := snap.planner.Plan(m.String, rewrite.Session{SearchPath: s.searchPath(), User: s.user})
+	// Settings that change how the text reads come first: under them the
+	// planner's own verdict cannot be trusted.
+	err := s.textRefusal(snap, m.String)
+	var plan *rewrite.Plan
+	if err == nil {
+		plan, err = snap.planner.Plan(m.String, rewrite.Session{SearchPath: s.searchPath(), User: s.user})
+	}
 	if err != nil {
 		return s.refuseQuery(e, "", err, out)
 	}
@@ -90,6 +96,9 @@ func (s *session) query(m *pgproto3.Query, out *proxy.Out) error {
 		st, err := s.bindExecute(st)
 		if err == nil {
 			err = s.checkStatement(snap, st)
+		}
+		if err == nil {
+			err = s.settingsRefusal(st, textFormats)
 		}
 		if err != nil {
 			return s.refuseAt(e, plan.SQL, i, err, out)
@@ -289,7 +298,11 @@ func (s *session) parse(m *pgproto3.Parse, out *proxy.Out) error {
 	snap := s.p.cur.Load()
 	ps := &prepared{name: m.Name}
 	e := &entry{kind: entryParse, ps: ps}
-	plan, err := snap.planner.Plan(m.Query, rewrite.Session{SearchPath: s.searchPath(), User: s.user})
+	err := s.textRefusal(snap, m.Query)
+	var plan *rewrite.Plan
+	if err == nil {
+		plan, err = snap.planner.Plan(m.Query, rewrite.Session{SearchPath: s.searchPath(), User: s.user})
+	}
 	if err == nil && !plan.PassThrough && len(plan.Statements) > 1 {
 		err = pgerr.New(pgerr.SyntaxError, "cannot insert multiple commands into a prepared statement")
 	}
@@ -298,6 +311,9 @@ func (s *session) parse(m *pgproto3.Parse, out *proxy.Out) error {
 		st, err = s.bindExecute(plan.Statements[0])
 		if err == nil {
 			err = s.checkStatement(snap, st)
+		}
+		if err == nil {
+			err = s.settingsRefusal(st, nil)
 		}
 	}
 	text := m.Query
@@ -378,6 +394,9 @@ func (s *session) bind(m *pgproto3.Bind, out *proxy.Out) error {
 	e := &entry{kind: entryBind, portal: pt}
 	fwd := m
 	if ps != nil && ps.st != nil {
+		if err := s.settingsRefusal(ps.st, resultText(m.ResultFormatCodes)); err != nil {
+			return s.poison(e, &pgproto3.Bind{DestinationPortal: m.DestinationPortal, PreparedStatement: poisonStatement}, "26000", err, out, nil)
+		}
 		pt.x = s.resultX(ps, m.ResultFormatCodes)
 		if len(ps.st.Params) > 0 && len(m.Parameters) > 0 {
 			b, err := s.encryptParams(ps.st, m)

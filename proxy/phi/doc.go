@@ -82,8 +82,31 @@
 // SETs rolled back are undone when the transaction ends). Statements
 // pipelined behind a SET before its completion are planned with the old
 // path. A role-level or database-level search_path setting is not known.
-// The session TimeZone starts as the server default (read over the
-// catalog connection) and follows ParameterStatus. SQL-level PREPARE,
+// The session's server settings start from the upstream's ParameterStatus
+// values at the end of login (proxy.SessionInfo.ServerParameters, so a
+// startup packet's options='-c TimeZone=…' and role or database defaults
+// count) and follow every later ParameterStatus (params.go):
+//
+//   - TimeZone: timestamptz PHI input without an offset is read in it and
+//     text output is shown in it, as PostgreSQL does. A zone name Go cannot
+//     load refuses timestamptz PHI values (0A000).
+//   - DateStyle: the codec writes date, timestamp and timestamptz in ISO
+//     form only. Rather than imitate the SQL, Postgres and German styles,
+//     text output of those PHI values is refused (0A000, hint SET DateStyle
+//     = ISO) while DateStyle is not ISO; binary results are served (checked
+//     at Bind, when the result formats are known). Input is ISO 8601
+//     whatever DateStyle says.
+//   - client_encoding other than UTF8, or standard_conforming_strings off:
+//     any text that mentions a PHI relation is refused (0A000) before it is
+//     planned. The bytea literals phiproxy splices in (E'\\x…') mean the
+//     same under both settings of standard_conforming_strings, but
+//     libpg_query lexes as PostgreSQL does with it on and with UTF-8 text:
+//     with it off, or with a client encoding whose characters can hide a
+//     quote or backslash byte, phiproxy and the server could disagree on
+//     where a literal ends, and PHI values would be encrypted and returned
+//     in the wrong encoding. Text that names no PHI relation is relayed.
+//
+// SQL-level PREPARE,
 // EXECUTE, DEALLOCATE and DISCARD ALL are tracked when sent.
 //
 // COPY on a PHI relation is refused (0A000) in every format; server-side

@@ -46,9 +46,6 @@ type snapshot struct {
 	planner *rewrite.Planner
 	// cols is the PHI column map by "schema.table.column".
 	cols map[string]config.Column
-	// timeZone is the server's default TimeZone (what a session starts with
-	// unless its startup packet or role settings say otherwise).
-	timeZone *time.Location
 }
 
 // Option configures a Proxy.
@@ -200,15 +197,7 @@ func (p *Proxy) load(ctx context.Context, cfg *config.Config) (*snapshot, error)
 	if err != nil {
 		return nil, fmt.Errorf("phi: catalog: %w", err)
 	}
-	var tzName string
-	if err := conn.QueryRow(ctx, "SELECT pg_catalog.current_setting('TimeZone')").Scan(&tzName); err != nil {
-		return nil, fmt.Errorf("phi: catalog: %w", err)
-	}
-	tz, err := time.LoadLocation(tzName)
-	if err != nil {
-		tz = time.UTC
-	}
-	s := &snapshot{cfg: cfg, cat: cat, cols: map[string]config.Column{}, timeZone: tz}
+	s := &snapshot{cfg: cfg, cat: cat, cols: map[string]config.Column{}}
 	var rcols []rewrite.Column
 	for _, c := range cfg.Columns() {
 		s.cols[c.Ident()] = c

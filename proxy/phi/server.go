@@ -3,7 +3,6 @@ package phi
 import (
 	"bytes"
 	"fmt"
-	"time"
 
 	"github.com/jackc/pgx/v5/pgproto3"
 
@@ -84,11 +83,7 @@ func (s *session) ServerMessage(msg pgproto3.BackendMessage, out *proxy.Out) err
 		return s.ready(z, out)
 	}
 	if ps, ok := msg.(*pgproto3.ParameterStatus); ok {
-		if ps.Name == "TimeZone" {
-			if loc, err := time.LoadLocation(ps.Value); err == nil {
-				s.tz.Store(loc)
-			}
-		}
+		s.setParameter(ps.Name, ps.Value)
 		return out.Forward(msg)
 	}
 	if s.dropping {

@@ -98,7 +98,10 @@ type session struct {
 	rolled   bool   // a ROLLBACK completed in this transaction
 	overlay  bool   // the client was told its transaction failed; the server's has not yet
 
-	tz atomic.Pointer[time.Location]
+	// params are the session's server settings (TimeZone, DateStyle,
+	// client_encoding, standard_conforming_strings): written by the
+	// server goroutine, read by both.
+	params atomic.Pointer[settings]
 
 	// Client goroutine only.
 	stmts   map[string]*prepared
@@ -117,11 +120,7 @@ type session struct {
 func newSession(p *Proxy, info *proxy.SessionInfo) *session {
 	s := &session{p: p, info: info, user: info.User, path: initialSearchPath, txBase: initialSearchPath,
 		stmts: map[string]*prepared{}, portals: map[string]*portal{}, sqlPrep: map[string]*rewrite.Statement{}}
-	tz := p.cur.Load().timeZone
-	if tz == nil {
-		tz = time.UTC
-	}
-	s.tz.Store(tz)
+	s.params.Store(newSettings(info.ServerParameters))
 	return s
 }
 
@@ -135,7 +134,15 @@ func (s *session) Intercepts() (proxy.MessageSet, proxy.MessageSet) {
 			proxy.MsgEmptyQueryResponse, proxy.MsgCopyData, proxy.MsgParameterStatus)
 }
 
-func (s *session) codec() codec.Codec { return codec.Codec{TimeZone: s.tz.Load()} }
+// codec converts with the session's TimeZone (UTC when the server's zone
+// cannot be loaded: settingsRefusal then keeps timestamptz PHI away).
+func (s *session) codec() codec.Codec {
+	tz := s.params.Load().tz
+	if tz == nil {
+		tz = time.UTC
+	}
+	return codec.Codec{TimeZone: tz}
+}
 
 // push queues e unless an extended-protocol error is being skipped (then
 // the server answers nothing until Sync). It reports whether e was queued.
