@@ -212,6 +212,28 @@ func (c *Catalog) PHIFunctions(name string) []*Function {
 	return c.functions[name]
 }
 
+// Functions returns every function PHIFunctions would return for some
+// name: all the functions whose body mentions a PHI relation (same best
+// effort), ordered by schema, name and OID. The slice is new; the
+// Functions are the snapshot's and must not be modified.
+func (c *Catalog) Functions() []*Function {
+	var out []*Function
+	for _, list := range c.functions {
+		out = append(out, list...)
+	}
+	sort.Slice(out, func(i, j int) bool {
+		a, b := out[i], out[j]
+		if a.Schema != b.Schema {
+			return a.Schema < b.Schema
+		}
+		if a.Name != b.Name {
+			return a.Name < b.Name
+		}
+		return a.OID < b.OID
+	})
+	return out
+}
+
 // LoadCatalog reads the live schema through q and builds snapshot version.
 // cfg decides which columns are PHI; columns it names that do not exist are
 // simply not marked (Check reports them).

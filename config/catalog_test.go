@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -200,6 +201,16 @@ func TestCatalogSnapshot(t *testing.T) {
 	}
 	if fs := cat.PHIFunctions("harmless"); len(fs) != 0 {
 		t.Errorf("a longer identifier containing the table name is not a mention: %+v", fs[0])
+	}
+	var fnames []string
+	for _, f := range cat.Functions() {
+		fnames = append(fnames, f.Schema+"."+f.Name)
+		if got := cat.PHIFunctions(f.Name); !slices.Contains(got, f) {
+			t.Errorf("Functions() lists %s.%s, which PHIFunctions(%q) does not return", f.Schema, f.Name, f.Name)
+		}
+	}
+	if want := []string{"public.count_patients", "public.count_patients_atomic", "public.dyn"}; !slices.Equal(fnames, want) {
+		t.Errorf("Functions() = %v, want %v", fnames, want)
 	}
 }
 

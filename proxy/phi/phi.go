@@ -193,10 +193,6 @@ func (p *Proxy) load(ctx context.Context, cfg *config.Config) (*snapshot, error)
 	if err := cat.Check(cfg); err != nil {
 		return nil, fmt.Errorf("phi: the config does not match the database:\n%w", err)
 	}
-	funcs, err := functionNames(ctx, conn)
-	if err != nil {
-		return nil, fmt.Errorf("phi: catalog: %w", err)
-	}
 	s := &snapshot{cfg: cfg, cat: cat, cols: map[string]config.Column{}}
 	var rcols []rewrite.Column
 	for _, c := range cfg.Columns() {
@@ -207,20 +203,8 @@ func (p *Proxy) load(ctx context.Context, cfg *config.Config) (*snapshot, error)
 	if err != nil {
 		return nil, fmt.Errorf("phi: %w", err)
 	}
-	s.planner = rewrite.NewPlanner(cols, newCatalogAdapter(cat, cfg, funcs), p.cache)
+	s.planner = rewrite.NewPlanner(cols, newCatalogAdapter(cat, cfg), p.cache)
 	return s, nil
-}
-
-// functionNames lists the names of user functions, so the adapter can ask
-// config.Catalog.PHIFunctions about each (the snapshot has no enumeration).
-func functionNames(ctx context.Context, conn *pgx.Conn) ([]string, error) {
-	rows, err := conn.Query(ctx, `SELECT DISTINCT p.proname FROM pg_catalog.pg_proc p
-JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace
-WHERE n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname NOT LIKE 'pg\_toast%'`)
-	if err != nil {
-		return nil, err
-	}
-	return pgx.CollectRows(rows, pgx.RowTo[string])
 }
 
 // catalogAdapter presents a config.Catalog as a rewrite.Catalog. It is
@@ -231,7 +215,7 @@ type catalogAdapter struct {
 	deps []rewrite.Dependent
 }
 
-func newCatalogAdapter(cat *config.Catalog, cfg *config.Config, funcs []string) *catalogAdapter {
+func newCatalogAdapter(cat *config.Catalog, cfg *config.Config) *catalogAdapter {
 	a := &catalogAdapter{ver: cat.Version, rels: map[string]*rewrite.Relation{}}
 	ident := func(ref config.ColumnRef) string {
 		r, ok := cat.RelationByOID(ref.RelOID)
@@ -259,18 +243,16 @@ func newCatalogAdapter(cat *config.Catalog, cfg *config.Config, funcs []string) 
 			a.deps = append(a.deps, rewrite.Dependent{Kind: rewrite.DependentView, Schema: r.Schema, Name: r.Name, Reads: rr.PHIDeps})
 		}
 	}
-	for _, name := range funcs {
-		for _, f := range cat.PHIFunctions(name) {
-			d := rewrite.Dependent{Kind: rewrite.DependentFunction, Schema: f.Schema, Name: f.Name}
-			for _, oid := range f.Touches {
-				if r, ok := cat.RelationByOID(oid); ok {
-					for _, c := range cfg.PHI[r.Ident()] {
-						d.Reads = append(d.Reads, c.Ident())
-					}
+	for _, f := range cat.Functions() {
+		d := rewrite.Dependent{Kind: rewrite.DependentFunction, Schema: f.Schema, Name: f.Name}
+		for _, oid := range f.Touches {
+			if r, ok := cat.RelationByOID(oid); ok {
+				for _, c := range cfg.PHI[r.Ident()] {
+					d.Reads = append(d.Reads, c.Ident())
 				}
 			}
-			a.deps = append(a.deps, d)
 		}
+		a.deps = append(a.deps, d)
 	}
 	return a
 }
