@@ -38,7 +38,11 @@ func (s *session) ClientMessage(msg pgproto3.FrontendMessage, out *proxy.Out) er
 			return err
 		}
 	case *pgproto3.Execute:
-		if _, err := s.push(&entry{kind: entryExecute, portal: s.portals[m.Portal]}, out); err != nil {
+		pt := s.portals[m.Portal]
+		if pt != nil && pt.ps != nil {
+			s.startCopyIn([]*rewrite.Statement{pt.ps.st}, false)
+		}
+		if _, err := s.push(&entry{kind: entryExecute, portal: pt}, out); err != nil {
 			return err
 		}
 	case *pgproto3.Close:
@@ -61,6 +65,8 @@ func (s *session) ClientMessage(msg pgproto3.FrontendMessage, out *proxy.Out) er
 		if _, err := s.push(&entry{kind: entryFunction}, out); err != nil {
 			return err
 		}
+	case *pgproto3.CopyData, *pgproto3.CopyDone, *pgproto3.CopyFail:
+		return s.copyInMessage(msg, out)
 	}
 	return out.Forward(msg)
 }
@@ -70,6 +76,7 @@ func (s *session) query(m *pgproto3.Query, out *proxy.Out) error {
 	snap := s.p.cur.Load()
 	q := &queryRun{poisonAt: -1}
 	e := &entry{kind: entryQuery, q: q}
+	s.cin = nil
 	// Settings that change how the text reads come first: under them the
 	// planner's own verdict cannot be trusted.
 	err := s.textRefusal(snap, m.String)
@@ -100,6 +107,9 @@ func (s *session) query(m *pgproto3.Query, out *proxy.Out) error {
 		if err == nil {
 			err = s.settingsRefusal(st, textFormats)
 		}
+		if err == nil {
+			err = copyInAlone(q.stmts, i)
+		}
 		if err != nil {
 			return s.refuseAt(e, plan.SQL, i, err, out)
 		}
@@ -112,6 +122,7 @@ func (s *session) query(m *pgproto3.Query, out *proxy.Out) error {
 	for _, st := range q.stmts {
 		s.sessionEffects(st)
 	}
+	s.startCopyIn(q.stmts, false)
 	if _, err := s.push(e, out); err != nil {
 		return err
 	}
@@ -138,6 +149,8 @@ func (s *session) refuseAt(e *entry, sql string, i int, refusal error, out *prox
 			prefix = t + ";"
 		}
 	}
+	// Data the client streams for a refused COPY FROM is dropped.
+	s.startCopyIn(q.stmts[i:i+1], true)
 	q.stmts = q.stmts[:i]
 	return s.refuseQuery(e, prefix, refusal, out)
 }

@@ -109,6 +109,15 @@
 // SQL-level PREPARE,
 // EXECUTE, DEALLOCATE and DISCARD ALL are tracked when sent.
 //
-// COPY on a PHI relation is refused (0A000) in every format; server-side
-// file COPY is refused by package rewrite.
+// # COPY
+//
+// COPY FROM STDIN and COPY TO STDOUT on PHI relations stream row by row
+// in text and csv formats (copy.go): rows are found across CopyData
+// boundaries as PostgreSQL's COPY parser finds them, PHI fields are
+// encrypted on the way in and decrypted on the way out, everything else
+// passes byte for byte, and memory is bounded by the largest row. A value
+// that does not canonicalise fails the COPY with a CopyFail upstream; the
+// client gets our SQLSTATE (22P02, 22007, ...). FORMAT binary on a PHI
+// relation is refused (0A000); server-side file COPY is refused by
+// package rewrite.
 package phi

@@ -167,10 +167,24 @@ func (s *session) ServerMessage(msg pgproto3.BackendMessage, out *proxy.Out) err
 		if e.kind == entryExecute {
 			s.pop()
 		}
+	case *pgproto3.CopyOutResponse:
+		return s.copyOutStart(e, m, out)
+	case *pgproto3.CopyDone:
+		if s.cout != nil {
+			err := s.copyOutData(&pgproto3.CopyData{}, true, out)
+			if s.cout == nil || err != nil {
+				return err
+			}
+			s.cout.release()
+			s.cout = nil
+		}
 	case *pgproto3.CopyData:
+		if s.cout != nil {
+			return s.copyOutData(m, false, out)
+		}
 		if bytes.Contains(m.Data, []byte(config.EnvelopeHeader)) || bytes.Contains(m.Data, []byte("x504801")) || bytes.Contains(m.Data, []byte("X504801")) {
 			return s.fail(pgerr.New(pgerr.Internal, "phiproxy refused to return ciphertext in COPY output").
-				WithHint("COPY a PHI relation through phiproxy is not supported; select the PHI columns instead"), out)
+				WithHint("the COPY output carries the PHI envelope header outside a configured PHI column; copy the configured PHI column itself"), out)
 		}
 	case *pgproto3.ErrorResponse:
 		return s.errorResponse(e, m, out)
@@ -186,6 +200,10 @@ func (s *session) fail(err *pgerr.Error, out *proxy.Out) error {
 }
 
 func (s *session) errorResponse(e *entry, m *pgproto3.ErrorResponse, out *proxy.Out) error {
+	s.cout = nil
+	if pe := s.copyFailed(m); pe != nil {
+		m = proxy.ErrorResponse(pe)
+	}
 	switch e.kind {
 	case entryQuery:
 		q := e.q
@@ -250,6 +268,7 @@ func (s *session) ready(z *pgproto3.ReadyForQuery, out *proxy.Out) error {
 	s.mu.Unlock()
 	s.head = nil
 	s.dropping = false
+	s.cout = nil
 	if status != z.TxStatus {
 		return out.Forward(&pgproto3.ReadyForQuery{TxStatus: status})
 	}

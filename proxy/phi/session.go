@@ -1,7 +1,6 @@
 package phi
 
 import (
-	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -102,6 +101,9 @@ type session struct {
 	// client_encoding, standard_conforming_strings): written by the
 	// server goroutine, read by both.
 	params atomic.Pointer[settings]
+	// copyErr is our refusal for the CopyFail we sent upstream (set by
+	// the client goroutine, taken by the server goroutine).
+	copyErr atomic.Pointer[pgerr.Error]
 
 	// Client goroutine only.
 	stmts   map[string]*prepared
@@ -109,12 +111,14 @@ type session struct {
 	sqlPrep map[string]*rewrite.Statement
 	cbuf    []byte
 	coffs   []int
+	cin     *copyIn // the COPY FROM STDIN being streamed, if any
 
 	// Server goroutine only.
 	head     *entry // the FIFO's front, cached
 	dropping bool   // a statement failed here: drop until ReadyForQuery
 	sbuf     []byte
 	soffs    []int
+	cout     *copyStream // the COPY TO STDOUT being streamed, if PHI
 }
 
 func newSession(p *Proxy, info *proxy.SessionInfo) *session {
@@ -127,11 +131,11 @@ func newSession(p *Proxy, info *proxy.SessionInfo) *session {
 // Intercepts implements proxy.Interceptor.
 func (s *session) Intercepts() (proxy.MessageSet, proxy.MessageSet) {
 	return proxy.Messages(proxy.MsgQuery, proxy.MsgParse, proxy.MsgBind, proxy.MsgDescribe, proxy.MsgExecute,
-			proxy.MsgClose, proxy.MsgSync, proxy.MsgFunctionCall),
+			proxy.MsgClose, proxy.MsgSync, proxy.MsgFunctionCall, proxy.MsgCopyData, proxy.MsgCopyDone, proxy.MsgCopyFail),
 		proxy.Messages(proxy.MsgRowDescription, proxy.MsgDataRow, proxy.MsgParameterDescription,
 			proxy.MsgCommandComplete, proxy.MsgErrorResponse, proxy.MsgReadyForQuery, proxy.MsgParseComplete,
 			proxy.MsgBindComplete, proxy.MsgCloseComplete, proxy.MsgNoData, proxy.MsgPortalSuspended,
-			proxy.MsgEmptyQueryResponse, proxy.MsgCopyData, proxy.MsgParameterStatus)
+			proxy.MsgEmptyQueryResponse, proxy.MsgCopyData, proxy.MsgCopyOutResponse, proxy.MsgCopyDone, proxy.MsgParameterStatus)
 }
 
 // codec converts with the session's TimeZone (UTC when the server's zone
@@ -252,23 +256,9 @@ func denied(snap *snapshot, st *rewrite.Statement) error {
 	return nil
 }
 
-// copyRefusal refuses COPY on PHI relations (not implemented: fail closed).
-func copyRefusal(st *rewrite.Statement) error {
-	if st.Copy == nil || !st.TouchesPHI {
-		return nil
-	}
-	rel := strings.Join(st.Relations, ", ")
-	if st.Copy.Format == "binary" {
-		return pgerr.Newf(pgerr.FeatureNotSupported, "COPY in binary format is not supported on PHI relation %s", rel).
-			WithHint("use INSERT or SELECT through phiproxy")
-	}
-	return pgerr.Newf(pgerr.FeatureNotSupported, "COPY is not supported yet on PHI relation %s", rel).
-		WithHint("use INSERT or SELECT through phiproxy")
-}
-
 // checkStatement applies the per-statement policy and support checks.
 func (s *session) checkStatement(snap *snapshot, st *rewrite.Statement) error {
-	if err := copyRefusal(st); err != nil {
+	if err := copyCheck(st); err != nil {
 		return err
 	}
 	return denied(snap, st)
