@@ -341,6 +341,7 @@ func (s *session) parse(m *pgproto3.Parse, out *proxy.Out) error {
 		})
 	}
 	ps.st = st
+	ps.declared = append([]uint32(nil), m.ParameterOIDs...)
 	fwd := m
 	if st != nil && len(st.Params) > 0 {
 		max := len(m.ParameterOIDs)
@@ -371,6 +372,15 @@ func (s *session) parse(m *pgproto3.Parse, out *proxy.Out) error {
 		s.stmts[m.Name] = ps
 	}
 	return out.Forward(fwd)
+}
+
+// declaredAt is the type OID the client declared for parameter i, 0 if
+// it left it to the server.
+func declaredAt(declared []uint32, i int) uint32 {
+	if i < len(declared) {
+		return declared[i]
+	}
+	return 0
 }
 
 func maxInt(a, b int) int {
@@ -412,7 +422,7 @@ func (s *session) bind(m *pgproto3.Bind, out *proxy.Out) error {
 		}
 		pt.x = s.resultX(ps, m.ResultFormatCodes)
 		if len(ps.st.Params) > 0 && len(m.Parameters) > 0 {
-			b, err := s.encryptParams(ps.st, m)
+			b, err := s.encryptParams(ps, m)
 			if err != nil {
 				return s.poison(e, &pgproto3.Bind{DestinationPortal: m.DestinationPortal, PreparedStatement: poisonStatement}, "26000", err, out, nil)
 			}
@@ -471,7 +481,8 @@ func formatAt(codes []int16, i int) int16 {
 	return codec.TextFormat
 }
 
-func (s *session) encryptParams(st *rewrite.Statement, m *pgproto3.Bind) (*pgproto3.Bind, error) {
+func (s *session) encryptParams(ps *prepared, m *pgproto3.Bind) (*pgproto3.Bind, error) {
+	st := ps.st
 	params := make([][]byte, len(m.Parameters))
 	copy(params, m.Parameters)
 	formats := make([]int16, len(m.Parameters))
@@ -507,7 +518,7 @@ func (s *session) encryptParams(st *rewrite.Statement, m *pgproto3.Bind) (*pgpro
 			}
 			buf = append(buf, codec.EncodeByteaArray(cts, codec.BinaryFormat)...)
 		} else {
-			canon, err := cd.AppendCanonical(buf, p.Column.Type, formats[i], params[i])
+			canon, err := cd.AppendCanonicalFrom(buf, p.Column.Type, declaredAt(ps.declared, i), formats[i], params[i])
 			if err != nil {
 				return nil, codec.WithColumn(err, p.Column.Ident)
 			}

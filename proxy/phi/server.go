@@ -109,6 +109,10 @@ func (s *session) ServerMessage(msg pgproto3.BackendMessage, out *proxy.Out) err
 			oids := make([]uint32, len(m.ParameterOIDs))
 			copy(oids, m.ParameterOIDs)
 			for _, p := range e.ps.st.Params {
+				if d := declaredAt(e.ps.declared, p.Number-1); d != 0 && p.Number-1 < len(oids) {
+					oids[p.Number-1] = d // PostgreSQL describes a declared type as declared
+					continue
+				}
 				if p.Number-1 < len(oids) {
 					if p.Array {
 						oids[p.Number-1] = codec.ArrayOID(p.Column.Type)

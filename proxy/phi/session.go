@@ -66,6 +66,10 @@ type queryRun struct {
 type prepared struct {
 	name string
 	st   *rewrite.Statement // nil: nothing PHI about it
+	// declared are the parameter type OIDs the client gave in Parse:
+	// PostgreSQL describes a declared parameter with the declared type,
+	// and Bind decodes a binary value by it.
+	declared []uint32
 	// lastFormats/lastX cache the result transform for the last result
 	// format codes bound (client goroutine only).
 	lastFormats []int16
