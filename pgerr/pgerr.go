@@ -72,6 +72,7 @@ var (
 	NullValueNotAllowed          = Code{"22004"}
 	InvalidDatetimeFormat        = Code{"22007"}
 	NumericValueOutOfRange       = Code{"22003"}
+	BadCopyFileFormat            = Code{"22P04"}
 )
 
 // Severity of an error as PostgreSQL reports it.
