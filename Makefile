@@ -2,21 +2,32 @@
 SHELL := /bin/bash
 GO ?= go
 export GOFLAGS ?= -buildvcs=false
-PKGS_APT := postgresql-15 postgresql-client-15 pgbouncer python3-psycopg libpostgresql-jdbc-java default-jdk-headless
+# apt-get needs root: use sudo when not root.
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: all build test demo deps deps-go deps-system vet fuzz bench clean
+.PHONY: all build test demo deps deps-go deps-pg deps-system vet fuzz bench clean
 
 all: build
 
 build:
 	$(GO) build -o bin/phiproxy ./cmd/phiproxy
 
-# deps-system installs PostgreSQL 15 and the client libraries the tests drive,
-# but only what is missing: a machine that has them is left alone. The
-# psycopg tests run Debian's /usr/bin/python3, whatever python3 is on PATH.
-deps-system:
+# deps-pg installs the PostgreSQL 15 server when initdb is missing (what
+# `make demo` needs); the postgres system user comes with it, and the
+# throwaway clusters run as that user because initdb refuses root.
+deps-pg:
+	@if ! command -v initdb >/dev/null 2>&1 && ! [ -x "$$(pg_config --bindir 2>/dev/null)/initdb" ] && ! [ -x /usr/lib/postgresql/15/bin/initdb ]; then \
+		echo "installing: postgresql-15 postgresql-client-15"; \
+		export DEBIAN_FRONTEND=noninteractive; \
+		$(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq --no-install-recommends postgresql-15 postgresql-client-15 >/dev/null; \
+	fi
+
+# deps-system adds what the tests and the benchmark drive — PgBouncer,
+# psycopg, pgjdbc with a JDK, node-postgres — but only what is missing: a
+# machine that has them is left alone. The psycopg tests run Debian's
+# /usr/bin/python3, whatever python3 is on PATH.
+deps-system: deps-pg
 	@missing=""; \
-	command -v initdb >/dev/null 2>&1 || [ -x "$$(pg_config --bindir 2>/dev/null)/initdb" ] || [ -x /usr/lib/postgresql/15/bin/initdb ] || missing="$$missing postgresql-15 postgresql-client-15"; \
 	command -v pgbouncer >/dev/null 2>&1 || [ -x /usr/sbin/pgbouncer ] || missing="$$missing pgbouncer"; \
 	/usr/bin/python3 -c 'import psycopg' >/dev/null 2>&1 || missing="$$missing python3-psycopg"; \
 	command -v node >/dev/null 2>&1 && command -v npm >/dev/null 2>&1 || missing="$$missing nodejs npm"; \
@@ -25,10 +36,10 @@ deps-system:
 	if [ -n "$$missing" ]; then \
 		echo "installing:$$missing"; \
 		export DEBIAN_FRONTEND=noninteractive; \
-		apt-get update -qq && apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+		$(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
 	fi
 	@if [ -f integration/clients/node/package.json ] && [ ! -d integration/clients/node/node_modules/pg ]; then \
-		cd integration/clients/node && npm install --no-audit --no-fund --silent; \
+		cd integration/clients/node && npm ci --no-audit --no-fund --silent; \
 	fi
 
 deps-go:
@@ -45,7 +56,7 @@ vet:
 test: deps vet
 	$(GO) test -count=1 -timeout 14m ./...
 
-demo: deps-system build
+demo: deps-pg build
 	./bin/phiproxy demo
 
 fuzz:
