@@ -502,6 +502,8 @@ func (a *analyzer) tail(s *pg.SelectStmt, sc *scope) error {
 // column name, or an expression over the input.
 func (a *analyzer) outputOrInput(n *pg.Node, sc *scope, outputFirst bool) (*PHIColumn, error) {
 	if c := n.GetAConst(); c != nil && c.GetIval() != nil {
+		// The plan depends on the literal's value: no literal-shape caching.
+		a.st.literalDependent = true
 		k := int(c.GetIval().Ival)
 		if k >= 1 && k <= len(sc.outputs) {
 			return sc.outputs[k-1].phi, nil
@@ -1419,6 +1421,9 @@ func (a *analyzer) funcCall(fc *pg.FuncCall, sc *scope) error {
 	if sqlRunners[name] && len(a.p.cols.byRel) > 0 {
 		return pgerr.Newf(pgerr.FeatureNotSupported, "function %s runs SQL given as text, which phiproxy cannot check for PHI", name).
 			WithHint("run the query directly").WithPosition(position(a.sql, fc.Location))
+	}
+	if name == "set_config" {
+		a.st.literalDependent = true
 	}
 	if name == "set_config" && len(fc.Args) > 0 && strings.EqualFold(constText(fc.Args[0]), "search_path") {
 		a.st.Effects |= EffectSearchPath

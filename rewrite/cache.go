@@ -8,7 +8,8 @@ import (
 // Cache is a bounded LRU of plans keyed by the exact SQL text, the catalog
 // version, the session's search_path and user. It is safe for concurrent
 // use by every session; a hit takes one shard lock and allocates nothing.
-// Refusals are cached too.
+// Refusals are cached too. The same LRU holds the literal-shape templates
+// (shape.go), keyed by shape instead of text.
 type Cache struct {
 	seed   maphash.Seed
 	shards []cacheShard
@@ -19,12 +20,15 @@ type cacheKey struct {
 	version    uint64
 	searchPath string
 	user       string
+	// shape: sql is a shape key and the entry holds a template.
+	shape bool
 }
 
 type cacheEntry struct {
 	key        cacheKey
 	plan       *Plan
 	err        error
+	tmpl       *shapeTemplate
 	prev, next *cacheEntry
 }
 
@@ -75,13 +79,21 @@ func (c *Cache) get(k cacheKey) (*cacheEntry, bool) {
 }
 
 func (c *Cache) put(k cacheKey, p *Plan, err error) {
+	c.add(&cacheEntry{key: k, plan: p, err: err})
+}
+
+func (c *Cache) putShape(k cacheKey, t *shapeTemplate) {
+	c.add(&cacheEntry{key: k, tmpl: t})
+}
+
+func (c *Cache) add(e *cacheEntry) {
+	k := e.key
 	s := c.shard(k)
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if _, ok := s.m[k]; ok {
 		return
 	}
-	e := &cacheEntry{key: k, plan: p, err: err}
 	s.m[k] = e
 	e.next, e.prev = s.head.next, &s.head
 	s.head.next.prev = e

@@ -304,7 +304,9 @@ func literalEnd(sql string, loc int) int {
 		return -1
 	}
 	i := loc
-	if sql[i] == '-' || sql[i] == '+' {
+	// The parser folds any number of unary minus signs into a constant
+	// (- -7 is the constant 7 at the first sign).
+	for sql[i] == '-' || sql[i] == '+' {
 		i = skipSpace(sql, i+1)
 		if i >= len(sql) {
 			return -1

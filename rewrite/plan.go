@@ -121,6 +121,11 @@ type Statement struct {
 	// Explain is true for EXPLAIN without ANALYZE: nothing is read or
 	// written, but literals are still encrypted.
 	Explain bool
+
+	// literalDependent is set when the analysis read a literal's value
+	// (ORDER BY 2, set_config('search_path', …)): such a plan is never a
+	// literal-shape template (shape.go).
+	literalDependent bool
 }
 
 // Action is the audit action of a statement (contract: DESIGN §8).

@@ -87,7 +87,7 @@ func (p *Planner) Plan(sql string, sess Session) (*Plan, error) {
 	if e, ok := p.cache.get(k); ok {
 		return e.plan, e.err
 	}
-	pl, err := p.plan(sql, sess)
+	pl, _, err := p.planShaped(sql, sess, k)
 	p.cache.put(k, pl, err)
 	return pl, err
 }
