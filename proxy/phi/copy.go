@@ -41,7 +41,9 @@ import (
 // and CopyAttributeOutCSV would write the plaintext, so the output equals
 // a plaintext table's. Every other field is checked by the safety net.
 //
-// FORMAT binary on a PHI relation is refused (0A000).
+// FORMAT binary (copy_binary.go) streams tuples the same way: PHI fields
+// arrive in their logical type's binary form and leave as raw envelope
+// bytes, and back.
 
 // maxCopyRow bounds one row of a COPY stream, as PostgreSQL's 1 GB
 // allocation limit bounds its line buffer.
@@ -54,6 +56,7 @@ const copyFailMessage = "phiproxy refused a COPY row"
 
 // copyFormat is the row syntax of one COPY (PostgreSQL's CopyFormatOptions).
 type copyFormat struct {
+	binary               bool
 	csv                  bool
 	delim, quote, escape byte
 	null                 []byte
@@ -97,8 +100,7 @@ func parseCopyFormat(c *rewrite.Copy, rel string) (copyFormat, error) {
 	case "csv":
 		f = copyFormat{csv: true, delim: ',', quote: '"', escape: '"'}
 	case "binary":
-		return f, pgerr.Newf(pgerr.FeatureNotSupported, "COPY in binary format is not supported on PHI relation %s", rel).
-			WithHint("use FORMAT text or FORMAT csv (psql's \\copy does); phiproxy encrypts and decrypts those row by row")
+		f = copyFormat{binary: true}
 	default:
 		return f, pgerr.Newf(pgerr.InvalidParameterValue, "COPY format \"%s\" not recognized", c.Format)
 	}
@@ -137,6 +139,11 @@ func parseCopyFormat(c *rewrite.Copy, rel string) (copyFormat, error) {
 		if err != nil {
 			return f, err
 		}
+	}
+	if f.binary {
+		// PostgreSQL refuses the text and csv options in binary mode by
+		// itself; none of them changes the binary stream.
+		return f, nil
 	}
 	if !f.csv {
 		if _, ok := c.Options["quote"]; ok {
@@ -225,8 +232,15 @@ type copyStream struct {
 	inQuote bool
 	lastEsc bool
 
-	line int  // rows seen (the header counts, as in PostgreSQL's messages)
+	line int  // rows seen (a text header counts, as in PostgreSQL's messages)
 	done bool // the end-of-data marker was seen: the rest is ignored
+
+	// FORMAT binary (copy_binary.go): where the stream is in the PGCOPY
+	// structure; pos and nf are the tuple scanner's bytes and fields
+	// scanned in pending, skip the header extension bytes still to pass.
+	bin  binPart
+	nf   int
+	skip int
 
 	out   []byte
 	spans []span
@@ -240,6 +254,9 @@ type copyStream struct {
 // final says the stream ends after data (CopyDone): a last row without a
 // line end is a row.
 func (c *copyStream) feed(data []byte, final bool) ([]byte, error) {
+	if c.f.binary {
+		return c.feedBinary(data, final)
+	}
 	c.out = c.out[:0]
 	if c.done {
 		return nil, nil
@@ -283,6 +300,13 @@ func (c *copyStream) feed(data []byte, final bool) ([]byte, error) {
 	if len(b) > maxCopyRow {
 		return nil, pgerr.Newf(pgerr.ProgramLimitExceeded, "COPY row of %s is too large for phiproxy", c.rel)
 	}
+	c.keep(b)
+	return c.out, nil
+}
+
+// keep makes b, the unconsumed end of the stream (possibly within
+// c.pending), the pending bytes.
+func (c *copyStream) keep(b []byte) {
 	if len(c.pending) > 0 {
 		c.pending = c.pending[:copy(c.pending, b)]
 		if cap(c.pending) > 4<<20 && len(c.pending) < 64<<10 {
@@ -291,7 +315,6 @@ func (c *copyStream) feed(data []byte, final bool) ([]byte, error) {
 	} else if len(b) > 0 {
 		c.pending = append(c.pending[:0], b...)
 	}
-	return c.out, nil
 }
 
 // release drops buffers grown by a large row, so an idle session does not
@@ -460,7 +483,11 @@ func (s *session) copyOutStart(e *entry, m *pgproto3.CopyOutResponse, out *proxy
 	if err != nil {
 		return s.fail(asRefusal(err), out)
 	}
-	if m.OverallFormat != 0 || len(m.ColumnFormatCodes) != len(x.fields) {
+	format := byte(0)
+	if x.f.binary {
+		format = 1
+	}
+	if m.OverallFormat != format || len(m.ColumnFormatCodes) != len(x.fields) {
 		return s.fail(pgerr.Newf(pgerr.Internal, "phiproxy cannot match the COPY output of %s to its planned PHI transform", x.rel).
 			WithHint("the relation's columns differ from what phiproxy planned; the catalog may have changed, retry"), out)
 	}

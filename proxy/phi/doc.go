@@ -112,12 +112,15 @@
 // # COPY
 //
 // COPY FROM STDIN and COPY TO STDOUT on PHI relations stream row by row
-// in text and csv formats (copy.go): rows are found across CopyData
-// boundaries as PostgreSQL's COPY parser finds them, PHI fields are
-// encrypted on the way in and decrypted on the way out, everything else
-// passes byte for byte, and memory is bounded by the largest row. A value
-// that does not canonicalise fails the COPY with a CopyFail upstream; the
-// client gets our SQLSTATE (22P02, 22007, ...). FORMAT binary on a PHI
-// relation is refused (0A000); server-side file COPY is refused by
-// package rewrite.
+// in text, csv (copy_text.go) and binary (copy_binary.go) formats: rows
+// or tuples are found across CopyData boundaries as PostgreSQL's COPY
+// parser finds them, PHI fields are encrypted on the way in and decrypted
+// on the way out (in binary, from and to the logical type's binary form,
+// which is what pgx's CopyFrom sends since the proxy describes PHI
+// columns with their logical types), everything else passes byte for
+// byte, and memory is bounded by the largest row. A value that does not
+// canonicalise, or a stream that is not valid COPY data, fails the COPY
+// with a CopyFail upstream; the client gets our SQLSTATE (22P02, 22007,
+// 22P03, 22P04, ...). Server-side file COPY is refused by package
+// rewrite.
 package phi
