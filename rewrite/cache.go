@@ -108,7 +108,7 @@ func (c *Cache) add(e *cacheEntry) {
 	}
 }
 
-// Len returns the number of cached plans.
+// Len returns the number of cached plans and shape templates.
 func (c *Cache) Len() int {
 	n := 0
 	for i := range c.shards {

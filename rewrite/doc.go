@@ -60,7 +60,13 @@
 // which is left alone the same way.
 //
 // 4. Plans (and refusals) are cached in a Cache keyed by exact SQL text,
-// catalog version, search_path and user.
+// catalog version, search_path and user. On an exact-text miss, text that
+// names PHI is lexed into a literal shape (each string and numeric literal
+// replaced by a marker of its kind, comments kept); a plan cached for the
+// same shape is re-bound to the new literals instead of parsing again
+// (shape.go: only data statements without session effects, and never a
+// refusal). Simple-protocol clients inline values, so without this tier
+// every such statement would be parsed.
 //
 // SQL-level EXECUTE needs the plan of its PREPARE, which is session state:
 // the proxy keeps Statement values by Prepare name and calls BindExecute.

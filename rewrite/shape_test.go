@@ -32,6 +32,11 @@ func shapeVariant(sql string, lits []literal, seed int) string {
 	for i, l := range lits {
 		b.WriteString(sql[last:l.start])
 		vs := shapeVariants[l.kind]
+		if sql[l.start] == '.' {
+			// t.5 is an identifier and a number .5, a..5 a name, a point
+			// and .5: keep the leading point.
+			vs = []string{".25", ".5e3", ".0"}
+		}
 		v := vs[(i+seed)%len(vs)]
 		if v == sql[l.start:l.end] {
 			v = vs[(i+seed+1)%len(vs)]
