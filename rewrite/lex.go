@@ -481,33 +481,77 @@ func typeNameEnd(sql string, loc int) int {
 // that has one.
 func endUserTag(sql string) string {
 	out := ""
+	// Only real comments count: a tag-shaped text inside a string literal
+	// (an inlined value) must not set or blank the audit attribution.
 	for i := 0; i < len(sql); {
-		k := strings.Index(sql[i:], "/*")
-		if k < 0 {
-			break
-		}
-		start := i + k
-		end := skipBlockComment(sql, start)
-		body := sql[start:end]
-		if p := strings.Index(body, "end_user='"); p >= 0 {
-			v := body[p+len("end_user='"):]
-			var b strings.Builder
-			for j := 0; j < len(v); j++ {
-				if v[j] == '\\' && j+1 < len(v) {
-					j++
-					b.WriteByte(v[j])
-					continue
-				}
-				if v[j] == '\'' {
+		c := sql[i]
+		switch {
+		case c == '\'':
+			bs := i > 0 && (sql[i-1] == 'e' || sql[i-1] == 'E') && (i < 2 || !isIdentByte(sql[i-2]))
+			j := stringEnd(sql, i, bs)
+			if j < 0 {
+				return out // unterminated: no comment can follow
+			}
+			i = j
+		case c == '"':
+			j := strings.IndexByte(sql[i+1:], '"')
+			for j >= 0 && i+1+j+1 < len(sql) && sql[i+1+j+1] == '"' { // "" inside an identifier
+				k := strings.IndexByte(sql[i+1+j+2:], '"')
+				if k < 0 {
+					j = -1
 					break
 				}
-				b.WriteByte(v[j])
+				j += 2 + k
 			}
-			out = percentDecode(b.String())
+			if j < 0 {
+				return out
+			}
+			i += j + 2
+		case c == '$':
+			if j, ok := dollarQuoteEnd(sql, i); ok {
+				i = j
+			} else {
+				i++
+			}
+		case c == '-' && i+1 < len(sql) && sql[i+1] == '-':
+			j := strings.IndexByte(sql[i:], '\n')
+			if j < 0 {
+				return out
+			}
+			i += j
+		case c == '/' && i+1 < len(sql) && sql[i+1] == '*':
+			end := skipBlockComment(sql, i)
+			if v, ok := endUserIn(sql[i:end]); ok {
+				out = v
+			}
+			i = end
+		default:
+			i++
 		}
-		i = end
 	}
 	return out
+}
+
+// endUserIn reads a sqlcommenter end_user='…' tag from one comment body.
+func endUserIn(body string) (string, bool) {
+	p := strings.Index(body, "end_user='")
+	if p < 0 {
+		return "", false
+	}
+	v := body[p+len("end_user='"):]
+	var b strings.Builder
+	for j := 0; j < len(v); j++ {
+		if v[j] == '\\' && j+1 < len(v) {
+			j++
+			b.WriteByte(v[j])
+			continue
+		}
+		if v[j] == '\'' {
+			break
+		}
+		b.WriteByte(v[j])
+	}
+	return percentDecode(b.String()), true
 }
 
 func percentDecode(s string) string {

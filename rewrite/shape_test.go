@@ -13,7 +13,7 @@ import (
 )
 
 // Replacement literals by kind: different lengths, quotes, escapes, a
-// comment-like body (endUserTag also looks inside strings), leading zeros,
+// comment-like body (which must not count as a tag), leading zeros,
 // int32 bounds.
 var shapeVariants = map[byte][]string{
 	litString: {`'x'`, `'it''s a much longer value, with '' quotes'`, `''`, `'a\b /*end_user=''eve''*/'`, `'{q,"r s"}'`},
