@@ -1,0 +1,325 @@
+package rewrite
+
+import (
+	"strings"
+
+	pg "github.com/pganalyze/pg_query_go/v5"
+
+	"github.com/phiproxy/phiproxy/pgerr"
+)
+
+// value analyzes n as a value compared with (write=false) or written into
+// (write=true) the PHI column target.
+func (a *analyzer) value(n *pg.Node, target *PHIColumn, sc *scope, write bool) error {
+	a.use(target)
+	switch x := n.Node.(type) {
+	case *pg.Node_AConst:
+		c := x.AConst
+		if c.Isnull {
+			return nil
+		}
+		if c.GetBsval() != nil {
+			return a.refuseCol(target, c.Location, "a bit-string literal", hintValue)
+		}
+		end := literalEnd(a.sql, int(c.Location))
+		if end < 0 {
+			return pgerr.Newf(pgerr.Internal, "BUG: cannot find the end of a literal for PHI column %s", target.Ident)
+		}
+		a.st.Slots = append(a.st.Slots, Slot{Offset: int(c.Location), Length: end - int(c.Location), Text: constText(n), Column: *target})
+		return nil
+	case *pg.Node_ParamRef:
+		return a.phiParam(x.ParamRef, target, false)
+	case *pg.Node_TypeCast:
+		return a.castValue(x.TypeCast, target)
+	case *pg.Node_SetToDefault:
+		if write {
+			return nil
+		}
+	case *pg.Node_ColumnRef, *pg.Node_SubLink:
+		phi, err := a.operand(n, sc)
+		if err != nil {
+			return err
+		}
+		if phi == nil {
+			if !write {
+				return a.refuseCol(target, location(n), "comparison with a non-PHI column", hintValue)
+			}
+			return a.refuseCol(target, location(n), "writing a non-PHI column or expression into it", hintWrite)
+		}
+		if !write {
+			if err := a.requireDet(phi, location(n), "comparison"); err != nil {
+				return err
+			}
+		}
+		if !sameKey(target, phi) {
+			if write {
+				return a.refuseKeys(phi, target, location(n), "copying")
+			}
+			return a.refuseKeys(target, phi, location(n), "comparison")
+		}
+		return nil
+	}
+	if write {
+		if err := a.plain(n, sc, "an expression written into a PHI column"); err != nil {
+			return err
+		}
+		return a.refuseCol(target, location(n), "writing an expression ("+describeShort(n)+")", hintWrite)
+	}
+	if err := a.plain(n, sc, "an expression compared with a PHI column"); err != nil {
+		return err
+	}
+	return a.refuseCol(target, location(n), "comparison with an expression ("+describeShort(n)+")", hintValue)
+}
+
+func describeShort(n *pg.Node) string {
+	switch x := n.Node.(type) {
+	case *pg.Node_FuncCall:
+		return opName(x.FuncCall.Funcname) + "()"
+	case *pg.Node_AExpr:
+		return "operator " + opName(x.AExpr.Name)
+	}
+	return strings.TrimPrefix(describe(n), "expression ")
+}
+
+// castTypes maps type names as written in casts to logical types.
+var castTypes = map[string]string{
+	"text": "text", "varchar": "varchar", "character varying": "varchar", "date": "date",
+	"timestamp": "timestamp", "timestamptz": "timestamptz", "int4": "int4", "integer": "int4", "int": "int4",
+	"int8": "int8", "bigint": "int8", "numeric": "numeric", "decimal": "numeric", "bool": "bool",
+	"boolean": "bool", "uuid": "uuid", "jsonb": "jsonb",
+}
+
+func castTarget(tn *pg.TypeName) string {
+	if tn == nil || len(tn.ArrayBounds) > 0 {
+		return ""
+	}
+	name := opName(tn.Names)
+	if t, ok := castTypes[name]; ok {
+		return t
+	}
+	return name
+}
+
+func (a *analyzer) castValue(tc *pg.TypeCast, target *PHIColumn) error {
+	t := castTarget(tc.TypeName)
+	inner := tc.Arg
+	switch x := inner.Node.(type) {
+	case *pg.Node_AConst:
+		if x.AConst.Isnull {
+			return nil
+		}
+		if t == "bytea" {
+			// Already ciphertext (a statement phiproxy rewrote, or a value
+			// read back as bytea): sent as is; the CHECK constraint of the
+			// column still requires the envelope header.
+			return nil
+		}
+		if !compatibleCast(t, target.Type) {
+			return a.refuseCol(target, tc.Location, "a cast to "+t, "cast the literal to "+target.Type+", or write it without a cast")
+		}
+		start, end := a.castExtent(tc)
+		if start < 0 {
+			return a.refuseCol(target, tc.Location, "this form of cast", "write the literal without a cast")
+		}
+		a.st.Slots = append(a.st.Slots, Slot{Offset: start, Length: end - start, Text: constText(inner), Column: *target})
+		return nil
+	case *pg.Node_ParamRef:
+		if t == "bytea" {
+			return a.plainParam(x.ParamRef)
+		}
+		if !compatibleCast(t, target.Type) {
+			return a.refuseCol(target, tc.Location, "a cast to "+t, "cast the parameter to "+target.Type+", or leave the cast out")
+		}
+		tl := int(tc.TypeName.Location)
+		end := typeNameEnd(a.sql, tl)
+		if end < 0 || tl < int(x.ParamRef.Location) {
+			return a.refuseCol(target, tc.Location, "this form of cast", "leave the cast out")
+		}
+		a.st.Edits = append(a.st.Edits, Edit{Offset: tl, Length: end - tl, Text: "bytea"})
+		return a.phiParam(x.ParamRef, target, false)
+	}
+	return a.refuseCol(target, tc.Location, "comparison with a cast expression", hintValue)
+}
+
+func compatibleCast(cast, logical string) bool {
+	if cast == logical {
+		return true
+	}
+	switch logical {
+	case "text", "varchar":
+		return cast == "text" || cast == "varchar"
+	}
+	return false
+}
+
+// castExtent returns the byte range of a cast around a literal: 'x'::T,
+// CAST('x' AS T) or T 'x'.
+func (a *analyzer) castExtent(tc *pg.TypeCast) (int, int) {
+	cl := int(location(tc.Arg))
+	tl := int(tc.TypeName.Location)
+	if cl < 0 || tl < 0 {
+		return -1, -1
+	}
+	if tl < cl {
+		end := literalEnd(a.sql, cl)
+		if end < 0 {
+			return -1, -1
+		}
+		return tl, end
+	}
+	end := typeNameEnd(a.sql, tl)
+	if end < 0 {
+		return -1, -1
+	}
+	loc := int(tc.Location)
+	if loc >= 0 && loc < cl && len(a.sql) >= loc+4 && strings.EqualFold(a.sql[loc:loc+4], "cast") {
+		k := skipSpace(a.sql, end)
+		if k >= len(a.sql) || a.sql[k] != ')' {
+			return -1, -1
+		}
+		return loc, k + 1
+	}
+	return cl, end
+}
+
+// arrayValue handles the right side of col = ANY(...).
+func (a *analyzer) arrayValue(n *pg.Node, target *PHIColumn, sc *scope, loc int32) error {
+	a.use(target)
+	switch x := n.Node.(type) {
+	case *pg.Node_ParamRef:
+		return a.phiParam(x.ParamRef, target, true)
+	case *pg.Node_AArrayExpr:
+		return a.arrayElements(x.AArrayExpr, target, sc)
+	case *pg.Node_AConst:
+		c := x.AConst
+		if c.Isnull {
+			return nil
+		}
+		if c.GetSval() == nil {
+			return a.refuseCol(target, c.Location, "= ANY with a literal that is not an array", hintArray)
+		}
+		end := literalEnd(a.sql, int(c.Location))
+		if end < 0 {
+			return pgerr.Newf(pgerr.Internal, "BUG: cannot find the end of a literal for PHI column %s", target.Ident)
+		}
+		a.st.Slots = append(a.st.Slots, Slot{Offset: int(c.Location), Length: end - int(c.Location), Text: constText(n), Array: true, Column: *target})
+		return nil
+	case *pg.Node_TypeCast:
+		if tn := x.TypeCast.TypeName; tn != nil && len(tn.ArrayBounds) > 0 {
+			return a.arrayCast(x.TypeCast, target, sc)
+		}
+	}
+	if err := a.plain(n, sc, "= ANY(...)"); err != nil {
+		return err
+	}
+	return a.refuseCol(target, loc, "= ANY with an array expression", hintArray)
+}
+
+const hintArray = "use IN (...), = ANY('{...}'), = ANY(ARRAY[...]) with literals, or = ANY($n) with an array parameter"
+
+func (a *analyzer) arrayElements(ae *pg.A_ArrayExpr, target *PHIColumn, sc *scope) error {
+	for _, e := range ae.Elements {
+		if err := a.value(e, target, sc, false); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// arrayCast handles col = ANY(x::T[]). A cast to bytea[] is taken as
+// ciphertext already (what the proxy renders for an array literal:
+// ARRAY[E'\\x…'::bytea, …]::bytea[]), so planning rendered text again adds
+// no slot. For the column's own logical type, an array literal becomes one
+// array slot covering the whole cast; ARRAY[...] and $n keep their
+// elements' handling and the cast becomes a cast to bytea[].
+func (a *analyzer) arrayCast(tc *pg.TypeCast, target *PHIColumn, sc *scope) error {
+	elem := opName(tc.TypeName.Names)
+	if t, ok := castTypes[elem]; ok {
+		elem = t
+	}
+	tl := int(tc.TypeName.Location)
+	end := typeNameEnd(a.sql, tl)
+	if end < 0 || a.sql[end-1] != ']' {
+		return a.refuseCol(target, tc.Location, "this form of array cast", "write the array type as "+target.Type+"[]")
+	}
+	if elem == "bytea" {
+		switch x := tc.Arg.Node.(type) {
+		case *pg.Node_AConst:
+			return nil
+		case *pg.Node_ParamRef:
+			return a.plainParam(x.ParamRef)
+		case *pg.Node_AArrayExpr:
+			return a.arrayElements(x.AArrayExpr, target, sc)
+		}
+		return a.refuseCol(target, tc.Location, "= ANY with a cast expression", hintArray)
+	}
+	if !compatibleCast(elem, target.Type) {
+		return a.refuseCol(target, tc.Location, "a cast to "+elem+"[]", "cast the array to "+target.Type+"[], or write it without a cast")
+	}
+	toBytea := Edit{Offset: tl, Length: end - tl, Text: "bytea[]"}
+	switch x := tc.Arg.Node.(type) {
+	case *pg.Node_AConst:
+		if x.AConst.Isnull {
+			a.st.Edits = append(a.st.Edits, toBytea)
+			return nil
+		}
+		if x.AConst.GetSval() == nil {
+			return a.refuseCol(target, x.AConst.Location, "= ANY with a literal that is not an array", hintArray)
+		}
+		start, cend := a.castExtent(tc)
+		if start < 0 || start > int(x.AConst.Location) {
+			return a.refuseCol(target, tc.Location, "this form of array cast", "write the array literal without a cast")
+		}
+		a.st.Slots = append(a.st.Slots, Slot{Offset: start, Length: cend - start, Text: constText(tc.Arg), Array: true, Column: *target})
+		return nil
+	case *pg.Node_AArrayExpr:
+		if tl < int(x.AArrayExpr.Location) {
+			return a.refuseCol(target, tc.Location, "this form of array cast", "write ARRAY[...] without a cast")
+		}
+		if err := a.arrayElements(x.AArrayExpr, target, sc); err != nil {
+			return err
+		}
+		a.st.Edits = append(a.st.Edits, toBytea)
+		return nil
+	case *pg.Node_ParamRef:
+		if tl < int(x.ParamRef.Location) {
+			return a.refuseCol(target, tc.Location, "this form of array cast", "leave the cast out")
+		}
+		a.st.Edits = append(a.st.Edits, toBytea)
+		return a.phiParam(x.ParamRef, target, true)
+	}
+	if err := a.plain(tc.Arg, sc, "= ANY(...)"); err != nil {
+		return err
+	}
+	return a.refuseCol(target, tc.Location, "= ANY with an array expression", hintArray)
+}
+
+func (a *analyzer) phiParam(pr *pg.ParamRef, target *PHIColumn, array bool) error {
+	n := int(pr.Number)
+	if _, ok := a.plainParams[n]; ok {
+		return a.paramConflict(n, target, pr.Location)
+	}
+	if p, ok := a.params[n]; ok {
+		if !sameKey(&p.Column, target) || p.Array != array {
+			return pgerr.Newf(pgerr.FeatureNotSupported, "parameter $%d is bound for PHI columns %s and %s, which do not share a key and type", n, p.Column.Ident, target.Ident).
+				WithHint("use a separate parameter for each column").WithPosition(position(a.sql, pr.Location))
+		}
+		return nil
+	}
+	a.params[n] = &Param{Number: n, Array: array, Column: *target}
+	return nil
+}
+
+func (a *analyzer) plainParam(pr *pg.ParamRef) error {
+	n := int(pr.Number)
+	if p, ok := a.params[n]; ok {
+		return a.paramConflict(n, &p.Column, pr.Location)
+	}
+	a.plainParams[n] = pr.Location
+	return nil
+}
+
+func (a *analyzer) paramConflict(n int, phi *PHIColumn, loc int32) error {
+	return pgerr.Newf(pgerr.FeatureNotSupported, "parameter $%d is bound for PHI column %s and also used as plaintext", n, phi.Ident).
+		WithHint("use a separate parameter for each use").WithPosition(position(a.sql, loc))
+}
