@@ -20,6 +20,7 @@ import (
 	"os/user"
 	"path/filepath"
 	"regexp"
+	"sort"
 	"strconv"
 	"strings"
 	"syscall"
@@ -51,6 +52,7 @@ func main() {
 	modes := flag.String("modes", "prepared,simple", "pgbench -M modes")
 	clients := flag.String("clients", "1,8", "pgbench -c values")
 	targetsFlag := flag.String("targets", "direct,phiproxy,pgbouncer", "paths to measure (relay workload)")
+	repeat := flag.Int("repeat", 1, "rounds of the relay workload; the table shows per-cell medians and ranges")
 	workload := flag.String("workload", "relay", "relay (pgbench -S) or phi (bench/phi.sql on PHI columns)")
 	rows := flag.Int("rows", 10000, "patients rows (phi workload)")
 	script := flag.String("script", "bench/phi.sql", "pgbench script (phi workload)")
@@ -60,7 +62,7 @@ func main() {
 	var err error
 	switch *workload {
 	case "relay":
-		err = run(ctx, *phiproxy, *duration, *scale, strings.Split(*modes, ","), strings.Split(*clients, ","), strings.Split(*targetsFlag, ","))
+		err = run(ctx, *phiproxy, *duration, *scale, *repeat, strings.Split(*modes, ","), strings.Split(*clients, ","), strings.Split(*targetsFlag, ","))
 	case "phi":
 		err = runPHI(ctx, *phiproxy, *script, *duration, *rows, strings.Split(*modes, ","), strings.Split(*clients, ","))
 	default:
@@ -73,7 +75,7 @@ func main() {
 	}
 }
 
-func run(ctx context.Context, phiproxyBin string, dur time.Duration, scale int, modes, clients, which []string) error {
+func run(ctx context.Context, phiproxyBin string, dur time.Duration, scale, repeat int, modes, clients, which []string) error {
 	want := map[string]bool{}
 	for _, w := range which {
 		want[w] = true
@@ -123,7 +125,7 @@ func run(ctx context.Context, phiproxyBin string, dur time.Duration, scale int, 
 		defer stopBouncer()
 		targets = append(targets, target{"pgbouncer", bport})
 	}
-	return measure(ctx, pgbench, env, targets, modes, clients, dur)
+	return measure(ctx, pgbench, env, targets, modes, clients, dur, repeat)
 }
 
 // startPhiproxy runs phiproxy serve with authentication terminated at the
@@ -153,35 +155,73 @@ catalog_dsn: postgres://%s@%s/postgres?sslmode=disable
 	return pxPort, stop, nil
 }
 
-func measure(ctx context.Context, pgbench string, env []string, targets []target, modes, clients []string, dur time.Duration) error {
-	results := map[string]result{}
+// measure runs every cell repeat times, rounds interleaved so that a
+// slow period of the shared machine hits every target alike, and prints
+// per-cell medians with the range of TPS over the rounds.
+func measure(ctx context.Context, pgbench string, env []string, targets []target, modes, clients []string, dur time.Duration, repeat int) error {
+	if repeat < 1 {
+		repeat = 1
+	}
+	results := map[string][]result{}
 	key := func(t, m, cl string) string { return t + "/" + m + "/" + cl }
-	for _, m := range modes {
-		for _, cl := range clients {
-			for _, t := range targets {
-				r, err := runPgbench(ctx, pgbench, env, t.port, benchDB, m, cl, dur, "-S")
-				if err != nil {
-					return fmt.Errorf("%s -M %s -c %s: %w", t.name, m, cl, err)
+	for round := 1; round <= repeat; round++ {
+		for _, m := range modes {
+			for _, cl := range clients {
+				for _, t := range targets {
+					r, err := runPgbench(ctx, pgbench, env, t.port, benchDB, m, cl, dur, "-S")
+					if err != nil {
+						return fmt.Errorf("%s -M %s -c %s: %w", t.name, m, cl, err)
+					}
+					k := key(t.name, m, cl)
+					results[k] = append(results[k], r)
+					fmt.Fprintf(os.Stderr, "round %d: %-10s -M %-8s -c %-2s tps=%.0f lat=%.3fms\n", round, t.name, m, cl, r.tps, r.latencyMS)
 				}
-				results[key(t.name, m, cl)] = r
-				fmt.Fprintf(os.Stderr, "%-10s -M %-8s -c %-2s tps=%.0f lat=%.3fms\n", t.name, m, cl, r.tps, r.latencyMS)
 			}
 		}
 	}
 
 	tw := tabwriter.NewWriter(os.Stdout, 0, 0, 1, ' ', tabwriter.Debug)
-	fmt.Fprintf(tw, "workload\tmode\tclients\ttarget\tTPS\tlatency ms\tratio to direct\t\n")
+	fmt.Fprintf(tw, "workload\tmode\tclients\ttarget\tTPS (median)\tTPS range\tlatency ms (median)\tratio to direct\t\n")
 	for _, m := range modes {
 		for _, cl := range clients {
-			d := results[key("direct", m, cl)]
+			d := median(results[key("direct", m, cl)])
 			for _, t := range targets {
-				r := results[key(t.name, m, cl)]
-				fmt.Fprintf(tw, "pgbench -S\t%s\t%s\t%s\t%.0f\t%.3f\t%.2f\t\n", m, cl, t.name, r.tps, r.latencyMS, r.tps/d.tps)
+				rs := results[key(t.name, m, cl)]
+				r := median(rs)
+				lo, hi := tpsRange(rs)
+				fmt.Fprintf(tw, "pgbench -S\t%s\t%s\t%s\t%.0f\t%.0f–%.0f\t%.3f\t%.2f\t\n", m, cl, t.name, r.tps, lo, hi, r.latencyMS, r.tps/d.tps)
 			}
 		}
 	}
 	tw.Flush()
 	return nil
+}
+
+// median returns the per-field medians of rs.
+func median(rs []result) result {
+	tps := make([]float64, len(rs))
+	lat := make([]float64, len(rs))
+	for i, r := range rs {
+		tps[i], lat[i] = r.tps, r.latencyMS
+	}
+	return result{tps: mid(tps), latencyMS: mid(lat)}
+}
+
+func mid(v []float64) float64 {
+	sort.Float64s(v)
+	n := len(v)
+	if n%2 == 1 {
+		return v[n/2]
+	}
+	return (v[n/2-1] + v[n/2]) / 2
+}
+
+func tpsRange(rs []result) (lo, hi float64) {
+	lo, hi = rs[0].tps, rs[0].tps
+	for _, r := range rs[1:] {
+		lo, hi = min(lo, r.tps), max(hi, r.tps)
+	}
+	return lo, hi
 }
 
 var (
