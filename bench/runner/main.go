@@ -52,7 +52,7 @@ func main() {
 	modes := flag.String("modes", "prepared,simple", "pgbench -M modes")
 	clients := flag.String("clients", "1,8", "pgbench -c values")
 	targetsFlag := flag.String("targets", "direct,phiproxy,pgbouncer", "paths to measure (relay workload)")
-	repeat := flag.Int("repeat", 1, "rounds of the relay workload; the table shows per-cell medians and ranges")
+	repeat := flag.Int("repeat", 1, "interleaved rounds; the tables show per-cell medians")
 	workload := flag.String("workload", "relay", "relay (pgbench -S) or phi (bench/phi.sql on PHI columns)")
 	rows := flag.Int("rows", 10000, "patients rows (phi workload)")
 	script := flag.String("script", "bench/phi.sql", "pgbench script (phi workload)")
@@ -64,7 +64,7 @@ func main() {
 	case "relay":
 		err = run(ctx, *phiproxy, *duration, *scale, *repeat, strings.Split(*modes, ","), strings.Split(*clients, ","), strings.Split(*targetsFlag, ","))
 	case "phi":
-		err = runPHI(ctx, *phiproxy, *script, *duration, *rows, strings.Split(*modes, ","), strings.Split(*clients, ","))
+		err = runPHI(ctx, *phiproxy, *script, *duration, *rows, *repeat, strings.Split(*modes, ","), strings.Split(*clients, ","))
 	default:
 		err = fmt.Errorf("-workload %q is not relay or phi", *workload)
 	}
