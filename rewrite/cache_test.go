@@ -115,3 +115,30 @@ func TestBindExecute(t *testing.T) {
 		t.Fatal("an expression bound for a PHI parameter must be refused")
 	}
 }
+
+// Inlined values make every statement text new: the texts served from a
+// shape template must not flood the cache and evict other plans.
+func TestShapeHitsDoNotFloodTheCache(t *testing.T) {
+	cols, cat := loadSchema(t, standardSchema(t))
+	cache := NewCache(64)
+	p := NewPlanner(cols, cat, cache)
+	sess := Session{SearchPath: "public", User: "app"}
+	keep := "SELECT name, ssn FROM patients WHERE ssn = $1"
+	if _, err := p.Plan(keep, sess); err != nil {
+		t.Fatal(err)
+	}
+	before := cache.Len()
+	for i := 0; i < 1000; i++ {
+		if _, err := p.Plan(fmt.Sprintf("SELECT name, ssn FROM patients WHERE ssn = '%d'", i), sess); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// The first inlined text is planned in full (and cached with its
+	// template); the other 999 are re-bound from the template.
+	if got := cache.Len(); got > before+2 {
+		t.Fatalf("cache grew from %d to %d entries for texts served by one template", before, got)
+	}
+	if e, ok := cache.get(cacheKey{sql: keep, version: cat.Version(), searchPath: sess.SearchPath, user: sess.User}); !ok || e.plan == nil {
+		t.Fatal("the parameterised plan was evicted by inlined-value texts")
+	}
+}

@@ -87,8 +87,14 @@ func (p *Planner) Plan(sql string, sess Session) (*Plan, error) {
 	if e, ok := p.cache.get(k); ok {
 		return e.plan, e.err
 	}
-	pl, _, err := p.planShaped(sql, sess, k)
-	p.cache.put(k, pl, err)
+	pl, hit, err := p.planShaped(sql, sess, k)
+	if !hit {
+		// A plan re-bound from a shape template is not cached under its
+		// exact text: inlined values make most such texts unique, and the
+		// template already serves the next one; caching each would only
+		// evict other sessions' plans.
+		p.cache.put(k, pl, err)
+	}
 	return pl, err
 }
 
