@@ -73,6 +73,10 @@ var (
 	InvalidDatetimeFormat        = Code{"22007"}
 	NumericValueOutOfRange       = Code{"22003"}
 	BadCopyFileFormat            = Code{"22P04"}
+	DatetimeFieldOverflow        = Code{"22008"}
+	CharacterNotInRepertoire     = Code{"22021"}
+	UntranslatableCharacter      = Code{"22P05"}
+	StatementTooComplex          = Code{"54001"}
 )
 
 // Severity of an error as PostgreSQL reports it.

@@ -188,11 +188,11 @@ func datetimeSyntaxErr(typ string) error {
 }
 
 func fieldRangeErr(typ string) error {
-	return pgerr.Newf(pgerr.MakeCode("22008"), "date/time field value out of range for type %s", typ)
+	return pgerr.Newf(pgerr.DatetimeFieldOverflow, "date/time field value out of range for type %s", typ)
 }
 
 func outOfRangeErr(typ string) error {
-	return pgerr.Newf(pgerr.MakeCode("22008"), "%s out of range", typ)
+	return pgerr.Newf(pgerr.DatetimeFieldOverflow, "%s out of range", typ)
 }
 
 func numRangeErr(typ string) error {

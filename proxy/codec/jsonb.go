@@ -29,7 +29,7 @@ type jparser struct {
 	depth int
 }
 
-var errJSONDepth = pgerr.New(pgerr.MakeCode("54001"), "stack depth limit exceeded while parsing jsonb")
+var errJSONDepth = pgerr.New(pgerr.StatementTooComplex, "stack depth limit exceeded while parsing jsonb")
 
 func jsonErr() error { return syntaxErr("json") }
 
@@ -227,7 +227,7 @@ func (p *jparser) string() (string, error) {
 				s = s[6:]
 				switch {
 				case r == 0:
-					return "", pgerr.New(pgerr.MakeCode("22P05"), "unsupported Unicode escape sequence in jsonb")
+					return "", pgerr.New(pgerr.UntranslatableCharacter, "unsupported Unicode escape sequence in jsonb")
 				case utf16.IsSurrogate(r) && r < 0xDC00:
 					if len(s) < 2 || s[0] != '\\' || s[1] != 'u' {
 						return "", jsonErr()

@@ -14,15 +14,15 @@ import (
 func checkText(src []byte) error {
 	for i := 0; i < len(src); i++ {
 		if src[i] == 0 {
-			return pgerr.New(pgerr.MakeCode("22021"), `invalid byte sequence for encoding "UTF8"`)
+			return pgerr.New(pgerr.CharacterNotInRepertoire, `invalid byte sequence for encoding "UTF8"`)
 		}
 		if src[i] >= utf8.RuneSelf {
 			if !utf8.Valid(src[i:]) {
-				return pgerr.New(pgerr.MakeCode("22021"), `invalid byte sequence for encoding "UTF8"`)
+				return pgerr.New(pgerr.CharacterNotInRepertoire, `invalid byte sequence for encoding "UTF8"`)
 			}
 			for _, b := range src[i:] {
 				if b == 0 {
-					return pgerr.New(pgerr.MakeCode("22021"), `invalid byte sequence for encoding "UTF8"`)
+					return pgerr.New(pgerr.CharacterNotInRepertoire, `invalid byte sequence for encoding "UTF8"`)
 				}
 			}
 			return nil
