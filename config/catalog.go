@@ -137,6 +137,72 @@ type Catalog struct {
 	byName    map[string]uint32 // "schema.name" → OID
 	phi       map[ColumnRef]Column
 	functions map[string][]*Function // name → functions (all schemas) touching PHI
+
+	// searchPaths are ALTER ROLE/DATABASE … SET search_path defaults,
+	// keyed by role and database ("" for any); serverSearchPath is the
+	// server's own setting.
+	searchPaths      map[[2]string]string
+	serverSearchPath string
+}
+
+// SearchPath is the search_path a new session of role on database starts
+// with, as PostgreSQL resolves it: ALTER ROLE … IN DATABASE … SET, then
+// ALTER ROLE … SET, then ALTER DATABASE … SET, then the server's setting.
+// (A client's startup options override it; the proxy applies those.)
+func (c *Catalog) SearchPath(role, database string) string {
+	for _, k := range [][2]string{{role, database}, {role, ""}, {"", database}} {
+		if v, ok := c.searchPaths[k]; ok {
+			return v
+		}
+	}
+	if c.serverSearchPath != "" {
+		return c.serverSearchPath
+	}
+	return `"$user", public`
+}
+
+// loadSearchPaths reads the per-role and per-database search_path defaults
+// (pg_db_role_setting is a shared catalog: visible from any database).
+func (c *Catalog) loadSearchPaths(ctx context.Context, q Querier) error {
+	c.searchPaths = map[[2]string]string{}
+	rows, err := q.Query(ctx, `SELECT coalesce(r.rolname, ''), coalesce(d.datname, ''), s.setconfig
+FROM pg_catalog.pg_db_role_setting s
+LEFT JOIN pg_catalog.pg_roles r ON r.oid = s.setrole
+LEFT JOIN pg_catalog.pg_database d ON d.oid = s.setdatabase`)
+	if err != nil {
+		return catalogErr("role and database settings", err)
+	}
+	defer rows.Close()
+	for rows.Next() {
+		var role, db string
+		var settings []string
+		if err := rows.Scan(&role, &db, &settings); err != nil {
+			return catalogErr("role and database settings", err)
+		}
+		for _, kv := range settings {
+			if v, ok := strings.CutPrefix(kv, "search_path="); ok {
+				c.searchPaths[[2]string{role, db}] = v
+			}
+		}
+	}
+	if err := rows.Err(); err != nil {
+		return catalogErr("role and database settings", err)
+	}
+	rows.Close()
+	srv, err := q.Query(ctx, `SELECT reset_val FROM pg_catalog.pg_settings WHERE name = 'search_path'`)
+	if err != nil {
+		return catalogErr("the server's search_path", err)
+	}
+	defer srv.Close()
+	for srv.Next() {
+		if err := srv.Scan(&c.serverSearchPath); err != nil {
+			return catalogErr("the server's search_path", err)
+		}
+	}
+	if err := srv.Err(); err != nil {
+		return catalogErr("the server's search_path", err)
+	}
+	return nil
 }
 
 // Relation returns the relation schema.name. Names are exact (already
@@ -263,6 +329,9 @@ func LoadCatalog(ctx context.Context, q Querier, cfg *Config, version uint64) (*
 		return nil, err
 	}
 	if err := c.loadFunctions(ctx, q); err != nil {
+		return nil, err
+	}
+	if err := c.loadSearchPaths(ctx, q); err != nil {
 		return nil, err
 	}
 	return c, nil

@@ -360,3 +360,42 @@ func TestEnvelopeCheckNameFitsIdentifierLimit(t *testing.T) {
 }
 
 func utf8Valid(s string) bool { return strings.ToValidUTF8(s, "\uFFFD") == s }
+
+// The search_path a session starts with, resolved like PostgreSQL:
+// role-in-database, then role, then database, then the server's setting.
+// Each expectation is compared with what a real login gets.
+func TestCatalogSearchPathDefaults(t *testing.T) {
+	ctx := context.Background()
+	conn := testDB(t)
+	db := conn.Config().Database
+	mustExec(t, conn, `DROP ROLE IF EXISTS sp_both, sp_role, sp_none;
+CREATE ROLE sp_both LOGIN PASSWORD 'pw'; CREATE ROLE sp_role LOGIN PASSWORD 'pw'; CREATE ROLE sp_none LOGIN PASSWORD 'pw';
+CREATE SCHEMA IF NOT EXISTS app; CREATE SCHEMA IF NOT EXISTS tenant;
+ALTER ROLE sp_both SET search_path = app, public;
+ALTER ROLE sp_both IN DATABASE `+db+` SET search_path = tenant;
+ALTER ROLE sp_role SET search_path = app;
+ALTER DATABASE `+db+` SET search_path = "$user", tenant, public;`)
+	cat, err := LoadCatalog(ctx, conn, nil, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := shared.cluster
+	for _, role := range []string{"sp_both", "sp_role", "sp_none"} {
+		login, err := pgx.Connect(ctx, c.DSN(role, "pw", db, "sslmode=disable"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		var real string
+		err = login.QueryRow(ctx, "SHOW search_path").Scan(&real)
+		login.Close(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := cat.SearchPath(role, db); got != real {
+			t.Errorf("%s: catalog says %q, PostgreSQL gives %q", role, got, real)
+		}
+	}
+	if got := cat.SearchPath("sp_none", "postgres"); got != `"$user", public` {
+		t.Errorf("server default = %q", got)
+	}
+}

@@ -77,11 +77,15 @@
 //
 // # Session state and its limits
 //
-// search_path starts as PostgreSQL's default and follows successful SET
-// search_path (RESET and DISCARD ALL go back to the default; SET LOCAL and
-// SETs rolled back are undone when the transaction ends). Statements
-// pipelined behind a SET before its completion are planned with the old
-// path. A role-level or database-level search_path setting is not known.
+// search_path starts where PostgreSQL starts it — a search_path in the
+// client's startup packet (parameter or options), else ALTER ROLE/DATABASE
+// … SET defaults and the server's setting from the catalog snapshot — and
+// follows successful SET search_path (RESET and DISCARD ALL go back to that
+// starting value; SET LOCAL and SETs rolled back are undone when the
+// transaction ends). Statements pipelined behind a SET before its
+// completion are planned with the old path. Role or database defaults
+// changed after the catalog snapshot was taken count from the next
+// refresh (SIGHUP, or DDL seen by the proxy).
 // The session's server settings start from the upstream's ParameterStatus
 // values at the end of login (proxy.SessionInfo.ServerParameters, so a
 // startup packet's options='-c TimeZone=…' and role or database defaults

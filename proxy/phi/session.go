@@ -1,6 +1,7 @@
 package phi
 
 import (
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -14,8 +15,73 @@ import (
 	"github.com/phiproxy/phiproxy/rewrite"
 )
 
-// initialSearchPath is PostgreSQL's default search_path.
-const initialSearchPath = `"$user", public`
+// sessionSearchPath is the search_path a session starts with, as
+// PostgreSQL decides it: a search_path the client gave at startup (as a
+// parameter or in options as -c search_path=… / --search_path=…), else the
+// role and database defaults and the server's setting from the catalog.
+func sessionSearchPath(cat *config.Catalog, info *proxy.SessionInfo) string {
+	if v, ok := info.StartupParameters["search_path"]; ok {
+		return v
+	}
+	if v, ok := searchPathOption(info.StartupParameters["options"]); ok {
+		return v
+	}
+	if cat == nil {
+		return `"$user", public`
+	}
+	return cat.SearchPath(info.User, info.Database)
+}
+
+// searchPathOption finds search_path in a startup options string, whose
+// words are split on unescaped white space (backslash escapes), as the
+// server's pg_split_opts does; the last setting wins.
+func searchPathOption(opts string) (string, bool) {
+	var words []string
+	var w strings.Builder
+	esc, in := false, false
+	for i := 0; i < len(opts); i++ {
+		c := opts[i]
+		switch {
+		case esc:
+			w.WriteByte(c)
+			esc, in = false, true
+		case c == '\\':
+			esc, in = true, true
+		case c == ' ' || c == '\t' || c == '\n' || c == '\r':
+			if in {
+				words = append(words, w.String())
+				w.Reset()
+				in = false
+			}
+		default:
+			w.WriteByte(c)
+			in = true
+		}
+	}
+	if in {
+		words = append(words, w.String())
+	}
+	val, found := "", false
+	for i := 0; i < len(words); i++ {
+		kv := ""
+		switch {
+		case words[i] == "-c" && i+1 < len(words):
+			i++
+			kv = words[i]
+		case strings.HasPrefix(words[i], "-c"):
+			kv = words[i][2:]
+		case strings.HasPrefix(words[i], "--"):
+			kv = words[i][2:]
+		default:
+			continue
+		}
+		name, v, ok := strings.Cut(kv, "=")
+		if ok && strings.EqualFold(strings.ReplaceAll(name, "-", "_"), "search_path") {
+			val, found = v, true
+		}
+	}
+	return val, found
+}
 
 // Entry kinds of the FIFO of expected responses. The client messages'
 // type bytes, plus entryInjected for a poison Query of our own.
@@ -97,9 +163,12 @@ type session struct {
 	skipping bool // an extended error was answered and no Sync is queued yet
 	path     string
 	txBase   string // search_path at the start of the current transaction
-	local    bool   // SET LOCAL search_path in this transaction
-	rolled   bool   // a ROLLBACK completed in this transaction
-	overlay  bool   // the client was told its transaction failed; the server's has not yet
+	// resetPath is what RESET search_path returns to: the session's
+	// starting value (startup options, then role/database defaults).
+	resetPath string
+	local     bool // SET LOCAL search_path in this transaction
+	rolled    bool // a ROLLBACK completed in this transaction
+	overlay   bool // the client was told its transaction failed; the server's has not yet
 
 	// params are the session's server settings (TimeZone, DateStyle,
 	// client_encoding, standard_conforming_strings): written by the
@@ -126,7 +195,8 @@ type session struct {
 }
 
 func newSession(p *Proxy, info *proxy.SessionInfo) *session {
-	s := &session{p: p, info: info, user: info.User, path: initialSearchPath, txBase: initialSearchPath,
+	sp := sessionSearchPath(p.cur.Load().cat, info)
+	s := &session{p: p, info: info, user: info.User, path: sp, txBase: sp, resetPath: sp,
 		stmts: map[string]*prepared{}, portals: map[string]*portal{}, sqlPrep: map[string]*rewrite.Statement{}}
 	s.params.Store(newSettings(info.ServerParameters))
 	return s
@@ -320,7 +390,7 @@ func (s *session) completed(st *rewrite.Statement, tag []byte) {
 		if st.SearchPath != "" {
 			s.path = st.SearchPath
 		} else {
-			s.path = initialSearchPath
+			s.path = s.resetPath // RESET / SET … TO DEFAULT
 		}
 		if st.Effects&rewrite.EffectLocal != 0 {
 			s.local = true
