@@ -77,6 +77,14 @@ func phiFixture(t *testing.T) *phiEnv {
 	if phiErr != nil {
 		t.Fatalf("PHI fixture: %v", phiErr)
 	}
+	// Each test starts from empty tables, so tests neither depend on each
+	// other's rows nor collide when the package runs with -count > 1.
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	conn := phiDirect(t)
+	if _, err := conn.Exec(ctx, "TRUNCATE patients, visits, patients_plain, visits_plain RESTART IDENTITY"); err != nil {
+		t.Fatalf("PHI fixture: %v", err)
+	}
 	return phiFix
 }
 
