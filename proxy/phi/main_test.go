@@ -205,6 +205,17 @@ func startProxy(t testing.TB) *testProxy {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
+	// Each test starts from empty tables: no test depends on another's
+	// rows, and the package can run with -count > 1.
+	if conn, err := pgx.Connect(ctx, directDSN()); err != nil {
+		t.Fatal(err)
+	} else {
+		_, err := conn.Exec(ctx, "TRUNCATE patients, patients_plain, visits, visits_plain, restricted, types, types_plain, blobs")
+		conn.Close(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
 	logs := &logSink{}
 	log := slog.New(slog.NewJSONHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	p, err := New(ctx, testCfg, WithLogger(log))

@@ -49,6 +49,9 @@ func TestStartupChecksTheSchema(t *testing.T) {
 
 func TestReloadAndDDL(t *testing.T) {
 	ctx := testCtx(t)
+	// Left by an earlier run (-count > 1); dropped before the proxy takes
+	// its catalog snapshot.
+	mustExec(t, ctx, connect(t, ctx, directDSN(), pgx.QueryExecModeSimpleProtocol), "DROP TABLE IF EXISTS ddl_probe")
 	p := startProxy(t)
 	conn := connect(t, ctx, p.dsn(), pgx.QueryExecModeCacheStatement)
 	mustExec(t, ctx, conn, "INSERT INTO patients (id, ssn) VALUES (90001, $1)", "909-09-0909")

@@ -17,6 +17,7 @@ func TestSearchPathStartsWhereThePostgreSQLSessionStarts(t *testing.T) {
 	}
 	defer super.Close(ctx)
 	mustExec(t, ctx, super, `DROP SCHEMA IF EXISTS shadow CASCADE`)
+	mustExec(t, ctx, super, `DO $$BEGIN IF EXISTS (SELECT FROM pg_roles WHERE rolname = 'sp_role') THEN EXECUTE 'DROP OWNED BY sp_role'; END IF; END$$`)
 	mustExec(t, ctx, super, `DROP ROLE IF EXISTS sp_role`)
 	for _, q := range []string{
 		`CREATE SCHEMA shadow`,
