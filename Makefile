@@ -55,6 +55,9 @@ vet:
 # tests against a throwaway PostgreSQL 15 cluster with real clients.
 test: deps vet
 	$(GO) test -count=1 -timeout 14m ./...
+	# The session relay and the PHI interceptor run two goroutines per
+	# session: run them once more under the race detector.
+	$(GO) test -race -count=1 -timeout 10m ./proxy/...
 
 demo: deps-pg build
 	./bin/phiproxy demo
