@@ -52,11 +52,11 @@ vet:
 	@out=$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go')); if [ -n "$$out" ]; then echo "gofmt needed: $$out"; exit 1; fi
 
 # The whole suite: unit, data-driven, fuzz seed corpora, and integration
-# tests against a throwaway PostgreSQL 15 cluster with real clients.
+# tests against a throwaway PostgreSQL 15 cluster with real clients. The
+# session relay and the PHI interceptor run two goroutines per session, so
+# the proxy packages run once more under the race detector.
 test: deps vet
 	$(GO) test -count=1 -timeout 14m ./...
-	# The session relay and the PHI interceptor run two goroutines per
-	# session: run them once more under the race detector.
 	$(GO) test -race -count=1 -timeout 10m ./proxy/...
 
 demo: deps-pg build
