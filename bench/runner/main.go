@@ -36,9 +36,11 @@ const (
 	benchDB   = "bench"
 )
 
+// target is one path pgbench measures: a port and the database on it.
 type target struct {
 	name string
 	port int
+	db   string
 }
 
 type result struct {
@@ -106,7 +108,7 @@ func run(ctx context.Context, phiproxyBin string, dur time.Duration, scale, repe
 		return fmt.Errorf("pgbench -i: %v\n%s", err, out)
 	}
 
-	targets := []target{{"direct", c.Port}}
+	targets := []target{{"direct", c.Port, benchDB}}
 
 	if want["phiproxy"] {
 		port, stopProxy, err := startPhiproxy(ctx, work, phiproxyBin, c)
@@ -114,7 +116,7 @@ func run(ctx context.Context, phiproxyBin string, dur time.Duration, scale, repe
 			return err
 		}
 		defer stopProxy()
-		targets = append(targets, target{"phiproxy", port})
+		targets = append(targets, target{"phiproxy", port, benchDB})
 	}
 
 	if want["pgbouncer"] {
@@ -123,7 +125,7 @@ func run(ctx context.Context, phiproxyBin string, dur time.Duration, scale, repe
 			return err
 		}
 		defer stopBouncer()
-		targets = append(targets, target{"pgbouncer", bport})
+		targets = append(targets, target{"pgbouncer", bport, benchDB})
 	}
 	return measure(ctx, pgbench, env, targets, modes, clients, dur, repeat)
 }
@@ -159,34 +161,20 @@ catalog_dsn: postgres://%s@%s/postgres?sslmode=disable
 // slow period of the shared machine hits every target alike, and prints
 // per-cell medians with the range of TPS over the rounds.
 func measure(ctx context.Context, pgbench string, env []string, targets []target, modes, clients []string, dur time.Duration, repeat int) error {
-	if repeat < 1 {
-		repeat = 1
-	}
-	results := map[string][]result{}
-	key := func(t, m, cl string) string { return t + "/" + m + "/" + cl }
-	for round := 1; round <= repeat; round++ {
-		for _, m := range modes {
-			for _, cl := range clients {
-				for _, t := range targets {
-					r, err := runPgbench(ctx, pgbench, env, t.port, benchDB, m, cl, dur, "-S")
-					if err != nil {
-						return fmt.Errorf("%s -M %s -c %s: %w", t.name, m, cl, err)
-					}
-					k := key(t.name, m, cl)
-					results[k] = append(results[k], r)
-					fmt.Fprintf(os.Stderr, "round %d: %-10s -M %-8s -c %-2s tps=%.0f lat=%.3fms\n", round, t.name, m, cl, r.tps, r.latencyMS)
-				}
-			}
-		}
+	results, err := rounds(repeat, targets, modes, clients, func(t target, m, cl string) (result, error) {
+		return runPgbench(ctx, pgbench, env, t.port, t.db, m, cl, dur, "-S")
+	})
+	if err != nil {
+		return err
 	}
 
 	tw := tabwriter.NewWriter(os.Stdout, 0, 0, 1, ' ', tabwriter.Debug)
 	fmt.Fprintf(tw, "workload\tmode\tclients\ttarget\tTPS (median)\tTPS range\tlatency ms (median)\tratio to direct\t\n")
 	for _, m := range modes {
 		for _, cl := range clients {
-			d := median(results[key("direct", m, cl)])
+			d := median(results[cellKey("direct", m, cl)])
 			for _, t := range targets {
-				rs := results[key(t.name, m, cl)]
+				rs := results[cellKey(t.name, m, cl)]
 				r := median(rs)
 				lo, hi := tpsRange(rs)
 				fmt.Fprintf(tw, "pgbench -S\t%s\t%s\t%s\t%.0f\t%.0f–%.0f\t%.3f\t%.2f\t\n", m, cl, t.name, r.tps, lo, hi, r.latencyMS, r.tps/d.tps)
@@ -195,6 +183,35 @@ func measure(ctx context.Context, pgbench string, env []string, targets []target
 	}
 	tw.Flush()
 	return nil
+}
+
+// cellKey names one measured cell.
+func cellKey(t, m, cl string) string { return t + "/" + m + "/" + cl }
+
+// rounds runs every cell (mode × clients × target) repeat times, rounds
+// interleaved so that a slow period of the shared machine hits every
+// target alike, and returns each cell's results by cellKey.
+func rounds(repeat int, targets []target, modes, clients []string, run func(t target, m, cl string) (result, error)) (map[string][]result, error) {
+	if repeat < 1 {
+		repeat = 1
+	}
+	out := map[string][]result{}
+	for round := 1; round <= repeat; round++ {
+		for _, m := range modes {
+			for _, cl := range clients {
+				for _, t := range targets {
+					r, err := run(t, m, cl)
+					if err != nil {
+						return nil, fmt.Errorf("%s -M %s -c %s: %w", t.name, m, cl, err)
+					}
+					k := cellKey(t.name, m, cl)
+					out[k] = append(out[k], r)
+					fmt.Fprintf(os.Stderr, "round %d: %-10s -M %-8s -c %-2s tps=%.0f lat=%.3fms\n", round, t.name, m, cl, r.tps, r.latencyMS)
+				}
+			}
+		}
+	}
+	return out, nil
 }
 
 // median returns the per-field medians of rs.

@@ -144,12 +144,6 @@ func loadPHIRows(ctx context.Context, dsn string, rows int) error {
 	return err
 }
 
-type phiTarget struct {
-	name string
-	port int
-	db   string
-}
-
 func runPHI(ctx context.Context, phiproxyBin, script string, dur time.Duration, rows, repeat int, modes, clients []string) error {
 	c, err := pgcluster.Start(ctx, pgcluster.Options{NoTLS: true, Conf: []string{"max_connections = 60"}})
 	if err != nil {
@@ -173,8 +167,8 @@ func runPHI(ctx context.Context, phiproxyBin, script string, dur time.Duration, 
 		return err
 	}
 
-	targets := []phiTarget{{"direct", c.Port, plainDB}}
-	for _, t := range []phiTarget{{"pass", 0, plainDB}, {"phi", 0, phiDB}} {
+	targets := []target{{"direct", c.Port, plainDB}}
+	for _, t := range []target{{"pass", 0, plainDB}, {"phi", 0, phiDB}} {
 		port, err := pgcluster.FreePort()
 		if err != nil {
 			return err
@@ -198,27 +192,11 @@ func runPHI(ctx context.Context, phiproxyBin, script string, dur time.Duration, 
 
 	pgbench := filepath.Join(c.BinDir, "pgbench")
 	env := append(os.Environ(), "PGPASSWORD="+benchPass, "PGSSLMODE=disable")
-	if repeat < 1 {
-		repeat = 1
-	}
-	runs := map[string][]result{}
-	key := func(t, m, cl string) string { return t + "/" + m + "/" + cl }
-	// Rounds are interleaved so a slow period of the shared machine hits
-	// every path alike; the table shows per-cell medians.
-	for round := 1; round <= repeat; round++ {
-		for _, m := range modes {
-			for _, cl := range clients {
-				for _, t := range targets {
-					r, err := runPgbench(ctx, pgbench, env, t.port, t.db, m, cl, dur, "-f", script, "-D", "rows="+strconv.Itoa(rows))
-					if err != nil {
-						return fmt.Errorf("%s -M %s -c %s: %w", t.name, m, cl, err)
-					}
-					k := key(t.name, m, cl)
-					runs[k] = append(runs[k], r)
-					fmt.Fprintf(os.Stderr, "round %d: %-7s -M %-8s -c %-2s tps=%.0f lat=%.3fms\n", round, t.name, m, cl, r.tps, r.latencyMS)
-				}
-			}
-		}
+	runs, err := rounds(repeat, targets, modes, clients, func(t target, m, cl string) (result, error) {
+		return runPgbench(ctx, pgbench, env, t.port, t.db, m, cl, dur, "-f", script, "-D", "rows="+strconv.Itoa(rows))
+	})
+	if err != nil {
+		return err
 	}
 	results := map[string]result{}
 	for k, rs := range runs {
@@ -228,7 +206,7 @@ func runPHI(ctx context.Context, phiproxyBin, script string, dur time.Duration, 
 	fmt.Fprintf(tw, "mode\tclients\tdirect TPS\tpass TPS\tphi TPS\tdirect ms\tpass ms\tphi ms\tphi/pass\tphi/direct\t\n")
 	for _, m := range modes {
 		for _, cl := range clients {
-			d, p, x := results[key("direct", m, cl)], results[key("pass", m, cl)], results[key("phi", m, cl)]
+			d, p, x := results[cellKey("direct", m, cl)], results[cellKey("pass", m, cl)], results[cellKey("phi", m, cl)]
 			fmt.Fprintf(tw, "%s\t%s\t%.0f\t%.0f\t%.0f\t%.3f\t%.3f\t%.3f\t%.2f\t%.2f\t\n", m, cl, d.tps, p.tps, x.tps, d.latencyMS, p.latencyMS, x.latencyMS, x.tps/p.tps, x.tps/d.tps)
 		}
 	}
