@@ -140,6 +140,20 @@ type SessionInfo struct {
 type Out struct {
 	s        *session
 	toServer bool // direction of the message being handled
+	typ      byte   // type of the message being handled
+	body     []byte // its body as received (valid during the call only)
+}
+
+// ForwardUnchanged sends the message being handled on in the direction it
+// was travelling, as the bytes it arrived in: nothing is re-encoded. It is
+// the cheap way to pass on a message the Interceptor decided not to change;
+// the decoded message must not have been modified.
+func (o *Out) ForwardUnchanged() error {
+	if o.toServer {
+		o.s.clientSaw(o.typ)
+		return writeRaw(o.s.server, o.typ, o.body)
+	}
+	return writeRaw(o.s.client, o.typ, o.body)
 }
 
 // Forward sends msg on in the direction it was travelling.

@@ -415,7 +415,7 @@ func (s *session) hookClient(typ byte) error {
 	if msg == nil {
 		return writeRaw(s.server, typ, body)
 	}
-	if err := s.hook.ClientMessage(msg, &Out{s: s, toServer: true}); err != nil {
+	if err := s.hook.ClientMessage(msg, &Out{s: s, toServer: true, typ: typ, body: body}); err != nil {
 		return &hookError{err}
 	}
 	return nil
@@ -467,7 +467,7 @@ func (s *session) hookServer(typ byte) error {
 	if msg == nil {
 		return writeRaw(s.client, typ, body)
 	}
-	if err := s.hook.ServerMessage(msg, &Out{s: s, toServer: false}); err != nil {
+	if err := s.hook.ServerMessage(msg, &Out{s: s, toServer: false, typ: typ, body: body}); err != nil {
 		return &hookError{err}
 	}
 	return nil
