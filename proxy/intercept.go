@@ -139,7 +139,7 @@ type SessionInfo struct {
 // call it was passed to.
 type Out struct {
 	s        *session
-	toServer bool // direction of the message being handled
+	toServer bool   // direction of the message being handled
 	typ      byte   // type of the message being handled
 	body     []byte // its body as received (valid during the call only)
 }

@@ -288,9 +288,9 @@ func (s *session) relay() {
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
-		s.serverEnded(s.pumpServer())
+		s.serverEnded(s.serverPump().run())
 	}()
-	s.clientEnded(s.pumpClient())
+	s.clientEnded(s.clientPump().run())
 	<-done
 }
 
@@ -367,112 +367,6 @@ func lostUpstream() *pgerr.Error {
 		WithHint("The upstream PostgreSQL server closed the connection or became unreachable; reconnect to retry.")
 }
 
-// pumpClient relays client messages to the server. Pass-through messages
-// are copied as raw bytes; output is flushed only when no more client
-// input is buffered, so a pipelined batch leaves in one write.
-func (s *session) pumpClient() error {
-	in := &s.client.in
-	out := s.server
-	hooked := s.hook != nil && !s.fromClient.Empty()
-	for {
-		if in.r.Buffered() == 0 {
-			if err := out.flush(); err != nil {
-				return err
-			}
-		}
-		typ, n, err := in.header()
-		if err != nil {
-			return err
-		}
-		if hooked && s.fromClient.Has(typ) {
-			// The state follows what the Interceptor actually sends
-			// upstream (Out.Forward / Out.ToServer), not what the
-			// client sent: it may drop, replace or inject messages.
-			if err := s.hookClient(typ); err != nil {
-				return err
-			}
-			continue
-		}
-		s.clientSaw(typ)
-		out.mu.Lock()
-		err = in.copyMessage(out.w, n)
-		out.mu.Unlock()
-		if err != nil {
-			return err
-		}
-	}
-}
-
-func (s *session) hookClient(typ byte) error {
-	_, body, err := s.client.in.next()
-	if err != nil {
-		return err
-	}
-	msg, err := s.fdec.decode(typ, body)
-	if err != nil {
-		return pgerr.Fatal(pgerr.ProtocolViolation, "invalid frontend message").WithCause(err)
-	}
-	if msg == nil {
-		return writeRaw(s.server, typ, body)
-	}
-	if err := s.hook.ClientMessage(msg, &Out{s: s, toServer: true, typ: typ, body: body}); err != nil {
-		return &hookError{err}
-	}
-	return nil
-}
-
-// pumpServer relays server messages to the client, with the same
-// flushing rule as pumpClient.
-func (s *session) pumpServer() error {
-	in := &s.server.in
-	out := s.client
-	hooked := s.hook != nil && !s.fromServer.Empty()
-	for {
-		if in.r.Buffered() == 0 {
-			if err := out.flush(); err != nil {
-				return err
-			}
-		}
-		typ, n, err := in.header()
-		if err != nil {
-			return err
-		}
-		if err := s.serverSaw(typ, n); err != nil {
-			return err
-		}
-		if hooked && s.fromServer.Has(typ) {
-			if err := s.hookServer(typ); err != nil {
-				return err
-			}
-			continue
-		}
-		out.mu.Lock()
-		err = in.copyMessage(out.w, n)
-		out.mu.Unlock()
-		if err != nil {
-			return err
-		}
-	}
-}
-
-func (s *session) hookServer(typ byte) error {
-	_, body, err := s.server.in.next()
-	if err != nil {
-		return err
-	}
-	msg, err := s.bdec.decode(typ, body)
-	if err != nil {
-		return pgerr.Fatal(pgerr.ProtocolViolation, "invalid message from the upstream server").WithCause(err)
-	}
-	if msg == nil {
-		return writeRaw(s.client, typ, body)
-	}
-	if err := s.hook.ServerMessage(msg, &Out{s: s, toServer: false, typ: typ, body: body}); err != nil {
-		return &hookError{err}
-	}
-	return nil
-}
-
 func writeRaw(l *leg, typ byte, body []byte) error {
 	var hdr [5]byte
 	hdr[0] = typ
@@ -507,17 +401,17 @@ func (s *session) clientSaw(typ byte) {
 	}
 }
 
-// serverSaw records what a server message means for the protocol state;
-// it peeks at the few bytes it needs without consuming the message.
-func (s *session) serverSaw(typ byte, n int) error {
+// serverSaw records what a server message means for the protocol state.
+// body is the message's body, or nil for a message too large to hold
+// (streamed through), whose length alone is n.
+func (s *session) serverSaw(typ byte, n int, body []byte) error {
 	switch typ {
 	case 'Z':
-		b, err := s.server.in.r.Peek(6)
-		if err != nil {
-			return unexpected(err)
+		if n != 1 || len(body) != 1 {
+			return pgerr.Fatal(pgerr.ProtocolViolation, "invalid ReadyForQuery from the upstream server")
 		}
-		st := b[5]
-		if n != 1 || (st != 'I' && st != 'T' && st != 'E') {
+		st := body[0]
+		if st != 'I' && st != 'T' && st != 'E' {
 			return pgerr.Fatal(pgerr.ProtocolViolation, "invalid ReadyForQuery from the upstream server")
 		}
 		s.stMu.Lock()
@@ -528,15 +422,9 @@ func (s *session) serverSaw(typ byte, n int) error {
 		s.applyLocked(event{kind: evReady, status: st})
 		s.stMu.Unlock()
 	case 'E':
-		if 5+n <= s.server.in.r.Size() {
-			b, err := s.server.in.r.Peek(5 + n)
-			if err != nil {
-				return unexpected(err)
-			}
-			if isFatalError(b[5:]) {
-				s.fatalRelayed.Store(true)
-				s.log.Info("upstream ended the session", "sqlstate", errorCode(b[5:]))
-			}
+		if body != nil && isFatalError(body) {
+			s.fatalRelayed.Store(true)
+			s.log.Info("upstream ended the session", "sqlstate", errorCode(body))
 		}
 		s.stMu.Lock()
 		ext := s.extOpen
