@@ -157,7 +157,9 @@ func (s *session) hookClient(typ byte, body []byte) error {
 	if msg == nil {
 		return writeRaw(s.server, typ, body)
 	}
-	if err := s.hook.ClientMessage(msg, &Out{s: s, toServer: true, typ: typ, body: body}); err != nil {
+	o := &s.outClient
+	*o = Out{s: s, toServer: true, typ: typ, body: body}
+	if err := s.hook.ClientMessage(msg, o); err != nil {
 		return &hookError{err}
 	}
 	return nil
@@ -172,7 +174,9 @@ func (s *session) hookServer(typ byte, body []byte) error {
 	if msg == nil {
 		return writeRaw(s.client, typ, body)
 	}
-	if err := s.hook.ServerMessage(msg, &Out{s: s, toServer: false, typ: typ, body: body}); err != nil {
+	o := &s.outServer
+	*o = Out{s: s, toServer: false, typ: typ, body: body}
+	if err := s.hook.ServerMessage(msg, o); err != nil {
 		return &hookError{err}
 	}
 	return nil

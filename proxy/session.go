@@ -38,6 +38,10 @@ type session struct {
 	fromClient, fromServer MessageSet
 	fdec                   frontendDecoders
 	bdec                   backendDecoders
+	// outClient and outServer are the Out handed to the Interceptor, one
+	// per direction, reused for every message (an Out is valid only
+	// during the call).
+	outClient, outServer Out
 
 	stMu sync.Mutex
 	cur  State
