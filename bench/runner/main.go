@@ -41,10 +41,16 @@ type target struct {
 	name string
 	port int
 	db   string
+	pid  int // the proxy's process, 0 for direct
 }
 
 type result struct {
 	tps, latencyMS float64
+	txns           int64 // transactions pgbench completed
+	// CPU time (user + system) per transaction, in µs, of the proxy the
+	// target goes through and of the PostgreSQL server (postmaster and
+	// backends), measured around the pgbench run.
+	proxyUS, pgUS float64
 }
 
 func main() {
@@ -108,31 +114,31 @@ func run(ctx context.Context, phiproxyBin string, dur time.Duration, scale, repe
 		return fmt.Errorf("pgbench -i: %v\n%s", err, out)
 	}
 
-	targets := []target{{"direct", c.Port, benchDB}}
+	targets := []target{{name: "direct", port: c.Port, db: benchDB}}
 
 	if want["phiproxy"] {
-		port, stopProxy, err := startPhiproxy(ctx, work, phiproxyBin, c)
+		port, pid, stopProxy, err := startPhiproxy(ctx, work, phiproxyBin, c)
 		if err != nil {
 			return err
 		}
 		defer stopProxy()
-		targets = append(targets, target{"phiproxy", port, benchDB})
+		targets = append(targets, target{name: "phiproxy", port: port, db: benchDB, pid: pid})
 	}
 
 	if want["pgbouncer"] {
-		bport, stopBouncer, err := startBouncer(ctx, work, c)
+		bport, bpid, stopBouncer, err := startBouncer(ctx, work, c)
 		if err != nil {
 			return err
 		}
 		defer stopBouncer()
-		targets = append(targets, target{"pgbouncer", bport, benchDB})
+		targets = append(targets, target{name: "pgbouncer", port: bport, db: benchDB, pid: bpid})
 	}
-	return measure(ctx, pgbench, env, targets, modes, clients, dur, repeat)
+	return measure(ctx, pgbench, env, cpuMeter{c.Pid()}, targets, modes, clients, dur, repeat)
 }
 
 // startPhiproxy runs phiproxy serve with authentication terminated at the
 // proxy (the default) and a plain upstream leg, like the other paths.
-func startPhiproxy(ctx context.Context, work, phiproxyBin string, c *pgcluster.Cluster) (int, func(), error) {
+func startPhiproxy(ctx context.Context, work, phiproxyBin string, c *pgcluster.Cluster) (port, pid int, stop func(), err error) {
 	pxPort, _ := pgcluster.FreePort()
 	pgpass := filepath.Join(work, "pgpass")
 	os.WriteFile(pgpass, []byte(fmt.Sprintf("%s:%d:*:%s:%s\n", c.Host, c.Port, c.SuperUser, c.SuperPassword)), 0o600)
@@ -146,30 +152,32 @@ catalog_dsn: postgres://%s@%s/postgres?sslmode=disable
 	pxLog, _ := os.Create(filepath.Join(work, "phiproxy.log"))
 	px.Stdout, px.Stderr = pxLog, pxLog
 	if err := px.Start(); err != nil {
-		return 0, nil, err
+		return 0, 0, nil, err
 	}
-	stop := func() { px.Process.Signal(syscall.SIGTERM); px.Wait() }
+	stop = func() { px.Process.Signal(syscall.SIGTERM); px.Wait() }
 	if err := waitPort(ctx, pxPort); err != nil {
 		stop()
 		b, _ := os.ReadFile(filepath.Join(work, "phiproxy.log"))
-		return 0, nil, fmt.Errorf("phiproxy: %v\n%s", err, b)
+		return 0, 0, nil, fmt.Errorf("phiproxy: %v\n%s", err, b)
 	}
-	return pxPort, stop, nil
+	return pxPort, px.Process.Pid, stop, nil
 }
 
 // measure runs every cell repeat times, rounds interleaved so that a
 // slow period of the shared machine hits every target alike, and prints
 // per-cell medians with the range of TPS over the rounds.
-func measure(ctx context.Context, pgbench string, env []string, targets []target, modes, clients []string, dur time.Duration, repeat int) error {
+func measure(ctx context.Context, pgbench string, env []string, cpu cpuMeter, targets []target, modes, clients []string, dur time.Duration, repeat int) error {
 	results, err := rounds(repeat, targets, modes, clients, func(t target, m, cl string) (result, error) {
-		return runPgbench(ctx, pgbench, env, t.port, t.db, m, cl, dur, "-S")
+		return cpu.run(t, func() (result, error) {
+			return runPgbench(ctx, pgbench, env, t.port, t.db, m, cl, dur, "-S")
+		})
 	})
 	if err != nil {
 		return err
 	}
 
 	tw := tabwriter.NewWriter(os.Stdout, 0, 0, 1, ' ', tabwriter.Debug)
-	fmt.Fprintf(tw, "workload\tmode\tclients\ttarget\tTPS (median)\tTPS range\tlatency ms (median)\tratio to direct\t\n")
+	fmt.Fprintf(tw, "workload\tmode\tclients\ttarget\tTPS (median)\tTPS range\tlatency ms (median)\tratio to direct\tproxy CPU µs/tx\tPostgreSQL CPU µs/tx\t\n")
 	for _, m := range modes {
 		for _, cl := range clients {
 			d := median(results[cellKey("direct", m, cl)])
@@ -177,7 +185,7 @@ func measure(ctx context.Context, pgbench string, env []string, targets []target
 				rs := results[cellKey(t.name, m, cl)]
 				r := median(rs)
 				lo, hi := tpsRange(rs)
-				fmt.Fprintf(tw, "pgbench -S\t%s\t%s\t%s\t%.0f\t%.0f–%.0f\t%.3f\t%.2f\t\n", m, cl, t.name, r.tps, lo, hi, r.latencyMS, r.tps/d.tps)
+				fmt.Fprintf(tw, "pgbench -S\t%s\t%s\t%s\t%.0f\t%.0f–%.0f\t%.3f\t%.2f\t%.1f\t%.1f\t\n", m, cl, t.name, r.tps, lo, hi, r.latencyMS, r.tps/d.tps, r.proxyUS, r.pgUS)
 			}
 		}
 	}
@@ -206,7 +214,7 @@ func rounds(repeat int, targets []target, modes, clients []string, run func(t ta
 					}
 					k := cellKey(t.name, m, cl)
 					out[k] = append(out[k], r)
-					fmt.Fprintf(os.Stderr, "round %d: %-10s -M %-8s -c %-2s tps=%.0f lat=%.3fms\n", round, t.name, m, cl, r.tps, r.latencyMS)
+					fmt.Fprintf(os.Stderr, "round %d: %-10s -M %-8s -c %-2s tps=%.0f lat=%.3fms proxy=%.1fµs/tx postgres=%.1fµs/tx\n", round, t.name, m, cl, r.tps, r.latencyMS, r.proxyUS, r.pgUS)
 				}
 			}
 		}
@@ -216,12 +224,19 @@ func rounds(repeat int, targets []target, modes, clients []string, run func(t ta
 
 // median returns the per-field medians of rs.
 func median(rs []result) result {
-	tps := make([]float64, len(rs))
-	lat := make([]float64, len(rs))
-	for i, r := range rs {
-		tps[i], lat[i] = r.tps, r.latencyMS
+	field := func(f func(r result) float64) float64 {
+		v := make([]float64, len(rs))
+		for i, r := range rs {
+			v[i] = f(r)
+		}
+		return mid(v)
 	}
-	return result{tps: mid(tps), latencyMS: mid(lat)}
+	return result{
+		tps:       field(func(r result) float64 { return r.tps }),
+		latencyMS: field(func(r result) float64 { return r.latencyMS }),
+		proxyUS:   field(func(r result) float64 { return r.proxyUS }),
+		pgUS:      field(func(r result) float64 { return r.pgUS }),
+	}
 }
 
 func mid(v []float64) float64 {
@@ -244,6 +259,7 @@ func tpsRange(rs []result) (lo, hi float64) {
 var (
 	tpsRe = regexp.MustCompile(`tps = ([0-9.]+) \(without initial connection time\)`)
 	latRe = regexp.MustCompile(`latency average = ([0-9.]+) ms`)
+	txnRe = regexp.MustCompile(`number of transactions actually processed: ([0-9]+)`)
 )
 
 // runPgbench runs pgbench with workload (e.g. -S, or -f SCRIPT) on db.
@@ -267,7 +283,11 @@ func runPgbench(ctx context.Context, pgbench string, env []string, port int, db,
 	}
 	tps, _ := strconv.ParseFloat(string(tm[1]), 64)
 	lat, _ := strconv.ParseFloat(string(lm[1]), 64)
-	return result{tps, lat}, nil
+	r := result{tps: tps, latencyMS: lat}
+	if xm := txnRe.FindSubmatch(out); xm != nil {
+		r.txns, _ = strconv.ParseInt(string(xm[1]), 10, 64)
+	}
+	return r, nil
 }
 
 func waitPort(ctx context.Context, port int) error {
@@ -288,16 +308,16 @@ func waitPort(ctx context.Context, port int) error {
 
 // startBouncer runs PgBouncer in session mode as the postgres user (it
 // refuses to run as root).
-func startBouncer(ctx context.Context, work string, c *pgcluster.Cluster) (int, func(), error) {
+func startBouncer(ctx context.Context, work string, c *pgcluster.Cluster) (port, pid int, stop func(), err error) {
 	bin, err := exec.LookPath("pgbouncer")
 	if err != nil {
 		if _, err2 := os.Stat("/usr/sbin/pgbouncer"); err2 == nil {
 			bin = "/usr/sbin/pgbouncer"
 		} else {
-			return 0, nil, fmt.Errorf("pgbouncer not installed (apt-get install pgbouncer): %w", err)
+			return 0, 0, nil, fmt.Errorf("pgbouncer not installed (apt-get install pgbouncer): %w", err)
 		}
 	}
-	port, _ := pgcluster.FreePort()
+	port, _ = pgcluster.FreePort()
 	dir := filepath.Join(work, "pgbouncer")
 	os.Mkdir(dir, 0o755)
 	ini := fmt.Sprintf(`[databases]
@@ -321,7 +341,7 @@ pidfile = %s/pgbouncer.pid
 	if os.Geteuid() == 0 {
 		u, err := user.Lookup("postgres")
 		if err != nil {
-			return 0, nil, err
+			return 0, 0, nil, err
 		}
 		uid, _ := strconv.Atoi(u.Uid)
 		gid, _ := strconv.Atoi(u.Gid)
@@ -332,13 +352,13 @@ pidfile = %s/pgbouncer.pid
 	}
 	cmd.Stdout, cmd.Stderr = io.Discard, io.Discard
 	if err := cmd.Start(); err != nil {
-		return 0, nil, err
+		return 0, 0, nil, err
 	}
-	stop := func() { cmd.Process.Signal(syscall.SIGINT); cmd.Wait() }
+	stop = func() { cmd.Process.Signal(syscall.SIGINT); cmd.Wait() }
 	if err := waitPort(ctx, port); err != nil {
 		stop()
 		b, _ := os.ReadFile(filepath.Join(dir, "pgbouncer.log"))
-		return 0, nil, fmt.Errorf("pgbouncer: %v\n%s", err, b)
+		return 0, 0, nil, fmt.Errorf("pgbouncer: %v\n%s", err, b)
 	}
-	return port, stop, nil
+	return port, cmd.Process.Pid, stop, nil
 }

@@ -167,8 +167,8 @@ func runPHI(ctx context.Context, phiproxyBin, script string, dur time.Duration, 
 		return err
 	}
 
-	targets := []target{{"direct", c.Port, plainDB}}
-	for _, t := range []target{{"pass", 0, plainDB}, {"phi", 0, phiDB}} {
+	targets := []target{{name: "direct", port: c.Port, db: plainDB}}
+	for _, t := range []target{{name: "pass", db: plainDB}, {name: "phi", db: phiDB}} {
 		port, err := pgcluster.FreePort()
 		if err != nil {
 			return err
@@ -177,12 +177,12 @@ func runPHI(ctx context.Context, phiproxyBin, script string, dur time.Duration, 
 		if err != nil {
 			return err
 		}
-		stop, err := startProxyProcess(ctx, phiproxyBin, cfg, pgpass, port)
+		pid, stop, err := startProxyProcess(ctx, phiproxyBin, cfg, pgpass, port)
 		if err != nil {
 			return err
 		}
 		defer stop()
-		t.port = port
+		t.port, t.pid = port, pid
 		targets = append(targets, t)
 	}
 	fmt.Fprintf(os.Stderr, "loading %d rows through phiproxy…\n", rows)
@@ -192,8 +192,11 @@ func runPHI(ctx context.Context, phiproxyBin, script string, dur time.Duration, 
 
 	pgbench := filepath.Join(c.BinDir, "pgbench")
 	env := append(os.Environ(), "PGPASSWORD="+benchPass, "PGSSLMODE=disable")
+	cpu := cpuMeter{c.Pid()}
 	runs, err := rounds(repeat, targets, modes, clients, func(t target, m, cl string) (result, error) {
-		return runPgbench(ctx, pgbench, env, t.port, t.db, m, cl, dur, "-f", script, "-D", "rows="+strconv.Itoa(rows))
+		return cpu.run(t, func() (result, error) {
+			return runPgbench(ctx, pgbench, env, t.port, t.db, m, cl, dur, "-f", script, "-D", "rows="+strconv.Itoa(rows))
+		})
 	})
 	if err != nil {
 		return err
@@ -203,35 +206,36 @@ func runPHI(ctx context.Context, phiproxyBin, script string, dur time.Duration, 
 		results[k] = median(rs)
 	}
 	tw := tabwriter.NewWriter(os.Stdout, 0, 0, 1, ' ', tabwriter.Debug)
-	fmt.Fprintf(tw, "mode\tclients\tdirect TPS\tpass TPS\tphi TPS\tdirect ms\tpass ms\tphi ms\tphi/pass\tphi/direct\t\n")
+	fmt.Fprintf(tw, "mode\tclients\tdirect TPS\tpass TPS\tphi TPS\tdirect ms\tpass ms\tphi ms\tphi/pass\tphi/direct\tproxy CPU µs/tx pass\tphi\tPostgreSQL CPU µs/tx direct\tpass\tphi\t\n")
 	for _, m := range modes {
 		for _, cl := range clients {
 			d, p, x := results[cellKey("direct", m, cl)], results[cellKey("pass", m, cl)], results[cellKey("phi", m, cl)]
-			fmt.Fprintf(tw, "%s\t%s\t%.0f\t%.0f\t%.0f\t%.3f\t%.3f\t%.3f\t%.2f\t%.2f\t\n", m, cl, d.tps, p.tps, x.tps, d.latencyMS, p.latencyMS, x.latencyMS, x.tps/p.tps, x.tps/d.tps)
+			fmt.Fprintf(tw, "%s\t%s\t%.0f\t%.0f\t%.0f\t%.3f\t%.3f\t%.3f\t%.2f\t%.2f\t%.0f\t%.0f\t%.0f\t%.0f\t%.0f\t\n", m, cl, d.tps, p.tps, x.tps, d.latencyMS, p.latencyMS, x.latencyMS, x.tps/p.tps, x.tps/d.tps,
+				p.proxyUS, x.proxyUS, d.pgUS, p.pgUS, x.pgUS)
 		}
 	}
 	return tw.Flush()
 }
 
 // startProxyProcess runs `phiproxy serve --config cfg` until stop.
-func startProxyProcess(ctx context.Context, bin, cfg, pgpass string, port int) (stop func(), err error) {
+func startProxyProcess(ctx context.Context, bin, cfg, pgpass string, port int) (pid int, stop func(), err error) {
 	px := exec.CommandContext(ctx, bin, "serve", "--config", cfg)
 	px.Env = append(os.Environ(), "PGPASSFILE="+pgpass)
 	logPath := filepath.Join(filepath.Dir(cfg), "phiproxy.log")
 	log, err := os.Create(logPath)
 	if err != nil {
-		return nil, err
+		return 0, nil, err
 	}
 	px.Stdout, px.Stderr = log, log
 	if err := px.Start(); err != nil {
 		log.Close()
-		return nil, err
+		return 0, nil, err
 	}
 	stop = func() { px.Process.Signal(os.Interrupt); px.Wait(); log.Close() }
 	if err := waitPort(ctx, port); err != nil {
 		stop()
 		b, _ := os.ReadFile(logPath)
-		return nil, fmt.Errorf("phiproxy: %v\n%s", err, b)
+		return 0, nil, fmt.Errorf("phiproxy: %v\n%s", err, b)
 	}
-	return stop, nil
+	return px.Process.Pid, stop, nil
 }
