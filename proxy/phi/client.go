@@ -68,7 +68,7 @@ func (s *session) ClientMessage(msg pgproto3.FrontendMessage, out *proxy.Out) er
 	case *pgproto3.CopyData, *pgproto3.CopyDone, *pgproto3.CopyFail:
 		return s.copyInMessage(msg, out)
 	}
-	return out.Forward(msg)
+	return out.ForwardUnchanged()
 }
 
 // query handles a simple-protocol Query.
@@ -95,7 +95,7 @@ func (s *session) query(m *pgproto3.Query, out *proxy.Out) error {
 		if _, err := s.push(e, out); err != nil {
 			return err
 		}
-		return out.Forward(m)
+		return out.ForwardUnchanged()
 	}
 	q.stmts = make([]*rewrite.Statement, len(plan.Statements))
 	copy(q.stmts, plan.Statements)
@@ -306,7 +306,7 @@ func (s *session) fillArraySlot(sl *rewrite.Slot) (string, error) {
 // parse handles an extended-protocol Parse.
 func (s *session) parse(m *pgproto3.Parse, out *proxy.Out) error {
 	if s.isSkipping() {
-		return out.Forward(m) // the server ignores it until Sync
+		return out.ForwardUnchanged() // the server ignores it until Sync
 	}
 	snap := s.p.cur.Load()
 	ps := &prepared{name: m.Name}
@@ -371,6 +371,9 @@ func (s *session) parse(m *pgproto3.Parse, out *proxy.Out) error {
 	if queued {
 		s.stmts[m.Name] = ps
 	}
+	if fwd == m {
+		return out.ForwardUnchanged()
+	}
 	return out.Forward(fwd)
 }
 
@@ -410,7 +413,7 @@ func (s *session) poison(e *entry, msg pgproto3.FrontendMessage, code string, re
 // the client's format, canonicalised, encrypted and sent as binary bytea.
 func (s *session) bind(m *pgproto3.Bind, out *proxy.Out) error {
 	if s.isSkipping() {
-		return out.Forward(m)
+		return out.ForwardUnchanged()
 	}
 	ps := s.stmts[m.PreparedStatement]
 	pt := &portal{ps: ps}
@@ -435,6 +438,9 @@ func (s *session) bind(m *pgproto3.Bind, out *proxy.Out) error {
 	}
 	if queued {
 		s.portals[m.DestinationPortal] = pt
+	}
+	if fwd == m {
+		return out.ForwardUnchanged()
 	}
 	return out.Forward(fwd)
 }

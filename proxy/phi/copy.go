@@ -400,7 +400,7 @@ func (s *session) startCopyIn(stmts []*rewrite.Statement, refused bool) {
 func (s *session) copyInMessage(msg pgproto3.FrontendMessage, out *proxy.Out) error {
 	ci := s.cin
 	if ci == nil {
-		return out.Forward(msg)
+		return out.ForwardUnchanged()
 	}
 	if ci.x == nil {
 		if _, ok := msg.(*pgproto3.CopyData); !ok {
@@ -430,12 +430,12 @@ func (s *session) copyInMessage(msg pgproto3.FrontendMessage, out *proxy.Out) er
 		}
 		ci.x.release()
 		s.cin = nil
-		return out.Forward(m)
+		return out.ForwardUnchanged()
 	}
 	// CopyFail from the client: the server aborts the COPY.
 	ci.x.release()
 	s.cin = nil
-	return out.Forward(msg)
+	return out.ForwardUnchanged()
 }
 
 // failCopyIn aborts the COPY upstream with CopyFail; the server's error is
@@ -477,7 +477,7 @@ func (s *session) copyOutStart(e *entry, m *pgproto3.CopyOutResponse, out *proxy
 	s.cout = nil
 	st := copyStatement(e)
 	if st == nil || st.Copy == nil || st.Copy.In || !st.TouchesPHI {
-		return out.Forward(m)
+		return out.ForwardUnchanged()
 	}
 	x, err := s.newCopyStream(st)
 	if err != nil {
@@ -492,7 +492,7 @@ func (s *session) copyOutStart(e *entry, m *pgproto3.CopyOutResponse, out *proxy
 			WithHint("the relation's columns differ from what phiproxy planned; the catalog may have changed, retry"), out)
 	}
 	s.cout = x
-	return out.Forward(m)
+	return out.ForwardUnchanged()
 }
 
 // copyOutData transforms a CopyData of a COPY TO on a PHI relation

@@ -84,7 +84,7 @@ func (s *session) ServerMessage(msg pgproto3.BackendMessage, out *proxy.Out) err
 	}
 	if ps, ok := msg.(*pgproto3.ParameterStatus); ok {
 		s.setParameter(ps.Name, ps.Value)
-		return out.Forward(msg)
+		return out.ForwardUnchanged()
 	}
 	if s.dropping {
 		return nil
@@ -96,7 +96,7 @@ func (s *session) ServerMessage(msg pgproto3.BackendMessage, out *proxy.Out) err
 		if d, ok := msg.(*pgproto3.DataRow); ok {
 			return s.row(nil, nil, d, out)
 		}
-		return out.Forward(msg)
+		return out.ForwardUnchanged()
 	}
 	if e.kind == entryInjected {
 		return nil // the answer to our own poison Query
@@ -193,7 +193,7 @@ func (s *session) ServerMessage(msg pgproto3.BackendMessage, out *proxy.Out) err
 	case *pgproto3.ErrorResponse:
 		return s.errorResponse(e, m, out)
 	}
-	return out.Forward(msg)
+	return out.ForwardUnchanged()
 }
 
 // fail ends the current statement with err: the client gets err, and
@@ -205,20 +205,23 @@ func (s *session) fail(err *pgerr.Error, out *proxy.Out) error {
 
 func (s *session) errorResponse(e *entry, m *pgproto3.ErrorResponse, out *proxy.Out) error {
 	s.cout = nil
+	// fwd is what the client gets: the server's error as it arrived, or
+	// our refusal in its place.
+	var fwd *pgproto3.ErrorResponse
 	if pe := s.copyFailed(m); pe != nil {
-		m = proxy.ErrorResponse(pe)
+		fwd = proxy.ErrorResponse(pe)
+		m = fwd
 	}
 	switch e.kind {
 	case entryQuery:
 		q := e.q
 		if q.poison != nil && q.idx == q.poisonAt && m.Code == q.poison.Code.String() && m.Message == poisonMessage {
-			return out.Forward(proxy.ErrorResponse(q.poison))
+			fwd = proxy.ErrorResponse(q.poison)
 		}
-		return out.Forward(m)
+		return forwardError(fwd, out)
 	case entrySync, entryFunction:
-		return out.Forward(m)
+		return forwardError(fwd, out)
 	}
-	var fwd pgproto3.Message = m
 	if e.poison != nil && m.Code == e.poisonCode {
 		fwd = proxy.ErrorResponse(e.poison)
 	}
@@ -233,6 +236,15 @@ func (s *session) errorResponse(e *entry, m *pgproto3.ErrorResponse, out *proxy.
 	}
 	s.mu.Unlock()
 	s.head = nil
+	return forwardError(fwd, out)
+}
+
+// forwardError sends our ErrorResponse fwd to the client, or the server's
+// as it arrived when fwd is nil.
+func forwardError(fwd *pgproto3.ErrorResponse, out *proxy.Out) error {
+	if fwd == nil {
+		return out.ForwardUnchanged()
+	}
 	return out.Forward(fwd)
 }
 
@@ -276,7 +288,7 @@ func (s *session) ready(z *pgproto3.ReadyForQuery, out *proxy.Out) error {
 	if status != z.TxStatus {
 		return out.Forward(&pgproto3.ReadyForQuery{TxStatus: status})
 	}
-	return out.Forward(z)
+	return out.ForwardUnchanged()
 }
 
 // rowDescription rewrites the PHI columns' types to their logical types
@@ -317,6 +329,7 @@ func (s *session) rowDescription(e *entry, m *pgproto3.RowDescription, out *prox
 		// for it; the safety net guards its rows.
 	}
 	cat := s.p.cur.Load().cat
+	changed := false
 	for i := range m.Fields {
 		f := &m.Fields[i]
 		c := x.at(i)
@@ -331,7 +344,11 @@ func (s *session) rowDescription(e *entry, m *pgproto3.RowDescription, out *prox
 			f.DataTypeOID = codec.OID(c.col.Type)
 			f.DataTypeSize = typeSize(c.col.Type)
 			f.TypeModifier = -1
+			changed = true
 		}
+	}
+	if !changed {
+		return out.ForwardUnchanged()
 	}
 	return out.Forward(m)
 }
@@ -372,6 +389,10 @@ func (s *session) row(x *rowX, names []string, m *pgproto3.DataRow, out *proxy.O
 			return s.fail(decryptErr(c.col.Ident), out)
 		}
 		offs = append(offs, i, start, len(buf))
+	}
+	if len(offs) == 0 {
+		// Nothing decrypted: the row goes on as it arrived.
+		return out.ForwardUnchanged()
 	}
 	for k := 0; k < len(offs); k += 3 {
 		m.Values[offs[k]] = buf[offs[k+1]:offs[k+2]:offs[k+2]]
