@@ -2,6 +2,8 @@ package phi
 
 import (
 	"context"
+	"math/rand/v2"
+	"strconv"
 	"testing"
 
 	"github.com/jackc/pgx/v5"
@@ -26,6 +28,56 @@ func BenchmarkPointSelect(b *testing.B) {
 				var ssn, diag string
 				for b.Loop() {
 					if err := conn.QueryRow(ctx, "SELECT ssn, diagnosis FROM "+tbl+" WHERE id = $1", 95000).Scan(&ssn, &diag); err != nil {
+						b.Fatal(err)
+					}
+				}
+			})
+		}
+	}
+}
+
+// BenchmarkWorkload runs bench/phi.sql's transaction (point select by id
+// returning both PHI columns, lookup by the deterministic column, insert,
+// update) through phiproxy, on the PHI table and on its plaintext twin, in
+// prepared (cached statement) and simple-protocol mode. The proxy runs in
+// this process, so allocs/op counts its allocations too: the difference
+// between the two tables is what the PHI layer costs in allocations.
+func BenchmarkWorkload(b *testing.B) {
+	const rows = 1000
+	ctx := context.Background()
+	p := startProxy(b)
+	seed := connect(b, ctx, p.dsn(), pgx.QueryExecModeCacheStatement)
+	for _, tbl := range []string{"patients", "patients_plain"} {
+		for id := 1; id <= rows; id++ {
+			if _, err := seed.Exec(ctx, "INSERT INTO "+tbl+" (id, ssn, diagnosis) VALUES ($1, $2::text, $3::text)",
+				id, strconv.Itoa(100000000+id), "dx"+strconv.Itoa(id)); err != nil {
+				b.Fatal(err)
+			}
+		}
+	}
+	next := rows
+	for _, mode := range []pgx.QueryExecMode{pgx.QueryExecModeCacheStatement, pgx.QueryExecModeSimpleProtocol} {
+		conn := connect(b, ctx, p.dsn(), mode)
+		for _, tbl := range []string{"patients", "patients_plain"} {
+			b.Run(mode.String()+"/"+tbl, func(b *testing.B) {
+				rng := rand.New(rand.NewPCG(1, 2))
+				var ssn, diag string
+				var id int
+				b.ReportAllocs()
+				for b.Loop() {
+					pid := 1 + rng.IntN(rows)
+					dx := strconv.Itoa(1 + rng.IntN(1000000))
+					next++
+					if err := conn.QueryRow(ctx, "SELECT ssn, diagnosis FROM "+tbl+" WHERE id = $1", pid).Scan(&ssn, &diag); err != nil {
+						b.Fatal(err)
+					}
+					if err := conn.QueryRow(ctx, "SELECT id, diagnosis FROM "+tbl+" WHERE ssn = $1::text", strconv.Itoa(100000000+pid)).Scan(&id, &diag); err != nil {
+						b.Fatal(err)
+					}
+					if _, err := conn.Exec(ctx, "INSERT INTO "+tbl+" (id, ssn, diagnosis) VALUES ($1, $2::text, $3::text)", next, strconv.Itoa(200000000+next), dx); err != nil {
+						b.Fatal(err)
+					}
+					if _, err := conn.Exec(ctx, "UPDATE "+tbl+" SET diagnosis = $1::text WHERE id = $2", dx, pid); err != nil {
 						b.Fatal(err)
 					}
 				}

@@ -39,7 +39,7 @@ func (s *session) ClientMessage(msg pgproto3.FrontendMessage, out *proxy.Out) er
 		}
 	case *pgproto3.Execute:
 		pt := s.portals[m.Portal]
-		if pt != nil && pt.ps != nil {
+		if pt.ps != nil {
 			s.startCopyIn([]*rewrite.Statement{pt.ps.st}, false)
 		}
 		if _, err := s.push(&entry{kind: entryExecute, portal: pt}, out); err != nil {
@@ -416,14 +416,13 @@ func (s *session) bind(m *pgproto3.Bind, out *proxy.Out) error {
 		return out.ForwardUnchanged()
 	}
 	ps := s.stmts[m.PreparedStatement]
-	pt := &portal{ps: ps}
-	e := &entry{kind: entryBind, portal: pt}
+	e := &entry{kind: entryBind, portal: portal{ps: ps}}
 	fwd := m
 	if ps != nil && ps.st != nil {
 		if err := s.settingsRefusal(ps.st, resultText(m.ResultFormatCodes)); err != nil {
 			return s.poison(e, &pgproto3.Bind{DestinationPortal: m.DestinationPortal, PreparedStatement: poisonStatement}, "26000", err, out, nil)
 		}
-		pt.x = s.resultX(ps, m.ResultFormatCodes)
+		e.portal.x = s.resultX(ps, m.ResultFormatCodes)
 		if len(ps.st.Params) > 0 && len(m.Parameters) > 0 {
 			b, err := s.encryptParams(ps, m)
 			if err != nil {
@@ -437,12 +436,17 @@ func (s *session) bind(m *pgproto3.Bind, out *proxy.Out) error {
 		return err
 	}
 	if queued {
-		s.portals[m.DestinationPortal] = pt
+		s.portals[m.DestinationPortal] = e.portal
 	}
 	if fwd == m {
 		return out.ForwardUnchanged()
 	}
-	return out.Forward(fwd)
+	err = out.Forward(fwd)
+	// fwd is the session's scratch Bind: drop its references to the
+	// client's values and our ciphertexts.
+	clear(s.bparams)
+	*fwd = pgproto3.Bind{}
+	return err
 }
 
 // resultX returns the result transform of ps for the given result format
@@ -487,14 +491,16 @@ func formatAt(codes []int16, i int) int16 {
 	return codec.TextFormat
 }
 
+// encryptParams returns m with its PHI parameters encrypted, in the
+// session's scratch Bind (valid until the next call).
 func (s *session) encryptParams(ps *prepared, m *pgproto3.Bind) (*pgproto3.Bind, error) {
 	st := ps.st
-	params := make([][]byte, len(m.Parameters))
-	copy(params, m.Parameters)
-	formats := make([]int16, len(m.Parameters))
-	for i := range formats {
-		formats[i] = formatAt(m.ParameterFormatCodes, i)
+	params := append(s.bparams[:0], m.Parameters...)
+	formats := s.bformats[:0]
+	for i := range m.Parameters {
+		formats = append(formats, formatAt(m.ParameterFormatCodes, i))
 	}
+	s.bparams, s.bformats = params, formats
 	cd := s.codec()
 	buf := s.cbuf[:0]
 	offs := s.coffs[:0]
@@ -545,6 +551,7 @@ func (s *session) encryptParams(ps *prepared, m *pgproto3.Bind) (*pgproto3.Bind,
 		params[offs[k]] = buf[offs[k+1]:offs[k+2]:offs[k+2]]
 	}
 	s.cbuf, s.coffs = buf[:0], offs[:0]
-	return &pgproto3.Bind{DestinationPortal: m.DestinationPortal, PreparedStatement: m.PreparedStatement,
-		ParameterFormatCodes: formats, Parameters: params, ResultFormatCodes: m.ResultFormatCodes}, nil
+	s.bindOut = pgproto3.Bind{DestinationPortal: m.DestinationPortal, PreparedStatement: m.PreparedStatement,
+		ParameterFormatCodes: formats, Parameters: params, ResultFormatCodes: m.ResultFormatCodes}
+	return &s.bindOut, nil
 }

@@ -465,7 +465,7 @@ func copyStatement(e *entry) *rewrite.Statement {
 			return e.q.stmts[e.q.idx]
 		}
 	case entryExecute:
-		if e.portal != nil && e.portal.ps != nil {
+		if e.portal.ps != nil {
 			return e.portal.ps.st
 		}
 	}

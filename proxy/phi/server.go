@@ -136,11 +136,9 @@ func (s *session) ServerMessage(msg pgproto3.BackendMessage, out *proxy.Out) err
 		case entryExecute:
 			var names []string
 			var x *rowX
-			if e.portal != nil {
-				x = e.portal.x
-				if e.portal.ps != nil {
-					names = e.portal.ps.names
-				}
+			x = e.portal.x
+			if e.portal.ps != nil {
+				names = e.portal.ps.names
 			}
 			return s.row(x, names, m, out)
 		}
@@ -155,7 +153,7 @@ func (s *session) ServerMessage(msg pgproto3.BackendMessage, out *proxy.Out) err
 			q.idx++
 			q.x = nil
 		case entryExecute:
-			if e.portal != nil && e.portal.ps != nil {
+			if e.portal.ps != nil {
 				s.completed(e.portal.ps.st, m.CommandTag)
 			}
 			s.pop()
@@ -227,15 +225,14 @@ func (s *session) errorResponse(e *entry, m *pgproto3.ErrorResponse, out *proxy.
 	}
 	// The server now skips everything until Sync: so do the responses.
 	s.mu.Lock()
-	for len(s.fifo) > 0 && s.fifo[0].kind != entrySync {
-		s.fifo[0] = nil
-		s.fifo = s.fifo[1:]
+	for s.fifo.n > 0 && s.fifo.front().kind != entrySync {
+		s.fifo.pop()
 	}
-	if len(s.fifo) == 0 {
+	if s.fifo.n == 0 {
 		s.skipping = true
 	}
 	s.mu.Unlock()
-	s.head = nil
+	s.haveHead = false
 	return forwardError(fwd, out)
 }
 
@@ -255,16 +252,14 @@ func (s *session) ready(z *pgproto3.ReadyForQuery, out *proxy.Out) error {
 	s.mu.Lock()
 	// Pop up to and including the entry this ReadyForQuery answers
 	// (entries before it were answered, skipped or dropped).
-	for len(s.fifo) > 0 {
-		k := s.fifo[0].kind
-		s.fifo[0] = nil
-		s.fifo = s.fifo[1:]
+	for s.fifo.n > 0 {
+		k := s.fifo.pop()
 		if k == entryQuery || k == entrySync || k == entryFunction {
 			break
 		}
 		if k == entryInjected {
 			s.mu.Unlock()
-			s.head = nil
+			s.haveHead = false
 			return nil // our poison's cycle: the client never asked
 		}
 	}
@@ -282,7 +277,7 @@ func (s *session) ready(z *pgproto3.ReadyForQuery, out *proxy.Out) error {
 		s.local, s.rolled = false, false
 	}
 	s.mu.Unlock()
-	s.head = nil
+	s.haveHead = false
 	s.dropping = false
 	s.cout = nil
 	if status != z.TxStatus {
@@ -321,7 +316,7 @@ func (s *session) rowDescription(e *entry, m *pgproto3.RowDescription, out *prox
 				}
 				e.ps.names = names
 			}
-		} else if e.portal != nil {
+		} else {
 			x = e.portal.x
 		}
 	case entryExecute:

@@ -97,7 +97,11 @@ const (
 	entryInjected = 'i'
 )
 
-// entry is one client message that the server will answer, in order.
+// entry is one client message that the server will answer, in order. An
+// entry is a value: the client goroutine fills it in and copies it into
+// the FIFO, the server goroutine copies out the front, and neither changes
+// it after that (what the server updates — a Query's progress, a prepared
+// statement's column names — lives behind its pointers).
 type entry struct {
 	kind byte
 	// Query.
@@ -105,7 +109,7 @@ type entry struct {
 	// Parse, Describe 'S'.
 	ps *prepared
 	// Bind, Describe 'P', Execute.
-	portal *portal
+	portal portal
 	// describe is 'S' or 'P' for Describe.
 	describe byte
 	// poison is our refusal standing in for the server's answer to the
@@ -113,8 +117,50 @@ type entry struct {
 	// SQLSTATE the poison makes the server raise.
 	poison     *pgerr.Error
 	poisonCode string
-	// rowsSeen is set once an Execute's first DataRow arrived.
-	x *rowX
+}
+
+// fifo is the queue of expected responses: a ring of entry values, so
+// that queuing and answering messages allocates nothing once the ring
+// has grown to the session's pipeline depth.
+type fifo struct {
+	ring []entry
+	head int // index of the front
+	n    int
+}
+
+// fifoKeep is the largest ring kept once the FIFO empties: a burst of
+// pipelined messages does not pin its ring for the session's life.
+const fifoKeep = 1024
+
+func (f *fifo) push(e *entry) {
+	if f.n == len(f.ring) {
+		ring := make([]entry, max(8, 2*len(f.ring)))
+		for i := 0; i < f.n; i++ {
+			ring[i] = f.ring[(f.head+i)%len(f.ring)]
+		}
+		f.ring, f.head = ring, 0
+	}
+	f.ring[(f.head+f.n)%len(f.ring)] = *e
+	f.n++
+}
+
+// front is the front entry; the FIFO must not be empty.
+func (f *fifo) front() *entry { return &f.ring[f.head] }
+
+// pop removes the front entry and returns its kind; the FIFO must not be
+// empty.
+func (f *fifo) pop() byte {
+	k := f.ring[f.head].kind
+	f.ring[f.head] = entry{} // drop its references
+	f.head = (f.head + 1) % len(f.ring)
+	f.n--
+	if f.n == 0 {
+		f.head = 0
+		if len(f.ring) > fifoKeep {
+			f.ring = nil
+		}
+	}
+	return k
 }
 
 // queryRun is a simple-protocol Query on its way through the server.
@@ -159,7 +205,7 @@ type session struct {
 
 	mu sync.Mutex
 	// Guarded by mu.
-	fifo     []*entry
+	fifo     fifo
 	skipping bool // an extended error was answered and no Sync is queued yet
 	path     string
 	txBase   string // search_path at the start of the current transaction
@@ -180,15 +226,23 @@ type session struct {
 
 	// Client goroutine only.
 	stmts   map[string]*prepared
-	portals map[string]*portal
+	portals map[string]portal
 	sqlPrep map[string]*rewrite.Statement
 	cbuf    []byte
 	coffs   []int
-	cin     *copyIn // the COPY FROM STDIN being streamed, if any
+	// bindOut, bparams and bformats are the scratch of the Bind sent
+	// upstream in place of one with PHI parameters.
+	bindOut  pgproto3.Bind
+	bparams  [][]byte
+	bformats []int16
+	cin      *copyIn // the COPY FROM STDIN being streamed, if any
 
 	// Server goroutine only.
-	head     *entry // the FIFO's front, cached
-	dropping bool   // a statement failed here: drop until ReadyForQuery
+	// head is a copy of the FIFO's front while haveHead; it stays
+	// readable after pop until the next front.
+	head     entry
+	haveHead bool
+	dropping bool // a statement failed here: drop until ReadyForQuery
 	sbuf     []byte
 	soffs    []int
 	cout     *copyStream // the COPY TO STDOUT being streamed, if PHI
@@ -197,7 +251,7 @@ type session struct {
 func newSession(p *Proxy, info *proxy.SessionInfo) *session {
 	sp := sessionSearchPath(p.cur.Load().cat, info)
 	s := &session{p: p, info: info, user: info.User, path: sp, txBase: sp, resetPath: sp,
-		stmts: map[string]*prepared{}, portals: map[string]*portal{}, sqlPrep: map[string]*rewrite.Statement{}}
+		stmts: map[string]*prepared{}, portals: map[string]portal{}, sqlPrep: map[string]*rewrite.Statement{}}
 	s.params.Store(newSettings(info.ServerParameters))
 	return s
 }
@@ -232,7 +286,7 @@ func (s *session) push(e *entry, out *proxy.Out) (bool, error) {
 	inject := s.overlay
 	if inject {
 		s.overlay = false
-		s.fifo = append(s.fifo, &entry{kind: entryInjected})
+		s.fifo.push(&entry{kind: entryInjected})
 	}
 	queued := true
 	if e.kind == entrySync {
@@ -241,7 +295,7 @@ func (s *session) push(e *entry, out *proxy.Out) (bool, error) {
 		queued = false
 	}
 	if queued {
-		s.fifo = append(s.fifo, e)
+		s.fifo.push(e)
 	}
 	s.mu.Unlock()
 	// Sent outside the lock (a write may block on the network); the
@@ -266,29 +320,33 @@ func (s *session) searchPath() string {
 	return s.path
 }
 
-// front returns the entry the next server message answers (server
-// goroutine).
+// front returns the entry the next server message answers, nil if none
+// is expected (server goroutine). It stays valid after pop, until the next
+// front.
 func (s *session) front() *entry {
-	if s.head != nil {
-		return s.head
+	if s.haveHead {
+		return &s.head
 	}
 	s.mu.Lock()
-	if len(s.fifo) > 0 {
-		s.head = s.fifo[0]
+	if s.fifo.n > 0 {
+		s.head = *s.fifo.front()
+		s.haveHead = true
 	}
 	s.mu.Unlock()
-	return s.head
+	if !s.haveHead {
+		return nil
+	}
+	return &s.head
 }
 
 // pop removes the front entry (server goroutine).
 func (s *session) pop() {
 	s.mu.Lock()
-	if len(s.fifo) > 0 {
-		s.fifo[0] = nil
-		s.fifo = s.fifo[1:]
+	if s.fifo.n > 0 {
+		s.fifo.pop()
 	}
 	s.mu.Unlock()
-	s.head = nil
+	s.haveHead = false
 }
 
 // poisonDO is a statement that fails with code: it stands in for a refused
