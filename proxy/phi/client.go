@@ -1,7 +1,8 @@
 package phi
 
 import (
-	"sort"
+	"encoding/hex"
+	"slices"
 	"strings"
 
 	"github.com/jackc/pgx/v5/pgproto3"
@@ -97,8 +98,7 @@ func (s *session) query(m *pgproto3.Query, out *proxy.Out) error {
 		}
 		return out.ForwardUnchanged()
 	}
-	q.stmts = make([]*rewrite.Statement, len(plan.Statements))
-	copy(q.stmts, plan.Statements)
+	q.stmts = append(q.one[:0:len(q.one)], plan.Statements...)
 	for i, st := range q.stmts {
 		st, err := s.bindExecute(st)
 		if err == nil {
@@ -126,7 +126,15 @@ func (s *session) query(m *pgproto3.Query, out *proxy.Out) error {
 	if _, err := s.push(e, out); err != nil {
 		return err
 	}
-	return out.Forward(&pgproto3.Query{String: text})
+	return s.forwardQuery(text, out)
+}
+
+// forwardQuery sends a Query with text in place of the client's.
+func (s *session) forwardQuery(text string, out *proxy.Out) error {
+	s.queryOut.String = text
+	err := out.Forward(&s.queryOut)
+	s.queryOut.String = ""
+	return err
 }
 
 // refuseAt refuses statement i of a Query: the statements before it are
@@ -163,7 +171,7 @@ func (s *session) refuseQuery(e *entry, prefix string, refusal error, out *proxy
 	if _, err := s.push(e, out); err != nil {
 		return err
 	}
-	return out.Forward(&pgproto3.Query{String: prefix + poisonDO(pe.Code)})
+	return s.forwardQuery(prefix+poisonDO(pe.Code), out)
 }
 
 // asRefusal makes err a client-facing ERROR; anything without a SQLSTATE
@@ -195,7 +203,7 @@ func (s *session) render(sql string, stmts []*rewrite.Statement, n int) (string,
 	if n < len(stmts) {
 		end = stmts[n].Offset
 	}
-	var reps []replacement
+	reps := s.reps[:0]
 	for _, st := range stmts[:n] {
 		for i := range st.Slots {
 			reps = append(reps, replacement{off: st.Slots[i].Offset, n: st.Slots[i].Length, slot: &st.Slots[i]})
@@ -204,34 +212,38 @@ func (s *session) render(sql string, stmts []*rewrite.Statement, n int) (string,
 			reps = append(reps, replacement{off: ed.Offset, n: ed.Length, text: ed.Text})
 		}
 	}
+	defer func() {
+		clear(reps) // the slots point into the plan
+		s.reps = reps[:0]
+	}()
 	if len(reps) == 0 {
 		return sql[:end], 0, nil
 	}
-	sort.Slice(reps, func(i, j int) bool { return reps[i].off < reps[j].off })
-	var b strings.Builder
-	b.Grow(end + 128*len(reps))
+	slices.SortStableFunc(reps, func(a, b replacement) int { return a.off - b.off })
+	b := s.qbuf[:0]
+	defer func() { s.qbuf = b[:0] }()
 	pos := 0
 	for _, r := range reps {
 		if r.off < pos || r.off+r.n > end {
 			panic("BUG: overlapping or out-of-range rewrite slots")
 		}
-		b.WriteString(sql[pos:r.off])
+		b = append(b, sql[pos:r.off]...)
 		if r.slot != nil {
-			lit, err := s.fillSlot(r.slot)
-			if err != nil {
+			start := len(b)
+			var err error
+			if b, err = s.appendSlot(b, r.slot); err != nil {
 				return "", stmtIndex(stmts, r.off), err
 			}
-			b.WriteString(lit)
-			if rewrite.NeedsSpace(lit, sql, r.off+r.n) {
-				b.WriteByte(' ')
+			if len(b) > start && rewrite.NeedsSpace(string(b[len(b)-1:]), sql, r.off+r.n) {
+				b = append(b, ' ')
 			}
 		} else {
-			b.WriteString(r.text)
+			b = append(b, r.text...)
 		}
 		pos = r.off + r.n
 	}
-	b.WriteString(sql[pos:end])
-	return b.String(), 0, nil
+	b = append(b, sql[pos:end]...)
+	return string(b), 0, nil
 }
 
 func stmtIndex(stmts []*rewrite.Statement, off int) int {
@@ -243,26 +255,48 @@ func stmtIndex(stmts []*rewrite.Statement, off int) int {
 	return 0
 }
 
-// fillSlot canonicalises and encrypts a literal and returns it as a bytea
-// literal.
-func (s *session) fillSlot(sl *rewrite.Slot) (string, error) {
+// appendSlot canonicalises and encrypts a literal and appends it to dst as
+// a bytea literal.
+func (s *session) appendSlot(dst []byte, sl *rewrite.Slot) ([]byte, error) {
 	if sl.Array {
-		return s.fillArraySlot(sl)
+		lit, err := s.fillArraySlot(sl)
+		return append(dst, lit...), err
 	}
-	canon, err := s.codec().AppendCanonical(s.cbuf[:0], sl.Column.Type, codec.TextFormat, []byte(sl.Text))
+	// The literal's text, its canonical plaintext and the envelope follow
+	// each other in the session's scratch; the plaintexts are cleared
+	// before returning.
+	buf := append(s.cbuf[:0], sl.Text...)
+	n := len(sl.Text)
+	text := buf[:n:n]
+	canon, err := s.codec().AppendCanonical(buf[n:], sl.Column.Type, codec.TextFormat, text)
 	if err != nil {
-		return "", codec.WithColumn(err, sl.Column.Ident)
+		clear(buf[:cap(buf)])
+		s.cbuf = buf[:0]
+		return dst, codec.WithColumn(err, sl.Column.Ident)
 	}
 	c, err := s.p.keys.Cipher(sl.Column.Key)
-	if err != nil {
-		return "", err
+	var ct []byte
+	if err == nil {
+		ct, err = c.AppendEncrypt(canon[len(canon):], canon)
 	}
-	ct, err := c.AppendEncrypt(canon[len(canon):], canon)
-	s.cbuf = canon[:0]
-	if err != nil {
-		return "", err
+	if err == nil {
+		dst = appendByteaEscapeLiteral(dst, ct)
 	}
-	return codec.ByteaEscapeLiteral(ct), nil
+	clear(text)
+	clear(canon)
+	if need := n + len(canon) + len(ct); cap(buf) < need {
+		buf = make([]byte, 0, need+need/2) // all three fit next time
+	}
+	s.cbuf = buf[:0]
+	return dst, err
+}
+
+// appendByteaEscapeLiteral appends b as E'\\x<hex>'::bytea, as
+// codec.ByteaEscapeLiteral returns it.
+func appendByteaEscapeLiteral(dst, b []byte) []byte {
+	dst = append(dst, `E'\\x`...)
+	dst = hex.AppendEncode(dst, b)
+	return append(dst, "'::bytea"...)
 }
 
 // fillArraySlot canonicalises each element of an array literal (col =

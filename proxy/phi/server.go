@@ -2,7 +2,9 @@ package phi
 
 import (
 	"bytes"
+	"encoding/hex"
 	"fmt"
+	"slices"
 
 	"github.com/jackc/pgx/v5/pgproto3"
 
@@ -48,6 +50,42 @@ func (s *session) newRowX(results []rewrite.Result, format func(int) int16) *row
 		x.cols[r.Position] = &colX{col: r.Column, cipher: c, format: format(r.Position)}
 	}
 	return x
+}
+
+// queryX returns the result transform of a Query's statement for the
+// formats of its RowDescription. The last one is reused while the results
+// are the same (the same plan's), in the same formats, under the same
+// ciphers: a workload repeats its statements.
+func (s *session) queryX(results []rewrite.Result, fields []pgproto3.FieldDescription) *rowX {
+	if len(results) == 0 {
+		return nil
+	}
+	format := func(i int) int16 {
+		if i < len(fields) {
+			return fields[i].Format
+		}
+		return codec.TextFormat
+	}
+	if x := s.lastQX; x != nil && len(s.lastQRes) == len(results) && &s.lastQRes[0] == &results[0] && s.current(x, format) {
+		return x
+	}
+	x := s.newRowX(results, format)
+	s.lastQRes, s.lastQX = results, x
+	return x
+}
+
+// current reports whether x has the given formats and the keyring's
+// current ciphers.
+func (s *session) current(x *rowX, format func(int) int16) bool {
+	for i, c := range x.cols {
+		if c == nil {
+			continue
+		}
+		if cur, _ := s.p.keys.Cipher(c.col.Key); cur != c.cipher || format(i) != c.format {
+			return false
+		}
+	}
+	return true
 }
 
 // typeSize is pg_type.typlen of a logical type, for RowDescription.
@@ -297,12 +335,7 @@ func (s *session) rowDescription(e *entry, m *pgproto3.RowDescription, out *prox
 		if q.idx < len(q.stmts) {
 			results = q.stmts[q.idx].Results
 		}
-		x = s.newRowX(results, func(i int) int16 {
-			if i < len(m.Fields) {
-				return m.Fields[i].Format
-			}
-			return codec.TextFormat
-		})
+		x = s.queryX(results, m.Fields)
 		q.x = x
 	case entryDescribe:
 		s.pop()
@@ -366,7 +399,7 @@ func (s *session) row(x *rowX, names []string, m *pgproto3.DataRow, out *proxy.O
 			}
 			continue
 		}
-		ct, err := codec.DecodeBytea(v, c.format)
+		ct, err := s.decodeBytea(v, c.format)
 		if err != nil || c.cipher == nil {
 			return s.fail(decryptErr(c.col.Ident), out)
 		}
@@ -398,6 +431,23 @@ func (s *session) row(x *rowX, names []string, m *pgproto3.DataRow, out *proxy.O
 	}
 	s.sbuf, s.soffs = buf[:0], offs[:0]
 	return err
+}
+
+// decodeBytea is codec.DecodeBytea into the session's scratch for the
+// text form PostgreSQL sends (`\x` and hex digits), valid until the next
+// call.
+func (s *session) decodeBytea(v []byte, format int16) ([]byte, error) {
+	if format == codec.TextFormat && len(v) >= 2 && v[0] == '\\' && v[1] == 'x' && len(v)%2 == 0 {
+		n := (len(v) - 2) / 2
+		b := slices.Grow(s.hbuf[:0], n)[:n]
+		if _, err := hex.Decode(b, v[2:]); err == nil {
+			if cap(b) <= 1<<20 { // do not keep a huge value's buffer
+				s.hbuf = b[:0]
+			}
+			return b, nil
+		}
+	}
+	return codec.DecodeBytea(v, format)
 }
 
 func decryptErr(ident string) *pgerr.Error {

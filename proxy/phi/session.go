@@ -172,6 +172,8 @@ type queryRun struct {
 	poisonAt int
 	poison   *pgerr.Error
 	x        *rowX
+	// one holds stmts when the Query has a single statement.
+	one [1]*rewrite.Statement
 }
 
 // prepared is an extended-protocol prepared statement.
@@ -235,6 +237,10 @@ type session struct {
 	bindOut  pgproto3.Bind
 	bparams  [][]byte
 	bformats []int16
+	// queryOut, reps and qbuf are the scratch of a rewritten Query.
+	queryOut pgproto3.Query
+	reps     []replacement
+	qbuf     []byte
 	cin      *copyIn // the COPY FROM STDIN being streamed, if any
 
 	// Server goroutine only.
@@ -245,6 +251,11 @@ type session struct {
 	dropping bool // a statement failed here: drop until ReadyForQuery
 	sbuf     []byte
 	soffs    []int
+	hbuf     []byte // a decoded ciphertext
+	// lastQRes and lastQX are the last Query result transform built
+	// (see queryX).
+	lastQRes []rewrite.Result
+	lastQX   *rowX
 	cout     *copyStream // the COPY TO STDOUT being streamed, if PHI
 }
 
