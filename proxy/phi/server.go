@@ -53,9 +53,9 @@ func (s *session) newRowX(results []rewrite.Result, format func(int) int16) *row
 }
 
 // queryX returns the result transform of a Query's statement for the
-// formats of its RowDescription. The last one is reused while the results
-// are the same (the same plan's), in the same formats, under the same
-// ciphers: a workload repeats its statements.
+// formats of its RowDescription. The last few built are reused while the
+// results are the same (the same plan's), in the same formats, under the
+// same ciphers: a workload repeats its statements.
 func (s *session) queryX(results []rewrite.Result, fields []pgproto3.FieldDescription) *rowX {
 	if len(results) == 0 {
 		return nil
@@ -66,12 +66,22 @@ func (s *session) queryX(results []rewrite.Result, fields []pgproto3.FieldDescri
 		}
 		return codec.TextFormat
 	}
-	if x := s.lastQX; x != nil && len(s.lastQRes) == len(results) && &s.lastQRes[0] == &results[0] && s.current(x, format) {
-		return x
+	for i := range s.queryXs {
+		c := &s.queryXs[i]
+		if c.x != nil && len(c.results) == len(results) && &c.results[0] == &results[0] && s.current(c.x, format) {
+			return c.x
+		}
 	}
 	x := s.newRowX(results, format)
-	s.lastQRes, s.lastQX = results, x
+	s.queryXs[s.queryXNext] = cachedX{results: results, x: x}
+	s.queryXNext = (s.queryXNext + 1) % len(s.queryXs)
 	return x
+}
+
+// cachedX is a result transform built for a Query (see queryX).
+type cachedX struct {
+	results []rewrite.Result
+	x       *rowX
 }
 
 // current reports whether x has the given formats and the keyring's

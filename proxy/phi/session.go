@@ -252,11 +252,10 @@ type session struct {
 	sbuf     []byte
 	soffs    []int
 	hbuf     []byte // a decoded ciphertext
-	// lastQRes and lastQX are the last Query result transform built
-	// (see queryX).
-	lastQRes []rewrite.Result
-	lastQX   *rowX
-	cout     *copyStream // the COPY TO STDOUT being streamed, if PHI
+	// queryXs are the last Query result transforms built (see queryX).
+	queryXs    [4]cachedX
+	queryXNext int
+	cout       *copyStream // the COPY TO STDOUT being streamed, if PHI
 }
 
 func newSession(p *Proxy, info *proxy.SessionInfo) *session {
