@@ -28,7 +28,12 @@ import (
 //	go tool pprof -top -tagfocus side=proxy bench/runner/runner.test /tmp/phi.cpu
 //
 // The proxy's goroutines carry the profiler label side=proxy, so the
-// client's own CPU can be left out.
+// client's own CPU can be left out. The PHI layer's share is the cum of
+// its two entry points (a -focus of "proxy/phi" would match every package:
+// the module path is github.com/phiproxy/phiproxy):
+//
+//	go tool pprof -top -cum -tagfocus side=proxy bench/runner/runner.test /tmp/phi.cpu |
+//		grep -E 'phi\.\(\*session\)\.(ClientMessage|ServerMessage)$|crypto\.\(\*Cipher\)'
 func BenchmarkPHIWorkload(b *testing.B) {
 	const rows = 10000
 	ctx := context.Background()
