@@ -372,12 +372,13 @@ func lostUpstream() *pgerr.Error {
 }
 
 func writeRaw(l *leg, typ byte, body []byte) error {
-	var hdr [5]byte
-	hdr[0] = typ
-	binary.BigEndian.PutUint32(hdr[1:], uint32(len(body)+4))
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	if _, err := l.w.Write(hdr[:]); err != nil {
+	// The header is built in the writer's free space (a local array would
+	// escape through Write and cost an allocation per message).
+	hdr := append(l.w.AvailableBuffer(), typ, 0, 0, 0, 0)
+	binary.BigEndian.PutUint32(hdr[1:], uint32(len(body)+4))
+	if _, err := l.w.Write(hdr); err != nil {
 		return &writeError{err}
 	}
 	if _, err := l.w.Write(body); err != nil {
