@@ -59,12 +59,22 @@ func main() {
 	scale := flag.Int("scale", 10, "pgbench -i scale factor")
 	modes := flag.String("modes", "prepared,simple", "pgbench -M modes")
 	clients := flag.String("clients", "1,8", "pgbench -c values")
-	targetsFlag := flag.String("targets", "direct,phiproxy,pgbouncer", "paths to measure (relay workload)")
+	targetsFlag := flag.String("targets", "direct,phiproxy,pgbouncer", "paths to measure (relay workload); also floor-goroutine, floor-epoll: bare Go byte relays (floor.go)")
 	repeat := flag.Int("repeat", 1, "interleaved rounds; the tables show per-cell medians")
 	workload := flag.String("workload", "relay", "relay (pgbench -S) or phi (bench/phi.sql on PHI columns)")
 	rows := flag.Int("rows", 10000, "patients rows (phi workload)")
 	script := flag.String("script", "bench/phi.sql", "pgbench script (phi workload)")
+	floor := flag.String("floor", "", "internal: run a floor relay (goroutine|epoll) and nothing else")
+	floorListen := flag.String("floor-listen", "", "internal: the floor relay's address")
+	floorUpstream := flag.String("floor-upstream", "", "internal: the floor relay's upstream")
 	flag.Parse()
+	if *floor != "" {
+		if err := serveFloor(*floor, *floorListen, *floorUpstream); err != nil {
+			fmt.Fprintln(os.Stderr, "floor relay:", err)
+			os.Exit(1)
+		}
+		return
+	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	var err error
@@ -132,6 +142,17 @@ func run(ctx context.Context, phiproxyBin string, dur time.Duration, scale, repe
 		}
 		defer stopBouncer()
 		targets = append(targets, target{name: "pgbouncer", port: bport, db: benchDB, pid: bpid})
+	}
+	for _, kind := range []string{"goroutine", "epoll"} {
+		if !want["floor-"+kind] {
+			continue
+		}
+		fport, fpid, stopFloor, err := startFloor(ctx, kind, c.Addr())
+		if err != nil {
+			return err
+		}
+		defer stopFloor()
+		targets = append(targets, target{name: "floor-" + kind, port: fport, db: benchDB, pid: fpid})
 	}
 	return measure(ctx, pgbench, env, cpuMeter{c.Pid()}, targets, modes, clients, dur, repeat)
 }

@@ -1,0 +1,204 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"os/exec"
+	"runtime"
+	"strconv"
+	"sync"
+	"syscall"
+)
+
+// The floor targets answer one question about the relay (issue 3): how
+// fast can a Go process relay bytes between pgbench and PostgreSQL at all,
+// with two goroutines per connection (phiproxy's design) and with a single
+// thread over raw epoll (PgBouncer's design)? Neither parses the protocol,
+// terminates authentication or does anything else phiproxy does; they are
+// lower bounds, not alternatives.
+//
+//	floor-goroutine  io.Copy in each direction, one goroutine each
+//	floor-epoll      one locked OS thread: epoll_wait, read, write
+//
+// The runner starts each as a child process (itself, with -floor) so that
+// its CPU is measured like the proxies'.
+
+// startFloor starts a floor relay of the given kind on a free port in
+// front of upstream (host:port).
+func startFloor(ctx context.Context, kind, upstream string) (port, pid int, stop func(), err error) {
+	port, err = freePort()
+	if err != nil {
+		return 0, 0, nil, err
+	}
+	self, err := os.Executable()
+	if err != nil {
+		return 0, 0, nil, err
+	}
+	cmd := exec.CommandContext(ctx, self, "-floor", kind, "-floor-listen", "127.0.0.1:"+strconv.Itoa(port), "-floor-upstream", upstream)
+	cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
+	if err := cmd.Start(); err != nil {
+		return 0, 0, nil, err
+	}
+	stop = func() { cmd.Process.Kill(); cmd.Wait() }
+	if err := waitPort(ctx, port); err != nil {
+		stop()
+		return 0, 0, nil, err
+	}
+	return port, cmd.Process.Pid, stop, nil
+}
+
+func freePort() (int, error) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return 0, err
+	}
+	defer ln.Close()
+	return ln.Addr().(*net.TCPAddr).Port, nil
+}
+
+// serveFloor runs a floor relay until killed.
+func serveFloor(kind, listen, upstream string) error {
+	ln, err := net.Listen("tcp", listen)
+	if err != nil {
+		return err
+	}
+	switch kind {
+	case "goroutine":
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return err
+			}
+			go func() {
+				defer c.Close()
+				u, err := net.Dial("tcp", upstream)
+				if err != nil {
+					return
+				}
+				defer u.Close()
+				c.(*net.TCPConn).SetNoDelay(true)
+				u.(*net.TCPConn).SetNoDelay(true)
+				go func() { io.Copy(u, c); u.(*net.TCPConn).CloseWrite() }()
+				io.Copy(c, u)
+			}()
+		}
+	case "epoll":
+		return epollRelay(ln, upstream)
+	}
+	return fmt.Errorf("-floor %q is not goroutine or epoll", kind)
+}
+
+// epollRelay relays every accepted connection on one OS thread: level-
+// triggered epoll on both sockets, each readable socket read once into a
+// buffer and written to its peer. A write that would block (never seen
+// with pgbench's small messages) falls back to waiting for the peer to
+// drain; this is a measuring tool, not a proxy.
+func epollRelay(ln net.Listener, upstream string) error {
+	ep, err := syscall.EpollCreate1(syscall.EPOLL_CLOEXEC)
+	if err != nil {
+		return err
+	}
+	var mu sync.Mutex
+	peer := map[int32]int32{}
+	// detach takes a connection's socket out of Go's poller: a dup that
+	// only this relay uses, in non-blocking mode.
+	detach := func(c net.Conn) (int, error) {
+		f, err := c.(*net.TCPConn).File()
+		c.Close()
+		if err != nil {
+			return -1, err
+		}
+		fd, err := syscall.Dup(int(f.Fd()))
+		f.Close()
+		if err != nil {
+			return -1, err
+		}
+		return fd, syscall.SetNonblock(fd, true)
+	}
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			u, err := net.Dial("tcp", upstream)
+			if err != nil {
+				c.Close()
+				continue
+			}
+			c.(*net.TCPConn).SetNoDelay(true)
+			u.(*net.TCPConn).SetNoDelay(true)
+			cfd, err1 := detach(c)
+			ufd, err2 := detach(u)
+			if err1 != nil || err2 != nil {
+				continue
+			}
+			mu.Lock()
+			peer[int32(cfd)], peer[int32(ufd)] = int32(ufd), int32(cfd)
+			mu.Unlock()
+			for _, fd := range []int{cfd, ufd} {
+				syscall.EpollCtl(ep, syscall.EPOLL_CTL_ADD, fd, &syscall.EpollEvent{Events: syscall.EPOLLIN, Fd: int32(fd)})
+			}
+		}
+	}()
+	runtime.LockOSThread()
+	events := make([]syscall.EpollEvent, 128)
+	buf := make([]byte, 64<<10)
+	closePair := func(fd, p int32) {
+		syscall.EpollCtl(ep, syscall.EPOLL_CTL_DEL, int(fd), nil)
+		syscall.EpollCtl(ep, syscall.EPOLL_CTL_DEL, int(p), nil)
+		syscall.Close(int(fd))
+		syscall.Close(int(p))
+		mu.Lock()
+		delete(peer, fd)
+		delete(peer, p)
+		mu.Unlock()
+	}
+	for {
+		n, err := syscall.EpollWait(ep, events, -1)
+		if err == syscall.EINTR {
+			continue
+		}
+		if err != nil {
+			return err
+		}
+		for _, ev := range events[:n] {
+			fd := ev.Fd
+			mu.Lock()
+			p, ok := peer[fd]
+			mu.Unlock()
+			if !ok {
+				continue
+			}
+			k, err := syscall.Read(int(fd), buf)
+			if err == syscall.EAGAIN {
+				continue
+			}
+			if err != nil || k == 0 {
+				closePair(fd, p)
+				continue
+			}
+			if !writeAll(int(p), buf[:k]) {
+				closePair(fd, p)
+			}
+		}
+	}
+}
+
+func writeAll(fd int, b []byte) bool {
+	for len(b) > 0 {
+		k, err := syscall.Write(fd, b)
+		if err == syscall.EAGAIN {
+			runtime.Gosched() // the peer is slow: retry
+			continue
+		}
+		if err != nil {
+			return false
+		}
+		b = b[k:]
+	}
+	return true
+}
