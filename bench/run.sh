@@ -5,8 +5,13 @@
 #   -duration 10s   seconds per pgbench run
 #   -scale 10       pgbench -i scale
 #   -workload relay|phi  relay: pgbench -S direct/phiproxy/PgBouncer;
-#                       phi: bench/phi.sql direct (plaintext) / phiproxy pass-through / phiproxy with PHI
+#                       phi: bench/phi.sql direct (plaintext) / phiproxy pass-through / phiproxy with PHI,
+#                       and bench/phi_ciphertext.sql directly on the encrypted table ("cipher")
+#   -targets direct,phiproxy,pgbouncer  (relay) add floor-goroutine,floor-epoll for the
+#                       bare Go byte relays of bench/runner/floor.go
+#   -repeat 3           interleaved rounds, per-cell medians
 #   -rows 10000         patients rows (phi)
+# Every table also shows the CPU time per transaction of the proxy and of PostgreSQL.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 go build -o bin/phiproxy ./cmd/phiproxy
