@@ -316,11 +316,50 @@ func TestEnvelopeCheckConstraint(t *testing.T) {
 	mustExec(t, conn, `CREATE SCHEMA "Clinic"; CREATE TABLE "Clinic"."Patients" (id int, "S""sn" bytea);
 INSERT INTO "Clinic"."Patients" VALUES (0, 'legacy plaintext');`)
 	col := Column{Schema: "Clinic", Table: "Patients", Name: `S"sn`}
-	if got, want := EnvelopeCheckSQL(col), `ALTER TABLE "Clinic"."Patients" ADD CONSTRAINT "phiproxy_S""sn_envelope" CHECK ("S""sn" IS NULL OR substring("S""sn" from 1 for 3) = decode('504801', 'hex')) NOT VALID`; got != want {
+	if got, want := EnvelopeCheckSQL(col), `ALTER TABLE "Clinic"."Patients" ADD CONSTRAINT "phiproxy_S""sn_envelope" CHECK ("S""sn" LIKE E'\\x50480125'::bytea) NOT VALID`; got != want {
 		t.Errorf("EnvelopeCheckSQL =\n%s\nwant\n%s", got, want)
+	}
+	// The DDL means the same whatever standard_conforming_strings is when
+	// it runs: PostgreSQL stores the same constraint.
+	mustExec(t, conn, `CREATE TABLE "Clinic"."Twin" (id int, "S""sn" bytea); SET standard_conforming_strings = off`)
+	mustExec(t, conn, EnvelopeCheckSQL(Column{Schema: "Clinic", Table: "Twin", Name: `S"sn`}))
+	mustExec(t, conn, `SET standard_conforming_strings = on`)
+	// Bytes that are LIKE wildcards or the escape after the header are
+	// data, not pattern; anything without the exact header is refused.
+	for _, c := range []struct {
+		v  []byte
+		ok bool
+	}{
+		{[]byte("PH\x01"), true},
+		{[]byte("PH\x01%_\\\x00\xff"), true},
+		{[]byte("PH\x02abc"), false},
+		{[]byte("P_\x01abc"), false},
+		{[]byte("%PH\x01"), false},
+		{[]byte("xPH\x01"), false},
+		{[]byte{}, false},
+	} {
+		_, err := conn.Exec(ctx, `INSERT INTO "Clinic"."Twin" VALUES (1, $1)`, c.v)
+		if (err == nil) != c.ok {
+			t.Errorf("write of %q: err = %v, want accepted = %v", c.v, err, c.ok)
+		}
 	}
 	// NOT VALID: existing plaintext does not stop the constraint from being added.
 	mustExec(t, conn, EnvelopeCheckSQL(col))
+	var defs []string
+	rows, err := conn.Query(ctx, `SELECT pg_get_constraintdef(oid) FROM pg_constraint WHERE conname = $1 ORDER BY conrelid::regclass::text`, EnvelopeCheckName(col))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for rows.Next() {
+		var d string
+		if err := rows.Scan(&d); err != nil {
+			t.Fatal(err)
+		}
+		defs = append(defs, d)
+	}
+	if len(defs) != 2 || defs[0] != defs[1] {
+		t.Fatalf("the constraint added under standard_conforming_strings off and on differs: %q", defs)
+	}
 	for _, stdStrings := range []string{"on", "off"} {
 		mustExec(t, conn, "SET standard_conforming_strings = "+stdStrings)
 		_, err := conn.Exec(ctx, `INSERT INTO "Clinic"."Patients" VALUES (1, $1)`, []byte("123-45-6789"))
