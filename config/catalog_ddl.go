@@ -44,7 +44,7 @@ func EnvelopeCheckName(col Column) string {
 //
 // The test is a bytea LIKE with the pattern "PH" 0x01 "%" (none of its
 // bytes is '_' or the escape '\'): a NULL value makes it NULL, which a
-// CHECK accepts. It is written as an E” literal so that the statement
+// CHECK accepts. It is written as an E'…' literal so that the statement
 // means the same under standard_conforming_strings = off. PostgreSQL
 // prepares every CHECK expression again for each statement execution, so
 // the smallest expression is the cheapest: this one cost about half of
