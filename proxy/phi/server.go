@@ -436,6 +436,7 @@ func (s *session) row(x *rowX, names []string, m *pgproto3.DataRow, out *proxy.O
 		m.Values[offs[k]] = buf[offs[k+1]:offs[k+2]:offs[k+2]]
 	}
 	err := out.Forward(m)
+	clear(buf) // the decrypted values do not outlive the message
 	if cap(buf) > 1<<20 {
 		buf = nil // do not keep a huge value's buffer for the session's life
 	}
