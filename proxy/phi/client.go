@@ -566,11 +566,13 @@ func (s *session) encryptParams(ps *prepared, m *pgproto3.Bind) (*pgproto3.Bind,
 		} else {
 			canon, err := cd.AppendCanonicalFrom(buf, p.Column.Type, declaredAt(ps.declared, i), formats[i], params[i])
 			if err != nil {
+				clear(buf[:cap(buf)]) // a partial plaintext may be there
 				return nil, codec.WithColumn(err, p.Column.Ident)
 			}
 			mid := len(canon)
 			buf, err = c.AppendEncrypt(canon, canon[start:mid])
 			if err != nil {
+				clear(canon[:cap(canon)])
 				return nil, err
 			}
 			// Drop the plaintext: move the envelope down over it.
