@@ -87,17 +87,6 @@ func (p *pump) begin(typ byte, bodyLen int) error {
 	return p.s.serverSaw(typ, bodyLen, nil)
 }
 
-// copyRaw copies part of a streamed message.
-func (p *pump) copyRaw(b []byte) error {
-	p.dst.mu.Lock()
-	_, err := p.dst.w.Write(b)
-	p.dst.mu.Unlock()
-	if err != nil {
-		return &writeError{err}
-	}
-	return nil
-}
-
 // run relays through the source leg's bufio.Reader until the source or
 // the destination fails.
 func (p *pump) run() error {

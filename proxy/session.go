@@ -304,6 +304,17 @@ type hookError struct{ err error }
 func (e *hookError) Error() string { return "interceptor: " + e.err.Error() }
 func (e *hookError) Unwrap() error { return e.err }
 
+// endByInterceptor ends the session because its Interceptor returned err:
+// the client gets err's SQLSTATE, or XX000 when it carries none.
+func (s *session) endByInterceptor(err error) {
+	s.log.Warn("session ended by interceptor", "err", err, "sqlstate", sqlstateOf(err))
+	if pe := pgerr.As(err); pe != nil {
+		s.end(pe)
+		return
+	}
+	s.end(pgerr.Fatal(pgerr.Internal, "internal error in phiproxy"))
+}
+
 // clientEnded decides how the session ends when the client→server loop
 // stops with err.
 func (s *session) clientEnded(err error) {
@@ -315,12 +326,7 @@ func (s *session) clientEnded(err error) {
 	var he *hookError
 	switch {
 	case errors.As(err, &he):
-		s.log.Warn("session ended by interceptor", "err", err, "sqlstate", sqlstateOf(err))
-		if pe := pgerr.As(err); pe != nil {
-			s.end(pe)
-		} else {
-			s.end(pgerr.Fatal(pgerr.Internal, "internal error in phiproxy"))
-		}
+		s.endByInterceptor(err)
 	case errors.As(err, &we):
 		s.log.Warn("lost connection to the upstream server", "err", err)
 		s.end(lostUpstream())
@@ -350,12 +356,7 @@ func (s *session) serverEnded(err error) {
 	var he *hookError
 	switch {
 	case errors.As(err, &he):
-		s.log.Warn("session ended by interceptor", "err", err, "sqlstate", sqlstateOf(err))
-		if pe := pgerr.As(err); pe != nil {
-			s.end(pe)
-		} else {
-			s.end(pgerr.Fatal(pgerr.Internal, "internal error in phiproxy"))
-		}
+		s.endByInterceptor(err)
 	case errors.As(err, &we):
 		s.end(nil) // the client went away
 	case s.clientTerminated.Load() || s.fatalRelayed.Load():
