@@ -7,7 +7,7 @@
 #   -workload relay|phi  relay: pgbench -S direct/phiproxy/PgBouncer;
 #                       phi: bench/phi.sql direct (plaintext) / phiproxy pass-through / phiproxy with PHI,
 #                       and bench/phi_ciphertext.sql directly on the encrypted table ("cipher")
-#   -targets direct,phiproxy,pgbouncer  (relay) add floor-goroutine,floor-epoll for the
+#   -targets direct,phiproxy,pgbouncer  (relay) add floor-goroutine,floor-epoll,floor-epoll-raw for the
 #                       bare Go byte relays of bench/runner/floor.go
 #   -repeat 3           interleaved rounds, per-cell medians
 #   -rows 10000         patients rows (phi)

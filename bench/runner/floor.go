@@ -22,6 +22,7 @@ import (
 //
 //	floor-goroutine  io.Copy in each direction, one goroutine each
 //	floor-epoll      one locked OS thread: epoll_wait, read, write
+//	floor-epoll-raw  the same with raw system calls (floor_raw.go)
 //
 // The runner starts each as a child process (itself, with -floor) so that
 // its CPU is measured like the proxies'.
@@ -87,8 +88,10 @@ func serveFloor(kind, listen, upstream string) error {
 		}
 	case "epoll":
 		return epollRelay(ln, upstream)
+	case "epoll-raw":
+		return epollRawRelay(ln, upstream)
 	}
-	return fmt.Errorf("-floor %q is not goroutine or epoll", kind)
+	return fmt.Errorf("-floor %q is not goroutine, epoll or epoll-raw", kind)
 }
 
 // epollRelay relays every accepted connection on one OS thread: level-
@@ -103,55 +106,16 @@ func epollRelay(ln net.Listener, upstream string) error {
 	}
 	var mu sync.Mutex
 	peer := map[int32]int32{}
-	// detach takes a connection's socket out of Go's poller: a dup that
-	// only this relay uses, in non-blocking mode.
-	detach := func(c net.Conn) (int, error) {
-		f, err := c.(*net.TCPConn).File()
-		c.Close()
-		if err != nil {
-			return -1, err
-		}
-		fd, err := syscall.Dup(int(f.Fd()))
-		f.Close()
-		if err != nil {
-			return -1, err
-		}
-		return fd, syscall.SetNonblock(fd, true)
-	}
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			u, err := net.Dial("tcp", upstream)
-			if err != nil {
-				c.Close()
-				continue
-			}
-			c.(*net.TCPConn).SetNoDelay(true)
-			u.(*net.TCPConn).SetNoDelay(true)
-			cfd, err1 := detach(c)
-			ufd, err2 := detach(u)
-			if err1 != nil || err2 != nil {
-				continue
-			}
-			mu.Lock()
-			peer[int32(cfd)], peer[int32(ufd)] = int32(ufd), int32(cfd)
-			mu.Unlock()
-			for _, fd := range []int{cfd, ufd} {
-				syscall.EpollCtl(ep, syscall.EPOLL_CTL_ADD, fd, &syscall.EpollEvent{Events: syscall.EPOLLIN, Fd: int32(fd)})
-			}
-		}
-	}()
+	go acceptPairs(ln, upstream, ep, func(cfd, ufd int32) {
+		mu.Lock()
+		peer[cfd], peer[ufd] = ufd, cfd
+		mu.Unlock()
+	})
 	runtime.LockOSThread()
 	events := make([]syscall.EpollEvent, 128)
 	buf := make([]byte, 64<<10)
 	closePair := func(fd, p int32) {
-		syscall.EpollCtl(ep, syscall.EPOLL_CTL_DEL, int(fd), nil)
-		syscall.EpollCtl(ep, syscall.EPOLL_CTL_DEL, int(p), nil)
-		syscall.Close(int(fd))
-		syscall.Close(int(p))
+		unpair(ep, fd, p)
 		mu.Lock()
 		delete(peer, fd)
 		delete(peer, p)
@@ -185,6 +149,55 @@ func epollRelay(ln net.Listener, upstream string) error {
 				closePair(fd, p)
 			}
 		}
+	}
+}
+
+// acceptPairs accepts connections, dials upstream for each, takes both
+// sockets out of Go's poller (a non-blocking dup that only the relay uses),
+// calls pair and adds both to the epoll set ep. It runs until ln closes.
+func acceptPairs(ln net.Listener, upstream string, ep int, pair func(cfd, ufd int32)) {
+	detach := func(c net.Conn) (int, error) {
+		f, err := c.(*net.TCPConn).File()
+		c.Close()
+		if err != nil {
+			return -1, err
+		}
+		fd, err := syscall.Dup(int(f.Fd()))
+		f.Close()
+		if err != nil {
+			return -1, err
+		}
+		return fd, syscall.SetNonblock(fd, true)
+	}
+	for {
+		c, err := ln.Accept()
+		if err != nil {
+			return
+		}
+		u, err := net.Dial("tcp", upstream)
+		if err != nil {
+			c.Close()
+			continue
+		}
+		c.(*net.TCPConn).SetNoDelay(true)
+		u.(*net.TCPConn).SetNoDelay(true)
+		cfd, err1 := detach(c)
+		ufd, err2 := detach(u)
+		if err1 != nil || err2 != nil {
+			continue
+		}
+		pair(int32(cfd), int32(ufd))
+		for _, fd := range []int{cfd, ufd} {
+			syscall.EpollCtl(ep, syscall.EPOLL_CTL_ADD, fd, &syscall.EpollEvent{Events: syscall.EPOLLIN, Fd: int32(fd)})
+		}
+	}
+}
+
+// unpair takes a relayed pair of sockets out of ep and closes them.
+func unpair(ep int, fd, p int32) {
+	for _, s := range []int32{fd, p} {
+		syscall.EpollCtl(ep, syscall.EPOLL_CTL_DEL, int(s), nil)
+		syscall.Close(int(s))
 	}
 }
 

@@ -27,7 +27,7 @@ func TestFloorRelaysAreTransparent(t *testing.T) {
 			go func() { io.Copy(c, c); c.Close() }()
 		}
 	}()
-	for _, kind := range []string{"goroutine", "epoll"} {
+	for _, kind := range []string{"goroutine", "epoll", "epoll-raw"} {
 		port, err := freePort()
 		if err != nil {
 			t.Fatal(err)

@@ -59,12 +59,12 @@ func main() {
 	scale := flag.Int("scale", 10, "pgbench -i scale factor")
 	modes := flag.String("modes", "prepared,simple", "pgbench -M modes")
 	clients := flag.String("clients", "1,8", "pgbench -c values")
-	targetsFlag := flag.String("targets", "direct,phiproxy,pgbouncer", "paths to measure (relay workload); also floor-goroutine, floor-epoll: bare Go byte relays (floor.go)")
+	targetsFlag := flag.String("targets", "direct,phiproxy,pgbouncer", "paths to measure (relay workload); also floor-goroutine, floor-epoll, floor-epoll-raw: bare Go byte relays (floor.go, floor_raw.go)")
 	repeat := flag.Int("repeat", 1, "interleaved rounds; the tables show per-cell medians")
 	workload := flag.String("workload", "relay", "relay (pgbench -S) or phi (bench/phi.sql on PHI columns)")
 	rows := flag.Int("rows", 10000, "patients rows (phi workload)")
 	script := flag.String("script", "bench/phi.sql", "pgbench script (phi workload)")
-	floor := flag.String("floor", "", "internal: run a floor relay (goroutine|epoll) and nothing else")
+	floor := flag.String("floor", "", "internal: run a floor relay (goroutine|epoll|epoll-raw) and nothing else")
 	floorListen := flag.String("floor-listen", "", "internal: the floor relay's address")
 	floorUpstream := flag.String("floor-upstream", "", "internal: the floor relay's upstream")
 	flag.Parse()
@@ -143,7 +143,7 @@ func run(ctx context.Context, phiproxyBin string, dur time.Duration, scale, repe
 		defer stopBouncer()
 		targets = append(targets, target{name: "pgbouncer", port: bport, db: benchDB, pid: bpid})
 	}
-	for _, kind := range []string{"goroutine", "epoll"} {
+	for _, kind := range []string{"goroutine", "epoll", "epoll-raw"} {
 		if !want["floor-"+kind] {
 			continue
 		}
