@@ -19,17 +19,15 @@ type auditText struct {
 
 func (a *auditText) compute() {
 	a.once.Do(func() {
-		if n, err := pg.Normalize(a.text); err == nil {
-			a.normalized = strings.TrimSpace(stripComments(n))
-		}
+		a.normalized = normalizeSQL(a.text)
 		if f, err := pg.Fingerprint(a.text); err == nil {
 			a.fingerprint = f
 		}
 	})
 }
 
-// Normalized is the statement with every constant replaced by $n (pg_query
-// Normalize) and comments removed; it never holds a value. It is "" for a
+// Normalized is the statement with every constant replaced by $n and
+// comments removed (normalizeSQL); it never holds a value. It is "" for a
 // statement that touches no PHI.
 func (s *Statement) Normalized() string {
 	if s.audit == nil {

@@ -117,6 +117,13 @@ func (p *Planner) plan(sql string, sess Session) (*Plan, error) {
 		}
 		return nil, e
 	}
+	if mentions {
+		if pos := pg16Number(sql); pos > 0 {
+			return nil, pgerr.New(pgerr.SyntaxError, "numeric literal in PostgreSQL 16 syntax (0x, 0o, 0b or _) in a statement that mentions PHI relation "+p.mentionedRelation(sql)).
+				WithHint("write the number in decimal without underscores: the PostgreSQL 15 server reads 0x1F as 0 followed by the name x1F, so phiproxy and the server would disagree on the statement").
+				WithPosition(pos)
+		}
+	}
 	plan := &Plan{SQL: sql, PassThrough: true}
 	path := ParseSearchPath(sess.SearchPath)
 	for _, raw := range tree.Stmts {
