@@ -7,45 +7,26 @@ import (
 	"os"
 	"slices"
 	"strings"
-	"sync"
 	"testing"
-	"time"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 
+	"github.com/phiproxy/phiproxy/internal/testenv"
 	"github.com/phiproxy/phiproxy/pgcluster"
 )
 
 // The cluster is started on first use so that the pure config tests stay
 // fast; TestMain stops it.
-var shared struct {
-	once    sync.Once
-	cluster *pgcluster.Cluster
-	err     error
-}
+var shared = testenv.LazyCluster{Options: pgcluster.Options{NoTLS: true}}
 
-func TestMain(m *testing.M) {
-	code := m.Run()
-	if shared.cluster != nil {
-		shared.cluster.Stop()
-	}
-	os.Exit(code)
-}
+func TestMain(m *testing.M) { os.Exit(shared.Run(m)) }
 
 // testDB returns a connection to a fresh database of the shared cluster.
 func testDB(t *testing.T) *pgx.Conn {
 	t.Helper()
 	ctx := context.Background()
-	shared.once.Do(func() {
-		sctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
-		defer cancel()
-		shared.cluster, shared.err = pgcluster.Start(sctx, pgcluster.Options{NoTLS: true})
-	})
-	if shared.err != nil {
-		t.Fatal(shared.err)
-	}
-	c := shared.cluster
+	c := shared.Get(t)
 	db := "t_" + strings.ToLower(strings.NewReplacer("/", "_", " ", "_").Replace(t.Name()))
 	if len(db) > 60 {
 		db = db[:60]
@@ -418,7 +399,7 @@ ALTER DATABASE `+db+` SET search_path = "$user", tenant, public;`)
 	if err != nil {
 		t.Fatal(err)
 	}
-	c := shared.cluster
+	c := shared.Get(t)
 	for _, role := range []string{"sp_both", "sp_role", "sp_none"} {
 		login, err := pgx.Connect(ctx, c.DSN(role, "pw", db, "sslmode=disable"))
 		if err != nil {

@@ -1,7 +1,6 @@
 package integration
 
 import (
-	"bytes"
 	"context"
 	"fmt"
 	"net"
@@ -9,10 +8,10 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
+	"github.com/phiproxy/phiproxy/internal/testenv"
 	"github.com/phiproxy/phiproxy/pgcluster"
 )
 
@@ -55,8 +54,7 @@ func runMain(m *testing.M) int {
 	}
 	defer c.Stop()
 	e := &env{cluster: c, binary: bin, work: work}
-	e.pgpass = filepath.Join(work, "pgpass")
-	if err := os.WriteFile(e.pgpass, []byte(fmt.Sprintf("*:*:*:%s:%s\n", c.SuperUser, c.SuperPassword)), 0o600); err != nil {
+	if e.pgpass, err = c.WritePgpass(); err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		return 2
 	}
@@ -207,26 +205,6 @@ func psql(t *testing.T, conninfo string, args ...string) (string, error) {
 	return string(out), err
 }
 
-// syncBuffer is a bytes.Buffer safe for a child's concurrent writes.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
-func (s *syncBuffer) Bytes() []byte {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return append([]byte(nil), s.b.Bytes()...)
-}
+// syncBuffer is what a child process writes while the test reads it (the
+// package's name for testenv.Buffer).
+type syncBuffer = testenv.Buffer

@@ -17,6 +17,7 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"github.com/phiproxy/phiproxy/config"
+	"github.com/phiproxy/phiproxy/internal/testenv"
 	"github.com/phiproxy/phiproxy/pgcluster"
 )
 
@@ -24,9 +25,9 @@ import (
 var testCluster *pgcluster.Cluster
 
 const (
-	appUser     = "app"
-	appPassword = "app-secret"
-	appDB       = "appdb"
+	appUser     = testenv.AppUser
+	appPassword = testenv.AppPassword
+	appDB       = testenv.AppDB
 )
 
 func TestMain(m *testing.M) {
@@ -37,36 +38,14 @@ func runTests(m *testing.M) int {
 	if !needsCluster() {
 		return m.Run()
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-	c, err := pgcluster.Start(ctx, pgcluster.Options{})
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	c, err := testenv.StartCluster(ctx, pgcluster.Options{})
 	cancel()
 	if err != nil {
-		fmt.Fprintln(os.Stderr, "proxy tests: starting PostgreSQL:", err)
+		fmt.Fprintln(os.Stderr, "proxy tests:", err)
 		return 1
 	}
 	defer c.Stop()
-	ctx, cancel = context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	for _, sql := range []string{
-		fmt.Sprintf("CREATE ROLE %s LOGIN PASSWORD '%s'", appUser, appPassword),
-		fmt.Sprintf("CREATE DATABASE %s OWNER %s", appDB, appUser),
-	} {
-		if err := c.Exec(ctx, sql); err != nil {
-			fmt.Fprintln(os.Stderr, "proxy tests: setup:", err)
-			return 1
-		}
-	}
-	// The catalog connection takes its password from PGPASSFILE, as in
-	// production (config refuses passwords in catalog_dsn).
-	pgpass, err := os.CreateTemp("", "proxy-test-pgpass-")
-	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		return 1
-	}
-	defer os.Remove(pgpass.Name())
-	fmt.Fprintf(pgpass, "*:*:*:%s:%s\n", c.SuperUser, c.SuperPassword)
-	pgpass.Close()
-	os.Setenv("PGPASSFILE", pgpass.Name())
 	testCluster = c
 	return m.Run()
 }
@@ -82,30 +61,11 @@ func needsCluster() bool {
 	return true
 }
 
-// testLogger returns a JSON logger that writes into buf (kept for canary
-// checks) and into the test log.
-type logSink struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (l *logSink) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.buf.Write(p)
-}
-
-func (l *logSink) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.buf.String()
-}
-
 // testProxy is a running proxy in front of the test cluster.
 type testProxy struct {
 	srv  *Server
 	addr string
-	logs *logSink
+	logs *testenv.Buffer // the proxy's JSON log, kept for canary checks
 	cfg  *config.Config
 }
 
@@ -133,33 +93,26 @@ func proxyConfig(t testing.TB, up string, extra ...string) *config.Config {
 // startProxy runs a proxy for cfg on a free port until the test ends.
 func startProxy(t testing.TB, cfg *config.Config, opts ...Option) *testProxy {
 	t.Helper()
-	logs := &logSink{}
+	logs := &testenv.Buffer{}
 	opts = append([]Option{WithLogger(slog.New(slog.NewJSONHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug})))}, opts...)
 	srv, err := New(cfg, opts...)
 	if err != nil {
 		t.Fatal(err)
 	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	done := make(chan error, 1)
-	go func() { done <- srv.Serve(context.Background(), ln) }()
-	t.Cleanup(func() {
-		srv.Close()
-		if err := <-done; err != ErrServerClosed {
+	addr := testenv.Serve(t, srv, func(err error) {
+		if err != ErrServerClosed {
 			t.Errorf("Serve returned %v, want ErrServerClosed", err)
 		}
 		if t.Failed() {
 			t.Logf("proxy log:\n%s", logs.String())
 		}
 	})
-	return &testProxy{srv: srv, addr: ln.Addr().String(), logs: logs, cfg: cfg}
+	return &testProxy{srv: srv, addr: addr, logs: logs, cfg: cfg}
 }
 
 // dsn is a connection string to the proxy as the app user.
 func (p *testProxy) dsn(params ...string) string {
-	return "postgres://" + appUser + ":" + appPassword + "@" + p.addr + "/" + appDB + "?" + strings.Join(append([]string{"sslmode=disable"}, params...), "&")
+	return testenv.AppDSN(p.addr, params...)
 }
 
 func directDSN(params ...string) string {
@@ -168,19 +121,10 @@ func directDSN(params ...string) string {
 
 func connect(t testing.TB, ctx context.Context, dsn string) *pgx.Conn {
 	t.Helper()
-	conn, err := pgx.Connect(ctx, dsn)
-	if err != nil {
-		t.Fatalf("connect: %v", err)
-	}
-	t.Cleanup(func() { conn.Close(context.Background()) })
-	return conn
+	return testenv.Connect(t, ctx, dsn, nil)
 }
 
-func testCtx(t testing.TB) context.Context {
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	t.Cleanup(cancel)
-	return ctx
-}
+func testCtx(t testing.TB) context.Context { return testenv.Context(t, 30*time.Second) }
 
 // forwarder is a TCP relay in front of the cluster that answers 'N' to an
 // SSLRequest itself: to the proxy it looks like a PostgreSQL server with

@@ -9,28 +9,12 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/phiproxy/phiproxy/internal/testenv"
 )
-
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
 
 func TestServeUsage(t *testing.T) {
 	env := &cmdEnv{stdout: &bytes.Buffer{}, stderr: &bytes.Buffer{}}
@@ -58,7 +42,7 @@ func TestServeRunsReloadsAndDrains(t *testing.T) {
 	}
 	good := "listen: 127.0.0.1:0\nupstream: {address: 127.0.0.1:1, sslmode: disable}\ncatalog_dsn: postgres://c@127.0.0.1:1/db\nauth: {mode: relay}\nlimits: {drain_timeout: 1s}\n"
 	write(good)
-	stderr := &syncBuffer{}
+	stderr := &testenv.Buffer{}
 	env := &cmdEnv{stdout: &bytes.Buffer{}, stderr: stderr}
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()

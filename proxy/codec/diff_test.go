@@ -5,45 +5,26 @@ import (
 	"fmt"
 	"os"
 	"strings"
-	"sync"
 	"testing"
-	"time"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 
+	"github.com/phiproxy/phiproxy/internal/testenv"
 	"github.com/phiproxy/phiproxy/pgcluster"
 	"github.com/phiproxy/phiproxy/pgerr"
 )
 
 // The cluster starts on first use, so the pure tests, benchmarks and fuzz
 // targets need no server.
-var shared struct {
-	once    sync.Once
-	cluster *pgcluster.Cluster
-	err     error
-}
+var shared = testenv.LazyCluster{Options: pgcluster.Options{NoTLS: true}}
 
-func TestMain(m *testing.M) {
-	code := m.Run()
-	if shared.cluster != nil {
-		shared.cluster.Stop()
-	}
-	os.Exit(code)
-}
+func TestMain(m *testing.M) { os.Exit(shared.Run(m)) }
 
 func serverConn(t *testing.T, params ...string) *pgx.Conn {
 	t.Helper()
 	ctx := context.Background()
-	shared.once.Do(func() {
-		sctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
-		defer cancel()
-		shared.cluster, shared.err = pgcluster.Start(sctx, pgcluster.Options{NoTLS: true})
-	})
-	if shared.err != nil {
-		t.Fatal(shared.err)
-	}
-	c := shared.cluster
+	c := shared.Get(t)
 	conn, err := pgx.Connect(ctx, c.DSN(c.SuperUser, c.SuperPassword, "postgres", append([]string{"sslmode=disable"}, params...)...))
 	if err != nil {
 		t.Fatal(err)

@@ -1,16 +1,13 @@
 package phi
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
 	"log/slog"
-	"net"
 	"os"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -19,6 +16,7 @@ import (
 
 	"github.com/phiproxy/phiproxy/config"
 	"github.com/phiproxy/phiproxy/crypto"
+	"github.com/phiproxy/phiproxy/internal/testenv"
 	"github.com/phiproxy/phiproxy/pgcluster"
 	"github.com/phiproxy/phiproxy/proxy"
 )
@@ -30,9 +28,9 @@ var (
 )
 
 const (
-	appUser     = "app"
-	appPassword = "app-secret"
-	appDB       = "appdb"
+	appUser     = testenv.AppUser
+	appPassword = testenv.AppPassword
+	appDB       = testenv.AppDB
 )
 
 // typeCols are the logical types exercised, one randomized column each in
@@ -94,33 +92,18 @@ func TestMain(m *testing.M) { os.Exit(runTests(m)) }
 func runTests(m *testing.M) int {
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
-	c, err := pgcluster.Start(ctx, pgcluster.Options{})
+	c, err := testenv.StartCluster(ctx, pgcluster.Options{})
 	if err != nil {
-		fmt.Fprintln(os.Stderr, "phi tests: starting PostgreSQL:", err)
+		fmt.Fprintln(os.Stderr, "phi tests:", err)
 		return 1
 	}
 	defer c.Stop()
-	for _, sql := range []string{
-		fmt.Sprintf("CREATE ROLE %s LOGIN PASSWORD '%s'", appUser, appPassword),
-		fmt.Sprintf("CREATE DATABASE %s OWNER %s", appDB, appUser),
-	} {
-		if err := c.Exec(ctx, sql); err != nil {
-			fmt.Fprintln(os.Stderr, "phi tests: setup:", err)
-			return 1
-		}
-	}
 	dir, err := os.MkdirTemp("", "phi-test-")
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		return 1
 	}
 	defer os.RemoveAll(dir)
-	pgpass := filepath.Join(dir, "pgpass")
-	if err := os.WriteFile(pgpass, []byte(fmt.Sprintf("*:*:*:%s:%s\n", c.SuperUser, c.SuperPassword)), 0o600); err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		return 1
-	}
-	os.Setenv("PGPASSFILE", pgpass)
 	doc := "listen: 127.0.0.1:0\n" +
 		"upstream: {address: " + c.Addr() + ", sslmode: disable}\n" +
 		"catalog_dsn: postgres://" + c.SuperUser + "@" + c.Addr() + "/" + appDB + "?sslmode=disable\n" +
@@ -177,27 +160,10 @@ func makeKeys(ctx context.Context, cfg *config.Config) error {
 	return nil
 }
 
-type logSink struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (l *logSink) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.buf.Write(p)
-}
-
-func (l *logSink) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.buf.String()
-}
-
 type testProxy struct {
 	phi  *Proxy
 	addr string
-	logs *logSink
+	logs *testenv.Buffer
 }
 
 // startProxy runs phiproxy with the PHI layer in front of the cluster.
@@ -216,7 +182,7 @@ func startProxy(t testing.TB) *testProxy {
 			t.Fatal(err)
 		}
 	}
-	logs := &logSink{}
+	logs := &testenv.Buffer{}
 	log := slog.New(slog.NewJSONHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	p, err := New(ctx, testCfg, WithLogger(log))
 	if err != nil {
@@ -226,25 +192,17 @@ func startProxy(t testing.TB) *testProxy {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	done := make(chan error, 1)
-	go func() { done <- srv.Serve(context.Background(), ln) }()
-	t.Cleanup(func() {
-		srv.Close()
-		<-done
+	addr := testenv.Serve(t, srv, func(error) {
 		p.Close()
 		if t.Failed() {
 			t.Logf("proxy log:\n%s", logs.String())
 		}
 	})
-	return &testProxy{phi: p, addr: ln.Addr().String(), logs: logs}
+	return &testProxy{phi: p, addr: addr, logs: logs}
 }
 
 func (p *testProxy) dsn(params ...string) string {
-	return "postgres://" + appUser + ":" + appPassword + "@" + p.addr + "/" + appDB + "?" + strings.Join(append([]string{"sslmode=disable"}, params...), "&")
+	return testenv.AppDSN(p.addr, params...)
 }
 
 func directDSN() string {
@@ -253,24 +211,10 @@ func directDSN() string {
 
 func connect(t testing.TB, ctx context.Context, dsn string, mode pgx.QueryExecMode) *pgx.Conn {
 	t.Helper()
-	cc, err := pgx.ParseConfig(dsn)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cc.DefaultQueryExecMode = mode
-	conn, err := pgx.ConnectConfig(ctx, cc)
-	if err != nil {
-		t.Fatalf("connect: %v", err)
-	}
-	t.Cleanup(func() { conn.Close(context.Background()) })
-	return conn
+	return testenv.Connect(t, ctx, dsn, func(cc *pgx.ConnConfig) { cc.DefaultQueryExecMode = mode })
 }
 
-func testCtx(t testing.TB) context.Context {
-	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
-	t.Cleanup(cancel)
-	return ctx
-}
+func testCtx(t testing.TB) context.Context { return testenv.Context(t, 60*time.Second) }
 
 func sqlstate(err error) string {
 	if pe, ok := err.(*pgconn.PgError); ok {

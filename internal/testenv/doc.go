@@ -1,0 +1,11 @@
+// Package testenv holds what the tests of several packages share: a
+// PostgreSQL cluster for a package's TestMain (started at once with the app
+// role, or lazily on first use), pgx connections and servers that end with
+// the test, and a buffer a logger or a child process writes while the test
+// reads it.
+//
+// Only tests import it (TestOnlyTestsImportIt checks); it depends on the
+// standard library, pgcluster and pgx, so that any package's tests can use
+// it without an import cycle. A server to run is taken as an interface for
+// the same reason: proxy's own tests import this package.
+package testenv

@@ -1,0 +1,53 @@
+package testenv
+
+import (
+	"bytes"
+	"os/exec"
+	"strings"
+	"sync"
+	"testing"
+)
+
+func TestBufferConcurrentWrites(t *testing.T) {
+	var b Buffer
+	var wg sync.WaitGroup
+	for range 4 {
+		wg.Go(func() {
+			for range 100 {
+				b.Write([]byte("ab"))
+				_ = b.String()
+			}
+		})
+	}
+	wg.Wait()
+	if got := b.Bytes(); len(got) != 800 || !bytes.Equal(got, bytes.Repeat([]byte("ab"), 400)) {
+		t.Fatalf("after 400 writes of \"ab\" the buffer holds %d bytes", len(got))
+	}
+	got := b.Bytes()
+	got[0] = 'x'
+	if b.String()[0] != 'a' {
+		t.Fatal("Bytes returned the buffer itself, not a copy")
+	}
+}
+
+// TestOnlyTestsImportIt keeps this package out of the proxy's binaries: a
+// package's non-test files must not import it.
+func TestOnlyTestsImportIt(t *testing.T) {
+	const self = "github.com/phiproxy/phiproxy/internal/testenv"
+	goBin, err := exec.LookPath("go")
+	if err != nil {
+		t.Skip("no go command:", err)
+	}
+	out, err := exec.Command(goBin, "list", "-e", "-f", "{{.ImportPath}}{{range .Imports}} {{.}}{{end}}", "github.com/phiproxy/phiproxy/...").Output()
+	if err != nil {
+		t.Fatalf("go list: %v", err)
+	}
+	for line := range strings.Lines(string(out)) {
+		pkg, imports, _ := strings.Cut(strings.TrimSpace(line), " ")
+		for _, imp := range strings.Fields(imports) {
+			if imp == self {
+				t.Errorf("%s imports %s outside its tests", pkg, self)
+			}
+		}
+	}
+}
