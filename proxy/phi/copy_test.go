@@ -80,6 +80,28 @@ func copyBoth(t *testing.T, ctx context.Context, via, direct *pgconn.PgConn, opt
 	}
 }
 
+// copyLoad is one COPY FROM STDIN of data with options opts, the data cut
+// into CopyData messages as seed says (see chunked).
+type copyLoad struct {
+	opts, data string
+	seed       uint64
+}
+
+// loadAndCompare runs each load into patients through the proxy and into
+// patients_plain directly, checks that the PHI columns of the rows with ids
+// in [lo, hi] hold envelopes, and compares COPY TO of those rows through
+// the proxy with PostgreSQL's on the plaintext twin for each of outOpts.
+func loadAndCompare(t *testing.T, ctx context.Context, via, direct *pgx.Conn, lo, hi int, loads []copyLoad, outOpts ...string) {
+	t.Helper()
+	for _, l := range loads {
+		copyBoth(t, ctx, via.PgConn(), direct.PgConn(), l.opts, l.data, l.seed)
+	}
+	allCiphertext(t, ctx, direct, lo, hi)
+	for _, opts := range outOpts {
+		sameOutput(t, ctx, via.PgConn(), direct.PgConn(), lo, hi, opts)
+	}
+}
+
 // sameOutput compares COPY TO of patients through the proxy with COPY TO
 // of patients_plain directly, for the rows with ids in [lo, hi].
 func sameOutput(t *testing.T, ctx context.Context, via, direct *pgconn.PgConn, lo, hi int, opts string) string {
@@ -119,6 +141,19 @@ func cleanup(t *testing.T, direct *pgx.Conn, lo, hi int) {
 	})
 }
 
+// startCopy starts a proxy and connects to it (via) and to PostgreSQL
+// directly, both with the simple protocol; the rows of patients and
+// patients_plain with ids in [lo, hi] are deleted when the test ends.
+func startCopy(t *testing.T, lo, hi int) (ctx context.Context, p *testProxy, via, direct *pgx.Conn) {
+	t.Helper()
+	ctx = testCtx(t)
+	p = startProxy(t)
+	via = connect(t, ctx, p.dsn(), pgx.QueryExecModeSimpleProtocol)
+	direct = connect(t, ctx, directDSN(), pgx.QueryExecModeSimpleProtocol)
+	cleanup(t, direct, lo, hi)
+	return ctx, p, via, direct
+}
+
 const textRows = "2001\tplain name\t100-00-2001\tflu, with comma\t1980-1-2\t42\tt\n" +
 	"2002\ttab\\there\tback\\\\slash\t\"quoted\" and \\n newline and \\r\\b\\f\\v\t2000-02-29\t-7\tf\n" +
 	"2003\t\\N\t\\N\t\\N\t\\N\t\\N\t\\N\n" +
@@ -127,20 +162,13 @@ const textRows = "2001\tplain name\t100-00-2001\tflu, with comma\t1980-1-2\t42\t
 	"2006\tlast\t\\N\tno line end\t0044-03-15 BC\t1\tt"
 
 func TestCopyText(t *testing.T) {
-	ctx := testCtx(t)
-	p := startProxy(t)
-	via := connect(t, ctx, p.dsn(), pgx.QueryExecModeSimpleProtocol)
-	direct := connect(t, ctx, directDSN(), pgx.QueryExecModeSimpleProtocol)
-	cleanup(t, direct, 2001, 2999)
-	copyBoth(t, ctx, via.PgConn(), direct.PgConn(), "", textRows, 1)
-	// A long value split over many CopyData messages.
+	ctx, _, via, direct := startCopy(t, 2001, 2999)
+	// The second load has a long value split over many CopyData messages.
 	long := strings.Repeat("ab\\\\c\\td", 40000)
-	copyBoth(t, ctx, via.PgConn(), direct.PgConn(), "WITH (FORMAT text, DELIMITER '|', NULL 'nil')",
-		"2100|long|nil|"+long+"|2020-01-01|nil|nil\n2101|x|y|z|nil|1|t\n", 2)
-	allCiphertext(t, ctx, direct, 2001, 2999)
-	for _, opts := range []string{"", "WITH (FORMAT text, DELIMITER ',', NULL '')", "WITH (FORMAT text, HEADER true)", "WITH (FORMAT csv)"} {
-		sameOutput(t, ctx, via.PgConn(), direct.PgConn(), 2001, 2999, opts)
-	}
+	loadAndCompare(t, ctx, via, direct, 2001, 2999, []copyLoad{
+		{"", textRows, 1},
+		{"WITH (FORMAT text, DELIMITER '|', NULL 'nil')", "2100|long|nil|" + long + "|2020-01-01|nil|nil\n2101|x|y|z|nil|1|t\n", 2},
+	}, "", "WITH (FORMAT text, DELIMITER ',', NULL '')", "WITH (FORMAT text, HEADER true)", "WITH (FORMAT csv)")
 	out := sameOutput(t, ctx, via.PgConn(), direct.PgConn(), 2001, 2001, "")
 	if out != "2001\tplain name\t100-00-2001\tflu, with comma\t1980-01-02\t42\tt\n" {
 		t.Fatalf("canonical date: %q", out)
@@ -166,19 +194,13 @@ const csvRows = "id,name,ssn,diagnosis,dob,mrn,active\n" +
 	"3006,\"quote\"\"inside\",\"a,b\",\"x\ry\",2001-01-01,2,t"
 
 func TestCopyCSV(t *testing.T) {
-	ctx := testCtx(t)
-	p := startProxy(t)
-	via := connect(t, ctx, p.dsn(), pgx.QueryExecModeSimpleProtocol)
-	direct := connect(t, ctx, directDSN(), pgx.QueryExecModeSimpleProtocol)
-	cleanup(t, direct, 3001, 3999)
-	copyBoth(t, ctx, via.PgConn(), direct.PgConn(), "WITH (FORMAT csv, HEADER true)", csvRows, 3)
-	copyBoth(t, ctx, via.PgConn(), direct.PgConn(), "WITH (FORMAT csv, DELIMITER ';', QUOTE '''', ESCAPE '\\', NULL 'NULL', FORCE_NOT_NULL (ssn), FORCE_NULL (diagnosis))",
-		"3100;'it\\'s; here';NULL;'NULL';2020-02-02;NULL;t\n3101;a;'b\\\\c';d;2020-02-03;5;f\n", 4)
-	allCiphertext(t, ctx, direct, 3001, 3999)
-	for _, opts := range []string{"", "WITH (FORMAT csv)", "WITH (FORMAT csv, HEADER, FORCE_QUOTE *)",
-		"WITH (FORMAT csv, DELIMITER '|', QUOTE '*', ESCAPE '~', NULL '-', FORCE_QUOTE (ssn, dob))", "WITH (FORMAT csv, QUOTE 'a', ESCAPE '0')"} {
-		sameOutput(t, ctx, via.PgConn(), direct.PgConn(), 3001, 3999, opts)
-	}
+	ctx, _, via, direct := startCopy(t, 3001, 3999)
+	loadAndCompare(t, ctx, via, direct, 3001, 3999, []copyLoad{
+		{"WITH (FORMAT csv, HEADER true)", csvRows, 3},
+		{"WITH (FORMAT csv, DELIMITER ';', QUOTE '''', ESCAPE '\\', NULL 'NULL', FORCE_NOT_NULL (ssn), FORCE_NULL (diagnosis))",
+			"3100;'it\\'s; here';NULL;'NULL';2020-02-02;NULL;t\n3101;a;'b\\\\c';d;2020-02-03;5;f\n", 4},
+	}, "", "WITH (FORMAT csv)", "WITH (FORMAT csv, HEADER, FORCE_QUOTE *)",
+		"WITH (FORMAT csv, DELIMITER '|', QUOTE '*', ESCAPE '~', NULL '-', FORCE_QUOTE (ssn, dob))", "WITH (FORMAT csv, QUOTE 'a', ESCAPE '0')")
 	// A single-column COPY quotes a lone \. as PostgreSQL does.
 	q := func(table string) string {
 		return "COPY (SELECT diagnosis FROM " + table + " WHERE id = 3004) TO STDOUT (FORMAT csv)"
@@ -298,11 +320,7 @@ func TestCopyTypes(t *testing.T) {
 }
 
 func TestCopyFailures(t *testing.T) {
-	ctx := testCtx(t)
-	p := startProxy(t)
-	via := connect(t, ctx, p.dsn(), pgx.QueryExecModeSimpleProtocol)
-	direct := connect(t, ctx, directDSN(), pgx.QueryExecModeSimpleProtocol)
-	cleanup(t, direct, 6001, 6999)
+	ctx, p, via, direct := startCopy(t, 6001, 6999)
 	count := func() int {
 		var n int
 		if err := direct.QueryRow(ctx, "SELECT count(*) FROM patients WHERE id BETWEEN 6001 AND 6999").Scan(&n); err != nil {
@@ -395,12 +413,8 @@ func TestCopyFailures(t *testing.T) {
 // TestCopyBoundedMemory streams about 50 MB in and out through the
 // in-process proxy and checks that the heap does not grow with it.
 func TestCopyBoundedMemory(t *testing.T) {
-	ctx := testCtx(t)
-	p := startProxy(t)
-	via := connect(t, ctx, p.dsn(), pgx.QueryExecModeSimpleProtocol)
-	direct := connect(t, ctx, directDSN(), pgx.QueryExecModeSimpleProtocol)
 	const lo, rows = 100000, 200000
-	cleanup(t, direct, lo, lo+rows)
+	ctx, _, via, _ := startCopy(t, lo, lo+rows)
 	pad := strings.Repeat("z", 200)
 	pr, pw := io.Pipe()
 	go func() {
