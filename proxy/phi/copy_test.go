@@ -11,6 +11,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"runtime/metrics"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -425,26 +426,32 @@ func TestCopyBoundedMemory(t *testing.T) {
 		w.Flush()
 		pw.Close()
 	}()
+	// The live heap as of the last collection, not HeapAlloc: HeapAlloc
+	// also counts garbage not yet collected, which on a loaded machine
+	// (the collector lagging behind the allocation rate) measured up to
+	// 77 MiB with no leak at all. Anything the relay held on to for the
+	// whole stream would be live at every collection after it.
+	live := []metrics.Sample{{Name: "/gc/heap/live:bytes"}}
+	readLive := func() uint64 {
+		metrics.Read(live)
+		return live[0].Value.Uint64()
+	}
 	var peak atomic.Uint64
-	var ms runtime.MemStats
 	runtime.GC()
-	runtime.ReadMemStats(&ms)
-	base := ms.HeapAlloc
+	base := readLive()
 	stop := make(chan struct{})
 	var wg sync.WaitGroup
 	wg.Add(1)
 	go func() {
 		defer wg.Done()
-		var ms runtime.MemStats
 		for {
 			select {
 			case <-stop:
 				return
 			case <-time.After(20 * time.Millisecond):
 			}
-			runtime.ReadMemStats(&ms)
-			if ms.HeapAlloc > peak.Load() {
-				peak.Store(ms.HeapAlloc)
+			if v := readLive(); v > peak.Load() {
+				peak.Store(v)
 			}
 		}
 	}()
@@ -461,8 +468,10 @@ func TestCopyBoundedMemory(t *testing.T) {
 	if cw.n < 45<<20 || cw.lines != rows {
 		t.Fatalf("COPY TO returned %d bytes, %d rows", cw.n, cw.lines)
 	}
-	if grow := int64(peak.Load()) - int64(base); grow > 40<<20 {
-		t.Fatalf("heap grew by %d MiB while streaming %d MiB", grow>>20, cw.n>>20)
+	grow := int64(peak.Load()) - int64(base)
+	t.Logf("live heap grew by at most %d KiB while streaming %d MiB each way", grow>>10, cw.n>>20)
+	if grow > 24<<20 {
+		t.Fatalf("live heap grew by %d MiB while streaming %d MiB", grow>>20, cw.n>>20)
 	}
 }
 
