@@ -16,6 +16,8 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgconn/ctxwatch"
 	"github.com/jackc/pgx/v5/pgproto3"
+
+	"github.com/phiproxy/phiproxy/proxy/auth"
 )
 
 func sqlstate(err error) string {
@@ -486,4 +488,65 @@ func TestProtocolVersions(t *testing.T) {
 			t.Fatalf("got %#v", got)
 		}
 	})
+}
+
+// TestMockSaltSurvivesReload: an unknown role's SCRAM salt must not change
+// when the configuration is reloaded (a real role's does not), and two
+// Servers given the same secret (instances sharing state_dir) agree on it.
+func TestMockSaltSurvivesReload(t *testing.T) {
+	unknown := WithLookup(func(context.Context, string) (*auth.Verifier, error) { return nil, nil })
+	salt := func(addr string) string {
+		t.Helper()
+		c, err := net.Dial("tcp", addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		c.SetDeadline(time.Now().Add(10 * time.Second))
+		fe := pgproto3.NewFrontend(c, c)
+		fe.Send(&pgproto3.StartupMessage{ProtocolVersion: pgproto3.ProtocolVersionNumber, Parameters: map[string]string{"user": "ghost", "database": "x"}})
+		if err := fe.Flush(); err != nil {
+			t.Fatal(err)
+		}
+		if msg, err := fe.Receive(); err != nil {
+			t.Fatal(err)
+		} else if _, ok := msg.(*pgproto3.AuthenticationSASL); !ok {
+			t.Fatalf("got %T, want AuthenticationSASL", msg)
+		}
+		fe.Send(&pgproto3.SASLInitialResponse{AuthMechanism: "SCRAM-SHA-256", Data: []byte("n,,n=,r=clientnonce")})
+		if err := fe.Flush(); err != nil {
+			t.Fatal(err)
+		}
+		msg, err := fe.Receive()
+		if err != nil {
+			t.Fatal(err)
+		}
+		cont, ok := msg.(*pgproto3.AuthenticationSASLContinue)
+		if !ok {
+			t.Fatalf("got %T, want AuthenticationSASLContinue", msg)
+		}
+		return strings.Split(string(cont.Data), ",")[1] // r=…,s=SALT,i=…
+	}
+	cfg := proxyConfig(t, "127.0.0.1:1")
+	p := startProxy(t, cfg, unknown)
+	before := salt(p.addr)
+	if again := salt(p.addr); again != before {
+		t.Fatalf("salt changed between attempts: %s vs %s", before, again)
+	}
+	if err := p.srv.Reload(proxyConfig(t, "127.0.0.1:1")); err != nil {
+		t.Fatal(err)
+	}
+	if after := salt(p.addr); after != before {
+		t.Fatalf("salt changed across a reload: %s vs %s", before, after)
+	}
+
+	secret := auth.NewMockSecret()
+	a := startProxy(t, cfg, unknown, WithMockSecret(secret))
+	b := startProxy(t, cfg, unknown, WithMockSecret(secret))
+	if salt(a.addr) != salt(b.addr) {
+		t.Fatal("two Servers with one secret give an unknown role different salts")
+	}
+	if salt(a.addr) == before {
+		t.Fatal("the salt does not depend on the secret")
+	}
 }

@@ -59,6 +59,7 @@ type options struct {
 	interceptor    func(*SessionInfo) Interceptor
 	startupTimeout time.Duration
 	lookup         auth.LookupFunc
+	mockSecret     []byte
 }
 
 // WithLogger sets the logger (default: slog.Default()). Logs carry
@@ -85,6 +86,9 @@ func New(cfg *config.Config, opts ...Option) (*Server, error) {
 	o := options{logger: slog.Default(), startupTimeout: time.Minute}
 	for _, opt := range opts {
 		opt(&o)
+	}
+	if o.mockSecret == nil {
+		o.mockSecret = auth.NewMockSecret() // one per Server, kept across reloads
 	}
 	s := &Server{
 		log:       o.logger,

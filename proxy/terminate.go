@@ -6,6 +6,7 @@ import (
 	"crypto/tls"
 	"encoding/binary"
 	"errors"
+	"slices"
 	"sync"
 
 	"github.com/jackc/pgx/v5"
@@ -19,6 +20,14 @@ import (
 // WithLookup replaces the verifier lookup of auth.mode terminate (by
 // default auth.query over catalog_dsn).
 func WithLookup(f auth.LookupFunc) Option { return func(o *options) { o.lookup = f } }
+
+// WithMockSecret sets the secret that keys the mock salts given to unknown
+// roles (auth.LoadMockSecret reads it from state_dir). Without it the
+// Server draws one at random, and an unknown role's salt then changes with
+// every restart and reload where a real role's does not.
+func WithMockSecret(secret []byte) Option {
+	return func(o *options) { o.mockSecret = slices.Clone(secret) }
+}
 
 // terminateLogin builds the login of auth.mode terminate: the client is
 // authenticated by package auth against the verifier that auth.query
@@ -34,7 +43,7 @@ func (s *Server) terminateLogin(cfg *config.Config, rt *runtimeConfig) (loginFun
 		rt.closers = append(rt.closers, cat.Close)
 		lookup = auth.QueryLookup(cat, cfg.Auth.Query)
 	}
-	a, err := auth.New(auth.Options{Lookup: lookup})
+	a, err := auth.New(auth.Options{Lookup: lookup, MockSecret: s.opts.mockSecret})
 	if err != nil {
 		return nil, err
 	}

@@ -14,6 +14,7 @@ import (
 
 	"github.com/phiproxy/phiproxy/config"
 	"github.com/phiproxy/phiproxy/proxy"
+	"github.com/phiproxy/phiproxy/proxy/auth"
 	"github.com/phiproxy/phiproxy/proxy/phi"
 )
 
@@ -53,7 +54,17 @@ func runServe(ctx context.Context, env *cmdEnv, args []string) error {
 		return usageError{err}
 	}
 	defer px.Close()
-	srv, err := proxy.New(cfg, proxy.WithLogger(log), proxy.WithInterceptor(px.Factory()))
+	opts := []proxy.Option{proxy.WithLogger(log), proxy.WithInterceptor(px.Factory())}
+	if cfg.Auth.Mode == config.AuthTerminate {
+		// Read once: unknown roles keep their mock salt across reloads
+		// and restarts (PostgreSQL's mock_auth_nonce).
+		secret, err := auth.LoadMockSecret(cfg.StateDir)
+		if err != nil {
+			return err
+		}
+		opts = append(opts, proxy.WithMockSecret(secret))
+	}
+	srv, err := proxy.New(cfg, opts...)
 	if err != nil {
 		return usageError{err}
 	}

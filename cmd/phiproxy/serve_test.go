@@ -97,3 +97,45 @@ func TestServeRunsReloadsAndDrains(t *testing.T) {
 	}
 	waitLog("stopped")
 }
+
+// TestServeKeepsMockSecret: with auth terminate, serve creates the secret
+// of unknown roles' mock salts in state_dir (0600) and reads the same one
+// back on the next start.
+func TestServeKeepsMockSecret(t *testing.T) {
+	dir := t.TempDir()
+	cfgPath := filepath.Join(dir, "phiproxy.yaml")
+	cfg := "listen: 127.0.0.1:0\nupstream: {address: 127.0.0.1:1, sslmode: disable}\ncatalog_dsn: postgres://c@127.0.0.1:1/db\nstate_dir: st\n"
+	if err := os.WriteFile(cfgPath, []byte(cfg), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	secretPath := filepath.Join(dir, "st", "mock_auth_secret")
+	serveOnce := func() []byte {
+		t.Helper()
+		stderr := &testenv.Buffer{}
+		env := &cmdEnv{stdout: &bytes.Buffer{}, stderr: stderr}
+		ctx, cancel := context.WithCancel(context.Background())
+		done := make(chan error, 1)
+		go func() { done <- runServe(ctx, env, []string{"--config", cfgPath}) }()
+		deadline := time.Now().Add(10 * time.Second)
+		for !strings.Contains(stderr.String(), `"msg":"listening"`) {
+			if time.Now().After(deadline) {
+				t.Fatalf("serve did not start:\n%s", stderr.String())
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+		cancel()
+		if err := <-done; err != nil {
+			t.Fatalf("serve: %v", err)
+		}
+		st, err := os.Stat(secretPath)
+		if err != nil || st.Mode().Perm() != 0o600 {
+			t.Fatalf("%s: %v %v, want mode 0600", secretPath, st, err)
+		}
+		b, _ := os.ReadFile(secretPath)
+		return b
+	}
+	first := serveOnce()
+	if again := serveOnce(); len(first) < 64 || !bytes.Equal(first, again) {
+		t.Fatalf("secret %q, then %q", first, again)
+	}
+}

@@ -288,10 +288,23 @@ func TestFailuresLookLikePostgreSQL(t *testing.T) {
 // unknown role is offered the same mechanisms as a real one and a salt
 // that stays the same from one attempt to the next.
 func TestUnknownRoleIsIndistinguishable(t *testing.T) {
-	a, err := New(Options{Lookup: catalogLookup(t, functionQuery)})
-	if err != nil {
-		t.Fatal(err)
+	lookup := catalogLookup(t, functionQuery)
+	stateDir := t.TempDir()
+	authenticator := func(secret []byte) *Authenticator {
+		a, err := New(Options{Lookup: lookup, MockSecret: secret})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return a
 	}
+	loadSecret := func() []byte {
+		secret, err := LoadMockSecret(stateDir)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return secret
+	}
+	a := authenticator(loadSecret())
 	first := func(user string) (mechs []string, serverFirst string, final error) {
 		cconn, sconn := net.Pipe()
 		defer cconn.Close()
@@ -332,6 +345,17 @@ func TestUnknownRoleIsIndistinguishable(t *testing.T) {
 	}
 	if salt(f1) == salt(realFirst) || len(salt(f1)) != len(salt(realFirst)) {
 		t.Fatalf("mock salt %q vs real %q", salt(f1), salt(realFirst))
+	}
+	// A restart: a new Authenticator with the secret read back from
+	// state_dir gives the unknown role the same salt, as the real role
+	// keeps its own; one with another secret does not.
+	a = authenticator(loadSecret())
+	if _, f3, _ := first("ghost"); salt(f3) != salt(f1) {
+		t.Fatal("the unknown role's salt changes across a restart with the same state_dir")
+	}
+	a = authenticator(NewMockSecret())
+	if _, f4, _ := first("ghost"); salt(f4) == salt(f1) {
+		t.Fatal("the mock salt does not depend on the secret")
 	}
 	for _, err := range []error{realErr, e1} {
 		if pe := pgerr.As(err); pe == nil || pe.Code != pgerr.InvalidPassword {
