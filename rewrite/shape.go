@@ -531,6 +531,14 @@ func (t *shapeTemplate) bind(p *Planner, sql string, lits []literal) (*Plan, boo
 		if lits[i].kind != t.lits[i].kind {
 			return nil, false
 		}
+		// An E'…' literal that no slot takes must still be one the parser
+		// accepts: E'\0' (a NUL byte) does not parse, and the full planner
+		// refuses it.
+		if lits[i].kind == litEscape {
+			if _, ok := literalValue(sql, lits[i]); !ok {
+				return nil, false
+			}
+		}
 	}
 	if m, np := p.ix.precheck(sql); !m || np != t.needParse {
 		return nil, false
