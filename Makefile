@@ -62,8 +62,16 @@ test: deps vet
 demo: deps-pg build
 	./bin/phiproxy demo
 
+# Every fuzz target for FUZZTIME each (go test runs one target at a time).
+# What they find lands in the package's testdata/fuzz: commit it as a seed.
+FUZZTIME ?= 60s
+FUZZ_TARGETS = ./proxy:FuzzStartup ./proxy/codec:FuzzCanonical ./proxy/phi:FuzzCopyRows \
+	./proxy/phi:FuzzCopyBinary ./rewrite:FuzzPlan ./rewrite:FuzzShapeCache ./rewrite:FuzzNormalize
 fuzz:
-	$(GO) test ./proxy -run '^$$' -fuzz FuzzStartup -fuzztime 60s
+	@set -e; for t in $(FUZZ_TARGETS); do \
+		echo "== $${t#*:} ($${t%%:*}, $(FUZZTIME))"; \
+		$(GO) test $${t%%:*} -run '^$$' -fuzz "^$${t#*:}$$" -fuzztime $(FUZZTIME); \
+	done
 
 bench: deps-system build
 	./bench/run.sh

@@ -143,6 +143,9 @@ func shapeOf(sql string) (key string, lits []literal, ok bool) {
 					}
 					if kind != 0 {
 						end, ok := stringTokenEnd(sql, j, kind == litEscape)
+						if kind == litBit || kind == litHex {
+							end, ok = bitStringEnd(sql, j)
+						}
 						if !ok {
 							return "", nil, false
 						}
@@ -280,6 +283,22 @@ func stringTokenEnd(sql string, i int, bs bool) (int, bool) {
 	if !ok {
 		return 0, false
 	}
+	if k := skipSpace(sql, end); k < len(sql) && sql[k] == '\'' {
+		return 0, false
+	}
+	return end, true
+}
+
+// bitStringEnd is stringTokenEnd for the body of a bit or hex string
+// (B or X before the quote at sql[i]): PostgreSQL's lexer has no doubled
+// quote there, so B, four quotes, is an empty bit string followed by an
+// empty string (a syntax error), not a bit string holding a quote.
+func bitStringEnd(sql string, i int) (int, bool) {
+	k := strings.IndexByte(sql[i+1:], '\'')
+	if k < 0 {
+		return 0, false
+	}
+	end := i + 1 + k + 1
 	if k := skipSpace(sql, end); k < len(sql) && sql[k] == '\'' {
 		return 0, false
 	}
