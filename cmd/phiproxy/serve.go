@@ -54,17 +54,14 @@ func runServe(ctx context.Context, env *cmdEnv, args []string) error {
 		return usageError{err}
 	}
 	defer px.Close()
-	opts := []proxy.Option{proxy.WithLogger(log), proxy.WithInterceptor(px.Factory())}
-	if cfg.Auth.Mode == config.AuthTerminate {
-		// Read once: unknown roles keep their mock salt across reloads
-		// and restarts (PostgreSQL's mock_auth_nonce).
-		secret, err := auth.LoadMockSecret(cfg.StateDir)
-		if err != nil {
-			return err
-		}
-		opts = append(opts, proxy.WithMockSecret(secret))
+	// Read once, whatever auth.mode says now (a reload may switch it to
+	// terminate): unknown roles keep their mock salt across reloads and
+	// restarts (PostgreSQL's mock_auth_nonce).
+	secret, err := auth.LoadMockSecret(cfg.StateDir)
+	if err != nil {
+		return err
 	}
-	srv, err := proxy.New(cfg, opts...)
+	srv, err := proxy.New(cfg, proxy.WithLogger(log), proxy.WithInterceptor(px.Factory()), proxy.WithMockSecret(secret))
 	if err != nil {
 		return usageError{err}
 	}
