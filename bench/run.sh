@@ -11,7 +11,8 @@
 #                       bare Go byte relays of bench/runner/floor.go
 #   -repeat 3           interleaved rounds, per-cell medians
 #   -rows 10000         patients rows (phi)
-# Every table also shows the CPU time per transaction of the proxy and of PostgreSQL.
+# Every table also shows the ratio to PgBouncer (issue 3's target) and the CPU time per
+# transaction of the proxy and of PostgreSQL.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 go build -o bin/phiproxy ./cmd/phiproxy

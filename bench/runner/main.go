@@ -198,15 +198,20 @@ func measure(ctx context.Context, pgbench string, env []string, cpu cpuMeter, ta
 	}
 
 	tw := tabwriter.NewWriter(os.Stdout, 0, 0, 1, ' ', tabwriter.Debug)
-	fmt.Fprintf(tw, "workload\tmode\tclients\ttarget\tTPS (median)\tTPS range\tlatency ms (median)\tratio to direct\tproxy CPU µs/tx\tPostgreSQL CPU µs/tx\t\n")
+	fmt.Fprintf(tw, "workload\tmode\tclients\ttarget\tTPS (median)\tTPS range\tlatency ms (median)\tratio to direct\tratio to PgBouncer\tproxy CPU µs/tx\tPostgreSQL CPU µs/tx\t\n")
 	for _, m := range modes {
 		for _, cl := range clients {
 			d := median(results[cellKey("direct", m, cl)])
+			bouncer := results[cellKey("pgbouncer", m, cl)]
 			for _, t := range targets {
 				rs := results[cellKey(t.name, m, cl)]
 				r := median(rs)
 				lo, hi := tpsRange(rs)
-				fmt.Fprintf(tw, "pgbench -S\t%s\t%s\t%s\t%.0f\t%.0f–%.0f\t%.3f\t%.2f\t%.1f\t%.1f\t\n", m, cl, t.name, r.tps, lo, hi, r.latencyMS, r.tps/d.tps, r.proxyUS, r.pgUS)
+				toBouncer := "–" // PgBouncer not measured
+				if len(bouncer) > 0 {
+					toBouncer = fmt.Sprintf("%.2f", r.tps/median(bouncer).tps)
+				}
+				fmt.Fprintf(tw, "pgbench -S\t%s\t%s\t%s\t%.0f\t%.0f–%.0f\t%.3f\t%.2f\t%s\t%.1f\t%.1f\t\n", m, cl, t.name, r.tps, lo, hi, r.latencyMS, r.tps/d.tps, toBouncer, r.proxyUS, r.pgUS)
 			}
 		}
 	}
