@@ -161,8 +161,10 @@ func run(ctx context.Context, phiproxyBin string, dur time.Duration, scale, repe
 // proxy (the default) and a plain upstream leg, like the other paths.
 func startPhiproxy(ctx context.Context, work, phiproxyBin string, c *pgcluster.Cluster) (port, pid int, stop func(), err error) {
 	pxPort, _ := pgcluster.FreePort()
-	pgpass := filepath.Join(work, "pgpass")
-	os.WriteFile(pgpass, []byte(fmt.Sprintf("%s:%d:*:%s:%s\n", c.Host, c.Port, c.SuperUser, c.SuperPassword)), 0o600)
+	pgpass, err := c.WritePgpass()
+	if err != nil {
+		return 0, 0, nil, err
+	}
 	cfgPath := filepath.Join(work, "phiproxy.yaml")
 	os.WriteFile(cfgPath, []byte(fmt.Sprintf(`listen: 127.0.0.1:%d
 upstream: {address: %s, sslmode: disable}

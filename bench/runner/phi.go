@@ -169,8 +169,8 @@ func runPHI(ctx context.Context, phiproxyBin, script string, dur time.Duration, 
 	}
 	defer os.RemoveAll(work)
 	os.Chmod(work, 0o755)
-	pgpass := filepath.Join(work, "pgpass")
-	if err := os.WriteFile(pgpass, []byte(fmt.Sprintf("%s:%d:*:%s:%s\n", c.Host, c.Port, c.SuperUser, c.SuperPassword)), 0o600); err != nil {
+	pgpass, err := c.WritePgpass()
+	if err != nil {
 		return err
 	}
 

@@ -95,8 +95,8 @@ func runDemo(ctx context.Context, env *cmdEnv, args []string) error {
 	if err != nil {
 		return err
 	}
-	pgpass := filepath.Join(work, "pgpass")
-	if err := os.WriteFile(pgpass, []byte(fmt.Sprintf("*:*:*:%s:%s\n", cluster.SuperUser, cluster.SuperPassword)), 0o600); err != nil {
+	pgpass, err := cluster.WritePgpass()
+	if err != nil {
 		return err
 	}
 	// The catalog connection's password comes from PGPASSFILE, as the config
