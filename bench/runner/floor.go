@@ -11,6 +11,8 @@ import (
 	"strconv"
 	"sync"
 	"syscall"
+
+	"github.com/phiproxy/phiproxy/pgcluster"
 )
 
 // The floor targets answer one question about the relay (issue 3): how
@@ -30,7 +32,7 @@ import (
 // startFloor starts a floor relay of the given kind on a free port in
 // front of upstream (host:port).
 func startFloor(ctx context.Context, kind, upstream string) (port, pid int, stop func(), err error) {
-	port, err = freePort()
+	port, err = pgcluster.FreePort()
 	if err != nil {
 		return 0, 0, nil, err
 	}
@@ -49,15 +51,6 @@ func startFloor(ctx context.Context, kind, upstream string) (port, pid int, stop
 		return 0, 0, nil, err
 	}
 	return port, cmd.Process.Pid, stop, nil
-}
-
-func freePort() (int, error) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return 0, err
-	}
-	defer ln.Close()
-	return ln.Addr().(*net.TCPAddr).Port, nil
 }
 
 // serveFloor runs a floor relay until killed.

@@ -8,6 +8,8 @@ import (
 	"strconv"
 	"testing"
 	"time"
+
+	"github.com/phiproxy/phiproxy/pgcluster"
 )
 
 // Both floor relays must deliver every byte both ways, or the numbers they
@@ -28,7 +30,7 @@ func TestFloorRelaysAreTransparent(t *testing.T) {
 		}
 	}()
 	for _, kind := range []string{"goroutine", "epoll", "epoll-raw"} {
-		port, err := freePort()
+		port, err := pgcluster.FreePort()
 		if err != nil {
 			t.Fatal(err)
 		}
