@@ -6,7 +6,7 @@ import (
 )
 
 // Cache is a bounded LRU of plans keyed by the exact SQL text, the catalog
-// version, the session's search_path and user. It is safe for concurrent
+// version and the Session (search_path, users, temporary relations). It is safe for concurrent
 // use by every session; a hit takes one shard lock and allocates nothing.
 // Refusals are cached too. The same LRU holds the literal-shape templates
 // (shape.go), keyed by shape instead of text.
@@ -18,8 +18,7 @@ type Cache struct {
 type cacheKey struct {
 	sql        string
 	version    uint64
-	searchPath string
-	user       string
+	sess       Session
 	// shape: sql is a shape key and the entry holds a template.
 	shape bool
 }

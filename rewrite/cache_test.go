@@ -138,7 +138,7 @@ func TestShapeHitsDoNotFloodTheCache(t *testing.T) {
 	if got := cache.Len(); got > before+2 {
 		t.Fatalf("cache grew from %d to %d entries for texts served by one template", before, got)
 	}
-	if e, ok := cache.get(cacheKey{sql: keep, version: cat.Version(), searchPath: sess.SearchPath, user: sess.User}); !ok || e.plan == nil {
+	if e, ok := cache.get(cacheKey{sql: keep, version: cat.Version(), sess: sess}); !ok || e.plan == nil {
 		t.Fatal("the parameterised plan was evicted by inlined-value texts")
 	}
 }

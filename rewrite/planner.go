@@ -18,8 +18,19 @@ type Session struct {
 	// SearchPath is the session's search_path as SHOW search_path prints
 	// it, e.g. `"$user", public`.
 	SearchPath string
-	// User is the session user, substituted for "$user" in SearchPath.
+	// User is the current user (current_user: the role after SET ROLE),
+	// substituted for "$user" in SearchPath as PostgreSQL does.
 	User string
+	// ResetPath is what RESET search_path returns to within the string
+	// (the session's starting value); SessionUser is what RESET ROLE
+	// returns to.
+	ResetPath   string
+	SessionUser string
+	// Temp lists the session's temporary relations the proxy knows of:
+	// folded names, sorted, each followed by a NUL ("" for none). They are
+	// found before the search_path, as PostgreSQL searches pg_temp first
+	// unless the path names it elsewhere.
+	Temp string
 }
 
 // Planner plans statements against one PHI column map and one catalog
@@ -83,7 +94,7 @@ func (p *Planner) Plan(sql string, sess Session) (*Plan, error) {
 	if p.cache == nil {
 		return p.plan(sql, sess)
 	}
-	k := cacheKey{sql: sql, version: p.cat.Version(), searchPath: sess.SearchPath, user: sess.User}
+	k := cacheKey{sql: sql, version: p.cat.Version(), sess: sess}
 	if e, ok := p.cache.get(k); ok {
 		return e.plan, e.err
 	}

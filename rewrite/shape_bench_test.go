@@ -29,7 +29,7 @@ func BenchmarkNewLiteral(b *testing.B) {
 		if _, err := p.Plan(texts[0], sess); err != nil {
 			b.Fatal(err)
 		}
-		k := cacheKey{sql: texts[1], version: p.cat.Version(), searchPath: sess.SearchPath, user: sess.User}
+		k := cacheKey{sql: texts[1], version: p.cat.Version(), sess: sess}
 		if _, hit, err := p.planShaped(texts[1], sess, k); err != nil || !hit {
 			b.Fatalf("no shape hit: %v", err)
 		}

@@ -70,7 +70,7 @@ func checkShape(t testing.TB, cols *Columns, cat *MemCatalog, sess Session, sql 
 		if _, err := p.Plan(prime, sess); err != nil {
 			continue
 		}
-		k := cacheKey{sql: text, version: cat.Version(), searchPath: sess.SearchPath, user: sess.User}
+		k := cacheKey{sql: text, version: cat.Version(), sess: sess}
 		got, hit, gerr := p.planShaped(text, sess, k)
 		want, werr := NewPlanner(cols, cat, nil).Plan(text, sess)
 		if hit {
@@ -274,7 +274,7 @@ func TestShapeTierHitsAndRefusesUnsafePlans(t *testing.T) {
 		t.Run(c.name, func(t *testing.T) {
 			p := NewPlanner(cols, cat, NewCache(64))
 			_, _ = p.Plan(c.prime, sess)
-			k := cacheKey{sql: c.text, version: cat.Version(), searchPath: sess.SearchPath, user: sess.User}
+			k := cacheKey{sql: c.text, version: cat.Version(), sess: sess}
 			got, hit, err := p.planShaped(c.text, sess, k)
 			if hit != c.hit {
 				t.Fatalf("hit = %v, want %v", hit, c.hit)
