@@ -16,9 +16,9 @@ type Cache struct {
 }
 
 type cacheKey struct {
-	sql        string
-	version    uint64
-	sess       Session
+	sql     string
+	version uint64
+	sess    Session
 	// shape: sql is a shape key and the entry holds a template.
 	shape bool
 }
