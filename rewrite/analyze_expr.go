@@ -350,9 +350,6 @@ func (a *analyzer) funcCall(fc *pg.FuncCall, sc *scope) error {
 	if name == "set_config" {
 		a.st.literalDependent = true
 	}
-	if name == "set_config" && len(fc.Args) > 0 && strings.EqualFold(constText(fc.Args[0]), "search_path") {
-		a.st.Effects |= EffectSearchPath
-	}
 	what := name + "()"
 	if name == "count" && len(fc.Args) == 1 && fc.Over == nil {
 		phi, err := a.operand(fc.Args[0], sc)

@@ -103,6 +103,30 @@ type Statement struct {
 	// EffectSearchPath but the value is not known statically (RESET,
 	// DEFAULT, set_config): the proxy must ask the server.
 	SearchPath string
+	// PathReset, with EffectSearchPath, returns search_path to the
+	// session's default (RESET, SET … TO DEFAULT, RESET ALL, DISCARD ALL);
+	// SearchPath is then empty.
+	PathReset bool
+	// Role is the current user after SET ROLE or set_config('role', …)
+	// (EffectRole): "" means the session user (RESET ROLE, SET ROLE NONE,
+	// DISCARD ALL). "$user" in search_path resolves to it.
+	Role string
+	// TempCreate names a temporary relation the statement creates;
+	// TempDrop lists names a DROP removes from pg_temp if the session has
+	// them there; TempClear is DISCARD TEMP / DISCARD ALL.
+	TempCreate string
+	TempDrop   []string
+	TempClear  bool
+	// StateUnknown: after this statement search_path, the current role or
+	// the temporary relations cannot be known from the text (DO, CALL,
+	// set_config with a computed name or value, SET SESSION
+	// AUTHORIZATION): the proxy must read them from the server before it
+	// plans a statement that names a PHI relation.
+	StateUnknown bool
+	// NameDDL: DDL that may change which relation a PHI (or colliding)
+	// name resolves to: statements after it that name one must be planned
+	// against the catalog as the DDL left it.
+	NameDDL bool
 	// SetEndUser is the value of SET phiproxy.end_user.
 	SetEndUser string
 	// Prepare is set for SQL-level PREPARE: the Statement's Params and

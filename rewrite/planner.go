@@ -26,6 +26,10 @@ type Session struct {
 	// returns to.
 	ResetPath   string
 	SessionUser string
+	// TxDirty says the current transaction changed search_path, the role
+	// or the temporary relations (so COMMIT or ROLLBACK may change them
+	// back).
+	TxDirty bool
 	// Temp lists the session's temporary relations the proxy knows of:
 	// folded names, sorted, each followed by a NUL ("" for none). They are
 	// found before the search_path, as PostgreSQL searches pg_temp first
@@ -136,7 +140,9 @@ func (p *Planner) plan(sql string, sess Session) (*Plan, error) {
 		}
 	}
 	plan := &Plan{SQL: sql, PassThrough: true}
-	path := ParseSearchPath(sess.SearchPath)
+	// The statements of a string run in order: each is planned with the
+	// session state the ones before it leave (thread.go).
+	th := thread{sess: sess, path: ParseSearchPath(sess.SearchPath)}
 	for _, raw := range tree.Stmts {
 		off := int(raw.StmtLocation)
 		n := int(raw.StmtLen)
@@ -145,16 +151,22 @@ func (p *Planner) plan(sql string, sess Session) (*Plan, error) {
 		}
 		st := &Statement{Offset: off, Length: n, Tag: tagOf(raw.Stmt)}
 		effects(st, raw.Stmt, sql)
+		own := false
 		if mentions {
-			if m, _ := p.ix.precheck(sql[off : off+n]); m {
-				a := &analyzer{p: p, sql: sql, path: path, user: sess.User, st: st,
-					rels: map[string]bool{}, cols: map[string]bool{}, params: map[int]*Param{}, plainParams: map[int]int32{}, sublinks: map[*pg.SubLink]*PHIColumn{}}
-				if err := a.statement(raw.Stmt); err != nil {
-					return nil, err
-				}
-				a.finish()
-			}
+			own, _ = p.ix.precheck(sql[off : off+n])
 		}
+		if own {
+			if err := th.usable(p, sql, st); err != nil {
+				return nil, err
+			}
+			a := &analyzer{p: p, sql: sql, path: th.path, user: th.sess.User, st: st,
+				rels: map[string]bool{}, cols: map[string]bool{}, params: map[int]*Param{}, plainParams: map[int]int32{}, sublinks: map[*pg.SubLink]*PHIColumn{}}
+			if err := a.statement(raw.Stmt); err != nil {
+				return nil, err
+			}
+			a.finish()
+		}
+		th.after(st, own)
 		if st.Execute != nil {
 			// The prepared statement may touch PHI: see BindExecute.
 			plan.PassThrough = false
@@ -261,65 +273,6 @@ func nodeTypeTag(name string) string {
 		b.WriteRune(r)
 	}
 	return strings.ToUpper(b.String())
-}
-
-// effects records the session state a statement changes; it runs for every
-// parsed statement, PHI or not.
-func effects(st *Statement, n *pg.Node, sql string) {
-	switch x := n.Node.(type) {
-	case *pg.Node_VariableSetStmt:
-		v := x.VariableSetStmt
-		if v.IsLocal {
-			st.Effects |= EffectLocal
-		}
-		switch strings.ToLower(v.Name) {
-		case "search_path":
-			st.Effects |= EffectSearchPath
-			if v.Kind == pg.VariableSetKind_VAR_SET_VALUE {
-				st.SearchPath = searchPathValue(v.Args)
-			}
-		case "phiproxy.end_user":
-			st.Effects |= EffectEndUser
-			if v.Kind == pg.VariableSetKind_VAR_SET_VALUE && len(v.Args) == 1 {
-				st.SetEndUser = constText(v.Args[0])
-			}
-		case "role", "session_authorization":
-			st.Effects |= EffectRole
-		case "":
-			if v.Kind == pg.VariableSetKind_VAR_RESET_ALL {
-				st.Effects |= EffectSearchPath | EffectEndUser | EffectRole
-			}
-		}
-	case *pg.Node_TransactionStmt:
-		st.Effects |= EffectTransaction
-	case *pg.Node_PrepareStmt:
-		st.Effects |= EffectPrepare
-		st.Prepare = x.PrepareStmt.Name
-	case *pg.Node_ExecuteStmt:
-		st.Effects |= EffectExecute
-		st.Execute = executeInfo(x.ExecuteStmt, sql)
-	case *pg.Node_DeallocateStmt:
-		st.Effects |= EffectDeallocate
-		st.Deallocate = x.DeallocateStmt.Name
-	case *pg.Node_DiscardStmt:
-		st.Effects |= EffectDiscard
-		if x.DiscardStmt.Target == pg.DiscardMode_DISCARD_ALL {
-			st.Effects |= EffectSearchPath | EffectDeallocate | EffectRole | EffectEndUser
-		}
-	case *pg.Node_SelectStmt:
-		if x.SelectStmt.IntoClause != nil {
-			st.Effects |= EffectCatalog
-		}
-	case *pg.Node_ViewStmt, *pg.Node_IndexStmt, *pg.Node_RenameStmt, *pg.Node_CreateTableAsStmt,
-		*pg.Node_CompositeTypeStmt, *pg.Node_DefineStmt, *pg.Node_CreateEnumStmt, *pg.Node_RuleStmt:
-		st.Effects |= EffectCatalog
-	case nil:
-	default:
-		tag := st.Tag
-		if strings.HasPrefix(tag, "CREATE") || strings.HasPrefix(tag, "ALTER") || strings.HasPrefix(tag, "DROP") {
-			st.Effects |= EffectCatalog
-		}
-	}
 }
 
 func searchPathValue(args []*pg.Node) string {

@@ -450,7 +450,7 @@ func shapeEligible(pl *Plan) bool {
 			return false
 		}
 		if st.Effects != 0 || st.Copy != nil || st.Execute != nil || st.Prepare != "" || st.Deallocate != "" ||
-			st.Explain || st.SearchPath != "" || st.SetEndUser != "" || st.literalDependent {
+			st.Explain || st.SearchPath != "" || st.SetEndUser != "" || st.literalDependent || st.StateUnknown || st.TempCreate != "" {
 			return false
 		}
 	}
