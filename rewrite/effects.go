@@ -60,6 +60,8 @@ func effects(st *Statement, n *pg.Node, sql string) {
 		}
 	case *pg.Node_TransactionStmt:
 		st.Effects |= EffectTransaction
+		st.Savepoint = x.TransactionStmt.SavepointName
+		st.Chain = x.TransactionStmt.Chain
 	case *pg.Node_PrepareStmt:
 		st.Effects |= EffectPrepare
 		st.Prepare = x.PrepareStmt.Name

@@ -127,6 +127,10 @@ type Statement struct {
 	// name resolves to: statements after it that name one must be planned
 	// against the catalog as the DDL left it.
 	NameDDL bool
+	// Savepoint is the name in SAVEPOINT, RELEASE and ROLLBACK TO; Chain
+	// is COMMIT/ROLLBACK AND CHAIN (a new transaction starts at once).
+	Savepoint string
+	Chain     bool
 	// SetEndUser is the value of SET phiproxy.end_user.
 	SetEndUser string
 	// Prepare is set for SQL-level PREPARE: the Statement's Params and

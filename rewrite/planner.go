@@ -142,7 +142,7 @@ func (p *Planner) plan(sql string, sess Session) (*Plan, error) {
 	plan := &Plan{SQL: sql, PassThrough: true}
 	// The statements of a string run in order: each is planned with the
 	// session state the ones before it leave (thread.go).
-	th := thread{sess: sess, path: ParseSearchPath(sess.SearchPath)}
+	th := NewSequence(sess)
 	for _, raw := range tree.Stmts {
 		off := int(raw.StmtLocation)
 		n := int(raw.StmtLen)
@@ -166,7 +166,10 @@ func (p *Planner) plan(sql string, sess Session) (*Plan, error) {
 			}
 			a.finish()
 		}
-		th.after(st, own)
+		if st.Effects&EffectCatalog != 0 && own && st.TempCreate == "" {
+			st.NameDDL = true
+		}
+		th.After(st)
 		if st.Execute != nil {
 			// The prepared statement may touch PHI: see BindExecute.
 			plan.PassThrough = false

@@ -7,8 +7,10 @@ import (
 	"github.com/phiproxy/phiproxy/pgerr"
 )
 
-// thread is the session state as it evolves through the statements of one
-// string: PostgreSQL runs them in order, so a SET search_path, SET ROLE or
+// Sequence is the session state as it evolves through statements that run
+// one after another with no chance to read the server's answers between
+// them (the statements of one string, an extended-protocol batch before
+// Sync): PostgreSQL runs them in order, so a SET search_path, SET ROLE or
 // CREATE TEMP TABLE applies to the statements after it. What the text
 // cannot tell (a computed set_config, a DO block, DDL that may move a PHI
 // name, a COMMIT or ROLLBACK that may undo changes) makes the state
@@ -16,15 +18,28 @@ import (
 // is then refused, never planned against a guess. (Across round trips the
 // proxy mirrors the server's confirmed state and reads it back when it is
 // unknown.)
-type thread struct {
+type Sequence struct {
 	sess    Session
 	path    []string
 	changed bool   // the string changed the state before this point
 	unknown string // why the state is unknown, "" if it is known
 }
 
+// NewSequence starts a Sequence at sess.
+func NewSequence(sess Session) *Sequence {
+	return &Sequence{sess: sess, path: ParseSearchPath(sess.SearchPath)}
+}
+
+// Session is the state after the statements so far, and why it is
+// unknown ("" if it is known).
+func (th *Sequence) Session() (Session, string) { return th.sess, th.unknown }
+
+// Changed reports whether the statements so far changed the state or made
+// it unknown.
+func (th *Sequence) Changed() bool { return th.changed || th.unknown != "" }
+
 // usable refuses st when the state it would be planned with is unknown.
-func (th *thread) usable(p *Planner, sql string, st *Statement) error {
+func (th *Sequence) usable(p *Planner, sql string, st *Statement) error {
 	if th.unknown == "" {
 		return nil
 	}
@@ -33,14 +48,14 @@ func (th *thread) usable(p *Planner, sql string, st *Statement) error {
 		WithHint("send this statement in a query of its own: phiproxy then plans it with the session state the server reports")
 }
 
-// after applies st's effects, as known from its text, to the state the
-// following statements see. own says st names a PHI name itself.
-func (th *thread) after(st *Statement, own bool) {
+// After applies st's effects, as known from its text, to the state the
+// statements after it see.
+func (th *Sequence) After(st *Statement) {
 	if st.StateUnknown {
 		th.unknown = st.Tag
 		return
 	}
-	if st.NameDDL || st.Effects&EffectCatalog != 0 && own && st.TempCreate == "" {
+	if st.NameDDL {
 		th.unknown = st.Tag
 		return
 	}
