@@ -51,6 +51,13 @@ type Interceptor interface {
 	ServerMessage(msg pgproto3.BackendMessage, out *Out) error
 }
 
+// Ender is implemented by an Interceptor that must learn when its session
+// ends (for example to stop waiting for an answer that will not come).
+// Ended is called once, from whichever goroutine ends the session.
+type Ender interface {
+	Ended()
+}
+
 // Message type bytes of the messages an Interceptor can select.
 const (
 	// From the client.
@@ -212,6 +219,12 @@ func (o *Out) ToClient(msg pgproto3.Message) error {
 	}
 	return o.s.client.sendNow(msg)
 }
+
+// FlushServer writes what is buffered for the upstream server now. The
+// relay flushes only when the client has nothing more to send: an
+// Interceptor that waits in ClientMessage for the server's answer to
+// messages it already forwarded must flush them first.
+func (o *Out) FlushServer() error { return o.s.server.flush() }
 
 // Session describes the session the message belongs to.
 func (o *Out) Session() *SessionInfo { return &o.s.info }

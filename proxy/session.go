@@ -131,6 +131,7 @@ func (s *session) end(e *pgerr.Error) {
 		s.connMu.Lock()
 		s.closing.Store(true)
 		client, server := s.client.conn, s.server
+		hook := s.hook
 		s.connMu.Unlock()
 		if e != nil {
 			s.endErr.Store(e)
@@ -142,6 +143,9 @@ func (s *session) end(e *pgerr.Error) {
 		client.Close()
 		if server != nil {
 			server.conn.Close()
+		}
+		if e, ok := hook.(Ender); ok {
+			e.Ended()
 		}
 		s.stMu.Lock()
 		s.exitState = s.cur
@@ -264,7 +268,10 @@ func (s *session) serve(ctx context.Context) {
 	s.stMu.Unlock()
 
 	if f := s.srv.opts.interceptor; f != nil {
-		s.hook = f(&s.info)
+		hook := f(&s.info)
+		s.connMu.Lock()
+		s.hook = hook
+		s.connMu.Unlock()
 		if s.hook != nil {
 			s.fromClient, s.fromServer = s.hook.Intercepts()
 		}

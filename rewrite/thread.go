@@ -34,6 +34,14 @@ func NewSequence(sess Session) *Sequence {
 // unknown ("" if it is known).
 func (th *Sequence) Session() (Session, string) { return th.sess, th.unknown }
 
+// MarkUnknown makes the state unknown from here on: why names what made
+// it so.
+func (th *Sequence) MarkUnknown(why string) {
+	if th.unknown == "" {
+		th.unknown = why
+	}
+}
+
 // Changed reports whether the statements so far changed the state or made
 // it unknown.
 func (th *Sequence) Changed() bool { return th.changed || th.unknown != "" }

@@ -30,8 +30,12 @@ func (s *session) ClientMessage(msg pgproto3.FrontendMessage, out *proxy.Out) er
 		return s.bind(m, out)
 	case *pgproto3.Describe:
 		e := &entry{kind: entryDescribe, describe: m.ObjectType}
-		if m.ObjectType == 'S' {
-			e.ps = s.stmts[m.Name]
+		if m.ObjectType == 'S' && !s.isSkipping() {
+			ps, _, err := s.lookupStmt(m.Name, out)
+			if err != nil {
+				return err
+			}
+			e.ps = ps
 		} else {
 			e.portal = s.portals[m.Name]
 		}
@@ -43,17 +47,23 @@ func (s *session) ClientMessage(msg pgproto3.FrontendMessage, out *proxy.Out) er
 		if pt.ps != nil {
 			s.startCopyIn([]*rewrite.Statement{pt.ps.st}, false)
 		}
-		if _, err := s.push(&entry{kind: entryExecute, portal: pt}, out); err != nil {
+		queued, err := s.push(&entry{kind: entryExecute, portal: pt}, out)
+		if err != nil {
 			return err
 		}
+		if queued && pt.ps != nil && pt.ps.st != nil {
+			if err := s.batchEffects(pt.ps.st, out); err != nil {
+				return err
+			}
+		}
 	case *pgproto3.Close:
-		queued, err := s.push(&entry{kind: entryClose}, out)
+		queued, err := s.push(&entry{kind: entryClose, closeKind: m.ObjectType, closeName: m.Name}, out)
 		if err != nil {
 			return err
 		}
 		if queued {
 			if m.ObjectType == 'S' {
-				delete(s.stmts, m.Name)
+				s.setStmt(m.Name, nil)
 			} else {
 				delete(s.portals, m.Name)
 			}
@@ -74,6 +84,7 @@ func (s *session) ClientMessage(msg pgproto3.FrontendMessage, out *proxy.Out) er
 
 // query handles a simple-protocol Query.
 func (s *session) query(m *pgproto3.Query, out *proxy.Out) error {
+	s.settleStmts()
 	snap := s.p.cur.Load()
 	q := &queryRun{poisonAt: -1}
 	e := &entry{kind: entryQuery, q: q}
@@ -83,15 +94,21 @@ func (s *session) query(m *pgproto3.Query, out *proxy.Out) error {
 	err := s.textRefusal(snap, m.String)
 	var plan *rewrite.Plan
 	if err == nil {
-		plan, err = snap.planner.Plan(m.String, rewrite.Session{SearchPath: s.searchPath(), User: s.user})
+		var sess rewrite.Session
+		if sess, err = s.planSession(&snap, m.String, out); err == nil {
+			plan, err = snap.planner.Plan(m.String, sess)
+		}
 	}
 	if err != nil {
 		return s.refuseQuery(e, "", err, out)
 	}
+	for _, st := range plan.Statements {
+		e.effectful = e.effectful || effectful(st)
+	}
 	if plan.PassThrough {
 		q.stmts = plan.Statements
 		for _, st := range plan.Statements {
-			s.sessionEffects(st)
+			s.stmtEffects(st)
 		}
 		if _, err := s.push(e, out); err != nil {
 			return err
@@ -100,7 +117,7 @@ func (s *session) query(m *pgproto3.Query, out *proxy.Out) error {
 	}
 	q.stmts = append(q.one[:0:len(q.one)], plan.Statements...)
 	for i, st := range q.stmts {
-		st, err := s.bindExecute(st)
+		st, err := s.execute(st, out)
 		if err == nil {
 			err = s.checkStatement(snap, st)
 		}
@@ -114,13 +131,12 @@ func (s *session) query(m *pgproto3.Query, out *proxy.Out) error {
 			return s.refuseAt(e, plan.SQL, i, err, out)
 		}
 		q.stmts[i] = st
+		// In order: an EXECUTE sees a PREPARE earlier in the string.
+		s.stmtEffects(st)
 	}
 	text, bad, err := s.render(plan.SQL, q.stmts, len(q.stmts))
 	if err != nil {
 		return s.refuseAt(e, plan.SQL, bad, err, out)
-	}
-	for _, st := range q.stmts {
-		s.sessionEffects(st)
 	}
 	s.startCopyIn(q.stmts, false)
 	if _, err := s.push(e, out); err != nil {
@@ -148,9 +164,6 @@ func (s *session) refuseAt(e *entry, sql string, i int, refusal error, out *prox
 		text, bad, err := s.render(sql, q.stmts, i)
 		if err != nil {
 			return s.refuseAt(e, sql, bad, err, out)
-		}
-		for _, st := range q.stmts[:i] {
-			s.sessionEffects(st)
 		}
 		prefix = text
 		if t := strings.TrimRight(prefix, " \t\r\n"); !strings.HasSuffix(t, ";") {
@@ -342,20 +355,24 @@ func (s *session) parse(m *pgproto3.Parse, out *proxy.Out) error {
 	if s.isSkipping() {
 		return out.ForwardUnchanged() // the server ignores it until Sync
 	}
+	s.settleStmts()
 	snap := s.p.cur.Load()
 	ps := &prepared{name: m.Name}
 	e := &entry{kind: entryParse, ps: ps}
 	err := s.textRefusal(snap, m.Query)
 	var plan *rewrite.Plan
 	if err == nil {
-		plan, err = snap.planner.Plan(m.Query, rewrite.Session{SearchPath: s.searchPath(), User: s.user})
+		var sess rewrite.Session
+		if sess, err = s.planSession(&snap, m.Query, out); err == nil {
+			plan, err = snap.planner.Plan(m.Query, sess)
+		}
 	}
 	if err == nil && !plan.PassThrough && len(plan.Statements) > 1 {
 		err = pgerr.New(pgerr.SyntaxError, "cannot insert multiple commands into a prepared statement")
 	}
 	var st *rewrite.Statement
 	if err == nil && len(plan.Statements) == 1 {
-		st, err = s.bindExecute(plan.Statements[0])
+		st, err = s.execute(plan.Statements[0], out)
 		if err == nil {
 			err = s.checkStatement(snap, st)
 		}
@@ -370,7 +387,7 @@ func (s *session) parse(m *pgproto3.Parse, out *proxy.Out) error {
 	if err != nil {
 		return s.poison(e, &pgproto3.Parse{Name: m.Name, Query: poisonParse}, "42601", err, out, func() {
 			if m.Name == "" {
-				delete(s.stmts, "")
+				s.setStmt("", nil)
 			}
 		})
 	}
@@ -395,15 +412,12 @@ func (s *session) parse(m *pgproto3.Parse, out *proxy.Out) error {
 	} else if text != m.Query {
 		fwd = &pgproto3.Parse{Name: m.Name, Query: text, ParameterOIDs: m.ParameterOIDs}
 	}
-	if st != nil {
-		s.sessionEffects(st)
-	}
 	queued, err := s.push(e, out)
 	if err != nil {
 		return err
 	}
 	if queued {
-		s.stmts[m.Name] = ps
+		s.setStmt(m.Name, ps)
 	}
 	if fwd == m {
 		return out.ForwardUnchanged()
@@ -449,8 +463,19 @@ func (s *session) bind(m *pgproto3.Bind, out *proxy.Out) error {
 	if s.isSkipping() {
 		return out.ForwardUnchanged()
 	}
-	ps := s.stmts[m.PreparedStatement]
+	s.settleStmts()
+	ps, known, err := s.lookupStmt(m.PreparedStatement, out)
+	if err != nil {
+		return err
+	}
 	e := &entry{kind: entryBind, portal: portal{ps: ps}}
+	if !known {
+		// PostgreSQL has no such statement either (the namespaces agree),
+		// so it would refuse the Bind: refuse it here, so that no
+		// parameter is sent unencrypted to a statement we do not know.
+		return s.poison(e, &pgproto3.Bind{DestinationPortal: m.DestinationPortal, PreparedStatement: poisonStatement}, "26000",
+			pgerr.Newf(pgerr.InvalidSQLStatementName, "prepared statement %q does not exist", m.PreparedStatement), out, nil)
+	}
 	fwd := m
 	if ps != nil && ps.st != nil {
 		if err := s.settingsRefusal(ps.st, resultText(m.ResultFormatCodes)); err != nil {

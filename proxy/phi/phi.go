@@ -33,6 +33,13 @@ type Proxy struct {
 	version    atomic.Uint64
 	refreshing atomic.Bool
 	pending    atomic.Bool
+	// refreshWant counts catalog refresh requests; refreshDone is the
+	// count the last finished refresh covers; refreshed is closed (and
+	// replaced) when a refresh finishes.
+	refreshWant atomic.Uint64
+	refreshDone atomic.Uint64
+	refreshMu   sync.Mutex
+	refreshed   chan struct{}
 	// bg bounds the asynchronous catalog refreshes; Close cancels it.
 	bg     context.Context
 	cancel context.CancelFunc
@@ -157,6 +164,7 @@ func (p *Proxy) RefreshCatalog(ctx context.Context) error {
 // catalogChanged asks for an asynchronous catalog refresh after DDL went
 // through. Concurrent requests collapse into at most one more refresh.
 func (p *Proxy) catalogChanged() {
+	p.refreshWant.Add(1)
 	p.pending.Store(true)
 	if !p.refreshing.CompareAndSwap(false, true) {
 		return
@@ -166,16 +174,35 @@ func (p *Proxy) catalogChanged() {
 		defer p.wg.Done()
 		defer p.refreshing.Store(false)
 		for p.pending.Swap(false) {
+			want := p.refreshWant.Load()
 			ctx, cancel := context.WithTimeout(p.bg, 30*time.Second)
 			err := p.RefreshCatalog(ctx)
 			cancel()
 			if err != nil {
-				// A refresh that fails keeps the old snapshot; a PHI column
-				// that vanished is caught by Check at the next reload.
+				// A refresh that fails keeps the old snapshot; sessions
+				// waiting for it (awaitCatalog) refuse what names PHI.
 				p.log.Warn("catalog refresh after DDL failed", "err", err)
+			} else {
+				p.refreshDone.Store(want)
 			}
+			p.refreshMu.Lock()
+			if p.refreshed != nil {
+				close(p.refreshed)
+				p.refreshed = nil
+			}
+			p.refreshMu.Unlock()
 		}
 	}()
+}
+
+// refreshedCh is closed when the next catalog refresh finishes.
+func (p *Proxy) refreshedCh() <-chan struct{} {
+	p.refreshMu.Lock()
+	defer p.refreshMu.Unlock()
+	if p.refreshed == nil {
+		p.refreshed = make(chan struct{})
+	}
+	return p.refreshed
 }
 
 // load builds a snapshot for cfg: catalog over catalog_dsn, Check, planner.

@@ -134,10 +134,15 @@ func (s *session) ServerMessage(msg pgproto3.BackendMessage, out *proxy.Out) err
 		s.setParameter(ps.Name, ps.Value)
 		return out.ForwardUnchanged()
 	}
-	if s.dropping {
+	e := s.front()
+	if e != nil && e.kind == entryProbe {
+		s.probeMessage(msg)
 		return nil
 	}
-	e := s.front()
+	if s.dropping {
+		s.track(e, msg)
+		return nil
+	}
 	if e == nil {
 		// Nothing expected (an asynchronous error or notice): still guard
 		// rows.
@@ -147,11 +152,17 @@ func (s *session) ServerMessage(msg pgproto3.BackendMessage, out *proxy.Out) err
 		return out.ForwardUnchanged()
 	}
 	if e.kind == entryInjected {
-		return nil // the answer to our own poison Query
+		// The answer to our own poison Query.
+		if _, ok := msg.(*pgproto3.ErrorResponse); ok {
+			s.mu.Lock()
+			s.m.errored()
+			s.mu.Unlock()
+		}
+		return nil
 	}
 	switch m := msg.(type) {
 	case *pgproto3.ParseComplete, *pgproto3.BindComplete, *pgproto3.CloseComplete:
-		s.pop()
+		s.track(e, msg)
 	case *pgproto3.ParameterDescription:
 		if e.kind == entryDescribe && e.ps != nil && e.ps.st != nil {
 			oids := make([]uint32, len(m.ParameterOIDs))
@@ -191,32 +202,8 @@ func (s *session) ServerMessage(msg pgproto3.BackendMessage, out *proxy.Out) err
 			return s.row(x, names, m, out)
 		}
 		return s.row(nil, nil, m, out)
-	case *pgproto3.CommandComplete:
-		switch e.kind {
-		case entryQuery:
-			q := e.q
-			if q.idx < len(q.stmts) {
-				s.completed(q.stmts[q.idx], m.CommandTag)
-			}
-			q.idx++
-			q.x = nil
-		case entryExecute:
-			if e.portal.ps != nil {
-				s.completed(e.portal.ps.st, m.CommandTag)
-			}
-			s.pop()
-		}
-	case *pgproto3.EmptyQueryResponse:
-		switch e.kind {
-		case entryQuery:
-			e.q.idx++
-		case entryExecute:
-			s.pop()
-		}
-	case *pgproto3.PortalSuspended:
-		if e.kind == entryExecute {
-			s.pop()
-		}
+	case *pgproto3.CommandComplete, *pgproto3.EmptyQueryResponse, *pgproto3.PortalSuspended:
+		s.track(e, msg)
 	case *pgproto3.CopyOutResponse:
 		return s.copyOutStart(e, m, out)
 	case *pgproto3.CopyDone:
@@ -251,6 +238,7 @@ func (s *session) fail(err *pgerr.Error, out *proxy.Out) error {
 
 func (s *session) errorResponse(e *entry, m *pgproto3.ErrorResponse, out *proxy.Out) error {
 	s.cout = nil
+	s.serverError(e)
 	// fwd is what the client gets: the server's error as it arrived, or
 	// our refusal in its place.
 	var fwd *pgproto3.ErrorResponse
@@ -271,7 +259,13 @@ func (s *session) errorResponse(e *entry, m *pgproto3.ErrorResponse, out *proxy.
 	if e.poison != nil && m.Code == e.poisonCode {
 		fwd = proxy.ErrorResponse(e.poison)
 	}
-	// The server now skips everything until Sync: so do the responses.
+	s.skipToSync()
+	return forwardError(fwd, out)
+}
+
+// skipToSync drops the expected responses up to the next Sync: after an
+// error the server skips everything until Sync (server goroutine).
+func (s *session) skipToSync() {
 	s.mu.Lock()
 	for s.fifo.n > 0 && s.fifo.front().kind != entrySync {
 		s.fifo.pop()
@@ -281,7 +275,105 @@ func (s *session) errorResponse(e *entry, m *pgproto3.ErrorResponse, out *proxy.
 	}
 	s.mu.Unlock()
 	s.haveHead = false
-	return forwardError(fwd, out)
+}
+
+// track is the bookkeeping of the server's answers that confirm what the
+// client's messages did — statements parsed and closed, statements
+// completed with their effects on the session state, errors — done
+// whether the message is forwarded or dropped (server goroutine).
+func (s *session) track(e *entry, msg pgproto3.BackendMessage) {
+	if e == nil {
+		if _, ok := msg.(*pgproto3.ErrorResponse); ok {
+			s.serverError(nil)
+		}
+		return
+	}
+	switch m := msg.(type) {
+	case *pgproto3.ParseComplete:
+		if e.kind == entryParse && e.ps != nil {
+			s.mu.Lock()
+			s.confirmed[e.ps.name] = e.ps
+			s.mu.Unlock()
+		}
+		s.pop()
+	case *pgproto3.CloseComplete:
+		if e.kind == entryClose && e.closeKind == 'S' {
+			s.mu.Lock()
+			delete(s.confirmed, e.closeName)
+			s.mu.Unlock()
+		}
+		s.pop()
+	case *pgproto3.BindComplete:
+		s.pop()
+	case *pgproto3.RowDescription, *pgproto3.NoData:
+		if e.kind == entryDescribe {
+			s.pop()
+		}
+	case *pgproto3.CommandComplete:
+		switch e.kind {
+		case entryQuery:
+			q := e.q
+			if q.idx < len(q.stmts) {
+				s.completed(q.stmts[q.idx], m.CommandTag)
+			}
+			q.idx++
+			q.x = nil
+		case entryExecute:
+			if e.portal.ps != nil {
+				s.completed(e.portal.ps.st, m.CommandTag)
+			}
+			s.pop()
+		}
+	case *pgproto3.EmptyQueryResponse:
+		switch e.kind {
+		case entryQuery:
+			e.q.idx++
+		case entryExecute:
+			s.pop()
+		}
+	case *pgproto3.PortalSuspended:
+		if e.kind == entryExecute {
+			s.pop()
+		}
+	case *pgproto3.ErrorResponse:
+		s.serverError(e)
+		if e.kind != entryQuery && e.kind != entrySync && e.kind != entryFunction {
+			s.skipToSync()
+		}
+	}
+}
+
+// serverError records an ErrorResponse in the mirror (server goroutine).
+// A Parse of the unnamed statement drops the old one even when it fails.
+func (s *session) serverError(e *entry) {
+	s.mu.Lock()
+	s.m.errored()
+	if e != nil && e.kind == entryParse && e.ps != nil && e.ps.name == "" {
+		delete(s.confirmed, "")
+	}
+	s.mu.Unlock()
+}
+
+// completed applies a statement's effects once the server completed it
+// (server goroutine).
+func (s *session) completed(st *rewrite.Statement, tag []byte) {
+	if st == nil || st.Effects == 0 && !st.StateUnknown {
+		return
+	}
+	s.mu.Lock()
+	s.m.completed(st, string(tag))
+	s.confirmStmt(st)
+	s.requestRefresh()
+	s.mu.Unlock()
+}
+
+// requestRefresh asks for the catalog refresh committed DDL needs (s.mu
+// held, so that a statement waiting for the refresh sees the request).
+func (s *session) requestRefresh() {
+	if s.m.refreshReq {
+		s.m.refreshReq = false
+		s.p.catalogChanged()
+	}
 }
 
 // forwardError sends our ErrorResponse fwd to the client, or the server's
@@ -298,17 +390,30 @@ func forwardError(fwd *pgproto3.ErrorResponse, out *proxy.Out) error {
 func (s *session) ready(z *pgproto3.ReadyForQuery, out *proxy.Out) error {
 	status := z.TxStatus
 	s.mu.Lock()
+	s.m.ready(status)
+	s.requestRefresh()
 	// Pop up to and including the entry this ReadyForQuery answers
 	// (entries before it were answered, skipped or dropped).
 	for s.fifo.n > 0 {
-		k := s.fifo.pop()
+		f := s.fifo.front()
+		k, eff := f.kind, f.effectful
+		s.fifo.pop()
 		if k == entryQuery || k == entrySync || k == entryFunction {
+			s.doneCycles.Add(1)
+			if eff {
+				s.pending--
+			}
 			break
 		}
-		if k == entryInjected {
+		if k == entryInjected || k == entryProbe {
+			// Our own cycle: the client never asked.
+			if k == entryProbe {
+				s.probeReady(status)
+			}
 			s.mu.Unlock()
 			s.haveHead = false
-			return nil // our poison's cycle: the client never asked
+			s.signal()
+			return nil
 		}
 	}
 	if s.dropping && status == 'T' {
@@ -317,14 +422,8 @@ func (s *session) ready(z *pgproto3.ReadyForQuery, out *proxy.Out) error {
 		status = 'E'
 		s.overlay = true
 	}
-	if status == 'I' {
-		if s.local || s.rolled {
-			s.path = s.txBase
-		}
-		s.txBase = s.path
-		s.local, s.rolled = false, false
-	}
 	s.mu.Unlock()
+	s.signal()
 	s.haveHead = false
 	s.dropping = false
 	s.cout = nil

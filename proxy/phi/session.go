@@ -95,6 +95,7 @@ const (
 	entrySync     = 'S'
 	entryFunction = 'F'
 	entryInjected = 'i'
+	entryProbe    = 'p'
 )
 
 // entry is one client message that the server will answer, in order. An
@@ -112,6 +113,13 @@ type entry struct {
 	portal portal
 	// describe is 'S' or 'P' for Describe.
 	describe byte
+	// effectful (Query, Sync) marks a cycle whose statements change the
+	// session state the planner depends on: the client goroutine waits for
+	// its ReadyForQuery before planning a statement that names PHI.
+	effectful bool
+	// close is the Close message's object type and name.
+	closeKind byte
+	closeName string
 	// poison is our refusal standing in for the server's answer to the
 	// poison message we sent instead of the client's; poisonCode is the
 	// SQLSTATE the poison makes the server raise.
@@ -209,14 +217,27 @@ type session struct {
 	// Guarded by mu.
 	fifo     fifo
 	skipping bool // an extended error was answered and no Sync is queued yet
-	path     string
-	txBase   string // search_path at the start of the current transaction
-	// resetPath is what RESET search_path returns to: the session's
-	// starting value (startup options, then role/database defaults).
-	resetPath string
-	local     bool // SET LOCAL search_path in this transaction
-	rolled    bool // a ROLLBACK completed in this transaction
-	overlay   bool // the client was told its transaction failed; the server's has not yet
+	overlay  bool // the client was told its transaction failed; the server's has not yet
+	// m is the session state as the server confirmed it (mirror.go).
+	m mirror
+	// confirmed are the prepared statements as the server confirmed them
+	// (SQL-level and protocol-level share one namespace, as in
+	// PostgreSQL).
+	confirmed map[string]*prepared
+	// pending counts effectful cycles sent and not yet answered.
+	pending int
+	// probe is the state read back by the last probe, set when its
+	// ReadyForQuery arrives.
+	probe *probeResult
+
+	// doneCycles counts the cycles (Query, Sync, FunctionCall) the server
+	// has answered with ReadyForQuery; written by the server goroutine.
+	doneCycles atomic.Uint64
+	// wake is signalled by the server goroutine whenever pending,
+	// doneCycles or probe change; ended is closed when the session ends.
+	wake    chan struct{}
+	ended   chan struct{}
+	endOnce sync.Once
 
 	// params are the session's server settings (TimeZone, DateStyle,
 	// client_encoding, standard_conforming_strings): written by the
@@ -227,9 +248,21 @@ type session struct {
 	copyErr atomic.Pointer[pgerr.Error]
 
 	// Client goroutine only.
+	// stmts are the prepared statements as they will be once the server
+	// has run what the client sent (confirmed plus the effects in flight);
+	// opCycle holds, per name, the cycle of the last change in flight
+	// (see lookupStmt).
 	stmts   map[string]*prepared
+	opCycle map[string]uint64
+	// cycle numbers the cycle being sent: it grows with each Query, Sync
+	// and FunctionCall queued.
+	cycle uint64
+	// batch follows the session state through the effectful statements of
+	// the open extended-protocol batch (nil when it has none); extOpen
+	// says a batch is open (extended messages sent since the last Sync).
+	batch   *rewrite.Sequence
+	extOpen bool
 	portals map[string]portal
-	sqlPrep map[string]*rewrite.Statement
 	cbuf    []byte
 	coffs   []int
 	// bindOut, bparams and bformats are the scratch of the Bind sent
@@ -256,12 +289,14 @@ type session struct {
 	queryXs    [4]cachedX
 	queryXNext int
 	cout       *copyStream // the COPY TO STDOUT being streamed, if PHI
+	probeAcc   probeResult // what the probe in progress has read
 }
 
 func newSession(p *Proxy, info *proxy.SessionInfo) *session {
 	sp := sessionSearchPath(p.cur.Load().cat, info)
-	s := &session{p: p, info: info, user: info.User, path: sp, txBase: sp, resetPath: sp,
-		stmts: map[string]*prepared{}, portals: map[string]portal{}, sqlPrep: map[string]*rewrite.Statement{}}
+	s := &session{p: p, info: info, user: info.User, m: newMirror(sp, info.User),
+		stmts: map[string]*prepared{}, confirmed: map[string]*prepared{}, opCycle: map[string]uint64{},
+		portals: map[string]portal{}, wake: make(chan struct{}, 1), ended: make(chan struct{})}
 	s.params.Store(newSettings(info.ServerParameters))
 	return s
 }
@@ -305,6 +340,19 @@ func (s *session) push(e *entry, out *proxy.Out) (bool, error) {
 		queued = false
 	}
 	if queued {
+		switch e.kind {
+		case entryQuery, entrySync, entryFunction:
+			s.cycle++
+			if e.kind == entrySync {
+				e.effectful = e.effectful || s.batch != nil
+				s.batch, s.extOpen = nil, false
+			}
+			if e.effectful {
+				s.pending++
+			}
+		default:
+			s.extOpen = true
+		}
 		s.fifo.push(e)
 	}
 	s.mu.Unlock()
@@ -324,11 +372,6 @@ func (s *session) isSkipping() bool {
 	return s.skipping
 }
 
-func (s *session) searchPath() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.path
-}
 
 // front returns the entry the next server message answers, nil if none
 // is expected (server goroutine). It stays valid after pop, until the next
@@ -406,65 +449,3 @@ func (s *session) checkStatement(snap *snapshot, st *rewrite.Statement) error {
 	return denied(snap, st)
 }
 
-// bindExecute resolves a SQL-level EXECUTE against the session's PREPAREs.
-func (s *session) bindExecute(st *rewrite.Statement) (*rewrite.Statement, error) {
-	if st.Execute == nil {
-		return st, nil
-	}
-	prep, ok := s.sqlPrep[st.Execute.Name]
-	if !ok {
-		// Unknown to us, so not prepared in this session through us:
-		// PostgreSQL reports 26000 itself; the safety net guards rows.
-		return st, nil
-	}
-	return rewrite.BindExecute(st, prep)
-}
-
-// sessionEffects applies the client-side bookkeeping of SQL-level
-// PREPARE, DEALLOCATE and DISCARD (optimistically, when the statement is
-// sent).
-func (s *session) sessionEffects(st *rewrite.Statement) {
-	if st.Effects&rewrite.EffectPrepare != 0 && st.Prepare != "" {
-		s.sqlPrep[st.Prepare] = st
-	}
-	if st.Effects&rewrite.EffectDeallocate != 0 {
-		if st.Deallocate == "" {
-			clear(s.sqlPrep)
-			if st.Tag == "DISCARD" {
-				clear(s.stmts)
-				clear(s.portals)
-			}
-		} else {
-			delete(s.sqlPrep, st.Deallocate)
-		}
-	}
-}
-
-// completed applies a statement's server-side effects once it succeeded
-// (server goroutine).
-func (s *session) completed(st *rewrite.Statement, tag []byte) {
-	if st == nil {
-		return
-	}
-	if st.Effects&rewrite.EffectCatalog != 0 {
-		s.p.catalogChanged()
-	}
-	if st.Effects&(rewrite.EffectSearchPath|rewrite.EffectTransaction) == 0 {
-		return
-	}
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if st.Effects&rewrite.EffectSearchPath != 0 {
-		if st.SearchPath != "" {
-			s.path = st.SearchPath
-		} else {
-			s.path = s.resetPath // RESET / SET … TO DEFAULT
-		}
-		if st.Effects&rewrite.EffectLocal != 0 {
-			s.local = true
-		}
-	}
-	if st.Tag == "ROLLBACK" && string(tag) == "ROLLBACK" {
-		s.rolled = true
-	}
-}
