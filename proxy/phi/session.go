@@ -372,7 +372,6 @@ func (s *session) isSkipping() bool {
 	return s.skipping
 }
 
-
 // front returns the entry the next server message answers, nil if none
 // is expected (server goroutine). It stays valid after pop, until the next
 // front.
@@ -448,4 +447,3 @@ func (s *session) checkStatement(snap *snapshot, st *rewrite.Statement) error {
 	}
 	return denied(snap, st)
 }
-
