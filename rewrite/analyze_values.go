@@ -23,7 +23,7 @@ func (a *analyzer) value(n *pg.Node, target *PHIColumn, sc *scope, write bool) e
 		}
 		end := literalEnd(a.sql, int(c.Location))
 		if end < 0 {
-			return pgerr.Newf(pgerr.Internal, "BUG: cannot find the end of a literal for PHI column %s", target.Ident)
+			return a.refuseCol(target, c.Location, "this form of literal", "write the value as a plain literal, such as '…' or 42")
 		}
 		a.st.Slots = append(a.st.Slots, Slot{Offset: int(c.Location), Length: end - int(c.Location), Text: constText(n), Column: *target})
 		return nil
@@ -200,7 +200,7 @@ func (a *analyzer) arrayValue(n *pg.Node, target *PHIColumn, sc *scope, loc int3
 		}
 		end := literalEnd(a.sql, int(c.Location))
 		if end < 0 {
-			return pgerr.Newf(pgerr.Internal, "BUG: cannot find the end of a literal for PHI column %s", target.Ident)
+			return a.refuseCol(target, c.Location, "this form of literal", "write the value as a plain literal, such as '…' or 42")
 		}
 		a.st.Slots = append(a.st.Slots, Slot{Offset: int(c.Location), Length: end - int(c.Location), Text: constText(n), Array: true, Column: *target})
 		return nil
