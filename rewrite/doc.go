@@ -53,11 +53,14 @@
 // carries the literal's plaintext as written (unescaped string value, or
 // the numeric/boolean text): canonicalisation to the logical type's text
 // form ('1980-1-2' → '1980-01-02') is the proxy's job, with pgtype. A
-// literal already cast to bytea is taken as ciphertext and left alone, so
-// planning a rendered statement again adds no slot (idempotence). An array
-// literal after = ANY / <> ALL ('{a,b}', '{a,b}'::text[]) is one slot with
-// Slot.Array set; the proxy renders it as ARRAY[…::bytea, …]::bytea[],
-// which is left alone the same way.
+// value bound for a PHI column is always plaintext to encrypt: a literal
+// or parameter cast to bytea (or bytea[]) there is refused, never taken as
+// ciphertext. The proxy plans only text a client sent; rendered text goes
+// upstream and is never planned again (were it fed back, its ciphertext
+// literals would be refused, so nothing is encrypted twice or stored as
+// given). An array literal after = ANY / <> ALL ('{a,b}', '{a,b}'::text[])
+// is one slot with Slot.Array set; the proxy renders it as
+// ARRAY[…::bytea, …]::bytea[].
 //
 // 4. Plans (and refusals) are cached in a Cache keyed by exact SQL text,
 // catalog version, search_path and user. On an exact-text miss, text that
