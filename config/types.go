@@ -65,7 +65,7 @@ func (t LogicalType) Typmod() int32 {
 var (
 	// typeWithMod matches a type name, an optional modifier list and, for
 	// timestamp, the time zone words that may follow the modifier.
-	typeWithMod = regexp.MustCompile(`^([a-z][a-z ]*?)\s*(?:\(\s*([0-9]+)\s*(?:,\s*([0-9]+)\s*)?\))?(\s+with(?:out)?\s+time\s+zone)?$`)
+	typeWithMod = regexp.MustCompile(`^([a-z][a-z0-9 ]*?)\s*(?:\(\s*([0-9]+)\s*(?:,\s*([0-9]+)\s*)?\))?(\s+with(?:out)?\s+time\s+zone)?$`)
 	spaces      = regexp.MustCompile(`\s+`)
 )
 
