@@ -8,6 +8,8 @@ import (
 	"sync"
 
 	pg "github.com/pganalyze/pg_query_go/v5"
+
+	"github.com/phiproxy/phiproxy/pgerr"
 )
 
 type auditText struct {
@@ -320,7 +322,11 @@ func (p *Plan) Render(fill func(Slot) (string, error)) (string, error) {
 	pos := 0
 	for _, r := range reps {
 		if r.off < pos {
-			panic("BUG: overlapping rewrite slots")
+			// The analysis never plans two replacements over the same text
+			// (checkPlanInvariants, FuzzPlan); were it to, refuse rather
+			// than send a statement with a value left unencrypted.
+			return "", pgerr.New(pgerr.FeatureNotSupported, "phiproxy cannot rewrite this statement: two values bound for PHI columns overlap").
+				WithHint("write each value bound for a PHI column as a separate literal or parameter")
 		}
 		b.WriteString(p.SQL[pos:r.off])
 		if r.slot != nil {

@@ -37,6 +37,7 @@ func serverConn(t *testing.T, params ...string) *pgx.Conn {
 var diffInputs = map[string][]string{
 	"text":    {"", "plain", " spaced ", "ünïcödé ✓", "quote ' and \" and \\", "line\nbreak", "\x01ctl", "\xff\xfe", "nul\x00byte", "{a,b}"},
 	"varchar": {"", "x", "日本語"},
+	"bpchar":  {"", "ab", "ab  ", " a"},
 	"int4": {"0", "007", "-0", "+42", " 12 ", "\t-7\n", "2147483647", "-2147483648", "2147483648", "-2147483649",
 		"1e3", "1.0", "", " ", "12abc", "0x10", "1_000", "99999999999999999999"},
 	"int8": {"0", "-9223372036854775808", "9223372036854775807", "9223372036854775808", "  +0012  ", "--1", "1 2"},
