@@ -22,8 +22,9 @@
 //	if err != nil { send ErrorResponse from pgerr.As(err); return }
 //	if plan.PassThrough { forward sql unchanged (still apply Effects); return }
 //	text, err := plan.Render(func(s rewrite.Slot) (string, error) {
-//	    // canonicalise s.Text to s.Column.Type (pgtype), encrypt with
-//	    // s.Column.Key, return a bytea literal: '\x5048…'::bytea
+//	    // apply s.Cast, canonicalise s.Text to s.Column.Type (with its
+//	    // modifier, as an assignment if s.Assign, else a comparison),
+//	    // encrypt with s.Column.Key, return a bytea literal: '\x5048…'::bytea
 //	})
 //	// Params: encrypt $n values for Param.Column, send as bytea, describe
 //	//         them to the client as Param.Column.Type.
