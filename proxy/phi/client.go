@@ -225,7 +225,10 @@ func (s *session) render(sql string, stmts []*rewrite.Statement, n int) (string,
 	pos := 0
 	for _, r := range reps {
 		if r.off < pos || r.off+r.n > end {
-			panic("BUG: overlapping or out-of-range rewrite slots")
+			// The planner never gives overlapping slots (rewrite's
+			// FuzzPlan checks it); refuse rather than panic if it did.
+			return "", stmtIndex(stmts, r.off), pgerr.New(pgerr.FeatureNotSupported, "phiproxy cannot rewrite this statement: two values bound for PHI columns overlap").
+				WithHint("write each value bound for a PHI column as a separate literal or parameter")
 		}
 		b = append(b, sql[pos:r.off]...)
 		if r.slot != nil {
