@@ -292,3 +292,26 @@ func stillWorksTM(t *testing.T, ctx context.Context, c *pgx.Conn) {
 		t.Fatalf("session after a refusal: %v", err)
 	}
 }
+
+// TestTypeModifiersCopyFrom: COPY FROM applies a column's modifier as
+// PostgreSQL's input with the column's typmod does (22001, padding,
+// rounding).
+func TestTypeModifiersCopyFrom(t *testing.T) {
+	ctx := testCtx(t)
+	dsn := startTypmodProxy(t)
+	px, direct := twinConns(t, ctx, dsn, pgx.QueryExecModeSimpleProtocol)
+	copyBoth := func(data string) {
+		t.Helper()
+		_, gerr := px.PgConn().CopyFrom(ctx, strings.NewReader(data), "COPY tm (id, v, c, n, ts) FROM STDIN")
+		_, werr := direct.PgConn().CopyFrom(ctx, strings.NewReader(data), "COPY tm_plain (id, v, c, n, ts) FROM STDIN")
+		if sqlstate(gerr) != sqlstate(werr) || (gerr == nil) != (werr == nil) {
+			t.Fatalf("COPY %q: through phiproxy %v, PostgreSQL %v", data, gerr, werr)
+		}
+	}
+	copyBoth("1\tab \tab\t1.235\t2020-01-02 12:00:00.5\n2\t\\N\tx\t-0.004\t1999-12-31 23:59:59.5\n")
+	copyBoth("3\tabcd\t\\N\t\\N\t\\N\n")
+	copyBoth("4\t\\N\tabcde\t\\N\t\\N\n")
+	copyBoth("5\t\\N\t\\N\t1000\t\\N\n")
+	both(t, ctx, px, direct, "SELECT id, v, c, n, ts FROM TBL ORDER BY id")
+	both(t, ctx, px, direct, "SELECT id FROM TBL WHERE c = 'x' AND n = 0")
+}
