@@ -127,7 +127,9 @@ type Column struct {
 	Schema string
 	Table  string
 	Name   string
-	// Type is the logical type clients see (canonical name, see Types).
+	// Type is the logical type clients see, in the canonical spelling of
+	// LogicalType.String: the base name (see CanonicalType) and the type
+	// modifier if one was declared ("varchar(11)", "numeric(10,2)").
 	Type string
 	// Mode is randomized or deterministic.
 	Mode string
@@ -496,11 +498,11 @@ func Parse(data []byte, path string) (*Config, error) {
 				continue
 			}
 			col := Column{Schema: schema, Table: table, Name: colName, Key: rc.Key, Default: rc.Default, Mode: rc.Mode, Line: v.line(path)}
-			typ, ok := CanonicalType(rc.Type)
-			if !ok {
-				v.errf(append(path, "type"), "phi column %s: type %q is not one of text, varchar, date, timestamp, timestamptz, int4, int8, numeric, bool, uuid, jsonb", col.Ident(), rc.Type)
+			typ, err := ParseLogicalType(rc.Type)
+			if err != nil {
+				v.errf(append(path, "type"), "phi column %s: %v", col.Ident(), err)
 			}
-			col.Type = typ
+			col.Type = typ.String()
 			if col.Mode != ModeRandomized && col.Mode != ModeDeterministic {
 				v.errf(append(path, "mode"), "phi column %s: mode %q is not one of randomized, deterministic", col.Ident(), rc.Mode)
 			}

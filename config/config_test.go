@@ -89,6 +89,13 @@ func TestLoadErrorsNameTheLine(t *testing.T) {
 		{"masking not yet enforced", minimal + "phi:\n  public.p:\n    ssn: {type: text, mode: randomized, default: mask:last4}\n", []string{":6:", "masking is not supported"}},
 		{"read rules not yet enforced", minimal + "phi:\n  public.p:\n    ssn:\n      type: text\n      mode: randomized\n      read: [{roles: [a], access: plaintext}]\n", []string{":9:", "read rules"}},
 		{"shared key must agree", minimal + "phi:\n  public.a:\n    x: {type: text, mode: deterministic, key: k}\n  public.b:\n    y: {type: int4, mode: deterministic, key: k}\n", []string{":8:", "shares key k"}},
+		{"shared key must agree on the modifier", minimal + "phi:\n  public.a:\n    x: {type: \"numeric(5,2)\", mode: deterministic, key: k}\n  public.b:\n    y: {type: \"numeric(6,3)\", mode: deterministic, key: k}\n", []string{":8:", "shares key k"}},
+		{"varchar length zero", minimal + "phi:\n  public.p:\n    ssn: {type: varchar(0), mode: randomized}\n", []string{":6:", "length must be between 1 and"}},
+		{"scale above precision", minimal + "phi:\n  public.p:\n    n: {type: \"numeric(2,3)\", mode: randomized}\n", []string{":6:", "scale between 0 and the precision"}},
+		{"timestamp precision above 6", minimal + "phi:\n  public.p:\n    t: {type: timestamp(7), mode: randomized}\n", []string{":6:", "precision must be between 0 and 6"}},
+		{"modifier on a type without one", minimal + "phi:\n  public.p:\n    n: {type: int4(3), mode: randomized}\n", []string{":6:", "int4 takes no modifier"}},
+		{"bpchar needs a length", minimal + "phi:\n  public.p:\n    c: {type: bpchar, mode: randomized}\n", []string{":6:", "needs a length"}},
+		{"malformed modifier", minimal + "phi:\n  public.p:\n    c: {type: varchar(a), mode: randomized}\n", []string{":6:", "varchar(a)"}},
 		{"bad sslmode", "listen: 127.0.0.1:1\nupstream: {address: 127.0.0.1:5432, sslmode: sometimes}\ncatalog_dsn: postgres://a@b/c\n", []string{":2:", "sslmode"}},
 		{"verify-full needs a root cert", "listen: 127.0.0.1:1\nupstream: {address: 127.0.0.1:5432, sslmode: verify-full}\ncatalog_dsn: postgres://a@b/c\n", []string{"sslrootcert"}},
 		{"client tls require needs cert", minimal + "client_tls: {mode: require}\n", []string{":4:", "needs cert and key"}},
@@ -109,5 +116,35 @@ func TestLoadErrorsNameTheLine(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+func TestParseLogicalType(t *testing.T) {
+	for in, want := range map[string]struct {
+		canon  string
+		typmod int32
+	}{
+		"text": {"text", -1}, "varchar": {"varchar", -1}, "varchar(11)": {"varchar(11)", 15},
+		"character varying(3)": {"varchar(3)", 7}, "VARCHAR ( 3 )": {"varchar(3)", 7},
+		"char": {"bpchar(1)", 5}, "character(4)": {"bpchar(4)", 8}, "bpchar(2)": {"bpchar(2)", 6},
+		"numeric(5,2)": {"numeric(5,2)", 5<<16 | 2 + 4}, "decimal(5)": {"numeric(5,0)", 5<<16 + 4}, "numeric": {"numeric", -1},
+		"timestamp(0)": {"timestamp(0)", 0}, "timestamp(3) with time zone": {"timestamptz(3)", 3},
+		"timestamptz(6)": {"timestamptz(6)", 6}, "timestamp without time zone": {"timestamp", -1},
+		"timestamp(2) without time zone": {"timestamp(2)", 2},
+	} {
+		lt, err := ParseLogicalType(in)
+		if err != nil || lt.String() != want.canon || lt.Typmod() != want.typmod {
+			t.Errorf("%q: got %q typmod %d, %v; want %q typmod %d", in, lt.String(), lt.Typmod(), err, want.canon, want.typmod)
+			continue
+		}
+		// The canonical spelling parses to itself.
+		if again, err := ParseLogicalType(lt.String()); err != nil || again != lt {
+			t.Errorf("%q: canonical %q parses to %+v, %v", in, lt.String(), again, err)
+		}
+	}
+	for _, bad := range []string{"int4(3)", "varchar(0)", "varchar(3,1)", "numeric(0)", "numeric(3,4)", "numeric(1001)", "timestamp(7)", "bpchar", "text with time zone", "blob", "varchar(", "date(1)"} {
+		if lt, err := ParseLogicalType(bad); err == nil {
+			t.Errorf("%q accepted as %+v", bad, lt)
+		}
 	}
 }

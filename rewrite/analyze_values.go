@@ -1,6 +1,7 @@
 package rewrite
 
 import (
+	"strconv"
 	"strings"
 
 	pg "github.com/pganalyze/pg_query_go/v5"
@@ -23,14 +24,14 @@ func (a *analyzer) value(n *pg.Node, target *PHIColumn, sc *scope, write bool) e
 		}
 		end := literalEnd(a.sql, int(c.Location))
 		if end < 0 {
-			return pgerr.Newf(pgerr.Internal, "BUG: cannot find the end of a literal for PHI column %s", target.Ident)
+			return a.refuseCol(target, c.Location, "this form of literal", "write the value as a plain literal, such as '…' or 42")
 		}
-		a.st.Slots = append(a.st.Slots, Slot{Offset: int(c.Location), Length: end - int(c.Location), Text: constText(n), Column: *target})
+		a.st.Slots = append(a.st.Slots, Slot{Offset: int(c.Location), Length: end - int(c.Location), Text: constText(n), Assign: write, Column: *target})
 		return nil
 	case *pg.Node_ParamRef:
-		return a.phiParam(x.ParamRef, target, false)
+		return a.phiParam(x.ParamRef, target, false, write, "")
 	case *pg.Node_TypeCast:
-		return a.castValue(x.TypeCast, target)
+		return a.castValue(x.TypeCast, target, write)
 	case *pg.Node_SetToDefault:
 		if write {
 			return nil
@@ -83,7 +84,7 @@ func describeShort(n *pg.Node) string {
 
 // castTypes maps type names as written in casts to logical types.
 var castTypes = map[string]string{
-	"text": "text", "varchar": "varchar", "character varying": "varchar", "date": "date",
+	"text": "text", "varchar": "varchar", "character varying": "varchar", "bpchar": "bpchar", "date": "date",
 	"timestamp": "timestamp", "timestamptz": "timestamptz", "int4": "int4", "integer": "int4", "int": "int4",
 	"int8": "int8", "bigint": "int8", "numeric": "numeric", "decimal": "numeric", "bool": "bool",
 	"boolean": "bool", "uuid": "uuid", "jsonb": "jsonb",
@@ -100,8 +101,37 @@ func castTarget(tn *pg.TypeName) string {
 	return name
 }
 
-func (a *analyzer) castValue(tc *pg.TypeCast, target *PHIColumn) error {
+// castMod returns the cast's type with its modifier in config's canonical
+// spelling ("varchar(3)", "numeric(5,2)", "timestamp(0)"), "" for a cast
+// without one; ok is false for a modifier that is not a list of integer
+// constants. The proxy applies it as PostgreSQL applies an explicit cast.
+// A plan that carries one depends on the modifier's digits, which the
+// literal-shape tier treats as literals: it is never a shape template.
+func (a *analyzer) castMod(tn *pg.TypeName, base string) (string, bool) {
+	if tn == nil || len(tn.Typmods) == 0 {
+		return "", true
+	}
+	var mods []string
+	for _, m := range tn.Typmods {
+		c := m.GetAConst()
+		if c == nil || c.GetIval() == nil {
+			return "", false
+		}
+		mods = append(mods, strconv.Itoa(int(c.GetIval().Ival)))
+	}
+	if base == "numeric" && len(mods) == 1 {
+		mods = append(mods, "0")
+	}
+	a.st.literalDependent = true
+	return base + "(" + strings.Join(mods, ",") + ")", true
+}
+
+func (a *analyzer) castValue(tc *pg.TypeCast, target *PHIColumn, write bool) error {
 	t := castTarget(tc.TypeName)
+	mod, ok := a.castMod(tc.TypeName, t)
+	if !ok {
+		return a.refuseCol(target, tc.Location, "a cast with this type modifier", "write the modifier as integer constants, or leave the cast out")
+	}
 	inner := tc.Arg
 	switch x := inner.Node.(type) {
 	case *pg.Node_AConst:
@@ -109,10 +139,7 @@ func (a *analyzer) castValue(tc *pg.TypeCast, target *PHIColumn) error {
 			return nil
 		}
 		if t == "bytea" {
-			// Already ciphertext (a statement phiproxy rewrote, or a value
-			// read back as bytea): sent as is; the CHECK constraint of the
-			// column still requires the envelope header.
-			return nil
+			return a.refuseBytea(target, tc.Location)
 		}
 		if !compatibleCast(t, target.Type) {
 			return a.refuseCol(target, tc.Location, "a cast to "+t, "cast the literal to "+target.Type+", or write it without a cast")
@@ -121,11 +148,11 @@ func (a *analyzer) castValue(tc *pg.TypeCast, target *PHIColumn) error {
 		if start < 0 {
 			return a.refuseCol(target, tc.Location, "this form of cast", "write the literal without a cast")
 		}
-		a.st.Slots = append(a.st.Slots, Slot{Offset: start, Length: end - start, Text: constText(inner), Column: *target})
+		a.st.Slots = append(a.st.Slots, Slot{Offset: start, Length: end - start, Text: constText(inner), Assign: write, Cast: mod, Column: *target})
 		return nil
 	case *pg.Node_ParamRef:
 		if t == "bytea" {
-			return a.plainParam(x.ParamRef)
+			return a.refuseBytea(target, tc.Location)
 		}
 		if !compatibleCast(t, target.Type) {
 			return a.refuseCol(target, tc.Location, "a cast to "+t, "cast the parameter to "+target.Type+", or leave the cast out")
@@ -136,12 +163,13 @@ func (a *analyzer) castValue(tc *pg.TypeCast, target *PHIColumn) error {
 			return a.refuseCol(target, tc.Location, "this form of cast", "leave the cast out")
 		}
 		a.st.Edits = append(a.st.Edits, Edit{Offset: tl, Length: end - tl, Text: "bytea"})
-		return a.phiParam(x.ParamRef, target, false)
+		return a.phiParam(x.ParamRef, target, false, write, mod)
 	}
 	return a.refuseCol(target, tc.Location, "comparison with a cast expression", hintValue)
 }
 
 func compatibleCast(cast, logical string) bool {
+	logical = baseType(logical)
 	if cast == logical {
 		return true
 	}
@@ -187,7 +215,7 @@ func (a *analyzer) arrayValue(n *pg.Node, target *PHIColumn, sc *scope, loc int3
 	a.use(target)
 	switch x := n.Node.(type) {
 	case *pg.Node_ParamRef:
-		return a.phiParam(x.ParamRef, target, true)
+		return a.phiParam(x.ParamRef, target, true, false, "")
 	case *pg.Node_AArrayExpr:
 		return a.arrayElements(x.AArrayExpr, target, sc)
 	case *pg.Node_AConst:
@@ -200,7 +228,7 @@ func (a *analyzer) arrayValue(n *pg.Node, target *PHIColumn, sc *scope, loc int3
 		}
 		end := literalEnd(a.sql, int(c.Location))
 		if end < 0 {
-			return pgerr.Newf(pgerr.Internal, "BUG: cannot find the end of a literal for PHI column %s", target.Ident)
+			return a.refuseCol(target, c.Location, "this form of literal", "write the value as a plain literal, such as '…' or 42")
 		}
 		a.st.Slots = append(a.st.Slots, Slot{Offset: int(c.Location), Length: end - int(c.Location), Text: constText(n), Array: true, Column: *target})
 		return nil
@@ -226,10 +254,8 @@ func (a *analyzer) arrayElements(ae *pg.A_ArrayExpr, target *PHIColumn, sc *scop
 	return nil
 }
 
-// arrayCast handles col = ANY(x::T[]). A cast to bytea[] is taken as
-// ciphertext already (what the proxy renders for an array literal:
-// ARRAY[E'\\x…'::bytea, …]::bytea[]), so planning rendered text again adds
-// no slot. For the column's own logical type, an array literal becomes one
+// arrayCast handles col = ANY(x::T[]). A cast to bytea[] is refused
+// (refuseBytea). For the column's own logical type, an array literal becomes one
 // array slot covering the whole cast; ARRAY[...] and $n keep their
 // elements' handling and the cast becomes a cast to bytea[].
 func (a *analyzer) arrayCast(tc *pg.TypeCast, target *PHIColumn, sc *scope) error {
@@ -243,18 +269,14 @@ func (a *analyzer) arrayCast(tc *pg.TypeCast, target *PHIColumn, sc *scope) erro
 		return a.refuseCol(target, tc.Location, "this form of array cast", "write the array type as "+target.Type+"[]")
 	}
 	if elem == "bytea" {
-		switch x := tc.Arg.Node.(type) {
-		case *pg.Node_AConst:
-			return nil
-		case *pg.Node_ParamRef:
-			return a.plainParam(x.ParamRef)
-		case *pg.Node_AArrayExpr:
-			return a.arrayElements(x.AArrayExpr, target, sc)
-		}
-		return a.refuseCol(target, tc.Location, "= ANY with a cast expression", hintArray)
+		return a.refuseBytea(target, tc.Location)
 	}
 	if !compatibleCast(elem, target.Type) {
 		return a.refuseCol(target, tc.Location, "a cast to "+elem+"[]", "cast the array to "+target.Type+"[], or write it without a cast")
+	}
+	mod, ok := a.castMod(tc.TypeName, elem)
+	if !ok {
+		return a.refuseCol(target, tc.Location, "a cast with this type modifier", "write the modifier as integer constants, or leave the cast out")
 	}
 	toBytea := Edit{Offset: tl, Length: end - tl, Text: "bytea[]"}
 	switch x := tc.Arg.Node.(type) {
@@ -270,11 +292,14 @@ func (a *analyzer) arrayCast(tc *pg.TypeCast, target *PHIColumn, sc *scope) erro
 		if start < 0 || start > int(x.AConst.Location) {
 			return a.refuseCol(target, tc.Location, "this form of array cast", "write the array literal without a cast")
 		}
-		a.st.Slots = append(a.st.Slots, Slot{Offset: start, Length: cend - start, Text: constText(tc.Arg), Array: true, Column: *target})
+		a.st.Slots = append(a.st.Slots, Slot{Offset: start, Length: cend - start, Text: constText(tc.Arg), Array: true, Cast: mod, Column: *target})
 		return nil
 	case *pg.Node_AArrayExpr:
 		if tl < int(x.AArrayExpr.Location) {
 			return a.refuseCol(target, tc.Location, "this form of array cast", "write ARRAY[...] without a cast")
+		}
+		if mod != "" {
+			return a.refuseCol(target, tc.Location, "a cast with a type modifier around ARRAY[...]", "cast each element, or leave the modifier out")
 		}
 		if err := a.arrayElements(x.AArrayExpr, target, sc); err != nil {
 			return err
@@ -286,7 +311,7 @@ func (a *analyzer) arrayCast(tc *pg.TypeCast, target *PHIColumn, sc *scope) erro
 			return a.refuseCol(target, tc.Location, "this form of array cast", "leave the cast out")
 		}
 		a.st.Edits = append(a.st.Edits, toBytea)
-		return a.phiParam(x.ParamRef, target, true)
+		return a.phiParam(x.ParamRef, target, true, false, mod)
 	}
 	if err := a.plain(tc.Arg, sc, "= ANY(...)"); err != nil {
 		return err
@@ -294,7 +319,10 @@ func (a *analyzer) arrayCast(tc *pg.TypeCast, target *PHIColumn, sc *scope) erro
 	return a.refuseCol(target, tc.Location, "= ANY with an array expression", hintArray)
 }
 
-func (a *analyzer) phiParam(pr *pg.ParamRef, target *PHIColumn, array bool) error {
+// phiParam records $n bound for target: written into it (assign) or
+// compared with it, through an explicit cast with a modifier (cast, "" for
+// none).
+func (a *analyzer) phiParam(pr *pg.ParamRef, target *PHIColumn, array, assign bool, cast string) error {
 	n := int(pr.Number)
 	if _, ok := a.plainParams[n]; ok {
 		return a.paramConflict(n, target, pr.Location)
@@ -304,9 +332,16 @@ func (a *analyzer) phiParam(pr *pg.ParamRef, target *PHIColumn, array bool) erro
 			return pgerr.Newf(pgerr.FeatureNotSupported, "parameter $%d is bound for PHI columns %s and %s, which do not share a key and type", n, p.Column.Ident, target.Ident).
 				WithHint("use a separate parameter for each column").WithPosition(position(a.sql, pr.Location))
 		}
+		// One value is encrypted once: its uses must agree on what
+		// PostgreSQL would make of it (a cast, or a write into a column
+		// whose modifier changes the value, against a comparison).
+		if p.Cast != cast || p.Assign != assign && baseType(target.Type) != target.Type {
+			return pgerr.Newf(pgerr.FeatureNotSupported, "parameter $%d is used for PHI column %s with different casts or both written and compared", n, target.Ident).
+				WithHint("use a separate parameter for each use").WithPosition(position(a.sql, pr.Location))
+		}
 		return nil
 	}
-	a.params[n] = &Param{Number: n, Array: array, Column: *target}
+	a.params[n] = &Param{Number: n, Array: array, Assign: assign, Cast: cast, Column: *target}
 	return nil
 }
 
@@ -323,3 +358,16 @@ func (a *analyzer) paramConflict(n int, phi *PHIColumn, loc int32) error {
 	return pgerr.Newf(pgerr.FeatureNotSupported, "parameter $%d is bound for PHI column %s and also used as plaintext", n, phi.Ident).
 		WithHint("use a separate parameter for each use").WithPosition(position(a.sql, loc))
 }
+
+// refuseBytea refuses a cast to bytea (or bytea[]) on a value bound for a
+// PHI column. Whatever a client writes for a PHI column is plaintext that
+// the proxy encrypts: a bytea value is never taken as ciphertext, so
+// neither plaintext behind a forged envelope header nor a ciphertext
+// copied from another column can be stored around the proxy's encryption
+// (issue 11). The proxy's own rendered text is sent upstream and never
+// planned again, so it needs no exception.
+func (a *analyzer) refuseBytea(target *PHIColumn, loc int32) error {
+	return a.refuseCol(target, loc, "a value cast to bytea", hintBytea)
+}
+
+const hintBytea = "drop the ::bytea cast: phiproxy encrypts the plaintext value itself"

@@ -13,8 +13,10 @@ type Column struct {
 	Schema string
 	Table  string
 	Name   string
-	// Type is the canonical logical type clients see (text, varchar, date,
-	// timestamp, timestamptz, int4, int8, numeric, bool, uuid, jsonb).
+	// Type is the canonical logical type clients see (text, varchar, bpchar,
+	// date, timestamp, timestamptz, int4, int8, numeric, bool, uuid, jsonb),
+	// with its modifier in config's canonical spelling ("varchar(11)",
+	// "numeric(10,2)", "timestamp(0)", "bpchar(2)").
 	Type string
 	// Mode is "randomized" or "deterministic".
 	Mode string
@@ -36,8 +38,18 @@ const (
 )
 
 var logicalTypes = map[string]bool{
-	"text": true, "varchar": true, "date": true, "timestamp": true, "timestamptz": true,
+	"text": true, "varchar": true, "bpchar": true, "date": true, "timestamp": true, "timestamptz": true,
 	"int4": true, "int8": true, "numeric": true, "bool": true, "uuid": true, "jsonb": true,
+}
+
+// baseType is a logical type without its modifier: the type of a column
+// declared varchar(11) is "varchar(11)" (config's canonical spelling;
+// config validates the modifier), its base type "varchar".
+func baseType(t string) string {
+	if i := strings.IndexByte(t, '('); i >= 0 {
+		return t[:i]
+	}
+	return t
 }
 
 // Columns is the immutable PHI column map, indexed for planning.
@@ -60,7 +72,7 @@ func NewColumns(cols []Column) (*Columns, error) {
 		if c.Mode != Randomized && c.Mode != Deterministic {
 			return nil, fmt.Errorf("rewrite: PHI column %s: unknown mode %q", c.Ident(), c.Mode)
 		}
-		if !logicalTypes[c.Type] {
+		if !logicalTypes[baseType(c.Type)] {
 			return nil, fmt.Errorf("rewrite: PHI column %s: unknown logical type %q", c.Ident(), c.Type)
 		}
 		if c.Key == "" {

@@ -63,8 +63,13 @@ func TestDataDriven(t *testing.T) {
 func checkPlanInvariants(t testing.TB, sql string, p *Plan, err error) {
 	t.Helper()
 	if err != nil {
-		if asPgErr(err) == nil {
+		pe := asPgErr(err)
+		if pe == nil {
 			t.Fatalf("error without SQLSTATE: %v", err)
+		}
+		if strings.Contains(pe.Message, "BUG") {
+			// Typed input never reaches an internal error (issue 11).
+			t.Fatalf("internal error for typed input %q: %v", sql, err)
 		}
 		return
 	}

@@ -22,8 +22,9 @@
 //	if err != nil { send ErrorResponse from pgerr.As(err); return }
 //	if plan.PassThrough { forward sql unchanged (still apply Effects); return }
 //	text, err := plan.Render(func(s rewrite.Slot) (string, error) {
-//	    // canonicalise s.Text to s.Column.Type (pgtype), encrypt with
-//	    // s.Column.Key, return a bytea literal: '\x5048…'::bytea
+//	    // apply s.Cast, canonicalise s.Text to s.Column.Type (with its
+//	    // modifier, as an assignment if s.Assign, else a comparison),
+//	    // encrypt with s.Column.Key, return a bytea literal: '\x5048…'::bytea
 //	})
 //	// Params: encrypt $n values for Param.Column, send as bytea, describe
 //	//         them to the client as Param.Column.Type.
@@ -53,11 +54,14 @@
 // carries the literal's plaintext as written (unescaped string value, or
 // the numeric/boolean text): canonicalisation to the logical type's text
 // form ('1980-1-2' → '1980-01-02') is the proxy's job, with pgtype. A
-// literal already cast to bytea is taken as ciphertext and left alone, so
-// planning a rendered statement again adds no slot (idempotence). An array
-// literal after = ANY / <> ALL ('{a,b}', '{a,b}'::text[]) is one slot with
-// Slot.Array set; the proxy renders it as ARRAY[…::bytea, …]::bytea[],
-// which is left alone the same way.
+// value bound for a PHI column is always plaintext to encrypt: a literal
+// or parameter cast to bytea (or bytea[]) there is refused, never taken as
+// ciphertext. The proxy plans only text a client sent; rendered text goes
+// upstream and is never planned again (were it fed back, its ciphertext
+// literals would be refused, so nothing is encrypted twice or stored as
+// given). An array literal after = ANY / <> ALL ('{a,b}', '{a,b}'::text[])
+// is one slot with Slot.Array set; the proxy renders it as
+// ARRAY[…::bytea, …]::bytea[].
 //
 // 4. Plans (and refusals) are cached in a Cache keyed by exact SQL text,
 // catalog version, search_path and user. On an exact-text miss, text that

@@ -31,7 +31,7 @@ func loadSchema(t testing.TB, text string) (*Columns, *MemCatalog) {
 			t.Fatalf("schema line %d: want schema.name: %q", ln+1, line)
 		}
 		var attrs []Attr
-		for _, c := range strings.Split(body, ",") {
+		for _, c := range splitOutsideParens(body) {
 			f := strings.Fields(c)
 			if len(f) == 0 {
 				continue
@@ -121,17 +121,17 @@ func describePlan(p *Plan, err error) string {
 		}
 		for k, s := range st.Slots {
 			if s.Array {
-				fmt.Fprintf(&b, "%s$ENC%d = ARRAY[encrypt each element of %q]::bytea[] for %s\n", ind, k+1, s.Text, colDesc(s.Column))
+				fmt.Fprintf(&b, "%s$ENC%d = ARRAY[encrypt each element of %q%s]::bytea[] for %s\n", ind, k+1, s.Text, coercion(s.Cast, s.Assign, s.Column), colDesc(s.Column))
 				continue
 			}
-			fmt.Fprintf(&b, "%s$ENC%d = encrypt(%q) for %s\n", ind, k+1, s.Text, colDesc(s.Column))
+			fmt.Fprintf(&b, "%s$ENC%d = encrypt(%q%s) for %s\n", ind, k+1, s.Text, coercion(s.Cast, s.Assign, s.Column), colDesc(s.Column))
 		}
 		for _, pr := range st.Params {
 			arr := ""
 			if pr.Array {
 				arr = " (array, each element)"
 			}
-			fmt.Fprintf(&b, "%sparam $%d%s: encrypt for %s\n", ind, pr.Number, arr, colDesc(pr.Column))
+			fmt.Fprintf(&b, "%sparam $%d%s: encrypt%s for %s\n", ind, pr.Number, arr, coercion(pr.Cast, pr.Assign, pr.Column), colDesc(pr.Column))
 		}
 		for _, r := range st.Results {
 			fmt.Fprintf(&b, "%soutput column %d: decrypt %s\n", ind, r.Position+1, colDesc(r.Column))
@@ -180,6 +180,24 @@ func describePlan(p *Plan, err error) string {
 	return b.String()
 }
 
+// coercion describes what the proxy applies to a value before encrypting
+// it: an explicit cast with a modifier, and the column's modifier on a
+// write (shown only for columns that have one).
+func coercion(cast string, assign bool, c PHIColumn) string {
+	out := ""
+	if cast != "" {
+		out += " cast to " + cast
+	}
+	if baseType(c.Type) != c.Type {
+		if assign {
+			out += " assigned"
+		} else {
+			out += " compared"
+		}
+	}
+	return out
+}
+
 func colDesc(c PHIColumn) string {
 	s := fmt.Sprintf("%s (%s, %s", c.Ident, c.Type, c.Mode)
 	if c.Key != c.Ident {
@@ -201,4 +219,25 @@ func describeErr(err error) string {
 		s += fmt.Sprintf("position: %d\n", pe.Position)
 	}
 	return s
+}
+
+// splitOutsideParens splits a schema line's columns at commas that are not
+// inside a type modifier (numeric(5,2)).
+func splitOutsideParens(s string) []string {
+	var out []string
+	depth, start := 0, 0
+	for i := 0; i < len(s); i++ {
+		switch s[i] {
+		case '(':
+			depth++
+		case ')':
+			depth--
+		case ',':
+			if depth == 0 {
+				out = append(out, s[start:i])
+				start = i + 1
+			}
+		}
+	}
+	return append(out, s[start:])
 }

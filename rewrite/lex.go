@@ -304,15 +304,23 @@ func literalEnd(sql string, loc int) int {
 		return -1
 	}
 	i := loc
-	// The parser folds any number of unary minus signs into a constant
-	// (- -7 is the constant 7 at the first sign).
-	for sql[i] == '-' || sql[i] == '+' {
+	// The parser folds any number of unary minus signs into a constant,
+	// through parentheses too: - -7 and -(-7) are the constant 7 at the
+	// first sign. The literal then ends after the closing parentheses.
+	open := 0
+	for sql[i] == '-' || sql[i] == '+' || sql[i] == '(' && i > loc {
+		if sql[i] == '(' {
+			open++
+		}
 		i = skipSpace(sql, i+1)
 		if i >= len(sql) {
 			return -1
 		}
 	}
 	c := sql[i]
+	if open > 0 && !(c >= '0' && c <= '9' || c == '.') {
+		return -1
+	}
 	switch {
 	case c >= '0' && c <= '9' || c == '.':
 		j := i
@@ -327,6 +335,13 @@ func literalEnd(sql string, loc int) int {
 				continue
 			}
 			break
+		}
+		for ; open > 0; open-- {
+			k := skipSpace(sql, j)
+			if k >= len(sql) || sql[k] != ')' {
+				return -1
+			}
+			j = k + 1
 		}
 		return j
 	case c == '\'':

@@ -8,6 +8,8 @@ import (
 	"sync"
 
 	pg "github.com/pganalyze/pg_query_go/v5"
+
+	"github.com/phiproxy/phiproxy/pgerr"
 )
 
 type auditText struct {
@@ -238,7 +240,18 @@ type Slot struct {
 	// form, with elements of Column.Type. The proxy encrypts each element
 	// and renders ARRAY['\x…'::bytea, …]::bytea[] (NULL elements stay NULL,
 	// an empty array is '{}'::bytea[]).
-	Array  bool
+	Array bool
+	// Assign is set when the value is written into the column (VALUES,
+	// UPDATE SET, INSERT … SELECT, ON CONFLICT … SET): the proxy applies
+	// the column's type modifier as PostgreSQL's assignment does (22001 for
+	// a too-long varchar(n), rounding for numeric(p,s) and timestamp(p)).
+	// Otherwise the value is compared with the column and keeps its value.
+	Assign bool
+	// Cast is an explicit cast with a type modifier written around the
+	// value ('abcdefgh'::varchar(3), CAST(x AS numeric(5,2))), in config's
+	// canonical spelling; the proxy applies it first, as PostgreSQL
+	// applies an explicit cast (truncation, rounding). "" when none.
+	Cast   string
 	Column PHIColumn
 }
 
@@ -262,6 +275,9 @@ type Edit struct {
 type Param struct {
 	Number int
 	Array  bool
+	// Assign and Cast are as in Slot.
+	Assign bool
+	Cast   string
 	Column PHIColumn
 }
 
@@ -334,7 +350,11 @@ func (p *Plan) Render(fill func(Slot) (string, error)) (string, error) {
 	pos := 0
 	for _, r := range reps {
 		if r.off < pos {
-			panic("BUG: overlapping rewrite slots")
+			// The analysis never plans two replacements over the same text
+			// (checkPlanInvariants, FuzzPlan); were it to, refuse rather
+			// than send a statement with a value left unencrypted.
+			return "", pgerr.New(pgerr.FeatureNotSupported, "phiproxy cannot rewrite this statement: two values bound for PHI columns overlap").
+				WithHint("write each value bound for a PHI column as a separate literal or parameter")
 		}
 		b.WriteString(p.SQL[pos:r.off])
 		if r.slot != nil {
@@ -388,7 +408,7 @@ func BindExecute(exec, prepared *Statement) (*Statement, error) {
 		switch {
 		case arg.Kind == "null":
 		case arg.Kind == "literal":
-			out.Slots = append(out.Slots, Slot{Offset: arg.Offset, Length: arg.Length, Text: arg.Text, Array: p.Array, Column: p.Column})
+			out.Slots = append(out.Slots, Slot{Offset: arg.Offset, Length: arg.Length, Text: arg.Text, Array: p.Array, Assign: p.Assign, Cast: p.Cast, Column: p.Column})
 		default:
 			return nil, refusal(fmt.Sprintf("EXECUTE %s: argument %d is bound for PHI column %s and must be a literal or NULL", exec.Execute.Name, p.Number, p.Column.Ident),
 				"pass a plain literal, or use the extended protocol with a parameter")

@@ -102,7 +102,16 @@ func DecodeBytea(src []byte, format int16) ([]byte, error) {
 // returned as nil. The text form follows array_in (pgtype's parser does
 // not trim unquoted whitespace as PostgreSQL does); the binary form's
 // element type must be the logical type's.
+//
+// The elements are compared with a column of logicalType (= ANY): its
+// modifier is applied as in a comparison (see AppendBound).
 func (c Codec) CanonicalArray(logicalType string, format int16, src []byte) ([][]byte, error) {
+	return c.CanonicalArrayBound(logicalType, Coercion{}, format, src)
+}
+
+// CanonicalArrayBound is CanonicalArray with an explicit cast applied to
+// every element (co.Cast, from a cast such as '{a,b}'::varchar(2)[]).
+func (c Codec) CanonicalArrayBound(logicalType string, co Coercion, format int16, src []byte) ([][]byte, error) {
 	t, err := lookup(logicalType)
 	if err != nil {
 		return nil, err
@@ -130,7 +139,7 @@ func (c Codec) CanonicalArray(logicalType string, format int16, src []byte) ([][
 		if e == nil {
 			continue
 		}
-		if out[i], err = c.Canonical(t.name, format, e); err != nil {
+		if out[i], err = c.AppendBound(nil, logicalType, co, 0, format, e); err != nil {
 			return nil, err
 		}
 	}

@@ -4,10 +4,12 @@ import (
 	"encoding/binary"
 	"errors"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/jackc/pgx/v5/pgtype"
 
+	"github.com/phiproxy/phiproxy/config"
 	"github.com/phiproxy/phiproxy/pgerr"
 )
 
@@ -33,6 +35,7 @@ type typeInfo struct {
 var types = [...]typeInfo{
 	{"text", pgtype.TextOID, pgtype.TextArrayOID, textIn, textRecv, textSend},
 	{"varchar", pgtype.VarcharOID, pgtype.VarcharArrayOID, textIn, textRecv, textSend},
+	{"bpchar", pgtype.BPCharOID, pgtype.BPCharArrayOID, textIn, textRecv, textSend},
 	{"int4", pgtype.Int4OID, pgtype.Int4ArrayOID, int4In, int4Recv, int4Send},
 	{"int8", pgtype.Int8OID, pgtype.Int8ArrayOID, int8In, int8Recv, int8Send},
 	{"bool", pgtype.BoolOID, pgtype.BoolArrayOID, boolIn, boolRecv, boolSend},
@@ -44,7 +47,10 @@ var types = [...]typeInfo{
 	{"jsonb", pgtype.JSONBOID, pgtype.JSONBArrayOID, jsonbIn, jsonbRecv, jsonbSend},
 }
 
+// lookup finds a logical type by name; a modifier ("varchar(3)") is
+// ignored: see spec.
 func lookup(name string) (*typeInfo, error) {
+	name = config.BaseType(name)
 	for i := range types {
 		if types[i].name == name {
 			return &types[i], nil
@@ -105,8 +111,13 @@ func (c Codec) Canonical(logicalType string, format int16, src []byte) ([]byte, 
 	return c.AppendCanonical(nil, logicalType, format, src)
 }
 
-// AppendCanonical is Canonical appending to dst.
+// AppendCanonical is Canonical appending to dst. The value is taken as
+// written into a column of logicalType: a modifier of the type is applied
+// as PostgreSQL's assignment applies it (see AppendBound).
 func (c Codec) AppendCanonical(dst []byte, logicalType string, format int16, src []byte) ([]byte, error) {
+	if strings.IndexByte(logicalType, '(') >= 0 {
+		return c.AppendBound(dst, logicalType, Coercion{Assign: true}, 0, format, src)
+	}
 	t, err := lookup(logicalType)
 	if err != nil {
 		return nil, err

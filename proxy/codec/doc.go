@@ -20,14 +20,15 @@
 // ciphertext. Canonical forms per type:
 //
 //	text, varchar  the bytes, which must be valid UTF-8 without NUL (the
-//	               server encoding phiproxy supports is UTF8; the session's
+//	bpchar         server encoding phiproxy supports is UTF8; the session's
 //	               client_encoding must be UTF8 too)
 //	int4, int8     decimal, no sign for zero, no leading zeros: " 007" → "7"
 //	bool           "t" or "f" ("yes", "on", "1", "TRUE" → "t")
 //	uuid           lower-case 8-4-4-4-12: "{A0EEBC99…}" → "a0eebc99-…"
-//	numeric        PostgreSQL's numeric_out: the display scale is kept
-//	               ("1.50" stays "1.50"), exponents are expanded ("1e3" →
-//	               "1000", "1.5e-3" → "0.0015"), "-0" → "0", "NaN",
+//	numeric        PostgreSQL's numeric_out without trailing fraction zeros
+//	               (trim_scale: "1.50" → "1.5", "1.0" → "1"), so that equal
+//	               values are equal plaintexts; exponents are expanded
+//	               ("1e3" → "1000", "1.5e-3" → "0.0015"), "-0" → "0", "NaN",
 //	               "Infinity", "-Infinity"
 //	date           ISO "YYYY-MM-DD" with " BC" for BC dates, "infinity",
 //	               "-infinity"
@@ -38,7 +39,15 @@
 //	               instants are equal plaintexts in every session
 //	jsonb          PostgreSQL's jsonb output: object keys sorted by length
 //	               then bytes, duplicate keys resolved to the last value,
-//	               ", " and ": " separators, numbers as numeric_out
+//	               ", " and ": " separators, numbers as numeric above
+//	               ({"a":1.0} → {"a": 1}: jsonb equality compares numbers
+//	               as numeric)
+//
+// A logical type may carry a type modifier (varchar(n), bpchar(n),
+// numeric(p,s), timestamp(p), timestamptz(p)): typmod.go applies it as
+// PostgreSQL does on assignment, explicit cast and comparison, and the
+// canonical forms become those PostgreSQL stores (bpchar(n) padded to n,
+// numeric(p,s) with exactly s fraction digits).
 //
 // Accepted text input is PostgreSQL's for every type except the date/time
 // types, where the codec accepts the unambiguous ISO 8601 subset (year of

@@ -170,7 +170,8 @@ func (p *jparser) number() (*jnode, error) {
 		return nil, err
 	}
 	p.s = s[i:]
-	return &jnode{kind: '0', str: string(d.appendText(nil))}, nil
+	// jsonb compares numbers as numeric: {"a":1.0} = {"a":1}.
+	return &jnode{kind: '0', str: string(d.normalized().appendText(nil))}, nil
 }
 
 func hex4(b []byte) (rune, bool) {

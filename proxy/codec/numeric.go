@@ -6,8 +6,8 @@ import (
 )
 
 // numeric follows PostgreSQL 15's numeric_in, numeric_out, numeric_recv
-// and numeric_send. The canonical form keeps the display scale (dscale),
-// as numeric_out does.
+// and numeric_send. The canonical form is numeric_out's without trailing
+// fraction zeros (trim_scale): equal values have one form.
 
 const (
 	numericMaxIntDigits = 4 * 32768 // weight is an int16 of base-10000 digits
@@ -58,6 +58,15 @@ func (d decimal) appendText(dst []byte) []byte {
 	return dst
 }
 
+// normalized drops trailing fraction zeros: numeric equality ignores the
+// display scale (1.0 = 1 = 1.00), so the canonical form, which
+// deterministic encryption compares, must too. A client reads back 1.0
+// stored through phiproxy as 1; a numeric(p,s) column keeps s digits.
+func (d decimal) normalized() decimal {
+	d.frac = strings.TrimRight(d.frac, "0")
+	return d
+}
+
 func numericIn(_ Codec, dst, src []byte) ([]byte, error) {
 	if err := checkText(src); err != nil {
 		return nil, err
@@ -66,7 +75,7 @@ func numericIn(_ Codec, dst, src []byte) ([]byte, error) {
 	if err != nil {
 		return nil, err
 	}
-	return d.appendText(dst), nil
+	return d.normalized().appendText(dst), nil
 }
 
 func hasPrefixFold(s []byte, w string) bool {
@@ -235,7 +244,7 @@ func numericRecv(dst, src []byte) ([]byte, error) {
 	}
 	d.int = strings.TrimLeft(string(ib), "0")
 	d.frac = string(fb)
-	return d.appendText(dst), nil
+	return d.normalized().appendText(dst), nil
 }
 
 func append4(b []byte, g int) []byte {

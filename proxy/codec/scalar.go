@@ -31,9 +31,8 @@ func checkText(src []byte) error {
 	return nil
 }
 
-// text, varchar: the bytes themselves. varchar has no length modifier for
-// PHI columns (the stored column is bytea); a length limit is the
-// application's business.
+// text, varchar, bpchar: the bytes themselves; a length modifier is applied
+// in typmod.go.
 
 func textIn(_ Codec, dst, src []byte) ([]byte, error) {
 	if err := checkText(src); err != nil {

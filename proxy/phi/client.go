@@ -238,7 +238,10 @@ func (s *session) render(sql string, stmts []*rewrite.Statement, n int) (string,
 	pos := 0
 	for _, r := range reps {
 		if r.off < pos || r.off+r.n > end {
-			panic("BUG: overlapping or out-of-range rewrite slots")
+			// The planner never gives overlapping slots (rewrite's
+			// FuzzPlan checks it); refuse rather than panic if it did.
+			return "", stmtIndex(stmts, r.off), pgerr.New(pgerr.FeatureNotSupported, "phiproxy cannot rewrite this statement: two values bound for PHI columns overlap").
+				WithHint("write each value bound for a PHI column as a separate literal or parameter")
 		}
 		b = append(b, sql[pos:r.off]...)
 		if r.slot != nil {
@@ -281,7 +284,7 @@ func (s *session) appendSlot(dst []byte, sl *rewrite.Slot) ([]byte, error) {
 	buf := append(s.cbuf[:0], sl.Text...)
 	n := len(sl.Text)
 	text := buf[:n:n]
-	canon, err := s.codec().AppendCanonical(buf[n:], sl.Column.Type, codec.TextFormat, text)
+	canon, err := s.codec().AppendBound(buf[n:], sl.Column.Type, codec.Coercion{Cast: sl.Cast, Assign: sl.Assign}, 0, codec.TextFormat, text)
 	if err != nil {
 		clear(buf[:cap(buf)])
 		s.cbuf = buf[:0]
@@ -318,7 +321,7 @@ func appendByteaEscapeLiteral(dst, b []byte) []byte {
 // each a bytea literal, so the text means the same whatever
 // standard_conforming_strings is, and planning it again adds no slot.
 func (s *session) fillArraySlot(sl *rewrite.Slot) (string, error) {
-	elems, err := s.codec().CanonicalArray(sl.Column.Type, codec.TextFormat, []byte(sl.Text))
+	elems, err := s.codec().CanonicalArrayBound(sl.Column.Type, codec.Coercion{Cast: sl.Cast}, codec.TextFormat, []byte(sl.Text))
 	if err != nil {
 		return "", codec.WithColumn(err, sl.Column.Ident)
 	}
@@ -574,7 +577,7 @@ func (s *session) encryptParams(ps *prepared, m *pgproto3.Bind) (*pgproto3.Bind,
 		}
 		start := len(buf)
 		if p.Array {
-			elems, err := cd.CanonicalArray(p.Column.Type, formats[i], params[i])
+			elems, err := cd.CanonicalArrayBound(p.Column.Type, codec.Coercion{Cast: p.Cast}, formats[i], params[i])
 			if err != nil {
 				return nil, codec.WithColumn(err, p.Column.Ident)
 			}
@@ -589,7 +592,7 @@ func (s *session) encryptParams(ps *prepared, m *pgproto3.Bind) (*pgproto3.Bind,
 			}
 			buf = append(buf, codec.EncodeByteaArray(cts, codec.BinaryFormat)...)
 		} else {
-			canon, err := cd.AppendCanonicalFrom(buf, p.Column.Type, declaredAt(ps.declared, i), formats[i], params[i])
+			canon, err := cd.AppendBound(buf, p.Column.Type, codec.Coercion{Cast: p.Cast, Assign: p.Assign}, declaredAt(ps.declared, i), formats[i], params[i])
 			if err != nil {
 				clear(buf[:cap(buf)]) // a partial plaintext may be there
 				return nil, codec.WithColumn(err, p.Column.Ident)

@@ -294,7 +294,7 @@ func TestCopyTypes(t *testing.T) {
 		cols = append(cols, c.name)
 	}
 	list := "id, " + strings.Join(cols, ", ")
-	data := "5001,\"a,b\",v,1980-1-2,2020-01-02T03:04:05.5,2020-01-02 03:04:05+02,\" 007\",-9,1.50,yes,{A0EEBC99-9C0B-4EF8-BB6D-6BB9BD380A11},\"{\"\"b\"\": 1, \"\"a\"\": [1e3, \"\"x\"\"]}\"\n" +
+	data := "5001,\"a,b\",v,1980-1-2,2020-01-02T03:04:05.5,2020-01-02 03:04:05+02,\" 007\",-9,1.5,yes,{A0EEBC99-9C0B-4EF8-BB6D-6BB9BD380A11},\"{\"\"b\"\": 1, \"\"a\"\": [1e3, \"\"x\"\"]}\"\n" +
 		"5002,,,,,,,,,,,\n" +
 		"5003,é,\"\",infinity,-infinity,2000-01-01 00:00:00Z,2147483647,0,1e3,off,a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11,null\n"
 	for _, x := range []struct {

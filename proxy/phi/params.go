@@ -4,6 +4,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/phiproxy/phiproxy/config"
 	"github.com/phiproxy/phiproxy/pgerr"
 	"github.com/phiproxy/phiproxy/proxy/codec"
 	"github.com/phiproxy/phiproxy/rewrite"
@@ -118,7 +119,7 @@ func (s *session) settingsRefusal(stmt *rewrite.Statement, text func(i int) bool
 		return nil
 	}
 	check := func(col *rewrite.PHIColumn, output bool) error {
-		switch col.Type {
+		switch config.BaseType(col.Type) {
 		case "date", "timestamp", "timestamptz":
 		default:
 			return nil
@@ -127,7 +128,7 @@ func (s *session) settingsRefusal(stmt *rewrite.Statement, text func(i int) bool
 			return pgerr.Newf(pgerr.FeatureNotSupported, "PHI column %s (%s) cannot be returned as text with DateStyle %q", col.Ident, col.Type, st.dateStyle).
 				WithHint("SET DateStyle = ISO (phiproxy writes PHI dates and timestamps in ISO form), or request binary results")
 		}
-		if col.Type == "timestamptz" && st.tz == nil {
+		if config.BaseType(col.Type) == "timestamptz" && st.tz == nil {
 			return pgerr.Newf(pgerr.FeatureNotSupported, "PHI column %s (timestamptz) cannot be used with TimeZone %q, which phiproxy cannot load", col.Ident, st.tzName).
 				WithHint("SET TimeZone to an IANA zone name such as 'UTC' or 'America/New_York'")
 		}

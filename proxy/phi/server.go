@@ -100,7 +100,7 @@ func (s *session) current(x *rowX, format func(int) int16) bool {
 
 // typeSize is pg_type.typlen of a logical type, for RowDescription.
 func typeSize(t string) int16 {
-	switch t {
+	switch config.BaseType(t) {
 	case "int4", "date":
 		return 4
 	case "int8", "timestamp", "timestamptz":
@@ -480,7 +480,7 @@ func (s *session) rowDescription(e *entry, m *pgproto3.RowDescription, out *prox
 		if c != nil {
 			f.DataTypeOID = codec.OID(c.col.Type)
 			f.DataTypeSize = typeSize(c.col.Type)
-			f.TypeModifier = -1
+			f.TypeModifier = codec.Typmod(c.col.Type)
 			changed = true
 		}
 	}
