@@ -79,13 +79,13 @@
 //
 // search_path starts where PostgreSQL starts it — a search_path in the
 // client's startup packet (parameter or options), else ALTER ROLE/DATABASE
-// … SET defaults and the server's setting from the catalog snapshot — and
-// follows successful SET search_path (RESET and DISCARD ALL go back to that
-// starting value; SET LOCAL and SETs rolled back are undone when the
-// transaction ends). Statements pipelined behind a SET before its
-// completion are planned with the old path. Role or database defaults
-// changed after the catalog snapshot was taken count from the next
-// refresh (SIGHUP, or DDL seen by the proxy).
+// … SET defaults and the server's setting from the catalog snapshot. From
+// then on the session state that decides what a name means (search_path,
+// current role, temporary relations) and the prepared statements are
+// mirrored from the server's answers with PostgreSQL's transaction
+// semantics (mirror.go); the rules for statements sent before an answer
+// arrives, for state the text cannot tell (read back with a probe query)
+// and for DDL are in state.go.
 // The session's server settings start from the upstream's ParameterStatus
 // values at the end of login (proxy.SessionInfo.ServerParameters, so a
 // startup packet's options='-c TimeZone=…' and role or database defaults
@@ -110,8 +110,6 @@
 //     where a literal ends, and PHI values would be encrypted and returned
 //     in the wrong encoding. Text that names no PHI relation is relayed.
 //
-// SQL-level PREPARE,
-// EXECUTE, DEALLOCATE and DISCARD ALL are tracked when sent.
 //
 // # COPY
 //
