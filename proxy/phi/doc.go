@@ -110,7 +110,6 @@
 //     where a literal ends, and PHI values would be encrypted and returned
 //     in the wrong encoding. Text that names no PHI relation is relayed.
 //
-//
 // # COPY
 //
 // COPY FROM STDIN and COPY TO STDOUT on PHI relations stream row by row
