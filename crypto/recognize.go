@@ -77,6 +77,15 @@ func (r *Recognizer) Contains(b []byte) bool {
 // end is the end of the run of digits; for the raw and escape forms,
 // whose bytes cannot be told from what follows, it is the end of b.
 func (r *Recognizer) Find(b []byte) (start, end int, ok bool) {
+	return r.find(b, MinEnvelopeLen)
+}
+
+// prefixLen is the header and Tink's prefix: the part of an envelope that
+// names its key.
+const prefixLen = HeaderLen + tinkPrefixLen
+
+// find is Find for envelopes of which need bytes are present.
+func (r *Recognizer) find(b []byte, need int) (start, end int, ok bool) {
 	if r == nil || len(r.ids) == 0 {
 		return 0, 0, false
 	}
@@ -92,7 +101,7 @@ func (r *Recognizer) Find(b []byte) (start, end int, ok bool) {
 			break
 		}
 		k := i + j
-		if e, ok := r.hexAt(b, k); ok {
+		if e, ok := r.hexAt(b, k, need); ok {
 			better(hexStart(b, k), e)
 			break
 		}
@@ -104,7 +113,7 @@ func (r *Recognizer) Find(b []byte) (start, end int, ok bool) {
 			break
 		}
 		k := i + j
-		if r.rawAt(b, k) || r.escapeAt(b, k) {
+		if r.rawAt(b, k, need) || r.escapeAt(b, k, need) {
 			better(k, len(b))
 			break
 		}
@@ -116,7 +125,7 @@ func (r *Recognizer) Find(b []byte) (start, end int, ok bool) {
 			break
 		}
 		k := i + j
-		if e, ok := r.base64At(b, k); ok {
+		if e, ok := r.base64At(b, k, need); ok {
 			better(k, e)
 			break
 		}
@@ -125,14 +134,17 @@ func (r *Recognizer) Find(b []byte) (start, end int, ok bool) {
 	return start, end, start >= 0
 }
 
-// Redact returns s with each envelope Find finds replaced by
-// "<encrypted>", and whether there was one.
+// Redact returns s with each envelope replaced by "<encrypted>", and
+// whether there was one. It is meant for server messages, which truncate
+// long values (a failing row shows 64 bytes of each), so it needs only
+// the envelope's first 8 bytes in one of its forms: the header and Tink's
+// prefix with a loaded key id.
 func (r *Recognizer) Redact(s string) (string, bool) {
 	b := []byte(s)
 	var out []byte
 	changed := false
 	for {
-		start, end, ok := r.Find(b)
+		start, end, ok := r.find(b, prefixLen)
 		if !ok {
 			break
 		}
@@ -150,26 +162,28 @@ func (r *Recognizer) Redact(s string) (string, bool) {
 // EnvelopeRedacted is what Redact puts in place of an envelope.
 const EnvelopeRedacted = "<encrypted>"
 
-// head checks the decoded first MinEnvelopeLen bytes of a candidate.
-func (r *Recognizer) head(h *[MinEnvelopeLen]byte) bool {
-	return r.IsEnvelope(h[:])
+// head checks h, the decoded first bytes of a candidate (at least
+// prefixLen of them).
+func (r *Recognizer) head(h []byte) bool {
+	return h[0] == envelopeHeader[0] && h[1] == envelopeHeader[1] && h[2] == envelopeHeader[2] &&
+		h[HeaderLen] == tinkStartByte && r.Known(binary.BigEndian.Uint32(h[HeaderLen+1:]))
 }
 
-func (r *Recognizer) rawAt(b []byte, k int) bool {
-	return r.IsEnvelope(b[k:])
+func (r *Recognizer) rawAt(b []byte, k, need int) bool {
+	return len(b)-k >= need && r.head(b[k:])
 }
 
 // hexAt decodes the hex form at b[k:] (the anchor) and returns the end of
 // its run of hex digits.
-func (r *Recognizer) hexAt(b []byte, k int) (int, bool) {
-	if len(b)-k < 2*MinEnvelopeLen {
+func (r *Recognizer) hexAt(b []byte, k, need int) (int, bool) {
+	if len(b)-k < 2*need {
 		return 0, false
 	}
 	var h [MinEnvelopeLen]byte
-	if _, err := hex.Decode(h[:], b[k:k+2*MinEnvelopeLen]); err != nil || !r.head(&h) {
+	if _, err := hex.Decode(h[:need], b[k:k+2*need]); err != nil || !r.head(h[:need]) {
 		return 0, false
 	}
-	e := k + 2*MinEnvelopeLen
+	e := k + 2*need
 	for e < len(b) && isHex(b[e]) {
 		e++
 	}
@@ -195,23 +209,29 @@ func isHex(c byte) bool {
 func isOctal(c byte) bool { return '0' <= c && c <= '7' }
 
 // escapeAt decodes bytea escape output at b[k:] ("PH" then the version
-// byte as a backslash escape). byteaout writes bytes 0x20–0x7e other than
-// the backslash as themselves, the backslash as two backslashes and every
-// other byte as a backslash and three octal digits; each level of quoting
-// (an array or record literal, json, COPY text) doubles the backslashes,
-// so the version byte's escape says how many stand for one.
-func (r *Recognizer) escapeAt(b []byte, k int) bool {
-	i := k + 2
-	n := 0
-	for i+n < len(b) && b[i+n] == '\\' {
-		n++
-	}
-	if n == 0 {
+// byte). byteaout writes bytes 0x20–0x7e other than the backslash as
+// themselves, the backslash as two backslashes and every other byte as a
+// backslash and three octal digits; encode(…, 'escape') escapes only the
+// backslash, zero and bytes from 0x80, and leaves other bytes raw. Each
+// level of quoting (an array or record literal, json, COPY text) doubles
+// the backslashes: n backslashes stand for one, for n a power of two.
+func (r *Recognizer) escapeAt(b []byte, k, need int) bool {
+	if k+2 >= len(b) || b[k+2] != '\\' && b[k+2] != tinkStartByte {
 		return false
 	}
+	for n := 1; n <= 16; n *= 2 {
+		if r.escapeAtN(b, k, need, n) {
+			return true
+		}
+	}
+	return false
+}
+
+func (r *Recognizer) escapeAtN(b []byte, k, need, n int) bool {
 	var h [MinEnvelopeLen]byte
 	h[0], h[1] = 'P', 'H'
-	for o := 2; o < MinEnvelopeLen; o++ {
+	i := k + 2
+	for o := 2; o < need; o++ {
 		if i >= len(b) {
 			return false
 		}
@@ -239,17 +259,20 @@ func (r *Recognizer) escapeAt(b []byte, k int) bool {
 		default:
 			return false
 		}
+		if o == HeaderLen+tinkPrefixLen-1 && !r.head(h[:prefixLen]) {
+			return false // not a loaded key: stop early
+		}
 	}
-	return r.head(&h)
+	return r.head(h[:need])
 }
 
 // base64At decodes base64 at b[k:] (line breaks skipped, as encode()
 // inserts them) and returns the end of the run of base64 text.
-func (r *Recognizer) base64At(b []byte, k int) (int, bool) {
-	const need = MinEnvelopeLen / 3 * 4
-	var enc [need]byte
+func (r *Recognizer) base64At(b []byte, k, need int) (int, bool) {
+	chars := (need + 2) / 3 * 4
+	var enc [MinEnvelopeLen / 3 * 4]byte
 	n, e := 0, k
-	for ; e < len(b) && n < need; e++ {
+	for ; e < len(b) && n < chars; e++ {
 		c := b[e]
 		if c == '\n' || c == '\r' {
 			continue
@@ -257,11 +280,11 @@ func (r *Recognizer) base64At(b []byte, k int) (int, bool) {
 		enc[n] = c
 		n++
 	}
-	if n < need {
+	if n < chars {
 		return 0, false
 	}
 	var h [MinEnvelopeLen]byte
-	if _, err := base64.StdEncoding.Decode(h[:], enc[:]); err != nil || !r.head(&h) {
+	if _, err := base64.StdEncoding.Decode(h[:], enc[:chars]); err != nil || !r.head(h[:need]) {
 		return 0, false
 	}
 	for e < len(b) && isBase64(b[e]) {

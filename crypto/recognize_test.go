@@ -26,6 +26,22 @@ func byteaEscape(b []byte) string {
 	return s.String()
 }
 
+// encodeEscape is PostgreSQL's encode(…, 'escape').
+func encodeEscape(b []byte) string {
+	var s strings.Builder
+	for _, c := range b {
+		switch {
+		case c == '\\':
+			s.WriteString(`\\`)
+		case c == 0 || c >= 0x80:
+			fmt.Fprintf(&s, `\%03o`, c)
+		default:
+			s.WriteByte(c)
+		}
+	}
+	return s.String()
+}
+
 func TestRecognizer(t *testing.T) {
 	r := NewRecognizer(0x2a, 0xdeadbeef)
 	// An envelope whose payload holds the bytes quoting changes.
@@ -56,6 +72,9 @@ func TestRecognizer(t *testing.T) {
 		{"escape output in an array literal", `{"` + strings.ReplaceAll(strings.ReplaceAll(esc, `\`, `\\`), `"`, `\"`) + `"}`, true},
 		{"escape output quoted twice", strings.ReplaceAll(esc, `\`, `\\\\`), true},
 		{"escape output of a key not loaded", byteaEscape(other), false},
+		{"encode(…, 'escape')", encodeEscape(env), true},
+		{"encode(…, 'escape') in an array literal", `{"` + strings.ReplaceAll(strings.ReplaceAll(encodeEscape(env), `\`, `\\`), `"`, `\"`) + `"}`, true},
+		{"encode(…, 'escape') of a key not loaded", encodeEscape(other), false},
 		{"base64", b64, true},
 		{"base64 with encode()'s line breaks", b64[:10] + "\n" + b64[10:30] + "\n" + b64[30:], true},
 		{"base64 of a key not loaded", base64.StdEncoding.EncodeToString(other), false},
