@@ -186,7 +186,7 @@ func asRefusal(err error) *pgerr.Error {
 		c.Severity = pgerr.SeverityError
 		pe = &c
 	}
-	return pe
+	return clientSafe(pe)
 }
 
 type replacement struct {
@@ -225,7 +225,10 @@ func (s *session) render(sql string, stmts []*rewrite.Statement, n int) (string,
 	pos := 0
 	for _, r := range reps {
 		if r.off < pos || r.off+r.n > end {
-			panic("BUG: overlapping or out-of-range rewrite slots")
+			// The plan's slots cannot be applied: a planner bug, but one
+			// the client's text reaches, so a refusal, not a panic.
+			return "", stmtIndex(stmts, r.off), pgerr.New(pgerr.Internal, "phiproxy cannot rewrite this statement").
+				WithHint("this is a phiproxy bug (overlapping rewrite slots), please report it with the statement's shape (not its values)")
 		}
 		b = append(b, sql[pos:r.off]...)
 		if r.slot != nil {

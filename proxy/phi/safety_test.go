@@ -5,15 +5,19 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"math"
 	"strings"
 	"testing"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgproto3"
 
 	"github.com/phiproxy/phiproxy/crypto"
 	"github.com/phiproxy/phiproxy/internal/testenv"
+	"github.com/phiproxy/phiproxy/pgerr"
+	"github.com/phiproxy/phiproxy/proxy"
 )
 
 // readAll runs q and returns every value the client received, and the
@@ -271,4 +275,40 @@ func TestServerErrorsRedacted(t *testing.T) {
 func connectWith(t *testing.T, ctx context.Context, dsn string, f func(*pgx.ConnConfig)) *pgx.Conn {
 	t.Helper()
 	return testenv.Connect(t, ctx, dsn, f)
+}
+
+// TestNoBugTextReachesClient: what a user can type never gets phiproxy's
+// "BUG:" texts back (issue 11, item 13).
+func TestNoBugTextReachesClient(t *testing.T) {
+	ctx := testCtx(t)
+	p := startProxy(t)
+	for _, mode := range []pgx.QueryExecMode{pgx.QueryExecModeCacheStatement, pgx.QueryExecModeSimpleProtocol} {
+		conn := connect(t, ctx, p.dsn(), mode)
+		for _, q := range []string{
+			"SELECT id FROM patients WHERE mrn = -(-1000000)",
+			"INSERT INTO patients (id, mrn) VALUES (1, -(-1000000))",
+		} {
+			_, err := readAll(ctx, conn, q)
+			if err != nil && strings.Contains(err.Error(), "BUG") {
+				t.Fatalf("%s: %v", q, err)
+			}
+			stillWorks(t, ctx, conn)
+		}
+	}
+}
+
+// TestPanicEndsOnlyTheSession: a panic in a session's Interceptor (here a
+// session without keys) becomes a FATAL XX000 for that session, not a
+// crash of the process, and its text is logged, not sent.
+func TestPanicEndsOnlyTheSession(t *testing.T) {
+	logs := &testenv.Buffer{}
+	r := recovering{&session{p: &Proxy{log: slog.New(slog.NewJSONHandler(logs, nil))}, info: &proxy.SessionInfo{ID: "s1"}}}
+	err := r.ServerMessage(&pgproto3.DataRow{Values: [][]byte{[]byte("PH")}}, nil)
+	pe := pgerr.As(err)
+	if pe == nil || pe.Code != pgerr.Internal || pe.Severity != pgerr.SeverityFatal || strings.Contains(pe.Message, "nil pointer") {
+		t.Fatalf("got %v", err)
+	}
+	if !strings.Contains(logs.String(), "nil pointer") {
+		t.Fatalf("the panic was not logged: %s", logs.String())
+	}
 }
