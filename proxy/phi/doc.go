@@ -78,9 +78,10 @@
 // client is told it failed (ReadyForQuery 'E') and, before the client's
 // next message, a poison Query makes the upstream transaction fail for
 // real, so that the next statement gets 25P02 and ROLLBACK works. Outside
-// a transaction the failed statement has already committed upstream (a
-// statement with RETURNING): the client sees the error PostgreSQL would
-// have raised, but not a rollback.
+// one the server commits the implicit transaction (the query string, or
+// the pipeline up to Sync) that a client seeing an error believes rolled
+// back: if anything in it may have changed something (atomic.go), the
+// session ends with FATAL 08007 instead of ReadyForQuery.
 //
 // # Session state and its limits
 //

@@ -136,6 +136,16 @@ func (s *session) ServerMessage(msg pgproto3.BackendMessage, out *proxy.Out) err
 	if async, err := s.asyncMessage(msg, out); async {
 		return err
 	}
+	switch m := msg.(type) {
+	case *pgproto3.CommandComplete:
+		s.trackCompletion(m)
+	case *pgproto3.CopyOutResponse:
+		s.tx.copyOut = true
+	case *pgproto3.ErrorResponse:
+		if s.dropping {
+			s.trackDroppedError()
+		}
+	}
 	if s.dropping {
 		return nil
 	}
@@ -306,6 +316,9 @@ func forwardError(fwd *pgproto3.ErrorResponse, out *proxy.Out) error {
 // ready handles ReadyForQuery: the end of a Query, Sync or FunctionCall
 // cycle.
 func (s *session) ready(z *pgproto3.ReadyForQuery, out *proxy.Out) error {
+	if err := s.outcomeUnknown(z); err != nil {
+		return err
+	}
 	status := z.TxStatus
 	s.mu.Lock()
 	// Pop up to and including the entry this ReadyForQuery answers

@@ -264,6 +264,7 @@ type session struct {
 	cout       *copyStream // the COPY TO STDOUT being streamed (PHI, or the safety net's)
 	coutRaw    bool        // a COPY TO STDOUT whose options are unknown
 	qtypes     []uint32    // the current Query statement's result types
+	tx         txTrack     // the implicit transaction, for atomicity (atomic.go)
 }
 
 func newSession(p *Proxy, info *proxy.SessionInfo) *session {
