@@ -107,7 +107,7 @@ func (s *session) rememberTypes(e *entry, m *pgproto3.RowDescription) {
 			ps = e.portal.ps
 		}
 		if ps != nil {
-			ps.types = fieldTypes(nil, m.Fields)
+			ps.types = fieldTypes(ps.types[:0], m.Fields)
 		}
 	}
 }
