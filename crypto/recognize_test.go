@@ -133,3 +133,49 @@ func TestRecognizerInnocent(t *testing.T) {
 		t.Fatal("random bytes taken for an envelope")
 	}
 }
+
+// FuzzRecognizer: an envelope of a loaded key put in any form between
+// arbitrary bytes is found, and nothing Redact leaves is an envelope
+// (not even its first 8 bytes).
+func FuzzRecognizer(f *testing.F) {
+	f.Add([]byte("abc"), []byte("def"), []byte("payload that is long enough"), uint8(0))
+	f.Add([]byte(`\\`), []byte("PH"), []byte{0, '\\', '"', 0xff, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12}, uint8(3))
+	f.Add([]byte("50480"), []byte("x"), bytes.Repeat([]byte{'P'}, 16), uint8(1))
+	r := NewRecognizer(0x2a, 0x5c22015c)
+	f.Fuzz(func(t *testing.T, pre, post, payload []byte, form uint8) {
+		if len(payload) < 16 {
+			return
+		}
+		id := []byte{0, 0, 0, 0x2a}
+		if form&0x80 != 0 {
+			id = []byte{0x5c, 0x22, 0x01, 0x5c} // backslash, quote and 0x01 in the key id
+		}
+		env := append(append([]byte("PH\x01\x01"), id...), payload...)
+		var enc string
+		switch form % 6 {
+		case 0:
+			enc = string(env)
+		case 1:
+			enc = `\x` + hex.EncodeToString(env)
+		case 2:
+			enc = byteaEscape(env)
+		case 3:
+			enc = encodeEscape(env)
+		case 4:
+			enc = base64.StdEncoding.EncodeToString(env)
+		case 5:
+			enc = `{"` + strings.ReplaceAll(strings.ReplaceAll(byteaEscape(env), `\`, `\\`), `"`, `\"`) + `"}`
+		}
+		v := append(append(append([]byte(nil), pre...), enc...), post...)
+		if !r.Contains(v) {
+			t.Fatalf("form %d not found in %q", form%6, v)
+		}
+		red, changed := r.Redact(string(v))
+		if !changed {
+			t.Fatalf("form %d: nothing redacted in %q", form%6, v)
+		}
+		if _, _, ok := r.find([]byte(red), prefixLen); ok {
+			t.Fatalf("form %d: Redact left an envelope: %q", form%6, red)
+		}
+	})
+}
