@@ -86,6 +86,17 @@ func (s *session) carriesEnvelope(types []uint32, i int, v []byte) bool {
 	return crypto.MayContain(v) && s.p.keys.Recognizer().Contains(v)
 }
 
+// functionResult is the safety net for the fast-path FunctionCall
+// protocol: its result has no type the proxy knows, so it is checked as
+// any value is.
+func (s *session) functionResult(m *pgproto3.FunctionCallResponse, out *proxy.Out) error {
+	if m.Result != nil && s.carriesEnvelope(nil, 0, m.Result) {
+		return s.fail(pgerr.New(pgerr.Internal, "phiproxy refused to return ciphertext as a function call's result").
+			WithHint("the value carries a PHI envelope but phiproxy planned no decryption for it; select the configured PHI column itself"), out)
+	}
+	return out.ForwardUnchanged()
+}
+
 // fieldTypes appends the type OIDs of fields to dst.
 func fieldTypes(dst []uint32, fields []pgproto3.FieldDescription) []uint32 {
 	for _, f := range fields {

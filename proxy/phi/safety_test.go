@@ -312,3 +312,47 @@ func TestPanicEndsOnlyTheSession(t *testing.T) {
 		t.Fatalf("the panic was not logged: %s", logs.String())
 	}
 }
+
+// TestSafetyNetFunctionCall: the fast-path FunctionCall protocol gets no
+// ciphertext either.
+func TestSafetyNetFunctionCall(t *testing.T) {
+	ctx := testCtx(t)
+	p := startProxy(t)
+	direct := connect(t, ctx, directDSN(), pgx.QueryExecModeSimpleProtocol)
+	mustExec(t, ctx, direct, "CREATE OR REPLACE FUNCTION first_ssn() RETURNS bytea LANGUAGE sql AS $$SELECT ssn FROM patients LIMIT 1$$")
+	conn := connect(t, ctx, p.dsn(), pgx.QueryExecModeSimpleProtocol)
+	mustExec(t, ctx, conn, "INSERT INTO patients (id, ssn) VALUES (1, '123-45-6789')")
+	var oid uint32
+	if err := conn.QueryRow(ctx, "SELECT 'first_ssn'::regproc::oid").Scan(&oid); err != nil {
+		t.Fatal(err)
+	}
+	rec := testKeys(t).Recognizer()
+	for _, format := range []uint16{0, 1} {
+		fe := conn.PgConn().Frontend()
+		fe.Send(&pgproto3.FunctionCall{Function: oid, ResultFormatCode: format})
+		if err := fe.Flush(); err != nil {
+			t.Fatal(err)
+		}
+		code := ""
+		for done := false; !done; {
+			msg, err := fe.Receive()
+			if err != nil {
+				t.Fatal(err)
+			}
+			switch m := msg.(type) {
+			case *pgproto3.FunctionCallResponse:
+				if rec.Contains(m.Result) {
+					t.Fatalf("format %d: ciphertext reached the client", format)
+				}
+			case *pgproto3.ErrorResponse:
+				code = m.Code
+			case *pgproto3.ReadyForQuery:
+				done = true
+			}
+		}
+		if code != "XX000" {
+			t.Fatalf("format %d: got SQLSTATE %q, want XX000", format, code)
+		}
+	}
+	stillWorks(t, ctx, conn)
+}

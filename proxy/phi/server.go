@@ -255,6 +255,8 @@ func (s *session) ServerMessage(msg pgproto3.BackendMessage, out *proxy.Out) err
 		}
 	case *pgproto3.ErrorResponse:
 		return s.errorResponse(e, m, out)
+	case *pgproto3.FunctionCallResponse:
+		return s.functionResult(m, out)
 	}
 	return out.ForwardUnchanged()
 }

@@ -283,7 +283,7 @@ func (s *session) Intercepts() (proxy.MessageSet, proxy.MessageSet) {
 			proxy.MsgCommandComplete, proxy.MsgErrorResponse, proxy.MsgReadyForQuery, proxy.MsgParseComplete,
 			proxy.MsgBindComplete, proxy.MsgCloseComplete, proxy.MsgNoData, proxy.MsgPortalSuspended,
 			proxy.MsgEmptyQueryResponse, proxy.MsgCopyData, proxy.MsgCopyOutResponse, proxy.MsgCopyDone, proxy.MsgParameterStatus,
-			proxy.MsgNoticeResponse, proxy.MsgNotification)
+			proxy.MsgNoticeResponse, proxy.MsgNotification, proxy.MsgFunctionCallResponse)
 }
 
 // codec converts with the session's TimeZone (UTC when the server's zone
