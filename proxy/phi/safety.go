@@ -180,6 +180,19 @@ func (s *session) asyncMessage(msg pgproto3.BackendMessage, out *proxy.Out) (boo
 	return false, nil
 }
 
+// parameterStatus forwards a setting's new value with any envelope in it
+// redacted (set_config('application_name', encode(ssn, 'hex'), false)
+// reports the ciphertext).
+func (s *session) parameterStatus(m *pgproto3.ParameterStatus, out *proxy.Out) error {
+	if crypto.MayContain([]byte(m.Value)) {
+		if r, ok := s.p.keys.Recognizer().Redact(m.Value); ok {
+			m.Value = r
+			return out.Forward(m)
+		}
+	}
+	return out.ForwardUnchanged()
+}
+
 // copyGuard returns the stream that checks the output of a COPY TO
 // STDOUT phiproxy planned no decryption for, field by field, or nil if
 // the COPY's options cannot be known (then copyGuardMessage checks each

@@ -200,6 +200,12 @@ func TestSafetyNetEnvelopeForms(t *testing.T) {
 			t.Fatalf("notification payload %s: %q", payload, n.Payload)
 		}
 	}
+	// A reported setting.
+	_, err := readAll(ctx, setup, "SELECT set_config('application_name', encode(x, 'hex'), false) FROM "+dynSQL+" x")
+	expectCode(t, err, "XX000", "set_config")
+	if v := setup.PgConn().ParameterStatus("application_name"); rec.Contains([]byte(v)) || v != crypto.EnvelopeRedacted {
+		t.Fatalf("application_name reported as %q", v)
+	}
 	if strings.Contains(p.logs.String(), "123-45-6789") {
 		t.Fatal("a value reached the log")
 	}

@@ -131,7 +131,7 @@ func (s *session) ServerMessage(msg pgproto3.BackendMessage, out *proxy.Out) err
 	}
 	if ps, ok := msg.(*pgproto3.ParameterStatus); ok {
 		s.setParameter(ps.Name, ps.Value)
-		return out.ForwardUnchanged()
+		return s.parameterStatus(ps, out)
 	}
 	if async, err := s.asyncMessage(msg, out); async {
 		return err
