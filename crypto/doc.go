@@ -42,10 +42,14 @@
 // A ciphertext is "PH", version byte 1, then Tink's output, which starts
 // with 0x01 and the 4-byte id of the key that made it (DESIGN.md §4). The
 // associated data is the key name, so a value copied into a column with
-// another key name does not decrypt. IsEnvelope and IsTextEnvelope are the
-// proxy's cheap checks for values that must never reach a client
-// undecrypted; EnvelopeKeyID and KeyPrefix let operators find the rows
-// still under a key before they retire it.
+// another key name does not decrypt. A Recognizer (Keyring.Recognizer)
+// is the proxy's safety net: it finds envelopes of the loaded keys in a
+// value in every form PostgreSQL prints bytes in, and redacts them from
+// server messages; IsEnvelope, HasEnvelopeHeader and IsTextEnvelope are
+// header-only shape checks, not for the safety net (they cannot tell an
+// envelope from innocent bytes that start the same way). EnvelopeKeyID
+// and KeyPrefix let operators find the rows still under a key before they
+// retire it.
 //
 // # Errors and redaction
 //

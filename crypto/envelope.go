@@ -33,8 +33,8 @@ func IsEnvelope(b []byte) bool {
 }
 
 // HasEnvelopeHeader reports whether b starts with the envelope header,
-// whatever its length. The safety net uses it for values that may have been
-// truncated or altered: they still must not reach a client.
+// whatever its length. It is a shape check: the safety net uses a
+// Recognizer, which also needs a loaded key id.
 func HasEnvelopeHeader(b []byte) bool {
 	return len(b) >= HeaderLen &&
 		b[0] == envelopeHeader[0] && b[1] == envelopeHeader[1] && b[2] == envelopeHeader[2]
@@ -42,8 +42,8 @@ func HasEnvelopeHeader(b []byte) bool {
 
 // IsTextEnvelope reports whether b, a value in PostgreSQL's text format,
 // begins with the envelope header in bytea hex form (`\x504801`, hex digits
-// in either case). Casts, encode(), row and array literals all produce this
-// form, so the proxy checks every text value with it, not only bytea ones.
+// in either case). It is a shape check: the safety net uses a Recognizer,
+// which finds every form at any offset and needs a loaded key id.
 func IsTextEnvelope(b []byte) bool {
 	if len(b) < len(textEnvelopePrefix) || b[0] != '\\' || (b[1] != 'x' && b[1] != 'X') {
 		return false

@@ -27,6 +27,8 @@ type snapshot struct {
 	signer  *Signer
 	// signerErr says why there is no signer (its keyset is missing).
 	signerErr error
+	// rec recognises envelopes of every key of ciphers (safety net).
+	rec *Recognizer
 }
 
 // Open loads, under cfg's KEK, the keyset of every key name in cfg's phi
@@ -103,6 +105,7 @@ func load(ctx context.Context, cfg *config.Config, opts Options) (*snapshot, err
 	if err := errors.Join(errs...); err != nil {
 		return nil, err
 	}
+	s.rec = recognizerOf(s.ciphers)
 	return s, nil
 }
 
@@ -152,6 +155,26 @@ func (k *Keyring) Signer() (*Signer, error) {
 		return nil, s.signerErr
 	}
 	return s.signer, nil
+}
+
+// Recognizer returns the envelope recognizer of the current snapshot: it
+// knows the id of every key, present or retired, of every loaded column
+// keyset.
+func (k *Keyring) Recognizer() *Recognizer { return k.cur.Load().rec }
+
+// recognizerOf returns a Recognizer for the keys of ciphers. A retired
+// key's id stays known: its values may still be in the database.
+func recognizerOf(ciphers map[string]*Cipher) *Recognizer {
+	var ids []uint32
+	for _, c := range ciphers {
+		for id := range c.present {
+			ids = append(ids, id)
+		}
+		for id := range c.retired {
+			ids = append(ids, id)
+		}
+	}
+	return NewRecognizer(ids...)
 }
 
 // KeyNames returns the loaded key names, sorted.

@@ -28,6 +28,7 @@ var (
 	SQLClientUnableToEstablish   = Code{"08001"}
 	SQLServerRejectedConnection  = Code{"08004"}
 	ProtocolViolation            = Code{"08P01"}
+	TransactionResolutionUnknown = Code{"08007"}
 	FeatureNotSupported          = Code{"0A000"}
 	InvalidAuthorizationSpec     = Code{"28000"}
 	InvalidPassword              = Code{"28P01"}

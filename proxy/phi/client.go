@@ -86,7 +86,7 @@ func (s *session) ClientMessage(msg pgproto3.FrontendMessage, out *proxy.Out) er
 func (s *session) query(m *pgproto3.Query, out *proxy.Out) error {
 	s.settleStmts()
 	snap := s.p.cur.Load()
-	q := &queryRun{poisonAt: -1}
+	q := &queryRun{poisonAt: -1, sql: m.String}
 	e := &entry{kind: entryQuery, q: q}
 	s.cin = nil
 	// Settings that change how the text reads come first: under them the
@@ -199,7 +199,7 @@ func asRefusal(err error) *pgerr.Error {
 		c.Severity = pgerr.SeverityError
 		pe = &c
 	}
-	return pe
+	return clientSafe(pe)
 }
 
 type replacement struct {
@@ -360,7 +360,7 @@ func (s *session) parse(m *pgproto3.Parse, out *proxy.Out) error {
 	}
 	s.settleStmts()
 	snap := s.p.cur.Load()
-	ps := &prepared{name: m.Name}
+	ps := &prepared{name: m.Name, sql: m.Query}
 	e := &entry{kind: entryParse, ps: ps}
 	err := s.textRefusal(snap, m.Query)
 	var plan *rewrite.Plan

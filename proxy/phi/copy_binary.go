@@ -1,11 +1,9 @@
 package phi
 
 import (
-	"bytes"
 	"encoding/binary"
 	"math"
 
-	"github.com/phiproxy/phiproxy/crypto"
 	"github.com/phiproxy/phiproxy/pgerr"
 	"github.com/phiproxy/phiproxy/proxy/codec"
 )
@@ -197,9 +195,11 @@ func (c *copyStream) tuple(t []byte) error {
 		p += size
 		fld := &c.fields[i]
 		if fld.col == nil {
-			if !c.in && binaryCarriesEnvelope(v) {
-				return c.rowErr(pgerr.Newf(pgerr.Internal, "phiproxy refused to return ciphertext in COPY output column %s", fld.name).
-					WithHint("the value carries the PHI envelope header but is not a configured PHI column; copy the configured PHI column itself"), "")
+			// A binary field holds an envelope raw (a bytea, or an
+			// element of an array or record) or as text: the recognizer
+			// looks for every form at every offset.
+			if !c.in && c.rec.Contains(v) {
+				return c.rowErr(copySafetyErr(fld.name, c.rel), "")
 			}
 			c.out = append(c.out, t[start:p]...)
 			continue
@@ -215,33 +215,6 @@ func (c *copyStream) tuple(t []byte) error {
 		}
 	}
 	return nil
-}
-
-// binaryCarriesEnvelope is the safety net for a non-PHI field in binary
-// form: a bytea that is an envelope, a text value in bytea hex form (or
-// holding one, as an array or json text would), or an envelope embedded
-// with its int32 length, as binary arrays and records hold their
-// elements. A bare "PH\x01" inside other binary data (a 1 MiB random
-// bytea holds one about every 16 MiB) is not taken for ciphertext.
-func binaryCarriesEnvelope(v []byte) bool {
-	if crypto.HasEnvelopeHeader(v) || crypto.IsTextEnvelope(v) ||
-		bytes.Contains(v, []byte("x504801")) || bytes.Contains(v, []byte("X504801")) {
-		return true
-	}
-	hdr := v[:0:0]
-	hdr = append(hdr, 'P', 'H', 0x01)
-	for i := 4; i < len(v); {
-		j := bytes.Index(v[i:], hdr)
-		if j < 0 {
-			return false
-		}
-		k := i + j
-		if n := binary.BigEndian.Uint32(v[k-4:]); n >= uint32(crypto.HeaderLen) && uint64(n) <= uint64(len(v)-k) {
-			return true
-		}
-		i = k + 1
-	}
-	return false
 }
 
 // encryptBinary writes the length and ciphertext of a PHI field's binary

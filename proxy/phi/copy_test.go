@@ -486,7 +486,7 @@ func (c *countWriter) Write(p []byte) (int, error) {
 // testStream builds a copyStream over fields; a name with a '*' suffix is
 // PHI (text, deterministic key public.patients.ssn).
 func testStream(t testing.TB, keys *crypto.Keyring, f copyFormat, in bool, names ...string) *copyStream {
-	c := &copyStream{f: f, in: in, rel: "public.t"}
+	c := &copyStream{f: f, in: in, rel: "public.t", rec: keys.Recognizer()}
 	for _, n := range names {
 		fld := copyField{name: strings.TrimSuffix(n, "*")}
 		if strings.HasSuffix(n, "*") {

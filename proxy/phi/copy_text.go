@@ -4,7 +4,7 @@ import (
 	"bytes"
 	"encoding/hex"
 
-	"github.com/phiproxy/phiproxy/config"
+	"github.com/phiproxy/phiproxy/crypto"
 	"github.com/phiproxy/phiproxy/pgerr"
 	"github.com/phiproxy/phiproxy/proxy/codec"
 )
@@ -366,9 +366,8 @@ func (c *copyStream) row(row []byte) error {
 	for i, sp := range c.spans {
 		raw := row[sp.start:sp.end]
 		if i >= len(c.fields) || c.fields[i].col == nil {
-			if !c.in && (bytes.Contains(raw, []byte(config.EnvelopeHeader)) || bytes.Contains(raw, []byte("x504801")) || bytes.Contains(raw, []byte("X504801"))) {
-				return pgerr.Newf(pgerr.Internal, "phiproxy refused to return ciphertext in COPY output column %s", c.fieldName(i)).
-					WithHint("the value carries the PHI envelope header but is not a configured PHI column; copy the configured PHI column itself")
+			if !c.in && crypto.MayContain(raw) && c.carriesEnvelope(raw) {
+				return copySafetyErr(c.fieldName(i), c.rel)
 			}
 			continue
 		}
@@ -406,6 +405,19 @@ func (c *copyStream) row(row []byte) error {
 	}
 	c.out = append(c.out, row[pos:]...)
 	return nil
+}
+
+// carriesEnvelope is the safety net for a non-PHI field of COPY output:
+// the field's value, de-escaped or unquoted, holds an envelope.
+func (c *copyStream) carriesEnvelope(raw []byte) bool {
+	var v []byte
+	if c.f.csv {
+		v = c.csvValue(c.val[:0], raw)
+	} else {
+		v = textValue(c.val[:0], raw)
+	}
+	c.val = v[:0]
+	return c.rec.Contains(v)
 }
 
 // encrypt writes the ciphertext of a PHI field's value v into c.out.

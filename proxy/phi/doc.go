@@ -61,19 +61,27 @@
 //
 // # Safety net
 //
-// Any DataRow value that is not a planned PHI result and starts with the
-// envelope header (binary "PH\x01", or text `\x504801`) fails the
-// statement with XX000 naming the column, never the value; so does a PHI
-// value that does not decrypt, and a RowDescription whose reported origin
-// contradicts the plan. COPY output is scanned the same way. When a
+// Any DataRow value that is not a planned PHI result and holds an
+// envelope of a loaded key (crypto.Recognizer: raw, bytea hex or escape
+// output, encode()'s hex, escape and base64, inside array, record and
+// json literals, at any offset) fails the statement with XX000 naming the
+// column, never the value; values of types that cannot carry one
+// (fixed-width numbers, date/time, uuid, bool, ...: the RowDescription's
+// type OIDs, kept per Describe for later Executes) are not looked at. A
+// PHI value that does not decrypt, and a RowDescription whose reported
+// origin contradicts the plan, fail the same way. COPY output is checked
+// field by field with the COPY parsers (its options read from the
+// statement), notices and errors get each envelope replaced with
+// "<encrypted>", and so do notification payloads (safety.go). When a
 // statement fails mid-stream, everything the server sends until
 // ReadyForQuery is dropped; if the server's transaction is still open the
 // client is told it failed (ReadyForQuery 'E') and, before the client's
 // next message, a poison Query makes the upstream transaction fail for
 // real, so that the next statement gets 25P02 and ROLLBACK works. Outside
-// a transaction the failed statement has already committed upstream (a
-// statement with RETURNING): the client sees the error PostgreSQL would
-// have raised, but not a rollback.
+// one the server commits the implicit transaction (the query string, or
+// the pipeline up to Sync) that a client seeing an error believes rolled
+// back: if anything in it may have changed something (atomic.go), the
+// session ends with FATAL 08007 instead of ReadyForQuery.
 //
 // # Session state and its limits
 //

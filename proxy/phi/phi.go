@@ -114,7 +114,7 @@ func (p *Proxy) Factory() func(*proxy.SessionInfo) proxy.Interceptor {
 		return nil
 	}
 	return func(info *proxy.SessionInfo) proxy.Interceptor {
-		return newSession(p, info)
+		return recovering{newSession(p, info)}
 	}
 }
 

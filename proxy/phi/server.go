@@ -1,7 +1,6 @@
 package phi
 
 import (
-	"bytes"
 	"encoding/hex"
 	"fmt"
 	"slices"
@@ -132,7 +131,20 @@ func (s *session) ServerMessage(msg pgproto3.BackendMessage, out *proxy.Out) err
 	}
 	if ps, ok := msg.(*pgproto3.ParameterStatus); ok {
 		s.setParameter(ps.Name, ps.Value)
-		return out.ForwardUnchanged()
+		return s.parameterStatus(ps, out)
+	}
+	if async, err := s.asyncMessage(msg, out); async {
+		return err
+	}
+	switch m := msg.(type) {
+	case *pgproto3.CommandComplete:
+		s.trackCompletion(m)
+	case *pgproto3.CopyOutResponse:
+		s.tx.copyOut = true
+	case *pgproto3.ErrorResponse:
+		if s.dropping {
+			s.trackDroppedError()
+		}
 	}
 	e := s.front()
 	if e != nil && e.kind == entryProbe {
@@ -144,10 +156,15 @@ func (s *session) ServerMessage(msg pgproto3.BackendMessage, out *proxy.Out) err
 		return nil
 	}
 	if e == nil {
-		// Nothing expected (an asynchronous error or notice): still guard
-		// rows.
-		if d, ok := msg.(*pgproto3.DataRow); ok {
-			return s.row(nil, nil, d, out)
+		// Nothing expected (an asynchronous error): still guard rows and
+		// redact errors.
+		switch m := msg.(type) {
+		case *pgproto3.DataRow:
+			return s.row(nil, nil, nil, m, out)
+		case *pgproto3.ErrorResponse:
+			if s.redactError(m) {
+				return out.Forward(m)
+			}
 		}
 		return out.ForwardUnchanged()
 	}
@@ -191,7 +208,7 @@ func (s *session) ServerMessage(msg pgproto3.BackendMessage, out *proxy.Out) err
 	case *pgproto3.DataRow:
 		switch e.kind {
 		case entryQuery:
-			return s.row(e.q.x, nil, m, out)
+			return s.row(e.q.x, nil, s.qtypes, m, out)
 		case entryExecute:
 			var names []string
 			var x *rowX
@@ -199,14 +216,15 @@ func (s *session) ServerMessage(msg pgproto3.BackendMessage, out *proxy.Out) err
 			if e.portal.ps != nil {
 				names = e.portal.ps.names
 			}
-			return s.row(x, names, m, out)
+			return s.row(x, names, executeTypes(e), m, out)
 		}
-		return s.row(nil, nil, m, out)
+		return s.row(nil, nil, nil, m, out)
 	case *pgproto3.CommandComplete, *pgproto3.EmptyQueryResponse, *pgproto3.PortalSuspended:
 		s.track(e, msg)
 	case *pgproto3.CopyOutResponse:
 		return s.copyOutStart(e, m, out)
 	case *pgproto3.CopyDone:
+		s.coutRaw = false
 		if s.cout != nil {
 			err := s.copyOutData(&pgproto3.CopyData{}, true, out)
 			if s.cout == nil || err != nil {
@@ -219,12 +237,13 @@ func (s *session) ServerMessage(msg pgproto3.BackendMessage, out *proxy.Out) err
 		if s.cout != nil {
 			return s.copyOutData(m, false, out)
 		}
-		if bytes.Contains(m.Data, []byte(config.EnvelopeHeader)) || bytes.Contains(m.Data, []byte("x504801")) || bytes.Contains(m.Data, []byte("X504801")) {
-			return s.fail(pgerr.New(pgerr.Internal, "phiproxy refused to return ciphertext in COPY output").
-				WithHint("the COPY output carries the PHI envelope header outside a configured PHI column; copy the configured PHI column itself"), out)
+		if s.coutRaw {
+			return s.copyGuardMessage(m, out)
 		}
 	case *pgproto3.ErrorResponse:
 		return s.errorResponse(e, m, out)
+	case *pgproto3.FunctionCallResponse:
+		return s.functionResult(m, out)
 	}
 	return out.ForwardUnchanged()
 }
@@ -237,11 +256,14 @@ func (s *session) fail(err *pgerr.Error, out *proxy.Out) error {
 }
 
 func (s *session) errorResponse(e *entry, m *pgproto3.ErrorResponse, out *proxy.Out) error {
-	s.cout = nil
+	s.cout, s.coutRaw = nil, false
 	s.serverError(e)
-	// fwd is what the client gets: the server's error as it arrived, or
-	// our refusal in its place.
+	// fwd is what the client gets: the server's error as it arrived (with
+	// any envelope in it redacted), or our refusal in its place.
 	var fwd *pgproto3.ErrorResponse
+	if s.redactError(m) {
+		fwd = m
+	}
 	if pe := s.copyFailed(m); pe != nil {
 		fwd = proxy.ErrorResponse(pe)
 		m = fwd
@@ -388,6 +410,9 @@ func forwardError(fwd *pgproto3.ErrorResponse, out *proxy.Out) error {
 // ready handles ReadyForQuery: the end of a Query, Sync or FunctionCall
 // cycle.
 func (s *session) ready(z *pgproto3.ReadyForQuery, out *proxy.Out) error {
+	if err := s.outcomeUnknown(z); err != nil {
+		return err
+	}
 	status := z.TxStatus
 	s.mu.Lock()
 	s.m.ready(status)
@@ -436,6 +461,7 @@ func (s *session) ready(z *pgproto3.ReadyForQuery, out *proxy.Out) error {
 // rowDescription rewrites the PHI columns' types to their logical types
 // and cross-checks the planned PHI positions against the columns' origin.
 func (s *session) rowDescription(e *entry, m *pgproto3.RowDescription, out *proxy.Out) error {
+	s.rememberTypes(e, m)
 	var x *rowX
 	var results []rewrite.Result
 	switch e.kind {
@@ -492,7 +518,7 @@ func (s *session) rowDescription(e *entry, m *pgproto3.RowDescription, out *prox
 
 // row decrypts the PHI fields of a DataRow into the client's format and
 // applies the safety net to every other field.
-func (s *session) row(x *rowX, names []string, m *pgproto3.DataRow, out *proxy.Out) error {
+func (s *session) row(x *rowX, names []string, types []uint32, m *pgproto3.DataRow, out *proxy.Out) error {
 	buf := s.sbuf[:0]
 	offs := s.soffs[:0]
 	cd := codec.Codec{}
@@ -503,7 +529,7 @@ func (s *session) row(x *rowX, names []string, m *pgproto3.DataRow, out *proxy.O
 		}
 		c := x.at(i)
 		if c == nil {
-			if crypto.HasEnvelopeHeader(v) || crypto.IsTextEnvelope(v) {
+			if s.carriesEnvelope(types, i, v) {
 				return s.fail(safetyErr(columnName(names, i)), out)
 			}
 			continue

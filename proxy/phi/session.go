@@ -182,6 +182,8 @@ type queryRun struct {
 	x        *rowX
 	// one holds stmts when the Query has a single statement.
 	one [1]*rewrite.Statement
+	// sql is the client's text (the safety net reads a COPY's options).
+	sql string
 }
 
 // prepared is an extended-protocol prepared statement.
@@ -199,6 +201,10 @@ type prepared struct {
 	// names are the output column names from a Describe (server goroutine
 	// only), for error messages.
 	names []string
+	// types are the output column type OIDs from a Describe (server
+	// goroutine only), for the safety net; sql is the client's text.
+	types []uint32
+	sql   string
 }
 
 // portal is an extended-protocol portal.
@@ -288,7 +294,10 @@ type session struct {
 	// queryXs are the last Query result transforms built (see queryX).
 	queryXs    [4]cachedX
 	queryXNext int
-	cout       *copyStream // the COPY TO STDOUT being streamed, if PHI
+	cout       *copyStream // the COPY TO STDOUT being streamed (PHI, or the safety net's)
+	coutRaw    bool        // a COPY TO STDOUT whose options are unknown
+	qtypes     []uint32    // the current Query statement's result types
+	tx         txTrack     // the implicit transaction, for atomicity (atomic.go)
 	probeAcc   probeResult // what the probe in progress has read
 }
 
@@ -308,7 +317,8 @@ func (s *session) Intercepts() (proxy.MessageSet, proxy.MessageSet) {
 		proxy.Messages(proxy.MsgRowDescription, proxy.MsgDataRow, proxy.MsgParameterDescription,
 			proxy.MsgCommandComplete, proxy.MsgErrorResponse, proxy.MsgReadyForQuery, proxy.MsgParseComplete,
 			proxy.MsgBindComplete, proxy.MsgCloseComplete, proxy.MsgNoData, proxy.MsgPortalSuspended,
-			proxy.MsgEmptyQueryResponse, proxy.MsgCopyData, proxy.MsgCopyOutResponse, proxy.MsgCopyDone, proxy.MsgParameterStatus)
+			proxy.MsgEmptyQueryResponse, proxy.MsgCopyData, proxy.MsgCopyOutResponse, proxy.MsgCopyDone, proxy.MsgParameterStatus,
+			proxy.MsgNoticeResponse, proxy.MsgNotification, proxy.MsgFunctionCallResponse)
 }
 
 // codec converts with the session's TimeZone (UTC when the server's zone
