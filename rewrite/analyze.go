@@ -16,6 +16,7 @@ type analyzer struct {
 	sql         string
 	path        []string
 	user        string
+	temp        string // Session.Temp
 	st          *Statement
 	rels        map[string]bool
 	cols        map[string]bool
@@ -24,6 +25,18 @@ type analyzer struct {
 	actions     []Action
 	sublinks    map[*pg.SubLink]*PHIColumn
 	ddl         bool
+	// pinned holds the offsets of relation references already pinned (or
+	// found to be CTE references): see pin.go.
+	pinned map[int]bool
+}
+
+// top analyzes a statement of the string: the analysis proper, then the
+// pinning of the relation references it did not reach.
+func (a *analyzer) top(n *pg.Node) error {
+	if err := a.statement(n); err != nil {
+		return err
+	}
+	return a.pinRest(n)
 }
 
 func (a *analyzer) finish() {

@@ -41,6 +41,10 @@ type Planner struct {
 	cat   Catalog
 	ix    nameIndex
 	funcs map[string]Dependent // PHI-reading functions by name
+	// pins are the relation names whose unqualified references are sent
+	// schema-qualified (pin.go): PHI relations, views and functions over
+	// them.
+	pins  map[string]bool
 	cache *Cache
 }
 
@@ -60,13 +64,15 @@ func NewPlanner(cols *Columns, cat Catalog, cache *Cache) *Planner {
 	if cols == nil {
 		cols, _ = NewColumns(nil)
 	}
-	p := &Planner{cols: cols, cat: cat, ix: nameIndex{words: map[string]struct{}{}}, funcs: map[string]Dependent{}, cache: cache}
+	p := &Planner{cols: cols, cat: cat, ix: nameIndex{words: map[string]struct{}{}}, funcs: map[string]Dependent{}, pins: map[string]bool{}, cache: cache}
 	for rel := range cols.byRel {
 		p.ix.add(rel[strings.IndexByte(rel, '.')+1:])
+		p.pins[rel[strings.IndexByte(rel, '.')+1:]] = true
 	}
 	if len(cols.byRel) > 0 {
 		for _, d := range cat.PHIDependents() {
 			p.ix.add(d.Name)
+			p.pins[d.Name] = true
 			if d.Kind == DependentFunction {
 				p.funcs[d.Name] = d
 			}
@@ -147,9 +153,9 @@ func (p *Planner) plan(sql string, sess Session) (*Plan, error) {
 		effects(st, raw.Stmt, sql)
 		if mentions {
 			if m, _ := p.ix.precheck(sql[off : off+n]); m {
-				a := &analyzer{p: p, sql: sql, path: path, user: sess.User, st: st,
+				a := &analyzer{p: p, sql: sql, path: path, user: sess.User, temp: sess.Temp, st: st,
 					rels: map[string]bool{}, cols: map[string]bool{}, params: map[int]*Param{}, plainParams: map[int]int32{}, sublinks: map[*pg.SubLink]*PHIColumn{}}
-				if err := a.statement(raw.Stmt); err != nil {
+				if err := a.top(raw.Stmt); err != nil {
 					return nil, err
 				}
 				a.finish()
@@ -157,6 +163,10 @@ func (p *Planner) plan(sql string, sess Session) (*Plan, error) {
 		}
 		if st.Execute != nil {
 			// The prepared statement may touch PHI: see BindExecute.
+			plan.PassThrough = false
+		}
+		if len(st.Edits) > 0 {
+			// Pinned relation names (pin.go), even on a plain relation.
 			plan.PassThrough = false
 		}
 		if st.TouchesPHI {
