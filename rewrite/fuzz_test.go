@@ -86,6 +86,8 @@ func TestUpdateCorpus(t *testing.T) {
 //   - fail closed: a parsed statement whose tree names a PHI relation is
 //     refused, or reports that relation as touched;
 //   - rendering gives text that still parses;
+//   - pinning: in the rendered text, every reference to a PHI name is
+//     schema-qualified (checkPinned);
 //   - idempotence: planning the rendered text adds no encryption slot.
 func FuzzPlan(f *testing.F) {
 	cols, cat := loadSchema(f, standardSchema(f))
@@ -96,7 +98,7 @@ func FuzzPlan(f *testing.F) {
 	sess := Session{SearchPath: `"$user", public`, User: "app"}
 	f.Fuzz(func(t *testing.T, sql string) {
 		plan, err := p.Plan(sql, sess)
-		checkPlanInvariants(t, sql, plan, err)
+		checkPlanInvariants(t, p, sql, plan, err)
 		if err != nil {
 			return
 		}
