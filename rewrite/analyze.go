@@ -193,8 +193,20 @@ func (a *analyzer) statement(n *pg.Node) error {
 			return nil
 		}
 		src, err := a.rangeVar(r.Relation, &scope{}, false)
-		if err != nil || !src.hasPHI {
+		if err != nil {
 			return err
+		}
+		if r.RenameType == pg.ObjectType_OBJECT_TABCONSTRAINT {
+			if err := a.envelopeGuard(r.Subname, "renaming constraint"); err != nil {
+				return err
+			}
+			if err := a.envelopeGuard(r.Newname, "renaming a constraint to"); err != nil {
+				return err
+			}
+			return nil
+		}
+		if !src.hasPHI {
+			return nil
 		}
 		if r.RenameType == pg.ObjectType_OBJECT_COLUMN {
 			if c, ok := src.col(r.Subname); ok && c.phi != nil {
@@ -204,6 +216,17 @@ func (a *analyzer) statement(n *pg.Node) error {
 		}
 		return pgerr.Newf(pgerr.FeatureNotSupported, "renaming PHI relation %s is not supported through phiproxy", src.relIdent).
 			WithHint("rename it in PostgreSQL and in the phi: section together, with phiproxy stopped")
+	case *pg.Node_AlterObjectSchemaStmt:
+		a.ddl = true
+		if x.AlterObjectSchemaStmt.Relation == nil {
+			return nil
+		}
+		src, err := a.rangeVar(x.AlterObjectSchemaStmt.Relation, &scope{}, false)
+		if err != nil || !a.p.cols.hasRelation(src.schema, src.rel) {
+			return err
+		}
+		return pgerr.Newf(pgerr.FeatureNotSupported, "moving PHI relation %s.%s to another schema is not supported through phiproxy", src.schema, src.rel).
+			WithHint("move it in PostgreSQL and in the phi: section together, with phiproxy stopped")
 	case *pg.Node_IndexStmt:
 		a.ddl = true
 		return a.index(x.IndexStmt)
@@ -219,7 +242,7 @@ func (a *analyzer) statement(n *pg.Node) error {
 		*pg.Node_ClusterStmt, *pg.Node_ReindexStmt, *pg.Node_AlterOwnerStmt, *pg.Node_ClosePortalStmt,
 		*pg.Node_FetchStmt, *pg.Node_CreateSchemaStmt, *pg.Node_CreateRoleStmt, *pg.Node_AlterRoleStmt,
 		*pg.Node_DropRoleStmt, *pg.Node_CreateSeqStmt, *pg.Node_AlterSeqStmt, *pg.Node_CreateStmt,
-		*pg.Node_SecLabelStmt, *pg.Node_AlterObjectSchemaStmt, *pg.Node_CreateStatsStmt, *pg.Node_AlterDefaultPrivilegesStmt:
+		*pg.Node_SecLabelStmt, *pg.Node_CreateStatsStmt, *pg.Node_AlterDefaultPrivilegesStmt:
 		// These move no row data (DDL that creates or drops objects
 		// triggers a catalog refresh through Effects).
 		return nil
