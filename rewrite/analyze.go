@@ -98,12 +98,7 @@ func (a *analyzer) statement(n *pg.Node) error {
 	case *pg.Node_CopyStmt:
 		return a.copy(x.CopyStmt)
 	case *pg.Node_ExplainStmt:
-		analyze := false
-		for _, o := range x.ExplainStmt.Options {
-			if d := o.GetDefElem(); d != nil && strings.EqualFold(d.Defname, "analyze") {
-				analyze = d.Arg == nil || !strings.EqualFold(defText(d.Arg), "false") && defText(d.Arg) != "0" && !strings.EqualFold(defText(d.Arg), "off")
-			}
-		}
+		analyze := explainAnalyze(x.ExplainStmt)
 		if err := a.statement(x.ExplainStmt.Query); err != nil {
 			return err
 		}
@@ -250,6 +245,17 @@ func (a *analyzer) statement(n *pg.Node) error {
 		return nil
 	}
 	return a.refuseStmt(a.st.Tag, "this statement type is not supported on PHI relations")
+}
+
+// explainAnalyze reports whether EXPLAIN runs its statement (ANALYZE).
+func explainAnalyze(x *pg.ExplainStmt) bool {
+	analyze := false
+	for _, o := range x.Options {
+		if d := o.GetDefElem(); d != nil && strings.EqualFold(d.Defname, "analyze") {
+			analyze = d.Arg == nil || !strings.EqualFold(defText(d.Arg), "false") && defText(d.Arg) != "0" && !strings.EqualFold(defText(d.Arg), "off")
+		}
+	}
+	return analyze
 }
 
 func (a *analyzer) refuseStmt(what, hint string) error {

@@ -308,6 +308,30 @@ func effects(st *Statement, n *pg.Node, sql string) {
 	case *pg.Node_ExecuteStmt:
 		st.Effects |= EffectExecute
 		st.Execute = executeInfo(x.ExecuteStmt, sql)
+	case *pg.Node_ExplainStmt:
+		// EXPLAIN [ANALYZE] EXECUTE q(…) and EXPLAIN CREATE TABLE … AS
+		// EXECUTE q(…) send q's arguments like a bare EXECUTE.
+		inner := x.ExplainStmt.Query
+		ctas := inner.GetCreateTableAsStmt()
+		if ctas != nil {
+			st.Effects |= EffectCatalog
+			inner = ctas.Query
+		}
+		if ex := inner.GetExecuteStmt(); ex != nil {
+			st.Effects |= EffectExecute
+			st.Execute = executeInfo(ex, sql)
+			st.Execute.Explain = true
+			st.Execute.Analyze = explainAnalyze(x.ExplainStmt)
+			st.Execute.CreateTableAs = ctas != nil
+		}
+	case *pg.Node_CreateTableAsStmt:
+		st.Effects |= EffectCatalog
+		if ex := x.CreateTableAsStmt.Query.GetExecuteStmt(); ex != nil {
+			// CREATE TABLE … AS EXECUTE q(…): see BindExecute.
+			st.Effects |= EffectExecute
+			st.Execute = executeInfo(ex, sql)
+			st.Execute.CreateTableAs = true
+		}
 	case *pg.Node_DeallocateStmt:
 		st.Effects |= EffectDeallocate
 		st.Deallocate = x.DeallocateStmt.Name
@@ -320,7 +344,7 @@ func effects(st *Statement, n *pg.Node, sql string) {
 		if x.SelectStmt.IntoClause != nil {
 			st.Effects |= EffectCatalog
 		}
-	case *pg.Node_ViewStmt, *pg.Node_IndexStmt, *pg.Node_RenameStmt, *pg.Node_CreateTableAsStmt,
+	case *pg.Node_ViewStmt, *pg.Node_IndexStmt, *pg.Node_RenameStmt,
 		*pg.Node_CompositeTypeStmt, *pg.Node_DefineStmt, *pg.Node_CreateEnumStmt, *pg.Node_RuleStmt:
 		st.Effects |= EffectCatalog
 	case nil:
