@@ -240,7 +240,8 @@ func describeErr(err error) string {
 // checkPinned is the pinning property (pin.go), checked on the text the
 // proxy would send: no relation reference in it names a PHI relation, or a
 // view or function over one, without a schema — apart from CTE references
-// and the names of relations being created — and no DROP names one
+// the names of relations being created and FOR UPDATE OF names — and no
+// DROP names one
 // unqualified. It walks the tree on its own, not with the planner's
 // walker, so that a reference the planner's walk misses fails it.
 func checkPinned(t testing.TB, pl *Planner, sql, rendered string) {
@@ -268,6 +269,10 @@ func checkPinned(t testing.TB, pl *Planner, sql, rendered string) {
 				created[x.Sequence] = true
 			case *pg.CompositeTypeStmt:
 				created[x.Typevar] = true
+			case *pg.LockingClause:
+				for _, r := range x.LockedRels {
+					created[r.GetRangeVar()] = true // FOR UPDATE OF names a FROM item
+				}
 			case *pg.RangeVar:
 				refs = append(refs, x)
 			case *pg.DropStmt:

@@ -212,9 +212,12 @@ func (a *analyzer) pinResolved(rv *pg.RangeVar) error {
 	return a.unresolved("", rv.Relname, rv.Location)
 }
 
-// creationTarget lists, by message and field name, the RangeVars that name
-// a relation being created rather than referenced.
-var creationTarget = map[protoreflect.FullName]protoreflect.Name{
+// notReferences lists, by message and field name, the RangeVars that do
+// not reference an existing relation: names of relations being created,
+// and FOR UPDATE OF names (which name FROM items, and must stay
+// unqualified).
+var notReferences = map[protoreflect.FullName]protoreflect.Name{
+	"pg_query.LockingClause":     "locked_rels",
 	"pg_query.CreateStmt":        "relation", // also CREATE FOREIGN TABLE's
 	"pg_query.IntoClause":        "rel",      // CREATE TABLE AS, SELECT INTO
 	"pg_query.ViewStmt":          "view",
@@ -255,7 +258,7 @@ func (a *analyzer) pinRest(n *pg.Node) error {
 }
 
 // walkRangeVars collects the RangeVars of a tree that reference a relation
-// (not creation targets) and the names of its CTEs.
+// (see notReferences) and the names of its CTEs.
 func walkRangeVars(m protoreflect.Message, ctes map[string]bool, out *[]*pg.RangeVar) {
 	switch x := m.Interface().(type) {
 	case *pg.CommonTableExpr:
@@ -264,7 +267,7 @@ func walkRangeVars(m protoreflect.Message, ctes map[string]bool, out *[]*pg.Rang
 		*out = append(*out, x)
 		return
 	}
-	skip := creationTarget[m.Descriptor().FullName()]
+	skip := notReferences[m.Descriptor().FullName()]
 	m.Range(func(fd protoreflect.FieldDescriptor, v protoreflect.Value) bool {
 		if fd.Kind() != protoreflect.MessageKind || fd.IsMap() || skip != "" && fd.Name() == skip {
 			return true
