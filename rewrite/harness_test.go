@@ -239,11 +239,10 @@ func describeErr(err error) string {
 
 // checkPinned is the pinning property (pin.go), checked on the text the
 // proxy would send: no relation reference in it names a PHI relation, or a
-// view or function over one, without a schema — apart from CTE references
+// view or function over one, without a schema — apart from CTE references,
 // the names of relations being created and FOR UPDATE OF names — and no
-// DROP names one
-// unqualified. It walks the tree on its own, not with the planner's
-// walker, so that a reference the planner's walk misses fails it.
+// DROP names one unqualified. It walks the tree on its own, not with the
+// planner's walker, so that a reference the planner's walk misses fails it.
 func checkPinned(t testing.TB, pl *Planner, sql, rendered string) {
 	t.Helper()
 	tree, err := pg.Parse(rendered)
