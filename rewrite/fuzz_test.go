@@ -162,12 +162,16 @@ func dataStatement(n *pg.Node) bool {
 func phiRelationsIn(n *pg.Node, cols *Columns) []string {
 	ctes := map[string]bool{}
 	var rels []string
+	collecting := true // first pass: CTE names (a FROM may come before its WITH in the walk)
 	var walk func(m protoreflect.Message)
 	walk = func(m protoreflect.Message) {
 		switch x := m.Interface().(type) {
 		case *pg.CommonTableExpr:
 			ctes[x.Ctename] = true
 		case *pg.RangeVar:
+			if collecting {
+				break
+			}
 			schema := x.Schemaname
 			if schema == "" {
 				schema = "public"
@@ -190,6 +194,8 @@ func phiRelationsIn(n *pg.Node, cols *Columns) []string {
 			return true
 		})
 	}
+	walk(n.ProtoReflect())
+	collecting = false
 	walk(n.ProtoReflect())
 	return rels
 }
