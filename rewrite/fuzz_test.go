@@ -158,7 +158,7 @@ func dataStatement(n *pg.Node) bool {
 
 // phiRelationsIn lists the PHI relations (resolved with the test
 // search_path, public) named by RangeVars anywhere in the tree, except
-// names shadowed by a CTE of the same name.
+// names shadowed by a CTE of the same name and FOR UPDATE OF names.
 func phiRelationsIn(n *pg.Node, cols *Columns) []string {
 	ctes := map[string]bool{}
 	var rels []string
@@ -168,6 +168,8 @@ func phiRelationsIn(n *pg.Node, cols *Columns) []string {
 		switch x := m.Interface().(type) {
 		case *pg.CommonTableExpr:
 			ctes[x.Ctename] = true
+		case *pg.LockingClause:
+			return // FOR UPDATE OF names FROM items, not relations
 		case *pg.RangeVar:
 			if collecting {
 				break

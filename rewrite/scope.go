@@ -312,7 +312,9 @@ func (a *analyzer) rangeVar(rv *pg.RangeVar, sc *scope, allowCTE bool) (*source,
 			}
 			src.cols = renameCols(src.cols, rv.Alias)
 			// A CTE reference is not a relation: nothing to pin.
-			a.pinEditNone(int(rv.Location))
+			if a.needsPin(rv) {
+				a.pinEditNone(int(rv.Location))
+			}
 			return src, nil
 		}
 	}
