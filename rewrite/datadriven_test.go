@@ -15,7 +15,7 @@ func asPgErr(err error) *pgerr.Error { return pgerr.As(err) }
 // TestDataDriven runs testdata/plan/*. Directives:
 //
 //	schema            replace the schema (input in the schema language)
-//	plan [search_path=…] [user=…] [temp=name,…]
+//	plan [search_path=…] [user=…] [reset_path=…] [session_user=…] [temp=name,…]
 //	                  plan the input SQL and print the plan or the refusal
 //
 // Regenerate expectations with -rewrite and review the diff.

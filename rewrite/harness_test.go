@@ -13,8 +13,8 @@ import (
 )
 
 // sessionFromArgs builds the Session of a plan directive: search_path=…,
-// user=…, temp=… (the session's temporary relations). Unknown arguments
-// fail the test when t is given.
+// user=…, reset_path=…, session_user=…, temp=a,b (the session's temporary
+// relations). Unknown arguments fail the test when t is given.
 func sessionFromArgs(t *testing.T, d *datadriven.TestData) Session {
 	sess := Session{SearchPath: `"$user", public`, User: "app"}
 	for _, arg := range d.CmdArgs {
@@ -23,6 +23,10 @@ func sessionFromArgs(t *testing.T, d *datadriven.TestData) Session {
 			sess.SearchPath = strings.Join(arg.Vals, ", ")
 		case "user":
 			sess.User = arg.Vals[0]
+		case "reset_path":
+			sess.ResetPath = strings.Join(arg.Vals, ", ")
+		case "session_user":
+			sess.SessionUser = arg.Vals[0]
 		case "temp":
 			var names []string
 			for _, v := range arg.Vals {
