@@ -26,11 +26,14 @@ import (
 // like every other rewrite, so comments and formatting survive.
 //
 // Names that create a relation (CREATE TABLE t, CREATE VIEW t, SELECT INTO
-// t, CREATE SEQUENCE t) are not references and are left as written; a CTE
-// reference is not a relation and is left as written. Where the exact
-// extent of the name in the text cannot be found (a U& identifier, a
-// location that does not hold the parsed name), the statement is refused
-// rather than guessed at.
+// t, CREATE SEQUENCE t) are not references and are left as written, as
+// are CTE references and FOR UPDATE OF names. Where the exact extent of
+// the name in the text cannot be found (a location that does not hold the
+// parsed name, a U& identifier with escapes phiproxy does not decode, a
+// DROP that does not read as expected), the statement is refused rather
+// than guessed at. COMMENT ON and SECURITY LABEL name relations without a
+// location; they move no data and change no guard, and are left as
+// written.
 
 // pinSchemaTemp is the schema a temporary relation is pinned to: the
 // session's own temporary schema, whatever its pg_temp_N name.
