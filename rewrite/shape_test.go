@@ -264,6 +264,7 @@ func TestShapeTierHitsAndRefusesUnsafePlans(t *testing.T) {
 		hit               bool
 	}{
 		{"a point select with a new literal is re-bound", "SELECT name, ssn FROM patients WHERE ssn = '1'", "SELECT name, ssn FROM patients WHERE ssn = 'it''s longer'", true},
+		{"a pinned name after a literal moves with it", "SELECT id FROM doctors WHERE name = 'a' AND id IN (SELECT id FROM patients WHERE ssn = 'b')", "SELECT id FROM doctors WHERE name = 'a much longer name' AND id IN (SELECT id FROM patients WHERE ssn = 'c')", true},
 		{"a negative number keeps its sign", "SELECT name FROM patients WHERE mrn = -5", "SELECT name FROM patients WHERE mrn = -123456789012", false},
 		{"a negative integer keeps its sign", "SELECT name FROM patients WHERE mrn = -5", "SELECT name FROM patients WHERE mrn = -123", true},
 		{"ORDER BY a position depends on the value", "SELECT name, ssn FROM patients WHERE ssn = 'a' ORDER BY 1", "SELECT name, ssn FROM patients WHERE ssn = 'a' ORDER BY 2", false},
