@@ -16,6 +16,7 @@ type analyzer struct {
 	sql         string
 	path        []string
 	user        string
+	temp        string // Session.Temp
 	st          *Statement
 	rels        map[string]bool
 	cols        map[string]bool
@@ -24,6 +25,18 @@ type analyzer struct {
 	actions     []Action
 	sublinks    map[*pg.SubLink]*PHIColumn
 	ddl         bool
+	// pinned holds the offsets of relation references already pinned (or
+	// found to be CTE references): see pin.go.
+	pinned map[int]bool
+}
+
+// top analyzes a statement of the string: the analysis proper, then the
+// pinning of the relation references it did not reach.
+func (a *analyzer) top(n *pg.Node) error {
+	if err := a.statement(n); err != nil {
+		return err
+	}
+	return a.pinRest(n)
 }
 
 func (a *analyzer) finish() {
@@ -85,12 +98,7 @@ func (a *analyzer) statement(n *pg.Node) error {
 	case *pg.Node_CopyStmt:
 		return a.copy(x.CopyStmt)
 	case *pg.Node_ExplainStmt:
-		analyze := false
-		for _, o := range x.ExplainStmt.Options {
-			if d := o.GetDefElem(); d != nil && strings.EqualFold(d.Defname, "analyze") {
-				analyze = d.Arg == nil || !strings.EqualFold(defText(d.Arg), "false") && defText(d.Arg) != "0" && !strings.EqualFold(defText(d.Arg), "off")
-			}
-		}
+		analyze := explainAnalyze(x.ExplainStmt)
 		if err := a.statement(x.ExplainStmt.Query); err != nil {
 			return err
 		}
@@ -180,8 +188,20 @@ func (a *analyzer) statement(n *pg.Node) error {
 			return nil
 		}
 		src, err := a.rangeVar(r.Relation, &scope{}, false)
-		if err != nil || !src.hasPHI {
+		if err != nil {
 			return err
+		}
+		if r.RenameType == pg.ObjectType_OBJECT_TABCONSTRAINT {
+			if err := a.envelopeGuard(r.Subname, "renaming constraint"); err != nil {
+				return err
+			}
+			if err := a.envelopeGuard(r.Newname, "renaming a constraint to"); err != nil {
+				return err
+			}
+			return nil
+		}
+		if !src.hasPHI {
+			return nil
 		}
 		if r.RenameType == pg.ObjectType_OBJECT_COLUMN {
 			if c, ok := src.col(r.Subname); ok && c.phi != nil {
@@ -191,6 +211,17 @@ func (a *analyzer) statement(n *pg.Node) error {
 		}
 		return pgerr.Newf(pgerr.FeatureNotSupported, "renaming PHI relation %s is not supported through phiproxy", src.relIdent).
 			WithHint("rename it in PostgreSQL and in the phi: section together, with phiproxy stopped")
+	case *pg.Node_AlterObjectSchemaStmt:
+		a.ddl = true
+		if x.AlterObjectSchemaStmt.Relation == nil {
+			return nil
+		}
+		src, err := a.rangeVar(x.AlterObjectSchemaStmt.Relation, &scope{}, false)
+		if err != nil || !a.p.cols.hasRelation(src.schema, src.rel) {
+			return err
+		}
+		return pgerr.Newf(pgerr.FeatureNotSupported, "moving PHI relation %s.%s to another schema is not supported through phiproxy", src.schema, src.rel).
+			WithHint("move it in PostgreSQL and in the phi: section together, with phiproxy stopped")
 	case *pg.Node_IndexStmt:
 		a.ddl = true
 		return a.index(x.IndexStmt)
@@ -206,7 +237,7 @@ func (a *analyzer) statement(n *pg.Node) error {
 		*pg.Node_ClusterStmt, *pg.Node_ReindexStmt, *pg.Node_AlterOwnerStmt, *pg.Node_ClosePortalStmt,
 		*pg.Node_FetchStmt, *pg.Node_CreateSchemaStmt, *pg.Node_CreateRoleStmt, *pg.Node_AlterRoleStmt,
 		*pg.Node_DropRoleStmt, *pg.Node_CreateSeqStmt, *pg.Node_AlterSeqStmt, *pg.Node_CreateStmt,
-		*pg.Node_SecLabelStmt, *pg.Node_AlterObjectSchemaStmt, *pg.Node_CreateStatsStmt, *pg.Node_AlterDefaultPrivilegesStmt:
+		*pg.Node_SecLabelStmt, *pg.Node_CreateStatsStmt, *pg.Node_AlterDefaultPrivilegesStmt:
 		// These move no row data (DDL that creates or drops objects
 		// triggers a catalog refresh through Effects).
 		return nil
@@ -214,6 +245,17 @@ func (a *analyzer) statement(n *pg.Node) error {
 		return nil
 	}
 	return a.refuseStmt(a.st.Tag, "this statement type is not supported on PHI relations")
+}
+
+// explainAnalyze reports whether EXPLAIN runs its statement (ANALYZE).
+func explainAnalyze(x *pg.ExplainStmt) bool {
+	analyze := false
+	for _, o := range x.Options {
+		if d := o.GetDefElem(); d != nil && strings.EqualFold(d.Defname, "analyze") {
+			analyze = d.Arg == nil || !strings.EqualFold(defText(d.Arg), "false") && defText(d.Arg) != "0" && !strings.EqualFold(defText(d.Arg), "off")
+		}
+	}
+	return analyze
 }
 
 func (a *analyzer) refuseStmt(what, hint string) error {

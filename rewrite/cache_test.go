@@ -116,6 +116,66 @@ func TestBindExecute(t *testing.T) {
 	}
 }
 
+// EXECUTE nested in EXPLAIN or CREATE TABLE AS sends its arguments like a
+// bare one (issue 11 item 16): they must become slots.
+func TestBindExecuteNested(t *testing.T) {
+	cols, cat := loadSchema(t, standardSchema(t))
+	p := NewPlanner(cols, cat, nil)
+	sess := Session{SearchPath: "public"}
+	prep := func(sql string) *Statement {
+		pl, err := p.Plan(sql, sess)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return pl.Statements[0]
+	}
+	find := prep("PREPARE find(text) AS SELECT name, dob FROM patients WHERE ssn = $1")
+	ids := prep("PREPARE ids(text) AS SELECT id FROM patients WHERE ssn = $1")
+	ins := prep("PREPARE ins(text, text) AS INSERT INTO patients (name, ssn) VALUES ($1, $2)")
+	for _, c := range []struct {
+		name, sql string
+		prepared  *Statement
+		refused   bool
+		explain   bool // Statement.Explain: nothing runs
+		results   int
+	}{
+		{"EXPLAIN EXECUTE encrypts the argument and returns the plan, not rows", "EXPLAIN EXECUTE find('123-45-6789')", find, false, true, 0},
+		{"EXPLAIN ANALYZE EXECUTE runs the statement", "EXPLAIN (ANALYZE, BUFFERS) EXECUTE find('123-45-6789')", find, false, false, 0},
+		{"EXPLAIN ANALYZE EXECUTE of an INSERT writes ciphertext", "explain analyze execute ins('x', '123-45-6789')", ins, false, false, 0},
+		{"CREATE TABLE AS EXECUTE of a statement returning PHI is refused", "CREATE TABLE copy AS EXECUTE find('123-45-6789')", find, true, false, 0},
+		{"CREATE TABLE AS EXECUTE of a statement returning no PHI encrypts its argument", "CREATE TABLE copy AS EXECUTE ids('123-45-6789')", ids, false, false, 0},
+		{"EXPLAIN ANALYZE CREATE TABLE AS EXECUTE is refused the same way", "EXPLAIN ANALYZE CREATE TABLE copy AS EXECUTE find('123-45-6789')", find, true, false, 0},
+		{"a bare EXECUTE still returns the decrypted rows", "EXECUTE find('123-45-6789')", find, false, false, 1},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			pl, err := p.Plan(c.sql, sess)
+			if err != nil {
+				t.Fatal(err)
+			}
+			exec := pl.Statements[0]
+			if pl.PassThrough || exec.Execute == nil || exec.Effects&EffectExecute == 0 {
+				t.Fatalf("not planned as an EXECUTE: pass-through=%v %+v", pl.PassThrough, exec)
+			}
+			st, err := BindExecute(exec, c.prepared)
+			if c.refused {
+				if pgerrCode(err) != "0A000" {
+					t.Fatalf("err = %v, want a 0A000 refusal", err)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			if len(st.Slots) == 0 || c.sql[st.Slots[len(st.Slots)-1].Offset:][:len("'123-45-6789'")] != "'123-45-6789'" {
+				t.Fatalf("the PHI argument is not a slot: %+v", st.Slots)
+			}
+			if st.Explain != c.explain || len(st.Results) != c.results {
+				t.Fatalf("explain=%v results=%v", st.Explain, st.Results)
+			}
+		})
+	}
+}
+
 // Inlined values make every statement text new: the texts served from a
 // shape template must not flood the cache and evict other plans.
 func TestShapeHitsDoNotFloodTheCache(t *testing.T) {

@@ -16,7 +16,7 @@ func asPgErr(err error) *pgerr.Error { return pgerr.As(err) }
 // TestDataDriven runs testdata/plan/*. Directives:
 //
 //	schema            replace the schema (input in the schema language)
-//	plan [search_path=…] [user=…]
+//	plan [search_path=…] [user=…] [reset_path=…] [session_user=…] [temp=name,…]
 //	                  plan the input SQL and print the plan or the refusal
 //
 // Regenerate expectations with -rewrite and review the diff.
@@ -36,19 +36,9 @@ func TestDataDriven(t *testing.T) {
 					p = NewPlanner(cols, cat, nil)
 					return ""
 				case "plan":
-					sess := Session{SearchPath: `"$user", public`, User: "app"}
-					for _, arg := range d.CmdArgs {
-						switch arg.Key {
-						case "search_path":
-							sess.SearchPath = strings.Join(arg.Vals, ", ")
-						case "user":
-							sess.User = arg.Vals[0]
-						default:
-							d.Fatalf(t, "unknown argument %s", arg.Key)
-						}
-					}
+					sess := sessionFromArgs(t, d)
 					pl, err := p.Plan(d.Input, sess)
-					checkPlanInvariants(t, d.Input, pl, err)
+					checkPlanInvariants(t, p, d.Input, pl, err)
 					return describePlan(pl, err)
 				}
 				d.Fatalf(t, "unknown directive %s", d.Cmd)
@@ -59,8 +49,9 @@ func TestDataDriven(t *testing.T) {
 }
 
 // checkPlanInvariants holds for every plan: slots lie inside their
-// statement, do not overlap, and the rendered text still parses.
-func checkPlanInvariants(t testing.TB, sql string, p *Plan, err error) {
+// statement, do not overlap, the rendered text still parses and every
+// reference to a PHI name in it is schema-qualified (checkPinned).
+func checkPlanInvariants(t testing.TB, pl *Planner, sql string, p *Plan, err error) {
 	t.Helper()
 	if err != nil {
 		pe := asPgErr(err)
@@ -85,9 +76,11 @@ func checkPlanInvariants(t testing.TB, sql string, p *Plan, err error) {
 			last = s.Offset + s.Length
 		}
 	}
-	if _, err := p.Render(fakeCiphertext); err != nil {
+	rendered, err := p.Render(fakeCiphertext)
+	if err != nil {
 		t.Fatal(err)
 	}
+	checkPinned(t, pl, sql, rendered)
 }
 
 func fakeCiphertext(s Slot) (string, error) {

@@ -361,8 +361,27 @@ func firstKey(m map[string]bool) string {
 
 func (a *analyzer) alterTable(at *pg.AlterTableStmt) error {
 	src, err := a.rangeVar(at.Relation, &scope{}, false)
-	if err != nil || !src.hasPHI {
+	if err != nil {
 		return err
+	}
+	for _, n := range at.Cmds {
+		cmd := n.GetAlterTableCmd()
+		if cmd == nil {
+			continue
+		}
+		switch cmd.Subtype {
+		case pg.AlterTableType_AT_DropConstraint:
+			if err := a.envelopeGuard(cmd.Name, "dropping constraint"); err != nil {
+				return err
+			}
+		case pg.AlterTableType_AT_AlterConstraint:
+			if err := a.envelopeGuard(cmd.Def.GetConstraint().GetConname(), "altering constraint"); err != nil {
+				return err
+			}
+		}
+	}
+	if !src.hasPHI {
+		return nil
 	}
 	for _, n := range at.Cmds {
 		cmd := n.GetAlterTableCmd()
@@ -406,4 +425,21 @@ func (a *analyzer) index(ix *pg.IndexStmt) error {
 		}
 	}
 	return a.cond(ix.WhereClause, sc, "a partial index predicate")
+}
+
+// envelopePrefix starts the name of every constraint phiproxy installs
+// (config.EnvelopeCheckName): the envelope CHECK that makes PostgreSQL
+// itself refuse plaintext in a PHI column.
+const envelopePrefix = "phiproxy_"
+
+// envelopeGuard refuses to drop, alter or rename a phiproxy_* constraint:
+// with it gone, plaintext written around the proxy would be accepted. An
+// ORM's schema sync sends exactly this when it finds a constraint its
+// models do not declare.
+func (a *analyzer) envelopeGuard(name, what string) error {
+	if !strings.HasPrefix(name, envelopePrefix) {
+		return nil
+	}
+	return pgerr.Newf(pgerr.InsufficientPrivilege, "%s %s is not allowed through phiproxy: phiproxy_* constraints make PostgreSQL refuse plaintext in PHI columns", what, name).
+		WithHint("phiproxy installs the phiproxy_* constraints; leave them out of schema migrations. To take a column out of the PHI map, run phiproxy decrypt, then change the constraint as a DBA directly against PostgreSQL; phiproxy check reports a missing constraint")
 }

@@ -13,7 +13,8 @@
 //   - a Catalog (relations with OIDs, columns with attnums, views and
 //     functions that read PHI, a Version); the proxy implements it from a
 //     pg_catalog snapshot, tests use MemCatalog;
-//   - per statement, the Session (search_path as SHOW prints it, user).
+//   - per statement, the Session (search_path as SHOW prints it, user,
+//     the session's temporary relations, which are found first).
 //
 // # Flow
 //
@@ -62,6 +63,12 @@
 // given). An array literal after = ANY / <> ALL ('{a,b}', '{a,b}'::text[])
 // is one slot with Slot.Array set; the proxy renders it as
 // ARRAY[…::bytea, …]::bytea[].
+//
+// Every unqualified reference to a name that a PHI relation, or a view or
+// function over one, has becomes an Edit that schema-qualifies it as
+// resolved (pin.go), so that a drift between the proxy's model of the
+// session and the server's becomes a server error, never plaintext in a
+// PHI column.
 //
 // 4. Plans (and refusals) are cached in a Cache keyed by exact SQL text,
 // catalog version, search_path and user. On an exact-text miss, text that

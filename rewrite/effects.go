@@ -88,10 +88,32 @@ func effects(st *Statement, n *pg.Node, sql string) {
 	case *pg.Node_CreateStmt:
 		st.Effects |= EffectCatalog
 		st.TempCreate = tempName(x.CreateStmt.Relation)
+	case *pg.Node_ExplainStmt:
+		// EXPLAIN [ANALYZE] EXECUTE q(…) and EXPLAIN CREATE TABLE … AS
+		// EXECUTE q(…) send q's arguments like a bare EXECUTE.
+		inner := x.ExplainStmt.Query
+		ctas := inner.GetCreateTableAsStmt()
+		if ctas != nil {
+			st.Effects |= EffectCatalog
+			inner = ctas.Query
+		}
+		if ex := inner.GetExecuteStmt(); ex != nil {
+			st.Effects |= EffectExecute
+			st.Execute = executeInfo(ex, sql)
+			st.Execute.Explain = true
+			st.Execute.Analyze = explainAnalyze(x.ExplainStmt)
+			st.Execute.CreateTableAs = ctas != nil
+		}
 	case *pg.Node_CreateTableAsStmt:
 		st.Effects |= EffectCatalog
 		if x.CreateTableAsStmt.Into != nil {
 			st.TempCreate = tempName(x.CreateTableAsStmt.Into.Rel)
+		}
+		if ex := x.CreateTableAsStmt.Query.GetExecuteStmt(); ex != nil {
+			// CREATE TABLE … AS EXECUTE q(…): see BindExecute.
+			st.Effects |= EffectExecute
+			st.Execute = executeInfo(ex, sql)
+			st.Execute.CreateTableAs = true
 		}
 	case *pg.Node_ViewStmt:
 		st.Effects |= EffectCatalog

@@ -88,6 +88,8 @@ func TestUpdateCorpus(t *testing.T) {
 //   - fail closed: a parsed statement whose tree names a PHI relation is
 //     refused, or reports that relation as touched;
 //   - rendering gives text that still parses;
+//   - pinning: in the rendered text, every reference to a PHI name is
+//     schema-qualified (checkPinned);
 //   - never twice, never raw: planning rendered text that holds ciphertext
 //     literals is refused (a value cast to bytea bound for a PHI column);
 //     rendered text without them plans to no encryption slot.
@@ -100,7 +102,7 @@ func FuzzPlan(f *testing.F) {
 	sess := Session{SearchPath: `"$user", public`, User: "app"}
 	f.Fuzz(func(t *testing.T, sql string) {
 		plan, err := p.Plan(sql, sess)
-		checkPlanInvariants(t, sql, plan, err)
+		checkPlanInvariants(t, p, sql, plan, err)
 		if err != nil {
 			return
 		}
@@ -180,16 +182,22 @@ func dataStatement(n *pg.Node) bool {
 
 // phiRelationsIn lists the PHI relations (resolved with the test
 // search_path, public) named by RangeVars anywhere in the tree, except
-// names shadowed by a CTE of the same name.
+// names shadowed by a CTE of the same name and FOR UPDATE OF names.
 func phiRelationsIn(n *pg.Node, cols *Columns) []string {
 	ctes := map[string]bool{}
 	var rels []string
+	collecting := true // first pass: CTE names (a FROM may come before its WITH in the walk)
 	var walk func(m protoreflect.Message)
 	walk = func(m protoreflect.Message) {
 		switch x := m.Interface().(type) {
 		case *pg.CommonTableExpr:
 			ctes[x.Ctename] = true
+		case *pg.LockingClause:
+			return // FOR UPDATE OF names FROM items, not relations
 		case *pg.RangeVar:
+			if collecting {
+				break
+			}
 			schema := x.Schemaname
 			if schema == "" {
 				schema = "public"
@@ -212,6 +220,8 @@ func phiRelationsIn(n *pg.Node, cols *Columns) []string {
 			return true
 		})
 	}
+	walk(n.ProtoReflect())
+	collecting = false
 	walk(n.ProtoReflect())
 	return rels
 }

@@ -3,9 +3,47 @@ package rewrite
 import (
 	"fmt"
 	"os"
+	"sort"
 	"strings"
 	"testing"
+
+	"github.com/cockroachdb/datadriven"
+	pg "github.com/pganalyze/pg_query_go/v5"
+	"google.golang.org/protobuf/reflect/protoreflect"
 )
+
+// sessionFromArgs builds the Session of a plan directive: search_path=…,
+// user=…, reset_path=…, session_user=…, temp=a,b (the session's temporary
+// relations). Unknown arguments fail the test when t is given.
+func sessionFromArgs(t *testing.T, d *datadriven.TestData) Session {
+	sess := Session{SearchPath: `"$user", public`, User: "app"}
+	for _, arg := range d.CmdArgs {
+		switch arg.Key {
+		case "search_path":
+			sess.SearchPath = strings.Join(arg.Vals, ", ")
+		case "user":
+			sess.User = arg.Vals[0]
+		case "reset_path":
+			sess.ResetPath = strings.Join(arg.Vals, ", ")
+		case "session_user":
+			sess.SessionUser = arg.Vals[0]
+		case "temp":
+			var names []string
+			for _, v := range arg.Vals {
+				names = append(names, strings.Split(v, ",")...)
+			}
+			sort.Strings(names)
+			for _, n := range names {
+				sess.Temp += n + "\x00"
+			}
+		default:
+			if t != nil {
+				d.Fatalf(t, "unknown argument %s", arg.Key)
+			}
+		}
+	}
+	return sess
+}
 
 // loadSchema builds the PHI column map and catalog from the small schema
 // language of testdata/standard.schema.
@@ -240,4 +278,72 @@ func splitOutsideParens(s string) []string {
 		}
 	}
 	return append(out, s[start:])
+}
+
+// checkPinned is the pinning property (pin.go), checked on the text the
+// proxy would send: no relation reference in it names a PHI relation, or a
+// view or function over one, without a schema — apart from CTE references,
+// the names of relations being created and FOR UPDATE OF names — and no
+// DROP names one unqualified. It walks the tree on its own, not with the
+// planner's walker, so that a reference the planner's walk misses fails it.
+func checkPinned(t testing.TB, pl *Planner, sql, rendered string) {
+	t.Helper()
+	tree, err := pg.Parse(rendered)
+	if err != nil {
+		return // the invariants check that rendered text parses
+	}
+	for _, raw := range tree.Stmts {
+		ctes := map[string]bool{}
+		created := map[*pg.RangeVar]bool{}
+		var refs []*pg.RangeVar
+		var walk func(m protoreflect.Message)
+		walk = func(m protoreflect.Message) {
+			switch x := m.Interface().(type) {
+			case *pg.CommonTableExpr:
+				ctes[x.Ctename] = true
+			case *pg.CreateStmt:
+				created[x.Relation] = true
+			case *pg.IntoClause:
+				created[x.Rel] = true
+			case *pg.ViewStmt:
+				created[x.View] = true
+			case *pg.CreateSeqStmt:
+				created[x.Sequence] = true
+			case *pg.CompositeTypeStmt:
+				created[x.Typevar] = true
+			case *pg.LockingClause:
+				for _, r := range x.LockedRels {
+					created[r.GetRangeVar()] = true // FOR UPDATE OF names a FROM item
+				}
+			case *pg.RangeVar:
+				refs = append(refs, x)
+			case *pg.DropStmt:
+				for _, o := range x.Objects {
+					items := o.GetList().GetItems()
+					if len(items) == 1 && pl.pins[items[0].GetString_().GetSval()] && dropKeywords[x.RemoveType] != nil {
+						t.Fatalf("pinning: DROP of unqualified %q sent: %q → %q", items[0].GetString_().GetSval(), sql, rendered)
+					}
+				}
+			}
+			m.Range(func(fd protoreflect.FieldDescriptor, v protoreflect.Value) bool {
+				if fd.Kind() != protoreflect.MessageKind || fd.IsMap() {
+					return true
+				}
+				if fd.IsList() {
+					for i := 0; i < v.List().Len(); i++ {
+						walk(v.List().Get(i).Message())
+					}
+				} else {
+					walk(v.Message())
+				}
+				return true
+			})
+		}
+		walk(raw.Stmt.ProtoReflect())
+		for _, rv := range refs {
+			if rv.Schemaname == "" && pl.pins[rv.Relname] && !created[rv] && !ctes[rv.Relname] {
+				t.Fatalf("pinning: unqualified reference to %q sent: %q → %q", rv.Relname, sql, rendered)
+			}
+		}
+	}
 }

@@ -289,10 +289,20 @@ type Result struct {
 	Column   PHIColumn
 }
 
-// Execute describes a SQL-level EXECUTE name(args).
+// Execute describes a SQL-level EXECUTE name(args), bare or nested in
+// EXPLAIN or CREATE TABLE … AS.
 type Execute struct {
 	Name string
 	Args []ExecArg
+	// Explain: EXPLAIN [ANALYZE] EXECUTE. The statement's output is the
+	// query plan, not the prepared statement's rows; with Analyze the
+	// prepared statement runs (and writes), without it nothing runs. The
+	// arguments are sent either way, so they are encrypted either way.
+	Explain, Analyze bool
+	// CreateTableAs: CREATE TABLE … AS EXECUTE. The rows go into a new
+	// table, so BindExecute refuses it when the prepared statement returns
+	// PHI columns, as CREATE TABLE AS SELECT is refused.
+	CreateTableAs bool
 }
 
 // ExecArg is one argument of EXECUTE.
@@ -387,10 +397,17 @@ func NeedsSpace(rep, sql string, next int) bool {
 // planned for its PREPARE: arguments bound for PHI parameters become slots
 // (in the EXECUTE's text), and results, action and PHI relations are the
 // prepared statement's. An argument for a PHI parameter that is not a
-// literal or NULL is refused.
+// literal or NULL is refused. Nested in EXPLAIN, the statement returns no
+// PHI column (its output is the query plan); CREATE TABLE … AS EXECUTE of a
+// prepared statement that returns PHI columns is refused.
 func BindExecute(exec, prepared *Statement) (*Statement, error) {
 	if exec.Execute == nil {
 		panic("BUG: BindExecute on a statement that is not EXECUTE")
+	}
+	if exec.Execute.CreateTableAs && len(prepared.Results) > 0 {
+		r := prepared.Results[0].Column
+		return nil, refusal(fmt.Sprintf("CREATE TABLE AS EXECUTE %s is not supported on PHI column %s (%s)", exec.Execute.Name, r.Ident, r.Mode),
+			"a new table would hold ciphertext outside a configured column; create the table and INSERT ... SELECT into configured PHI columns")
 	}
 	out := *exec
 	out.TouchesPHI = prepared.TouchesPHI
@@ -398,6 +415,10 @@ func BindExecute(exec, prepared *Statement) (*Statement, error) {
 	out.Relations = prepared.Relations
 	out.Columns = prepared.Columns
 	out.Results = prepared.Results
+	if exec.Execute.Explain {
+		out.Results = nil
+		out.Explain = !exec.Execute.Analyze
+	}
 	out.audit = prepared.audit
 	out.Slots = nil
 	for _, p := range prepared.Params {

@@ -3,7 +3,6 @@ package rewrite
 import (
 	"errors"
 	"fmt"
-	"sort"
 	"strings"
 	"unicode/utf8"
 
@@ -45,6 +44,10 @@ type Planner struct {
 	cat   Catalog
 	ix    nameIndex
 	funcs map[string]Dependent // PHI-reading functions by name
+	// pins are the relation names whose unqualified references are sent
+	// schema-qualified (pin.go): PHI relations, views and functions over
+	// them.
+	pins  map[string]bool
 	cache *Cache
 }
 
@@ -64,13 +67,15 @@ func NewPlanner(cols *Columns, cat Catalog, cache *Cache) *Planner {
 	if cols == nil {
 		cols, _ = NewColumns(nil)
 	}
-	p := &Planner{cols: cols, cat: cat, ix: nameIndex{words: map[string]struct{}{}}, funcs: map[string]Dependent{}, cache: cache}
+	p := &Planner{cols: cols, cat: cat, ix: nameIndex{words: map[string]struct{}{}}, funcs: map[string]Dependent{}, pins: map[string]bool{}, cache: cache}
 	for rel := range cols.byRel {
 		p.ix.add(rel[strings.IndexByte(rel, '.')+1:])
+		p.pins[rel[strings.IndexByte(rel, '.')+1:]] = true
 	}
 	if len(cols.byRel) > 0 {
 		for _, d := range cat.PHIDependents() {
 			p.ix.add(d.Name)
+			p.pins[d.Name] = true
 			if d.Kind == DependentFunction {
 				p.funcs[d.Name] = d
 			}
@@ -159,9 +164,9 @@ func (p *Planner) plan(sql string, sess Session) (*Plan, error) {
 			if err := th.usable(p, sql, st); err != nil {
 				return nil, err
 			}
-			a := &analyzer{p: p, sql: sql, path: th.path, user: th.sess.User, st: st,
+			a := &analyzer{p: p, sql: sql, path: th.path, user: th.sess.User, temp: th.sess.Temp, st: st,
 				rels: map[string]bool{}, cols: map[string]bool{}, params: map[int]*Param{}, plainParams: map[int]int32{}, sublinks: map[*pg.SubLink]*PHIColumn{}}
-			if err := a.statement(raw.Stmt); err != nil {
+			if err := a.top(raw.Stmt); err != nil {
 				return nil, err
 			}
 			a.finish()
@@ -172,6 +177,10 @@ func (p *Planner) plan(sql string, sess Session) (*Plan, error) {
 		th.After(st)
 		if st.Execute != nil {
 			// The prepared statement may touch PHI: see BindExecute.
+			plan.PassThrough = false
+		}
+		if len(st.Edits) > 0 {
+			// Pinned relation names (pin.go), even on a plain relation.
 			plan.PassThrough = false
 		}
 		if st.TouchesPHI {
@@ -186,25 +195,94 @@ func (p *Planner) plan(sql string, sess Session) (*Plan, error) {
 	return plan, nil
 }
 
-// mentionedRelation names a PHI relation the text mentions, for messages.
+// mentionedRelation names the PHI relation (or view or function over one)
+// a refused text means, for messages: the first identifier that is one of
+// those names (folded, or quoted exactly), else the first such word in a
+// string or comment. Whole tokens only: seq_patients does not name
+// patients.
 func (p *Planner) mentionedRelation(sql string) string {
-	var found []string
-	for rel := range p.cols.byRel {
-		name := rel[strings.IndexByte(rel, '.')+1:]
-		if containsFold(sql, strings.ToLower(name)) {
-			found = append(found, `"`+name+`"`)
+	for _, inText := range []bool{false, true} {
+		if name := firstNamed(sql, p.pins, inText); name != "" {
+			return `"` + name + `"`
 		}
 	}
-	for _, d := range p.cat.PHIDependents() {
-		if containsFold(sql, strings.ToLower(d.Name)) {
-			found = append(found, `"`+d.Name+`"`)
+	return "(spelled with escapes)"
+}
+
+// firstNamed returns the first token of sql that is in names: identifiers
+// when !inText, words inside strings and comments when inText.
+func firstNamed(sql string, names map[string]bool, inText bool) string {
+	word := func(body string) string {
+		for i := 0; i < len(body); {
+			if !isIdentByte(body[i]) {
+				i++
+				continue
+			}
+			j := i
+			for j < len(body) && isIdentByte(body[j]) {
+				j++
+			}
+			if w := foldASCII(body[i:j]); names[w] {
+				return w
+			}
+			i = j
+		}
+		return ""
+	}
+	for i := 0; i < len(sql); {
+		c := sql[i]
+		switch {
+		case c == '\'':
+			bs := i > 0 && (sql[i-1] == 'e' || sql[i-1] == 'E') && (i < 2 || !isIdentByte(sql[i-2]))
+			j := stringEnd(sql, i, bs)
+			if j < 0 {
+				j = len(sql)
+			}
+			if w := word(sql[i:j]); inText && w != "" {
+				return w
+			}
+			i = j
+		case c == '"':
+			j, ok := quotedEnd(sql, i, '"', false)
+			if !ok {
+				return ""
+			}
+			if w := strings.ReplaceAll(sql[i+1:j-1], `""`, `"`); !inText && names[w] {
+				return w
+			}
+			i = j
+		case c == '-' && i+1 < len(sql) && sql[i+1] == '-', c == '/' && i+1 < len(sql) && sql[i+1] == '*':
+			j := skipSpace(sql, i)
+			if j == i {
+				j = len(sql)
+			}
+			if w := word(sql[i:j]); inText && w != "" {
+				return w
+			}
+			i = j
+		case c == '$':
+			if j, ok := dollarQuoteEnd(sql, i); ok {
+				if w := word(sql[i:j]); inText && w != "" {
+					return w
+				}
+				i = j
+				continue
+			}
+			i++
+		case isIdentStart(c):
+			j := i
+			for j < len(sql) && isIdentByte(sql[j]) {
+				j++
+			}
+			if w := foldASCII(sql[i:j]); !inText && names[w] {
+				return w
+			}
+			i = j
+		default:
+			i++
 		}
 	}
-	if len(found) == 0 {
-		return "(spelled with escapes)"
-	}
-	sort.Strings(found)
-	return found[0]
+	return ""
 }
 
 // position converts a byte offset to PostgreSQL's 1-based character

@@ -247,31 +247,49 @@ func (a *analyzer) wholeRow(src *source, loc int32) error {
 }
 
 // resolveRelation finds a relation as PostgreSQL would with the session's
-// search_path.
-func (a *analyzer) resolveRelation(schema, name string) *Relation {
+// search_path. temp reports a relation of the session's temporary schema
+// (Session.Temp; the catalog holds none): pg_temp is searched first unless
+// the search_path names it, then at its place, and pg_temp.name (or
+// pg_temp_N.name) finds only temporary relations.
+func (a *analyzer) resolveRelation(schema, name string) (rel *Relation, temp bool) {
 	if schema != "" {
-		return a.p.cat.Relation(schema, name)
-	}
-	sawCatalog := false
-	for _, s := range a.path {
-		if s == "pg_catalog" {
-			sawCatalog = true
+		if isTempSchema(schema) {
+			return nil, hasTemp(a.temp, name)
 		}
+		return a.p.cat.Relation(schema, name), false
+	}
+	sawCatalog, sawTemp := false, false
+	for _, s := range a.path {
+		switch s {
+		case "pg_catalog":
+			sawCatalog = true
+		case "pg_temp":
+			sawTemp = true
+		}
+	}
+	if !sawTemp && hasTemp(a.temp, name) {
+		return nil, true
 	}
 	if !sawCatalog {
 		if r := a.p.cat.Relation("pg_catalog", name); r != nil {
-			return r
+			return r, false
 		}
 	}
 	for _, s := range a.path {
-		if s == "$user" {
+		switch s {
+		case "$user":
 			s = a.user
+		case "pg_temp":
+			if hasTemp(a.temp, name) {
+				return nil, true
+			}
+			continue
 		}
 		if r := a.p.cat.Relation(s, name); r != nil {
-			return r
+			return r, false
 		}
 	}
-	return nil
+	return nil, false
 }
 
 // rangeVar turns a relation reference into a source.
@@ -293,22 +311,30 @@ func (a *analyzer) rangeVar(rv *pg.RangeVar, sc *scope, allowCTE bool) (*source,
 				}
 			}
 			src.cols = renameCols(src.cols, rv.Alias)
+			// A CTE reference is not a relation: nothing to pin.
+			if a.needsPin(rv) {
+				a.pinEditNone(int(rv.Location))
+			}
 			return src, nil
 		}
 	}
-	rel := a.resolveRelation(rv.Schemaname, rv.Relname)
+	rel, temp := a.resolveRelation(rv.Schemaname, rv.Relname)
 	if rel == nil {
-		if a.p.cols.relNames[rv.Relname] {
-			name := rv.Relname
-			if rv.Schemaname != "" {
-				name = rv.Schemaname + "." + name
+		if !temp && (a.p.cols.relNames[rv.Relname] || a.needsPin(rv)) {
+			return nil, a.unresolved(rv.Schemaname, rv.Relname, rv.Location)
+		}
+		if temp {
+			// A temporary relation: not PHI (phiproxy encrypts only
+			// configured relations), columns unknown.
+			if err := a.pin(rv, pinSchemaTemp); err != nil {
+				return nil, err
 			}
-			return nil, pgerr.Newf(pgerr.UndefinedTable, "relation %q does not exist", name).
-				WithHint("phiproxy could not resolve this name with the session's search_path and refuses it because a PHI relation has this name; qualify it with its schema").
-				WithPosition(position(a.sql, rv.Location))
 		}
 		return &source{alias: alias, schema: rv.Schemaname, rel: rv.Relname, opaque: true, aliasedByAlias: aliased,
 			cols: renameCols([]colInfo{{opaque: true}}, rv.Alias)}, nil
+	}
+	if err := a.pin(rv, rel.Schema); err != nil {
+		return nil, err
 	}
 	src := &source{alias: alias, schema: rel.Schema, rel: rel.Name, aliasedByAlias: aliased}
 	configured := a.p.cols.hasRelation(rel.Schema, rel.Name)

@@ -51,7 +51,8 @@ func shapeVariant(sql string, lits []literal, seed int) string {
 type shapeStats struct{ cases, shaped, hits int }
 
 // checkShape is the property: a plan the shape tier re-binds from a
-// template planned for a variant equals the full plan, in both directions.
+// template planned for a variant equals the full plan, in both directions,
+// and its rendering pins every reference to a PHI name (checkPinned).
 func checkShape(t testing.TB, cols *Columns, cat *MemCatalog, sess Session, sql string, seed int, st *shapeStats) {
 	t.Helper()
 	st.cases++
@@ -78,6 +79,13 @@ func checkShape(t testing.TB, cols *Columns, cat *MemCatalog, sess Session, sql 
 		}
 		if d := diffPlans(got, gerr, want, werr); d != "" {
 			t.Fatalf("shape tier (hit=%v) differs from the full plan: %s\nprimed with: %q\nplanned:     %q", hit, d, prime, text)
+		}
+		if gerr == nil {
+			rendered, err := got.Render(fakeCiphertext)
+			if err != nil {
+				t.Fatal(err)
+			}
+			checkPinned(t, p, text, rendered)
 		}
 	}
 }
@@ -136,15 +144,7 @@ func TestShapeCacheProperty(t *testing.T) {
 			case "schema":
 				cols, cat = loadSchema(t, d.Input)
 			case "plan":
-				sess := Session{SearchPath: `"$user", public`, User: "app"}
-				for _, arg := range d.CmdArgs {
-					switch arg.Key {
-					case "search_path":
-						sess.SearchPath = strings.Join(arg.Vals, ", ")
-					case "user":
-						sess.User = arg.Vals[0]
-					}
-				}
+				sess := sessionFromArgs(nil, d)
 				for seed := 0; seed < 4; seed++ {
 					checkShape(t, cols, cat, sess, d.Input, seed, &st)
 				}
@@ -264,6 +264,7 @@ func TestShapeTierHitsAndRefusesUnsafePlans(t *testing.T) {
 		hit               bool
 	}{
 		{"a point select with a new literal is re-bound", "SELECT name, ssn FROM patients WHERE ssn = '1'", "SELECT name, ssn FROM patients WHERE ssn = 'it''s longer'", true},
+		{"a pinned name after a literal moves with it", "SELECT id FROM doctors WHERE name = 'a' AND id IN (SELECT id FROM patients WHERE ssn = 'b')", "SELECT id FROM doctors WHERE name = 'a much longer name' AND id IN (SELECT id FROM patients WHERE ssn = 'c')", true},
 		{"a negative number keeps its sign", "SELECT name FROM patients WHERE mrn = -5", "SELECT name FROM patients WHERE mrn = -123456789012", false},
 		{"a negative integer keeps its sign", "SELECT name FROM patients WHERE mrn = -5", "SELECT name FROM patients WHERE mrn = -123", true},
 		{"ORDER BY a position depends on the value", "SELECT name, ssn FROM patients WHERE ssn = 'a' ORDER BY 1", "SELECT name, ssn FROM patients WHERE ssn = 'a' ORDER BY 2", false},
