@@ -535,3 +535,113 @@ func TestFailClosedStateProperty(t *testing.T) {
 		t.Fatalf("only %d of 90 rounds wrote: the property was barely tested", written)
 	}
 }
+
+func TestFailClosedTempTablesGuardsAndNestedExecute(t *testing.T) {
+	ctx := testCtx(t)
+	super := fcFixture(t, ctx)
+	p := startProxy(t)
+	c := connect(t, ctx, p.dsn(), pgx.QueryExecModeCacheStatement)
+	var publicOID uint32
+	if err := super.QueryRow(ctx, "SELECT 'public.patients'::regclass::oid").Scan(&publicOID); err != nil {
+		t.Fatal(err)
+	}
+
+	t.Run("18: a temporary table named like the PHI table is found first", func(t *testing.T) {
+		if err := simple(ctx, c, "CREATE TEMP TABLE patients (id int, ssn text)"); err != nil {
+			t.Fatal(err)
+		}
+		var into uint32
+		if err := c.QueryRow(ctx, "insert into patients (id, ssn) values (181, 'plain-temp') returning tableoid", pgx.QueryExecModeSimpleProtocol).Scan(&into); err != nil {
+			t.Fatal(err)
+		}
+		if into == publicOID {
+			t.Fatal("the row went to public.patients, not the temporary table")
+		}
+		for _, q := range []string{"select ssn from patients where ssn = 'plain-temp'", "select ssn from pg_temp.patients where ssn = 'plain-temp'"} {
+			var got string
+			if err := c.QueryRow(ctx, q, pgx.QueryExecModeSimpleProtocol).Scan(&got); err != nil || got != "plain-temp" {
+				t.Fatalf("%s: %q, %v", q, got, err)
+			}
+		}
+		// Dropped, the name means the PHI table again.
+		if err := simple(ctx, c, "DROP TABLE patients"); err != nil {
+			t.Fatal(err)
+		}
+		v := canary(t, "18")
+		if err := simple(ctx, c, fmt.Sprintf("insert into patients (id, ssn) values (182, '%s')", v)); err != nil {
+			t.Fatal(err)
+		}
+		if got := whereIs(t, ctx, super, c, 182, v); got != "public" {
+			t.Fatalf("row went to %q", got)
+		}
+		assertNotLogged(t, v)
+	})
+
+	t.Run("18: a temporary table created in a transaction that rolls back", func(t *testing.T) {
+		for _, q := range []string{"BEGIN", "CREATE TEMP TABLE patients (id int, ssn text)", "ROLLBACK"} {
+			if err := simple(ctx, c, q); err != nil {
+				t.Fatal(err)
+			}
+		}
+		v := canary(t, "18b")
+		if err := simple(ctx, c, fmt.Sprintf("insert into patients (id, ssn) values (183, '%s')", v)); err != nil {
+			t.Fatal(err)
+		}
+		if got := whereIs(t, ctx, super, c, 183, v); got != "public" {
+			t.Fatalf("row went to %q", got)
+		}
+	})
+
+	t.Run("9: the envelope CHECK cannot be dropped through the proxy", func(t *testing.T) {
+		for _, q := range []string{
+			"ALTER TABLE patients DROP CONSTRAINT phiproxy_ssn_envelope",
+			"ALTER TABLE public.patients RENAME CONSTRAINT phiproxy_ssn_envelope TO x",
+		} {
+			if err := simple(ctx, c, q); sqlstate(err) != "42501" {
+				t.Fatalf("%s: got %v, want 42501", q, err)
+			}
+		}
+		var n int
+		if err := super.QueryRow(ctx, "SELECT count(*) FROM pg_constraint WHERE conname = 'phiproxy_ssn_envelope'").Scan(&n); err != nil || n != 1 {
+			t.Fatalf("constraint count %d, %v", n, err)
+		}
+	})
+
+	t.Run("16: EXECUTE under EXPLAIN and CREATE TABLE AS", func(t *testing.T) {
+		if err := simple(ctx, c, "PREPARE ins16e(int, text) AS INSERT INTO patients (id, ssn) VALUES ($1, $2)"); err != nil {
+			t.Fatal(err)
+		}
+		if err := simple(ctx, c, "PREPARE find16(text) AS SELECT id FROM patients WHERE ssn = $1"); err != nil {
+			t.Fatal(err)
+		}
+		v := canary(t, "16")
+		if err := simple(ctx, c, fmt.Sprintf("EXPLAIN ANALYZE EXECUTE ins16e(161, '%s')", v)); err != nil {
+			t.Fatal(err)
+		}
+		if got := whereIs(t, ctx, super, c, 161, v); got != "public" {
+			t.Fatalf("row went to %q", got)
+		}
+		res, err := c.PgConn().Exec(ctx, fmt.Sprintf("EXPLAIN EXECUTE find16('%s')", v)).ReadAll()
+		if err != nil {
+			t.Fatal(err)
+		}
+		var plan strings.Builder
+		for _, r := range res {
+			for _, row := range r.Rows {
+				plan.Write(row[0])
+				plan.WriteByte('\n')
+			}
+		}
+		if !strings.Contains(plan.String(), "<encrypted>") || strings.Contains(plan.String(), `\x504801`) {
+			t.Fatalf("EXPLAIN output shows the encrypted constant as:\n%s", plan.String())
+		}
+		if err := simple(ctx, c, fmt.Sprintf("CREATE TEMP TABLE found16 AS EXECUTE find16('%s')", v)); err != nil {
+			t.Fatal(err)
+		}
+		var id int
+		if err := c.QueryRow(ctx, "SELECT id FROM found16").Scan(&id); err != nil || id != 161 {
+			t.Fatalf("CREATE TABLE AS EXECUTE found %d, %v", id, err)
+		}
+		assertNotLogged(t, v)
+	})
+}

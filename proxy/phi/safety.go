@@ -97,6 +97,27 @@ func (s *session) functionResult(m *pgproto3.FunctionCallResponse, out *proxy.Ou
 	return out.ForwardUnchanged()
 }
 
+// explainRow forwards a row of EXPLAIN output with every envelope in it
+// (the encrypted constants of the plan: Filter: (ssn = '\x5048…'::bytea))
+// replaced by <encrypted>: a plan is text for people, not a value to
+// decrypt, so EXPLAIN stays usable on statements over PHI.
+func (s *session) explainRow(m *pgproto3.DataRow, out *proxy.Out) error {
+	rec := s.p.keys.Recognizer()
+	changed := false
+	for i, v := range m.Values {
+		if v == nil || !crypto.MayContain(v) {
+			continue
+		}
+		if r, ok := rec.Redact(string(v)); ok {
+			m.Values[i], changed = []byte(r), true
+		}
+	}
+	if !changed {
+		return out.ForwardUnchanged()
+	}
+	return out.Forward(m)
+}
+
 // fieldTypes appends the type OIDs of fields to dst.
 func fieldTypes(dst []uint32, fields []pgproto3.FieldDescription) []uint32 {
 	for _, f := range fields {

@@ -208,8 +208,14 @@ func (s *session) ServerMessage(msg pgproto3.BackendMessage, out *proxy.Out) err
 	case *pgproto3.DataRow:
 		switch e.kind {
 		case entryQuery:
+			if q := e.q; q.idx < len(q.stmts) && q.stmts[q.idx].Tag == "EXPLAIN" {
+				return s.explainRow(m, out)
+			}
 			return s.row(e.q.x, nil, s.qtypes, m, out)
 		case entryExecute:
+			if e.portal.ps != nil && e.portal.ps.st != nil && e.portal.ps.st.Tag == "EXPLAIN" {
+				return s.explainRow(m, out)
+			}
 			var names []string
 			var x *rowX
 			x = e.portal.x
