@@ -243,24 +243,10 @@ func setConfigEffects(st *Statement, n *pg.Node) {
 
 // walkFuncCalls calls f for every FuncCall below m.
 func walkFuncCalls(m protoreflect.Message, f func(*pg.FuncCall)) {
-	if fc, ok := m.Interface().(*pg.FuncCall); ok {
-		f(fc)
-	}
-	m.Range(func(fd protoreflect.FieldDescriptor, v protoreflect.Value) bool {
-		if fd.Kind() != protoreflect.MessageKind {
-			return true
+	walkTree(m, func(m protoreflect.Message) bool {
+		if fc, ok := m.Interface().(*pg.FuncCall); ok {
+			f(fc)
 		}
-		if fd.IsList() {
-			l := v.List()
-			for i := 0; i < l.Len(); i++ {
-				walkFuncCalls(l.Get(i).Message(), f)
-			}
-			return true
-		}
-		if fd.IsMap() {
-			return true
-		}
-		walkFuncCalls(v.Message(), f)
 		return true
 	})
 }

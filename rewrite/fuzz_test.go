@@ -187,13 +187,12 @@ func phiRelationsIn(n *pg.Node, cols *Columns) []string {
 	ctes := map[string]bool{}
 	var rels []string
 	collecting := true // first pass: CTE names (a FROM may come before its WITH in the walk)
-	var walk func(m protoreflect.Message)
-	walk = func(m protoreflect.Message) {
+	walk := func(m protoreflect.Message) bool {
 		switch x := m.Interface().(type) {
 		case *pg.CommonTableExpr:
 			ctes[x.Ctename] = true
 		case *pg.LockingClause:
-			return // FOR UPDATE OF names FROM items, not relations
+			return false // FOR UPDATE OF names FROM items, not relations
 		case *pg.RangeVar:
 			if collecting {
 				break
@@ -206,23 +205,11 @@ func phiRelationsIn(n *pg.Node, cols *Columns) []string {
 				rels = append(rels, schema+"."+x.Relname)
 			}
 		}
-		m.Range(func(fd protoreflect.FieldDescriptor, v protoreflect.Value) bool {
-			if fd.Kind() != protoreflect.MessageKind || fd.IsMap() {
-				return true
-			}
-			if fd.IsList() {
-				for i := 0; i < v.List().Len(); i++ {
-					walk(v.List().Get(i).Message())
-				}
-			} else {
-				walk(v.Message())
-			}
-			return true
-		})
+		return true
 	}
-	walk(n.ProtoReflect())
+	walkTree(n.ProtoReflect(), walk)
 	collecting = false
-	walk(n.ProtoReflect())
+	walkTree(n.ProtoReflect(), walk)
 	return rels
 }
 

@@ -296,8 +296,7 @@ func checkPinned(t testing.TB, pl *Planner, sql, rendered string) {
 		ctes := map[string]bool{}
 		created := map[*pg.RangeVar]bool{}
 		var refs []*pg.RangeVar
-		var walk func(m protoreflect.Message)
-		walk = func(m protoreflect.Message) {
+		walkTree(raw.Stmt.ProtoReflect(), func(m protoreflect.Message) bool {
 			switch x := m.Interface().(type) {
 			case *pg.CommonTableExpr:
 				ctes[x.Ctename] = true
@@ -325,21 +324,8 @@ func checkPinned(t testing.TB, pl *Planner, sql, rendered string) {
 					}
 				}
 			}
-			m.Range(func(fd protoreflect.FieldDescriptor, v protoreflect.Value) bool {
-				if fd.Kind() != protoreflect.MessageKind || fd.IsMap() {
-					return true
-				}
-				if fd.IsList() {
-					for i := 0; i < v.List().Len(); i++ {
-						walk(v.List().Get(i).Message())
-					}
-				} else {
-					walk(v.Message())
-				}
-				return true
-			})
-		}
-		walk(raw.Stmt.ProtoReflect())
+			return true
+		})
 		for _, rv := range refs {
 			if rv.Schemaname == "" && pl.pins[rv.Relname] && !created[rv] && !ctes[rv.Relname] {
 				t.Fatalf("pinning: unqualified reference to %q sent: %q → %q", rv.Relname, sql, rendered)
