@@ -58,6 +58,7 @@ func (s *session) issueCancelKey(res *loginResult, rt *runtimeConfig) []pgproto3
 	}
 	s.cancelKey = newCancelEntry(res.pid, res.secret, rt.upstream)
 	s.srv.cancels.register(s.cancelKey)
+	s.log = s.log.With("backend_pid", res.pid) // matches pg_stat_activity.pid
 	return []pgproto3.Message{&pgproto3.BackendKeyData{ProcessID: s.cancelKey.pid, SecretKey: s.cancelKey.secret[:]}}
 }
 

@@ -3,7 +3,9 @@ package proxy
 import (
 	"context"
 	"encoding/binary"
+	"fmt"
 	"net"
+	"strings"
 	"testing"
 	"time"
 
@@ -43,6 +45,9 @@ func TestClientSeesBackendPID(t *testing.T) {
 			if err := superConn(t, ctx).QueryRow(ctx, "SELECT application_name FROM pg_stat_activity WHERE pid = $1",
 				conn.PgConn().PID()).Scan(&app); err != nil || app != "pidtest" {
 				t.Fatalf("pg_stat_activity row of the client's PID: %q, %v", app, err)
+			}
+			if !strings.Contains(p.logs.String(), fmt.Sprintf(`"backend_pid":%d`, backend)) {
+				t.Fatalf("the session's log lines do not name its backend PID:\n%s", p.logs.String())
 			}
 			e := p.srv.cancels.lookup(backend, conn.PgConn().SecretKey())
 			if e == nil {
