@@ -274,9 +274,9 @@ type session struct {
 	batch    *rewrite.Sequence
 	extOpen  bool
 	batchDDL bool // the open batch has DDL naming PHI
-	portals map[string]portal
-	cbuf    []byte
-	coffs   []int
+	portals  map[string]portal
+	cbuf     []byte
+	coffs    []int
 	// bindOut, bparams and bformats are the scratch of the Bind sent
 	// upstream in place of one with PHI parameters.
 	bindOut  pgproto3.Bind
