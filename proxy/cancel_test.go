@@ -10,8 +10,8 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
-	"github.com/jackc/pgx/v5/pgconn"
-	"github.com/jackc/pgx/v5/pgconn/ctxwatch"
+
+	"github.com/phiproxy/phiproxy/internal/testenv"
 )
 
 // cancelModes are the login paths and upstream legs a client's key is
@@ -189,13 +189,7 @@ func TestCancelByContextThroughProxy(t *testing.T) {
 	for _, m := range cancelModes() {
 		t.Run(m.name, func(t *testing.T) {
 			p := startProxy(t, proxyConfig(t, "", m.auth, m.upstream))
-			cfg, err := pgx.ParseConfig(p.dsn())
-			if err != nil {
-				t.Fatal(err)
-			}
-			cfg.BuildContextWatcherHandler = func(pc *pgconn.PgConn) ctxwatch.Handler {
-				return &pgconn.CancelRequestContextWatcherHandler{Conn: pc, DeadlineDelay: 5 * time.Second}
-			}
+			cfg := testenv.CancelingConfig(t, p.dsn())
 			conn, err := pgx.ConnectConfig(ctx, cfg)
 			if err != nil {
 				t.Fatal(err)

@@ -14,9 +14,9 @@ import (
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
-	"github.com/jackc/pgx/v5/pgconn/ctxwatch"
 	"github.com/jackc/pgx/v5/pgproto3"
 
+	"github.com/phiproxy/phiproxy/internal/testenv"
 	"github.com/phiproxy/phiproxy/proxy/auth"
 )
 
@@ -36,15 +36,7 @@ func superConn(t *testing.T, ctx context.Context) *pgx.Conn {
 func TestCancelThroughContextTimeout(t *testing.T) {
 	ctx := testCtx(t)
 	p := startProxy(t, proxyConfig(t, testCluster.Addr()))
-	cfg, err := pgx.ParseConfig(p.dsn("application_name=canceltest"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	// Cancel with a CancelRequest as libpq-based clients do (pgx's default
-	// is to close the connection).
-	cfg.BuildContextWatcherHandler = func(pc *pgconn.PgConn) ctxwatch.Handler {
-		return &pgconn.CancelRequestContextWatcherHandler{Conn: pc, DeadlineDelay: 5 * time.Second}
-	}
+	cfg := testenv.CancelingConfig(t, p.dsn("application_name=canceltest"))
 	conn, err := pgx.ConnectConfig(ctx, cfg)
 	if err != nil {
 		t.Fatal(err)
