@@ -36,6 +36,12 @@ func (a *analyzer) value(n *pg.Node, target *PHIColumn, sc *scope, write bool) e
 		if write {
 			return nil
 		}
+	case *pg.Node_CaseExpr:
+		if write {
+			return a.caseValue(x.CaseExpr, target, sc)
+		}
+	case *pg.Node_CoalesceExpr:
+		return a.coalesceValue(x.CoalesceExpr, target, sc, write)
 	case *pg.Node_ColumnRef, *pg.Node_SubLink:
 		phi, err := a.operand(n, sc)
 		if err != nil {

@@ -237,6 +237,7 @@ func (a *analyzer) pick(found []colInfo, name string, loc int32) (*PHIColumn, er
 func (a *analyzer) use(phi *PHIColumn) *PHIColumn {
 	if phi != nil {
 		a.cols[phi.Ident] = true
+		a.phiRefs++
 	}
 	return phi
 }
