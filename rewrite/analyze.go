@@ -30,7 +30,7 @@ type analyzer struct {
 	// nullTests are $n tested with IS [NOT] NULL, resolved once every
 	// use of the parameter is known (resolveNullTests).
 	nullTests []nullTest
-	ddl         bool
+	ddl       bool
 	// pinned holds the offsets of relation references already pinned (or
 	// found to be CTE references): see pin.go.
 	pinned map[int]bool
