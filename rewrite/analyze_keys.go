@@ -103,6 +103,25 @@ func (a *analyzer) origin(n *pg.Node, sc *scope) *colInfo {
 	return found
 }
 
+// outputNamed returns the origin of the output column a bare name n
+// denotes (nil if it has none); ok is false when no output has the name.
+func outputNamed(n *pg.Node, sc *scope) (*colInfo, bool) {
+	cr := n.GetColumnRef()
+	if cr == nil || len(cr.Fields) != 1 || cr.Fields[0].GetString_() == nil {
+		return nil, false
+	}
+	name := cr.Fields[0].GetString_().Sval
+	for i := range sc.outputs {
+		if sc.outputs[i].name == name {
+			if sc.outputs[i].src == nil {
+				return nil, true
+			}
+			return &sc.outputs[i], true
+		}
+	}
+	return nil, false
+}
+
 // keyed returns the relation references one of whose keys is among cols.
 func keyed(cols []*colInfo) map[*source]bool {
 	grouped := map[*source]map[int]bool{}
@@ -138,6 +157,14 @@ func (a *analyzer) groupBy(items []*pg.Node, sc *scope, what string) error {
 		if g.GetGroupingSet() != nil || g.GetList() != nil {
 			cols = nil
 			break
+		}
+		if what == "DISTINCT ON" {
+			// DISTINCT ON reads a bare name as an output column first
+			// (as ORDER BY does), GROUP BY as an input column.
+			if o, ok := outputNamed(g, sc); ok {
+				cols = append(cols, o)
+				continue
+			}
 		}
 		cols = append(cols, a.origin(g, sc))
 	}

@@ -276,7 +276,9 @@ func (a *analyzer) groupItem(n *pg.Node, sc *scope, what string, keyed bool) err
 		}
 		return nil
 	}
-	phi, err := a.outputOrInput(n, sc, false)
+	// DISTINCT ON reads a bare name as an output column first, as ORDER
+	// BY does; GROUP BY as an input column.
+	phi, err := a.outputOrInput(n, sc, what == "DISTINCT ON")
 	if err != nil || phi == nil || keyed {
 		return err
 	}
