@@ -10,24 +10,37 @@ import "strings"
 // full planner: PHI relation names, views and functions over them, and a few
 // functions that run SQL given as text.
 type nameIndex struct {
-	words map[string]struct{} // folded; identifier characters only
+	// words maps folded names (identifier characters only) to what they
+	// are: wordPHI, or wordCatalog for a catalog the overlay serves
+	// (overlay.go), which sends text to the parser but is no PHI mention.
+	words map[string]uint8
 	// odd holds folded names containing other characters (spaces, quotes):
 	// checked by case-insensitive substring search.
 	odd []string
 }
 
-func (ix *nameIndex) add(name string) {
+// Kinds of words in a nameIndex.
+const (
+	wordPHI     uint8 = 1 << iota // a PHI name: the statement is planned
+	wordCatalog                   // a catalog the overlay serves
+)
+
+func (ix *nameIndex) add(name string) { ix.addKind(name, wordPHI) }
+
+func (ix *nameIndex) addKind(name string, kind uint8) {
 	f := strings.ToLower(name)
 	if len(f) > maxIdentLen {
 		f = f[:maxIdentLen]
 	}
 	for i := 0; i < len(f); i++ {
 		if !isIdentByte(f[i]) {
-			ix.odd = append(ix.odd, f)
+			if kind == wordPHI {
+				ix.odd = append(ix.odd, f)
+			}
 			return
 		}
 	}
-	ix.words[f] = struct{}{}
+	ix.words[f] |= kind
 }
 
 // maxIdentLen is NAMEDATALEN-1: PostgreSQL truncates longer identifiers.
@@ -67,6 +80,13 @@ func isFastStart(w []byte) bool {
 // any name, or a statement that may change session state). It does not
 // allocate.
 func (ix *nameIndex) precheck(sql string) (mentions, needParse bool) {
+	hits, needParse := ix.scan(sql)
+	return hits&wordPHI != 0, needParse
+}
+
+// scan is precheck that also reports catalog words: hits holds the kinds
+// of the words found (wordPHI for anything that could spell a PHI name).
+func (ix *nameIndex) scan(sql string) (hits uint8, needParse bool) {
 	var buf [maxIdentLen]byte
 	atStart := true // at the beginning of a statement
 	i := 0
@@ -87,12 +107,10 @@ func (ix *nameIndex) precheck(sql string) (mentions, needParse bool) {
 				}
 				j++
 			}
-			if _, ok := ix.words[string(buf[:n])]; ok {
-				mentions = true
-			}
+			hits |= ix.words[string(buf[:n])]
 			if (c == 'u' || c == 'U') && j == i+1 && j < len(sql) && sql[j] == '&' {
 				// U&"..." can spell any name: plan it as if it named one.
-				mentions, needParse = true, true
+				hits, needParse = hits|wordPHI, true
 			}
 			if atStart {
 				atStart = false
@@ -102,31 +120,31 @@ func (ix *nameIndex) precheck(sql string) (mentions, needParse bool) {
 			}
 			// A string right after E (E'...') honours backslash escapes.
 			if j == i+1 && (c == 'e' || c == 'E') && j < len(sql) && sql[j] == '\'' {
-				i = skipQuoted(sql, j, '\'', true, &ix.words, &buf, &mentions)
+				i = skipQuoted(sql, j, '\'', true, &ix.words, &buf, &hits)
 				continue
 			}
 			i = j
 		case c == '\'':
 			atStart = false
-			i = skipQuoted(sql, i, '\'', false, &ix.words, &buf, &mentions)
+			i = skipQuoted(sql, i, '\'', false, &ix.words, &buf, &hits)
 		case c == '"':
 			atStart = false
-			i = skipQuoted(sql, i, '"', false, &ix.words, &buf, &mentions)
+			i = skipQuoted(sql, i, '"', false, &ix.words, &buf, &hits)
 		case c == '-' && i+1 < len(sql) && sql[i+1] == '-':
 			j := strings.IndexByte(sql[i:], '\n')
 			if j < 0 {
 				j = len(sql) - i
 			}
-			ix.checkWords(sql[i:i+j], &buf, &mentions)
+			ix.checkWords(sql[i:i+j], &buf, &hits)
 			i += j
 		case c == '/' && i+1 < len(sql) && sql[i+1] == '*':
 			j := skipBlockComment(sql, i)
-			ix.checkWords(sql[i:j], &buf, &mentions)
+			ix.checkWords(sql[i:j], &buf, &hits)
 			i = j
 		case c == '$':
 			if end, ok := dollarQuoteEnd(sql, i); ok {
 				atStart = false
-				ix.checkWords(sql[i:end], &buf, &mentions)
+				ix.checkWords(sql[i:end], &buf, &hits)
 				i = end
 				continue
 			}
@@ -141,23 +159,23 @@ func (ix *nameIndex) precheck(sql string) (mentions, needParse bool) {
 			i++
 		}
 	}
-	if !mentions && len(ix.odd) > 0 {
+	if hits&wordPHI == 0 && len(ix.odd) > 0 {
 		for _, o := range ix.odd {
 			if containsFold(sql, o) {
-				mentions = true
+				hits |= wordPHI
 			}
 		}
 	}
-	return mentions, needParse
+	return hits, needParse
 }
 
 // checkWords checks every identifier-like run inside s (a string body or
 // comment) against the index.
-func (ix *nameIndex) checkWords(s string, buf *[maxIdentLen]byte, mentions *bool) {
-	wordsIn(s, &ix.words, buf, mentions)
+func (ix *nameIndex) checkWords(s string, buf *[maxIdentLen]byte, hits *uint8) {
+	wordsIn(s, &ix.words, buf, hits)
 }
 
-func wordsIn(s string, words *map[string]struct{}, buf *[maxIdentLen]byte, mentions *bool) {
+func wordsIn(s string, words *map[string]uint8, buf *[maxIdentLen]byte, hits *uint8) {
 	for i := 0; i < len(s); {
 		if !isIdentByte(s[i]) {
 			i++
@@ -175,16 +193,14 @@ func wordsIn(s string, words *map[string]struct{}, buf *[maxIdentLen]byte, menti
 			}
 			i++
 		}
-		if _, ok := (*words)[string(buf[:n])]; ok {
-			*mentions = true
-		}
+		*hits |= (*words)[string(buf[:n])]
 	}
 }
 
 // skipQuoted returns the index after the quoted token starting at sql[i]
 // (quote q, doubled to escape; backslash escapes when bs), checking the
 // words inside.
-func skipQuoted(sql string, i int, q byte, bs bool, words *map[string]struct{}, buf *[maxIdentLen]byte, mentions *bool) int {
+func skipQuoted(sql string, i int, q byte, bs bool, words *map[string]uint8, buf *[maxIdentLen]byte, hits *uint8) int {
 	j := i + 1
 	for j < len(sql) {
 		c := sql[j]
@@ -205,7 +221,7 @@ func skipQuoted(sql string, i int, q byte, bs bool, words *map[string]struct{}, 
 	if j > len(sql) {
 		j = len(sql)
 	}
-	wordsIn(sql[i:j], words, buf, mentions)
+	wordsIn(sql[i:j], words, buf, hits)
 	return j
 }
 

@@ -49,6 +49,9 @@ type Planner struct {
 	// them.
 	pins  map[string]bool
 	cache *Cache
+	// overlay is the catalog overlay's schema, "" when it is off
+	// (overlay.go).
+	overlay string
 }
 
 // sqlRunners are built-in functions that run SQL given as text, so a PHI
@@ -63,11 +66,11 @@ var sqlRunners = map[string]bool{
 }
 
 // NewPlanner returns a Planner. cache may be nil (no caching).
-func NewPlanner(cols *Columns, cat Catalog, cache *Cache) *Planner {
+func NewPlanner(cols *Columns, cat Catalog, cache *Cache, opts ...PlannerOption) *Planner {
 	if cols == nil {
 		cols, _ = NewColumns(nil)
 	}
-	p := &Planner{cols: cols, cat: cat, ix: nameIndex{words: map[string]struct{}{}}, funcs: map[string]Dependent{}, pins: map[string]bool{}, cache: cache}
+	p := &Planner{cols: cols, cat: cat, ix: nameIndex{words: map[string]uint8{}}, funcs: map[string]Dependent{}, pins: map[string]bool{}, cache: cache}
 	for rel := range cols.byRel {
 		p.ix.add(rel[strings.IndexByte(rel, '.')+1:])
 		p.pins[rel[strings.IndexByte(rel, '.')+1:]] = true
@@ -84,6 +87,14 @@ func NewPlanner(cols *Columns, cat Catalog, cache *Cache) *Planner {
 			p.ix.add(f)
 		}
 		p.ix.add("set_config")
+	}
+	for _, o := range opts {
+		o(p)
+	}
+	if p.overlay != "" {
+		for _, w := range overlayWords {
+			p.ix.addKind(w, wordCatalog)
+		}
 	}
 	return p
 }
@@ -119,8 +130,9 @@ func (p *Planner) Plan(sql string, sess Session) (*Plan, error) {
 }
 
 func (p *Planner) plan(sql string, sess Session) (*Plan, error) {
-	mentions, needParse := p.ix.precheck(sql)
-	if !mentions && !needParse {
+	hits, needParse := p.ix.scan(sql)
+	mentions := hits&wordPHI != 0
+	if hits == 0 && !needParse {
 		return &Plan{SQL: sql, PassThrough: true}, nil
 	}
 	tree, err := pg.Parse(sql)
@@ -174,6 +186,9 @@ func (p *Planner) plan(sql string, sess Session) (*Plan, error) {
 				return nil, err
 			}
 			a.finish()
+		}
+		if hits&wordCatalog != 0 {
+			p.overlayEdits(sql, st, raw.Stmt, th.path, th.sess.Temp)
 		}
 		if st.Effects&EffectCatalog != 0 && own && st.TempCreate == "" {
 			st.NameDDL = true

@@ -1,0 +1,102 @@
+package rewrite
+
+import (
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/cockroachdb/datadriven"
+)
+
+const testOverlaySchema = "phiproxy_overlay"
+
+// TestOverlayDataDriven runs testdata/overlay/* with the catalog overlay
+// on (directives as in TestDataDriven; plan-off plans without it).
+func TestOverlayDataDriven(t *testing.T) {
+	files, err := filepath.Glob("testdata/overlay/*")
+	if err != nil || len(files) == 0 {
+		t.Fatalf("no test files: %v", err)
+	}
+	for _, f := range files {
+		t.Run(filepath.Base(f), func(t *testing.T) {
+			cols, cat := loadSchema(t, standardSchema(t))
+			datadriven.RunTest(t, f, func(t *testing.T, d *datadriven.TestData) string {
+				switch d.Cmd {
+				case "schema":
+					cols, cat = loadSchema(t, d.Input)
+					return ""
+				case "plan", "plan-off":
+					var opts []PlannerOption
+					if d.Cmd == "plan" {
+						opts = append(opts, WithCatalogOverlay(testOverlaySchema))
+					}
+					p := NewPlanner(cols, cat, nil, opts...)
+					sess := sessionFromArgs(t, d)
+					pl, err := p.Plan(d.Input, sess)
+					checkPlanInvariants(t, p, d.Input, pl, err)
+					return describePlan(pl, err)
+				}
+				d.Fatalf(t, "unknown directive %s", d.Cmd)
+				return ""
+			})
+		})
+	}
+}
+
+// With the overlay on, text that names neither pg_attribute nor
+// information_schema (nor PHI) still passes the pre-check without parsing
+// and without allocating; text that names one is planned.
+func TestOverlayPrecheck(t *testing.T) {
+	cols, cat := loadSchema(t, standardSchema(t))
+	p := NewPlanner(cols, cat, nil, WithCatalogOverlay(testOverlaySchema))
+	plain := "SELECT c.relname, t.typname FROM pg_catalog.pg_class c JOIN pg_type t ON t.oid = c.reltype WHERE c.relname = 'doctors'"
+	if allocs := testing.AllocsPerRun(100, func() {
+		if h, np := p.ix.scan(plain); h != 0 || np {
+			t.Fatalf("scan(%q) = %d, %v", plain, h, np)
+		}
+	}); allocs != 0 {
+		t.Errorf("pre-check allocates %v times", allocs)
+	}
+	for _, sql := range []string{
+		"select attname from PG_ATTRIBUTE",
+		`select * from "information_schema".columns`,
+		"select 1 /* pg_attribute */",
+	} {
+		if h, _ := p.ix.scan(sql); h != wordCatalog {
+			t.Errorf("scan(%q) = %d, want the catalog word only", sql, h)
+		}
+		if p.MentionsPHI(sql) {
+			t.Errorf("MentionsPHI(%q) = true", sql)
+		}
+	}
+	off := NewPlanner(cols, cat, nil)
+	if h, _ := off.ix.scan("select attname from pg_attribute"); h != 0 {
+		t.Errorf("overlay off: pg_attribute is a word of the index")
+	}
+}
+
+// The definition of information_schema.columns as PostgreSQL 15 prints it
+// (shortened to its FROM clause's shape): each pg_attribute read becomes
+// the overlay function, nothing else changes.
+func TestOverlayColumnsView(t *testing.T) {
+	def := ` SELECT (a.attname)::information_schema.sql_identifier AS column_name,
+    (information_schema._pg_char_max_length(information_schema._pg_truetypid(a.*, t.*), information_schema._pg_truetypmod(a.*, t.*)))::information_schema.cardinal_number AS character_maximum_length
+   FROM ((pg_attribute a
+     LEFT JOIN pg_attrdef ad ON (((a.attrelid = ad.adrelid) AND (a.attnum = ad.adnum))))
+     JOIN (pg_type t
+     JOIN pg_namespace nt ON ((t.typnamespace = nt.oid))) ON ((a.atttypid = t.oid)))
+  WHERE ((a.attnum > 0) AND (NOT a.attisdropped));`
+	got, ok := OverlayColumnsView(def, `"phiproxy_overlay"."attributes"()`)
+	if !ok {
+		t.Fatal("not rewritten")
+	}
+	want := strings.Replace(strings.TrimSuffix(strings.TrimSpace(def), ";"), "((pg_attribute a", `(("phiproxy_overlay"."attributes"() a`, 1)
+	if got != want {
+		t.Errorf("got\n%s\nwant\n%s", got, want)
+	}
+	for _, bad := range []string{"SELECT 1", "SELECT * FROM pg_catalog.pg_class", "DELETE FROM pg_attribute", "SELECT * FROM x.pg_attribute"} {
+		if s, ok := OverlayColumnsView(bad, "f()"); ok {
+			t.Errorf("OverlayColumnsView(%q) = %q, want failure", bad, s)
+		}
+	}
+}
