@@ -30,6 +30,8 @@ type Config struct {
 	Keys       Keys
 	Audit      Audit
 	Limits     Limits
+	// CatalogOverlay is install, use or off (catalog_overlay.go).
+	CatalogOverlay string
 
 	// PHI maps "schema.table" → column name → column. Use Column, Relations
 	// and Columns to read it.
@@ -276,7 +278,8 @@ type raw struct {
 		DrainTimeout    string `yaml:"drain_timeout"`
 		ConnectTimeout  string `yaml:"connect_timeout"`
 	} `yaml:"limits"`
-	PHI map[string]map[string]*rawColumn `yaml:"phi"`
+	PHI            map[string]map[string]*rawColumn `yaml:"phi"`
+	CatalogOverlay string                           `yaml:"catalog_overlay"`
 }
 
 type rawColumn struct {
@@ -411,6 +414,14 @@ func Parse(data []byte, path string) (*Config, error) {
 		if _, _, err := net.SplitHostPort(c.Admin.Listen); err != nil {
 			v.errf([]string{"admin", "listen"}, "admin.listen %q is not host:port", c.Admin.Listen)
 		}
+	}
+
+	c.CatalogOverlay = OverlayInstall
+	if r.CatalogOverlay != "" {
+		c.CatalogOverlay = r.CatalogOverlay
+	}
+	if c.CatalogOverlay != OverlayInstall && c.CatalogOverlay != OverlayUse && c.CatalogOverlay != OverlayOff {
+		v.errf([]string{"catalog_overlay"}, "catalog_overlay %q is not one of install, use, off", c.CatalogOverlay)
 	}
 
 	c.StateDir = resolve("state")

@@ -46,6 +46,7 @@ func commands() map[string]command {
 		"serve":   {"run the proxy (SIGHUP reloads, SIGTERM drains)", runServe},
 		"demo":    {"throwaway PostgreSQL + phiproxy in front of it; prints connection strings", runDemo},
 		"keys":    {"manage keysets: init|create|rotate|list|retire|export-public", runKeys},
+		"overlay": {"catalog overlay for introspection: install|status", runOverlay},
 		"version": {"print the version", runVersion},
 	}
 }

@@ -230,7 +230,11 @@ func (p *Proxy) load(ctx context.Context, cfg *config.Config) (*snapshot, error)
 	if err != nil {
 		return nil, fmt.Errorf("phi: %w", err)
 	}
-	s.planner = rewrite.NewPlanner(cols, newCatalogAdapter(cat, cfg), p.cache)
+	var opts []rewrite.PlannerOption
+	if p.syncOverlay(ctx, conn, cfg, cat) {
+		opts = append(opts, rewrite.WithCatalogOverlay(config.OverlaySchema))
+	}
+	s.planner = rewrite.NewPlanner(cols, newCatalogAdapter(cat, cfg), p.cache, opts...)
 	return s, nil
 }
 
