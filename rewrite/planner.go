@@ -160,6 +160,7 @@ func (p *Planner) plan(sql string, sess Session) (*Plan, error) {
 	// The statements of a string run in order: each is planned with the
 	// session state the ones before it leave (thread.go).
 	th := NewSequence(sess)
+	ddlBefore := false
 	for _, raw := range tree.Stmts {
 		off := int(raw.StmtLocation)
 		n := int(raw.StmtLen)
@@ -187,9 +188,12 @@ func (p *Planner) plan(sql string, sess Session) (*Plan, error) {
 			}
 			a.finish()
 		}
-		if hits&wordCatalog != 0 {
+		if hits&wordCatalog != 0 && th.unknown == "" && !ddlBefore {
+			// After DDL in the same string a relation of that name may
+			// exist that no snapshot knows: left as written.
 			p.overlayEdits(sql, st, raw.Stmt, th.path, th.sess.Temp)
 		}
+		ddlBefore = ddlBefore || st.Effects&EffectCatalog != 0
 		if st.Effects&EffectCatalog != 0 && own && st.TempCreate == "" {
 			st.NameDDL = true
 		}
