@@ -59,6 +59,14 @@
 //     that cannot be reached gets nothing. Both connections are closed, so
 //     both goroutines return and nothing is left behind.
 //
+// Each of a session's goroutines runs under recover, as net/http's
+// conn.serve does: a panic anywhere in a session (startup, login, either
+// pump, its Interceptor, the Interceptor's end) is logged with its type and
+// stack, never its text, and ends that session with FATAL XX000; every
+// other session keeps running. SQLSTATEs the upstream sends are parsed
+// with pgerr.ParseCode, never trusted: an error without a usable code
+// counts as XX000, a malformed one as 08P01.
+//
 // # Cancel
 //
 // A CancelRequest on a new connection is matched (constant time) against

@@ -145,7 +145,7 @@ func (s *session) end(e *pgerr.Error) {
 			server.conn.Close()
 		}
 		if e, ok := hook.(Ender); ok {
-			e.Ended()
+			s.ended(e)
 		}
 		s.stMu.Lock()
 		s.exitState = s.cur
@@ -160,7 +160,7 @@ func (s *session) fail(err error) {
 	switch pe := pgerr.As(err); {
 	case errors.As(err, &ue):
 		// The upstream's own error was relayed unchanged.
-		s.endErr.Store(pgerr.Fatal(pgerr.MakeCode(ue.code), "upstream error"))
+		s.endErr.Store(pgerr.Fatal(ue.code, "upstream error"))
 		s.end(nil)
 	case pe != nil:
 		s.end(pe)
@@ -175,16 +175,18 @@ func (s *session) fail(err error) {
 // upstreamError is an ErrorResponse from the upstream server during login
 // that has already been relayed to the client.
 type upstreamError struct {
-	code string
+	code pgerr.Code
 	msg  string
 }
 
-func (e *upstreamError) Error() string { return "upstream: " + e.msg + " (SQLSTATE " + e.code + ")" }
+func (e *upstreamError) Error() string {
+	return "upstream: " + e.msg + " (SQLSTATE " + e.code.String() + ")"
+}
 
 func sqlstateOf(err error) string {
 	var ue *upstreamError
 	if errors.As(err, &ue) {
-		return ue.code
+		return ue.code.String()
 	}
 	if pe := pgerr.As(err); pe != nil {
 		return pe.Code.String()
@@ -211,6 +213,7 @@ func (s *session) serve(ctx context.Context) {
 		}
 		s.end(nil)
 	}()
+	defer s.recoverPanic() // first to run: a panic ends the session with XX000
 
 	_ = s.client.conn.SetDeadline(time.Now().Add(s.srv.opts.startupTimeout))
 	p, err := s.clientStartup(ctx, rt)
@@ -299,9 +302,13 @@ func (s *session) relay() {
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
+		defer s.recoverPanic()
 		s.serverEnded(s.serverPump().run())
 	}()
-	s.clientEnded(s.clientPump().run())
+	func() {
+		defer s.recoverPanic()
+		s.clientEnded(s.clientPump().run())
+	}()
 	<-done
 }
 
@@ -437,7 +444,7 @@ func (s *session) serverSaw(typ byte, n int, body []byte) error {
 	case 'E':
 		if body != nil && isFatalError(body) {
 			s.fatalRelayed.Store(true)
-			s.log.Info("upstream ended the session", "sqlstate", errorCode(body))
+			s.log.Info("upstream ended the session", "sqlstate", errorCode(body).String())
 		}
 		s.stMu.Lock()
 		ext := s.extOpen

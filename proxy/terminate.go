@@ -86,7 +86,7 @@ func terminate(ctx context.Context, s *session, rt *runtimeConfig, p *startupPac
 		case errors.As(err, &ue):
 			// The upstream's own error, unchanged.
 			_ = s.client.sendNow(&ue.Response)
-			return nil, &upstreamError{code: ue.Response.Code, msg: "upstream login refused"}
+			return nil, &upstreamError{code: upstreamCode(ue.Response.Code), msg: "upstream login refused"}
 		case pgerr.As(err) != nil:
 			return nil, err
 		default:
