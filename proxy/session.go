@@ -54,6 +54,9 @@ type session struct {
 	// exitState is the state the session was in when it ended, for logs.
 	exitState State
 
+	// overCap: the session came in over limits.max_connections and is
+	// refused with 53300 once its startup packet is read.
+	overCap          bool
 	proxyPID         uint32
 	closing          atomic.Bool
 	clientTerminated atomic.Bool // the client sent Terminate
@@ -223,6 +226,11 @@ func (s *session) serve(ctx context.Context) {
 	}
 	if p == nil {
 		return // a CancelRequest, already handled
+	}
+	if s.overCap {
+		// PostgreSQL's answer, also after the startup packet.
+		s.fail(pgerr.Fatal(pgerr.TooManyConnections, "sorry, too many clients already"))
+		return
 	}
 	_, s.info.TLS = s.clientConn().(*tls.Conn)
 	s.info.User = p.get("user")
