@@ -75,7 +75,7 @@ func runServe(ctx context.Context, env *cmdEnv, args []string) error {
 	var lc net.ListenConfig
 	ln, err := lc.Listen(ctx, "tcp", cfg.Listen)
 	if err != nil {
-		return err
+		return runtimeError{err} // for example the address is in use
 	}
 
 	hup := make(chan os.Signal, 1)
@@ -103,7 +103,10 @@ func runServe(ctx context.Context, env *cmdEnv, args []string) error {
 			}
 			log.Info("config reloaded", "config", *cfgPath)
 		case err := <-served:
-			return err
+			if err == nil {
+				return nil
+			}
+			return runtimeError{err} // Serve ended without a signal
 		case <-ctx.Done():
 			log.Info("stopping: draining sessions", "drain_timeout", srv.Config().Limits.DrainTimeout.String())
 			sctx, cancel := context.WithTimeout(context.Background(), srv.Config().Limits.DrainTimeout+10*time.Second)
