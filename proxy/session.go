@@ -170,7 +170,9 @@ func (s *session) fail(err error) {
 	default:
 		s.end(nil)
 	}
-	if !isClientGone(err) {
+	// A client that went away is not worth a line; an upstream that did
+	// (its EOF wrapped in a pgerr 08006) is.
+	if pgerr.As(err) != nil || !isClientGone(err) {
 		s.log.Info("connection failed", "err", err, "sqlstate", sqlstateOf(err))
 	}
 }
