@@ -7,7 +7,10 @@
 // # Connection lifecycle
 //
 // Server.Serve accepts a connection and runs one session in its own
-// goroutine:
+// goroutine. An accept that fails for want of resources (out of file
+// descriptors) is retried with net/http's back-off, never fatal; a
+// connection over limits.max_connections gets PostgreSQL's FATAL 53300
+// "sorry, too many clients already" once its startup packet is read.
 //
 //  1. Startup (state Startup). The client's untyped startup packets are read
 //     straight from the socket, unbuffered, so nothing sent ahead of a TLS
