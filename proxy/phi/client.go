@@ -399,11 +399,11 @@ func (s *session) parse(m *pgproto3.Parse, out *proxy.Out) error {
 	ps.declared = append([]uint32(nil), m.ParameterOIDs...)
 	fwd := m
 	if st != nil && len(st.Params) > 0 {
-		max := len(m.ParameterOIDs)
+		n := len(m.ParameterOIDs)
 		for _, p := range st.Params {
-			max = maxInt(max, p.Number)
+			n = max(n, p.Number)
 		}
-		oids := make([]uint32, max)
+		oids := make([]uint32, n)
 		copy(oids, m.ParameterOIDs)
 		for _, p := range st.Params {
 			if p.Array {
@@ -436,13 +436,6 @@ func declaredAt(declared []uint32, i int) uint32 {
 		return declared[i]
 	}
 	return 0
-}
-
-func maxInt(a, b int) int {
-	if a > b {
-		return a
-	}
-	return b
 }
 
 // poison sends msg (which the server is certain to refuse with code)
@@ -606,7 +599,7 @@ func (s *session) encryptParams(ps *prepared, m *pgproto3.Bind) (*pgproto3.Bind,
 			}
 			// Drop the plaintext: move the envelope down over it.
 			n := copy(buf[start:], buf[mid:])
-			clear(buf[start+n : len(buf)])
+			clear(buf[start+n:])
 			buf = buf[:start+n]
 		}
 		offs = append(offs, i, start, len(buf))

@@ -41,7 +41,7 @@ func (s *session) newRowX(results []rewrite.Result, format func(int) int16) *row
 	}
 	n := 0
 	for _, r := range results {
-		n = maxInt(n, r.Position+1)
+		n = max(n, r.Position+1)
 	}
 	x := &rowX{cols: make([]*colX, n)}
 	for _, r := range results {
