@@ -4,8 +4,8 @@ import (
 	"encoding/binary"
 	"math"
 
+	"github.com/phiproxy/phiproxy/codec"
 	"github.com/phiproxy/phiproxy/pgerr"
-	"github.com/phiproxy/phiproxy/proxy/codec"
 )
 
 // COPY FORMAT binary (PostgreSQL's copyfromparse.c CopyReadBinaryTuple,

@@ -4,9 +4,9 @@ import (
 	"bytes"
 	"encoding/hex"
 
+	"github.com/phiproxy/phiproxy/codec"
 	"github.com/phiproxy/phiproxy/crypto"
 	"github.com/phiproxy/phiproxy/pgerr"
-	"github.com/phiproxy/phiproxy/proxy/codec"
 )
 
 // The text and csv row syntax of COPY: finding rows and fields as

@@ -24,7 +24,7 @@
 // Simple protocol. A Query is planned (rewrite.Planner, cached per SQL
 // text, catalog version, search_path and user). Pass-through plans are
 // forwarded unchanged. Otherwise every literal slot is canonicalised
-// (proxy/codec), encrypted under its column's key and spliced in as a
+// (package codec), encrypted under its column's key and spliced in as a
 // bytea literal; an array literal on the right of = ANY (what pgx's
 // simple protocol sends for a slice) is split with array_in's rules and
 // spliced in as ARRAY[E'\\x…'::bytea, …]::bytea[], NULL elements kept.

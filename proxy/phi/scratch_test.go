@@ -4,7 +4,7 @@ import (
 	"bytes"
 	"testing"
 
-	"github.com/phiproxy/phiproxy/proxy/codec"
+	"github.com/phiproxy/phiproxy/codec"
 )
 
 // The session's allocation-free helpers must give what the codec's
