@@ -2,7 +2,6 @@ package phi
 
 import (
 	"encoding/hex"
-	"slices"
 	"strings"
 
 	"github.com/jackc/pgx/v5/pgproto3"
@@ -202,73 +201,12 @@ func asRefusal(err error) *pgerr.Error {
 	return clientSafe(pe)
 }
 
-type replacement struct {
-	off, n int
-	text   string
-	slot   *rewrite.Slot
-}
-
 // render returns sql up to the start of statement n (all of it if n is
-// len(stmts)) with the slots and edits of stmts[:n] applied. On a slot
-// error it returns the index of the statement that failed.
+// len(stmts)) with the slots and edits of stmts[:n] applied, rendered by
+// rewrite's Renderer into the session's scratch. On a slot error it
+// returns the index of the statement that failed.
 func (s *session) render(sql string, stmts []*rewrite.Statement, n int) (string, int, error) {
-	end := len(sql)
-	if n < len(stmts) {
-		end = stmts[n].Offset
-	}
-	reps := s.reps[:0]
-	for _, st := range stmts[:n] {
-		for i := range st.Slots {
-			reps = append(reps, replacement{off: st.Slots[i].Offset, n: st.Slots[i].Length, slot: &st.Slots[i]})
-		}
-		for _, ed := range st.Edits {
-			reps = append(reps, replacement{off: ed.Offset, n: ed.Length, text: ed.Text})
-		}
-	}
-	defer func() {
-		clear(reps) // the slots point into the plan
-		s.reps = reps[:0]
-	}()
-	if len(reps) == 0 {
-		return sql[:end], 0, nil
-	}
-	slices.SortStableFunc(reps, func(a, b replacement) int { return a.off - b.off })
-	b := s.qbuf[:0]
-	defer func() { s.qbuf = b[:0] }()
-	pos := 0
-	for _, r := range reps {
-		if r.off < pos || r.off+r.n > end {
-			// The planner never gives overlapping slots (rewrite's
-			// FuzzPlan checks it); refuse rather than panic if it did.
-			return "", stmtIndex(stmts, r.off), pgerr.New(pgerr.FeatureNotSupported, "phiproxy cannot rewrite this statement: two values bound for PHI columns overlap").
-				WithHint("write each value bound for a PHI column as a separate literal or parameter")
-		}
-		b = append(b, sql[pos:r.off]...)
-		if r.slot != nil {
-			start := len(b)
-			var err error
-			if b, err = s.appendSlot(b, r.slot); err != nil {
-				return "", stmtIndex(stmts, r.off), err
-			}
-			if len(b) > start && rewrite.NeedsSpace(string(b[len(b)-1:]), sql, r.off+r.n) {
-				b = append(b, ' ')
-			}
-		} else {
-			b = append(b, r.text...)
-		}
-		pos = r.off + r.n
-	}
-	b = append(b, sql[pos:end]...)
-	return string(b), 0, nil
-}
-
-func stmtIndex(stmts []*rewrite.Statement, off int) int {
-	for i := len(stmts) - 1; i >= 0; i-- {
-		if stmts[i].Offset <= off {
-			return i
-		}
-	}
-	return 0
+	return s.rend.Text(&s.qbuf, sql, stmts, n, s.appendSlot)
 }
 
 // appendSlot canonicalises and encrypts a literal and appends it to dst as

@@ -276,9 +276,9 @@ type session struct {
 	bindOut  pgproto3.Bind
 	bparams  [][]byte
 	bformats []int16
-	// queryOut, reps and qbuf are the scratch of a rewritten Query.
+	// queryOut, rend and qbuf are the scratch of a rewritten Query.
 	queryOut pgproto3.Query
-	reps     []replacement
+	rend     rewrite.Renderer
 	qbuf     []byte
 	cin      *copyIn // the COPY FROM STDIN being streamed, if any
 
