@@ -422,17 +422,7 @@ func (c *copyStream) carriesEnvelope(raw []byte) bool {
 
 // encrypt writes the ciphertext of a PHI field's value v into c.out.
 func (c *copyStream) encrypt(fld *copyField, v []byte) error {
-	canon, err := c.cd.AppendCanonical(c.canon[:0], fld.col.Type, codec.TextFormat, v)
-	if err != nil {
-		return codec.WithColumn(err, fld.col.Ident)
-	}
-	c.canon = canon[:0]
-	if fld.cipher == nil {
-		clear(canon)
-		return pgerr.Newf(pgerr.Internal, "phiproxy has no key for PHI column %s", fld.col.Ident)
-	}
-	ct, err := fld.cipher.AppendEncrypt(c.ct[:0], canon)
-	clear(canon)
+	ct, err := c.enc.AppendSeal(c.ct[:0], fld.sealColumn(), copyInput(codec.TextFormat), v)
 	if err != nil {
 		return err
 	}
@@ -452,16 +442,11 @@ func (c *copyStream) encrypt(fld *copyField, v []byte) error {
 
 // decrypt writes the plaintext of a PHI field's bytea text v into c.out.
 func (c *copyStream) decrypt(fld *copyField, v []byte, single bool) error {
-	ct, err := codec.DecodeBytea(v, codec.TextFormat)
+	ct, err := c.enc.DecodeStored(v, codec.TextFormat)
 	if err != nil || fld.cipher == nil {
 		return decryptErr(fld.col.Ident)
 	}
-	pt, err := fld.cipher.Decrypt(ct)
-	if err != nil {
-		return decryptErr(fld.col.Ident)
-	}
-	plain, err := c.cd.AppendEncode(c.canon[:0], fld.col.Type, codec.TextFormat, pt)
-	clear(pt)
+	plain, err := c.enc.AppendOpen(c.canon[:0], fld.sealColumn(), codec.TextFormat, ct)
 	if err != nil {
 		return decryptErr(fld.col.Ident)
 	}
