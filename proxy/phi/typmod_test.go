@@ -14,6 +14,7 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/phiproxy/phiproxy/config"
+	"github.com/phiproxy/phiproxy/crypto"
 	"github.com/phiproxy/phiproxy/internal/testenv"
 	"github.com/phiproxy/phiproxy/proxy"
 )
@@ -80,7 +81,7 @@ func startTypmodProxy(t *testing.T) string {
 		"CREATE UNIQUE INDEX ON tm (u)", "CREATE UNIQUE INDEX ON tm_plain (u)",
 	}
 	for _, col := range cfg.Columns() {
-		stmts = append(stmts, config.EnvelopeCheckSQL(col))
+		stmts = append(stmts, crypto.EnvelopeCheckSQL(col))
 	}
 	for _, s := range stmts {
 		if _, err := conn.Exec(ctx, s); err != nil {
