@@ -64,8 +64,8 @@ func DecodeBytea(src []byte, format int16) ([]byte, error) {
 			if len(s) < 2 {
 				return nil, syntaxErr("bytea")
 			}
-			hi, ok1 := unhex(s[0])
-			lo, ok2 := unhex(s[1])
+			hi, ok1 := Unhex(s[0])
+			lo, ok2 := Unhex(s[1])
 			if !ok1 || !ok2 {
 				return nil, syntaxErr("bytea")
 			}

@@ -223,11 +223,11 @@ func textValue(dst, raw []byte) []byte {
 			ch = byte(v)
 		case 'x':
 			if i+1 < len(raw) {
-				if h, ok := unhex(raw[i+1]); ok {
+				if h, ok := codec.Unhex(raw[i+1]); ok {
 					i++
 					v := h
 					if i+1 < len(raw) {
-						if h, ok := unhex(raw[i+1]); ok {
+						if h, ok := codec.Unhex(raw[i+1]); ok {
 							i++
 							v = v<<4 + h
 						}
@@ -251,18 +251,6 @@ func textValue(dst, raw []byte) []byte {
 		dst = append(dst, ch)
 	}
 	return dst
-}
-
-func unhex(b byte) (byte, bool) {
-	switch {
-	case '0' <= b && b <= '9':
-		return b - '0', true
-	case 'a' <= b && b <= 'f':
-		return b - 'a' + 10, true
-	case 'A' <= b && b <= 'F':
-		return b - 'A' + 10, true
-	}
-	return 0, false
 }
 
 // csvValue is the value of a csv field (CopyReadAttributesCSV); raw is
