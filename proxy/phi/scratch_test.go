@@ -74,4 +74,12 @@ func TestSealingWipesPlaintext(t *testing.T) {
 			t.Fatal("plaintext left in the COPY stream's scratch")
 		}
 	}
+	c := testStream(t, keys, binaryFormat, true, "a", "ssn*", "b")
+	out, err := feedAll(c, binaryStream([3][]byte{[]byte("1"), []byte("987-65-4321"), nil}), nil)
+	if err != nil || bytes.Contains(out, []byte("987-65-4321")) {
+		t.Fatalf("binary COPY: %q, %v", out, err)
+	}
+	if !c.enc.Wiped() {
+		t.Fatal("plaintext left in the binary COPY stream's encoder")
+	}
 }
