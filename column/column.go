@@ -104,12 +104,14 @@ func (e *Encoder) grow(n int) []byte {
 	return e.plain[:0]
 }
 
-// wipe clears the plaintext scratch; a huge one is dropped rather than
-// kept for the session's life.
+// wipe clears the plaintext scratch, all of its capacity (the codec may
+// have written past the end of what it returned). A scratch grown by a
+// large value is dropped once cleared, so that clearing stays cheap for
+// the small values that follow.
 func (e *Encoder) wipe() {
 	clear(e.plain[:cap(e.plain)])
 	e.plain = e.plain[:0]
-	if cap(e.plain) > 1<<20 {
+	if cap(e.plain) > 64<<10 {
 		e.plain = nil
 	}
 }
