@@ -86,6 +86,13 @@ type Relation struct {
 	// reference to a PHI table counts as depending on all its PHI columns.
 	PHIDeps []ColumnRef
 
+	// Keys are the primary key and the unique keys whose columns are all
+	// NOT NULL, as attnums: only valid, immediate (not deferrable) indexes
+	// on plain columns without a predicate, and none on a table with
+	// inheritance children (their rows are not covered). Grouping by one
+	// makes each group a single row (rewrite.Relation.Keys).
+	Keys [][]int16
+
 	byName map[string]int // column name → index into Columns
 }
 

@@ -99,6 +99,10 @@ ORDER BY a.attrelid, a.attnum`)
 		return catalogErr("columns", err)
 	}
 
+	if err := c.loadKeys(ctx, q); err != nil {
+		return err
+	}
+
 	rows, err = q.Query(ctx, `SELECT inhrelid, inhparent FROM pg_catalog.pg_inherits ORDER BY inhrelid, inhseqno`)
 	if err != nil {
 		return catalogErr("inheritance", err)
@@ -114,6 +118,40 @@ ORDER BY a.attrelid, a.attnum`)
 		}
 	}
 	return catalogErr("inheritance", rows.Err())
+}
+
+// loadKeys reads each relation's keys (Relation.Keys). A partitioned
+// table's unique index covers all its partitions; a plain table's does not
+// cover its inheritance children, so such a table gets none.
+func (c *Catalog) loadKeys(ctx context.Context, q Querier) error {
+	rows, err := q.Query(ctx, `SELECT i.indrelid, k.attnums
+FROM pg_catalog.pg_index i
+JOIN pg_catalog.pg_class c ON c.oid = i.indrelid
+JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+CROSS JOIN LATERAL (SELECT array_agg(x.attnum ORDER BY x.ord) AS attnums, bool_and(a.attnotnull) AS notnull
+  FROM unnest(i.indkey::int2[]) WITH ORDINALITY AS x(attnum, ord)
+  JOIN pg_catalog.pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = x.attnum
+  WHERE x.ord <= i.indnkeyatts) k
+WHERE (i.indisprimary OR i.indisunique) AND i.indisvalid AND i.indimmediate
+  AND i.indpred IS NULL AND i.indexprs IS NULL AND k.notnull
+  AND cardinality(k.attnums) = i.indnkeyatts
+  AND NOT (c.relkind = 'r' AND c.relhassubclass) AND `+userSchemas+`
+ORDER BY i.indrelid, i.indisprimary DESC, i.indexrelid`)
+	if err != nil {
+		return catalogErr("keys", err)
+	}
+	for rows.Next() {
+		var rel uint32
+		var key []int16
+		if err := rows.Scan(&rel, &key); err != nil {
+			rows.Close()
+			return catalogErr("keys", err)
+		}
+		if r, ok := c.rels[rel]; ok {
+			r.Keys = append(r.Keys, key)
+		}
+	}
+	return catalogErr("keys", rows.Err())
 }
 
 func (c *Catalog) loadViewDeps(ctx context.Context, q Querier) error {

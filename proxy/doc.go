@@ -30,9 +30,9 @@
 //     hidden). Either way the upstream's ParameterStatus and notices reach
 //     the client unchanged (and the client's startup parameters and the
 //     upstream's initial ParameterStatus values are kept in SessionInfo for
-//     the Interceptor); its BackendKeyData does not: the client gets a
-//     random key of the proxy's, registered in the Server's cancel map, and
-//     ReadyForQuery.
+//     the Interceptor); its BackendKeyData does not: the client gets the
+//     upstream backend's real process ID with a random secret of the
+//     proxy's, registered in the Server's cancel map, and ReadyForQuery.
 //
 //  3. Relay (states Idle, InTx, FailedTx, SkipTillSync, CopyIn, CopyOut).
 //     pumpClient (client → server, on the accepting goroutine) and
@@ -61,10 +61,16 @@
 //
 // # Cancel
 //
-// A CancelRequest on a new connection is matched (constant time) against
-// the keys the proxy issued; a match is forwarded with the upstream
+// A CancelRequest on a new connection is matched against the keys the
+// proxy issued: by process ID (the upstream backend's own, so that
+// pg_backend_pid(), NOTIFY and pg_stat_activity agree with the client),
+// then by secret in constant time. A match is forwarded with the upstream
 // backend's own key over a fresh upstream connection negotiated like the
-// session's, a miss cancels nothing and is only logged.
+// session's; a miss cancels nothing and is only logged. Several entries may
+// share a process ID (PostgreSQL reuses it after a backend exits; a reload
+// may change the upstream), so each session removes only its own entry when
+// it ends. A cancel reaching another phiproxy instance cancels nothing: the
+// secret lives only in the instance that served the session.
 //
 // # Shutdown
 //

@@ -14,8 +14,8 @@ import (
 // loginResult is what a login leaves behind: the upstream's cancel key and
 // the transaction status of its first ReadyForQuery. Everything else the
 // upstream sent (AuthenticationOk, ParameterStatus, NoticeResponse) has been
-// buffered towards the client; the session adds its own BackendKeyData and
-// the ReadyForQuery.
+// buffered towards the client; the session adds the BackendKeyData (the
+// upstream's PID with a secret of the proxy's) and the ReadyForQuery.
 type loginResult struct {
 	pid    uint32
 	secret []byte

@@ -97,7 +97,6 @@ func New(cfg *config.Config, opts ...Option) (*Server, error) {
 		sessions:  map[*session]struct{}{},
 		idle:      make(chan struct{}),
 	}
-	s.cancels.m = map[uint32]*cancelEntry{}
 	rt, err := s.buildRuntime(cfg)
 	if err != nil {
 		return nil, err

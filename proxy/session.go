@@ -54,7 +54,7 @@ type session struct {
 	// exitState is the state the session was in when it ended, for logs.
 	exitState State
 
-	proxyPID         uint32
+	cancelKey        *cancelEntry // registered in srv.cancels; nil if the upstream sent no key
 	closing          atomic.Bool
 	clientTerminated atomic.Bool // the client sent Terminate
 	fatalRelayed     atomic.Bool // the upstream sent a FATAL error
@@ -206,8 +206,8 @@ func (s *session) serve(ctx context.Context) {
 	})
 	defer stop()
 	defer func() {
-		if s.proxyPID != 0 {
-			s.srv.cancels.unregister(s.proxyPID)
+		if s.cancelKey != nil {
+			s.srv.cancels.unregister(s.cancelKey)
 		}
 		s.end(nil)
 	}()
@@ -252,12 +252,7 @@ func (s *session) serve(ctx context.Context) {
 		return
 	}
 	s.info.ServerParameters = res.params
-	entry := &cancelEntry{upPID: res.pid, upSecret: res.secret, dialer: rt.upstream}
-	s.proxyPID = s.srv.cancels.register(entry)
-	if err := s.client.sendNow(
-		&pgproto3.BackendKeyData{ProcessID: s.proxyPID, SecretKey: entry.secret[:]},
-		&pgproto3.ReadyForQuery{TxStatus: res.status},
-	); err != nil {
+	if err := s.client.sendNow(append(s.issueCancelKey(res, rt), &pgproto3.ReadyForQuery{TxStatus: res.status})...); err != nil {
 		s.fail(err)
 		return
 	}

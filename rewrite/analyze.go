@@ -24,7 +24,13 @@ type analyzer struct {
 	plainParams map[int]int32
 	actions     []Action
 	sublinks    map[*pg.SubLink]*PHIColumn
-	ddl         bool
+	// phiRefs counts uses of PHI columns (use), so that a part of a
+	// statement that must not read PHI can be checked (phiFree).
+	phiRefs int
+	// nullTests are $n tested with IS [NOT] NULL, resolved once every
+	// use of the parameter is known (resolveNullTests).
+	nullTests []nullTest
+	ddl       bool
 	// pinned holds the offsets of relation references already pinned (or
 	// found to be CTE references): see pin.go.
 	pinned map[int]bool
@@ -34,6 +40,9 @@ type analyzer struct {
 // pinning of the relation references it did not reach.
 func (a *analyzer) top(n *pg.Node) error {
 	if err := a.statement(n); err != nil {
+		return err
+	}
+	if err := a.resolveNullTests(); err != nil {
 		return err
 	}
 	return a.pinRest(n)

@@ -65,6 +65,11 @@ func (a *analyzer) expr(n *pg.Node, sc *scope) (*PHIColumn, error) {
 		}
 		return nil, nil
 	case *pg.Node_NullTest:
+		if nt, ok := nullTestParam(x.NullTest.Arg); ok {
+			// Plain or PHI: known once the whole statement is analyzed.
+			a.nullTests = append(a.nullTests, nt)
+			return nil, nil
+		}
 		if _, err := a.expr(x.NullTest.Arg, sc); err != nil {
 			return nil, err
 		}

@@ -30,7 +30,7 @@ func (a *analyzer) with(w *pg.WithClause, sc *scope) error {
 				if base, err = a.selectStmt(s.Larg, sc, nil); err != nil {
 					return err
 				}
-				sc.ctes[cte.Ctename] = &cteDef{cols: renameCols(base, &pg.Alias{Colnames: cte.Aliascolnames})}
+				sc.ctes[cte.Ctename] = &cteDef{cols: noOrigin(renameCols(base, &pg.Alias{Colnames: cte.Aliascolnames}))}
 				var rec []colInfo
 				if rec, err = a.selectStmt(s.Rarg, sc, nil); err != nil {
 					return err
@@ -51,7 +51,7 @@ func (a *analyzer) with(w *pg.WithClause, sc *scope) error {
 		if err != nil {
 			return err
 		}
-		sc.ctes[cte.Ctename] = &cteDef{cols: renameCols(out, &pg.Alias{Colnames: cte.Aliascolnames})}
+		sc.ctes[cte.Ctename] = &cteDef{cols: noOrigin(renameCols(out, &pg.Alias{Colnames: cte.Aliascolnames}))}
 	}
 	return nil
 }
@@ -180,10 +180,8 @@ func (a *analyzer) selectStmt(s *pg.SelectStmt, parent *scope, targets []*PHICol
 		return nil, err
 	}
 	sc.outputs = out
-	for _, g := range s.GroupClause {
-		if err := a.groupItem(g, sc, "GROUP BY"); err != nil {
-			return nil, err
-		}
+	if err := a.groupBy(s.GroupClause, sc, "GROUP BY"); err != nil {
+		return nil, err
 	}
 	if err := a.cond(s.HavingClause, sc, "HAVING"); err != nil {
 		return nil, err
@@ -195,19 +193,11 @@ func (a *analyzer) selectStmt(s *pg.SelectStmt, parent *scope, targets []*PHICol
 	}
 	if len(s.DistinctClause) > 0 {
 		if len(s.DistinctClause) == 1 && s.DistinctClause[0].Node == nil {
-			for _, c := range out {
-				if c.phi != nil {
-					if err := a.requireDet(c.phi, -1, "SELECT DISTINCT"); err != nil {
-						return nil, err
-					}
-				}
+			if err := a.distinct(out); err != nil {
+				return nil, err
 			}
-		} else {
-			for _, d := range s.DistinctClause {
-				if err := a.groupItem(d, sc, "DISTINCT ON"); err != nil {
-					return nil, err
-				}
-			}
+		} else if err := a.groupBy(s.DistinctClause, sc, "DISTINCT ON"); err != nil {
+			return nil, err
 		}
 	}
 	return out, a.tail(s, sc)
@@ -267,10 +257,12 @@ func (a *analyzer) outputOrInput(n *pg.Node, sc *scope, outputFirst bool) (*PHIC
 	return a.expr(n, sc)
 }
 
-func (a *analyzer) groupItem(n *pg.Node, sc *scope, what string) error {
+// groupItem analyzes one GROUP BY or DISTINCT ON item; keyed says it is a
+// column of a relation reference whose key is grouped too (groupBy).
+func (a *analyzer) groupItem(n *pg.Node, sc *scope, what string, keyed bool) error {
 	if gs := n.GetGroupingSet(); gs != nil {
 		for _, c := range gs.Content {
-			if err := a.groupItem(c, sc, what); err != nil {
+			if err := a.groupItem(c, sc, what, false); err != nil {
 				return err
 			}
 		}
@@ -278,17 +270,22 @@ func (a *analyzer) groupItem(n *pg.Node, sc *scope, what string) error {
 	}
 	if l := n.GetList(); l != nil {
 		for _, c := range l.Items {
-			if err := a.groupItem(c, sc, what); err != nil {
+			if err := a.groupItem(c, sc, what, false); err != nil {
 				return err
 			}
 		}
 		return nil
 	}
-	phi, err := a.outputOrInput(n, sc, false)
-	if err != nil || phi == nil {
+	// DISTINCT ON reads a bare name as an output column first, as ORDER
+	// BY does; GROUP BY as an input column.
+	phi, err := a.outputOrInput(n, sc, what == "DISTINCT ON")
+	if err != nil || phi == nil || keyed {
 		return err
 	}
-	return a.requireDet(phi, location(n), what)
+	if phi.Mode == Randomized {
+		return a.refuseCol(phi, location(n), what, hintGroupRandomized)
+	}
+	return nil
 }
 
 func (a *analyzer) targetList(list []*pg.Node, sc *scope, targets []*PHIColumn) ([]colInfo, error) {
@@ -322,7 +319,11 @@ func (a *analyzer) targetList(list []*pg.Node, sc *scope, targets []*PHIColumn) 
 		if err != nil {
 			return nil, err
 		}
-		out = append(out, colInfo{name: name, phi: phi})
+		ci := colInfo{name: name, phi: phi}
+		if o := a.origin(rt.Val, sc); o != nil && o.phi == phi {
+			ci.src, ci.at = o.src, o.at
+		}
+		out = append(out, ci)
 	}
 	return out, nil
 }
@@ -394,7 +395,7 @@ func (a *analyzer) fromItemInner(n *pg.Node, sc *scope) (item, error) {
 		if err != nil {
 			return nil, err
 		}
-		src := &source{alias: x.RangeSubselect.Alias.GetAliasname(), aliasedByAlias: true, cols: renameCols(out, x.RangeSubselect.Alias)}
+		src := &source{alias: x.RangeSubselect.Alias.GetAliasname(), aliasedByAlias: true, cols: noOrigin(renameCols(out, x.RangeSubselect.Alias))}
 		for _, c := range out {
 			src.hasPHI = src.hasPHI || c.phi != nil
 			src.opaque = src.opaque || c.opaque

@@ -36,6 +36,12 @@ func (a *analyzer) value(n *pg.Node, target *PHIColumn, sc *scope, write bool) e
 		if write {
 			return nil
 		}
+	case *pg.Node_CaseExpr:
+		if write {
+			return a.caseValue(x.CaseExpr, target, sc)
+		}
+	case *pg.Node_CoalesceExpr:
+		return a.coalesceValue(x.CoalesceExpr, target, sc, write)
 	case *pg.Node_ColumnRef, *pg.Node_SubLink:
 		phi, err := a.operand(n, sc)
 		if err != nil {
@@ -136,7 +142,7 @@ func (a *analyzer) castValue(tc *pg.TypeCast, target *PHIColumn, write bool) err
 	switch x := inner.Node.(type) {
 	case *pg.Node_AConst:
 		if x.AConst.Isnull {
-			return nil
+			return a.castNull(tc, target)
 		}
 		if t == "bytea" {
 			return a.refuseBytea(target, tc.Location)
@@ -166,6 +172,24 @@ func (a *analyzer) castValue(tc *pg.TypeCast, target *PHIColumn, write bool) err
 		return a.phiParam(x.ParamRef, target, false, write, mod)
 	}
 	return a.refuseCol(target, tc.Location, "comparison with a cast expression", hintValue)
+}
+
+// castNull handles NULL::T bound for the PHI column target: NULL stays
+// NULL, and a cast to the column's logical type becomes a cast to bytea,
+// so that it can be stored in (or compared with) the bytea column, as the
+// typed NULL a client that inlines parameters sends. Other casts are left
+// for the server to judge, as before.
+func (a *analyzer) castNull(tc *pg.TypeCast, target *PHIColumn) error {
+	if !compatibleCast(castTarget(tc.TypeName), target.Type) {
+		return nil
+	}
+	tl := int(tc.TypeName.Location)
+	end := typeNameEnd(a.sql, tl)
+	if end < 0 || tl < int(location(tc.Arg)) {
+		return nil
+	}
+	a.st.Edits = append(a.st.Edits, Edit{Offset: tl, Length: end - tl, Text: "bytea"})
+	return nil
 }
 
 func compatibleCast(cast, logical string) bool {

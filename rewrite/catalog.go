@@ -40,6 +40,11 @@ type Relation struct {
 	// ("schema.table.column") its definition reads. A view with PHIDeps is
 	// refused unless its own output columns are configured as PHI.
 	PHIDeps []string
+	// Keys are the relation's primary key and its unique keys whose
+	// columns are all NOT NULL (no expression, no partial, deferrable or
+	// invalid index), each as attnums. Grouping by one of them makes each
+	// group a single row of this relation.
+	Keys [][]int16
 }
 
 // Attr is one column of a relation.
@@ -90,6 +95,26 @@ func (c *MemCatalog) AddTable(schema, name string, cols ...Attr) *Relation {
 // AddView adds a view reading the PHI columns deps.
 func (c *MemCatalog) AddView(schema, name string, deps []string, cols ...Attr) *Relation {
 	return c.add(KindView, schema, name, cols, deps)
+}
+
+// AddKey records a key (primary key, or unique and NOT NULL) of the
+// relation schema.name over the named columns; unknown names are ignored.
+func (c *MemCatalog) AddKey(schema, name string, cols ...string) {
+	r := c.rels[schema+"."+name]
+	if r == nil {
+		return
+	}
+	var key []int16
+	for _, n := range cols {
+		for _, a := range r.Columns {
+			if a.Name == n {
+				key = append(key, a.Num)
+			}
+		}
+	}
+	if len(key) == len(cols) && len(key) > 0 {
+		r.Keys = append(r.Keys, key)
+	}
 }
 
 // AddFunction records a function whose body reads the PHI columns reads.

@@ -88,6 +88,7 @@ func effects(st *Statement, n *pg.Node, sql string) {
 	case *pg.Node_CreateStmt:
 		st.Effects |= EffectCatalog
 		st.TempCreate = tempName(x.CreateStmt.Relation)
+		st.Creates = x.CreateStmt.Relation.GetRelname()
 	case *pg.Node_ExplainStmt:
 		// EXPLAIN [ANALYZE] EXECUTE q(…) and EXPLAIN CREATE TABLE … AS
 		// EXECUTE q(…) send q's arguments like a bare EXECUTE.
@@ -108,6 +109,7 @@ func effects(st *Statement, n *pg.Node, sql string) {
 		st.Effects |= EffectCatalog
 		if x.CreateTableAsStmt.Into != nil {
 			st.TempCreate = tempName(x.CreateTableAsStmt.Into.Rel)
+			st.Creates = x.CreateTableAsStmt.Into.Rel.GetRelname()
 		}
 		if ex := x.CreateTableAsStmt.Query.GetExecuteStmt(); ex != nil {
 			// CREATE TABLE … AS EXECUTE q(…): see BindExecute.
@@ -118,6 +120,7 @@ func effects(st *Statement, n *pg.Node, sql string) {
 	case *pg.Node_ViewStmt:
 		st.Effects |= EffectCatalog
 		st.TempCreate = tempName(x.ViewStmt.View)
+		st.Creates = x.ViewStmt.View.GetRelname()
 	case *pg.Node_CreateSeqStmt:
 		st.Effects |= EffectCatalog
 		st.TempCreate = tempName(x.CreateSeqStmt.Sequence)
@@ -144,7 +147,10 @@ func effects(st *Statement, n *pg.Node, sql string) {
 		// These create, move or drop relations without naming them.
 		st.Effects |= EffectCatalog
 		st.NameDDL = true
-	case *pg.Node_IndexStmt, *pg.Node_RenameStmt, *pg.Node_CompositeTypeStmt, *pg.Node_DefineStmt,
+	case *pg.Node_RenameStmt:
+		st.Effects |= EffectCatalog
+		st.Creates = x.RenameStmt.Newname
+	case *pg.Node_IndexStmt, *pg.Node_CompositeTypeStmt, *pg.Node_DefineStmt,
 		*pg.Node_CreateEnumStmt, *pg.Node_RuleStmt:
 		st.Effects |= EffectCatalog
 	case nil:

@@ -68,6 +68,14 @@ func loadSchema(t testing.TB, text string) (*Columns, *MemCatalog) {
 		if !ok {
 			t.Fatalf("schema line %d: want schema.name: %q", ln+1, line)
 		}
+		if kind == "key" {
+			var names []string
+			for _, c := range strings.Split(body, ",") {
+				names = append(names, strings.TrimSpace(c))
+			}
+			cat.AddKey(schema, name, names...)
+			continue
+		}
 		var attrs []Attr
 		for _, c := range splitOutsideParens(body) {
 			f := strings.Fields(c)

@@ -126,6 +126,11 @@ type Statement struct {
 	// name resolves to: statements after it that name one must be planned
 	// against the catalog as the DDL left it.
 	NameDDL bool
+	// Creates is the relation a CREATE TABLE/VIEW/MATERIALIZED VIEW, a
+	// CREATE TABLE AS or a RENAME TO makes appear under a new name: until
+	// the catalog snapshot sees it, the proxy refuses statements that name
+	// it after NameDDL.
+	Creates string
 	// Savepoint is the name in SAVEPOINT, RELEASE and ROLLBACK TO; Chain
 	// is COMMIT/ROLLBACK AND CHAIN (a new transaction starts at once).
 	Savepoint string

@@ -160,6 +160,10 @@ func (p *Planner) plan(sql string, sess Session) (*Plan, error) {
 		if mentions {
 			own, _ = p.ix.precheck(sql[off : off+n])
 		}
+		if !own && NamesAny(sql[off:off+n], th.created) {
+			return nil, pgerr.Newf(pgerr.FeatureNotSupported, "phiproxy cannot plan a statement that names a relation created from PHI relations earlier in the same query string").
+				WithHint("send it in a query of its own after the DDL has committed")
+		}
 		if own {
 			if err := th.usable(p, sql, st); err != nil {
 				return nil, err

@@ -17,6 +17,12 @@ type colInfo struct {
 	// written: an INSERT ... SELECT position already checked against its
 	// PHI target.
 	written bool
+	// src and at are the column's origin: column at of the relation
+	// reference src in this query level's FROM clause (nil when the value
+	// is not a plain column of a table, or it came through a subquery or
+	// a CTE). See analyze_keys.go.
+	src *source
+	at  int
 }
 
 // source is one named range in a FROM clause.
@@ -28,6 +34,8 @@ type source struct {
 	hasPHI         bool
 	relIdent       string // "schema.table" when a PHI relation
 	aliasedByAlias bool
+	// keys are the relation's keys (Relation.Keys) as indices into cols.
+	keys [][]int
 }
 
 func (s *source) col(name string) (colInfo, bool) {
@@ -237,6 +245,7 @@ func (a *analyzer) pick(found []colInfo, name string, loc int32) (*PHIColumn, er
 func (a *analyzer) use(phi *PHIColumn) *PHIColumn {
 	if phi != nil {
 		a.cols[phi.Ident] = true
+		a.phiRefs++
 	}
 	return phi
 }
@@ -351,6 +360,7 @@ func (a *analyzer) rangeVar(rv *pg.RangeVar, sc *scope, allowCTE bool) (*source,
 		}
 		src.cols = append(src.cols, c)
 	}
+	src.setKeys(rel)
 	if configured || len(rel.PHIDeps) > 0 {
 		src.relIdent = rel.Schema + "." + rel.Name
 		a.rels[src.relIdent] = true

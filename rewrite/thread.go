@@ -23,7 +23,13 @@ type Sequence struct {
 	path    []string
 	changed bool   // the string changed the state before this point
 	unknown string // why the state is unknown, "" if it is known
+	// created are relations DDL naming PHI created or renamed so far:
+	// no snapshot knows them yet.
+	created []string
 }
+
+// Created lists the relations DDL naming PHI created or renamed so far.
+func (th *Sequence) Created() []string { return th.created }
 
 // NewSequence starts a Sequence at sess.
 func NewSequence(sess Session) *Sequence {
@@ -65,6 +71,9 @@ func (th *Sequence) After(st *Statement) {
 	}
 	if st.NameDDL {
 		th.unknown = st.Tag
+		if st.Creates != "" {
+			th.created = append(th.created, st.Creates)
+		}
 		return
 	}
 	if st.Effects&EffectTransaction != 0 {
@@ -153,4 +162,29 @@ func joinTemp(names []string) string {
 		return ""
 	}
 	return strings.Join(names, "\x00") + "\x00"
+}
+
+// NamesAny reports whether sql has one of names as a word, ignoring case:
+// over-matching costs only a refusal.
+func NamesAny(sql string, names []string) bool {
+	if len(names) == 0 {
+		return false
+	}
+	low := strings.ToLower(sql)
+	for _, n := range names {
+		n = strings.ToLower(n)
+		for from := 0; from < len(low); {
+			i := strings.Index(low[from:], n)
+			if i < 0 {
+				break
+			}
+			i += from
+			end := i + len(n)
+			if (i == 0 || !isIdentByte(low[i-1])) && (end == len(low) || !isIdentByte(low[end])) {
+				return true
+			}
+			from = i + 1
+		}
+	}
+	return false
 }

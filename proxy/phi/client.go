@@ -104,6 +104,7 @@ func (s *session) query(m *pgproto3.Query, out *proxy.Out) error {
 	}
 	for _, st := range plan.Statements {
 		e.effectful = e.effectful || effectful(st)
+		e.nameDDL = e.nameDDL || st.NameDDL
 	}
 	if plan.PassThrough {
 		q.stmts = plan.Statements

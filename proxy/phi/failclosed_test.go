@@ -645,3 +645,49 @@ func TestFailClosedTempTablesGuardsAndNestedExecute(t *testing.T) {
 		assertNotLogged(t, v)
 	})
 }
+
+// A view created through the proxy over a PHI table is known to no
+// catalog snapshot until the refresh after its commit: a statement naming
+// it must neither run against the old snapshot (its literal would go out
+// in the clear and find nothing) nor be planned before the refresh.
+func TestFailClosedViewCreatedThroughTheProxy(t *testing.T) {
+	ctx := testCtx(t)
+	super := fcFixture(t, ctx)
+	t.Cleanup(func() {
+		for _, v := range []string{"leaky1", "leaky2", "leaky3"} {
+			_, _ = super.Exec(context.Background(), "DROP VIEW IF EXISTS public."+v)
+		}
+	})
+	p := startProxy(t)
+	c := connect(t, ctx, p.dsn(), pgx.QueryExecModeCacheStatement)
+
+	v := canary(t, "view1")
+	if err := simple(ctx, c, "CREATE VIEW leaky1 AS SELECT ssn FROM patients"); err != nil {
+		t.Fatal(err)
+	}
+	if err := simple(ctx, c, fmt.Sprintf("SELECT ssn FROM leaky1 WHERE ssn = '%s'", v)); sqlstate(err) != "0A000" {
+		t.Fatalf("after a committed CREATE VIEW: got %v, want 0A000", err)
+	}
+	assertNotLogged(t, v)
+
+	w := canary(t, "view2")
+	if err := simple(ctx, c, fmt.Sprintf("create view leaky2 as select ssn from patients; select ssn from leaky2 where ssn = '%s'", w)); sqlstate(err) != "0A000" {
+		t.Fatalf("in one string: got %v, want 0A000", err)
+	}
+	assertNotLogged(t, w)
+
+	x := canary(t, "view3")
+	if err := simple(ctx, c, "BEGIN"); err != nil {
+		t.Fatal(err)
+	}
+	if err := simple(ctx, c, "CREATE VIEW leaky3 AS SELECT ssn FROM patients"); err != nil {
+		t.Fatal(err)
+	}
+	if err := simple(ctx, c, fmt.Sprintf("SELECT ssn FROM leaky3 WHERE ssn = '%s'", x)); sqlstate(err) != "0A000" {
+		t.Fatalf("in the view's transaction: got %v, want 0A000", err)
+	}
+	if err := simple(ctx, c, "ROLLBACK"); err != nil {
+		t.Fatal(err)
+	}
+	assertNotLogged(t, x)
+}

@@ -184,13 +184,20 @@ func startProxy(t testing.TB) *testProxy {
 			t.Fatal(err)
 		}
 	}
+	return serveProxy(t, ctx, testCfg)
+}
+
+// serveProxy runs phiproxy with the PHI layer of cfg in front of the
+// cluster until the test ends.
+func serveProxy(t testing.TB, ctx context.Context, cfg *config.Config) *testProxy {
+	t.Helper()
 	logs := &testenv.Buffer{}
 	log := slog.New(slog.NewJSONHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
-	p, err := New(ctx, testCfg, WithLogger(log))
+	p, err := New(ctx, cfg, WithLogger(log))
 	if err != nil {
 		t.Fatal(err)
 	}
-	srv, err := proxy.New(testCfg, proxy.WithLogger(log), proxy.WithInterceptor(p.Factory()))
+	srv, err := proxy.New(cfg, proxy.WithLogger(log), proxy.WithInterceptor(p.Factory()))
 	if err != nil {
 		t.Fatal(err)
 	}

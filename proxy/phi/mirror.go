@@ -44,7 +44,9 @@ type mirror struct {
 	probedInTx bool
 	// ddl: this transaction ran DDL that may change what a PHI name
 	// means; it is invisible to the catalog snapshot until it commits.
-	ddl bool
+	// ddlNames are the relations that DDL created or renamed.
+	ddl      bool
+	ddlNames []string
 	// refresh: committed DDL the catalog snapshot must see before a
 	// statement that names PHI is planned.
 	refresh bool
@@ -80,6 +82,9 @@ func (m *mirror) completed(st *rewrite.Statement, tag string) {
 	}
 	if st.NameDDL {
 		m.ddl = true
+		if st.Creates != "" {
+			m.ddlNames = append(m.ddlNames, st.Creates)
+		}
 	}
 	if st.Effects&rewrite.EffectCatalog != 0 {
 		m.catalog = true
@@ -170,7 +175,7 @@ func (m *mirror) commit() {
 	if m.catalog {
 		m.refreshReq = true
 	}
-	m.ddl, m.catalog = false, false
+	m.ddl, m.catalog, m.ddlNames = false, false, nil
 	if m.probedInTx {
 		m.probedInTx = false
 		m.unknown = true // what the probe read may have been SET LOCAL
@@ -181,7 +186,7 @@ func (m *mirror) rollback() {
 	m.eff, m.sess = m.base, m.base
 	m.saves = m.saves[:0]
 	m.failed = false
-	m.ddl, m.catalog = false, false
+	m.ddl, m.catalog, m.ddlNames = false, false, nil
 	if m.probedInTx {
 		m.probedInTx = false
 		m.unknown = true

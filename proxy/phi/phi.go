@@ -256,7 +256,7 @@ func newCatalogAdapter(cat *config.Catalog, cfg *config.Config) *catalogAdapter 
 		return r.Ident() + "." + col.Name
 	}
 	for _, r := range cat.Relations() {
-		rr := &rewrite.Relation{OID: r.OID, Schema: r.Schema, Name: r.Name, Kind: rewrite.RelKind(r.Kind)}
+		rr := &rewrite.Relation{OID: r.OID, Schema: r.Schema, Name: r.Name, Kind: rewrite.RelKind(r.Kind), Keys: r.Keys}
 		for _, c := range r.Columns {
 			rr.Columns = append(rr.Columns, rewrite.Attr{Name: c.Name, Num: c.Num, Type: c.TypeName})
 		}

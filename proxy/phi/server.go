@@ -426,12 +426,15 @@ func (s *session) ready(z *pgproto3.ReadyForQuery, out *proxy.Out) error {
 	// (entries before it were answered, skipped or dropped).
 	for s.fifo.n > 0 {
 		f := s.fifo.front()
-		k, eff := f.kind, f.effectful
+		k, eff, ddl := f.kind, f.effectful, f.nameDDL
 		s.fifo.pop()
 		if k == entryQuery || k == entrySync || k == entryFunction {
 			s.doneCycles.Add(1)
 			if eff {
 				s.pending--
+			}
+			if ddl {
+				s.pendingDDL--
 			}
 			break
 		}

@@ -116,8 +116,11 @@ type entry struct {
 	describe byte
 	// effectful (Query, Sync) marks a cycle whose statements change the
 	// session state the planner depends on: the client goroutine waits for
-	// its ReadyForQuery before planning a statement that names PHI.
+	// its ReadyForQuery before planning a statement that names PHI;
+	// nameDDL marks one with DDL naming PHI, which every statement waits
+	// for (the relation it creates is known to no snapshot yet).
 	effectful bool
+	nameDDL   bool
 	// close is the Close message's object type and name.
 	closeKind byte
 	closeName string
@@ -231,8 +234,10 @@ type session struct {
 	// (SQL-level and protocol-level share one namespace, as in
 	// PostgreSQL).
 	confirmed map[string]*prepared
-	// pending counts effectful cycles sent and not yet answered.
-	pending int
+	// pending counts effectful cycles sent and not yet answered;
+	// pendingDDL those with DDL naming PHI.
+	pending    int
+	pendingDDL int
 	// probe is the state read back by the last probe, set when its
 	// ReadyForQuery arrives.
 	probe *probeResult
@@ -267,9 +272,10 @@ type session struct {
 	// batch follows the session state through the effectful statements of
 	// the open extended-protocol batch (nil when it has none); extOpen
 	// says a batch is open (extended messages sent since the last Sync).
-	batch   *rewrite.Sequence
-	extOpen bool
-	portals map[string]portal
+	batch    *rewrite.Sequence
+	extOpen  bool
+	batchDDL bool // the open batch has DDL naming PHI
+	portals  map[string]portal
 	// enc seals literals and parameters (its plaintext scratch is wiped
 	// after every value); cbuf and coffs hold the envelopes.
 	enc   column.Encoder
@@ -359,10 +365,14 @@ func (s *session) push(e *entry, out *proxy.Out) (bool, error) {
 			s.cycle++
 			if e.kind == entrySync {
 				e.effectful = e.effectful || s.batch != nil
-				s.batch, s.extOpen = nil, false
+				e.nameDDL = e.nameDDL || s.batchDDL
+				s.batch, s.extOpen, s.batchDDL = nil, false, false
 			}
 			if e.effectful {
 				s.pending++
+			}
+			if e.nameDDL {
+				s.pendingDDL++
 			}
 		default:
 			s.extOpen = true

@@ -71,32 +71,49 @@ func (s *session) wait() error {
 func (s *session) planSession(snap **snapshot, sql string, out *proxy.Out) (rewrite.Session, error) {
 	if s.batch != nil {
 		sess, why := s.batch.Session()
-		if why != "" && (*snap).planner.MentionsPHI(sql) {
+		if why != "" && ((*snap).planner.MentionsPHI(sql) || rewrite.NamesAny(sql, s.batch.Created())) {
 			return sess, unknownState(why)
 		}
 		return sess, nil
 	}
 	s.mu.Lock()
 	settled := s.pending == 0 && !s.m.unknown && !s.m.refresh && !s.m.ddl
+	refresh := s.m.refresh || s.pendingDDL > 0
+	created := s.m.ddlNames
 	sess := s.m.session()
 	s.mu.Unlock()
-	if settled || !(*snap).planner.MentionsPHI(sql) {
+	if settled {
 		return sess, nil
 	}
-	sess, err := s.settle(out)
+	// A relation DDL just created from PHI (CREATE VIEW v AS SELECT ssn
+	// FROM patients) is named by nothing the old snapshot knows: after
+	// such DDL every statement waits for the refreshed snapshot, and
+	// inside its transaction one that names the new relation is refused.
+	mentions := (*snap).planner.MentionsPHI(sql) || rewrite.NamesAny(sql, created)
+	if !mentions && !refresh {
+		return sess, nil
+	}
+	sess, err := s.settle(out, mentions)
 	*snap = s.p.cur.Load() // a catalog refresh may have swapped it
 	return sess, err
 }
 
 // settle waits until the mirrored state is the server's and returns it.
-func (s *session) settle(out *proxy.Out) (rewrite.Session, error) {
+// mentions says the statement names PHI (or a relation DDL in this
+// transaction created); without it only a pending catalog refresh is
+// waited for.
+func (s *session) settle(out *proxy.Out, mentions bool) (rewrite.Session, error) {
 	flushed := false
 	for {
 		s.mu.Lock()
 		pending, unknown, refresh, ddl := s.pending, s.m.unknown, s.m.refresh, s.m.ddl
+		pendingDDL := s.pendingDDL
 		failed := s.m.explicit && s.m.failed
 		sess := s.m.session()
 		s.mu.Unlock()
+		if !mentions {
+			pending, unknown, ddl = pendingDDL, false, false
+		}
 		switch {
 		case pending > 0:
 			if !flushed {
@@ -302,6 +319,9 @@ func (s *session) stmtEffects(st *rewrite.Statement) {
 // the batch is planned with.
 func (s *session) batchEffects(st *rewrite.Statement, out *proxy.Out) error {
 	s.stmtEffects(st)
+	if st.NameDDL {
+		s.batchDDL = true
+	}
 	if !effectful(st) {
 		return nil
 	}

@@ -2,7 +2,6 @@ package phi
 
 import (
 	"context"
-	"log/slog"
 	"os"
 	"path/filepath"
 	"reflect"
@@ -15,8 +14,6 @@ import (
 
 	"github.com/phiproxy/phiproxy/config"
 	"github.com/phiproxy/phiproxy/crypto"
-	"github.com/phiproxy/phiproxy/internal/testenv"
-	"github.com/phiproxy/phiproxy/proxy"
 )
 
 // The type-modifier tests (issue 11, items 11, 12, 13, 17) run against a
@@ -88,22 +85,7 @@ func startTypmodProxy(t *testing.T) string {
 			t.Fatalf("%s: %v", s, err)
 		}
 	}
-	logs := &testenv.Buffer{}
-	log := slog.New(slog.NewJSONHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
-	p, err := New(ctx, cfg, WithLogger(log))
-	if err != nil {
-		t.Fatal(err)
-	}
-	srv, err := proxy.New(cfg, proxy.WithLogger(log), proxy.WithInterceptor(p.Factory()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	return testenv.AppDSN(testenv.Serve(t, srv, func(error) {
-		p.Close()
-		if t.Failed() {
-			t.Logf("proxy log:\n%s", logs.String())
-		}
-	}))
+	return serveProxy(t, ctx, cfg).dsn()
 }
 
 // twinConns returns a connection through phiproxy and a direct one, in
