@@ -69,7 +69,7 @@ demo: deps-pg build
 # Every fuzz target for FUZZTIME each (go test runs one target at a time).
 # What they find lands in the package's testdata/fuzz: commit it as a seed.
 FUZZTIME ?= 60s
-FUZZ_TARGETS = ./proxy:FuzzStartup ./proxy/codec:FuzzCanonical ./proxy/phi:FuzzCopyRows \
+FUZZ_TARGETS = ./proxy:FuzzStartup ./codec:FuzzCanonical ./proxy/phi:FuzzCopyRows \
 	./proxy/phi:FuzzCopyBinary ./rewrite:FuzzPlan ./rewrite:FuzzShapeCache ./rewrite:FuzzNormalize
 fuzz:
 	@set -e; for t in $(FUZZ_TARGETS); do \

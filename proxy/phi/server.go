@@ -1,17 +1,16 @@
 package phi
 
 import (
-	"encoding/hex"
 	"fmt"
-	"slices"
 
 	"github.com/jackc/pgx/v5/pgproto3"
 
+	"github.com/phiproxy/phiproxy/codec"
+	"github.com/phiproxy/phiproxy/column"
 	"github.com/phiproxy/phiproxy/config"
 	"github.com/phiproxy/phiproxy/crypto"
 	"github.com/phiproxy/phiproxy/pgerr"
 	"github.com/phiproxy/phiproxy/proxy"
-	"github.com/phiproxy/phiproxy/proxy/codec"
 	"github.com/phiproxy/phiproxy/rewrite"
 )
 
@@ -530,7 +529,6 @@ func (s *session) rowDescription(e *entry, m *pgproto3.RowDescription, out *prox
 func (s *session) row(x *rowX, names []string, types []uint32, m *pgproto3.DataRow, out *proxy.Out) error {
 	buf := s.sbuf[:0]
 	offs := s.soffs[:0]
-	cd := codec.Codec{}
 	cdSet := false
 	for i, v := range m.Values {
 		if v == nil {
@@ -543,21 +541,17 @@ func (s *session) row(x *rowX, names []string, types []uint32, m *pgproto3.DataR
 			}
 			continue
 		}
-		ct, err := s.decodeBytea(v, c.format)
+		ct, err := s.dec.DecodeStored(v, c.format)
 		if err != nil || c.cipher == nil {
 			return s.fail(decryptErr(c.col.Ident), out)
 		}
-		pt, err := c.cipher.Decrypt(ct)
-		if err != nil {
-			return s.fail(decryptErr(c.col.Ident), out)
-		}
 		if !cdSet {
-			cd, cdSet = s.codec(), true
+			s.dec.Codec, cdSet = s.codec(), true
 		}
 		start := len(buf)
-		buf, err = cd.AppendEncode(buf, c.col.Type, c.format, pt)
-		clear(pt)
+		buf, err = s.dec.AppendOpen(buf, column.Column{Ident: c.col.Ident, Type: c.col.Type, Cipher: c.cipher}, c.format, ct)
 		if err != nil {
+			clear(buf)
 			return s.fail(decryptErr(c.col.Ident), out)
 		}
 		offs = append(offs, i, start, len(buf))
@@ -576,23 +570,6 @@ func (s *session) row(x *rowX, names []string, types []uint32, m *pgproto3.DataR
 	}
 	s.sbuf, s.soffs = buf[:0], offs[:0]
 	return err
-}
-
-// decodeBytea is codec.DecodeBytea into the session's scratch for the
-// text form PostgreSQL sends (`\x` and hex digits), valid until the next
-// call.
-func (s *session) decodeBytea(v []byte, format int16) ([]byte, error) {
-	if format == codec.TextFormat && len(v) >= 2 && v[0] == '\\' && v[1] == 'x' && len(v)%2 == 0 {
-		n := (len(v) - 2) / 2
-		b := slices.Grow(s.hbuf[:0], n)[:n]
-		if _, err := hex.Decode(b, v[2:]); err == nil {
-			if cap(b) <= 1<<20 { // do not keep a huge value's buffer
-				s.hbuf = b[:0]
-			}
-			return b, nil
-		}
-	}
-	return codec.DecodeBytea(v, format)
 }
 
 func decryptErr(ident string) *pgerr.Error {
