@@ -486,6 +486,9 @@ func (s *session) bind(m *pgproto3.Bind, out *proxy.Out) error {
 			return s.poison(e, &pgproto3.Bind{DestinationPortal: m.DestinationPortal, PreparedStatement: poisonStatement}, "26000", err, out, nil)
 		}
 		e.portal.x = s.resultX(ps, m.ResultFormatCodes)
+		if ps.st.Fetch != "" {
+			e.portal.formats = slices.Clone(m.ResultFormatCodes) // see portalX
+		}
 		if len(ps.st.Params) > 0 && len(m.Parameters) > 0 {
 			b, err := s.encryptParams(ps, m)
 			if err != nil {

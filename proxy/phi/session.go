@@ -214,6 +214,11 @@ type prepared struct {
 type portal struct {
 	ps *prepared
 	x  *rowX
+	// formats are the Bind's result format codes of a FETCH, whose
+	// transform is built from its cursor when its rows arrive (portalX);
+	// fetchDone says it was.
+	formats   []int16
+	fetchDone bool
 }
 
 // session is one client session's Interceptor.
