@@ -36,8 +36,10 @@ func (s *session) ClientMessage(msg pgproto3.FrontendMessage, out *proxy.Out) er
 				return err
 			}
 			e.ps = ps
+		} else if pt, ok := s.portals[m.Name]; ok || m.Name == "" {
+			e.portal = pt
 		} else {
-			e.portal = s.portals[m.Name]
+			e.cursor = m.Name // psycopg 3 describes its cursor so
 		}
 		if _, err := s.push(e, out); err != nil {
 			return err

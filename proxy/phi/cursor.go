@@ -133,6 +133,21 @@ func (s *session) cursorResults(st *rewrite.Statement, text func(int) bool) ([]r
 	return decl.Results, nil
 }
 
+// cursorX is the transform describing SQL cursor name (a Describe 'P' of
+// it): nil if the proxy knows no such cursor.
+func (s *session) cursorX(name string, fields []pgproto3.FieldDescription) *rowX {
+	decl := s.cursor(name)
+	if decl == nil {
+		return nil
+	}
+	return s.newRowX(decl.Results, func(i int) int16 {
+		if i < len(fields) {
+			return fields[i].Format
+		}
+		return 0
+	})
+}
+
 // fieldText reports text format for the output positions of a
 // RowDescription.
 func fieldText(fields []pgproto3.FieldDescription) func(int) bool {

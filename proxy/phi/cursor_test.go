@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgproto3"
 )
 
 // Server-side cursors (issue 17, item 2): DECLARE over PHI, then FETCH,
@@ -365,4 +366,85 @@ func TestCursorFetchBoundAtExecute(t *testing.T) {
 	mustExec(t, ctx, via, "COMMIT")
 	r = pc.ExecPrepared(ctx, "f", nil, nil, nil).Read()
 	expectCode(t, r.Err, "34000", "the prepared FETCH after COMMIT")
+}
+
+// TestCursorDescribePortal: psycopg 3 describes its server-side cursor
+// with an extended-protocol Describe of the portal the DECLARE created
+// (cursors and portals share one namespace): PHI columns are described
+// with their logical types.
+func TestCursorDescribePortal(t *testing.T) {
+	ctx := testCtx(t)
+	p := startProxy(t)
+	via := connect(t, ctx, p.dsn(), pgx.QueryExecModeSimpleProtocol)
+	mustExec(t, ctx, via, "BEGIN")
+	mustExec(t, ctx, via, "DECLARE c CURSOR FOR SELECT id, ssn, dob, mrn FROM patients")
+	fe := via.PgConn().Frontend()
+	fe.Send(&pgproto3.Describe{ObjectType: 'P', Name: "c"})
+	fe.Send(&pgproto3.Sync{})
+	if err := fe.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	var oids []uint32
+	for done := false; !done; {
+		msg, err := fe.Receive()
+		if err != nil {
+			t.Fatal(err)
+		}
+		switch m := msg.(type) {
+		case *pgproto3.RowDescription:
+			for _, f := range m.Fields {
+				oids = append(oids, f.DataTypeOID)
+			}
+		case *pgproto3.ErrorResponse:
+			t.Fatalf("Describe of the cursor: %s %s", m.Code, m.Message)
+		case *pgproto3.ReadyForQuery:
+			done = true
+		}
+	}
+	if !reflect.DeepEqual(oids, []uint32{23, 25, 1082, 20}) {
+		t.Fatalf("cursor described with type OIDs %v", oids)
+	}
+	mustExec(t, ctx, via, "COMMIT")
+}
+
+// TestCursorRefused: DECLARE over what a SELECT may not do on ciphertext
+// is refused as the SELECT is; over a column the policy denies, 42501;
+// a FETCH whose PHI dates the session's DateStyle would print in a form
+// phiproxy does not write is refused (0A000). The session goes on.
+func TestCursorRefused(t *testing.T) {
+	ctx := testCtx(t)
+	p := startProxy(t)
+	for _, mode := range []pgx.QueryExecMode{pgx.QueryExecModeSimpleProtocol, pgx.QueryExecModeCacheStatement} {
+		t.Run(mode.String(), func(t *testing.T) {
+			via := connect(t, ctx, p.dsn(), mode)
+			query := func(sql string) error {
+				rows, err := via.Query(ctx, sql) // extended protocol in cache_statement
+				if err == nil {
+					rows.Close()
+					err = rows.Err()
+				}
+				return err
+			}
+			expectCode(t, query("DECLARE c CURSOR WITH HOLD FOR SELECT ssn FROM patients ORDER BY diagnosis"), "0A000", "DECLARE over ORDER BY a randomized column")
+			expectCode(t, query("DECLARE c CURSOR WITH HOLD FOR SELECT secret FROM restricted"), "42501", "DECLARE over a denied column")
+			mustExec(t, ctx, via, "INSERT INTO patients (id, dob) VALUES (1, '1980-01-02')")
+			mustExec(t, ctx, via, "DECLARE c CURSOR WITH HOLD FOR SELECT id, dob FROM patients")
+			mustExec(t, ctx, via, "SET DateStyle = 'German'")
+			if mode == pgx.QueryExecModeSimpleProtocol {
+				expectCode(t, query("FETCH 1 FROM c"), "0A000", "FETCH of a PHI date as text under DateStyle German")
+			} else {
+				// pgx asks for dates in binary, which DateStyle does not
+				// change.
+				var id int32
+				var dob time.Time
+				if err := via.QueryRow(ctx, "FETCH 1 FROM c").Scan(&id, &dob); err != nil || dob.Format("2006-01-02") != "1980-01-02" {
+					t.Fatalf("binary FETCH under DateStyle German: %v %v", err, dob)
+				}
+			}
+			mustExec(t, ctx, via, "RESET DateStyle")
+			mustExec(t, ctx, via, "CLOSE c")
+			mustExec(t, ctx, via, "DELETE FROM patients")
+			stillWorks(t, ctx, via)
+		})
+	}
 }

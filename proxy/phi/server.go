@@ -509,6 +509,8 @@ func (s *session) rowDescription(e *entry, m *pgproto3.RowDescription, out *prox
 				}
 				e.ps.names = names
 			}
+		} else if e.cursor != "" {
+			x = s.cursorX(e.cursor, m.Fields)
 		} else {
 			var err *pgerr.Error
 			if x, err = s.portalX(&e.portal); err != nil {
