@@ -127,6 +127,10 @@ func (s *session) cursorResults(st *rewrite.Statement, text func(int) bool) ([]r
 	if decl == nil || st.Move {
 		return nil, nil
 	}
+	// The policy and the settings may have changed since the DECLARE.
+	if err := denied(s.p.cur.Load(), decl); err != nil {
+		return nil, asRefusal(err)
+	}
 	if err := s.settingsRefusal(decl, text); err != nil {
 		return nil, asRefusal(err)
 	}

@@ -10,6 +10,8 @@ import (
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgproto3"
+
+	"github.com/phiproxy/phiproxy/config"
 )
 
 // Server-side cursors (issue 17, item 2): DECLARE over PHI, then FETCH,
@@ -446,5 +448,79 @@ func TestCursorRefused(t *testing.T) {
 			mustExec(t, ctx, via, "DELETE FROM patients")
 			stillWorks(t, ctx, via)
 		})
+	}
+}
+
+// TestCursorProtocolClose: an extended-protocol Close of a portal closes
+// the SQL cursor of that name (one namespace): phiproxy forgets it too.
+func TestCursorProtocolClose(t *testing.T) {
+	ctx := testCtx(t)
+	p := startProxy(t)
+	via := connect(t, ctx, p.dsn(), pgx.QueryExecModeSimpleProtocol)
+	mustExec(t, ctx, via, "INSERT INTO patients (id, ssn) VALUES (1, '111-11-1111')")
+	mustExec(t, ctx, via, "BEGIN")
+	mustExec(t, ctx, via, "DECLARE c CURSOR FOR SELECT id, ssn FROM patients")
+	fe := via.PgConn().Frontend()
+	fe.Send(&pgproto3.Close{ObjectType: 'P', Name: "c"})
+	fe.Send(&pgproto3.Sync{})
+	if err := fe.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	for done := false; !done; {
+		msg, err := fe.Receive()
+		if err != nil {
+			t.Fatal(err)
+		}
+		switch m := msg.(type) {
+		case *pgproto3.ErrorResponse:
+			t.Fatalf("Close of the cursor's portal: %s %s", m.Code, m.Message)
+		case *pgproto3.ReadyForQuery:
+			done = true
+		}
+	}
+	openUnknownCursor(t, ctx, via, "c")
+	expectNotDecrypted(t, ctx, via, "c")
+	mustExec(t, ctx, via, "ROLLBACK")
+}
+
+// TestCursorPolicyAtFetch: a policy that denies a column, reloaded after
+// the DECLARE, holds for the FETCHes that follow (42501), in both
+// protocols.
+func TestCursorPolicyAtFetch(t *testing.T) {
+	ctx := testCtx(t)
+	p := startProxy(t)
+	defer func() {
+		if err := p.phi.Reload(ctx, testCfg); err != nil {
+			t.Fatal(err)
+		}
+	}()
+	simple := connect(t, ctx, p.dsn(), pgx.QueryExecModeSimpleProtocol)
+	ext := connect(t, ctx, p.dsn(), pgx.QueryExecModeCacheStatement)
+	mustExec(t, ctx, simple, "INSERT INTO patients (id, ssn) VALUES (1, '111-11-1111')")
+	for _, c := range []*pgx.Conn{simple, ext} {
+		mustExec(t, ctx, c, "DECLARE c CURSOR WITH HOLD FOR SELECT id, ssn FROM patients")
+	}
+	deny := *testCfg
+	deny.PHI = map[string]map[string]config.Column{}
+	for rel, cols := range testCfg.PHI {
+		deny.PHI[rel] = map[string]config.Column{}
+		for name, col := range cols {
+			if col.Ident() == "public.patients.ssn" {
+				col.Default = config.AccessDeny
+			}
+			deny.PHI[rel][name] = col
+		}
+	}
+	if err := p.phi.Reload(ctx, &deny); err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range []*pgx.Conn{simple, ext} {
+		rows, err := c.Query(ctx, "FETCH 1 FROM c")
+		if err == nil {
+			rows.Next()
+			rows.Close()
+			err = rows.Err()
+		}
+		expectCode(t, err, "42501", "FETCH of a column denied since the DECLARE")
 	}
 }

@@ -500,7 +500,10 @@ func (s *session) rowDescription(e *entry, m *pgproto3.RowDescription, out *prox
 			if e.ps != nil && e.ps.st != nil {
 				results = e.ps.st.Results
 				if e.ps.st.Fetch != "" {
-					results, _ = s.cursorResults(e.ps.st, nil)
+					var err *pgerr.Error
+					if results, err = s.cursorResults(e.ps.st, nil); err != nil {
+						return s.fail(err, out)
+					}
 				}
 				x = s.newRowX(results, func(int) int16 { return codec.TextFormat })
 				names := make([]string, len(m.Fields))
