@@ -152,6 +152,19 @@ type Statement struct {
 	// written, but literals are still encrypted.
 	Explain bool
 
+	// Declare is set for DECLARE … CURSOR (PHI or not): the Statement's
+	// Results describe the rows every FETCH of the cursor returns.
+	Declare *Cursor
+	// Fetch names the cursor of FETCH and MOVE (Move set for MOVE, which
+	// returns no rows): its rows are decrypted with the Results of the
+	// DECLARE that opened it, as the server confirmed it.
+	Fetch string
+	Move  bool
+	// CloseCursor names the cursor of CLOSE; CloseAll is CLOSE ALL or
+	// DISCARD ALL (every cursor is closed).
+	CloseCursor string
+	CloseAll    bool
+
 	// literalDependent is set when the analysis read a literal's value
 	// (ORDER BY 2, set_config('search_path', …)): such a plan is never a
 	// literal-shape template (shape.go).
@@ -305,6 +318,15 @@ type Execute struct {
 	// table, so BindExecute refuses it when the prepared statement returns
 	// PHI columns, as CREATE TABLE AS SELECT is refused.
 	CreateTableAs bool
+}
+
+// Cursor is what DECLARE says of a cursor.
+type Cursor struct {
+	Name string
+	// Binary: DECLARE … BINARY (a simple-protocol FETCH returns binary
+	// rows: the RowDescription's format codes say so). Hold: WITH HOLD
+	// (the cursor outlives the COMMIT of its transaction). Scroll: SCROLL.
+	Binary, Hold, Scroll bool
 }
 
 // ExecArg is one argument of EXECUTE.

@@ -36,8 +36,10 @@ func (s *session) ClientMessage(msg pgproto3.FrontendMessage, out *proxy.Out) er
 				return err
 			}
 			e.ps = ps
+		} else if pt, ok := s.portals[m.Name]; ok || m.Name == "" {
+			e.portal = pt
 		} else {
-			e.portal = s.portals[m.Name]
+			e.cursor = m.Name // psycopg 3 describes its cursor so
 		}
 		if _, err := s.push(e, out); err != nil {
 			return err
@@ -400,6 +402,9 @@ func (s *session) bind(m *pgproto3.Bind, out *proxy.Out) error {
 			return s.poison(e, &pgproto3.Bind{DestinationPortal: m.DestinationPortal, PreparedStatement: poisonStatement}, "26000", err, out, nil)
 		}
 		e.portal.x = s.resultX(ps, m.ResultFormatCodes)
+		if ps.st.Fetch != "" {
+			e.portal.formats = slices.Clone(m.ResultFormatCodes) // see portalX
+		}
 		if len(ps.st.Params) > 0 && len(m.Parameters) > 0 {
 			b, err := s.encryptParams(ps, m)
 			if err != nil {

@@ -49,6 +49,14 @@
 // matched to the front entry. After an error the server skips to Sync, and
 // so does the FIFO.
 //
+// SQL cursors. A DECLARE … CURSOR is planned as its query; once the
+// server confirms it, the session keeps the DECLARE's result plan by
+// cursor name (in the mirror, closed as PostgreSQL closes cursors: CLOSE,
+// DISCARD ALL, transaction end, rollback of the declaring transaction).
+// The rows of a FETCH, and a Describe of the cursor's portal, are matched
+// to the cursor when they arrive (cursor.go); a cursor the proxy does not
+// know gets no decryption.
+//
 // # Refusals
 //
 // A refusal (planner, policy, a value that does not canonicalise) must

@@ -216,8 +216,10 @@ func (s *session) ServerMessage(msg pgproto3.BackendMessage, out *proxy.Out) err
 				return s.explainRow(m, out)
 			}
 			var names []string
-			var x *rowX
-			x = e.portal.x
+			x, err := s.portalX(&e.portal)
+			if err != nil {
+				return s.fail(err, out)
+			}
 			if e.portal.ps != nil {
 				names = e.portal.ps.names
 			}
@@ -329,6 +331,11 @@ func (s *session) track(e *entry, msg pgproto3.BackendMessage) {
 			delete(s.confirmed, e.closeName)
 			s.mu.Unlock()
 		}
+		if e.kind == entryClose && e.closeKind == 'P' {
+			s.mu.Lock()
+			s.m.cursors.close(e.closeName) // one namespace with SQL cursors
+			s.mu.Unlock()
+		}
 		s.pop()
 	case *pgproto3.BindComplete:
 		s.pop()
@@ -384,7 +391,7 @@ func (s *session) serverError(e *entry) {
 // completed applies a statement's effects once the server completed it
 // (server goroutine).
 func (s *session) completed(st *rewrite.Statement, tag []byte) {
-	if st == nil || st.Effects == 0 && !st.StateUnknown {
+	if st == nil || st.Effects == 0 && !st.StateUnknown && st.Declare == nil && st.CloseCursor == "" && !st.CloseAll {
 		return
 	}
 	s.mu.Lock()
@@ -477,6 +484,12 @@ func (s *session) rowDescription(e *entry, m *pgproto3.RowDescription, out *prox
 		q := e.q
 		if q.idx < len(q.stmts) {
 			results = q.stmts[q.idx].Results
+			if q.stmts[q.idx].Fetch != "" {
+				var err *pgerr.Error
+				if results, err = s.cursorResults(q.stmts[q.idx], fieldText(m.Fields)); err != nil {
+					return s.fail(err, out)
+				}
+			}
 		}
 		x = s.queryX(results, m.Fields)
 		q.x = x
@@ -485,6 +498,12 @@ func (s *session) rowDescription(e *entry, m *pgproto3.RowDescription, out *prox
 		if e.describe == 'S' {
 			if e.ps != nil && e.ps.st != nil {
 				results = e.ps.st.Results
+				if e.ps.st.Fetch != "" {
+					var err *pgerr.Error
+					if results, err = s.cursorResults(e.ps.st, nil); err != nil {
+						return s.fail(err, out)
+					}
+				}
 				x = s.newRowX(results, func(int) int16 { return codec.TextFormat })
 				names := make([]string, len(m.Fields))
 				for i, f := range m.Fields {
@@ -492,8 +511,13 @@ func (s *session) rowDescription(e *entry, m *pgproto3.RowDescription, out *prox
 				}
 				e.ps.names = names
 			}
+		} else if e.cursor != "" {
+			x = s.cursorX(e.cursor, m.Fields)
 		} else {
-			x = e.portal.x
+			var err *pgerr.Error
+			if x, err = s.portalX(&e.portal); err != nil {
+				return s.fail(err, out)
+			}
 		}
 	case entryExecute:
 		// A RowDescription during Execute (FETCH through a cursor): no plan

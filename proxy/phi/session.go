@@ -124,6 +124,9 @@ type entry struct {
 	// close is the Close message's object type and name.
 	closeKind byte
 	closeName string
+	// cursor is the name of a Describe 'P' that names no protocol portal:
+	// it may name an SQL cursor (one namespace), described by its DECLARE.
+	cursor string
 	// poison is our refusal standing in for the server's answer to the
 	// poison message we sent instead of the client's; poisonCode is the
 	// SQLSTATE the poison makes the server raise.
@@ -215,6 +218,11 @@ type prepared struct {
 type portal struct {
 	ps *prepared
 	x  *rowX
+	// formats are the Bind's result format codes of a FETCH, whose
+	// transform is built from its cursor when its rows arrive (portalX);
+	// fetchDone says it was.
+	formats   []int16
+	fetchDone bool
 }
 
 // session is one client session's Interceptor.
