@@ -2,6 +2,7 @@ package phi
 
 import (
 	"encoding/hex"
+	"slices"
 	"strings"
 
 	"github.com/jackc/pgx/v5/pgproto3"
