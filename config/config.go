@@ -122,6 +122,9 @@ type Limits struct {
 	DrainTimeout time.Duration
 	// ConnectTimeout bounds dialling and logging in upstream.
 	ConnectTimeout time.Duration
+	// MaxConnections caps the client connections served at once; one more
+	// gets FATAL 53300 "sorry, too many clients already". 0: no cap.
+	MaxConnections int
 }
 
 // Column is one PHI column.
@@ -277,6 +280,7 @@ type raw struct {
 		MaxMessageBytes int    `yaml:"max_message_bytes"`
 		DrainTimeout    string `yaml:"drain_timeout"`
 		ConnectTimeout  string `yaml:"connect_timeout"`
+		MaxConnections  int    `yaml:"max_connections"`
 	} `yaml:"limits"`
 	PHI            map[string]map[string]*rawColumn `yaml:"phi"`
 	CatalogOverlay string                           `yaml:"catalog_overlay"`
@@ -472,6 +476,10 @@ func Parse(data []byte, path string) (*Config, error) {
 			}
 			c.Limits.MaxMessageBytes = r.Limits.MaxMessageBytes
 		}
+		if r.Limits.MaxConnections < 0 {
+			v.errf([]string{"limits", "max_connections"}, "limits.max_connections must be 0 (no cap) or a positive number of connections")
+		}
+		c.Limits.MaxConnections = r.Limits.MaxConnections
 		for _, d := range []struct {
 			key string
 			val string

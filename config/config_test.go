@@ -102,6 +102,7 @@ func TestLoadErrorsNameTheLine(t *testing.T) {
 		{"password in catalog dsn", "listen: 127.0.0.1:1\nupstream: {address: 127.0.0.1:5432}\ncatalog_dsn: postgres://a:secret@b/c\n", []string{":3:", "PGPASSFILE"}},
 		{"listen missing", "upstream: {address: 127.0.0.1:5432}\ncatalog_dsn: postgres://a@b/c\n", []string{"listen is required"}},
 		{"bad kek", minimal + "keys: {kek: \"s3://x\"}\n", []string{":4:", "keys.kek"}},
+		{"negative max_connections", minimal + "limits: {max_connections: -1}\n", []string{":4:", "limits.max_connections"}},
 		{"all problems at once", "listen: nope\nupstream: {address: nope}\ncatalog_dsn: postgres://a@b/c\n", []string{":1:", ":2:"}},
 	}
 	for _, tc := range cases {
@@ -146,5 +147,16 @@ func TestParseLogicalType(t *testing.T) {
 		if lt, err := ParseLogicalType(bad); err == nil {
 			t.Errorf("%q accepted as %+v", bad, lt)
 		}
+	}
+}
+
+func TestMaxConnections(t *testing.T) {
+	c, err := Parse([]byte(minimal), "p.yaml")
+	if err != nil || c.Limits.MaxConnections != 0 {
+		t.Fatalf("default: %v; want 0 (no cap)", err)
+	}
+	c, err = Parse([]byte(minimal+"limits: {max_connections: 5}\n"), "p.yaml")
+	if err != nil || c.Limits.MaxConnections != 5 {
+		t.Fatalf("got %v", err)
 	}
 }

@@ -73,7 +73,7 @@ func (c *Cipher) AppendEncrypt(dst, plaintext []byte) ([]byte, error) {
 	if dst == nil {
 		dst = make([]byte, 0, HeaderLen+len(ct))
 	}
-	dst = append(dst, envelopeHeader...)
+	dst = append(dst, EnvelopeHeader...)
 	return append(dst, ct...), nil
 }
 

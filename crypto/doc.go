@@ -27,7 +27,7 @@
 //	                                      │
 //	proxy start/SIGHUP ──► Open / Keyring.Reload (all or nothing)
 //	                                      │ atomic pointer swap
-//	proxy session ──► Keyring.Cipher(col.Key) ──► Cipher.AppendEncrypt / Decrypt
+//	proxy session ──► Keyring.Cipher(col.Key) ──► column.Encoder ──► Cipher.AppendEncrypt / Decrypt
 //	audit ──► Keyring.Signer ──► Signer.Sign;  auditors ──► NewVerifier(export-public)
 //
 // A Store changes keyset files (create, rotate, retire, list) under a lock
@@ -39,8 +39,12 @@
 //
 // # Envelope
 //
-// A ciphertext is "PH", version byte 1, then Tink's output, which starts
-// with 0x01 and the 4-byte id of the key that made it (DESIGN.md §4). The
+// A ciphertext is EnvelopeHeader ("PH", version byte 1), then Tink's
+// output, which starts with 0x01 and the 4-byte id of the key that made
+// it (DESIGN.md §4). EnvelopeHeader is the header's one definition: the
+// Recognizer's anchors, the text forms and the CHECK constraint that makes
+// PostgreSQL refuse plaintext in an encrypted column (EnvelopeCheckSQL,
+// EnvelopeValidateSQL) are derived from it. The
 // associated data is the key name, so a value copied into a column with
 // another key name does not decrypt. A Recognizer (Keyring.Recognizer)
 // is the proxy's safety net: it finds envelopes of the loaded keys in a

@@ -1,15 +1,24 @@
 package crypto
 
-import "encoding/binary"
+import (
+	"encoding/base64"
+	"encoding/binary"
+	"encoding/hex"
+)
 
 // The envelope (DESIGN.md §4, a contract): "PH", a version byte, then Tink's
 // output, which starts with its own 5-byte prefix (0x01 and the big-endian
 // id of the key that made it).
+//
+// EnvelopeHeader is the one definition of the header: everything that
+// writes, recognises or constrains envelopes (the cipher, the safety net's
+// Recognizer, the CHECK constraint of EnvelopeCheckSQL, the proxy) uses
+// it or the forms derived from it here.
 const (
-	// envelopeHeader is "PH" followed by version 1.
-	envelopeHeader = "PH\x01"
+	// EnvelopeHeader is "PH" followed by version 1.
+	EnvelopeHeader = "PH\x01"
 	// HeaderLen is the length of the envelope header ("PH" + version).
-	HeaderLen = len(envelopeHeader)
+	HeaderLen = len(EnvelopeHeader)
 	// tinkPrefixLen is Tink's output prefix: 0x01 + 4-byte key id.
 	tinkPrefixLen = 5
 	tinkStartByte = 0x01
@@ -18,9 +27,14 @@ const (
 	minTinkPayload = 16
 	// MinEnvelopeLen is the length of the shortest well-formed envelope.
 	MinEnvelopeLen = HeaderLen + tinkPrefixLen + minTinkPayload
-	// textEnvelopePrefix is the envelope header in PostgreSQL's hex bytea
-	// text form.
-	textEnvelopePrefix = `\x504801`
+)
+
+// The header in the forms it is found in: PostgreSQL's hex bytea text
+// form (`\x504801`) and base64 ("UEgB"), derived from EnvelopeHeader.
+var (
+	headerHex          = hex.EncodeToString([]byte(EnvelopeHeader))
+	textEnvelopePrefix = `\x` + headerHex
+	headerBase64       = base64.StdEncoding.EncodeToString([]byte(EnvelopeHeader))
 )
 
 // IsEnvelope reports whether b looks like a phiproxy ciphertext: the header,
@@ -28,7 +42,7 @@ const (
 // authenticate anything; it is the proxy's cheap safety net (DESIGN.md §5.5).
 func IsEnvelope(b []byte) bool {
 	return len(b) >= MinEnvelopeLen &&
-		b[0] == envelopeHeader[0] && b[1] == envelopeHeader[1] && b[2] == envelopeHeader[2] &&
+		b[0] == EnvelopeHeader[0] && b[1] == EnvelopeHeader[1] && b[2] == EnvelopeHeader[2] &&
 		b[HeaderLen] == tinkStartByte
 }
 
@@ -37,7 +51,7 @@ func IsEnvelope(b []byte) bool {
 // Recognizer, which also needs a loaded key id.
 func HasEnvelopeHeader(b []byte) bool {
 	return len(b) >= HeaderLen &&
-		b[0] == envelopeHeader[0] && b[1] == envelopeHeader[1] && b[2] == envelopeHeader[2]
+		b[0] == EnvelopeHeader[0] && b[1] == EnvelopeHeader[1] && b[2] == EnvelopeHeader[2]
 }
 
 // IsTextEnvelope reports whether b, a value in PostgreSQL's text format,
@@ -76,7 +90,7 @@ func EnvelopeKeyID(b []byte) (uint32, bool) {
 // substring(col FROM 1 FOR 8) = '\x5048010112345678'.
 func KeyPrefix(id uint32) []byte {
 	p := make([]byte, 0, HeaderLen+tinkPrefixLen)
-	p = append(p, envelopeHeader...)
+	p = append(p, EnvelopeHeader...)
 	p = append(p, tinkStartByte)
 	return binary.BigEndian.AppendUint32(p, id)
 }

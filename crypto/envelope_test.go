@@ -2,6 +2,7 @@ package crypto
 
 import (
 	"bytes"
+	"encoding/hex"
 	"strings"
 	"testing"
 )
@@ -110,5 +111,29 @@ func TestRefFileNameRoundTrip(t *testing.T) {
 		if r, ok := refFromFileName(other); ok {
 			t.Errorf("refFromFileName(%q) = %v, want no keyset", other, r)
 		}
+	}
+}
+
+// TestHeaderForms pins the contract (DESIGN §4: "PH", version 1) and
+// checks that every spelling of the header is derived from the one
+// definition.
+func TestHeaderForms(t *testing.T) {
+	if EnvelopeHeader != "\x50\x48\x01" || HeaderLen != 3 {
+		t.Fatalf("EnvelopeHeader = %q: the envelope format is a contract", EnvelopeHeader)
+	}
+	for name, got := range map[string]string{
+		"text prefix": textEnvelopePrefix, "hex anchor": string(anchorHex), "base64 anchor": string(anchorBase64), "raw anchor": string(anchorRaw),
+	} {
+		want := map[string]string{"text prefix": `\x504801`, "hex anchor": "504801", "base64 anchor": "UEgB", "raw anchor": "PH"}[name]
+		if got != want {
+			t.Errorf("%s = %q, want %q", name, got, want)
+		}
+	}
+	env := append(KeyPrefix(7), make([]byte, minTinkPayload)...)
+	if !IsEnvelope(env) || !HasEnvelopeHeader(env) || !IsTextEnvelope([]byte(`\x`+hex.EncodeToString(env))) {
+		t.Error("an envelope made from EnvelopeHeader is not recognised")
+	}
+	if sql := EnvelopeCheckSQL(Column{Schema: "s", Table: "t", Name: "c"}); !strings.Contains(sql, `LIKE E'\\x`+hex.EncodeToString([]byte(EnvelopeHeader))+`25'::bytea`) {
+		t.Errorf("the CHECK constraint does not test EnvelopeHeader: %s", sql)
 	}
 }

@@ -53,9 +53,9 @@ func (r *Recognizer) IsEnvelope(b []byte) bool {
 // The anchors the forms are found by: none of their bytes is ever escaped
 // by PostgreSQL's output functions or COPY.
 var (
-	anchorRaw    = []byte("PH")     // raw and escape forms
-	anchorHex    = []byte("504801") // hex form: digits only, so any case
-	anchorBase64 = []byte("UEgB")   // base64 of "PH\x01"
+	anchorRaw    = []byte(EnvelopeHeader[:2]) // raw and escape forms ("PH")
+	anchorHex    = []byte(headerHex)          // hex form ("504801"): digits only, so any case
+	anchorBase64 = []byte(headerBase64)       // base64 form ("UEgB")
 )
 
 // MayContain reports whether b holds one of the anchors an envelope in
@@ -165,7 +165,7 @@ const EnvelopeRedacted = "<encrypted>"
 // head checks h, the decoded first bytes of a candidate (at least
 // prefixLen of them).
 func (r *Recognizer) head(h []byte) bool {
-	return h[0] == envelopeHeader[0] && h[1] == envelopeHeader[1] && h[2] == envelopeHeader[2] &&
+	return h[0] == EnvelopeHeader[0] && h[1] == EnvelopeHeader[1] && h[2] == EnvelopeHeader[2] &&
 		h[HeaderLen] == tinkStartByte && r.Known(binary.BigEndian.Uint32(h[HeaderLen+1:]))
 }
 
@@ -229,7 +229,7 @@ func (r *Recognizer) escapeAt(b []byte, k, need int) bool {
 
 func (r *Recognizer) escapeAtN(b []byte, k, need, n int) bool {
 	var h [MinEnvelopeLen]byte
-	h[0], h[1] = 'P', 'H'
+	h[0], h[1] = EnvelopeHeader[0], EnvelopeHeader[1]
 	i := k + 2
 	for o := 2; o < need; o++ {
 		if i >= len(b) {

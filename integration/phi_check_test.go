@@ -7,7 +7,7 @@ import (
 
 	"github.com/jackc/pgx/v5/pgconn"
 
-	"github.com/phiproxy/phiproxy/config"
+	"github.com/phiproxy/phiproxy/crypto"
 )
 
 // TestPHICheckConstraintRefusesPlaintext writes around the proxy: the
@@ -22,8 +22,8 @@ func TestPHICheckConstraintRefusesPlaintext(t *testing.T) {
 			q := "INSERT INTO " + c.Table + " (" + c.Name + ") VALUES ($1::bytea)"
 			_, err := conn.Exec(ctx, q, []byte("123-45-6789"))
 			var pe *pgconn.PgError
-			if !errors.As(err, &pe) || pe.Code != "23514" || pe.ConstraintName != config.EnvelopeCheckName(c) {
-				t.Fatalf("%s: got %v, want 23514 from %s", q, err, config.EnvelopeCheckName(c))
+			if !errors.As(err, &pe) || pe.Code != "23514" || pe.ConstraintName != crypto.EnvelopeCheckName(c) {
+				t.Fatalf("%s: got %v, want 23514 from %s", q, err, crypto.EnvelopeCheckName(c))
 			}
 			// A header with another version is refused too.
 			_, err = conn.Exec(ctx, q, []byte("PH\x02not an envelope"))

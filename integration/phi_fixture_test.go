@@ -15,6 +15,7 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"github.com/phiproxy/phiproxy/config"
+	"github.com/phiproxy/phiproxy/crypto"
 )
 
 // The PHI fixture: database phi owned by app, the encrypted schema, its
@@ -102,7 +103,7 @@ func buildPHIFixture() (*phiEnv, error) {
 	defer conn.Close(ctx)
 	ddl := []string{"SET ROLE app", phiSchema}
 	for _, c := range phiColumns {
-		ddl = append(ddl, config.EnvelopeCheckSQL(c))
+		ddl = append(ddl, crypto.EnvelopeCheckSQL(c))
 	}
 	ddl = append(ddl, "RESET ROLE")
 	for _, q := range ddl {

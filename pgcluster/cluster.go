@@ -133,13 +133,10 @@ func serverOwner() (owner, error) {
 	return owner{uid: uint32(uid), gid: uint32(gid), asOther: true}, nil
 }
 
+// command runs name as the cluster's owner; ctx ends it (the server
+// itself gets context.Background(): it outlives Start, Stop ends it).
 func (o owner) command(ctx context.Context, name string, args ...string) *exec.Cmd {
-	var cmd *exec.Cmd
-	if ctx != nil {
-		cmd = exec.CommandContext(ctx, name, args...)
-	} else {
-		cmd = exec.Command(name, args...)
-	}
+	cmd := exec.CommandContext(ctx, name, args...)
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	if o.asOther {
 		cmd.SysProcAttr.Credential = &syscall.Credential{Uid: o.uid, Gid: o.gid}
@@ -261,7 +258,7 @@ func Start(ctx context.Context, opts Options) (*Cluster, error) {
 		return nil, err
 	}
 
-	c.cmd = own.command(nil, filepath.Join(bin, "postgres"), "-D", c.DataDir)
+	c.cmd = own.command(context.Background(), filepath.Join(bin, "postgres"), "-D", c.DataDir)
 	var logw io.Writer = opts.Log
 	if logw == nil {
 		f, err := os.Create(c.LogFile)
@@ -357,7 +354,7 @@ func (c *Cluster) StartServer(ctx context.Context) error {
 		return err
 	}
 	defer f.Close()
-	c.cmd = own.command(nil, filepath.Join(c.BinDir, "postgres"), "-D", c.DataDir)
+	c.cmd = own.command(context.Background(), filepath.Join(c.BinDir, "postgres"), "-D", c.DataDir)
 	c.cmd.Stdout, c.cmd.Stderr = f, f
 	if err := c.cmd.Start(); err != nil {
 		return err

@@ -172,12 +172,31 @@ func CodeOf(err error) Code {
 	return Internal
 }
 
-// MakeCode returns the Code for a five-character SQLSTATE string received
-// from elsewhere (for example an upstream ErrorResponse). It panics on a
-// malformed code, which is a programming error.
+// MakeCode returns the Code for a SQLSTATE written in phiproxy's own
+// source (a constant not in the list above). It panics on a malformed
+// code, which is a programming error. A SQLSTATE that arrives from the
+// upstream server or a client goes through ParseCode instead.
 func MakeCode(s string) Code {
-	if len(s) != 5 {
-		panic("BUG: SQLSTATE must have five characters: " + s)
+	c, ok := ParseCode(s)
+	if !ok {
+		panic("BUG: SQLSTATE must be five characters of 0-9 and A-Z")
 	}
-	return Code{s}
+	return c
+}
+
+// ParseCode returns the Code for a SQLSTATE that came from outside (an
+// upstream ErrorResponse, a client): five characters of 0-9 and A-Z. It
+// reports false for anything else; the caller then falls back to Internal
+// (XX000) for an error whose code is missing or unusable, or to
+// ProtocolViolation (08P01) when the message that carried it was malformed.
+func ParseCode(s string) (Code, bool) {
+	if len(s) != 5 {
+		return Code{}, false
+	}
+	for i := 0; i < len(s); i++ {
+		if c := s[i]; (c < '0' || c > '9') && (c < 'A' || c > 'Z') {
+			return Code{}, false
+		}
+	}
+	return Code{s}, true
 }

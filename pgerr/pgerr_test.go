@@ -43,3 +43,33 @@ func TestMakeCodeRejectsMalformed(t *testing.T) {
 	}()
 	MakeCode("123")
 }
+
+func TestParseCode(t *testing.T) {
+	for _, tc := range []struct {
+		in string
+		ok bool
+	}{
+		{"42P01", true},
+		{"XX000", true},
+		{"00000", true},
+		{"", false},
+		{"4260", false},
+		{"42P011", false},
+		{"42p01", false},
+		{"42P0\x00", false},
+		{"42 01", false},
+		{"4é01", false},
+	} {
+		c, ok := ParseCode(tc.in)
+		if ok != tc.ok {
+			t.Errorf("ParseCode(%q) ok = %v, want %v", tc.in, ok, tc.ok)
+			continue
+		}
+		if ok && c.String() != tc.in {
+			t.Errorf("ParseCode(%q) = %q", tc.in, c)
+		}
+		if !ok && c != (Code{}) {
+			t.Errorf("ParseCode(%q) returned %q on failure", tc.in, c)
+		}
+	}
+}

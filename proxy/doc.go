@@ -7,7 +7,10 @@
 // # Connection lifecycle
 //
 // Server.Serve accepts a connection and runs one session in its own
-// goroutine:
+// goroutine. An accept that fails for want of resources (out of file
+// descriptors) is retried with net/http's back-off, never fatal; a
+// connection over limits.max_connections gets PostgreSQL's FATAL 53300
+// "sorry, too many clients already" once its startup packet is read.
 //
 //  1. Startup (state Startup). The client's untyped startup packets are read
 //     straight from the socket, unbuffered, so nothing sent ahead of a TLS
@@ -58,6 +61,14 @@
 //     FATAL 08006 (unless the upstream sent its own FATAL first); a client
 //     that cannot be reached gets nothing. Both connections are closed, so
 //     both goroutines return and nothing is left behind.
+//
+// Each of a session's goroutines runs under recover, as net/http's
+// conn.serve does: a panic anywhere in a session (startup, login, either
+// pump, its Interceptor, the Interceptor's end) is logged with its type and
+// stack, never its text, and ends that session with FATAL XX000; every
+// other session keeps running. SQLSTATEs the upstream sends are parsed
+// with pgerr.ParseCode, never trusted: an error without a usable code
+// counts as XX000, a malformed one as 08P01.
 //
 // # Cancel
 //

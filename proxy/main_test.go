@@ -51,8 +51,12 @@ func runTests(m *testing.M) int {
 }
 
 // needsCluster is false when only fuzzing or benchmarking the in-memory
-// paths was asked for, so `go test -fuzz` does not start PostgreSQL.
+// paths was asked for, so `go test -fuzz` does not start PostgreSQL, nor
+// does the child process of TestAcceptOutOfFileDescriptors.
 func needsCluster() bool {
+	if os.Getenv(acceptChildEnv) != "" {
+		return false
+	}
 	for _, a := range os.Args[1:] {
 		if strings.HasPrefix(a, "-test.fuzz=") || strings.HasPrefix(a, "-test.run=^$") || a == "-test.run=^$" {
 			return false

@@ -9,6 +9,7 @@ import (
 	"net"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/phiproxy/phiproxy/config"
@@ -28,9 +29,12 @@ type Server struct {
 	rt      atomic.Pointer[runtimeConfig]
 	cancels cancelRegistry
 
-	mu         sync.Mutex
-	listeners  map[*net.Listener]struct{}
-	sessions   map[*session]struct{}
+	mu        sync.Mutex
+	listeners map[*net.Listener]struct{}
+	sessions  map[*session]struct{}
+	// admitted counts the sessions within limits.max_connections (the
+	// others only get 53300).
+	admitted   int
 	inShutdown atomic.Bool
 	conns      sync.WaitGroup
 	// idle is closed (and replaced) whenever the session set becomes empty.
@@ -171,7 +175,11 @@ func (s *Server) ListenAndServe(ctx context.Context) error {
 // Serve accepts clients on ln until Shutdown or Close, then returns
 // ErrServerClosed. ctx is the parent of every session: cancelling it cuts
 // all sessions at once (call Shutdown first for a graceful drain). Serve
-// closes ln when it returns.
+// closes ln when it returns. It does not return when accepting fails for
+// want of resources (out of file descriptors): it backs off and retries,
+// as net/http does. Over limits.max_connections, a client gets FATAL 53300
+// "sorry, too many clients already" after its startup packet, as from
+// PostgreSQL; its CancelRequest is still served.
 func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 	if !s.trackListener(&ln, true) {
 		ln.Close()
@@ -181,7 +189,7 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 	stop := context.AfterFunc(ctx, func() { ln.Close() })
 	defer stop()
 	s.log.Info("listening", "addr", ln.Addr().String())
-	var backoff time.Duration
+	var retry acceptRetry
 	for {
 		conn, err := ln.Accept()
 		if err != nil {
@@ -192,16 +200,13 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 				s.Close()
 				return ctx.Err()
 			}
-			var ne net.Error
-			if errors.As(err, &ne) && ne.Timeout() {
-				backoff = min(max(2*backoff, 5*time.Millisecond), time.Second)
-				s.log.Warn("accept failed; retrying", "err", err, "backoff", backoff)
-				time.Sleep(backoff)
+			if retryableAccept(err) {
+				retry.wait(ctx, s.log, err)
 				continue
 			}
 			return err
 		}
-		backoff = 0
+		retry.reset()
 		sess := newSession(s, conn)
 		if !s.trackSession(sess, true) {
 			sess.client.sendFatal(pgerr.Fatal(pgerr.CannotConnectNow, "the proxy is shutting down"))
@@ -215,6 +220,52 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 			sess.serve(ctx)
 		}()
 	}
+}
+
+// acceptRetry is net/http's answer to an accept that fails for want of
+// resources (out of file descriptors, EMFILE/ENFILE, or buffers): wait 5ms,
+// doubling up to 1s, and try again, while connections that end free what
+// is missing. Serve never returns for it. The warning is logged at most
+// once a second, with the number of failures since the last one.
+type acceptRetry struct {
+	backoff time.Duration
+	logged  time.Time
+	failed  int
+}
+
+func (r *acceptRetry) wait(ctx context.Context, log *slog.Logger, err error) {
+	r.backoff = min(max(2*r.backoff, 5*time.Millisecond), time.Second)
+	r.failed++
+	if now := time.Now(); now.Sub(r.logged) >= time.Second {
+		log.Warn("accept failed; retrying", "err", err, "backoff", r.backoff, "failures", r.failed)
+		r.logged, r.failed = now, 0
+	}
+	t := time.NewTimer(r.backoff)
+	defer t.Stop()
+	select {
+	case <-t.C:
+	case <-ctx.Done():
+	}
+}
+
+func (r *acceptRetry) reset() { r.backoff = 0 }
+
+// retryableAccept reports whether an Accept error is temporary: a lack of
+// file descriptors or kernel memory, a timeout, or what a listener
+// reports as temporary (the deprecated net.Error.Temporary, which
+// net/http's Serve still honours for listeners that wrap TCP).
+func retryableAccept(err error) bool {
+	for _, errno := range []syscall.Errno{syscall.EMFILE, syscall.ENFILE, syscall.ENOBUFS, syscall.ENOMEM, syscall.ECONNABORTED} {
+		if errors.Is(err, errno) {
+			return true
+		}
+	}
+	var ne net.Error
+	if errors.As(err, &ne) && ne.Timeout() {
+		return true
+	}
+	var tmp interface{ Temporary() bool }
+	return errors.As(err, &tmp) && tmp.Temporary()
 }
 
 func (s *Server) trackListener(ln *net.Listener, add bool) bool {
@@ -239,7 +290,15 @@ func (s *Server) trackSession(sess *session, add bool) bool {
 			return false
 		}
 		s.sessions[sess] = struct{}{}
+		if limit := s.Config().Limits.MaxConnections; limit > 0 && s.admitted >= limit {
+			sess.overCap = true
+		} else {
+			s.admitted++
+		}
 		return true
+	}
+	if _, ok := s.sessions[sess]; ok && !sess.overCap {
+		s.admitted--
 	}
 	delete(s.sessions, sess)
 	if len(s.sessions) == 0 {

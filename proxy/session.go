@@ -54,7 +54,10 @@ type session struct {
 	// exitState is the state the session was in when it ended, for logs.
 	exitState State
 
-	cancelKey        *cancelEntry // registered in srv.cancels; nil if the upstream sent no key
+	cancelKey *cancelEntry // registered in srv.cancels; nil if the upstream sent no key
+	// overCap: the session came in over limits.max_connections and is
+	// refused with 53300 once its startup packet is read.
+	overCap          bool
 	closing          atomic.Bool
 	clientTerminated atomic.Bool // the client sent Terminate
 	fatalRelayed     atomic.Bool // the upstream sent a FATAL error
@@ -145,7 +148,7 @@ func (s *session) end(e *pgerr.Error) {
 			server.conn.Close()
 		}
 		if e, ok := hook.(Ender); ok {
-			e.Ended()
+			s.ended(e)
 		}
 		s.stMu.Lock()
 		s.exitState = s.cur
@@ -160,14 +163,16 @@ func (s *session) fail(err error) {
 	switch pe := pgerr.As(err); {
 	case errors.As(err, &ue):
 		// The upstream's own error was relayed unchanged.
-		s.endErr.Store(pgerr.Fatal(pgerr.MakeCode(ue.code), "upstream error"))
+		s.endErr.Store(pgerr.Fatal(ue.code, "upstream error"))
 		s.end(nil)
 	case pe != nil:
 		s.end(pe)
 	default:
 		s.end(nil)
 	}
-	if !isClientGone(err) {
+	// A client that went away is not worth a line; an upstream that did
+	// (its EOF wrapped in a pgerr 08006) is.
+	if pgerr.As(err) != nil || !isClientGone(err) {
 		s.log.Info("connection failed", "err", err, "sqlstate", sqlstateOf(err))
 	}
 }
@@ -175,16 +180,18 @@ func (s *session) fail(err error) {
 // upstreamError is an ErrorResponse from the upstream server during login
 // that has already been relayed to the client.
 type upstreamError struct {
-	code string
+	code pgerr.Code
 	msg  string
 }
 
-func (e *upstreamError) Error() string { return "upstream: " + e.msg + " (SQLSTATE " + e.code + ")" }
+func (e *upstreamError) Error() string {
+	return "upstream: " + e.msg + " (SQLSTATE " + e.code.String() + ")"
+}
 
 func sqlstateOf(err error) string {
 	var ue *upstreamError
 	if errors.As(err, &ue) {
-		return ue.code
+		return ue.code.String()
 	}
 	if pe := pgerr.As(err); pe != nil {
 		return pe.Code.String()
@@ -211,6 +218,7 @@ func (s *session) serve(ctx context.Context) {
 		}
 		s.end(nil)
 	}()
+	defer s.recoverPanic() // first to run: a panic ends the session with XX000
 
 	_ = s.client.conn.SetDeadline(time.Now().Add(s.srv.opts.startupTimeout))
 	p, err := s.clientStartup(ctx, rt)
@@ -220,6 +228,11 @@ func (s *session) serve(ctx context.Context) {
 	}
 	if p == nil {
 		return // a CancelRequest, already handled
+	}
+	if s.overCap {
+		// PostgreSQL's answer, also after the startup packet.
+		s.fail(pgerr.Fatal(pgerr.TooManyConnections, "sorry, too many clients already"))
+		return
 	}
 	_, s.info.TLS = s.clientConn().(*tls.Conn)
 	s.info.User = p.get("user")
@@ -294,9 +307,13 @@ func (s *session) relay() {
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
+		defer s.recoverPanic()
 		s.serverEnded(s.serverPump().run())
 	}()
-	s.clientEnded(s.clientPump().run())
+	func() {
+		defer s.recoverPanic()
+		s.clientEnded(s.clientPump().run())
+	}()
 	<-done
 }
 
@@ -432,7 +449,7 @@ func (s *session) serverSaw(typ byte, n int, body []byte) error {
 	case 'E':
 		if body != nil && isFatalError(body) {
 			s.fatalRelayed.Store(true)
-			s.log.Info("upstream ended the session", "sqlstate", errorCode(body))
+			s.log.Info("upstream ended the session", "sqlstate", errorCode(body).String())
 		}
 		s.stMu.Lock()
 		ext := s.extOpen

@@ -53,9 +53,9 @@ func (s *Server) terminateLogin(cfg *config.Config, rt *runtimeConfig) (loginFun
 }
 
 func terminate(ctx context.Context, s *session, rt *runtimeConfig, p *startupPacket, a *auth.Authenticator) (*loginResult, error) {
-	max := rt.cfg.Limits.MaxMessageBytes
+	limit := rt.cfg.Limits.MaxMessageBytes
 	be := pgproto3.NewBackend(&frameReader{r: s.client.in.r}, legWriter{s.client})
-	be.SetMaxBodyLen(max)
+	be.SetMaxBodyLen(limit)
 	client := auth.Client{User: s.info.User}
 	if _, ok := s.clientConn().(*tls.Conn); ok {
 		client.ChannelBinding = rt.channelBinding
@@ -74,7 +74,7 @@ func terminate(ctx context.Context, s *session, rt *runtimeConfig, p *startupPac
 		return nil, err
 	}
 	fe := pgproto3.NewFrontend(&frameReader{r: up.in.r}, legWriter{up})
-	fe.SetMaxBodyLen(max)
+	fe.SetMaxBodyLen(limit)
 	var upTLS *tls.ConnectionState
 	if tc, ok := up.conn.(*tls.Conn); ok {
 		st := tc.ConnectionState()
@@ -86,7 +86,7 @@ func terminate(ctx context.Context, s *session, rt *runtimeConfig, p *startupPac
 		case errors.As(err, &ue):
 			// The upstream's own error, unchanged.
 			_ = s.client.sendNow(&ue.Response)
-			return nil, &upstreamError{code: ue.Response.Code, msg: "upstream login refused"}
+			return nil, &upstreamError{code: upstreamCode(ue.Response.Code), msg: "upstream login refused"}
 		case pgerr.As(err) != nil:
 			return nil, err
 		default:

@@ -255,8 +255,11 @@ func isFatalError(body []byte) bool {
 	return false
 }
 
-// errorCode extracts the SQLSTATE from an ErrorResponse body, for logs.
-func errorCode(body []byte) string {
+// errorCode extracts the SQLSTATE from an upstream ErrorResponse body. The
+// upstream is not trusted to send a valid one: a body whose fields are not
+// NUL-terminated gives 08P01 (protocol_violation), an error without a
+// usable C field gives XX000 (internal_error), as pgerr documents.
+func errorCode(body []byte) pgerr.Code {
 	for len(body) > 1 {
 		k := body[0]
 		end := 1
@@ -264,12 +267,21 @@ func errorCode(body []byte) string {
 			end++
 		}
 		if end >= len(body) {
-			return ""
+			return pgerr.ProtocolViolation
 		}
 		if k == 'C' {
-			return string(body[1:end])
+			return upstreamCode(string(body[1:end]))
 		}
 		body = body[end+1:]
 	}
-	return ""
+	return pgerr.Internal
+}
+
+// upstreamCode parses a SQLSTATE the upstream sent, XX000 when it is not
+// one.
+func upstreamCode(s string) pgerr.Code {
+	if c, ok := pgerr.ParseCode(s); ok {
+		return c
+	}
+	return pgerr.Internal
 }

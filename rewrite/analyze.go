@@ -159,14 +159,18 @@ func (a *analyzer) statement(n *pg.Node) error {
 	case *pg.Node_CreatePolicyStmt, *pg.Node_AlterPolicyStmt:
 		return a.refuseStmt("row-level security policy", "a policy expression runs server-side on ciphertext; base it on non-PHI columns")
 	case *pg.Node_DeclareCursorStmt:
-		_, err := a.selectStmt(x.DeclareCursorStmt.Query.GetSelectStmt(), nil, nil)
+		// Planned as its SELECT: the cursor's rows are that SELECT's, read
+		// by FETCH later (the proxy keeps Results by cursor name).
+		sel := x.DeclareCursorStmt.Query.GetSelectStmt()
+		if sel == nil {
+			return a.refuseStmt("DECLARE CURSOR", "declare the cursor over a SELECT")
+		}
+		out, err := a.selectStmt(sel, nil, nil)
 		if err != nil {
 			return err
 		}
-		if len(a.rels) > 0 {
-			return a.refuseStmt("DECLARE CURSOR", "cursors over PHI relations are not supported; use the extended protocol with a row limit (fetch size) instead")
-		}
-		return nil
+		a.actions = append(a.actions, ActionRead)
+		return a.results(out)
 	case *pg.Node_CreateTableAsStmt:
 		a.ddl = true
 		out, err := a.selectStmt(x.CreateTableAsStmt.Query.GetSelectStmt(), nil, nil)

@@ -76,10 +76,7 @@ func checkPlanInvariants(t testing.TB, pl *Planner, sql string, p *Plan, err err
 			last = s.Offset + s.Length
 		}
 	}
-	rendered, err := p.Render(fakeCiphertext)
-	if err != nil {
-		t.Fatal(err)
-	}
+	rendered := renderShipped(t, p)
 	checkPinned(t, pl, sql, rendered)
 }
 

@@ -4,26 +4,21 @@ import (
 	"os/exec"
 	"strings"
 	"testing"
+
+	"github.com/phiproxy/phiproxy/internal/testenv"
 )
 
 // TestPure asserts that rewrite stays a pure package: nothing in its
 // dependency closure opens sockets or runs programs, and it imports none of
 // the packages that hold keys, sockets or the audit trail.
 func TestPure(t *testing.T) {
-	out, err := exec.Command("go", "list", "-deps", ".").CombinedOutput()
-	if err != nil {
-		t.Fatalf("go list: %v\n%s", err, out)
-	}
 	forbidden := []string{"net", "net/http", "os/exec", "os/signal", "crypto/tls", "syscall/js",
 		"github.com/phiproxy/phiproxy/proxy", "github.com/phiproxy/phiproxy/crypto",
 		"github.com/phiproxy/phiproxy/audit", "github.com/phiproxy/phiproxy/config",
 		"github.com/phiproxy/phiproxy/policy"}
-	deps := map[string]bool{}
-	for _, d := range strings.Fields(string(out)) {
-		deps[d] = true
-	}
+	deps := testenv.Deps(t)
 	if !deps["github.com/pganalyze/pg_query_go/v5"] {
-		t.Fatalf("go list -deps output looks wrong:\n%s", out)
+		t.Fatalf("go list -deps output looks wrong: %v", deps)
 	}
 	for _, f := range forbidden {
 		if deps[f] {
@@ -31,7 +26,7 @@ func TestPure(t *testing.T) {
 		}
 	}
 	// Direct imports: no file system, clock or randomness either.
-	out, err = exec.Command("go", "list", "-f", `{{join .Imports " "}}`, ".").CombinedOutput()
+	out, err := exec.Command("go", "list", "-f", `{{join .Imports " "}}`, ".").CombinedOutput()
 	if err != nil {
 		t.Fatalf("go list: %v\n%s", err, out)
 	}

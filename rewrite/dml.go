@@ -428,7 +428,7 @@ func (a *analyzer) index(ix *pg.IndexStmt) error {
 }
 
 // envelopePrefix starts the name of every constraint phiproxy installs
-// (config.EnvelopeCheckName): the envelope CHECK that makes PostgreSQL
+// (crypto.EnvelopeCheckName): the envelope CHECK that makes PostgreSQL
 // itself refuse plaintext in a PHI column.
 const envelopePrefix = "phiproxy_"
 

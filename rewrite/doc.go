@@ -22,11 +22,16 @@
 //	plan, err := planner.Plan(sql, rewrite.Session{SearchPath: sp, User: u})
 //	if err != nil { send ErrorResponse from pgerr.As(err); return }
 //	if plan.PassThrough { forward sql unchanged (still apply Effects); return }
-//	text, err := plan.Render(func(s rewrite.Slot) (string, error) {
-//	    // apply s.Cast, canonicalise s.Text to s.Column.Type (with its
-//	    // modifier, as an assignment if s.Assign, else a comparison),
-//	    // encrypt with s.Column.Key, return a bytea literal: '\x5048…'::bytea
-//	})
+//	var r rewrite.Renderer                                 // per session: its scratch is reused
+//	text, bad, err := r.Text(&buf, plan.SQL, plan.Statements, len(plan.Statements),
+//	    func(dst []byte, s *rewrite.Slot) ([]byte, error) {
+//	        // apply s.Cast, canonicalise s.Text to s.Column.Type (with its
+//	        // modifier, as an assignment if s.Assign, else a comparison),
+//	        // encrypt with s.Column.Key, append a bytea literal: '\x5048…'::bytea
+//	    })
+//	// (Renderer is the one renderer: the proxy sends what it renders and
+//	// FuzzPlan checks the same code. A refusal at statement bad renders
+//	// the statements before it with n = bad.)
 //	// Params: encrypt $n values for Param.Column, send as bytea, describe
 //	//         them to the client as Param.Column.Type.
 //	// Results: decrypt output column Result.Position with Result.Column

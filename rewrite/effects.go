@@ -77,9 +77,21 @@ func effects(st *Statement, n *pg.Node, sql string) {
 		case pg.DiscardMode_DISCARD_ALL:
 			st.Effects |= EffectSearchPath | EffectDeallocate | EffectRole | EffectEndUser
 			st.PathReset, st.TempClear = true, true
+			st.CloseAll = true
 		case pg.DiscardMode_DISCARD_TEMP:
 			st.TempClear = true
 		}
+	case *pg.Node_DeclareCursorStmt:
+		o := x.DeclareCursorStmt.Options
+		st.Declare = &Cursor{Name: x.DeclareCursorStmt.Portalname,
+			Binary: o&cursorOptBinary != 0, Hold: o&cursorOptHold != 0, Scroll: o&cursorOptScroll != 0}
+	case *pg.Node_FetchStmt:
+		st.Fetch = x.FetchStmt.Portalname
+		st.Move = x.FetchStmt.Ismove
+	case *pg.Node_ClosePortalStmt:
+		// CLOSE ALL parses with no name.
+		st.CloseCursor = x.ClosePortalStmt.Portalname
+		st.CloseAll = st.CloseCursor == ""
 	case *pg.Node_SelectStmt:
 		if into := x.SelectStmt.IntoClause; into != nil {
 			st.Effects |= EffectCatalog
@@ -162,6 +174,13 @@ func effects(st *Statement, n *pg.Node, sql string) {
 	}
 	setConfigEffects(st, n)
 }
+
+// DECLARE's option bits (PostgreSQL's CURSOR_OPT_*, parsenodes.h).
+const (
+	cursorOptBinary = 0x0001
+	cursorOptScroll = 0x0002
+	cursorOptHold   = 0x0020
+)
 
 // tempName is the name of a relation created as temporary (TEMP, or in
 // schema pg_temp), or "".

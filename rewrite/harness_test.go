@@ -134,7 +134,8 @@ func describePlan(p *Plan, err error) string {
 	}
 	multi := len(p.Statements) > 1
 	for i, st := range p.Statements {
-		if !st.TouchesPHI && st.Effects == 0 && p.PassThrough {
+		cursorOp := st.Declare != nil || st.Fetch != "" || st.CloseCursor != "" || st.CloseAll
+		if !st.TouchesPHI && st.Effects == 0 && !cursorOp && p.PassThrough {
 			continue
 		}
 		ind := ""
@@ -215,6 +216,35 @@ func describePlan(p *Plan, err error) string {
 				args = append(args, a.Kind)
 			}
 			fmt.Fprintf(&b, "%sexecutes: %s(%s)\n", ind, e.Name, strings.Join(args, ", "))
+		}
+		if c := st.Declare; c != nil {
+			var opts []string
+			for _, o := range []struct {
+				on   bool
+				name string
+			}{{c.Binary, "binary"}, {c.Scroll, "scroll"}, {c.Hold, "with hold"}} {
+				if o.on {
+					opts = append(opts, o.name)
+				}
+			}
+			fmt.Fprintf(&b, "%sdeclares cursor: %s", ind, c.Name)
+			if len(opts) > 0 {
+				fmt.Fprintf(&b, " (%s)", strings.Join(opts, ", "))
+			}
+			b.WriteString("\n")
+		}
+		if st.Fetch != "" {
+			verb := "fetches from"
+			if st.Move {
+				verb = "moves"
+			}
+			fmt.Fprintf(&b, "%s%s cursor: %s\n", ind, verb, st.Fetch)
+		}
+		if st.CloseCursor != "" {
+			fmt.Fprintf(&b, "%scloses cursor: %s\n", ind, st.CloseCursor)
+		}
+		if st.CloseAll {
+			fmt.Fprintf(&b, "%scloses every cursor\n", ind)
 		}
 		if n := st.Normalized(); n != "" {
 			fmt.Fprintf(&b, "%snormalized: %s\n", ind, n)

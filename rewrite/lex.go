@@ -61,9 +61,11 @@ func isSpace(c byte) bool {
 // fastStarts are first words of statements that change no session state:
 // when a string mentions no PHI name and every statement starts with one of
 // these, the planner passes it through without parsing. EXPLAIN is not one:
-// EXPLAIN EXECUTE q(…) sends q's arguments, which may be PHI.
+// EXPLAIN EXECUTE q(…) sends q's arguments, which may be PHI. Nor are
+// FETCH, MOVE and CLOSE: the proxy must know which cursor they name
+// (Statement.Fetch, CloseCursor).
 var fastStarts = [...]string{"select", "insert", "update", "delete", "with", "values", "table",
-	"show", "copy", "fetch", "move", "close", "listen", "notify", "unlisten"}
+	"show", "copy", "listen", "notify", "unlisten"}
 
 func isFastStart(w []byte) bool {
 	for _, s := range fastStarts {

@@ -98,27 +98,20 @@ func checkNormalized(t testing.TB, in, out string) {
 	if hugeParam {
 		return
 	}
-	max := 0
+	highest := 0
 	for n := range params {
-		max = maxInt(max, n)
+		highest = max(highest, n)
 	}
 	for n := range seen {
-		if !params[n] && n <= max {
+		if !params[n] && n <= highest {
 			t.Fatalf("placeholder $%d collides with the text's parameters: %q → %q", n, in, out)
 		}
 	}
-	for n := max + 1; n <= max+len(seen)-countIn(seen, params); n++ {
+	for n := highest + 1; n <= highest+len(seen)-countIn(seen, params); n++ {
 		if !seen[n] {
-			t.Fatalf("placeholders are not numbered $%d on without gaps: %q → %q", max+1, in, out)
+			t.Fatalf("placeholders are not numbered $%d on without gaps: %q → %q", highest+1, in, out)
 		}
 	}
-}
-
-func maxInt(a, b int) int {
-	if a > b {
-		return a
-	}
-	return b
 }
 
 func countIn(seen, params map[int]bool) int {

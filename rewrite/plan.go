@@ -3,13 +3,10 @@ package rewrite
 import (
 	"fmt"
 	"log/slog"
-	"sort"
 	"strings"
 	"sync"
 
 	pg "github.com/pganalyze/pg_query_go/v5"
-
-	"github.com/phiproxy/phiproxy/pgerr"
 )
 
 type auditText struct {
@@ -154,6 +151,19 @@ type Statement struct {
 	// Explain is true for EXPLAIN without ANALYZE: nothing is read or
 	// written, but literals are still encrypted.
 	Explain bool
+
+	// Declare is set for DECLARE … CURSOR (PHI or not): the Statement's
+	// Results describe the rows every FETCH of the cursor returns.
+	Declare *Cursor
+	// Fetch names the cursor of FETCH and MOVE (Move set for MOVE, which
+	// returns no rows): its rows are decrypted with the Results of the
+	// DECLARE that opened it, as the server confirmed it.
+	Fetch string
+	Move  bool
+	// CloseCursor names the cursor of CLOSE; CloseAll is CLOSE ALL or
+	// DISCARD ALL (every cursor is closed).
+	CloseCursor string
+	CloseAll    bool
 
 	// literalDependent is set when the analysis read a literal's value
 	// (ORDER BY 2, set_config('search_path', …)): such a plan is never a
@@ -310,6 +320,15 @@ type Execute struct {
 	CreateTableAs bool
 }
 
+// Cursor is what DECLARE says of a cursor.
+type Cursor struct {
+	Name string
+	// Binary: DECLARE … BINARY (a simple-protocol FETCH returns binary
+	// rows: the RowDescription's format codes say so). Hold: WITH HOLD
+	// (the cursor outlives the COMMIT of its transaction). Scroll: SCROLL.
+	Binary, Hold, Scroll bool
+}
+
 // ExecArg is one argument of EXECUTE.
 type ExecArg struct {
 	Offset, Length int
@@ -337,65 +356,6 @@ type Copy struct {
 type CopyField struct {
 	Name   string
 	Column *PHIColumn
-}
-
-// Render returns the text to send: SQL with every slot replaced by fill's
-// result and every edit applied.
-func (p *Plan) Render(fill func(Slot) (string, error)) (string, error) {
-	type rep struct {
-		off, n int
-		text   string
-		slot   *Slot
-	}
-	var reps []rep
-	for _, st := range p.Statements {
-		for i := range st.Slots {
-			reps = append(reps, rep{off: st.Slots[i].Offset, n: st.Slots[i].Length, slot: &st.Slots[i]})
-		}
-		for _, e := range st.Edits {
-			reps = append(reps, rep{off: e.Offset, n: e.Length, text: e.Text})
-		}
-	}
-	if len(reps) == 0 {
-		return p.SQL, nil
-	}
-	sort.Slice(reps, func(i, j int) bool { return reps[i].off < reps[j].off })
-	var b strings.Builder
-	b.Grow(len(p.SQL) + 64*len(reps))
-	pos := 0
-	for _, r := range reps {
-		if r.off < pos {
-			// The analysis never plans two replacements over the same text
-			// (checkPlanInvariants, FuzzPlan); were it to, refuse rather
-			// than send a statement with a value left unencrypted.
-			return "", pgerr.New(pgerr.FeatureNotSupported, "phiproxy cannot rewrite this statement: two values bound for PHI columns overlap").
-				WithHint("write each value bound for a PHI column as a separate literal or parameter")
-		}
-		b.WriteString(p.SQL[pos:r.off])
-		if r.slot != nil {
-			s, err := fill(*r.slot)
-			if err != nil {
-				return "", err
-			}
-			b.WriteString(s)
-			if NeedsSpace(s, p.SQL, r.off+r.n) {
-				b.WriteByte(' ')
-			}
-		} else {
-			b.WriteString(r.text)
-		}
-		pos = r.off + r.n
-	}
-	b.WriteString(p.SQL[pos:])
-	return b.String(), nil
-}
-
-// NeedsSpace reports whether a replacement ending in rep, followed by
-// sql[next:], needs a space between them: a literal may be followed by a
-// keyword with nothing between ('x'AND …), but the bytea literal that
-// replaces it ends in a type name, which would run into the keyword.
-func NeedsSpace(rep, sql string, next int) bool {
-	return rep != "" && next < len(sql) && isIdentByte(rep[len(rep)-1]) && isIdentByte(sql[next])
 }
 
 // BindExecute returns the plan of a SQL-level EXECUTE given the Statement

@@ -81,10 +81,7 @@ func checkShape(t testing.TB, cols *Columns, cat *MemCatalog, sess Session, sql 
 			t.Fatalf("shape tier (hit=%v) differs from the full plan: %s\nprimed with: %q\nplanned:     %q", hit, d, prime, text)
 		}
 		if gerr == nil {
-			rendered, err := got.Render(fakeCiphertext)
-			if err != nil {
-				t.Fatal(err)
-			}
+			rendered := renderShipped(t, got)
 			checkPinned(t, p, text, rendered)
 		}
 	}

@@ -69,11 +69,9 @@ func main() {
 	floorUpstream := flag.String("floor-upstream", "", "internal: the floor relay's upstream")
 	flag.Parse()
 	if *floor != "" {
-		if err := serveFloor(*floor, *floorListen, *floorUpstream); err != nil {
-			fmt.Fprintln(os.Stderr, "floor relay:", err)
-			os.Exit(1)
-		}
-		return
+		// serveFloor returns only when it fails.
+		fmt.Fprintln(os.Stderr, "floor relay:", serveFloor(*floor, *floorListen, *floorUpstream))
+		os.Exit(1)
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()

@@ -63,7 +63,7 @@ func setupPHIDatabases(ctx context.Context, c *pgcluster.Cluster, rows int) erro
 	}
 	stmts := []string{"CREATE TABLE patients (id serial PRIMARY KEY, ssn bytea, diagnosis bytea)", "CREATE INDEX ON patients (ssn)"}
 	for _, col := range []string{"ssn", "diagnosis"} {
-		stmts = append(stmts, config.EnvelopeCheckSQL(config.Column{Schema: "public", Table: "patients", Name: col}))
+		stmts = append(stmts, crypto.EnvelopeCheckSQL(config.Column{Schema: "public", Table: "patients", Name: col}))
 	}
 	return execAsBench(ctx, c, phiDB, stmts...)
 }

@@ -16,6 +16,7 @@ import (
 	"github.com/spf13/pflag"
 
 	"github.com/phiproxy/phiproxy/config"
+	"github.com/phiproxy/phiproxy/crypto"
 	"github.com/phiproxy/phiproxy/pgcluster"
 )
 
@@ -181,7 +182,7 @@ func demoCreateSchema(ctx context.Context, cluster *pgcluster.Cluster, cfgPath, 
 		schema, table, _ := strings.Cut(rel, ".")
 		for name := range cfg.PHI[rel] {
 			col, _ := cfg.Column(schema, table, name)
-			stmts = append(stmts, config.EnvelopeCheckSQL(col))
+			stmts = append(stmts, crypto.EnvelopeCheckSQL(col))
 		}
 	}
 	for _, s := range stmts {

@@ -41,6 +41,13 @@ type findingsError struct{ err error }
 func (e findingsError) Error() string { return e.err.Error() }
 func (e findingsError) Unwrap() error { return e.err }
 
+// runtimeError makes the process exit 1: the command was used right but
+// failed at run time (for example PostgreSQL could not be reached).
+type runtimeError struct{ err error }
+
+func (e runtimeError) Error() string { return e.err.Error() }
+func (e runtimeError) Unwrap() error { return e.err }
+
 func commands() map[string]command {
 	return map[string]command{
 		"serve":   {"run the proxy (SIGHUP reloads, SIGTERM drains)", runServe},
@@ -65,7 +72,8 @@ func exitCode(env *cmdEnv, err error) int {
 	}
 	fmt.Fprintln(env.stderr, "phiproxy:", err)
 	var f findingsError
-	if errors.As(err, &f) {
+	var r runtimeError
+	if errors.As(err, &f) || errors.As(err, &r) {
 		return 1
 	}
 	var u usageError

@@ -10,6 +10,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/spf13/pflag"
 
 	"github.com/phiproxy/phiproxy/config"
@@ -50,7 +51,13 @@ func runServe(ctx context.Context, env *cmdEnv, args []string) error {
 	// The PHI path: catalog snapshot checked against the phi: map, keys
 	// opened under the KEK, planner. With no phi: it is a pure relay.
 	px, err := phi.New(ctx, cfg, phi.WithLogger(log))
-	if err != nil {
+	var ce *pgconn.ConnectError
+	switch {
+	case errors.As(err, &ce):
+		// PostgreSQL is down, unreachable or refused the catalog role:
+		// a failure at run time (exit 1), not a usage error.
+		return runtimeError{err}
+	case err != nil:
 		return usageError{err}
 	}
 	defer px.Close()
@@ -68,7 +75,7 @@ func runServe(ctx context.Context, env *cmdEnv, args []string) error {
 	var lc net.ListenConfig
 	ln, err := lc.Listen(ctx, "tcp", cfg.Listen)
 	if err != nil {
-		return err
+		return runtimeError{err} // for example the address is in use
 	}
 
 	hup := make(chan os.Signal, 1)
@@ -96,7 +103,10 @@ func runServe(ctx context.Context, env *cmdEnv, args []string) error {
 			}
 			log.Info("config reloaded", "config", *cfgPath)
 		case err := <-served:
-			return err
+			if err == nil {
+				return nil
+			}
+			return runtimeError{err} // Serve ended without a signal
 		case <-ctx.Done():
 			log.Info("stopping: draining sessions", "drain_timeout", srv.Config().Limits.DrainTimeout.String())
 			sctx, cancel := context.WithTimeout(context.Background(), srv.Config().Limits.DrainTimeout+10*time.Second)

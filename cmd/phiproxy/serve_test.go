@@ -139,3 +139,50 @@ func TestServeKeepsMockSecret(t *testing.T) {
 		t.Fatalf("secret %q, then %q", first, again)
 	}
 }
+
+// TestServeExitsOneWhenPostgreSQLIsUnreachable: PostgreSQL down at start is
+// a failure at run time (exit 1), not a usage or config error (exit 2).
+func TestServeExitsOneWhenPostgreSQLIsUnreachable(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	closed := ln.Addr().String()
+	ln.Close()
+	cfgPath := filepath.Join(t.TempDir(), "phiproxy.yaml")
+	cfg := "listen: 127.0.0.1:0\nupstream: {address: " + closed + ", sslmode: disable}\n" +
+		"catalog_dsn: postgres://c@" + closed + "/db?sslmode=disable&connect_timeout=5\n" +
+		"phi:\n  public.patients:\n    ssn: {type: text, mode: deterministic}\n"
+	if err := os.WriteFile(cfgPath, []byte(cfg), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	stderr := &bytes.Buffer{}
+	env := &cmdEnv{stdout: &bytes.Buffer{}, stderr: stderr}
+	err = run(context.Background(), env, []string{"serve", "--config", cfgPath})
+	if code := exitCode(env, err); code != 1 {
+		t.Fatalf("exit %d (%v), want 1", code, err)
+	}
+	if !strings.Contains(stderr.String(), "catalog connection") {
+		t.Errorf("the error does not say what failed: %s", stderr.String())
+	}
+}
+
+// TestServeExitsOneWhenItCannotListen: an address in use is a failure at
+// run time too.
+func TestServeExitsOneWhenItCannotListen(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	cfgPath := filepath.Join(t.TempDir(), "phiproxy.yaml")
+	cfg := "listen: " + ln.Addr().String() + "\nupstream: {address: 127.0.0.1:1, sslmode: disable}\ncatalog_dsn: postgres://c@127.0.0.1:1/db\nauth: {mode: relay}\n"
+	if err := os.WriteFile(cfgPath, []byte(cfg), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	env := &cmdEnv{stdout: &bytes.Buffer{}, stderr: &bytes.Buffer{}}
+	err = run(context.Background(), env, []string{"serve", "--config", cfgPath})
+	if code := exitCode(env, err); code != 1 {
+		t.Fatalf("exit %d (%v), want 1", code, err)
+	}
+}

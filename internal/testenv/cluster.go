@@ -9,6 +9,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5"
+
 	"github.com/phiproxy/phiproxy/pgcluster"
 )
 
@@ -96,4 +98,28 @@ func (l *LazyCluster) Run(m *testing.M) int {
 		l.cluster.Stop()
 	}
 	return code
+}
+
+// FreshDB returns a superuser connection to a new, empty database of the
+// cluster named for the test (dropped first if a previous run left it),
+// closed when the test ends.
+func (l *LazyCluster) FreshDB(t *testing.T) *pgx.Conn {
+	t.Helper()
+	ctx := context.Background()
+	c := l.Get(t)
+	db := "t_" + strings.ToLower(strings.NewReplacer("/", "_", " ", "_").Replace(t.Name()))
+	if len(db) > 60 {
+		db = db[:60]
+	}
+	for _, sql := range []string{"DROP DATABASE IF EXISTS " + db, "CREATE DATABASE " + db} {
+		if err := c.Exec(ctx, sql); err != nil {
+			t.Fatal(err)
+		}
+	}
+	conn, err := pgx.Connect(ctx, c.DSN(c.SuperUser, c.SuperPassword, db, "sslmode=disable"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close(context.Background()) })
+	return conn
 }

@@ -7,9 +7,10 @@ import (
 
 	"github.com/jackc/pgx/v5/pgproto3"
 
+	"github.com/phiproxy/phiproxy/codec"
+	"github.com/phiproxy/phiproxy/column"
 	"github.com/phiproxy/phiproxy/pgerr"
 	"github.com/phiproxy/phiproxy/proxy"
-	"github.com/phiproxy/phiproxy/proxy/codec"
 	"github.com/phiproxy/phiproxy/rewrite"
 )
 
@@ -36,8 +37,10 @@ func (s *session) ClientMessage(msg pgproto3.FrontendMessage, out *proxy.Out) er
 				return err
 			}
 			e.ps = ps
+		} else if pt, ok := s.portals[m.Name]; ok || m.Name == "" {
+			e.portal = pt
 		} else {
-			e.portal = s.portals[m.Name]
+			e.cursor = m.Name // psycopg 3 describes its cursor so
 		}
 		if _, err := s.push(e, out); err != nil {
 			return err
@@ -203,109 +206,39 @@ func asRefusal(err error) *pgerr.Error {
 	return clientSafe(pe)
 }
 
-type replacement struct {
-	off, n int
-	text   string
-	slot   *rewrite.Slot
-}
-
 // render returns sql up to the start of statement n (all of it if n is
-// len(stmts)) with the slots and edits of stmts[:n] applied. On a slot
-// error it returns the index of the statement that failed.
+// len(stmts)) with the slots and edits of stmts[:n] applied, rendered by
+// rewrite's Renderer into the session's scratch. On a slot error it
+// returns the index of the statement that failed.
 func (s *session) render(sql string, stmts []*rewrite.Statement, n int) (string, int, error) {
-	end := len(sql)
-	if n < len(stmts) {
-		end = stmts[n].Offset
-	}
-	reps := s.reps[:0]
-	for _, st := range stmts[:n] {
-		for i := range st.Slots {
-			reps = append(reps, replacement{off: st.Slots[i].Offset, n: st.Slots[i].Length, slot: &st.Slots[i]})
-		}
-		for _, ed := range st.Edits {
-			reps = append(reps, replacement{off: ed.Offset, n: ed.Length, text: ed.Text})
-		}
-	}
-	defer func() {
-		clear(reps) // the slots point into the plan
-		s.reps = reps[:0]
-	}()
-	if len(reps) == 0 {
-		return sql[:end], 0, nil
-	}
-	slices.SortStableFunc(reps, func(a, b replacement) int { return a.off - b.off })
-	b := s.qbuf[:0]
-	defer func() { s.qbuf = b[:0] }()
-	pos := 0
-	for _, r := range reps {
-		if r.off < pos || r.off+r.n > end {
-			// The planner never gives overlapping slots (rewrite's
-			// FuzzPlan checks it); refuse rather than panic if it did.
-			return "", stmtIndex(stmts, r.off), pgerr.New(pgerr.FeatureNotSupported, "phiproxy cannot rewrite this statement: two values bound for PHI columns overlap").
-				WithHint("write each value bound for a PHI column as a separate literal or parameter")
-		}
-		b = append(b, sql[pos:r.off]...)
-		if r.slot != nil {
-			start := len(b)
-			var err error
-			if b, err = s.appendSlot(b, r.slot); err != nil {
-				return "", stmtIndex(stmts, r.off), err
-			}
-			if len(b) > start && rewrite.NeedsSpace(string(b[len(b)-1:]), sql, r.off+r.n) {
-				b = append(b, ' ')
-			}
-		} else {
-			b = append(b, r.text...)
-		}
-		pos = r.off + r.n
-	}
-	b = append(b, sql[pos:end]...)
-	return string(b), 0, nil
+	return s.rend.Text(&s.qbuf, sql, stmts, n, s.appendSlot)
 }
 
-func stmtIndex(stmts []*rewrite.Statement, off int) int {
-	for i := len(stmts) - 1; i >= 0; i-- {
-		if stmts[i].Offset <= off {
-			return i
-		}
-	}
-	return 0
-}
-
-// appendSlot canonicalises and encrypts a literal and appends it to dst as
-// a bytea literal.
+// appendSlot seals a literal (package column: canonicalise, encrypt,
+// wipe) and appends it to dst as a bytea literal.
 func (s *session) appendSlot(dst []byte, sl *rewrite.Slot) ([]byte, error) {
-	if sl.Array {
-		lit, err := s.fillArraySlot(sl)
-		return append(dst, lit...), err
-	}
-	// The literal's text, its canonical plaintext and the envelope follow
-	// each other in the session's scratch; the plaintexts are cleared
-	// before returning.
-	buf := append(s.cbuf[:0], sl.Text...)
-	n := len(sl.Text)
-	text := buf[:n:n]
-	canon, err := s.codec().AppendBound(buf[n:], sl.Column.Type, codec.Coercion{Cast: sl.Cast, Assign: sl.Assign}, 0, codec.TextFormat, text)
+	col, err := s.sealColumn(sl.Column)
 	if err != nil {
-		clear(buf[:cap(buf)])
-		s.cbuf = buf[:0]
-		return dst, codec.WithColumn(err, sl.Column.Ident)
+		return dst, err
 	}
-	c, err := s.p.keys.Cipher(sl.Column.Key)
-	var ct []byte
-	if err == nil {
-		ct, err = c.AppendEncrypt(canon[len(canon):], canon)
+	s.enc.Codec = s.codec()
+	if sl.Array {
+		return s.appendArraySlot(dst, col, sl)
 	}
-	if err == nil {
-		dst = appendByteaEscapeLiteral(dst, ct)
+	in := column.Input{Format: codec.TextFormat, Coercion: codec.Coercion{Cast: sl.Cast, Assign: sl.Assign}}
+	ct, err := s.enc.AppendSealString(s.cbuf[:0], col, in, sl.Text)
+	if err != nil {
+		return dst, err
 	}
-	clear(text)
-	clear(canon)
-	if need := n + len(canon) + len(ct); cap(buf) < need {
-		buf = make([]byte, 0, need+need/2) // all three fit next time
-	}
-	s.cbuf = buf[:0]
-	return dst, err
+	s.cbuf = ct[:0]
+	return appendByteaEscapeLiteral(dst, ct), nil
+}
+
+// sealColumn is the encoder's view of a PHI column, with its current
+// cipher.
+func (s *session) sealColumn(pc rewrite.PHIColumn) (column.Column, error) {
+	c, err := s.p.keys.Cipher(pc.Key)
+	return column.Column{Ident: pc.Ident, Type: pc.Type, Cipher: c}, err
 }
 
 // appendByteaEscapeLiteral appends b as E'\\x<hex>'::bytea, as
@@ -316,42 +249,33 @@ func appendByteaEscapeLiteral(dst, b []byte) []byte {
 	return append(dst, "'::bytea"...)
 }
 
-// fillArraySlot canonicalises each element of an array literal (col =
-// ANY('{…}')), encrypts it and returns ARRAY[E'\\x…'::bytea, …]::bytea[]:
-// NULL elements stay NULL, an empty array is '{}'::bytea[]. Elements are
-// each a bytea literal, so the text means the same whatever
-// standard_conforming_strings is, and planning it again adds no slot.
-func (s *session) fillArraySlot(sl *rewrite.Slot) (string, error) {
-	elems, err := s.codec().CanonicalArrayBound(sl.Column.Type, codec.Coercion{Cast: sl.Cast}, codec.TextFormat, []byte(sl.Text))
+// appendArraySlot seals each element of an array literal (col =
+// ANY('{…}')) and appends ARRAY[E'\\x…'::bytea, …]::bytea[]: NULL elements
+// stay NULL, an empty array is '{}'::bytea[]. Elements are each a bytea
+// literal, so the text means the same whatever standard_conforming_strings
+// is, and planning it again adds no slot.
+func (s *session) appendArraySlot(dst []byte, col column.Column, sl *rewrite.Slot) ([]byte, error) {
+	text := []byte(sl.Text)
+	defer clear(text)
+	elems, err := s.enc.SealArray(col, column.Input{Format: codec.TextFormat, Coercion: codec.Coercion{Cast: sl.Cast}}, text)
 	if err != nil {
-		return "", codec.WithColumn(err, sl.Column.Ident)
+		return dst, err
 	}
 	if len(elems) == 0 {
-		return "'{}'::bytea[]", nil
+		return append(dst, "'{}'::bytea[]"...), nil
 	}
-	c, err := s.p.keys.Cipher(sl.Column.Key)
-	if err != nil {
-		return "", err
-	}
-	var b strings.Builder
-	b.WriteString("ARRAY[")
+	dst = append(dst, "ARRAY["...)
 	for i, el := range elems {
 		if i > 0 {
-			b.WriteString(", ")
+			dst = append(dst, ", "...)
 		}
 		if el == nil {
-			b.WriteString("NULL")
+			dst = append(dst, "NULL"...)
 			continue
 		}
-		ct, err := c.AppendEncrypt(s.cbuf[:0], el)
-		if err != nil {
-			return "", err
-		}
-		b.WriteString(codec.ByteaEscapeLiteral(ct))
-		s.cbuf = ct[:0]
+		dst = appendByteaEscapeLiteral(dst, el)
 	}
-	b.WriteString("]::bytea[]")
-	return b.String(), nil
+	return append(dst, "]::bytea[]"...), nil
 }
 
 // parse handles an extended-protocol Parse.
@@ -399,11 +323,11 @@ func (s *session) parse(m *pgproto3.Parse, out *proxy.Out) error {
 	ps.declared = append([]uint32(nil), m.ParameterOIDs...)
 	fwd := m
 	if st != nil && len(st.Params) > 0 {
-		max := len(m.ParameterOIDs)
+		n := len(m.ParameterOIDs)
 		for _, p := range st.Params {
-			max = maxInt(max, p.Number)
+			n = max(n, p.Number)
 		}
-		oids := make([]uint32, max)
+		oids := make([]uint32, n)
 		copy(oids, m.ParameterOIDs)
 		for _, p := range st.Params {
 			if p.Array {
@@ -436,13 +360,6 @@ func declaredAt(declared []uint32, i int) uint32 {
 		return declared[i]
 	}
 	return 0
-}
-
-func maxInt(a, b int) int {
-	if a > b {
-		return a
-	}
-	return b
 }
 
 // poison sends msg (which the server is certain to refuse with code)
@@ -486,6 +403,9 @@ func (s *session) bind(m *pgproto3.Bind, out *proxy.Out) error {
 			return s.poison(e, &pgproto3.Bind{DestinationPortal: m.DestinationPortal, PreparedStatement: poisonStatement}, "26000", err, out, nil)
 		}
 		e.portal.x = s.resultX(ps, m.ResultFormatCodes)
+		if ps.st.Fetch != "" {
+			e.portal.formats = slices.Clone(m.ResultFormatCodes) // see portalX
+		}
 		if len(ps.st.Params) > 0 && len(m.Parameters) > 0 {
 			b, err := s.encryptParams(ps, m)
 			if err != nil {
@@ -564,7 +484,7 @@ func (s *session) encryptParams(ps *prepared, m *pgproto3.Bind) (*pgproto3.Bind,
 		formats = append(formats, formatAt(m.ParameterFormatCodes, i))
 	}
 	s.bparams, s.bformats = params, formats
-	cd := s.codec()
+	s.enc.Codec = s.codec()
 	buf := s.cbuf[:0]
 	offs := s.coffs[:0]
 	for _, p := range st.Params {
@@ -572,42 +492,22 @@ func (s *session) encryptParams(ps *prepared, m *pgproto3.Bind) (*pgproto3.Bind,
 		if i >= len(params) || params[i] == nil {
 			continue
 		}
-		c, err := s.p.keys.Cipher(p.Column.Key)
+		col, err := s.sealColumn(p.Column)
 		if err != nil {
 			return nil, err
 		}
 		start := len(buf)
 		if p.Array {
-			elems, err := cd.CanonicalArrayBound(p.Column.Type, codec.Coercion{Cast: p.Cast}, formats[i], params[i])
+			elems, err := s.enc.SealArray(col, column.Input{Format: formats[i], Coercion: codec.Coercion{Cast: p.Cast}}, params[i])
 			if err != nil {
-				return nil, codec.WithColumn(err, p.Column.Ident)
-			}
-			cts := make([][]byte, len(elems))
-			for j, el := range elems {
-				if el == nil {
-					continue
-				}
-				if cts[j], err = c.Encrypt(el); err != nil {
-					return nil, err
-				}
-			}
-			buf = append(buf, codec.EncodeByteaArray(cts, codec.BinaryFormat)...)
-		} else {
-			canon, err := cd.AppendBound(buf, p.Column.Type, codec.Coercion{Cast: p.Cast, Assign: p.Assign}, declaredAt(ps.declared, i), formats[i], params[i])
-			if err != nil {
-				clear(buf[:cap(buf)]) // a partial plaintext may be there
-				return nil, codec.WithColumn(err, p.Column.Ident)
-			}
-			mid := len(canon)
-			buf, err = c.AppendEncrypt(canon, canon[start:mid])
-			if err != nil {
-				clear(canon[:cap(canon)])
 				return nil, err
 			}
-			// Drop the plaintext: move the envelope down over it.
-			n := copy(buf[start:], buf[mid:])
-			clear(buf[start+n : len(buf)])
-			buf = buf[:start+n]
+			buf = append(buf, codec.EncodeByteaArray(elems, codec.BinaryFormat)...)
+		} else {
+			in := column.Input{Format: formats[i], Declared: declaredAt(ps.declared, i), Coercion: codec.Coercion{Cast: p.Cast, Assign: p.Assign}}
+			if buf, err = s.enc.AppendSeal(buf, col, in, params[i]); err != nil {
+				return nil, err
+			}
 		}
 		offs = append(offs, i, start, len(buf))
 		formats[i] = codec.BinaryFormat

@@ -6,10 +6,11 @@ import (
 
 	"github.com/jackc/pgx/v5/pgproto3"
 
+	"github.com/phiproxy/phiproxy/codec"
+	"github.com/phiproxy/phiproxy/column"
 	"github.com/phiproxy/phiproxy/crypto"
 	"github.com/phiproxy/phiproxy/pgerr"
 	"github.com/phiproxy/phiproxy/proxy"
-	"github.com/phiproxy/phiproxy/proxy/codec"
 	"github.com/phiproxy/phiproxy/rewrite"
 )
 
@@ -70,6 +71,17 @@ type copyField struct {
 	cipher *crypto.Cipher     // nil for a PHI column whose key is not loaded
 	// csv only.
 	forceQuote, forceNotNull, forceNull bool
+}
+
+// sealColumn is the encoder's view of a PHI field's column.
+func (f *copyField) sealColumn() column.Column {
+	return column.Column{Ident: f.col.Ident, Type: f.col.Type, Cipher: f.cipher}
+}
+
+// copyInput is how a COPY FROM field arrives: in the stream's format,
+// assigned to its column (the column's type modifier applies).
+func copyInput(format int16) column.Input {
+	return column.Input{Format: format, Coercion: codec.Coercion{Assign: true}}
 }
 
 // boolOption reads a COPY boolean option as PostgreSQL's defGetBoolean.
@@ -200,7 +212,7 @@ func (s *session) newCopyStream(st *rewrite.Statement) (*copyStream, error) {
 	if err != nil {
 		return nil, err
 	}
-	c := &copyStream{f: f, in: st.Copy.In, rel: rel, cd: s.codec(), rec: s.p.keys.Recognizer()}
+	c := &copyStream{f: f, in: st.Copy.In, rel: rel, enc: column.Encoder{Codec: s.codec()}, rec: s.p.keys.Recognizer()}
 	fq, fnn, fn := columnSet(st.Copy.Options["force_quote"]), columnSet(st.Copy.Options["force_not_null"]), columnSet(st.Copy.Options["force_null"])
 	for _, sf := range st.Copy.Fields {
 		fld := copyField{name: sf.Name, col: sf.Column}
@@ -223,7 +235,7 @@ type copyStream struct {
 	in     bool
 	rel    string
 	fields []copyField
-	cd     codec.Codec
+	enc    column.Encoder     // seals or opens PHI fields; wipes its plaintexts
 	rec    *crypto.Recognizer // the safety net's, for non-PHI fields out
 
 	// pending is an incomplete row (its bytes from the row's start); pos,
@@ -246,7 +258,7 @@ type copyStream struct {
 	out   []byte
 	spans []span
 	val   []byte // scratch: a de-escaped PHI field (plaintext on the way in)
-	canon []byte // scratch: a canonical or decrypted plaintext
+	canon []byte // scratch: a decrypted value in the client's format
 	ct    []byte // scratch: a ciphertext and its bytea text form
 }
 

@@ -4,8 +4,8 @@ import (
 	"encoding/binary"
 	"math"
 
+	"github.com/phiproxy/phiproxy/codec"
 	"github.com/phiproxy/phiproxy/pgerr"
-	"github.com/phiproxy/phiproxy/proxy/codec"
 )
 
 // COPY FORMAT binary (PostgreSQL's copyfromparse.c CopyReadBinaryTuple,
@@ -220,18 +220,8 @@ func (c *copyStream) tuple(t []byte) error {
 // encryptBinary writes the length and ciphertext of a PHI field's binary
 // value v into c.out.
 func (c *copyStream) encryptBinary(fld *copyField, v []byte) error {
-	canon, err := c.cd.AppendCanonical(c.canon[:0], fld.col.Type, codec.BinaryFormat, v)
-	if err != nil {
-		return codec.WithColumn(err, fld.col.Ident)
-	}
-	c.canon = canon[:0]
-	if fld.cipher == nil {
-		clear(canon)
-		return pgerr.Newf(pgerr.Internal, "phiproxy has no key for PHI column %s", fld.col.Ident)
-	}
 	n := len(c.out)
-	out, err := fld.cipher.AppendEncrypt(append(c.out, 0, 0, 0, 0), canon)
-	clear(canon)
+	out, err := c.enc.AppendSeal(append(c.out, 0, 0, 0, 0), fld.sealColumn(), copyInput(codec.BinaryFormat), v)
 	if err != nil {
 		return err
 	}
@@ -244,13 +234,8 @@ func (c *copyStream) decryptBinary(fld *copyField, v []byte) error {
 	if fld.cipher == nil {
 		return decryptErr(fld.col.Ident)
 	}
-	pt, err := fld.cipher.Decrypt(v)
-	if err != nil {
-		return decryptErr(fld.col.Ident)
-	}
 	n := len(c.out)
-	out, err := c.cd.AppendEncode(append(c.out, 0, 0, 0, 0), fld.col.Type, codec.BinaryFormat, pt)
-	clear(pt)
+	out, err := c.enc.AppendOpen(append(c.out, 0, 0, 0, 0), fld.sealColumn(), codec.BinaryFormat, v)
 	if err != nil {
 		return decryptErr(fld.col.Ident)
 	}

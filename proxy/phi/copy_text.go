@@ -4,9 +4,9 @@ import (
 	"bytes"
 	"encoding/hex"
 
+	"github.com/phiproxy/phiproxy/codec"
 	"github.com/phiproxy/phiproxy/crypto"
 	"github.com/phiproxy/phiproxy/pgerr"
-	"github.com/phiproxy/phiproxy/proxy/codec"
 )
 
 // The text and csv row syntax of COPY: finding rows and fields as
@@ -223,11 +223,11 @@ func textValue(dst, raw []byte) []byte {
 			ch = byte(v)
 		case 'x':
 			if i+1 < len(raw) {
-				if h, ok := unhex(raw[i+1]); ok {
+				if h, ok := codec.Unhex(raw[i+1]); ok {
 					i++
 					v := h
 					if i+1 < len(raw) {
-						if h, ok := unhex(raw[i+1]); ok {
+						if h, ok := codec.Unhex(raw[i+1]); ok {
 							i++
 							v = v<<4 + h
 						}
@@ -251,18 +251,6 @@ func textValue(dst, raw []byte) []byte {
 		dst = append(dst, ch)
 	}
 	return dst
-}
-
-func unhex(b byte) (byte, bool) {
-	switch {
-	case '0' <= b && b <= '9':
-		return b - '0', true
-	case 'a' <= b && b <= 'f':
-		return b - 'a' + 10, true
-	case 'A' <= b && b <= 'F':
-		return b - 'A' + 10, true
-	}
-	return 0, false
 }
 
 // csvValue is the value of a csv field (CopyReadAttributesCSV); raw is
@@ -422,17 +410,7 @@ func (c *copyStream) carriesEnvelope(raw []byte) bool {
 
 // encrypt writes the ciphertext of a PHI field's value v into c.out.
 func (c *copyStream) encrypt(fld *copyField, v []byte) error {
-	canon, err := c.cd.AppendCanonical(c.canon[:0], fld.col.Type, codec.TextFormat, v)
-	if err != nil {
-		return codec.WithColumn(err, fld.col.Ident)
-	}
-	c.canon = canon[:0]
-	if fld.cipher == nil {
-		clear(canon)
-		return pgerr.Newf(pgerr.Internal, "phiproxy has no key for PHI column %s", fld.col.Ident)
-	}
-	ct, err := fld.cipher.AppendEncrypt(c.ct[:0], canon)
-	clear(canon)
+	ct, err := c.enc.AppendSeal(c.ct[:0], fld.sealColumn(), copyInput(codec.TextFormat), v)
 	if err != nil {
 		return err
 	}
@@ -452,16 +430,11 @@ func (c *copyStream) encrypt(fld *copyField, v []byte) error {
 
 // decrypt writes the plaintext of a PHI field's bytea text v into c.out.
 func (c *copyStream) decrypt(fld *copyField, v []byte, single bool) error {
-	ct, err := codec.DecodeBytea(v, codec.TextFormat)
+	ct, err := c.enc.DecodeStored(v, codec.TextFormat)
 	if err != nil || fld.cipher == nil {
 		return decryptErr(fld.col.Ident)
 	}
-	pt, err := fld.cipher.Decrypt(ct)
-	if err != nil {
-		return decryptErr(fld.col.Ident)
-	}
-	plain, err := c.cd.AppendEncode(c.canon[:0], fld.col.Type, codec.TextFormat, pt)
-	clear(pt)
+	plain, err := c.enc.AppendOpen(c.canon[:0], fld.sealColumn(), codec.TextFormat, ct)
 	if err != nil {
 		return decryptErr(fld.col.Ident)
 	}

@@ -23,28 +23,39 @@
 //
 // Simple protocol. A Query is planned (rewrite.Planner, cached per SQL
 // text, catalog version, search_path and user). Pass-through plans are
-// forwarded unchanged. Otherwise every literal slot is canonicalised
-// (proxy/codec), encrypted under its column's key and spliced in as a
-// bytea literal; an array literal on the right of = ANY (what pgx's
-// simple protocol sends for a slice) is split with array_in's rules and
-// spliced in as ARRAY[E'\\x…'::bytea, …]::bytea[], NULL elements kept.
-// The rendered text is sent. The Query's FIFO entry keeps
-// the statements: RowDescription i gets the logical type OIDs for the
-// planned PHI positions (cross-checked with the table OID and attnum the
-// server reports), each DataRow's PHI fields are decoded from bytea,
-// decrypted and encoded in the column's format, and CommandComplete or
-// EmptyQueryResponse moves to statement i+1 (applying its effects:
-// search_path, catalog refresh after DDL).
+// forwarded unchanged. Otherwise rewrite's Renderer (the one renderer,
+// which the fuzzers check) splices in every literal slot sealed by package
+// column (the one column encoder: canonicalised with package codec,
+// encrypted under its column's key, plaintext wiped) as a bytea literal;
+// an array literal on the right of = ANY (what pgx's simple protocol sends
+// for a slice) is split with array_in's rules and spliced in as
+// ARRAY[E'\\x…'::bytea, …]::bytea[], NULL elements kept. The rendered text
+// is sent. The Query's FIFO entry keeps the statements: RowDescription i
+// gets the logical type OIDs for the planned PHI positions (cross-checked
+// with the table OID and attnum the server reports), each DataRow's PHI
+// fields are decoded from bytea, decrypted and encoded in the column's
+// format (column.Encoder's AppendOpen, as COPY TO does), and
+// CommandComplete or EmptyQueryResponse moves to statement i+1 (applying
+// its effects: search_path, catalog refresh after DDL).
 //
 // Extended protocol. Parse is planned like a Query; PHI parameters are
-// declared bytea (or bytea[] for = ANY($n)) upstream and reported as
-// their logical types in ParameterDescription. Bind decodes each PHI
-// parameter from the client's format, canonicalises, encrypts and sends it
-// as binary bytea (NULL stays NULL); the portal remembers the result
-// transform for the client's result format codes. Every message that the
-// server answers (Parse, Bind, Describe, Execute, Close, Sync, Query,
-// FunctionCall) pushes an entry; every answer is matched to the front
-// entry. After an error the server skips to Sync, and so does the FIFO.
+// declared bytea (or bytea[] for = ANY($n)) upstream and reported as their
+// logical types in ParameterDescription. Bind seals each PHI parameter
+// from the client's format with the same encoder (an array element by
+// element) and sends it as binary bytea (NULL stays NULL); the portal
+// remembers the result transform for the client's result format codes.
+// Every message that the server answers (Parse, Bind, Describe, Execute,
+// Close, Sync, Query, FunctionCall) pushes an entry; every answer is
+// matched to the front entry. After an error the server skips to Sync, and
+// so does the FIFO.
+//
+// SQL cursors. A DECLARE … CURSOR is planned as its query; once the
+// server confirms it, the session keeps the DECLARE's result plan by
+// cursor name (in the mirror, closed as PostgreSQL closes cursors: CLOSE,
+// DISCARD ALL, transaction end, rollback of the declaring transaction).
+// The rows of a FETCH, and a Describe of the cursor's portal, are matched
+// to the cursor when they arrive (cursor.go); a cursor the proxy does not
+// know gets no decryption.
 //
 // # Refusals
 //

@@ -131,7 +131,7 @@ func runTests(m *testing.M) int {
 	}
 	stmts := []string{schemaSQL()}
 	for _, col := range cfg.Columns() {
-		stmts = append(stmts, config.EnvelopeCheckSQL(col))
+		stmts = append(stmts, crypto.EnvelopeCheckSQL(col))
 	}
 	for _, s := range stmts {
 		if _, err := conn.Exec(ctx, s); err != nil {

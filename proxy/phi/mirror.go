@@ -58,6 +58,9 @@ type mirror struct {
 
 	resetPath   string // what RESET search_path returns to
 	sessionUser string // what RESET ROLE returns to
+
+	// cursors are the open SQL cursors (cursor.go).
+	cursors cursorSet
 }
 
 func newMirror(path, user string) mirror {
@@ -73,6 +76,7 @@ func (m *mirror) session() rewrite.Session {
 
 // completed applies st once the server reported it complete with tag.
 func (m *mirror) completed(st *rewrite.Statement, tag string) {
+	m.cursors.completed(st, len(m.saves))
 	if st.Effects&rewrite.EffectTransaction != 0 {
 		m.transaction(st, tag)
 		return
@@ -131,10 +135,13 @@ func (m *mirror) transaction(st *rewrite.Statement, tag string) {
 		m.saves = append(m.saves, savepoint{name: st.Savepoint, eff: m.eff, sess: m.sess})
 	case "RELEASE":
 		if i := m.savepoint(st.Savepoint); i >= 0 {
+			m.cursors.release(i)
 			m.saves = m.saves[:i]
 		}
 	case "ROLLBACK TO":
-		if i := m.savepoint(st.Savepoint); i >= 0 {
+		i := m.savepoint(st.Savepoint)
+		m.cursors.rollbackTo(i)
+		if i >= 0 {
 			m.eff, m.sess = m.saves[i].eff, m.saves[i].sess
 			m.saves = m.saves[:i+1]
 			m.failed = false
@@ -165,6 +172,7 @@ func (m *mirror) savepoint(name string) int {
 }
 
 func (m *mirror) commit() {
+	m.cursors.commit()
 	m.eff = m.sess
 	m.base = m.sess
 	m.saves = m.saves[:0]
@@ -183,6 +191,7 @@ func (m *mirror) commit() {
 }
 
 func (m *mirror) rollback() {
+	m.cursors.rollback()
 	m.eff, m.sess = m.base, m.base
 	m.saves = m.saves[:0]
 	m.failed = false
@@ -212,6 +221,7 @@ func (m *mirror) ready(status byte) {
 		if m.explicit || m.eff != m.base || m.sess != m.base || m.ddl || m.catalog || m.probedInTx {
 			m.commit()
 		}
+		m.cursors.commit() // a WITH HOLD cursor of the implicit transaction
 		m.explicit = false
 	case 'T':
 		m.explicit = true

@@ -4,9 +4,9 @@ import (
 	"strings"
 	"time"
 
+	"github.com/phiproxy/phiproxy/codec"
 	"github.com/phiproxy/phiproxy/config"
 	"github.com/phiproxy/phiproxy/pgerr"
-	"github.com/phiproxy/phiproxy/proxy/codec"
 	"github.com/phiproxy/phiproxy/rewrite"
 )
 

@@ -114,7 +114,7 @@ func (p *Proxy) Factory() func(*proxy.SessionInfo) proxy.Interceptor {
 		return nil
 	}
 	return func(info *proxy.SessionInfo) proxy.Interceptor {
-		return recovering{newSession(p, info)}
+		return newSession(p, info) // package proxy runs it under recover
 	}
 }
 

@@ -11,7 +11,7 @@ import (
 
 	"github.com/jackc/pgx/v5"
 
-	"github.com/phiproxy/phiproxy/config"
+	"github.com/phiproxy/phiproxy/crypto"
 )
 
 type patient struct {
@@ -142,7 +142,7 @@ func TestRoundTripEveryMode(t *testing.T) {
 	// PostgreSQL itself refuses plaintext written around the proxy.
 	_, err := direct.Exec(ctx, "INSERT INTO patients (id, ssn) VALUES (99999, '123-45-6789'::bytea)")
 	if sqlstate(err) != "23514" {
-		t.Fatalf("direct plaintext write: %v, want 23514 from %s", err, config.EnvelopeCheckName(testCfg.Columns()[0]))
+		t.Fatalf("direct plaintext write: %v, want 23514 from %s", err, crypto.EnvelopeCheckName(testCfg.Columns()[0]))
 	}
 }
 

@@ -1,9 +1,6 @@
 package phi
 
 import (
-	"fmt"
-	"runtime"
-	"runtime/debug"
 	"strconv"
 	"strings"
 
@@ -303,40 +300,4 @@ func clientSafe(pe *pgerr.Error) *pgerr.Error {
 	return pgerr.New(pgerr.Internal, "phiproxy cannot handle this statement").
 		WithHint("this is a phiproxy bug, please report it with the statement's shape (not its values); rephrasing the statement may avoid it").
 		WithCause(pe)
-}
-
-// recovering runs a session's Interceptor methods under recover, as
-// net/http serves each connection: a panic (a phiproxy bug) ends that
-// session with a generic XX000, never the process, and what it says goes
-// to the log, not to the client.
-type recovering struct{ *session }
-
-// ClientMessage implements proxy.Interceptor.
-func (r recovering) ClientMessage(msg pgproto3.FrontendMessage, out *proxy.Out) (err error) {
-	defer r.recovered(&err)
-	return r.session.ClientMessage(msg, out)
-}
-
-// ServerMessage implements proxy.Interceptor.
-func (r recovering) ServerMessage(msg pgproto3.BackendMessage, out *proxy.Out) (err error) {
-	defer r.recovered(&err)
-	return r.session.ServerMessage(msg, out)
-}
-
-func (s *session) recovered(err *error) {
-	v := recover()
-	if v == nil {
-		return
-	}
-	// Only our own BUG texts and runtime errors (index and nil faults,
-	// which print no data) are logged as they are.
-	what := fmt.Sprintf("%T", v)
-	if str, ok := v.(string); ok && strings.HasPrefix(str, "BUG") {
-		what = str
-	} else if re, ok := v.(runtime.Error); ok {
-		what = re.Error()
-	}
-	s.p.log.Error("phiproxy bug: session ended", "session", s.info.ID, "panic", what, "stack", string(debug.Stack()))
-	*err = pgerr.Fatal(pgerr.Internal, "internal error in phiproxy: the session was ended").
-		WithHint("this is a phiproxy bug, please report it; reconnect to continue")
 }

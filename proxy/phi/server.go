@@ -1,17 +1,16 @@
 package phi
 
 import (
-	"encoding/hex"
 	"fmt"
-	"slices"
 
 	"github.com/jackc/pgx/v5/pgproto3"
 
+	"github.com/phiproxy/phiproxy/codec"
+	"github.com/phiproxy/phiproxy/column"
 	"github.com/phiproxy/phiproxy/config"
 	"github.com/phiproxy/phiproxy/crypto"
 	"github.com/phiproxy/phiproxy/pgerr"
 	"github.com/phiproxy/phiproxy/proxy"
-	"github.com/phiproxy/phiproxy/proxy/codec"
 	"github.com/phiproxy/phiproxy/rewrite"
 )
 
@@ -41,7 +40,7 @@ func (s *session) newRowX(results []rewrite.Result, format func(int) int16) *row
 	}
 	n := 0
 	for _, r := range results {
-		n = maxInt(n, r.Position+1)
+		n = max(n, r.Position+1)
 	}
 	x := &rowX{cols: make([]*colX, n)}
 	for _, r := range results {
@@ -217,8 +216,10 @@ func (s *session) ServerMessage(msg pgproto3.BackendMessage, out *proxy.Out) err
 				return s.explainRow(m, out)
 			}
 			var names []string
-			var x *rowX
-			x = e.portal.x
+			x, err := s.portalX(&e.portal)
+			if err != nil {
+				return s.fail(err, out)
+			}
 			if e.portal.ps != nil {
 				names = e.portal.ps.names
 			}
@@ -330,6 +331,11 @@ func (s *session) track(e *entry, msg pgproto3.BackendMessage) {
 			delete(s.confirmed, e.closeName)
 			s.mu.Unlock()
 		}
+		if e.kind == entryClose && e.closeKind == 'P' {
+			s.mu.Lock()
+			s.m.cursors.close(e.closeName) // one namespace with SQL cursors
+			s.mu.Unlock()
+		}
 		s.pop()
 	case *pgproto3.BindComplete:
 		s.pop()
@@ -385,7 +391,7 @@ func (s *session) serverError(e *entry) {
 // completed applies a statement's effects once the server completed it
 // (server goroutine).
 func (s *session) completed(st *rewrite.Statement, tag []byte) {
-	if st == nil || st.Effects == 0 && !st.StateUnknown {
+	if st == nil || st.Effects == 0 && !st.StateUnknown && st.Declare == nil && st.CloseCursor == "" && !st.CloseAll {
 		return
 	}
 	s.mu.Lock()
@@ -478,6 +484,12 @@ func (s *session) rowDescription(e *entry, m *pgproto3.RowDescription, out *prox
 		q := e.q
 		if q.idx < len(q.stmts) {
 			results = q.stmts[q.idx].Results
+			if q.stmts[q.idx].Fetch != "" {
+				var err *pgerr.Error
+				if results, err = s.cursorResults(q.stmts[q.idx], fieldText(m.Fields)); err != nil {
+					return s.fail(err, out)
+				}
+			}
 		}
 		x = s.queryX(results, m.Fields)
 		q.x = x
@@ -486,6 +498,12 @@ func (s *session) rowDescription(e *entry, m *pgproto3.RowDescription, out *prox
 		if e.describe == 'S' {
 			if e.ps != nil && e.ps.st != nil {
 				results = e.ps.st.Results
+				if e.ps.st.Fetch != "" {
+					var err *pgerr.Error
+					if results, err = s.cursorResults(e.ps.st, nil); err != nil {
+						return s.fail(err, out)
+					}
+				}
 				x = s.newRowX(results, func(int) int16 { return codec.TextFormat })
 				names := make([]string, len(m.Fields))
 				for i, f := range m.Fields {
@@ -493,8 +511,13 @@ func (s *session) rowDescription(e *entry, m *pgproto3.RowDescription, out *prox
 				}
 				e.ps.names = names
 			}
+		} else if e.cursor != "" {
+			x = s.cursorX(e.cursor, m.Fields)
 		} else {
-			x = e.portal.x
+			var err *pgerr.Error
+			if x, err = s.portalX(&e.portal); err != nil {
+				return s.fail(err, out)
+			}
 		}
 	case entryExecute:
 		// A RowDescription during Execute (FETCH through a cursor): no plan
@@ -530,7 +553,6 @@ func (s *session) rowDescription(e *entry, m *pgproto3.RowDescription, out *prox
 func (s *session) row(x *rowX, names []string, types []uint32, m *pgproto3.DataRow, out *proxy.Out) error {
 	buf := s.sbuf[:0]
 	offs := s.soffs[:0]
-	cd := codec.Codec{}
 	cdSet := false
 	for i, v := range m.Values {
 		if v == nil {
@@ -543,21 +565,17 @@ func (s *session) row(x *rowX, names []string, types []uint32, m *pgproto3.DataR
 			}
 			continue
 		}
-		ct, err := s.decodeBytea(v, c.format)
+		ct, err := s.dec.DecodeStored(v, c.format)
 		if err != nil || c.cipher == nil {
 			return s.fail(decryptErr(c.col.Ident), out)
 		}
-		pt, err := c.cipher.Decrypt(ct)
-		if err != nil {
-			return s.fail(decryptErr(c.col.Ident), out)
-		}
 		if !cdSet {
-			cd, cdSet = s.codec(), true
+			s.dec.Codec, cdSet = s.codec(), true
 		}
 		start := len(buf)
-		buf, err = cd.AppendEncode(buf, c.col.Type, c.format, pt)
-		clear(pt)
+		buf, err = s.dec.AppendOpen(buf, column.Column{Ident: c.col.Ident, Type: c.col.Type, Cipher: c.cipher}, c.format, ct)
 		if err != nil {
+			clear(buf)
 			return s.fail(decryptErr(c.col.Ident), out)
 		}
 		offs = append(offs, i, start, len(buf))
@@ -576,23 +594,6 @@ func (s *session) row(x *rowX, names []string, types []uint32, m *pgproto3.DataR
 	}
 	s.sbuf, s.soffs = buf[:0], offs[:0]
 	return err
-}
-
-// decodeBytea is codec.DecodeBytea into the session's scratch for the
-// text form PostgreSQL sends (`\x` and hex digits), valid until the next
-// call.
-func (s *session) decodeBytea(v []byte, format int16) ([]byte, error) {
-	if format == codec.TextFormat && len(v) >= 2 && v[0] == '\\' && v[1] == 'x' && len(v)%2 == 0 {
-		n := (len(v) - 2) / 2
-		b := slices.Grow(s.hbuf[:0], n)[:n]
-		if _, err := hex.Decode(b, v[2:]); err == nil {
-			if cap(b) <= 1<<20 { // do not keep a huge value's buffer
-				s.hbuf = b[:0]
-			}
-			return b, nil
-		}
-	}
-	return codec.DecodeBytea(v, format)
 }
 
 func decryptErr(ident string) *pgerr.Error {

@@ -8,10 +8,11 @@ import (
 
 	"github.com/jackc/pgx/v5/pgproto3"
 
+	"github.com/phiproxy/phiproxy/codec"
+	"github.com/phiproxy/phiproxy/column"
 	"github.com/phiproxy/phiproxy/config"
 	"github.com/phiproxy/phiproxy/pgerr"
 	"github.com/phiproxy/phiproxy/proxy"
-	"github.com/phiproxy/phiproxy/proxy/codec"
 	"github.com/phiproxy/phiproxy/rewrite"
 )
 
@@ -123,6 +124,9 @@ type entry struct {
 	// close is the Close message's object type and name.
 	closeKind byte
 	closeName string
+	// cursor is the name of a Describe 'P' that names no protocol portal:
+	// it may name an SQL cursor (one namespace), described by its DECLARE.
+	cursor string
 	// poison is our refusal standing in for the server's answer to the
 	// poison message we sent instead of the client's; poisonCode is the
 	// SQLSTATE the poison makes the server raise.
@@ -214,6 +218,11 @@ type prepared struct {
 type portal struct {
 	ps *prepared
 	x  *rowX
+	// formats are the Bind's result format codes of a FETCH, whose
+	// transform is built from its cursor when its rows arrive (portalX);
+	// fetchDone says it was.
+	formats   []int16
+	fetchDone bool
 }
 
 // session is one client session's Interceptor.
@@ -275,16 +284,19 @@ type session struct {
 	extOpen  bool
 	batchDDL bool // the open batch has DDL naming PHI
 	portals  map[string]portal
-	cbuf     []byte
-	coffs    []int
+	// enc seals literals and parameters (its plaintext scratch is wiped
+	// after every value); cbuf and coffs hold the envelopes.
+	enc   column.Encoder
+	cbuf  []byte
+	coffs []int
 	// bindOut, bparams and bformats are the scratch of the Bind sent
 	// upstream in place of one with PHI parameters.
 	bindOut  pgproto3.Bind
 	bparams  [][]byte
 	bformats []int16
-	// queryOut, reps and qbuf are the scratch of a rewritten Query.
+	// queryOut, rend and qbuf are the scratch of a rewritten Query.
 	queryOut pgproto3.Query
-	reps     []replacement
+	rend     rewrite.Renderer
 	qbuf     []byte
 	cin      *copyIn // the COPY FROM STDIN being streamed, if any
 
@@ -293,10 +305,10 @@ type session struct {
 	// readable after pop until the next front.
 	head     entry
 	haveHead bool
-	dropping bool // a statement failed here: drop until ReadyForQuery
+	dropping bool           // a statement failed here: drop until ReadyForQuery
+	dec      column.Encoder // opens the PHI fields of DataRows
 	sbuf     []byte
 	soffs    []int
-	hbuf     []byte // a decoded ciphertext
 	// queryXs are the last Query result transforms built (see queryX).
 	queryXs    [4]cachedX
 	queryXNext int

@@ -13,6 +13,7 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/phiproxy/phiproxy/config"
+	"github.com/phiproxy/phiproxy/crypto"
 )
 
 // The type-modifier tests (issue 11, items 11, 12, 13, 17) run against a
@@ -77,7 +78,7 @@ func startTypmodProxy(t *testing.T) string {
 		"CREATE UNIQUE INDEX ON tm (u)", "CREATE UNIQUE INDEX ON tm_plain (u)",
 	}
 	for _, col := range cfg.Columns() {
-		stmts = append(stmts, config.EnvelopeCheckSQL(col))
+		stmts = append(stmts, crypto.EnvelopeCheckSQL(col))
 	}
 	for _, s := range stmts {
 		if _, err := conn.Exec(ctx, s); err != nil {

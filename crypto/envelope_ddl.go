@@ -1,4 +1,4 @@
-package config
+package crypto
 
 import (
 	"crypto/sha256"
@@ -7,17 +7,15 @@ import (
 	"unicode/utf8"
 
 	"github.com/jackc/pgx/v5"
-)
 
-// EnvelopeHeader is the first three bytes of every ciphertext envelope
-// (DESIGN §4): "PH" and version 1.
-const EnvelopeHeader = "PH\x01"
+	"github.com/phiproxy/phiproxy/config"
+)
 
 // EnvelopeCheckName is the name of the CHECK constraint that guards col. It
 // fits in PostgreSQL's 63-byte identifier limit: long column names are
 // shortened and suffixed with a hash of the full identity so that names stay
 // unique and stable.
-func EnvelopeCheckName(col Column) string {
+func EnvelopeCheckName(col config.Column) string {
 	name := "phiproxy_" + col.Name + "_envelope"
 	if len(name) <= 63 {
 		return name
@@ -42,24 +40,24 @@ func EnvelopeCheckName(col Column) string {
 // EnvelopeValidateSQL, which scans under a SHARE UPDATE EXCLUSIVE lock that
 // does not block reads or writes.
 //
-// The test is a bytea LIKE with the pattern "PH" 0x01 "%" (none of its
-// bytes is '_' or the escape '\'): a NULL value makes it NULL, which a
+// The test is a bytea LIKE with the pattern EnvelopeHeader "%" (none of
+// the header's bytes is '_' or the escape '\'): a NULL value makes it NULL, which a
 // CHECK accepts. It is written as an E'…' literal so that the statement
 // means the same under standard_conforming_strings = off. PostgreSQL
 // prepares every CHECK expression again for each statement execution, so
 // the smallest expression is the cheapest: this one cost about half of
 // the earlier `col IS NULL OR substring(col from 1 for 3) =
 // decode('504801', 'hex')` per written row (docs/performance.md).
-func EnvelopeCheckSQL(col Column) string {
-	return fmt.Sprintf("ALTER TABLE %s ADD CONSTRAINT %s CHECK (%s LIKE E'\\\\x50480125'::bytea) NOT VALID",
+func EnvelopeCheckSQL(col config.Column) string {
+	return fmt.Sprintf("ALTER TABLE %s ADD CONSTRAINT %s CHECK (%s LIKE E'\\\\x%x25'::bytea) NOT VALID",
 		pgx.Identifier{col.Schema, col.Table}.Sanitize(),
 		pgx.Identifier{EnvelopeCheckName(col)}.Sanitize(),
-		pgx.Identifier{col.Name}.Sanitize())
+		pgx.Identifier{col.Name}.Sanitize(), EnvelopeHeader)
 }
 
 // EnvelopeValidateSQL validates the constraint EnvelopeCheckSQL added,
 // checking rows that existed before it.
-func EnvelopeValidateSQL(col Column) string {
+func EnvelopeValidateSQL(col config.Column) string {
 	return fmt.Sprintf("ALTER TABLE %s VALIDATE CONSTRAINT %s",
 		pgx.Identifier{col.Schema, col.Table}.Sanitize(), pgx.Identifier{EnvelopeCheckName(col)}.Sanitize())
 }

@@ -64,8 +64,8 @@ func DecodeBytea(src []byte, format int16) ([]byte, error) {
 			if len(s) < 2 {
 				return nil, syntaxErr("bytea")
 			}
-			hi, ok1 := unhex(s[0])
-			lo, ok2 := unhex(s[1])
+			hi, ok1 := Unhex(s[0])
+			lo, ok2 := Unhex(s[1])
 			if !ok1 || !ok2 {
 				return nil, syntaxErr("bytea")
 			}
@@ -112,6 +112,29 @@ func (c Codec) CanonicalArray(logicalType string, format int16, src []byte) ([][
 // CanonicalArrayBound is CanonicalArray with an explicit cast applied to
 // every element (co.Cast, from a cast such as '{a,b}'::varchar(2)[]).
 func (c Codec) CanonicalArrayBound(logicalType string, co Coercion, format int16, src []byte) ([][]byte, error) {
+	raw, err := SplitArray(logicalType, format, src)
+	if err != nil {
+		return nil, err
+	}
+	out := make([][]byte, len(raw))
+	for i, e := range raw {
+		if e == nil {
+			continue
+		}
+		if out[i], err = c.AppendBound(nil, logicalType, co, 0, format, e); err != nil {
+			return nil, err
+		}
+	}
+	return out, nil
+}
+
+// SplitArray splits an array value of logicalType in format into its
+// elements as the client wrote them (nil for NULL), flattened in storage
+// order as ANY sees them: text with array_in's rules, binary with
+// array_send's (the element type must be logicalType's). A text
+// element is a fresh copy (unquoted, unescaped), which the caller owns
+// and should wipe; a binary element points into src.
+func SplitArray(logicalType string, format int16, src []byte) ([][]byte, error) {
 	t, err := lookup(logicalType)
 	if err != nil {
 		return nil, err
@@ -134,16 +157,7 @@ func (c Codec) CanonicalArrayBound(logicalType string, co Coercion, format int16
 	default:
 		return nil, pgerr.Newf(pgerr.ProtocolViolation, "unsupported format code: %d", format)
 	}
-	out := make([][]byte, len(raw))
-	for i, e := range raw {
-		if e == nil {
-			continue
-		}
-		if out[i], err = c.AppendBound(nil, logicalType, co, 0, format, e); err != nil {
-			return nil, err
-		}
-	}
-	return out, nil
+	return raw, nil
 }
 
 // CanonicalArray is Codec{}.CanonicalArray.

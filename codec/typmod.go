@@ -96,6 +96,9 @@ func (c Codec) AppendBound(dst []byte, logicalType string, co Coercion, declared
 	if err != nil {
 		return nil, err
 	}
+	// canon, and what the modifiers make of it, are plaintext copies of
+	// the caller's value: wiped once appended to dst.
+	defer clear(canon)
 	if co.Cast != "" {
 		ct, clt, err := spec(co.Cast)
 		if err != nil {
@@ -104,15 +107,20 @@ func (c Codec) AppendBound(dst []byte, logicalType string, co Coercion, declared
 		if ct.name != t.name && !(textual(ct.name) && textual(t.name)) {
 			return nil, pgerr.Newf(pgerr.DatatypeMismatch, "a cast to %s cannot be applied to a value for a %s column", ct.name, t.name)
 		}
-		if canon, err = applyMod(canon, clt, explicitCast); err != nil {
+		cast, err := applyMod(canon, clt, explicitCast)
+		if err != nil {
 			return nil, err
 		}
+		defer clear(cast)
+		canon = cast
 	}
 	out, err := applyMod(canon, lt, h)
 	if err != nil {
 		return nil, err
 	}
-	return append(dst, out...), nil
+	dst = append(dst, out...)
+	clear(out)
+	return dst, nil
 }
 
 func textual(name string) bool { return name == "text" || name == "varchar" || name == "bpchar" }

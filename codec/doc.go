@@ -2,6 +2,11 @@
 // sends or receives and the canonical plaintext bytes that package crypto
 // encrypts.
 //
+// It is pure (no sockets, keys or clock: deps_test.go) and lives at the top
+// level because more than the proxy uses it: package column builds the one
+// column encoder on it (value → canonical plaintext → envelope and back)
+// that the proxy and the encrypt and reencrypt commands share.
+//
 // Data flow. On the way in, a Bind parameter or a literal bound for a PHI
 // column arrives in the client's format (text or binary) for the column's
 // logical type (config.CanonicalType names). Canonical decodes it with

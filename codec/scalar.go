@@ -217,8 +217,8 @@ func parseUUID(src []byte) (u [16]byte, ok bool) {
 		if len(s) < 2 {
 			return u, false
 		}
-		hi, ok1 := unhex(s[0])
-		lo, ok2 := unhex(s[1])
+		hi, ok1 := Unhex(s[0])
+		lo, ok2 := Unhex(s[1])
 		if !ok1 || !ok2 {
 			return u, false
 		}
@@ -237,7 +237,9 @@ func parseUUID(src []byte) (u [16]byte, ok bool) {
 	return u, len(s) == 0
 }
 
-func unhex(b byte) (byte, bool) {
+// Unhex is the value of a hex digit of either case (byteain and COPY
+// text read them so).
+func Unhex(b byte) (byte, bool) {
 	switch {
 	case '0' <= b && b <= '9':
 		return b - '0', true

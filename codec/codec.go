@@ -295,5 +295,9 @@ func (c Codec) AppendCanonicalFrom(dst []byte, logicalType string, declared uint
 			return nil, err
 		}
 	}
-	return c.AppendCanonical(dst, logicalType, TextFormat, text)
+	out, err := c.AppendCanonical(dst, logicalType, TextFormat, text)
+	if len(text) > 0 && (len(src) == 0 || &text[0] != &src[0]) {
+		clear(text) // a plaintext copy made here
+	}
+	return out, err
 }

@@ -180,7 +180,7 @@ func hex4(b []byte) (rune, bool) {
 	}
 	var r rune
 	for _, c := range b[:4] {
-		v, ok := unhex(c)
+		v, ok := Unhex(c)
 		if !ok {
 			return 0, false
 		}
