@@ -2,10 +2,12 @@ package rewrite
 
 import (
 	"path/filepath"
+	"reflect"
 	"strings"
 	"testing"
 
 	"github.com/cockroachdb/datadriven"
+	pg "github.com/pganalyze/pg_query_go/v5"
 )
 
 const testOverlaySchema = "phiproxy_overlay"
@@ -99,4 +101,67 @@ func TestOverlayColumnsView(t *testing.T) {
 			t.Errorf("OverlayColumnsView(%q) = %q, want failure", bad, s)
 		}
 	}
+}
+
+// FuzzOverlay: turning the overlay on changes no refusal, no slot, no
+// result and no other edit; its own edits each replace exactly a name of
+// pg_attribute or information_schema.columns (or the qualifier of a column
+// reference) with the overlay's view, and the text still parses.
+func FuzzOverlay(f *testing.F) {
+	cols, cat := loadSchema(f, standardSchema(f))
+	on := NewPlanner(cols, cat, nil, WithCatalogOverlay(testOverlaySchema))
+	off := NewPlanner(cols, cat, nil)
+	for _, s := range []string{
+		"SELECT a.attname, format_type(a.atttypid, a.atttypmod) FROM pg_attribute a WHERE a.attrelid = '\"patients\"'::regclass",
+		"select * from information_schema.columns where table_name = 'patients'",
+		"SELECT pg_catalog.pg_attribute.attname FROM pg_catalog.pg_attribute",
+		"SELECT p.ssn, a.attname FROM patients p JOIN pg_catalog . pg_attribute a ON a.attrelid = 'patients'::regclass",
+		"WITH pg_attribute AS (SELECT 1) SELECT * FROM pg_attribute, information_schema.columns c",
+		"DECLARE c CURSOR FOR SELECT * FROM \"pg_catalog\".\"pg_attribute\"; FETCH 1 FROM c",
+		"SET search_path = s, pg_catalog; SELECT * FROM pg_attribute",
+	} {
+		f.Add(s)
+	}
+	sess := Session{SearchPath: `"$user", public`, User: "app"}
+	f.Fuzz(func(t *testing.T, sql string) {
+		pOn, errOn := on.Plan(sql, sess)
+		pOff, errOff := off.Plan(sql, sess)
+		checkPlanInvariants(t, on, sql, pOn, errOn)
+		if (errOn == nil) != (errOff == nil) || errOn != nil && errOn.Error() != errOff.Error() {
+			t.Fatalf("%q: with the overlay %v, without %v", sql, errOn, errOff)
+		}
+		if errOn != nil {
+			return
+		}
+		if len(pOff.Statements) > 0 && len(pOn.Statements) != len(pOff.Statements) {
+			t.Fatalf("%q: %d statements with the overlay, %d without", sql, len(pOn.Statements), len(pOff.Statements))
+		}
+		for i, a := range pOn.Statements {
+			b := &Statement{} // without the overlay, not parsed at all
+			if len(pOff.Statements) > 0 {
+				b = pOff.Statements[i]
+			}
+			if !reflect.DeepEqual(a.Slots, b.Slots) || !reflect.DeepEqual(a.Results, b.Results) || !reflect.DeepEqual(a.Params, b.Params) || a.TouchesPHI != b.TouchesPHI {
+				t.Fatalf("%q: statement %d planned differently with the overlay", sql, i+1)
+			}
+			var own []Edit
+			for _, e := range a.Edits {
+				if strings.HasPrefix(e.Text, `"`+testOverlaySchema+`".`) {
+					own = append(own, e)
+					name := strings.ToLower(strings.ReplaceAll(sql[e.Offset:e.Offset+e.Length], `"`, ""))
+					if !strings.HasSuffix(name, "pg_attribute") && !strings.HasSuffix(name, "columns") {
+						t.Fatalf("%q: overlay edit replaces %q", sql, sql[e.Offset:e.Offset+e.Length])
+					}
+				}
+			}
+			if len(a.Edits)-len(own) != len(b.Edits) {
+				t.Fatalf("%q: statement %d has %d other edits with the overlay, %d without", sql, i+1, len(a.Edits)-len(own), len(b.Edits))
+			}
+		}
+		if rendered := renderShipped(t, pOn); rendered != sql {
+			if _, err := pg.Parse(rendered); err != nil {
+				t.Fatalf("rendered text does not parse: %q → %q: %v", sql, rendered, err)
+			}
+		}
+	})
 }
