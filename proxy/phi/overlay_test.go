@@ -360,3 +360,44 @@ func TestCatalogOverlayFailsClosed(t *testing.T) {
 	}
 	startProxy(t) // leave the overlay installed for the other tests
 }
+
+// TestOverlayCommand: what phiproxy overlay status|install does. Status
+// writes nothing; install with a DBA's DSN creates the overlay for a
+// catalog role that may not, and again is a no-op.
+func TestOverlayCommand(t *testing.T) {
+	ctx := testCtx(t)
+	admin := connect(t, ctx, testCfg.CatalogDSN, pgx.QueryExecModeSimpleProtocol)
+	mustExec(t, ctx, admin, "DROP SCHEMA IF EXISTS phiproxy_overlay CASCADE")
+	mustExec(t, ctx, admin, "DROP ROLE IF EXISTS overlay_reader")
+	mustExec(t, ctx, admin, "CREATE ROLE overlay_reader LOGIN PASSWORD 'overlay'")
+	cfg := overlayConfig(t, config.OverlayUse)
+	cfg.CatalogDSN = testCluster.DSN("overlay_reader", "overlay", appDB, "sslmode=disable")
+
+	st, err := Overlay(ctx, cfg, "", false)
+	if err != nil || st.Installed || st.Current || len(st.Want) != len(cfg.Columns()) {
+		t.Fatalf("status without an overlay: %+v, %v", st, err)
+	}
+	if _, err := Overlay(ctx, cfg, "", true); err == nil || !strings.Contains(err.Error(), "permission denied") {
+		t.Fatalf("install as a role that may not create: %v", err)
+	}
+	if st, err := Overlay(ctx, cfg, testCfg.CatalogDSN, true); err != nil || !st.Current {
+		t.Fatalf("install with the DBA's DSN: %+v, %v", st, err)
+	}
+	var xmin1, xmin2 string
+	read := func(dst *string) {
+		if err := admin.QueryRow(ctx, "SELECT string_agg(xmin::text, ',') FROM pg_class WHERE relnamespace = 'phiproxy_overlay'::regnamespace").Scan(dst); err != nil {
+			t.Fatal(err)
+		}
+	}
+	read(&xmin1)
+	if st, err := Overlay(ctx, cfg, testCfg.CatalogDSN, true); err != nil || !st.Current {
+		t.Fatalf("install again: %+v, %v", st, err)
+	}
+	read(&xmin2)
+	if xmin1 != xmin2 {
+		t.Errorf("installing a current overlay again rewrote it")
+	}
+	if st, err := Overlay(ctx, cfg, "", false); err != nil || !st.Current {
+		t.Fatalf("status as the catalog role after install: %+v, %v", st, err)
+	}
+}
