@@ -18,8 +18,9 @@ import (
 // send to learn column types, run through phiproxy on a PHI table and
 // directly on its plaintext twin, must answer the same.
 
-// introspectionQueries are taken from the ORMs' and drivers' sources. TBL
-// is the table's name, TBLOID its OID.
+// introspectionQueries are the ORMs' and drivers' queries as their sources
+// build them (placeholders bound inline). TBL is the table's name, TBLOID
+// its OID.
 var introspectionQueries = []struct{ name, sql string }{
 	// activerecord/lib/active_record/connection_adapters/postgresql/
 	// schema_statements.rb, column_definitions (Rails 7.1).
@@ -53,6 +54,31 @@ var introspectionQueries = []struct{ name, sql string }{
 	{"knex columnInfo", `select * from information_schema.columns where table_name = 'TBL' and table_catalog = current_database() and table_schema = current_schema() order by ordinal_position`},
 	// pgjdbc PgDatabaseMetaData.getColumns.
 	{"JDBC getColumns", `SELECT * FROM (SELECT n.nspname,c.relname,a.attname,a.atttypid,a.attnotnull OR (t.typtype = 'd' AND t.typnotnull) AS attnotnull,a.atttypmod,a.attlen,t.typtypmod,row_number() OVER (PARTITION BY a.attrelid ORDER BY a.attnum) AS attnum, nullif(a.attidentity, '') as attidentity,nullif(a.attgenerated, '') as attgenerated,pg_catalog.pg_get_expr(def.adbin, def.adrelid) AS adsrc,dsc.description,t.typbasetype,t.typtype  FROM pg_catalog.pg_namespace n  JOIN pg_catalog.pg_class c ON (c.relnamespace = n.oid)  JOIN pg_catalog.pg_attribute a ON (a.attrelid=c.oid)  JOIN pg_catalog.pg_type t ON (a.atttypid = t.oid)  LEFT JOIN pg_catalog.pg_attrdef def ON (a.attrelid=def.adrelid AND a.attnum = def.adnum)  LEFT JOIN pg_catalog.pg_description dsc ON (c.oid=dsc.objoid AND a.attnum = dsc.objsubid)  LEFT JOIN pg_catalog.pg_class dc ON (dc.oid=dsc.classoid AND dc.relname='pg_class')  LEFT JOIN pg_catalog.pg_namespace dn ON (dc.relnamespace=dn.oid AND dn.nspname='pg_catalog')  WHERE c.relkind in ('r','p','v','f','m') and a.attnum > 0 AND NOT a.attisdropped  AND n.nspname LIKE 'public' AND c.relname LIKE 'TBL' ) c WHERE true  ORDER BY nspname,c.relname,attnum`},
+	// django/db/backends/postgresql/introspection.py, get_table_description.
+	{"Django get_table_description", `
+            SELECT
+                a.attname AS column_name,
+                NOT (a.attnotnull OR (t.typtype = 'd' AND t.typnotnull)) AS is_nullable,
+                pg_get_expr(ad.adbin, ad.adrelid) AS column_default,
+                CASE WHEN collname = 'default' THEN NULL ELSE collname END AS collation,
+                a.attidentity != '' AS is_autofield,
+                col_description(a.attrelid, a.attnum) AS column_comment
+            FROM pg_attribute a
+            LEFT JOIN pg_attrdef ad ON a.attrelid = ad.adrelid AND a.attnum = ad.adnum
+            LEFT JOIN pg_collation co ON a.attcollation = co.oid
+            JOIN pg_type t ON a.atttypid = t.oid
+            JOIN pg_class c ON a.attrelid = c.oid
+            JOIN pg_namespace n ON c.relnamespace = n.oid
+            WHERE c.relkind IN ('f', 'm', 'p', 'r', 'v')
+                AND c.relname = 'TBL'
+                AND n.nspname NOT IN ('pg_catalog', 'pg_toast')
+                AND pg_catalog.pg_table_is_visible(c.oid)
+            ORDER BY a.attnum
+        `},
+	// typeorm src/driver/postgres/PostgresQueryRunner.ts, loadTables.
+	{"TypeORM loadTables", `SELECT columns.*, pg_catalog.col_description(('"' || table_catalog || '"."' || table_schema || '"."' || table_name || '"')::regclass::oid, ordinal_position) AS description, ('"' || "udt_schema" || '"."' || "udt_name" || '"')::"regtype" AS "regtype", pg_catalog.format_type("col_attr"."atttypid", "col_attr"."atttypmod") AS "format_type" FROM "information_schema"."columns" LEFT JOIN "pg_catalog"."pg_attribute" AS "col_attr" ON "col_attr"."attname" = "columns"."column_name" AND "col_attr"."attrelid" = ( SELECT "cls"."oid" FROM "pg_catalog"."pg_class" AS "cls" LEFT JOIN "pg_catalog"."pg_namespace" AS "ns" ON "ns"."oid" = "cls"."relnamespace" WHERE "cls"."relname" = "columns"."table_name" AND "ns"."nspname" = "columns"."table_schema" ) WHERE ("table_schema" = 'public' AND "table_name" = 'TBL') ORDER BY ordinal_position`},
+	// mikro-orm packages/knex/src/dialects/postgresql (getColumns).
+	{"MikroORM getColumns", `select column_name, column_default, is_nullable, udt_name, coalesce(datetime_precision, character_maximum_length) length, numeric_precision, numeric_scale, data_type, is_identity, identity_generation, generation_expression, pg_catalog.col_description(pgc.oid, cols.ordinal_position::int) column_comment from information_schema.columns cols join pg_class pgc on cols.table_name = pgc.relname join pg_attribute pga on pgc.oid = pga.attrelid and cols.column_name = pga.attname where table_schema = 'public' and table_name = 'TBL' order by ordinal_position`},
 	// psql describe.c, describeOneTableDetails (PostgreSQL 15), as \d+ sends it.
 	{"psql \\d+", `SELECT a.attname,
   pg_catalog.format_type(a.atttypid, a.atttypmod),
