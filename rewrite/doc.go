@@ -75,6 +75,12 @@
 // session and the server's becomes a server error, never plaintext in a
 // PHI column.
 //
+// With WithCatalogOverlay, a SELECT (or a DECLARE … CURSOR over one) that
+// reads pg_catalog.pg_attribute or information_schema.columns gets Edits
+// that send those reads to the overlay's views, so introspection sees PHI
+// columns with their logical types (overlay.go); the pre-check then also
+// parses text naming pg_attribute or information_schema.
+//
 // 4. Plans (and refusals) are cached in a Cache keyed by exact SQL text,
 // catalog version, search_path and user. On an exact-text miss, text that
 // names PHI is lexed into a literal shape (each string and numeric literal

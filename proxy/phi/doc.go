@@ -11,6 +11,13 @@
 // Factory is nil when no PHI column is configured: sessions then relay
 // bytes without decoding anything.
 //
+// Every snapshot load (start, Reload, catalog refresh) also checks the
+// catalog overlay (overlay.go): views in schema phiproxy_overlay through
+// which pg_attribute and information_schema.columns show each PHI column
+// with its logical type. With catalog_overlay: install it is brought up to
+// date over the catalog connection first; the planner sends catalog reads
+// to it only when it is current, else they go as written (bytea).
+//
 // # Per-session data flow
 //
 // Each session has one Interceptor. ClientMessage runs on the
