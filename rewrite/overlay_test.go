@@ -165,3 +165,16 @@ func FuzzOverlay(f *testing.F) {
 		}
 	})
 }
+
+// BenchmarkPassThroughOverlay is BenchmarkPassThrough with the overlay on:
+// ordinary text still costs the pre-check only.
+func BenchmarkPassThroughOverlay(b *testing.B) {
+	cols, cat := loadSchema(b, standardSchema(b))
+	p := NewPlanner(cols, cat, nil, WithCatalogOverlay(testOverlaySchema))
+	b.ReportAllocs()
+	for b.Loop() {
+		if h, np := p.ix.scan(benchPassThrough); h != 0 || np {
+			b.Fatal("pass-through statement is parsed")
+		}
+	}
+}
