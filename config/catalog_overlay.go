@@ -88,11 +88,12 @@ func OverlayMarker(serverVersionNum int) string {
 	return fmt.Sprintf("phiproxy catalog overlay %d for server_version_num %d", overlayVersion, serverVersionNum)
 }
 
-// OverlayStatusSQL reads the markers of the overlay's two views (NULL when
-// missing) and server_version_num.
+// OverlayStatusSQL reads server_version_num, the markers of the overlay's
+// two views (NULL when missing) and the database.
 const OverlayStatusSQL = `SELECT pg_catalog.current_setting('server_version_num')::int4,
   pg_catalog.obj_description(pg_catalog.to_regclass('` + OverlaySchema + `.pg_attribute'), 'pg_class'),
-  pg_catalog.obj_description(pg_catalog.to_regclass('` + OverlaySchema + `.columns'), 'pg_class')`
+  pg_catalog.obj_description(pg_catalog.to_regclass('` + OverlaySchema + `.columns'), 'pg_class'),
+  pg_catalog.current_database()::text`
 
 // OverlayEntriesSQL reads the overlay's rows, sorted as OverlayEntries.
 const OverlayEntriesSQL = `SELECT attrelid, attnum, atttypid, atttypmod FROM ` + OverlaySchema + `.phi_columns ORDER BY attrelid, attnum`

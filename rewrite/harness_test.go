@@ -27,6 +27,8 @@ func sessionFromArgs(t *testing.T, d *datadriven.TestData) Session {
 			sess.ResetPath = strings.Join(arg.Vals, ", ")
 		case "session_user":
 			sess.SessionUser = arg.Vals[0]
+		case "database":
+			sess.Database = arg.Vals[0]
 		case "temp":
 			var names []string
 			for _, v := range arg.Vals {

@@ -33,9 +33,11 @@ import (
 type PlannerOption func(*Planner)
 
 // WithCatalogOverlay makes the planner send catalog reads in SELECT
-// statements to the overlay views in schema (overlay.go).
-func WithCatalogOverlay(schema string) PlannerOption {
-	return func(p *Planner) { p.overlay = schema }
+// statements to the overlay views in schema (overlay.go), in sessions
+// connected to database, the one that holds them: in any other database
+// the schema does not exist, and catalog reads are sent as written.
+func WithCatalogOverlay(schema, database string) PlannerOption {
+	return func(p *Planner) { p.overlay, p.overlayDB = schema, database }
 }
 
 // overlayTarget is one catalog relation the overlay serves.

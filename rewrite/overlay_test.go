@@ -10,7 +10,10 @@ import (
 	pg "github.com/pganalyze/pg_query_go/v5"
 )
 
-const testOverlaySchema = "phiproxy_overlay"
+const (
+	testOverlaySchema = "phiproxy_overlay"
+	testOverlayDB     = "clinic"
+)
 
 // TestOverlayDataDriven runs testdata/overlay/* with the catalog overlay
 // on (directives as in TestDataDriven; plan-off plans without it).
@@ -30,10 +33,13 @@ func TestOverlayDataDriven(t *testing.T) {
 				case "plan", "plan-off":
 					var opts []PlannerOption
 					if d.Cmd == "plan" {
-						opts = append(opts, WithCatalogOverlay(testOverlaySchema))
+						opts = append(opts, WithCatalogOverlay(testOverlaySchema, testOverlayDB))
 					}
 					p := NewPlanner(cols, cat, nil, opts...)
 					sess := sessionFromArgs(t, d)
+					if sess.Database == "" {
+						sess.Database = testOverlayDB
+					}
 					pl, err := p.Plan(d.Input, sess)
 					checkPlanInvariants(t, p, d.Input, pl, err)
 					return describePlan(pl, err)
@@ -50,7 +56,7 @@ func TestOverlayDataDriven(t *testing.T) {
 // and without allocating; text that names one is planned.
 func TestOverlayPrecheck(t *testing.T) {
 	cols, cat := loadSchema(t, standardSchema(t))
-	p := NewPlanner(cols, cat, nil, WithCatalogOverlay(testOverlaySchema))
+	p := NewPlanner(cols, cat, nil, WithCatalogOverlay(testOverlaySchema, testOverlayDB))
 	plain := "SELECT c.relname, t.typname FROM pg_catalog.pg_class c JOIN pg_type t ON t.oid = c.reltype WHERE c.relname = 'doctors'"
 	if allocs := testing.AllocsPerRun(100, func() {
 		if h, np := p.ix.scan(plain); h != 0 || np {
@@ -109,7 +115,7 @@ func TestOverlayColumnsView(t *testing.T) {
 // reference) with the overlay's view, and the text still parses.
 func FuzzOverlay(f *testing.F) {
 	cols, cat := loadSchema(f, standardSchema(f))
-	on := NewPlanner(cols, cat, nil, WithCatalogOverlay(testOverlaySchema))
+	on := NewPlanner(cols, cat, nil, WithCatalogOverlay(testOverlaySchema, testOverlayDB))
 	off := NewPlanner(cols, cat, nil)
 	for _, s := range []string{
 		"SELECT a.attname, format_type(a.atttypid, a.atttypmod) FROM pg_attribute a WHERE a.attrelid = '\"patients\"'::regclass",
@@ -122,7 +128,7 @@ func FuzzOverlay(f *testing.F) {
 	} {
 		f.Add(s)
 	}
-	sess := Session{SearchPath: `"$user", public`, User: "app"}
+	sess := Session{SearchPath: `"$user", public`, User: "app", Database: testOverlayDB}
 	f.Fuzz(func(t *testing.T, sql string) {
 		pOn, errOn := on.Plan(sql, sess)
 		pOff, errOff := off.Plan(sql, sess)
@@ -170,7 +176,7 @@ func FuzzOverlay(f *testing.F) {
 // ordinary text still costs the pre-check only.
 func BenchmarkPassThroughOverlay(b *testing.B) {
 	cols, cat := loadSchema(b, standardSchema(b))
-	p := NewPlanner(cols, cat, nil, WithCatalogOverlay(testOverlaySchema))
+	p := NewPlanner(cols, cat, nil, WithCatalogOverlay(testOverlaySchema, testOverlayDB))
 	b.ReportAllocs()
 	for b.Loop() {
 		if h, np := p.ix.scan(benchPassThrough); h != 0 || np {

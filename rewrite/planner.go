@@ -29,6 +29,9 @@ type Session struct {
 	// or the temporary relations (so COMMIT or ROLLBACK may change them
 	// back).
 	TxDirty bool
+	// Database is the database the session is connected to: the catalog
+	// overlay exists only in the catalog's (WithCatalogOverlay).
+	Database string
 	// Temp lists the session's temporary relations the proxy knows of:
 	// folded names, sorted, each followed by a NUL ("" for none). They are
 	// found before the search_path, as PostgreSQL searches pg_temp first
@@ -49,9 +52,9 @@ type Planner struct {
 	// them.
 	pins  map[string]bool
 	cache *Cache
-	// overlay is the catalog overlay's schema, "" when it is off
-	// (overlay.go).
-	overlay string
+	// overlay is the catalog overlay's schema, "" when it is off, and
+	// overlayDB the database that holds it (overlay.go).
+	overlay, overlayDB string
 }
 
 // sqlRunners are built-in functions that run SQL given as text, so a PHI
@@ -188,7 +191,7 @@ func (p *Planner) plan(sql string, sess Session) (*Plan, error) {
 			}
 			a.finish()
 		}
-		if hits&wordCatalog != 0 && th.unknown == "" && !ddlBefore {
+		if hits&wordCatalog != 0 && th.unknown == "" && !ddlBefore && sess.Database == p.overlayDB {
 			// After DDL in the same string a relation of that name may
 			// exist that no snapshot knows: left as written.
 			p.overlayEdits(sql, st, raw.Stmt, th.path, th.sess.Temp)

@@ -61,6 +61,8 @@ type mirror struct {
 
 	// cursors are the open SQL cursors (cursor.go).
 	cursors cursorSet
+
+	database string // the session's database (for the catalog overlay)
 }
 
 func newMirror(path, user string) mirror {
@@ -70,7 +72,7 @@ func newMirror(path, user string) mirror {
 
 // session is the planner's view of the mirrored state.
 func (m *mirror) session() rewrite.Session {
-	return rewrite.Session{SearchPath: m.eff.path, User: m.eff.user, Temp: m.eff.temp,
+	return rewrite.Session{SearchPath: m.eff.path, User: m.eff.user, Temp: m.eff.temp, Database: m.database,
 		ResetPath: m.resetPath, SessionUser: m.sessionUser, TxDirty: m.eff != m.base || m.sess != m.base}
 }
 

@@ -33,6 +33,8 @@ type OverlayStatus struct {
 	// Want and Have are the PHI map the config asks for and the one in the
 	// database.
 	Want, Have []config.OverlayEntry
+	// Database is the database that holds the overlay (the catalog's).
+	Database string
 }
 
 // CheckOverlay reads the overlay's state over conn for cfg and cat.
@@ -40,7 +42,7 @@ func CheckOverlay(ctx context.Context, conn *pgx.Conn, cfg *config.Config, cat *
 	st := OverlayStatus{Want: config.OverlayEntries(cfg, cat)}
 	var ver int
 	var m1, m2 *string
-	if err := conn.QueryRow(ctx, config.OverlayStatusSQL).Scan(&ver, &m1, &m2); err != nil {
+	if err := conn.QueryRow(ctx, config.OverlayStatusSQL).Scan(&ver, &m1, &m2, &st.Database); err != nil {
 		return st, fmt.Errorf("catalog overlay status: %w", err)
 	}
 	marker := config.OverlayMarker(ver)
@@ -126,21 +128,23 @@ func overlayDDL(ctx context.Context, tx pgx.Tx) ([]string, error) {
 }
 
 // syncOverlay brings the overlay up to date when the config allows and
-// reports whether the planner may use it. Failures are logged, never
-// fatal: without the overlay introspection shows bytea, as before.
-func (p *Proxy) syncOverlay(ctx context.Context, conn *pgx.Conn, cfg *config.Config, cat *config.Catalog) bool {
+// reports whether the planner may use it, in sessions connected to
+// database (the catalog's: the overlay exists only there). Failures are
+// logged, never fatal: without the overlay introspection shows bytea, as
+// before.
+func (p *Proxy) syncOverlay(ctx context.Context, conn *pgx.Conn, cfg *config.Config, cat *config.Catalog) (database string, ok bool) {
 	if cfg.CatalogOverlay == config.OverlayOff {
-		return false
+		return "", false
 	}
 	st, err := CheckOverlay(ctx, conn, cfg, cat)
 	if err == nil && st.Current {
-		return true
+		return st.Database, true
 	}
 	if err == nil && cfg.CatalogOverlay == config.OverlayInstall {
 		if err = InstallOverlay(ctx, conn, cfg, cat); err == nil {
 			st, err = CheckOverlay(ctx, conn, cfg, cat)
 			if err == nil && st.Current {
-				return true
+				return st.Database, true
 			}
 		}
 	}
@@ -149,7 +153,7 @@ func (p *Proxy) syncOverlay(ctx context.Context, conn *pgx.Conn, cfg *config.Con
 	} else {
 		p.log.Warn("catalog overlay missing or stale: introspection shows PHI columns as bytea (run phiproxy overlay install)", "mode", cfg.CatalogOverlay)
 	}
-	return false
+	return "", false
 }
 
 // Overlay connects to dsn (the config's catalog_dsn when empty), reads the

@@ -6,6 +6,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"reflect"
+	"slices"
 	"strings"
 	"testing"
 
@@ -133,6 +134,11 @@ func introspectTwin(t *testing.T, ctx context.Context, px, direct *pgx.Conn, nam
 		return out
 	}
 	got, want := run(px, tbl), run(direct, twin)
+	if strings.HasPrefix(name, "MikroORM") {
+		// It joins pg_class by relname only: tables of that name in other
+		// schemas (the fail-closed tests' shadows) repeat each row.
+		got, want = slices.CompactFunc(got, slices.Equal), slices.CompactFunc(want, slices.Equal)
+	}
 	if len(want) == 0 {
 		t.Fatalf("%s: no rows for %s", name, twin)
 	}
@@ -425,5 +431,29 @@ func TestOverlayCommand(t *testing.T) {
 	}
 	if st, err := Overlay(ctx, cfg, "", false); err != nil || !st.Current {
 		t.Fatalf("status as the catalog role after install: %+v, %v", st, err)
+	}
+}
+
+// TestCatalogOverlayOtherDatabase: the overlay exists only in the
+// catalog's database; a session connected to another database through
+// phiproxy reads the catalogs as written (it failed with 42P01 on
+// phiproxy_overlay.pg_attribute).
+func TestCatalogOverlayOtherDatabase(t *testing.T) {
+	ctx := testCtx(t)
+	p := startProxy(t)
+	dsn := "postgres://" + appUser + ":" + appPassword + "@" + p.addr + "/postgres?sslmode=disable"
+	for _, mode := range []pgx.QueryExecMode{pgx.QueryExecModeCacheStatement, pgx.QueryExecModeSimpleProtocol} {
+		c := connect(t, ctx, dsn, mode)
+		var typ string
+		if err := c.QueryRow(ctx, `SELECT format_type(a.atttypid, a.atttypmod) FROM pg_attribute a WHERE a.attrelid = 'pg_catalog.pg_class'::regclass AND a.attname = 'relname'`).Scan(&typ); err != nil || typ != "name" {
+			t.Fatalf("%s: pg_attribute in database postgres: %q, %v", mode, typ, err)
+		}
+		var n int
+		if err := c.QueryRow(ctx, `SELECT count(*) FROM information_schema.columns WHERE table_name = 'pg_class'`).Scan(&n); err != nil || n == 0 {
+			t.Fatalf("%s: information_schema.columns in database postgres: %d, %v", mode, n, err)
+		}
+	}
+	if typ := ssnType(t, ctx, p.dsn()); typ != "text" {
+		t.Errorf("in the catalog's database ssn is %s, want text", typ)
 	}
 }

@@ -231,8 +231,8 @@ func (p *Proxy) load(ctx context.Context, cfg *config.Config) (*snapshot, error)
 		return nil, fmt.Errorf("phi: %w", err)
 	}
 	var opts []rewrite.PlannerOption
-	if p.syncOverlay(ctx, conn, cfg, cat) {
-		opts = append(opts, rewrite.WithCatalogOverlay(config.OverlaySchema))
+	if db, ok := p.syncOverlay(ctx, conn, cfg, cat); ok {
+		opts = append(opts, rewrite.WithCatalogOverlay(config.OverlaySchema, db))
 	}
 	s.planner = rewrite.NewPlanner(cols, newCatalogAdapter(cat, cfg), p.cache, opts...)
 	return s, nil

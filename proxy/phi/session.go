@@ -324,6 +324,7 @@ func newSession(p *Proxy, info *proxy.SessionInfo) *session {
 	s := &session{p: p, info: info, user: info.User, m: newMirror(sp, info.User),
 		stmts: map[string]*prepared{}, confirmed: map[string]*prepared{}, opCycle: map[string]uint64{},
 		portals: map[string]portal{}, wake: make(chan struct{}, 1), ended: make(chan struct{})}
+	s.m.database = info.Database
 	s.params.Store(newSettings(info.ServerParameters))
 	return s
 }
