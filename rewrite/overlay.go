@@ -56,10 +56,11 @@ var overlayTargets = []overlayTarget{
 var overlayWords = []string{"pg_attribute", "information_schema"}
 
 // overlayEdits adds to st the edits that send the catalog reads of its
-// SELECT n (or of the SELECT a DECLARE … CURSOR runs) to the overlay. path and temp are the session's search_path and
-// temporary relations when the statement runs. All or nothing: a
-// statement with a reference to one of the catalogs that the edits cannot
-// keep meaning the same is left unchanged.
+// SELECT n (or of the SELECT a DECLARE … CURSOR runs) to the overlay.
+// path and temp are the session's search_path and temporary relations
+// when the statement runs. All or nothing: a statement with a reference
+// to one of the catalogs that the edits cannot keep meaning the same is
+// left unchanged.
 func (p *Planner) overlayEdits(sql string, st *Statement, n *pg.Node, path []string, temp string) {
 	if d := n.GetDeclareCursorStmt(); d != nil {
 		n = d.Query // DECLARE c CURSOR FOR SELECT …: the cursor reads the overlay
