@@ -1,5 +1,8 @@
 package integration
 
+// Catalog introspection through phiproxy with real clients (issue 17,
+// item 1): GORM's AutoMigrate and pgjdbc's getColumns.
+
 import (
 	"context"
 	"strings"
@@ -79,5 +82,21 @@ func TestGORMAutoMigrate(t *testing.T) {
 	var stored []byte
 	if err := phiDirect(t).QueryRow(context.Background(), "SELECT patient_ssn FROM visits WHERE id = $1", got.ID).Scan(&stored); err != nil || !strings.HasPrefix(string(stored), "PH\x01") {
 		t.Errorf("visits.patient_ssn stored as %q (%v), want an envelope", stored, err)
+	}
+}
+
+// TestJDBCGetColumnsThroughPHIProxy (issue 17, item 1): pgjdbc's
+// DatabaseMetaData.getColumns reports patients' PHI columns with their
+// logical types, as it reports patients_plain's directly (it reported
+// bytea, SQL type -2).
+func TestJDBCGetColumnsThroughPHIProxy(t *testing.T) {
+	p := startPHIProxy(t)
+	url := func(hp string) string { return "jdbc:postgresql://" + hp + "/" + phiDB + "?sslmode=disable" }
+	got := jdbc(t, "Columns", url(p.addr()), "app", "app-pw", "patients")
+	want := jdbc(t, "Columns", url(fixture.cluster.Addr()), "app", "app-pw", "patients_plain")
+	// The serial id's default names its own sequence.
+	want = strings.ReplaceAll(want, "patients_plain_id_seq", "patients_id_seq")
+	if got != want || !strings.Contains(got, "ssn\t12\ttext") {
+		t.Errorf("getColumns through phiproxy:\n%s\ndirectly on the twin:\n%s", got, want)
 	}
 }
