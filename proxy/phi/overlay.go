@@ -80,7 +80,11 @@ func InstallOverlay(ctx context.Context, conn *pgx.Conn, cfg *config.Config, cat
 		return nil
 	}
 	return pgx.BeginFunc(ctx, conn, func(tx pgx.Tx) error {
-		for _, q := range []string{"SET LOCAL search_path = pg_catalog", config.OverlayLockSQL} {
+		// A session that read the overlay's views in a transaction still
+		// open holds a lock that DROP VIEW waits for: rather than stall the
+		// snapshot load (and every statement waiting for it), give up and
+		// serve without the overlay.
+		for _, q := range []string{"SET LOCAL search_path = pg_catalog", "SET LOCAL lock_timeout = '5s'", config.OverlayLockSQL} {
 			if _, err := tx.Exec(ctx, q); err != nil {
 				return fmt.Errorf("catalog overlay: %w", err)
 			}

@@ -9,6 +9,7 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/jackc/pgx/v5"
 
@@ -455,5 +456,34 @@ func TestCatalogOverlayOtherDatabase(t *testing.T) {
 	}
 	if typ := ssnType(t, ctx, p.dsn()); typ != "text" {
 		t.Errorf("in the catalog's database ssn is %s, want text", typ)
+	}
+}
+
+// TestCatalogOverlayInstallDoesNotStall: replacing the overlay's views
+// waits for sessions that read them in an open transaction; the install
+// gives up after lock_timeout and the proxy serves without the overlay
+// rather than stall its snapshot load.
+func TestCatalogOverlayInstallDoesNotStall(t *testing.T) {
+	ctx := testCtx(t)
+	startProxy(t)
+	admin := connect(t, ctx, testCfg.CatalogDSN, pgx.QueryExecModeSimpleProtocol)
+	mustExec(t, ctx, admin, "COMMENT ON VIEW phiproxy_overlay.columns IS 'phiproxy catalog overlay 0'")
+	reader := connect(t, ctx, directDSN(), pgx.QueryExecModeSimpleProtocol)
+	mustExec(t, ctx, reader, "BEGIN")
+	mustExec(t, ctx, reader, "SELECT 1 FROM phiproxy_overlay.pg_attribute LIMIT 1")
+	start := time.Now()
+	p := serveProxy(t, ctx, testCfg)
+	if d := time.Since(start); d > 20*time.Second {
+		t.Errorf("the proxy took %v to start", d)
+	}
+	if typ := ssnType(t, ctx, p.dsn()); typ != "bytea" {
+		t.Errorf("with the install blocked: ssn is %s, want bytea", typ)
+	}
+	if !strings.Contains(p.logs.String(), "lock timeout") {
+		t.Errorf("no lock timeout logged:\n%s", p.logs.String())
+	}
+	mustExec(t, ctx, reader, "ROLLBACK")
+	if typ := ssnType(t, ctx, startProxy(t).dsn()); typ != "text" {
+		t.Errorf("after the reader's transaction ended: ssn is %s, want text", typ)
 	}
 }
