@@ -179,7 +179,8 @@ func dataStatement(n *pg.Node) bool {
 
 // phiRelationsIn lists the PHI relations (resolved with the test
 // search_path, public) named by RangeVars anywhere in the tree, except
-// names shadowed by a CTE of the same name and FOR UPDATE OF names.
+// names shadowed by a CTE of the same name, FOR UPDATE OF names and the
+// table SELECT … INTO creates.
 func phiRelationsIn(n *pg.Node, cols *Columns) []string {
 	ctes := map[string]bool{}
 	var rels []string
@@ -190,6 +191,8 @@ func phiRelationsIn(n *pg.Node, cols *Columns) []string {
 			ctes[x.Ctename] = true
 		case *pg.LockingClause:
 			return false // FOR UPDATE OF names FROM items, not relations
+		case *pg.IntoClause:
+			return false // SELECT … INTO names the table it creates
 		case *pg.RangeVar:
 			if collecting {
 				break

@@ -517,52 +517,14 @@ func endUserTag(sql string) string {
 	out := ""
 	// Only real comments count: a tag-shaped text inside a string literal
 	// (an inlined value) must not set or blank the audit attribution.
-	for i := 0; i < len(sql); {
-		c := sql[i]
-		switch {
-		case c == '\'':
-			bs := i > 0 && (sql[i-1] == 'e' || sql[i-1] == 'E') && (i < 2 || !isIdentByte(sql[i-2]))
-			j := stringEnd(sql, i, bs)
-			if j < 0 {
-				return out // unterminated: no comment can follow
-			}
-			i = j
-		case c == '"':
-			j := strings.IndexByte(sql[i+1:], '"')
-			for j >= 0 && i+1+j+1 < len(sql) && sql[i+1+j+1] == '"' { // "" inside an identifier
-				k := strings.IndexByte(sql[i+1+j+2:], '"')
-				if k < 0 {
-					j = -1
-					break
-				}
-				j += 2 + k
-			}
-			if j < 0 {
-				return out
-			}
-			i += j + 2
-		case c == '$':
-			if j, ok := dollarQuoteEnd(sql, i); ok {
-				i = j
-			} else {
-				i++
-			}
-		case c == '-' && i+1 < len(sql) && sql[i+1] == '-':
-			j := strings.IndexByte(sql[i:], '\n')
-			if j < 0 {
-				return out
-			}
-			i += j
-		case c == '/' && i+1 < len(sql) && sql[i+1] == '*':
-			end := skipBlockComment(sql, i)
-			if v, ok := endUserIn(sql[i:end]); ok {
+	scanText(sql, 0, func(k tokenKind, start, end int) bool {
+		if k == tokComment && sql[start+1] == '*' {
+			if v, ok := endUserIn(sql[start:end]); ok {
 				out = v
 			}
-			i = end
-		default:
-			i++
 		}
-	}
+		return true
+	})
 	return out
 }
 
@@ -616,4 +578,69 @@ func unhex(c byte) byte {
 		return c - 'a' + 10
 	}
 	return c - 'A' + 10
+}
+
+// tokenKind is the kind of a token scanText reports.
+type tokenKind uint8
+
+const (
+	tokWord    tokenKind = iota // a bare identifier or key word
+	tokQuoted                   // "…"
+	tokString                   // '…', E'…' with its continuation segments
+	tokDollar                   // $tag$…$tag$
+	tokComment                  // -- … or /* … */
+)
+
+// scanText calls visit, in order, for each token of sql[from:] that can
+// hold a name — words, quoted identifiers, strings, dollar-quoted strings
+// and comments — skipping everything else; it stops early when visit
+// returns false. It returns false when the text does not read to its end:
+// an unterminated string is reported up to the end of the text, an
+// unterminated quoted identifier not at all. The lexical walks of the planner that are not the pre-check
+// share it.
+func scanText(sql string, from int, visit func(k tokenKind, start, end int) bool) bool {
+	for i := from; i < len(sql); {
+		c := sql[i]
+		k, end, complete := tokWord, i+1, true
+		switch {
+		case c == '\'':
+			bs := i > 0 && (sql[i-1] == 'e' || sql[i-1] == 'E') && (i < 2 || !isIdentByte(sql[i-2]))
+			k, end = tokString, stringEnd(sql, i, bs)
+			if end < 0 {
+				end, complete = len(sql), false
+			}
+		case c == '"':
+			var ok bool
+			k = tokQuoted
+			if end, ok = quotedEnd(sql, i, '"', false); !ok {
+				return false // no name to report: the identifier has no end
+			}
+		case c == '-' && i+1 < len(sql) && sql[i+1] == '-':
+			k, end = tokComment, len(sql)
+			if j := strings.IndexByte(sql[i:], '\n'); j >= 0 {
+				end = i + j
+			}
+		case c == '/' && i+1 < len(sql) && sql[i+1] == '*':
+			k, end = tokComment, skipBlockComment(sql, i)
+		case c == '$':
+			j, ok := dollarQuoteEnd(sql, i)
+			if !ok {
+				i++
+				continue
+			}
+			k, end = tokDollar, j
+		case isIdentStart(c):
+			for end < len(sql) && isIdentByte(sql[end]) {
+				end++
+			}
+		default:
+			i++
+			continue
+		}
+		if !visit(k, i, end) || !complete {
+			return complete
+		}
+		i = end
+	}
+	return true
 }

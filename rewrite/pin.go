@@ -271,55 +271,29 @@ func (a *analyzer) pinRest(n *pg.Node) error {
 // read to its end, sends the statement to the walk.
 func (a *analyzer) allPinned() bool {
 	sql := a.sql[:a.st.Offset+a.st.Length]
-	n := 0
-	for i := a.st.Offset; i < len(sql); {
-		c := sql[i]
-		switch {
-		case c == '\'':
-			bs := i > 0 && (sql[i-1] == 'e' || sql[i-1] == 'E') && (i < 2 || !isIdentByte(sql[i-2]))
-			j := stringEnd(sql, i, bs)
-			if j < 0 {
-				return false
-			}
-			i = j
-		case c == '"':
-			j, ok := quotedEnd(sql, i, '"', false)
-			if !ok {
-				return false
-			}
-			if a.p.pins[strings.ReplaceAll(sql[i+1:j-1], `""`, `"`)] {
+	n, unicode := 0, false
+	complete := scanText(sql, a.st.Offset, func(k tokenKind, start, end int) bool {
+		switch k {
+		case tokQuoted:
+			if a.p.pins[strings.ReplaceAll(sql[start+1:end-1], `""`, `"`)] {
 				n++
 			}
-			i = j
-		case c == '-' && i+1 < len(sql) && sql[i+1] == '-', c == '/' && i+1 < len(sql) && sql[i+1] == '*':
-			i = skipSpace(sql, i)
-		case c == '$':
-			if j, ok := dollarQuoteEnd(sql, i); ok {
-				i = j
-				continue
-			}
-			i++
-		case isIdentStart(c):
-			if (c == 'u' || c == 'U') && i+1 < len(sql) && sql[i+1] == '&' {
+		case tokWord:
+			if c := sql[start]; (c == 'u' || c == 'U') && end == start+1 && end < len(sql) && sql[end] == '&' {
+				unicode = true // U& escapes: only the walk reads them
 				return false
 			}
-			j := i
-			for j < len(sql) && isIdentByte(sql[j]) {
-				j++
-			}
-			w := foldASCII(sql[i:j])
+			w := foldASCII(sql[start:end])
 			if len(w) > maxIdentLen {
 				w = w[:maxIdentLen]
 			}
 			if a.p.pins[w] {
 				n++
 			}
-			i = j
-		default:
-			i++
 		}
-	}
-	return n == len(a.pinned)
+		return true
+	})
+	return complete && !unicode && n == len(a.pinned)
 }
 
 // walkRangeVars collects the RangeVars of a tree that reference a relation

@@ -255,60 +255,28 @@ func firstNamed(sql string, names map[string]bool, inText bool) string {
 		}
 		return ""
 	}
-	for i := 0; i < len(sql); {
-		c := sql[i]
+	found := ""
+	complete := scanText(sql, 0, func(k tokenKind, start, end int) bool {
 		switch {
-		case c == '\'':
-			bs := i > 0 && (sql[i-1] == 'e' || sql[i-1] == 'E') && (i < 2 || !isIdentByte(sql[i-2]))
-			j := stringEnd(sql, i, bs)
-			if j < 0 {
-				j = len(sql)
+		case k == tokWord && !inText:
+			if w := foldASCII(sql[start:end]); names[w] {
+				found = w
 			}
-			if w := word(sql[i:j]); inText && w != "" {
-				return w
-			}
-			i = j
-		case c == '"':
-			j, ok := quotedEnd(sql, i, '"', false)
-			if !ok {
-				return ""
-			}
-			if w := strings.ReplaceAll(sql[i+1:j-1], `""`, `"`); !inText && names[w] {
-				return w
-			}
-			i = j
-		case c == '-' && i+1 < len(sql) && sql[i+1] == '-', c == '/' && i+1 < len(sql) && sql[i+1] == '*':
-			j := skipSpace(sql, i)
-			if j == i {
-				j = len(sql)
-			}
-			if w := word(sql[i:j]); inText && w != "" {
-				return w
-			}
-			i = j
-		case c == '$':
-			if j, ok := dollarQuoteEnd(sql, i); ok {
-				if w := word(sql[i:j]); inText && w != "" {
-					return w
+		case k == tokQuoted && !inText:
+			if end-start >= 2 {
+				if w := strings.ReplaceAll(sql[start+1:end-1], `""`, `"`); names[w] {
+					found = w
 				}
-				i = j
-				continue
 			}
-			i++
-		case isIdentStart(c):
-			j := i
-			for j < len(sql) && isIdentByte(sql[j]) {
-				j++
-			}
-			if w := foldASCII(sql[i:j]); !inText && names[w] {
-				return w
-			}
-			i = j
-		default:
-			i++
+		case k != tokWord && k != tokQuoted && inText:
+			found = word(sql[start:end])
 		}
+		return found == ""
+	})
+	if !complete && found == "" {
+		return ""
 	}
-	return ""
+	return found
 }
 
 // position converts a byte offset to PostgreSQL's 1-based character
