@@ -55,6 +55,7 @@ type session struct {
 	exitState State
 
 	proxyPID         uint32
+	cancel           context.CancelFunc // cancels info.Context (end)
 	closing          atomic.Bool
 	clientTerminated atomic.Bool // the client sent Terminate
 	fatalRelayed     atomic.Bool // the upstream sent a FATAL error
@@ -75,6 +76,7 @@ func newSession(srv *Server, conn net.Conn) *session {
 	}
 	s.info.ID = hex.EncodeToString(id[:])
 	s.info.ClientAddr = conn.RemoteAddr()
+	s.info.ctx, s.cancel = context.WithCancel(context.Background())
 	s.log = srv.log.With("session", s.info.ID, "client", addrString(conn.RemoteAddr()))
 	return s
 }
@@ -131,7 +133,6 @@ func (s *session) end(e *pgerr.Error) {
 		s.connMu.Lock()
 		s.closing.Store(true)
 		client, server := s.client.conn, s.server
-		hook := s.hook
 		s.connMu.Unlock()
 		if e != nil {
 			s.endErr.Store(e)
@@ -144,8 +145,8 @@ func (s *session) end(e *pgerr.Error) {
 		if server != nil {
 			server.conn.Close()
 		}
-		if e, ok := hook.(Ender); ok {
-			e.Ended()
+		if s.cancel != nil {
+			s.cancel() // the Interceptor's waits return
 		}
 		s.stMu.Lock()
 		s.exitState = s.cur
@@ -201,6 +202,7 @@ func isClientGone(err error) bool {
 func (s *session) serve(ctx context.Context) {
 	rt := s.srv.rt.Load()
 	s.info.Config = rt.cfg
+	s.info.Instance = rt.cfg.Instance
 	stop := context.AfterFunc(ctx, func() {
 		s.end(pgerr.Fatal(pgerr.AdminShutdown, "terminating connection due to administrator command"))
 	})
@@ -252,6 +254,12 @@ func (s *session) serve(ctx context.Context) {
 		return
 	}
 	s.info.ServerParameters = res.params
+	if s.srv.opts.interceptor != nil {
+		if err := s.resolveRoles(ctx, rt); err != nil {
+			s.fail(err)
+			return
+		}
+	}
 	entry := &cancelEntry{upPID: res.pid, upSecret: res.secret, dialer: rt.upstream}
 	s.proxyPID = s.srv.cancels.register(entry)
 	if err := s.client.sendNow(
@@ -278,6 +286,13 @@ func (s *session) serve(ctx context.Context) {
 	}
 	s.log.Info("session started")
 	s.relay()
+	if s.hook != nil {
+		var err error
+		if e := s.endErr.Load(); e != nil {
+			err = e
+		}
+		s.hook.SessionEnd(err)
+	}
 	s.stMu.Lock()
 	attrs := []any{"duration_ms", time.Since(s.start).Milliseconds(), "state", s.exitState.String()}
 	s.stMu.Unlock()

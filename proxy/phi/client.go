@@ -44,6 +44,10 @@ func (s *session) ClientMessage(msg pgproto3.FrontendMessage, out *proxy.Out) er
 		}
 	case *pgproto3.Execute:
 		pt := s.portals[m.Portal]
+		if pt.x != nil && pt.x.epoch != s.p.epoch.Load() {
+			pt.x = s.fresh(pt.x) // decided before the last BumpDecisionEpoch
+			s.portals[m.Portal] = pt
+		}
 		if pt.ps != nil {
 			s.startCopyIn([]*rewrite.Statement{pt.ps.st}, false)
 		}
@@ -102,6 +106,7 @@ func (s *session) query(m *pgproto3.Query, out *proxy.Out) error {
 	if err != nil {
 		return s.refuseQuery(e, "", err, out)
 	}
+	q.endUser = plan.EndUser
 	for _, st := range plan.Statements {
 		e.effectful = e.effectful || effectful(st)
 	}
@@ -172,6 +177,7 @@ func (s *session) refuseAt(e *entry, sql string, i int, refusal error, out *prox
 	}
 	// Data the client streams for a refused COPY FROM is dropped.
 	s.startCopyIn(q.stmts[i:i+1], true)
+	q.refused = q.stmts[i]
 	q.stmts = q.stmts[:i]
 	return s.refuseQuery(e, prefix, refusal, out)
 }
@@ -388,6 +394,16 @@ func (s *session) parse(m *pgproto3.Parse, out *proxy.Out) error {
 		text, _, err = s.render(plan.SQL, []*rewrite.Statement{st}, 1)
 	}
 	if err != nil {
+		if s.obs != nil {
+			r := &refusal{st: st}
+			if plan != nil {
+				r.endUser = plan.EndUser
+				if r.st == nil && len(plan.Statements) == 1 {
+					r.st = plan.Statements[0]
+				}
+			}
+			e.refused = r
+		}
 		return s.poison(e, &pgproto3.Parse{Name: m.Name, Query: poisonParse}, "42601", err, out, func() {
 			if m.Name == "" {
 				s.setStmt("", nil)
@@ -395,6 +411,7 @@ func (s *session) parse(m *pgproto3.Parse, out *proxy.Out) error {
 		})
 	}
 	ps.st = st
+	ps.endUser = plan.EndUser
 	ps.declared = append([]uint32(nil), m.ParameterOIDs...)
 	fwd := m
 	if st != nil && len(st.Params) > 0 {
@@ -472,6 +489,13 @@ func (s *session) bind(m *pgproto3.Bind, out *proxy.Out) error {
 		return err
 	}
 	e := &entry{kind: entryBind, portal: portal{ps: ps}}
+	if s.obs != nil && (!known || ps != nil && ps.st != nil) {
+		// For the Observer, should the Bind be refused.
+		e.refused = &refusal{}
+		if ps != nil {
+			e.refused.st, e.refused.endUser = ps.st, ps.endUser
+		}
+	}
 	if !known {
 		// PostgreSQL has no such statement either (the namespaces agree),
 		// so it would refuse the Bind: refuse it here, so that no
@@ -517,7 +541,7 @@ func (s *session) resultX(ps *prepared, formats []int16) *rowX {
 	if len(ps.st.Results) == 0 {
 		return nil
 	}
-	if ps.lastX != nil && equalFormats(ps.lastFormats, formats) {
+	if ps.lastX != nil && ps.lastX.epoch == s.p.epoch.Load() && equalFormats(ps.lastFormats, formats) {
 		return ps.lastX
 	}
 	x := s.newRowX(ps.st.Results, func(i int) int16 { return formatAt(formats, i) })

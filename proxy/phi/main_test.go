@@ -169,7 +169,7 @@ type testProxy struct {
 }
 
 // startProxy runs phiproxy with the PHI layer in front of the cluster.
-func startProxy(t testing.TB) *testProxy {
+func startProxy(t testing.TB, opts ...Option) *testProxy {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
@@ -186,7 +186,7 @@ func startProxy(t testing.TB) *testProxy {
 	}
 	logs := &testenv.Buffer{}
 	log := slog.New(slog.NewJSONHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
-	p, err := New(ctx, testCfg, WithLogger(log))
+	p, err := New(ctx, testCfg, append([]Option{WithLogger(log)}, opts...)...)
 	if err != nil {
 		t.Fatal(err)
 	}

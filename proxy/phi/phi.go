@@ -44,6 +44,12 @@ type Proxy struct {
 	bg     context.Context
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
+
+	// obs sees the statement lifecycle (observe.go); nil: nothing does.
+	obs Observer
+	// epoch is the decision epoch: result transforms built under an
+	// older one are rebuilt before their next row (BumpDecisionEpoch).
+	epoch atomic.Uint64
 }
 
 // snapshot is everything derived from one config and one catalog.
@@ -97,6 +103,18 @@ func New(ctx context.Context, cfg *config.Config, opts ...Option) (*Proxy, error
 	p.cur.Store(s)
 	return p, nil
 }
+
+// BumpDecisionEpoch invalidates every decision cached across statements:
+// the result transforms of cached plans (per prepared statement and
+// result formats, per Query plan) and those of portals already bound.
+// Each is rebuilt — with the ciphers, and later the policy, in force —
+// before it decrypts another row, so an open portal cannot keep
+// decrypting under a decision that no longer holds. A policy reload or a
+// lockdown calls it. Safe for concurrent use; it returns the new epoch.
+func (p *Proxy) BumpDecisionEpoch() uint64 { return p.epoch.Add(1) }
+
+// DecisionEpoch is the current decision epoch (see Execution.Epoch).
+func (p *Proxy) DecisionEpoch() uint64 { return p.epoch.Load() }
 
 // Close stops background catalog refreshes.
 func (p *Proxy) Close() {

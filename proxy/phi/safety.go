@@ -323,6 +323,12 @@ func (r recovering) ServerMessage(msg pgproto3.BackendMessage, out *proxy.Out) (
 	return r.session.ServerMessage(msg, out)
 }
 
+// SessionEnd implements proxy.Interceptor.
+func (r recovering) SessionEnd(err error) {
+	defer r.recovered(&err)
+	r.session.SessionEnd(err)
+}
+
 func (s *session) recovered(err *error) {
 	v := recover()
 	if v == nil {
