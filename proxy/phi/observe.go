@@ -177,7 +177,12 @@ func (s *session) observeFailed(err *pgerr.Error) {
 	if s.exDone {
 		return
 	}
-	e := s.front()
+	// The entry the failing message answers; none when the message was
+	// not expected (never the next entry: its statement has not begun).
+	var e *entry
+	if s.haveHead {
+		e = &s.head
+	}
 	if s.execution(e) == nil {
 		return
 	}
