@@ -134,6 +134,9 @@ func (s *session) end(e *pgerr.Error) {
 		s.closing.Store(true)
 		client, server := s.client.conn, s.server
 		s.connMu.Unlock()
+		if s.cancel != nil {
+			s.cancel() // what the Interceptor waits for returns
+		}
 		if e != nil {
 			s.endErr.Store(e)
 			// A relay goroutine may hold the writer while blocked on a
@@ -144,9 +147,6 @@ func (s *session) end(e *pgerr.Error) {
 		client.Close()
 		if server != nil {
 			server.conn.Close()
-		}
-		if s.cancel != nil {
-			s.cancel() // the Interceptor's waits return
 		}
 		s.stMu.Lock()
 		s.exitState = s.cur
