@@ -136,8 +136,8 @@
 // and transforms are cached across statements: per prepared statement and
 // result formats (resultX), per Query plan (queryX), and in every bound
 // portal. Each carries the decision epoch it was built under.
-// Proxy.BumpDecisionEpoch (a policy reload, a lockdown) moves the epoch
-// on; a cached transform is rebuilt at its next lookup, a portal's at its
+// Proxy.BumpDecisionEpoch (a policy reload, a lockdown; Reload calls it,
+// since a column's access or keys may have changed) moves the epoch on; a cached transform is rebuilt at its next lookup, a portal's at its
 // next Execute (client goroutine) and, for one already sent, at its next
 // DataRow (server goroutine, one atomic load per row): an open portal
 // cannot keep decrypting under a decision that no longer holds

@@ -364,6 +364,13 @@ func TestBumpDecisionEpochRebuildsAnOpenPortal(t *testing.T) {
 	if e := rec.epochs(); e != "0,1,1,2" {
 		t.Fatalf("epochs %s, want 0,1,1,2", e)
 	}
+	// A config reload is a new decision too.
+	if err := p.phi.Reload(ctx, testCfg); err != nil {
+		t.Fatal(err)
+	}
+	if e := p.phi.DecisionEpoch(); e != 3 {
+		t.Fatalf("after Reload the epoch is %d, want 3", e)
+	}
 }
 
 // epochRecorder records the decision epoch of each Start.

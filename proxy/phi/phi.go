@@ -138,6 +138,8 @@ func (p *Proxy) Factory() func(*proxy.SessionInfo) proxy.Interceptor {
 
 // Reload swaps in cfg (a newly loaded config), its keys and a fresh catalog
 // snapshot, atomically: on any error nothing changes. Call it on SIGHUP.
+// A successful reload moves the decision epoch on (BumpDecisionEpoch):
+// the columns' access and keys may have changed.
 // A config that turns PHI on or off needs a restart (the Factory was
 // chosen at startup); Reload refuses that change.
 func (p *Proxy) Reload(ctx context.Context, cfg *config.Config) error {
@@ -160,6 +162,7 @@ func (p *Proxy) Reload(ctx context.Context, cfg *config.Config) error {
 		return fmt.Errorf("phi: keys: %w", err)
 	}
 	p.cur.Store(s)
+	p.BumpDecisionEpoch()
 	return nil
 }
 
