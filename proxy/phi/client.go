@@ -395,7 +395,7 @@ func (s *session) parse(m *pgproto3.Parse, out *proxy.Out) error {
 	}
 	if err != nil {
 		if s.obs != nil {
-			r := &refusal{st: st}
+			r := &refusedStmt{st: st}
 			if plan != nil {
 				r.endUser = plan.EndUser
 				if r.st == nil && len(plan.Statements) == 1 {
@@ -467,6 +467,13 @@ func maxInt(a, b int) int {
 func (s *session) poison(e *entry, msg pgproto3.FrontendMessage, code string, refusal error, out *proxy.Out, onQueued func()) error {
 	e.poison = asRefusal(refusal)
 	e.poisonCode = code
+	if s.obs != nil && e.refused == nil {
+		// For the Observer: a Bind's statement (Parse sets its own).
+		e.refused = &refusedStmt{}
+		if ps := e.portal.ps; ps != nil {
+			e.refused.st, e.refused.endUser = ps.st, ps.endUser
+		}
+	}
 	queued, err := s.push(e, out)
 	if err != nil {
 		return err
@@ -489,13 +496,6 @@ func (s *session) bind(m *pgproto3.Bind, out *proxy.Out) error {
 		return err
 	}
 	e := &entry{kind: entryBind, portal: portal{ps: ps}}
-	if s.obs != nil && (!known || ps != nil && ps.st != nil) {
-		// For the Observer, should the Bind be refused.
-		e.refused = &refusal{}
-		if ps != nil {
-			e.refused.st, e.refused.endUser = ps.st, ps.endUser
-		}
-	}
 	if !known {
 		// PostgreSQL has no such statement either (the namespaces agree),
 		// so it would refuse the Bind: refuse it here, so that no

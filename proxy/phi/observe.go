@@ -233,7 +233,7 @@ func (s *session) observeEntryRefusal(e *entry) {
 	if s.obs == nil {
 		return
 	}
-	var r refusal
+	var r refusedStmt
 	if e.refused != nil {
 		r = *e.refused
 	}

@@ -142,12 +142,12 @@ type entry struct {
 	poisonCode string
 	// refused is the statement the poison stands in for (Parse, Bind),
 	// for the Observer.
-	refused *refusal
+	refused *refusedStmt
 }
 
-// refusal is a statement phiproxy refused in the extended protocol: its
-// plan (nil if it could not be planned) and end user tag.
-type refusal struct {
+// refusedStmt is a statement phiproxy refused in the extended protocol:
+// its plan (nil if it could not be planned) and end user tag.
+type refusedStmt struct {
 	st      *rewrite.Statement
 	endUser string
 }
