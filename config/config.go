@@ -20,6 +20,9 @@ type Config struct {
 	// ("" when loaded from bytes without a path).
 	Path string
 
+	// Instance names this phiproxy instance in audit events and logs
+	// (DESIGN §8 "instance"); by default the host name.
+	Instance   string
 	Listen     string
 	ClientTLS  ClientTLS
 	Upstream   Upstream
@@ -226,6 +229,14 @@ func (c *Config) KeyNames() map[string][]Column {
 	return out
 }
 
+// defaultInstance is the host name, or "phiproxy" when it cannot be read.
+func defaultInstance() string {
+	if h, err := os.Hostname(); err == nil && h != "" {
+		return h
+	}
+	return "phiproxy"
+}
+
 // Dir is the directory relative paths are resolved against.
 func (c *Config) Dir() string {
 	if c.Path == "" {
@@ -237,6 +248,7 @@ func (c *Config) Dir() string {
 
 // raw mirrors the YAML document; strict decoding rejects unknown keys.
 type raw struct {
+	Instance  string `yaml:"instance"`
 	Listen    string `yaml:"listen"`
 	ClientTLS *struct {
 		Mode string `yaml:"mode"`
@@ -332,6 +344,11 @@ func Parse(data []byte, path string) (*Config, error) {
 			return p
 		}
 		return filepath.Join(dir, p)
+	}
+
+	c.Instance = r.Instance
+	if c.Instance == "" {
+		c.Instance = defaultInstance()
 	}
 
 	c.Listen = r.Listen

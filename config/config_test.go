@@ -22,7 +22,9 @@ func TestLoadAppliesDefaults(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	host, _ := os.Hostname()
 	checks := []struct{ name, got, want string }{
+		{"the instance is named after the host", c.Instance, host},
 		{"client tls off by default", c.ClientTLS.Mode, TLSDisable},
 		{"upstream sslmode prefer like libpq", c.Upstream.SSLMode, "prefer"},
 		{"auth terminates by default", c.Auth.Mode, AuthTerminate},
@@ -38,6 +40,10 @@ func TestLoadAppliesDefaults(t *testing.T) {
 	}
 	if len(c.PHI) != 0 {
 		t.Errorf("no phi section must mean pure pass-through, got %v", c.PHI)
+	}
+	named, err := Parse([]byte("instance: px-1\n"+minimal), "")
+	if err != nil || named.Instance != "px-1" {
+		t.Errorf("instance: px-1 gives %q, %v", named.Instance, err)
 	}
 }
 

@@ -53,14 +53,40 @@
 //     pgproto3's message types, into per-session flyweights) and handed to
 //     it, with an Out to forward, rewrite, drop, inject or refuse. Without
 //     an Interceptor the relay is a pure byte copy that allocates nothing
-//     per message.
+//     per message. The Interceptor is built after login (and after the
+//     role memberships are resolved) and lives as long as the session:
+//     SessionInfo.Context is its lifetime, SessionEnd its last call.
 //
 //  4. End (state Closed). Whatever ends first ends the session once, in
 //     session.end: a client that goes away (EOF, reset, Terminate) closes
 //     the upstream connection; an upstream that goes away gives the client
 //     FATAL 08006 (unless the upstream sent its own FATAL first); a client
-//     that cannot be reached gets nothing. Both connections are closed, so
-//     both goroutines return and nothing is left behind.
+//     that cannot be reached gets nothing. Both connections are closed and
+//     SessionInfo.Context is cancelled, so both goroutines return (an
+//     Interceptor blocked in a message method returns too) and nothing is
+//     left behind; then Interceptor.SessionEnd runs, once, with the error
+//     the session ended with.
+//
+// # Session identity
+//
+// SessionInfo is what the Interceptor (and, through it, policy and audit)
+// knows of a session: its id, the client address and TLS, the startup
+// user, database and application_name, the instance name (config
+// instance, by default the host name), and the user's PostgreSQL role
+// memberships. The memberships (config.RoleMemberships, nested groups
+// included) are resolved after login over the catalog connection — the
+// one connection of the runtime that the verifier lookup of auth.mode
+// terminate also uses, one query at a time — and only when an
+// Interceptor is installed: a session without one needs none. A lookup
+// that fails ends the login with FATAL 08006 before ReadyForQuery, as a
+// failed verifier lookup does; WithRoleLookup replaces the lookup.
+//
+// What changes during the session is its Identity: the current role
+// after SET ROLE and the end user (SET phiproxy.end_user). Package proxy
+// does not parse SQL, so it only carries them: the Interceptor that
+// mirrors the session state from the server's answers (proxy/phi)
+// publishes them with SetIdentity, from its server→client goroutine;
+// Identity reads them with one atomic load, from any goroutine.
 //
 // Each of a session's goroutines runs under recover, as net/http's
 // conn.serve does: a panic anywhere in a session (startup, login, either

@@ -1,7 +1,9 @@
 package proxy
 
 import (
+	"context"
 	"net"
+	"sync/atomic"
 
 	"github.com/jackc/pgx/v5/pgproto3"
 
@@ -37,6 +39,14 @@ import (
 // A non-nil error ends the session: the client gets it as a FATAL
 // ErrorResponse (a *pgerr.Error keeps its SQLSTATE, anything else becomes
 // XX000) and both connections are closed.
+//
+// The session's lifetime is SessionInfo.Context, as pgx's tracers pair
+// Start with End: the context is cancelled as soon as the session starts
+// to end (the client left, the upstream went away, Shutdown, an error), so
+// that anything a message method waits for — an answer from the server,
+// a blocking write to an audit sink — returns; then, once both relay
+// goroutines have returned, SessionEnd is called, exactly once, to close
+// out what is pending.
 type Interceptor interface {
 	// Intercepts returns the message types (the protocol's type bytes) to
 	// decode and hand over, per direction. It is called once per session.
@@ -49,13 +59,13 @@ type Interceptor interface {
 	// example RowDescription, DataRow, ParameterDescription,
 	// CommandComplete, ErrorResponse, ReadyForQuery, CopyData.
 	ServerMessage(msg pgproto3.BackendMessage, out *Out) error
-}
-
-// Ender is implemented by an Interceptor that must learn when its session
-// ends (for example to stop waiting for an answer that will not come).
-// Ended is called once, from whichever goroutine ends the session.
-type Ender interface {
-	Ended()
+	// SessionEnd is called once when the session has ended, after both
+	// relay goroutines have returned: it never runs concurrently with
+	// ClientMessage or ServerMessage, and neither is called after it.
+	// SessionInfo.Context is already cancelled. err is the error the
+	// session ended with (a *pgerr.Error, as the client was sent it), nil
+	// when it ended without one (Terminate, the client went away).
+	SessionEnd(err error)
 }
 
 // Message type bytes of the messages an Interceptor can select.
@@ -115,6 +125,13 @@ func (s *MessageSet) Has(t byte) bool { return s[t>>6]&(1<<(t&63)) != 0 }
 func (s *MessageSet) Empty() bool { return s[0]|s[1]|s[2]|s[3] == 0 }
 
 // SessionInfo describes a session to the code that builds its Interceptor.
+//
+// Its fields are set before the Interceptor is built and never change.
+// What changes during the session — the current role after SET ROLE, the
+// end user — is read with Identity, which is safe from any goroutine (both
+// relay goroutines, and whatever the Interceptor hands it to); the
+// Interceptor that follows those changes publishes them with
+// SetIdentity. Do not copy a SessionInfo: pass its pointer.
 type SessionInfo struct {
 	// ID is a random session identifier (also in logs).
 	ID string
@@ -140,6 +157,57 @@ type SessionInfo struct {
 	// role's and database's defaults. Later changes arrive as
 	// ParameterStatus messages. Never modify it.
 	ServerParameters map[string]string
+	// Instance names this phiproxy instance (config instance, by default
+	// the host name), as audit events do.
+	Instance string
+	// Roles are the PostgreSQL roles User is a member of, directly or
+	// through nested groups, User itself included, sorted (what
+	// pg_has_role(User, r, 'MEMBER') says), resolved over the catalog
+	// connection after login. Only sessions with an Interceptor resolve
+	// them (a failure ends the login with FATAL 08006); nil otherwise.
+	// They are the session user's: after SET ROLE the current role
+	// (Identity().Role) is one of them unless User is a superuser. Never
+	// modify it.
+	Roles []string
+
+	ctx      context.Context
+	identity atomic.Pointer[Identity]
+}
+
+// Identity is who a session acts as at one point in time.
+type Identity struct {
+	// Role is the current role (current_user): User until SET ROLE
+	// changes it.
+	Role string
+	// EndUser is the application's end user from SET phiproxy.end_user,
+	// "" when none is set (attribution, not authentication). A
+	// sqlcommenter end_user tag applies to its statement only and is not
+	// here.
+	EndUser string
+}
+
+// Identity returns the session's identity as last published with
+// SetIdentity; until then the current role is User and there is no end
+// user. Safe for concurrent use.
+func (i *SessionInfo) Identity() Identity {
+	if id := i.identity.Load(); id != nil {
+		return *id
+	}
+	return Identity{Role: i.User}
+}
+
+// SetIdentity publishes the session's identity; the Interceptor that
+// mirrors SET ROLE and SET phiproxy.end_user from the server's answers
+// calls it. Safe for concurrent use.
+func (i *SessionInfo) SetIdentity(id Identity) { i.identity.Store(&id) }
+
+// Context is the session's context: cancelled when the session ends (see
+// Interceptor). Never nil.
+func (i *SessionInfo) Context() context.Context {
+	if i.ctx == nil {
+		return context.Background()
+	}
+	return i.ctx
 }
 
 // Out is where an Interceptor sends messages. It is only valid during the

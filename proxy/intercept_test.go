@@ -55,12 +55,14 @@ func (i *shoutingInterceptor) ServerMessage(msg pgproto3.BackendMessage, out *Ou
 	return out.Forward(row)
 }
 
+func (i *shoutingInterceptor) SessionEnd(error) {}
+
 func TestInterceptor(t *testing.T) {
 	ctx := testCtx(t)
 	hook := &shoutingInterceptor{}
-	var infos []SessionInfo
+	var infos []*SessionInfo
 	p := startProxy(t, proxyConfig(t, testCluster.Addr()), WithInterceptor(func(si *SessionInfo) Interceptor {
-		infos = append(infos, *si)
+		infos = append(infos, si)
 		return hook
 	}))
 	conn := connect(t, ctx, p.dsn("application_name=hooked", "options=-c%20DateStyle%3DSQL,DMY"))

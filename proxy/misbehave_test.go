@@ -209,6 +209,7 @@ func (errorWatcher) ClientMessage(msg pgproto3.FrontendMessage, out *Out) error 
 func (errorWatcher) ServerMessage(msg pgproto3.BackendMessage, out *Out) error {
 	return out.Forward(msg)
 }
+func (errorWatcher) SessionEnd(error) {}
 
 // panicky panics where the test asks it to: on a Query that names a
 // trigger (client→server goroutine), on a DataRow that holds one
@@ -238,7 +239,7 @@ func (panicky) ServerMessage(msg pgproto3.BackendMessage, out *Out) error {
 	return out.Forward(msg)
 }
 
-func (p panicky) Ended() {
+func (p panicky) SessionEnd(error) {
 	if p.onEnd {
 		var row [][]byte
 		_ = row[len(panicCanary)] // a runtime error

@@ -28,18 +28,6 @@ func (s *session) recoverPanic() {
 		WithHint("This is a phiproxy bug, please report it; reconnect to continue."))
 }
 
-// ended calls the Interceptor's Ended under recover: it runs while the
-// session ends (from any goroutine, also the Server's during Shutdown),
-// when a panic can only be logged.
-func (s *session) ended(e Ender) {
-	defer func() {
-		if v := recover(); v != nil {
-			s.logPanic(v)
-		}
-	}()
-	e.Ended()
-}
-
 func (s *session) logPanic(v any) {
 	s.log.Error("phiproxy bug: session ended", "panic", panicSummary(v), "stack", string(debug.Stack()))
 }

@@ -73,6 +73,8 @@ func (upperQuery) ClientMessage(msg pgproto3.FrontendMessage, out *Out) error {
 
 func (upperQuery) ServerMessage(msg pgproto3.BackendMessage, out *Out) error { return out.Forward(msg) }
 
+func (upperQuery) SessionEnd(error) {}
+
 type loopResult struct {
 	out []byte
 	err error

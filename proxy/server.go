@@ -50,6 +50,10 @@ type runtimeConfig struct {
 	login     loginFunc
 	// closers release what the runtime holds (the catalog connection).
 	closers []func()
+	// catalog is the catalog connection (verifier lookups, role
+	// memberships); roles resolves a session's memberships.
+	catalog *catalogQuerier
+	roles   RoleLookup
 	// channelBinding is tls-server-end-point of the client certificate,
 	// nil when SCRAM-SHA-256-PLUS cannot be offered.
 	channelBinding []byte
@@ -64,6 +68,7 @@ type options struct {
 	startupTimeout time.Duration
 	lookup         auth.LookupFunc
 	mockSecret     []byte
+	roles          RoleLookup
 }
 
 // WithLogger sets the logger (default: slog.Default()). Logs carry
@@ -128,6 +133,11 @@ func (s *Server) buildRuntime(cfg *config.Config) (*runtimeConfig, error) {
 		return nil, err
 	}
 	rt.upstream = up
+	if rt.catalog, err = newCatalogQuerier(cfg.CatalogDSN); err != nil {
+		return nil, err
+	}
+	rt.closers = append(rt.closers, rt.catalog.Close)
+	rt.roles = rt.roleLookup(&s.opts)
 	switch cfg.Auth.Mode {
 	case config.AuthRelay:
 		rt.login = relayLogin

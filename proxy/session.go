@@ -58,6 +58,7 @@ type session struct {
 	// overCap: the session came in over limits.max_connections and is
 	// refused with 53300 once its startup packet is read.
 	overCap          bool
+	cancel           context.CancelFunc // cancels info.Context (end)
 	closing          atomic.Bool
 	clientTerminated atomic.Bool // the client sent Terminate
 	fatalRelayed     atomic.Bool // the upstream sent a FATAL error
@@ -78,6 +79,7 @@ func newSession(srv *Server, conn net.Conn) *session {
 	}
 	s.info.ID = hex.EncodeToString(id[:])
 	s.info.ClientAddr = conn.RemoteAddr()
+	s.info.ctx, s.cancel = context.WithCancel(context.Background())
 	s.log = srv.log.With("session", s.info.ID, "client", addrString(conn.RemoteAddr()))
 	return s
 }
@@ -134,8 +136,10 @@ func (s *session) end(e *pgerr.Error) {
 		s.connMu.Lock()
 		s.closing.Store(true)
 		client, server := s.client.conn, s.server
-		hook := s.hook
 		s.connMu.Unlock()
+		if s.cancel != nil {
+			s.cancel() // what the Interceptor waits for returns
+		}
 		if e != nil {
 			s.endErr.Store(e)
 			// A relay goroutine may hold the writer while blocked on a
@@ -146,9 +150,6 @@ func (s *session) end(e *pgerr.Error) {
 		client.Close()
 		if server != nil {
 			server.conn.Close()
-		}
-		if e, ok := hook.(Ender); ok {
-			s.ended(e)
 		}
 		s.stMu.Lock()
 		s.exitState = s.cur
@@ -208,6 +209,7 @@ func isClientGone(err error) bool {
 func (s *session) serve(ctx context.Context) {
 	rt := s.srv.rt.Load()
 	s.info.Config = rt.cfg
+	s.info.Instance = rt.cfg.Instance
 	stop := context.AfterFunc(ctx, func() {
 		s.end(pgerr.Fatal(pgerr.AdminShutdown, "terminating connection due to administrator command"))
 	})
@@ -265,6 +267,12 @@ func (s *session) serve(ctx context.Context) {
 		return
 	}
 	s.info.ServerParameters = res.params
+	if s.srv.opts.interceptor != nil {
+		if err := s.resolveRoles(ctx, rt); err != nil {
+			s.fail(err)
+			return
+		}
+	}
 	if err := s.client.sendNow(append(s.issueCancelKey(res, rt), &pgproto3.ReadyForQuery{TxStatus: res.status})...); err != nil {
 		s.fail(err)
 		return
@@ -286,6 +294,13 @@ func (s *session) serve(ctx context.Context) {
 	}
 	s.log.Info("session started")
 	s.relay()
+	if s.hook != nil {
+		var err error
+		if e := s.endErr.Load(); e != nil {
+			err = e
+		}
+		s.hook.SessionEnd(err)
+	}
 	s.stMu.Lock()
 	attrs := []any{"duration_ms", time.Since(s.start).Milliseconds(), "state", s.exitState.String()}
 	s.stMu.Unlock()

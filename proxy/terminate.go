@@ -36,12 +36,7 @@ func WithMockSecret(secret []byte) Option {
 func (s *Server) terminateLogin(cfg *config.Config, rt *runtimeConfig) (loginFunc, error) {
 	lookup := s.opts.lookup
 	if lookup == nil {
-		cat, err := newCatalogQuerier(cfg.CatalogDSN)
-		if err != nil {
-			return nil, err
-		}
-		rt.closers = append(rt.closers, cat.Close)
-		lookup = auth.QueryLookup(cat, cfg.Auth.Query)
+		lookup = auth.QueryLookup(rt.catalog, cfg.Auth.Query)
 	}
 	a, err := auth.New(auth.Options{Lookup: lookup, MockSecret: s.opts.mockSecret})
 	if err != nil {
@@ -144,9 +139,10 @@ func (w legWriter) Write(p []byte) (int, error) {
 	return len(p), nil
 }
 
-// catalogQuerier is the catalog connection for verifier lookups: one pgx
-// connection, opened on first use and re-opened after a failure, used by
-// one lookup at a time (a lookup is one short query per login).
+// catalogQuerier is the catalog connection for verifier lookups and role
+// memberships: one pgx connection, opened on first use and re-opened after
+// a failure, used by one lookup at a time (a lookup is one short query
+// per login).
 type catalogQuerier struct {
 	cfg *pgx.ConnConfig
 

@@ -47,6 +47,10 @@ func (s *session) ClientMessage(msg pgproto3.FrontendMessage, out *proxy.Out) er
 		}
 	case *pgproto3.Execute:
 		pt := s.portals[m.Portal]
+		if pt.x != nil && pt.x.epoch != s.p.epoch.Load() {
+			pt.x = s.fresh(pt.x) // decided before the last BumpDecisionEpoch
+			s.portals[m.Portal] = pt
+		}
 		if pt.ps != nil {
 			s.startCopyIn([]*rewrite.Statement{pt.ps.st}, false)
 		}
@@ -105,6 +109,7 @@ func (s *session) query(m *pgproto3.Query, out *proxy.Out) error {
 	if err != nil {
 		return s.refuseQuery(e, "", err, out)
 	}
+	q.endUser = plan.EndUser
 	for _, st := range plan.Statements {
 		e.effectful = e.effectful || effectful(st)
 		e.nameDDL = e.nameDDL || st.NameDDL
@@ -176,6 +181,7 @@ func (s *session) refuseAt(e *entry, sql string, i int, refusal error, out *prox
 	}
 	// Data the client streams for a refused COPY FROM is dropped.
 	s.startCopyIn(q.stmts[i:i+1], true)
+	q.refused = q.stmts[i]
 	q.stmts = q.stmts[:i]
 	return s.refuseQuery(e, prefix, refusal, out)
 }
@@ -313,6 +319,16 @@ func (s *session) parse(m *pgproto3.Parse, out *proxy.Out) error {
 		text, _, err = s.render(plan.SQL, []*rewrite.Statement{st}, 1)
 	}
 	if err != nil {
+		if s.obs != nil {
+			r := &refusedStmt{st: st}
+			if plan != nil {
+				r.endUser = plan.EndUser
+				if r.st == nil && len(plan.Statements) == 1 {
+					r.st = plan.Statements[0]
+				}
+			}
+			e.refused = r
+		}
 		return s.poison(e, &pgproto3.Parse{Name: m.Name, Query: poisonParse}, "42601", err, out, func() {
 			if m.Name == "" {
 				s.setStmt("", nil)
@@ -320,6 +336,7 @@ func (s *session) parse(m *pgproto3.Parse, out *proxy.Out) error {
 		})
 	}
 	ps.st = st
+	ps.endUser = plan.EndUser
 	ps.declared = append([]uint32(nil), m.ParameterOIDs...)
 	fwd := m
 	if st != nil && len(st.Params) > 0 {
@@ -368,6 +385,13 @@ func declaredAt(declared []uint32, i int) uint32 {
 func (s *session) poison(e *entry, msg pgproto3.FrontendMessage, code string, refusal error, out *proxy.Out, onQueued func()) error {
 	e.poison = asRefusal(refusal)
 	e.poisonCode = code
+	if s.obs != nil && e.refused == nil {
+		// For the Observer: a Bind's statement (Parse sets its own).
+		e.refused = &refusedStmt{}
+		if ps := e.portal.ps; ps != nil {
+			e.refused.st, e.refused.endUser = ps.st, ps.endUser
+		}
+	}
 	queued, err := s.push(e, out)
 	if err != nil {
 		return err
@@ -438,7 +462,7 @@ func (s *session) resultX(ps *prepared, formats []int16) *rowX {
 	if len(ps.st.Results) == 0 {
 		return nil
 	}
-	if ps.lastX != nil && equalFormats(ps.lastFormats, formats) {
+	if ps.lastX != nil && ps.lastX.epoch == s.p.epoch.Load() && equalFormats(ps.lastFormats, formats) {
 		return ps.lastX
 	}
 	x := s.newRowX(ps.st.Results, func(i int) int16 { return formatAt(formats, i) })

@@ -523,6 +523,11 @@ func (s *session) copyOutStart(e *entry, m *pgproto3.CopyOutResponse, out *proxy
 		return s.fail(pgerr.Newf(pgerr.Internal, "phiproxy cannot match the COPY output of %s to its planned PHI transform", x.rel).
 			WithHint("the relation's columns differ from what phiproxy planned; the catalog may have changed, retry"), out)
 	}
+	if s.obs != nil {
+		if err := s.observeStart(e, nil); err != nil {
+			return s.fail(err, out)
+		}
+	}
 	s.cout = x
 	return out.ForwardUnchanged()
 }

@@ -162,7 +162,7 @@ func fieldText(fields []pgproto3.FieldDescription) func(int) bool {
 // FETCH portal's comes from its cursor when its rows arrive (the cursor
 // is bound at execution, not at Parse or Bind); it is kept in pt (the
 // server goroutine's copy of the entry).
-func (s *session) portalX(pt *portal) (*rowX, *pgerr.Error) {
+func (s *session) cursorPortalX(pt *portal) (*rowX, *pgerr.Error) {
 	if pt.ps == nil || pt.ps.st == nil || pt.ps.st.Fetch == "" || pt.fetchDone {
 		return pt.x, nil
 	}

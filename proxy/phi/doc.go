@@ -7,9 +7,11 @@
 //	p, err := phi.New(ctx, cfg, phi.WithLogger(log))     // keys, catalog, Check, planner
 //	srv, err := proxy.New(cfg, proxy.WithInterceptor(p.Factory()))
 //	// SIGHUP: p.Reload(ctx, next) (keys + catalog + config, atomic)
+//	// policy reload, lockdown: p.BumpDecisionEpoch()
 //
 // Factory is nil when no PHI column is configured: sessions then relay
-// bytes without decoding anything.
+// bytes without decoding anything. phi.WithObserver installs the
+// statement lifecycle Observer (see below).
 //
 // Every snapshot load (start, Reload, catalog refresh) also checks the
 // catalog overlay (overlay.go): views in schema phiproxy_overlay through
@@ -100,6 +102,65 @@
 // the pipeline up to Sync) that a client seeing an error believes rolled
 // back: if anything in it may have changed something (atomic.go), the
 // session ends with FATAL 08007 instead of ReadyForQuery.
+//
+// # Statement lifecycle
+//
+// Policy decisions and audit events hang on two points per execution (a
+// simple-protocol statement, or one Execute of a portal), both on the
+// server→client goroutine, where the answers are matched to the FIFO
+// entries (observe.go):
+//
+//   - Observer.Start runs before the first row of the execution is
+//     released: before its first DataRow is decrypted and forwarded
+//     (dataRow), or before the CopyOutResponse of a COPY TO is forwarded
+//     (copyOutStart). An error from it fails the statement there (fail):
+//     no row leaves, and the rest of the server's answer is dropped as
+//     for any failure here (atomic.go).
+//   - Observer.End runs once per execution: at CommandComplete (rows from
+//     its tag), PortalSuspended (a row-limited Execute; the next Execute
+//     of the portal is a new execution), the server's ErrorResponse, a
+//     failure in phiproxy (fail: the statement's later answers end
+//     nothing more), a refusal (when the poison's error comes back and
+//     is replaced by ours: the refused statement travels in queryRun and
+//     the entry), and the session's end (SessionEnd: every statement
+//     still waiting for an answer, outcome unknown).
+//
+// Each sees the plan (rewrite.Statement: Action, Relations, Columns,
+// Normalized, Fingerprint), the outcome (rows, SQLSTATE) and the
+// session's identity, never a value. Statements that touch no PHI are not
+// observed; refusals are, with no plan when the text could not be
+// planned. Without an Observer the cost is one nil check per DataRow and
+// per completion.
+//
+// The identity is the mirror's (mirror.go): the current role after SET
+// ROLE as the server confirmed it, and the end user from SET
+// phiproxy.end_user — a setting with the same transaction semantics as
+// search_path (SET LOCAL, ROLLBACK, savepoints, RESET, DISCARD ALL), read
+// back by the probe when the state is unknown, and starting from a
+// phiproxy.end_user in the startup packet. The server goroutine, the
+// mirror's only writer, publishes it in proxy.SessionInfo whenever it
+// changes; since it applies a statement's effects at its CommandComplete,
+// before the next statement's rows arrive, an execution sees the identity
+// its statement ran with. A sqlcommenter end_user tag in the statement's
+// text (rewrite.Plan.EndUser, kept in queryRun and prepared) overrides
+// the end user for that statement only. Not followed: set_config on
+// phiproxy.end_user, and ALTER ROLE/DATABASE … SET phiproxy.end_user
+// defaults (seen only once a probe reads the state back).
+//
+// # Decision epochs
+//
+// A result transform is a decision (which columns are decrypted, with
+// which cipher; with the policy engine, plaintext, masked or denied),
+// and transforms are cached across statements: per prepared statement and
+// result formats (resultX), per Query plan (queryX), and in every bound
+// portal. Each carries the decision epoch it was built under.
+// Proxy.BumpDecisionEpoch (a policy reload, a lockdown; Reload calls it,
+// since a column's access or keys may have changed) moves the epoch on; a cached transform is rebuilt at its next lookup, a portal's at its
+// next Execute (client goroutine) and, for one already sent, at its next
+// DataRow (server goroutine, one atomic load per row): an open portal
+// cannot keep decrypting under a decision that no longer holds
+// (epoch.go). Execution.Epoch says which epoch a statement's rows were
+// served under.
 //
 // # Session state and its limits
 //

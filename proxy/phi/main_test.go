@@ -169,7 +169,7 @@ type testProxy struct {
 }
 
 // startProxy runs phiproxy with the PHI layer in front of the cluster.
-func startProxy(t testing.TB) *testProxy {
+func startProxy(t testing.TB, opts ...Option) *testProxy {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
@@ -184,16 +184,16 @@ func startProxy(t testing.TB) *testProxy {
 			t.Fatal(err)
 		}
 	}
-	return serveProxy(t, ctx, testCfg)
+	return serveProxy(t, ctx, testCfg, opts...)
 }
 
 // serveProxy runs phiproxy with the PHI layer of cfg in front of the
 // cluster until the test ends.
-func serveProxy(t testing.TB, ctx context.Context, cfg *config.Config) *testProxy {
+func serveProxy(t testing.TB, ctx context.Context, cfg *config.Config, opts ...Option) *testProxy {
 	t.Helper()
 	logs := &testenv.Buffer{}
 	log := slog.New(slog.NewJSONHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
-	p, err := New(ctx, cfg, WithLogger(log))
+	p, err := New(ctx, cfg, append([]Option{WithLogger(log)}, opts...)...)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -1,15 +1,25 @@
 package phi
 
 import (
+	"github.com/phiproxy/phiproxy/proxy"
 	"github.com/phiproxy/phiproxy/rewrite"
 )
 
 // names is the part of the session's state that decides which relation a
-// name means.
+// name means, and the end user (SET phiproxy.end_user: a setting like the
+// others, so it follows the same transaction rules; it means nothing to
+// the planner).
 type names struct {
-	path string // search_path as SHOW prints it
-	user string // current_user: what "$user" means
-	temp string // the session's temporary relations (rewrite.Session.Temp)
+	path    string // search_path as SHOW prints it
+	user    string // current_user: what "$user" means
+	temp    string // the session's temporary relations (rewrite.Session.Temp)
+	endUser string // phiproxy.end_user
+}
+
+// resolving is n without what does not change what a name means.
+func (n names) resolving() names {
+	n.endUser = ""
+	return n
 }
 
 type savepoint struct {
@@ -56,24 +66,32 @@ type mirror struct {
 	catalog    bool
 	refreshReq bool
 
-	resetPath   string // what RESET search_path returns to
-	sessionUser string // what RESET ROLE returns to
+	resetPath    string // what RESET search_path returns to
+	sessionUser  string // what RESET ROLE returns to
+	resetEndUser string // what RESET phiproxy.end_user returns to
 
 	// cursors are the open SQL cursors (cursor.go).
 	cursors cursorSet
 
 	database string // the session's database (for the catalog overlay)
+
 }
 
-func newMirror(path, user string) mirror {
-	n := names{path: path, user: user}
-	return mirror{eff: n, sess: n, base: n, resetPath: path, sessionUser: user}
+func newMirror(path, user, endUser string) mirror {
+	n := names{path: path, user: user, endUser: endUser}
+	return mirror{eff: n, sess: n, base: n, resetPath: path, sessionUser: user, resetEndUser: endUser}
 }
 
 // session is the planner's view of the mirrored state.
 func (m *mirror) session() rewrite.Session {
+	eff, base := m.eff.resolving(), m.base.resolving()
 	return rewrite.Session{SearchPath: m.eff.path, User: m.eff.user, Temp: m.eff.temp, Database: m.database,
-		ResetPath: m.resetPath, SessionUser: m.sessionUser, TxDirty: m.eff != m.base || m.sess != m.base}
+		ResetPath: m.resetPath, SessionUser: m.sessionUser, TxDirty: eff != base || m.sess.resolving() != base}
+}
+
+// identity is who the session acts as now.
+func (m *mirror) identity() proxy.Identity {
+	return proxy.Identity{Role: m.eff.user, EndUser: m.eff.endUser}
 }
 
 // completed applies st once the server reported it complete with tag.
@@ -114,6 +132,19 @@ func (m *mirror) completed(st *rewrite.Statement, tag string) {
 		m.eff.user = v
 		if !local {
 			m.sess.user = v
+		}
+	}
+	if st.Effects&rewrite.EffectEndUser != 0 {
+		// RESET, SET … TO DEFAULT, RESET ALL and DISCARD ALL return to
+		// the session's starting value; so does SET to '' (rewrite does
+		// not tell the two apart, and both are usually "").
+		v := st.SetEndUser
+		if v == "" {
+			v = m.resetEndUser
+		}
+		m.eff.endUser = v
+		if !local {
+			m.sess.endUser = v
 		}
 	}
 	if st.TempClear {

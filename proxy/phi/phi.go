@@ -44,6 +44,12 @@ type Proxy struct {
 	bg     context.Context
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
+
+	// obs sees the statement lifecycle (observe.go); nil: nothing does.
+	obs Observer
+	// epoch is the decision epoch: result transforms built under an
+	// older one are rebuilt before their next row (BumpDecisionEpoch).
+	epoch atomic.Uint64
 }
 
 // snapshot is everything derived from one config and one catalog.
@@ -98,6 +104,18 @@ func New(ctx context.Context, cfg *config.Config, opts ...Option) (*Proxy, error
 	return p, nil
 }
 
+// BumpDecisionEpoch invalidates every decision cached across statements:
+// the result transforms of cached plans (per prepared statement and
+// result formats, per Query plan) and those of portals already bound.
+// Each is rebuilt — with the ciphers, and later the policy, in force —
+// before it decrypts another row, so an open portal cannot keep
+// decrypting under a decision that no longer holds. A policy reload or a
+// lockdown calls it. Safe for concurrent use; it returns the new epoch.
+func (p *Proxy) BumpDecisionEpoch() uint64 { return p.epoch.Add(1) }
+
+// DecisionEpoch is the current decision epoch (see Execution.Epoch).
+func (p *Proxy) DecisionEpoch() uint64 { return p.epoch.Load() }
+
 // Close stops background catalog refreshes.
 func (p *Proxy) Close() {
 	p.cancel()
@@ -120,6 +138,8 @@ func (p *Proxy) Factory() func(*proxy.SessionInfo) proxy.Interceptor {
 
 // Reload swaps in cfg (a newly loaded config), its keys and a fresh catalog
 // snapshot, atomically: on any error nothing changes. Call it on SIGHUP.
+// A successful reload moves the decision epoch on (BumpDecisionEpoch):
+// the columns' access and keys may have changed.
 // A config that turns PHI on or off needs a restart (the Factory was
 // chosen at startup); Reload refuses that change.
 func (p *Proxy) Reload(ctx context.Context, cfg *config.Config) error {
@@ -142,6 +162,7 @@ func (p *Proxy) Reload(ctx context.Context, cfg *config.Config) error {
 		return fmt.Errorf("phi: keys: %w", err)
 	}
 	p.cur.Store(s)
+	p.BumpDecisionEpoch()
 	return nil
 }
 

@@ -22,9 +22,13 @@ type colX struct {
 }
 
 // rowX is the result transform of a statement: cols[i] is the transform
-// of output column i, nil when the column carries no PHI.
+// of output column i, nil when the column carries no PHI. epoch is the
+// decision epoch it was built under and results what it was built from,
+// to rebuild it when the epoch moves on (fresh).
 type rowX struct {
-	cols []*colX
+	cols    []*colX
+	epoch   uint64
+	results []rewrite.Result
 }
 
 func (x *rowX) at(i int) *colX {
@@ -42,7 +46,7 @@ func (s *session) newRowX(results []rewrite.Result, format func(int) int16) *row
 	for _, r := range results {
 		n = max(n, r.Position+1)
 	}
-	x := &rowX{cols: make([]*colX, n)}
+	x := &rowX{cols: make([]*colX, n), epoch: s.p.epoch.Load(), results: results}
 	for _, r := range results {
 		c, _ := s.p.keys.Cipher(r.Column.Key)
 		x.cols[r.Position] = &colX{col: r.Column, cipher: c, format: format(r.Position)}
@@ -82,9 +86,12 @@ type cachedX struct {
 	x       *rowX
 }
 
-// current reports whether x has the given formats and the keyring's
-// current ciphers.
+// current reports whether x has the given formats, the keyring's
+// current ciphers and the current decision epoch.
 func (s *session) current(x *rowX, format func(int) int16) bool {
+	if x.epoch != s.p.epoch.Load() {
+		return false
+	}
 	for i, c := range x.cols {
 		if c == nil {
 			continue
@@ -205,27 +212,10 @@ func (s *session) ServerMessage(msg pgproto3.BackendMessage, out *proxy.Out) err
 			s.pop()
 		}
 	case *pgproto3.DataRow:
-		switch e.kind {
-		case entryQuery:
-			if q := e.q; q.idx < len(q.stmts) && q.stmts[q.idx].Tag == "EXPLAIN" {
-				return s.explainRow(m, out)
-			}
-			return s.row(e.q.x, nil, s.qtypes, m, out)
-		case entryExecute:
-			if e.portal.ps != nil && e.portal.ps.st != nil && e.portal.ps.st.Tag == "EXPLAIN" {
-				return s.explainRow(m, out)
-			}
-			var names []string
-			x, err := s.portalX(&e.portal)
-			if err != nil {
-				return s.fail(err, out)
-			}
-			if e.portal.ps != nil {
-				names = e.portal.ps.names
-			}
-			return s.row(x, names, executeTypes(e), m, out)
+		if s.obs != nil {
+			return s.observedRow(e, m, out)
 		}
-		return s.row(nil, nil, nil, m, out)
+		return s.dataRow(e, m, out)
 	case *pgproto3.CommandComplete, *pgproto3.EmptyQueryResponse, *pgproto3.PortalSuspended:
 		s.track(e, msg)
 	case *pgproto3.CopyOutResponse:
@@ -255,10 +245,38 @@ func (s *session) ServerMessage(msg pgproto3.BackendMessage, out *proxy.Out) err
 	return out.ForwardUnchanged()
 }
 
+// dataRow handles a DataRow that answers e (server goroutine).
+func (s *session) dataRow(e *entry, m *pgproto3.DataRow, out *proxy.Out) error {
+	switch e.kind {
+	case entryQuery:
+		if q := e.q; q.idx < len(q.stmts) && q.stmts[q.idx].Tag == "EXPLAIN" {
+			return s.explainRow(m, out)
+		}
+		return s.row(s.queryRowX(e.q), nil, s.qtypes, m, out)
+	case entryExecute:
+		if e.portal.ps != nil && e.portal.ps.st != nil && e.portal.ps.st.Tag == "EXPLAIN" {
+			return s.explainRow(m, out)
+		}
+		var names []string
+		if e.portal.ps != nil {
+			names = e.portal.ps.names
+		}
+		x, err := s.portalX(e)
+		if err != nil {
+			return s.fail(err, out)
+		}
+		return s.row(x, names, executeTypes(e), m, out)
+	}
+	return s.row(nil, nil, nil, m, out)
+}
+
 // fail ends the current statement with err: the client gets err, and
 // everything the server sends until ReadyForQuery is dropped.
 func (s *session) fail(err *pgerr.Error, out *proxy.Out) error {
 	s.dropping = true
+	if s.obs != nil {
+		s.observeFailed(err)
+	}
 	return out.Forward(proxy.ErrorResponse(err))
 }
 
@@ -278,8 +296,12 @@ func (s *session) errorResponse(e *entry, m *pgproto3.ErrorResponse, out *proxy.
 	switch e.kind {
 	case entryQuery:
 		q := e.q
+		q.failed = true
 		if q.poison != nil && q.idx == q.poisonAt && m.Code == q.poison.Code.String() && m.Message == poisonMessage {
 			fwd = proxy.ErrorResponse(q.poison)
+			s.observeRefusal(q.refused, q.endUser, false, q.poison.Code.String())
+		} else {
+			s.observeEnd(e, Execution{Rows: -1, SQLSTATE: clientCode(m, fwd)})
 		}
 		return forwardError(fwd, out)
 	case entrySync, entryFunction:
@@ -287,6 +309,9 @@ func (s *session) errorResponse(e *entry, m *pgproto3.ErrorResponse, out *proxy.
 	}
 	if e.poison != nil && m.Code == e.poisonCode {
 		fwd = proxy.ErrorResponse(e.poison)
+		s.observeEntryRefusal(e)
+	} else if e.kind == entryExecute {
+		s.observeEnd(e, Execution{Rows: -1, SQLSTATE: clientCode(m, fwd)})
 	}
 	s.skipToSync()
 	return forwardError(fwd, out)
@@ -348,12 +373,14 @@ func (s *session) track(e *entry, msg pgproto3.BackendMessage) {
 		case entryQuery:
 			q := e.q
 			if q.idx < len(q.stmts) {
+				s.observeEnd(e, Execution{Rows: tagRows(m.CommandTag)})
 				s.completed(q.stmts[q.idx], m.CommandTag)
 			}
 			q.idx++
 			q.x = nil
 		case entryExecute:
 			if e.portal.ps != nil {
+				s.observeEnd(e, Execution{Rows: tagRows(m.CommandTag)})
 				s.completed(e.portal.ps.st, m.CommandTag)
 			}
 			s.pop()
@@ -367,9 +394,16 @@ func (s *session) track(e *entry, msg pgproto3.BackendMessage) {
 		}
 	case *pgproto3.PortalSuspended:
 		if e.kind == entryExecute {
+			s.observeEnd(e, Execution{Rows: -1, Suspended: true})
 			s.pop()
 		}
 	case *pgproto3.ErrorResponse:
+		if e.kind == entryQuery || e.kind == entryExecute {
+			s.observeEnd(e, Execution{Rows: -1, SQLSTATE: m.Code})
+		}
+		if e.kind == entryQuery {
+			e.q.failed = true
+		}
 		s.serverError(e)
 		if e.kind != entryQuery && e.kind != entrySync && e.kind != entryFunction {
 			s.skipToSync()
@@ -382,6 +416,7 @@ func (s *session) track(e *entry, msg pgproto3.BackendMessage) {
 func (s *session) serverError(e *entry) {
 	s.mu.Lock()
 	s.m.errored()
+	s.publishIdentity()
 	if e != nil && e.kind == entryParse && e.ps != nil && e.ps.name == "" {
 		delete(s.confirmed, "")
 	}
@@ -396,6 +431,7 @@ func (s *session) completed(st *rewrite.Statement, tag []byte) {
 	}
 	s.mu.Lock()
 	s.m.completed(st, string(tag))
+	s.publishIdentity()
 	s.confirmStmt(st)
 	s.requestRefresh()
 	s.mu.Unlock()
@@ -429,6 +465,7 @@ func (s *session) ready(z *pgproto3.ReadyForQuery, out *proxy.Out) error {
 	s.mu.Lock()
 	s.m.ready(status)
 	s.requestRefresh()
+	s.publishIdentity()
 	// Pop up to and including the entry this ReadyForQuery answers
 	// (entries before it were answered, skipped or dropped).
 	for s.fifo.n > 0 {
@@ -449,6 +486,7 @@ func (s *session) ready(z *pgproto3.ReadyForQuery, out *proxy.Out) error {
 			// Our own cycle: the client never asked.
 			if k == entryProbe {
 				s.probeReady(status)
+				s.publishIdentity()
 			}
 			s.mu.Unlock()
 			s.haveHead = false
@@ -467,6 +505,7 @@ func (s *session) ready(z *pgproto3.ReadyForQuery, out *proxy.Out) error {
 	s.haveHead = false
 	s.dropping = false
 	s.cout = nil
+	s.ex, s.exDone = nil, false
 	if status != z.TxStatus {
 		return out.Forward(&pgproto3.ReadyForQuery{TxStatus: status})
 	}
@@ -515,7 +554,7 @@ func (s *session) rowDescription(e *entry, m *pgproto3.RowDescription, out *prox
 			x = s.cursorX(e.cursor, m.Fields)
 		} else {
 			var err *pgerr.Error
-			if x, err = s.portalX(&e.portal); err != nil {
+			if x, err = s.cursorPortalX(&e.portal); err != nil {
 				return s.fail(err, out)
 			}
 		}

@@ -33,10 +33,25 @@ func sessionSearchPath(cat *config.Catalog, info *proxy.SessionInfo) string {
 	return cat.SearchPath(info.User, info.Database)
 }
 
-// searchPathOption finds search_path in a startup options string, whose
+// sessionEndUser is the end user a session starts with: a
+// phiproxy.end_user the client gave at startup (as a parameter or in
+// options), else none. (A role's or database's ALTER … SET default is not
+// seen until a probe reads the state back.)
+func sessionEndUser(info *proxy.SessionInfo) string {
+	if v, ok := info.StartupParameters["phiproxy.end_user"]; ok {
+		return v
+	}
+	v, _ := startupOption(info.StartupParameters["options"], "phiproxy.end_user")
+	return v
+}
+
+// searchPathOption finds search_path in a startup options string.
+func searchPathOption(opts string) (string, bool) { return startupOption(opts, "search_path") }
+
+// startupOption finds the setting name in a startup options string, whose
 // words are split on unescaped white space (backslash escapes), as the
 // server's pg_split_opts does; the last setting wins.
-func searchPathOption(opts string) (string, bool) {
+func startupOption(opts, setting string) (string, bool) {
 	var words []string
 	var w strings.Builder
 	esc, in := false, false
@@ -77,7 +92,7 @@ func searchPathOption(opts string) (string, bool) {
 			continue
 		}
 		name, v, ok := strings.Cut(kv, "=")
-		if ok && strings.EqualFold(strings.ReplaceAll(name, "-", "_"), "search_path") {
+		if ok && strings.EqualFold(strings.ReplaceAll(name, "-", "_"), setting) {
 			val, found = v, true
 		}
 	}
@@ -132,6 +147,16 @@ type entry struct {
 	// SQLSTATE the poison makes the server raise.
 	poison     *pgerr.Error
 	poisonCode string
+	// refused is the statement the poison stands in for (Parse, Bind),
+	// for the Observer.
+	refused *refusedStmt
+}
+
+// refusedStmt is a statement phiproxy refused in the extended protocol:
+// its plan (nil if it could not be planned) and end user tag.
+type refusedStmt struct {
+	st      *rewrite.Statement
+	endUser string
 }
 
 // fifo is the queue of expected responses: a ring of entry values, so
@@ -191,6 +216,12 @@ type queryRun struct {
 	one [1]*rewrite.Statement
 	// sql is the client's text (the safety net reads a COPY's options).
 	sql string
+	// endUser is the text's sqlcommenter end_user tag; refused is the
+	// statement at poisonAt (nil when the text could not be planned);
+	// failed says an error ended the Query (server goroutine).
+	endUser string
+	refused *rewrite.Statement
+	failed  bool
 }
 
 // prepared is an extended-protocol prepared statement.
@@ -212,6 +243,8 @@ type prepared struct {
 	// goroutine only), for the safety net; sql is the client's text.
 	types []uint32
 	sql   string
+	// endUser is the text's sqlcommenter end_user tag.
+	endUser string
 }
 
 // portal is an extended-protocol portal.
@@ -254,10 +287,10 @@ type session struct {
 	// has answered with ReadyForQuery; written by the server goroutine.
 	doneCycles atomic.Uint64
 	// wake is signalled by the server goroutine whenever pending,
-	// doneCycles or probe change; ended is closed when the session ends.
-	wake    chan struct{}
-	ended   chan struct{}
-	endOnce sync.Once
+	// doneCycles or probe change; ended is closed when the session ends
+	// (the session's context: proxy.SessionInfo.Context).
+	wake  chan struct{}
+	ended <-chan struct{}
 
 	// params are the session's server settings (TimeZone, DateStyle,
 	// client_encoding, standard_conforming_strings): written by the
@@ -317,13 +350,25 @@ type session struct {
 	qtypes     []uint32    // the current Query statement's result types
 	tx         txTrack     // the implicit transaction, for atomicity (atomic.go)
 	probeAcc   probeResult // what the probe in progress has read
+	// obs is the Proxy's Observer (nil: none); ex is the execution in
+	// progress and exDone says it already ended (a failure here) while
+	// the server's answers to it still arrive (observe.go).
+	obs    Observer
+	ex     *Execution
+	exDone bool
+
+	// published is the identity last published in info (server
+	// goroutine, s.mu held).
+	published proxy.Identity
 }
 
 func newSession(p *Proxy, info *proxy.SessionInfo) *session {
 	sp := sessionSearchPath(p.cur.Load().cat, info)
-	s := &session{p: p, info: info, user: info.User, m: newMirror(sp, info.User),
+	s := &session{p: p, info: info, user: info.User, m: newMirror(sp, info.User, sessionEndUser(info)),
 		stmts: map[string]*prepared{}, confirmed: map[string]*prepared{}, opCycle: map[string]uint64{},
-		portals: map[string]portal{}, wake: make(chan struct{}, 1), ended: make(chan struct{})}
+		portals: map[string]portal{}, wake: make(chan struct{}, 1), ended: info.Context().Done(), obs: p.obs}
+	s.published = s.m.identity()
+	info.SetIdentity(s.published)
 	s.m.database = info.Database
 	s.params.Store(newSettings(info.ServerParameters))
 	return s

@@ -39,11 +39,6 @@ import (
 // (rewrite), so a drift left over becomes a server error, never plaintext
 // in a PHI column.
 
-// Ended implements proxy.Ender: waits for the server end.
-func (s *session) Ended() {
-	s.endOnce.Do(func() { close(s.ended) })
-}
-
 // signal wakes a client goroutine waiting in wait (server goroutine).
 func (s *session) signal() {
 	select {
@@ -55,7 +50,8 @@ func (s *session) signal() {
 // errSessionEnded stops a wait when the session ends.
 var errSessionEnded = pgerr.Fatal(pgerr.ConnectionFailure, "the session ended while phiproxy waited for the server")
 
-// wait blocks until the server goroutine signals or the session ends.
+// wait blocks until the server goroutine signals or the session ends
+// (its context is cancelled as soon as it starts to end).
 func (s *session) wait() error {
 	select {
 	case <-s.wake:
@@ -156,8 +152,9 @@ func unknownState(after string) *pgerr.Error {
 
 // probeQuery reads back what decides name resolution: search_path, the
 // current and session users, and the session's temporary relations (one
-// row each, or one row with NULL).
-const probeQuery = `SELECT pg_catalog.current_setting('search_path'), current_user::text, session_user::text, c.relname::text FROM (VALUES (1)) v LEFT JOIN pg_catalog.pg_class c ON c.relnamespace = pg_catalog.pg_my_temp_schema() AND c.relkind IN ('r', 'v', 'm', 'p', 'f', 'S')`
+// row each, or one row with NULL); and the end user (NULL when
+// phiproxy.end_user was never set).
+const probeQuery = `SELECT pg_catalog.current_setting('search_path'), current_user::text, session_user::text, c.relname::text, pg_catalog.current_setting('phiproxy.end_user', true) FROM (VALUES (1)) v LEFT JOIN pg_catalog.pg_class c ON c.relnamespace = pg_catalog.pg_my_temp_schema() AND c.relkind IN ('r', 'v', 'm', 'p', 'f', 'S')`
 
 // probeResult is what a probe read.
 type probeResult struct {
@@ -200,13 +197,14 @@ func (s *session) runProbe(out *proxy.Out) error {
 func (s *session) probeMessage(msg pgproto3.BackendMessage) {
 	switch m := msg.(type) {
 	case *pgproto3.DataRow:
-		if len(m.Values) != 4 {
+		if len(m.Values) != 5 {
 			s.probeAcc.err = true
 			return
 		}
 		s.probeAcc.n.path = string(m.Values[0])
 		s.probeAcc.n.user = string(m.Values[1])
 		s.probeAcc.sessionUser = string(m.Values[2])
+		s.probeAcc.n.endUser = string(m.Values[4])
 		if m.Values[3] != nil {
 			s.probeAcc.n.temp = rewrite.TempWith(s.probeAcc.n.temp, string(m.Values[3]))
 		}

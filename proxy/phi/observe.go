@@ -1,0 +1,317 @@
+package phi
+
+import (
+	"bytes"
+	"strconv"
+
+	"github.com/jackc/pgx/v5/pgproto3"
+
+	"github.com/phiproxy/phiproxy/pgerr"
+	"github.com/phiproxy/phiproxy/proxy"
+	"github.com/phiproxy/phiproxy/rewrite"
+)
+
+// Observer sees the lifecycle of every execution of a statement that
+// touches PHI, and of every statement phiproxy refuses: where policy
+// decisions and audit events hang. Start and End run on the session's
+// server→client goroutine (End also from SessionEnd, when no other
+// goroutine of the session runs), so the calls for one session never
+// overlap; calls for different sessions do. What they see is the plan
+// (rewrite.Statement: Tag, Action, Relations, Columns, Normalized,
+// Fingerprint), the session and its identity, and the outcome: never a
+// value, a parameter or a row.
+//
+// An execution is one simple-protocol statement, or one Execute of a
+// portal (a row-limited Execute that ends in PortalSuspended is one
+// execution; the next Execute of the portal is another). Without an
+// Observer (WithObserver) none of this runs and nothing is allocated.
+type Observer interface {
+	// Start runs once before the first row of an execution is released
+	// to the client: before its first DataRow, or before the
+	// CopyOutResponse of a COPY TO. An execution that releases no row
+	// (a write, a COPY FROM, an error before any row, a refusal) gets End
+	// only. A non-nil error fails the execution instead: the client gets
+	// it as an ERROR (a *pgerr.Error keeps its SQLSTATE, anything else
+	// becomes XX000) and no row of it; End follows with that SQLSTATE.
+	// Start may block (a durable audit write): Session.Context() is
+	// cancelled when the session ends.
+	Start(ex *Execution) error
+	// End runs exactly once per execution, when it completed
+	// (CommandComplete, EmptyQueryResponse, PortalSuspended), failed (the
+	// server's ErrorResponse, or phiproxy's own error in the middle of
+	// it), was refused, or the session ended first.
+	End(ex *Execution)
+}
+
+// WithObserver installs the statement lifecycle Observer (default none).
+func WithObserver(o Observer) Option { return func(p *Proxy) { p.obs = o } }
+
+// Execution is one execution of a statement, as an Observer sees it. The
+// Observer must not modify it, and must copy what it keeps after End.
+type Execution struct {
+	// Session is the session's description: client address, user, roles,
+	// instance, its context.
+	Session *proxy.SessionInfo
+	// Statement is the plan. It is nil only for a refusal of text that
+	// could not be planned (it does not parse, or a session setting makes
+	// it unreadable): then only the outcome is known.
+	Statement *rewrite.Statement
+	// Identity is who ran it: the current role when it ran (after any SET
+	// ROLE the server confirmed before it) and the end user — the
+	// statement's own sqlcommenter end_user tag, else SET
+	// phiproxy.end_user.
+	Identity proxy.Identity
+	// Extended is true for an Execute of the extended protocol.
+	Extended bool
+	// Epoch is the decision epoch (Proxy.DecisionEpoch) its result
+	// transform was built under; for a statement without one, the epoch
+	// when it started.
+	Epoch uint64
+
+	// The outcome, set before End.
+	//
+	// Rows is the count of the CommandComplete tag (INSERT 0 n, SELECT n,
+	// COPY n, ...), else the rows released to the client (a suspended
+	// portal, a failure, the session's end).
+	Rows int64
+	// SQLSTATE is the error the client got for it, "" on success.
+	SQLSTATE string
+	// Refused: phiproxy refused it; the server never ran it.
+	Refused bool
+	// Suspended: a row-limited Execute ended in PortalSuspended; the
+	// portal may be executed again.
+	Suspended bool
+	// Ended: the session ended before the statement completed; its outcome
+	// on the server is unknown.
+	Ended bool
+
+	started  bool
+	released int64
+}
+
+// stmtOf is the statement the answers to e are for, with its end user
+// tag: a Query's current statement, an Execute's portal's.
+func stmtOf(e *entry) (*rewrite.Statement, string, bool) {
+	switch e.kind {
+	case entryQuery:
+		if q := e.q; q.idx < len(q.stmts) {
+			return q.stmts[q.idx], q.endUser, false
+		}
+	case entryExecute:
+		if ps := e.portal.ps; ps != nil {
+			return ps.st, ps.endUser, true
+		}
+	}
+	return nil, "", false
+}
+
+// newExecution starts observing st (server goroutine).
+func (s *session) newExecution(st *rewrite.Statement, tag string, extended bool) *Execution {
+	id := s.info.Identity()
+	if tag != "" {
+		id.EndUser = tag
+	}
+	return &Execution{Session: s.info, Statement: st, Identity: id, Extended: extended, Epoch: s.p.epoch.Load()}
+}
+
+// execution returns the execution the front entry's answers belong to,
+// starting it; nil when it is not observed (server goroutine, Observer
+// set).
+func (s *session) execution(e *entry) *Execution {
+	if s.ex != nil {
+		return s.ex
+	}
+	if e == nil {
+		return nil
+	}
+	st, tag, ext := stmtOf(e)
+	if st == nil || !st.TouchesPHI {
+		return nil
+	}
+	s.ex = s.newExecution(st, tag, ext)
+	return s.ex
+}
+
+// observeStart runs Observer.Start before the first row of e's statement
+// is released; x is the result transform the rows are decrypted with
+// (server goroutine).
+func (s *session) observeStart(e *entry, x *rowX) *pgerr.Error {
+	ex := s.execution(e)
+	if ex == nil || ex.started {
+		return nil
+	}
+	ex.started = true
+	if x != nil {
+		ex.Epoch = x.epoch
+	}
+	if err := s.obs.Start(ex); err != nil {
+		return asRefusal(err)
+	}
+	return nil
+}
+
+// observedRow is dataRow with an Observer: Start before the first row of
+// an execution, and the rows released counted.
+func (s *session) observedRow(e *entry, m *pgproto3.DataRow, out *proxy.Out) error {
+	var x *rowX
+	switch e.kind {
+	case entryQuery:
+		x = s.queryRowX(e.q)
+	case entryExecute:
+		var err *pgerr.Error
+		if x, err = s.portalX(e); err != nil {
+			return s.fail(err, out)
+		}
+	}
+	if err := s.observeStart(e, x); err != nil {
+		return s.fail(err, out)
+	}
+	err := s.dataRow(e, m, out)
+	if s.ex != nil && err == nil {
+		s.ex.released++
+	}
+	return err
+}
+
+// observeFailed ends the execution in progress with phiproxy's own error
+// (fail); the server's answers to it that follow are dropped, and end
+// nothing more (server goroutine).
+func (s *session) observeFailed(err *pgerr.Error) {
+	if s.exDone {
+		return
+	}
+	// The entry the failing message answers; none when the message was
+	// not expected (never the next entry: its statement has not begun).
+	var e *entry
+	if s.haveHead {
+		e = &s.head
+	}
+	if s.execution(e) == nil {
+		return
+	}
+	s.observeEnd(e, Execution{Rows: -1, SQLSTATE: err.Code.String()})
+	s.exDone = true
+}
+
+// observeEnd ends the execution in progress for e, if it is observed
+// (server goroutine).
+func (s *session) observeEnd(e *entry, ex Execution) {
+	if s.obs == nil {
+		return
+	}
+	if s.exDone {
+		// Ended by a failure here; this is the server's answer to it.
+		s.ex, s.exDone = nil, false
+		return
+	}
+	cur := s.execution(e)
+	if cur == nil {
+		return
+	}
+	s.ex = nil
+	cur.Rows, cur.SQLSTATE, cur.Suspended, cur.Ended = ex.Rows, ex.SQLSTATE, ex.Suspended, ex.Ended
+	if ex.Rows < 0 {
+		cur.Rows = cur.released
+	}
+	s.obs.End(cur)
+}
+
+// observeRefusal reports a statement phiproxy refused, when the
+// refusal's error reaches the client (server goroutine).
+func (s *session) observeRefusal(st *rewrite.Statement, tag string, extended bool, code string) {
+	if s.obs == nil {
+		return
+	}
+	if s.ex != nil {
+		s.observeEnd(nil, Execution{Rows: -1, SQLSTATE: code})
+	}
+	ex := s.newExecution(st, tag, extended)
+	ex.Refused, ex.SQLSTATE = true, code
+	s.obs.End(ex)
+}
+
+// observeEntryRefusal reports the statement a Parse or Bind poison
+// stands in for.
+func (s *session) observeEntryRefusal(e *entry) {
+	if s.obs == nil {
+		return
+	}
+	var r refusedStmt
+	if e.refused != nil {
+		r = *e.refused
+	}
+	s.observeRefusal(r.st, r.endUser, true, e.poison.Code.String())
+}
+
+// clientCode is the SQLSTATE the client gets for the server's error m:
+// fwd's when phiproxy replaced or redacted it.
+func clientCode(m, fwd *pgproto3.ErrorResponse) string {
+	if fwd != nil {
+		return fwd.Code
+	}
+	return m.Code
+}
+
+// publishIdentity publishes the mirrored identity in SessionInfo when it
+// changed (server goroutine, the mirror's only writer; s.mu held, so that
+// it is published before a waiting client goroutine wakes).
+func (s *session) publishIdentity() {
+	if id := s.m.identity(); id != s.published {
+		s.published = id
+		s.info.SetIdentity(id)
+	}
+}
+
+// tagRows is the row count of a CommandComplete tag (its last word when
+// it is a number), 0 for a tag without one.
+func tagRows(tag []byte) int64 {
+	i := bytes.LastIndexByte(tag, ' ')
+	if i < 0 {
+		return 0
+	}
+	n, err := strconv.ParseInt(string(tag[i+1:]), 10, 64)
+	if err != nil {
+		return 0
+	}
+	return n
+}
+
+// SessionEnd implements proxy.Interceptor: it runs once both relay
+// goroutines have returned. The statements still waiting for an answer
+// end, for the Observer, with their outcome unknown.
+func (s *session) SessionEnd(error) {
+	if s.obs == nil {
+		return
+	}
+	s.mu.Lock()
+	var pending []entry
+	for i := 0; i < s.fifo.n; i++ {
+		pending = append(pending, s.fifo.ring[(s.fifo.head+i)%len(s.fifo.ring)])
+	}
+	s.mu.Unlock()
+	for i := range pending {
+		e := &pending[i]
+		switch e.kind {
+		case entryQuery:
+			q := e.q
+			if q.failed {
+				continue // its statements after the error never run
+			}
+			for q.idx < len(q.stmts) {
+				s.observeEnd(e, Execution{Rows: -1, Ended: true})
+				q.idx++
+			}
+			if q.poison != nil && q.idx == q.poisonAt {
+				s.observeRefusal(q.refused, q.endUser, false, q.poison.Code.String())
+			}
+		case entryExecute:
+			s.observeEnd(e, Execution{Rows: -1, Ended: true})
+		case entryParse, entryBind:
+			if e.poison != nil {
+				s.observeEntryRefusal(e)
+			}
+		}
+	}
+	// An execution whose entry has left the FIFO (skipped after an error).
+	s.observeEnd(nil, Execution{Rows: -1, Ended: true})
+}
