@@ -19,6 +19,11 @@ type colX struct {
 	col    rewrite.PHIColumn
 	cipher *crypto.Cipher // nil: the key is not loaded (fails closed)
 	format int16
+	// What RowDescription reports for the column: the logical type's
+	// OID, size and modifier (worked out once, not per statement).
+	oid    uint32
+	size   int16
+	typmod int32
 }
 
 // rowX is the result transform of a statement: cols[i] is the transform
@@ -49,7 +54,8 @@ func (s *session) newRowX(results []rewrite.Result, format func(int) int16) *row
 	x := &rowX{cols: make([]*colX, n), epoch: s.p.epoch.Load(), results: results}
 	for _, r := range results {
 		c, _ := s.p.keys.Cipher(r.Column.Key)
-		x.cols[r.Position] = &colX{col: r.Column, cipher: c, format: format(r.Position)}
+		x.cols[r.Position] = &colX{col: r.Column, cipher: c, format: format(r.Position),
+			oid: codec.OID(r.Column.Type), size: typeSize(r.Column.Type), typmod: codec.Typmod(r.Column.Type)}
 	}
 	return x
 }
@@ -575,9 +581,9 @@ func (s *session) rowDescription(e *entry, m *pgproto3.RowDescription, out *prox
 			}
 		}
 		if c != nil {
-			f.DataTypeOID = codec.OID(c.col.Type)
-			f.DataTypeSize = typeSize(c.col.Type)
-			f.TypeModifier = codec.Typmod(c.col.Type)
+			f.DataTypeOID = c.oid
+			f.DataTypeSize = c.size
+			f.TypeModifier = c.typmod
 			changed = true
 		}
 	}
