@@ -113,39 +113,34 @@ func (m *mirror) completed(st *rewrite.Statement, tag string) {
 	if st.Effects&rewrite.EffectCatalog != 0 {
 		m.catalog = true
 	}
-	local := st.Effects&rewrite.EffectLocal != 0
+	// set applies a SET (or SET LOCAL) of one setting: v, or its reset
+	// value when v is "".
+	set := func(field func(*names) *string, v, reset string) {
+		if v == "" {
+			v = reset
+		}
+		*field(&m.eff) = v
+		if st.Effects&rewrite.EffectLocal == 0 {
+			*field(&m.sess) = v
+		}
+	}
 	if st.Effects&rewrite.EffectSearchPath != 0 {
 		v := st.SearchPath
 		if st.PathReset {
 			v = m.resetPath
+		} else if v == "" {
+			v = `""` // SET search_path = '': an empty path, not RESET
 		}
-		m.eff.path = v
-		if !local {
-			m.sess.path = v
-		}
+		set(func(n *names) *string { return &n.path }, v, m.resetPath)
 	}
 	if st.Effects&rewrite.EffectRole != 0 && !st.StateUnknown {
-		v := st.Role
-		if v == "" {
-			v = m.sessionUser
-		}
-		m.eff.user = v
-		if !local {
-			m.sess.user = v
-		}
+		set(func(n *names) *string { return &n.user }, st.Role, m.sessionUser)
 	}
 	if st.Effects&rewrite.EffectEndUser != 0 {
 		// RESET, SET … TO DEFAULT, RESET ALL and DISCARD ALL return to
 		// the session's starting value; so does SET to '' (rewrite does
 		// not tell the two apart, and both are usually "").
-		v := st.SetEndUser
-		if v == "" {
-			v = m.resetEndUser
-		}
-		m.eff.endUser = v
-		if !local {
-			m.sess.endUser = v
-		}
+		set(func(n *names) *string { return &n.endUser }, st.SetEndUser, m.resetEndUser)
 	}
 	if st.TempClear {
 		m.eff.temp, m.sess.temp = "", ""
