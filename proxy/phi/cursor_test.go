@@ -111,35 +111,29 @@ func expectNotDecrypted(t *testing.T, ctx context.Context, via *pgx.Conn, name s
 func TestCursorDjangoIterator(t *testing.T) {
 	ctx := testCtx(t)
 	p := startProxy(t)
-	for mi, mode := range modes {
-		t.Run(mode.String(), func(t *testing.T) {
-			direct := connect(t, ctx, directDSN(), pgx.QueryExecModeSimpleProtocol)
-			via := connect(t, ctx, p.dsn(), mode)
-			base := 1000 * (mi + 1)
-			cursorFixture(t, via, direct, base)
-			name := `"_django_curs_140_sync_1"`
-			ctwin(t, via, direct, `DECLARE `+name+` NO SCROLL CURSOR WITH HOLD FOR SELECT id, ssn, diagnosis, dob, mrn FROM %[1]s WHERE id > `+fmt.Sprint(base)+` AND id < `+fmt.Sprint(base+100)+` ORDER BY id`)
-			rows := fetchAll(t, via, direct, name, 2)
-			if len(rows) != 5 || rows[0][1] != "111-11-1111" || rows[0][2] != "flu" {
-				t.Fatalf("rows: %v", rows)
-			}
-			ctwin(t, via, direct, "CLOSE "+name)
-			// A literal bound for a PHI column in the cursor's query is
-			// encrypted; psycopg 3 sends the value as a parameter.
-			ctwin(t, via, direct, `DECLARE c CURSOR WITH HOLD FOR SELECT id, ssn FROM %[1]s WHERE ssn = '111-11-1111' AND id > `+fmt.Sprint(base)+` ORDER BY id`)
-			if got := fetchAll(t, via, direct, "c", 1); len(got) != 2 {
-				t.Fatalf("rows: %v", got)
-			}
-			ctwin(t, via, direct, "CLOSE c")
-			ctwin(t, via, direct, `DECLARE c CURSOR WITH HOLD FOR SELECT id, ssn FROM %[1]s WHERE ssn = $1 AND id > $2 ORDER BY id`, "222-22-2222", base)
-			if got := fetchAll(t, via, direct, "c", 2); len(got) != 1 || got[0][1] != "222-22-2222" {
-				t.Fatalf("rows: %v", got)
-			}
-			ctwin(t, via, direct, "CLOSE c")
-			_, err := via.Exec(ctx, "CLOSE c")
-			expectCode(t, err, "34000", "CLOSE of a closed cursor")
-		})
-	}
+	cursorModes(t, ctx, p, func(t *testing.T, via, direct *pgx.Conn, base int) {
+		name := `"_django_curs_140_sync_1"`
+		ctwin(t, via, direct, `DECLARE `+name+` NO SCROLL CURSOR WITH HOLD FOR SELECT id, ssn, diagnosis, dob, mrn FROM %[1]s WHERE id > `+fmt.Sprint(base)+` AND id < `+fmt.Sprint(base+100)+` ORDER BY id`)
+		rows := fetchAll(t, via, direct, name, 2)
+		if len(rows) != 5 || rows[0][1] != "111-11-1111" || rows[0][2] != "flu" {
+			t.Fatalf("rows: %v", rows)
+		}
+		ctwin(t, via, direct, "CLOSE "+name)
+		// A literal bound for a PHI column in the cursor's query is
+		// encrypted; psycopg 3 sends the value as a parameter.
+		ctwin(t, via, direct, `DECLARE c CURSOR WITH HOLD FOR SELECT id, ssn FROM %[1]s WHERE ssn = '111-11-1111' AND id > `+fmt.Sprint(base)+` ORDER BY id`)
+		if got := fetchAll(t, via, direct, "c", 1); len(got) != 2 {
+			t.Fatalf("rows: %v", got)
+		}
+		ctwin(t, via, direct, "CLOSE c")
+		ctwin(t, via, direct, `DECLARE c CURSOR WITH HOLD FOR SELECT id, ssn FROM %[1]s WHERE ssn = $1 AND id > $2 ORDER BY id`, "222-22-2222", base)
+		if got := fetchAll(t, via, direct, "c", 2); len(got) != 1 || got[0][1] != "222-22-2222" {
+			t.Fatalf("rows: %v", got)
+		}
+		ctwin(t, via, direct, "CLOSE c")
+		_, err := via.Exec(ctx, "CLOSE c")
+		expectCode(t, err, "34000", "CLOSE of a closed cursor")
+	})
 }
 
 // TestCursorInTransaction: a cursor without WITH HOLD inside BEGIN …
@@ -149,35 +143,29 @@ func TestCursorDjangoIterator(t *testing.T) {
 func TestCursorInTransaction(t *testing.T) {
 	ctx := testCtx(t)
 	p := startProxy(t)
-	for mi, mode := range modes {
-		t.Run(mode.String(), func(t *testing.T) {
-			direct := connect(t, ctx, directDSN(), pgx.QueryExecModeSimpleProtocol)
-			via := connect(t, ctx, p.dsn(), mode)
-			base := 1000 * (mi + 1)
-			cursorFixture(t, via, direct, base)
-			for _, c := range []*pgx.Conn{via, direct} {
-				mustExec(t, ctx, c, "BEGIN")
-			}
-			ctwin(t, via, direct, `DECLARE c SCROLL CURSOR FOR SELECT name, ssn, diagnosis, dob FROM %[1]s WHERE id > `+fmt.Sprint(base)+` ORDER BY id`)
-			ctwin(t, via, direct, "FETCH 2 FROM c")
-			ctwin(t, via, direct, "MOVE FORWARD 1 IN c")
-			ctwin(t, via, direct, "FETCH NEXT FROM c")
-			ctwin(t, via, direct, "FETCH PRIOR FROM c")
-			ctwin(t, via, direct, "MOVE ABSOLUTE 0 IN c")
-			if got := ctwin(t, via, direct, "FETCH ALL IN c"); len(got) != 5 {
-				t.Fatalf("FETCH ALL: %v", got)
-			}
-			for _, c := range []*pgx.Conn{via, direct} {
-				mustExec(t, ctx, c, "COMMIT")
-			}
-			_, err := via.Exec(ctx, "FETCH 1 FROM c")
-			expectCode(t, err, "34000", "FETCH after COMMIT of a cursor without HOLD")
-			mustExec(t, ctx, via, "BEGIN")
-			openUnknownCursor(t, ctx, via, "c")
-			expectNotDecrypted(t, ctx, via, "c")
-			mustExec(t, ctx, via, "ROLLBACK")
-		})
-	}
+	cursorModes(t, ctx, p, func(t *testing.T, via, direct *pgx.Conn, base int) {
+		for _, c := range []*pgx.Conn{via, direct} {
+			mustExec(t, ctx, c, "BEGIN")
+		}
+		ctwin(t, via, direct, `DECLARE c SCROLL CURSOR FOR SELECT name, ssn, diagnosis, dob FROM %[1]s WHERE id > `+fmt.Sprint(base)+` ORDER BY id`)
+		ctwin(t, via, direct, "FETCH 2 FROM c")
+		ctwin(t, via, direct, "MOVE FORWARD 1 IN c")
+		ctwin(t, via, direct, "FETCH NEXT FROM c")
+		ctwin(t, via, direct, "FETCH PRIOR FROM c")
+		ctwin(t, via, direct, "MOVE ABSOLUTE 0 IN c")
+		if got := ctwin(t, via, direct, "FETCH ALL IN c"); len(got) != 5 {
+			t.Fatalf("FETCH ALL: %v", got)
+		}
+		for _, c := range []*pgx.Conn{via, direct} {
+			mustExec(t, ctx, c, "COMMIT")
+		}
+		_, err := via.Exec(ctx, "FETCH 1 FROM c")
+		expectCode(t, err, "34000", "FETCH after COMMIT of a cursor without HOLD")
+		mustExec(t, ctx, via, "BEGIN")
+		openUnknownCursor(t, ctx, via, "c")
+		expectNotDecrypted(t, ctx, via, "c")
+		mustExec(t, ctx, via, "ROLLBACK")
+	})
 }
 
 // TestCursorWithHold: a WITH HOLD cursor survives the COMMIT of its
@@ -522,5 +510,20 @@ func TestCursorPolicyAtFetch(t *testing.T) {
 			err = rows.Err()
 		}
 		expectCode(t, err, "42501", "FETCH of a column denied since the DECLARE")
+	}
+}
+
+// cursorModes runs body once per pgx mode, with a connection through the
+// proxy and one directly to the plaintext twin, the cursor fixture loaded
+// from id base.
+func cursorModes(t *testing.T, ctx context.Context, p *testProxy, body func(t *testing.T, via, direct *pgx.Conn, base int)) {
+	for mi, mode := range modes {
+		t.Run(mode.String(), func(t *testing.T) {
+			direct := connect(t, ctx, directDSN(), pgx.QueryExecModeSimpleProtocol)
+			via := connect(t, ctx, p.dsn(), mode)
+			base := 1000 * (mi + 1)
+			cursorFixture(t, via, direct, base)
+			body(t, via, direct, base)
+		})
 	}
 }
