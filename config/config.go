@@ -128,6 +128,12 @@ type Limits struct {
 	// MaxConnections caps the client connections served at once; one more
 	// gets FATAL 53300 "sorry, too many clients already". 0: no cap.
 	MaxConnections int
+	// IdleSessionTimeout ends a session idle outside a transaction with
+	// FATAL 57P05, IdleInTransactionTimeout one idle inside a transaction
+	// block with FATAL 25P03, as PostgreSQL's settings of the same names
+	// (automatic logoff). 0: off (default).
+	IdleSessionTimeout       time.Duration
+	IdleInTransactionTimeout time.Duration
 }
 
 // Column is one PHI column.
@@ -293,6 +299,8 @@ type raw struct {
 		DrainTimeout    string `yaml:"drain_timeout"`
 		ConnectTimeout  string `yaml:"connect_timeout"`
 		MaxConnections  int    `yaml:"max_connections"`
+		IdleSession     string `yaml:"idle_session_timeout"`
+		IdleInTx        string `yaml:"idle_in_transaction_timeout"`
 	} `yaml:"limits"`
 	PHI            map[string]map[string]*rawColumn `yaml:"phi"`
 	CatalogOverlay string                           `yaml:"catalog_overlay"`
@@ -508,6 +516,21 @@ func Parse(data []byte, path string) (*Config, error) {
 			dur, err := time.ParseDuration(d.val)
 			if err != nil || dur <= 0 {
 				v.errf([]string{"limits", d.key}, "limits.%s %q is not a positive duration such as 30s", d.key, d.val)
+				continue
+			}
+			*d.dst = dur
+		}
+		for _, d := range []struct {
+			key string
+			val string
+			dst *time.Duration
+		}{{"idle_session_timeout", r.Limits.IdleSession, &c.Limits.IdleSessionTimeout}, {"idle_in_transaction_timeout", r.Limits.IdleInTx, &c.Limits.IdleInTransactionTimeout}} {
+			if d.val == "" {
+				continue
+			}
+			dur, err := ParseTimeout(d.val)
+			if err != nil {
+				v.errf([]string{"limits", d.key}, "limits.%s: %v", d.key, err)
 				continue
 			}
 			*d.dst = dur

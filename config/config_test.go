@@ -5,6 +5,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 )
 
 const minimal = `listen: 127.0.0.1:6432
@@ -109,6 +110,10 @@ func TestLoadErrorsNameTheLine(t *testing.T) {
 		{"listen missing", "upstream: {address: 127.0.0.1:5432}\ncatalog_dsn: postgres://a@b/c\n", []string{"listen is required"}},
 		{"bad kek", minimal + "keys: {kek: \"s3://x\"}\n", []string{":4:", "keys.kek"}},
 		{"negative max_connections", minimal + "limits: {max_connections: -1}\n", []string{":4:", "limits.max_connections"}},
+		{"idle timeout without a unit", minimal + "limits:\n  idle_session_timeout: 600\n", []string{":5:", "limits.idle_session_timeout", "no unit"}},
+		{"idle timeout not a duration", minimal + "limits:\n  max_connections: 3\n  idle_in_transaction_timeout: soon\n", []string{":6:", "limits.idle_in_transaction_timeout"}},
+		{"negative idle timeout", minimal + "limits: {idle_session_timeout: -5s}\n", []string{":4:", "out of range"}},
+		{"idle timeout beyond PostgreSQL's range", minimal + "limits: {idle_session_timeout: 30d}\n", []string{":4:", "out of range"}},
 		{"all problems at once", "listen: nope\nupstream: {address: nope}\ncatalog_dsn: postgres://a@b/c\n", []string{":1:", ":2:"}},
 	}
 	for _, tc := range cases {
@@ -164,5 +169,30 @@ func TestMaxConnections(t *testing.T) {
 	c, err = Parse([]byte(minimal+"limits: {max_connections: 5}\n"), "p.yaml")
 	if err != nil || c.Limits.MaxConnections != 5 {
 		t.Fatalf("got %v", err)
+	}
+}
+
+func TestIdleTimeouts(t *testing.T) {
+	c, err := Parse([]byte(minimal), "p.yaml")
+	if err != nil || c.Limits.IdleSessionTimeout != 0 || c.Limits.IdleInTransactionTimeout != 0 {
+		t.Fatalf("default: %v, %+v; want both off", err, c.Limits)
+	}
+	c, err = Parse([]byte(minimal+"limits: {idle_session_timeout: 10min, idle_in_transaction_timeout: \"1m30s\"}\n"), "p.yaml")
+	if err != nil || c.Limits.IdleSessionTimeout != 10*time.Minute || c.Limits.IdleInTransactionTimeout != 90*time.Second {
+		t.Fatalf("got %v, %+v", err, c.Limits)
+	}
+	for in, want := range map[string]time.Duration{
+		"0": 0, "30s": 30 * time.Second, "30 s": 30 * time.Second, "500ms": 500 * time.Millisecond,
+		"2h": 2 * time.Hour, "1d": 24 * time.Hour, "10m": 10 * time.Minute, "1.5s": 1500 * time.Millisecond,
+		"0s": 0, "2147483647ms": 2147483647 * time.Millisecond,
+	} {
+		if got, err := ParseTimeout(in); err != nil || got != want {
+			t.Errorf("%q: got %v, %v; want %v", in, got, err, want)
+		}
+	}
+	for _, bad := range []string{"", "10", "-1s", "10 minutes", "1x", "100us", "2147483648ms", "25d", "99999999999999999999h"} {
+		if got, err := ParseTimeout(bad); err == nil {
+			t.Errorf("%q accepted as %v", bad, got)
+		}
 	}
 }
