@@ -80,6 +80,13 @@ var (
 	StatementTooComplex          = Code{"54001"}
 )
 
+// The automatic-logoff SQLSTATEs, PostgreSQL's for idle_session_timeout and
+// idle_in_transaction_session_timeout.
+var (
+	IdleSessionTimeout       = Code{"57P05"}
+	IdleInTransactionTimeout = Code{"25P03"}
+)
+
 // Severity of an error as PostgreSQL reports it.
 type Severity string
 

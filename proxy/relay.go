@@ -101,6 +101,9 @@ func (p *pump) run() error {
 		if err != nil {
 			return err
 		}
+		if p.fromClient {
+			p.s.clientActive() // not idle (see idle.go)
+		}
 		total := 5 + n
 		switch {
 		case total <= in.r.Size():
@@ -132,6 +135,12 @@ func (p *pump) run() error {
 			if err != nil {
 				return err
 			}
+		}
+		if p.fromClient {
+			// Again after the message: a ReadyForQuery answering an
+			// earlier request may have armed the timer before this one
+			// was counted in flight.
+			p.s.clientActive()
 		}
 	}
 }

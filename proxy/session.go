@@ -64,6 +64,7 @@ type session struct {
 	fatalRelayed     atomic.Bool // the upstream sent a FATAL error
 	endOnce          sync.Once
 	endErr           atomic.Pointer[pgerr.Error]
+	idle             idleLogoff // automatic logoff (idle.go)
 }
 
 func newSession(srv *Server, conn net.Conn) *session {
@@ -147,14 +148,16 @@ func (s *session) end(e *pgerr.Error) {
 			_ = client.SetWriteDeadline(time.Now().Add(2 * time.Second))
 			s.client.sendFatal(e)
 		}
-		client.Close()
-		if server != nil {
-			server.conn.Close()
-		}
+		// Before the connections close: that ends relay, and serve logs
+		// exitState right after (end may run on another goroutine).
 		s.stMu.Lock()
 		s.exitState = s.cur
 		s.applyLocked(event{kind: evClose})
 		s.stMu.Unlock()
+		client.Close()
+		if server != nil {
+			server.conn.Close()
+		}
 	})
 }
 
@@ -281,6 +284,7 @@ func (s *session) serve(ctx context.Context) {
 	_ = s.server.conn.SetDeadline(time.Time{})
 	s.stMu.Lock()
 	s.applyLocked(event{kind: evReady, status: res.status})
+	s.armIdleLocked()
 	s.stMu.Unlock()
 
 	if f := s.srv.opts.interceptor; f != nil {
@@ -294,6 +298,7 @@ func (s *session) serve(ctx context.Context) {
 	}
 	s.log.Info("session started")
 	s.relay()
+	s.stopIdle()
 	if s.hook != nil {
 		var err error
 		if e := s.endErr.Load(); e != nil {
@@ -460,6 +465,7 @@ func (s *session) serverSaw(typ byte, n int, body []byte) error {
 			s.inflight = s.inflight[:len(s.inflight)-1]
 		}
 		s.applyLocked(event{kind: evReady, status: st})
+		s.armIdleLocked()
 		s.stMu.Unlock()
 	case 'E':
 		if body != nil && isFatalError(body) {
