@@ -57,6 +57,11 @@
 //     role memberships are resolved) and lives as long as the session:
 //     SessionInfo.Context is its lifetime, SessionEnd its last call.
 //
+//     Automatic logoff (idle.go): with limits.idle_session_timeout or
+//     limits.idle_in_transaction_timeout set, a session left idle after a
+//     ReadyForQuery ends with PostgreSQL's FATAL 57P05 or 25P03; one timer
+//     per session, so the relay only loads an atomic per client message.
+//
 //  4. End (state Closed). Whatever ends first ends the session once, in
 //     session.end: a client that goes away (EOF, reset, Terminate) closes
 //     the upstream connection; an upstream that goes away gives the client
