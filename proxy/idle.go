@@ -88,6 +88,7 @@ func (s *session) stopIdle() {
 // idleExpired runs on the timer's goroutine: it ends the session if it is
 // still idle (a client message or a re-arm may have raced with the timer).
 func (s *session) idleExpired() {
+	defer s.recoverPanic() // the timer's goroutine is the session's too
 	s.stMu.Lock()
 	ok := s.idle.armed.Load() && !time.Now().Before(s.idle.deadline) && len(s.inflight) == 0 && !s.closing.Load()
 	st := s.cur
