@@ -124,6 +124,9 @@
 //     is replaced by ours: the refused statement travels in queryRun and
 //     the entry), and the session's end (SessionEnd: every statement
 //     still waiting for an answer, outcome unknown).
+//   - SessionObserver.SessionEnd, for an Observer that implements it,
+//     runs last, with the error the proxy ended the session with (FATAL
+//     57P05 or 25P03 for automatic logoff) or nil.
 //
 // Each sees the plan (rewrite.Statement: Action, Relations, Columns,
 // Normalized, Fingerprint), the outcome (rows, SQLSTATE) and the

@@ -43,6 +43,16 @@ type Observer interface {
 	End(ex *Execution)
 }
 
+// SessionObserver is an Observer that also sees each session end, after
+// the End of its last execution: err is why the proxy ended the session
+// (a *pgerr.Error: FATAL 57P05 or 25P03 for automatic logoff, 57P01 at
+// shutdown, ...), nil when the client or the server ended it. It runs once
+// per session, when no other call for the session runs.
+type SessionObserver interface {
+	Observer
+	SessionEnd(session *proxy.SessionInfo, err error)
+}
+
 // WithObserver installs the statement lifecycle Observer (default none).
 func WithObserver(o Observer) Option { return func(p *Proxy) { p.obs = o } }
 
@@ -278,8 +288,9 @@ func tagRows(tag []byte) int64 {
 
 // SessionEnd implements proxy.Interceptor: it runs once both relay
 // goroutines have returned. The statements still waiting for an answer
-// end, for the Observer, with their outcome unknown.
-func (s *session) SessionEnd(error) {
+// end, for the Observer, with their outcome unknown; then a
+// SessionObserver sees the session's end.
+func (s *session) SessionEnd(err error) {
 	if s.obs == nil {
 		return
 	}
@@ -314,4 +325,7 @@ func (s *session) SessionEnd(error) {
 	}
 	// An execution whose entry has left the FIFO (skipped after an error).
 	s.observeEnd(nil, Execution{Rows: -1, Ended: true})
+	if so, ok := s.obs.(SessionObserver); ok {
+		so.SessionEnd(s.info, err)
+	}
 }

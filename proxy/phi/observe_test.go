@@ -11,6 +11,7 @@ import (
 	"github.com/jackc/pgx/v5/pgproto3"
 
 	"github.com/phiproxy/phiproxy/pgerr"
+	"github.com/phiproxy/phiproxy/proxy"
 )
 
 // recorder is a test Observer: it writes each Start and End as one line
@@ -393,4 +394,39 @@ func (r *epochRecorder) epochs() string {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	return strings.Join(r.e, ",")
+}
+
+// sessionRecorder is a SessionObserver that records how sessions ended.
+type sessionRecorder struct {
+	recorder
+	ends chan error
+}
+
+func (r *sessionRecorder) SessionEnd(_ *proxy.SessionInfo, err error) { r.ends <- err }
+
+func TestSessionObserverSeesAutomaticLogoff(t *testing.T) {
+	ctx := testCtx(t)
+	cfg := *testCfg
+	cfg.Limits.IdleInTransactionTimeout = 300 * time.Millisecond
+	rec := &sessionRecorder{recorder: recorder{ended: make(chan struct{})}, ends: make(chan error, 1)}
+	p := serveProxy(t, ctx, &cfg, WithObserver(rec))
+	c := connect(t, ctx, p.dsn(), pgx.QueryExecModeSimpleProtocol)
+	mustExec(t, ctx, c, "BEGIN")
+	mustExec(t, ctx, c, "INSERT INTO patients (id, ssn) VALUES (77, '123-45-6789')")
+	select {
+	case err := <-rec.ends:
+		if pe := pgerr.As(err); pe == nil || pe.Code != pgerr.IdleInTransactionTimeout {
+			t.Fatalf("SessionEnd(%v), want FATAL 25P03", err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("no automatic logoff within 5s")
+	}
+	rec.expect(t, "the INSERT, then nothing pending at the logoff",
+		"end INSERT write public.patients public.patients.ssn role=app end_user= rows=1")
+	// The upstream transaction was rolled back.
+	direct := connect(t, ctx, directDSN(), pgx.QueryExecModeSimpleProtocol)
+	var n int
+	if err := direct.QueryRow(ctx, "SELECT count(*) FROM patients WHERE id = 77").Scan(&n); err != nil || n != 0 {
+		t.Fatalf("uncommitted INSERT: %d rows, %v", n, err)
+	}
 }
