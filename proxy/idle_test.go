@@ -131,6 +131,15 @@ func TestIdleSessionTimeout(t *testing.T) {
 		t.Errorf("no automatic logoff in the log:\n%s", p.logs.String())
 	}
 	waitBackendsGone(t, ctx, "idle_session_test")
+
+	// Inside a transaction block the idle-session timeout does not apply
+	// (PostgreSQL's idle_in_transaction_session_timeout does, unset here).
+	pc = pgConnect(t, ctx, p.dsn())
+	<-rec
+	execOK(t, ctx, pc, "BEGIN")
+	time.Sleep(3 * idleShort)
+	execOK(t, ctx, pc, "COMMIT")
+	awaitLogoff(t, ctx, pc, "57P05", msgIdleSession)
 }
 
 // waitBackendsGone waits until no upstream backend with application_name
@@ -264,4 +273,19 @@ func TestIdleTimeoutSparesBusySessions(t *testing.T) {
 			awaitLogoff(t, ctx, pc, "57P05", msgIdleSession)
 		})
 	}
+}
+
+func TestIdleTimeoutReload(t *testing.T) {
+	ctx := testCtx(t)
+	p := startProxy(t, proxyConfig(t, testCluster.Addr()))
+	pc := pgConnect(t, ctx, p.dsn())
+	execOK(t, ctx, pc, "SELECT 1")
+	time.Sleep(2 * idleShort) // off by default
+	// A reload applies to a session already open from its next idle
+	// period.
+	if err := p.srv.Reload(proxyConfig(t, testCluster.Addr(), "limits: {idle_session_timeout: 300ms}")); err != nil {
+		t.Fatal(err)
+	}
+	execOK(t, ctx, pc, "SELECT 1")
+	awaitLogoff(t, ctx, pc, "57P05", msgIdleSession)
 }
