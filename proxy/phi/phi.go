@@ -9,7 +9,7 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/phiproxy/phiproxy/config"
 	"github.com/phiproxy/phiproxy/crypto"
@@ -44,6 +44,11 @@ type Proxy struct {
 	bg     context.Context
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
+
+	// pool holds the catalog connections of snapshot loads, for the
+	// catalog_dsn poolDSN (guarded by mu once New returns).
+	pool    *pgxpool.Pool
+	poolDSN string
 
 	// obs sees the statement lifecycle (observe.go); nil: nothing does.
 	obs Observer
@@ -93,10 +98,12 @@ func New(ctx context.Context, cfg *config.Config, opts ...Option) (*Proxy, error
 	// the clearer error.
 	s, err := p.load(ctx, cfg)
 	if err != nil {
+		p.Close()
 		return nil, err
 	}
 	keys, err := crypto.Open(ctx, cfg, p.cryptoO)
 	if err != nil {
+		p.Close()
 		return nil, fmt.Errorf("phi: keys: %w", err)
 	}
 	p.keys = keys
@@ -116,10 +123,35 @@ func (p *Proxy) BumpDecisionEpoch() uint64 { return p.epoch.Add(1) }
 // DecisionEpoch is the current decision epoch (see Execution.Epoch).
 func (p *Proxy) DecisionEpoch() uint64 { return p.epoch.Load() }
 
-// Close stops background catalog refreshes.
+// Close stops background catalog refreshes and closes the catalog
+// connections.
 func (p *Proxy) Close() {
 	p.cancel()
 	p.wg.Wait()
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.pool != nil {
+		p.pool.Close()
+		p.pool = nil
+	}
+}
+
+// catalogConn hands out a catalog connection for dsn from the pool
+// (proxy.NewCatalogPool: checked before use, so a restarted server is
+// reconnected), replacing the pool when a reload changed catalog_dsn.
+// The caller holds mu, or is New.
+func (p *Proxy) catalogConn(ctx context.Context, dsn string) (*pgxpool.Conn, error) {
+	if p.pool == nil || p.poolDSN != dsn {
+		pool, err := proxy.NewCatalogPool(dsn)
+		if err != nil {
+			return nil, err
+		}
+		if p.pool != nil {
+			p.pool.Close()
+		}
+		p.pool, p.poolDSN = pool, dsn
+	}
+	return p.pool.Acquire(ctx)
 }
 
 // Factory returns the per-session Interceptor factory for
@@ -228,11 +260,12 @@ func (p *Proxy) refreshedCh() <-chan struct{} {
 
 // load builds a snapshot for cfg: catalog over catalog_dsn, Check, planner.
 func (p *Proxy) load(ctx context.Context, cfg *config.Config) (*snapshot, error) {
-	conn, err := pgx.Connect(ctx, cfg.CatalogDSN)
+	pc, err := p.catalogConn(ctx, cfg.CatalogDSN)
 	if err != nil {
 		return nil, fmt.Errorf("phi: catalog connection: %w", err)
 	}
-	defer conn.Close(context.Background())
+	defer pc.Release()
+	conn := pc.Conn()
 	ver := p.version.Add(1)
 	cat, err := config.LoadCatalog(ctx, conn, cfg, ver)
 	if err != nil {
