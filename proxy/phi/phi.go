@@ -108,6 +108,8 @@ func New(ctx context.Context, cfg *config.Config, opts ...Option) (*Proxy, error
 	}
 	p.keys = keys
 	p.cur.Store(s)
+	p.wg.Add(1)
+	go p.watchCatalog()
 	return p, nil
 }
 
@@ -285,6 +287,7 @@ func (p *Proxy) load(ctx context.Context, cfg *config.Config) (*snapshot, error)
 		return nil, fmt.Errorf("phi: %w", err)
 	}
 	var opts []rewrite.PlannerOption
+	p.syncCatalogTrigger(ctx, conn, cfg)
 	if db, ok := p.syncOverlay(ctx, conn, cfg, cat); ok {
 		opts = append(opts, rewrite.WithCatalogOverlay(config.OverlaySchema, db))
 	}

@@ -1,0 +1,101 @@
+package phi
+
+import (
+	"context"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/phiproxy/phiproxy/config"
+)
+
+// catalogBound is how soon DDL done directly on the server must be seen
+// by a running proxy in these tests (event trigger: at once, debounced;
+// periodic refresh: refresh_interval 1s).
+const catalogBound = 5 * time.Second
+
+// TestCatalogOutsideDDL: DDL done directly on the server, not through the
+// proxy, reaches a running proxy within a bound — through the event
+// triggers (with the periodic refresh off) and, where they are absent,
+// through the periodic refresh (with catalog_overlay: use, so the proxy
+// does not install them).
+func TestCatalogOutsideDDL(t *testing.T) {
+	for _, tc := range []struct {
+		name    string
+		trigger bool
+	}{{"event trigger", true}, {"periodic refresh", false}} {
+		t.Run(tc.name, func(t *testing.T) {
+			ctx := testCtx(t)
+			direct := connect(t, ctx, directDSN(), pgx.QueryExecModeExec)
+			super := connect(t, ctx, testCfg.CatalogDSN, pgx.QueryExecModeExec)
+			cfg := *testCfg
+			if tc.trigger {
+				cfg.Catalog.RefreshInterval = 0
+			} else {
+				for _, tr := range config.CatalogTriggers {
+					mustExec(t, ctx, super, "DROP EVENT TRIGGER IF EXISTS "+tr.Name)
+				}
+				cfg.CatalogOverlay = config.OverlayUse
+				cfg.Catalog.RefreshInterval = time.Second
+			}
+			mustExec(t, ctx, direct, "DROP VIEW IF EXISTS outside_v")
+			mustExec(t, ctx, direct, "DROP SCHEMA IF EXISTS outside CASCADE")
+			t.Cleanup(func() {
+				ctx := context.Background()
+				direct.Exec(ctx, "DROP VIEW IF EXISTS outside_v")
+				direct.Exec(ctx, "DROP SCHEMA IF EXISTS outside CASCADE")
+			})
+			mustExec(t, ctx, direct, "TRUNCATE patients")
+			p := serveProxy(t, ctx, &cfg)
+			installed, _, err := CheckCatalogTrigger(ctx, super)
+			if err != nil || installed != tc.trigger {
+				t.Fatalf("event triggers installed: %v (%v), want %v", installed, err, tc.trigger)
+			}
+			c := connect(t, ctx, p.dsn(), pgx.QueryExecModeExec)
+			mustExec(t, ctx, c, "INSERT INTO patients (id, name, ssn) VALUES (1, 'a', $1)", "123-45-6789")
+
+			// A new view over PHI not configured as PHI: until the proxy
+			// knows it, the literal goes upstream as written and finds no
+			// row (a silent wrong answer); once it does, the view is
+			// refused as docs/sql-support.md says.
+			mustExec(t, ctx, direct, "CREATE VIEW outside_v AS SELECT id, ssn FROM patients")
+			seen(t, ctx, "the new view", func() bool {
+				var id int
+				err := c.QueryRow(ctx, "SELECT id FROM outside_v WHERE ssn = '123-45-6789'").Scan(&id)
+				return sqlstate(err) == "0A000"
+			})
+
+			// A plain table under a PHI table's name in another schema, first
+			// on the search_path: read as written once the proxy knows it.
+			mustExec(t, ctx, direct, "CREATE SCHEMA outside")
+			mustExec(t, ctx, direct, "CREATE TABLE outside.patients (id int4, ssn text)")
+			mustExec(t, ctx, direct, "INSERT INTO outside.patients VALUES (1, 'plain')")
+			mustExec(t, ctx, c, "SET search_path = outside, public")
+			seen(t, ctx, "the shadowing table", func() bool {
+				var ssn string
+				err := c.QueryRow(ctx, "SELECT ssn FROM patients WHERE id = 1").Scan(&ssn)
+				return err == nil && ssn == "plain"
+			})
+			// Dropped: the PHI table is back.
+			mustExec(t, ctx, direct, "DROP TABLE outside.patients")
+			seen(t, ctx, "the dropped shadowing table", func() bool {
+				var ssn string
+				err := c.QueryRow(ctx, "SELECT ssn FROM patients WHERE id = 1").Scan(&ssn)
+				return err == nil && ssn == "123-45-6789"
+			})
+		})
+	}
+}
+
+// seen polls ok until it holds, failing the test after catalogBound.
+func seen(t *testing.T, ctx context.Context, what string, ok func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(catalogBound)
+	for !ok() {
+		if time.Now().After(deadline) {
+			t.Fatalf("%s done directly on the server was not seen by the proxy within %v", what, catalogBound)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
