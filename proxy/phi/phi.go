@@ -64,6 +64,8 @@ type snapshot struct {
 	planner *rewrite.Planner
 	// cols is the PHI column map by "schema.table.column".
 	cols map[string]config.Column
+	// database is the catalog's database: the one the PHI map is about.
+	database string
 }
 
 // Option configures a Proxy.
@@ -160,12 +162,20 @@ func (p *Proxy) catalogConn(ctx context.Context, dsn string) (*pgxpool.Conn, err
 // proxy.WithInterceptor, or nil when no PHI column is configured (then
 // sessions relay bytes without decoding anything). Sessions built by the
 // factory follow later reloads: they read the current snapshot per
-// statement.
+// statement. Sessions on a database other than catalog_dsn's get no
+// Interceptor: the PHI map is about the catalog's database only.
 func (p *Proxy) Factory() func(*proxy.SessionInfo) proxy.Interceptor {
 	if len(p.cur.Load().cfg.PHI) == 0 {
 		return nil
 	}
 	return func(info *proxy.SessionInfo) proxy.Interceptor {
+		// The PHI map describes the catalog's database: a session on
+		// another database of the cluster is passed through untouched
+		// (its own "patients" is not the configured one).
+		if db := p.cur.Load().database; info.Database != db {
+			p.log.Debug("session on a database other than catalog_dsn's: passed through without PHI handling", "database", info.Database, "catalog_database", db)
+			return nil
+		}
 		return newSession(p, info) // package proxy runs it under recover
 	}
 }
@@ -276,7 +286,7 @@ func (p *Proxy) load(ctx context.Context, cfg *config.Config) (*snapshot, error)
 	if err := cat.Check(cfg); err != nil {
 		return nil, fmt.Errorf("phi: the config does not match the database:\n%w", err)
 	}
-	s := &snapshot{cfg: cfg, cat: cat, cols: map[string]config.Column{}}
+	s := &snapshot{cfg: cfg, cat: cat, cols: map[string]config.Column{}, database: conn.Config().Database}
 	var rcols []rewrite.Column
 	for _, c := range cfg.Columns() {
 		s.cols[c.Ident()] = c
