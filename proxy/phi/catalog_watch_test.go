@@ -99,3 +99,36 @@ func seen(t *testing.T, ctx context.Context, what string, ok func() bool) {
 		time.Sleep(50 * time.Millisecond)
 	}
 }
+
+// TestCatalogTriggerSkipsTemporary: the event triggers announce DDL on
+// lasting objects, not on a session's temporary tables (which would
+// otherwise make every instance refresh at the rate an app creates them).
+func TestCatalogTriggerSkipsTemporary(t *testing.T) {
+	ctx := testCtx(t)
+	super := connect(t, ctx, testCfg.CatalogDSN, pgx.QueryExecModeExec)
+	if err := InstallCatalogTrigger(ctx, super); err != nil {
+		t.Fatal(err)
+	}
+	listener := connect(t, ctx, directDSN(), pgx.QueryExecModeExec)
+	mustExec(t, ctx, listener, "LISTEN "+config.CatalogChannel)
+	direct := connect(t, ctx, directDSN(), pgx.QueryExecModeExec)
+	notified := func() bool {
+		wctx, cancel := context.WithTimeout(ctx, 500*time.Millisecond)
+		defer cancel()
+		_, err := listener.WaitForNotification(wctx)
+		return err == nil
+	}
+	mustExec(t, ctx, direct, "CREATE TEMP TABLE scratch_tmp (a int)")
+	mustExec(t, ctx, direct, "DROP TABLE scratch_tmp")
+	if notified() {
+		t.Fatal("a temporary table's CREATE and DROP were announced")
+	}
+	mustExec(t, ctx, direct, "CREATE TABLE scratch_lasting (a int)")
+	if !notified() {
+		t.Fatal("CREATE TABLE was not announced")
+	}
+	mustExec(t, ctx, direct, "DROP TABLE scratch_lasting")
+	if !notified() {
+		t.Fatal("DROP TABLE was not announced")
+	}
+}
