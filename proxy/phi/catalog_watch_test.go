@@ -132,3 +132,28 @@ func TestCatalogTriggerSkipsTemporary(t *testing.T) {
 		t.Fatal("DROP TABLE was not announced")
 	}
 }
+
+// TestCatalogRefreshKeepsUnchangedSnapshot: a refresh that finds the
+// catalog as it was (the periodic one, DDL on unrelated objects) keeps the
+// snapshot and the plans cached against it; one that finds a change
+// swaps it.
+func TestCatalogRefreshKeepsUnchangedSnapshot(t *testing.T) {
+	ctx := testCtx(t)
+	p := startProxy(t)
+	before := p.phi.cur.Load()
+	if err := p.phi.RefreshCatalog(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if p.phi.cur.Load() != before {
+		t.Fatal("a refresh that found nothing changed replaced the snapshot")
+	}
+	direct := connect(t, ctx, directDSN(), pgx.QueryExecModeExec)
+	mustExec(t, ctx, direct, "CREATE VIEW refresh_v AS SELECT id, ssn FROM patients")
+	t.Cleanup(func() { direct.Exec(context.Background(), "DROP VIEW IF EXISTS refresh_v") })
+	if err := p.phi.RefreshCatalog(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if p.phi.cur.Load() == before {
+		t.Fatal("a refresh after CREATE VIEW kept the old snapshot")
+	}
+}

@@ -66,6 +66,9 @@ type snapshot struct {
 	cols map[string]config.Column
 	// database is the catalog's database: the one the PHI map is about.
 	database string
+	// overlay is the database whose catalog overlay the planner uses, ""
+	// for none.
+	overlay string
 }
 
 // Option configures a Proxy.
@@ -222,6 +225,11 @@ func (p *Proxy) RefreshCatalog(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	// Nothing changed (the periodic refresh, DDL on unrelated objects):
+	// keep the snapshot, and with it the plans cached against it.
+	if s.database == old.database && s.overlay == old.overlay && s.cat.Same(old.cat) {
+		return nil
+	}
 	p.cur.Store(s)
 	return nil
 }
@@ -299,6 +307,7 @@ func (p *Proxy) load(ctx context.Context, cfg *config.Config) (*snapshot, error)
 	var opts []rewrite.PlannerOption
 	p.syncCatalogTrigger(ctx, conn, cfg)
 	if db, ok := p.syncOverlay(ctx, conn, cfg, cat); ok {
+		s.overlay = db
 		opts = append(opts, rewrite.WithCatalogOverlay(config.OverlaySchema, db))
 	}
 	s.planner = rewrite.NewPlanner(cols, newCatalogAdapter(cat, cfg), p.cache, opts...)
