@@ -32,6 +32,9 @@ func TestCatalogOutsideDDL(t *testing.T) {
 			cfg := *testCfg
 			if tc.trigger {
 				cfg.Catalog.RefreshInterval = 0
+				// pgxpool's parameters are not sent to the server, by the
+				// pool nor by the LISTEN connection.
+				cfg.CatalogDSN += "&pool_max_conns=2"
 			} else {
 				for _, tr := range config.CatalogTriggers {
 					mustExec(t, ctx, super, "DROP EVENT TRIGGER IF EXISTS "+tr.Name)

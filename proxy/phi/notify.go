@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/phiproxy/phiproxy/config"
 )
@@ -155,7 +156,7 @@ func (p *Proxy) sleep(d time.Duration) {
 func listenCatalog(ctx context.Context, dsn string) (*pgx.Conn, error) {
 	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
-	conn, err := pgx.Connect(ctx, dsn)
+	conn, err := catalogConnect(ctx, dsn)
 	if err != nil {
 		return nil, err
 	}
@@ -164,4 +165,15 @@ func listenCatalog(ctx context.Context, dsn string) (*pgx.Conn, error) {
 		return nil, err
 	}
 	return conn, nil
+}
+
+// catalogConnect opens one connection outside the pool for a catalog_dsn,
+// which may carry pgxpool's pool_* parameters (pgx.Connect would send
+// them to the server as settings).
+func catalogConnect(ctx context.Context, dsn string) (*pgx.Conn, error) {
+	cfg, err := pgxpool.ParseConfig(dsn)
+	if err != nil {
+		return nil, err
+	}
+	return pgx.ConnectConfig(ctx, cfg.ConnConfig)
 }

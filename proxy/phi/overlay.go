@@ -172,7 +172,7 @@ func Overlay(ctx context.Context, cfg *config.Config, dsn string, install bool) 
 	if dsn == "" {
 		dsn = cfg.CatalogDSN
 	}
-	conn, err := pgx.Connect(ctx, dsn)
+	conn, err := catalogConnect(ctx, dsn)
 	if err != nil {
 		return OverlayStatus{}, fmt.Errorf("catalog connection: %w", err)
 	}
