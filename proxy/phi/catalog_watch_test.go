@@ -160,3 +160,24 @@ func TestCatalogRefreshKeepsUnchangedSnapshot(t *testing.T) {
 		t.Fatal("a refresh after CREATE VIEW kept the old snapshot")
 	}
 }
+
+// TestOverlayInstallAddsCatalogTrigger: phiproxy overlay install (Overlay
+// with install) adds the event triggers, idempotently; status reports
+// them.
+func TestOverlayInstallAddsCatalogTrigger(t *testing.T) {
+	ctx := testCtx(t)
+	super := connect(t, ctx, testCfg.CatalogDSN, pgx.QueryExecModeExec)
+	for _, tr := range config.CatalogTriggers {
+		mustExec(t, ctx, super, "DROP EVENT TRIGGER IF EXISTS "+tr.Name)
+	}
+	st, err := Overlay(ctx, testCfg, "", false)
+	if err != nil || st.Trigger {
+		t.Fatalf("status after DROP EVENT TRIGGER: trigger %v, %v", st.Trigger, err)
+	}
+	for i := range 2 {
+		st, err := Overlay(ctx, testCfg, "", true)
+		if err != nil || !st.Trigger || !st.Current {
+			t.Fatalf("install %d: trigger %v, overlay current %v, %v", i+1, st.Trigger, st.Current, err)
+		}
+	}
+}
