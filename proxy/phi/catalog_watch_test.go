@@ -181,3 +181,37 @@ func TestOverlayInstallAddsCatalogTrigger(t *testing.T) {
 		}
 	}
 }
+
+// TestCatalogListenSurvivesRestart: after the server restarts, the LISTEN
+// connection is reopened and DDL done directly is seen again, through the
+// event trigger alone (the periodic refresh off).
+func TestCatalogListenSurvivesRestart(t *testing.T) {
+	ctx := testCtx(t)
+	super := connect(t, ctx, testCfg.CatalogDSN, pgx.QueryExecModeExec)
+	if err := InstallCatalogTrigger(ctx, super); err != nil {
+		t.Fatal(err)
+	}
+	super.Close(ctx)
+	cfg := *testCfg
+	cfg.Catalog.RefreshInterval = 0
+	p := serveProxy(t, ctx, &cfg)
+
+	if err := testCluster.StopServer(); err != nil {
+		t.Fatal(err)
+	}
+	if err := testCluster.StartServer(ctx); err != nil {
+		t.Fatal(err)
+	}
+	direct := connect(t, ctx, directDSN(), pgx.QueryExecModeExec)
+	c := connect(t, ctx, p.dsn(), pgx.QueryExecModeExec)
+	// The refresh the reconnection brings, then DDL after it.
+	time.Sleep(2 * catalogRetry)
+	mustExec(t, ctx, direct, "DROP VIEW IF EXISTS restart_v")
+	mustExec(t, ctx, direct, "CREATE VIEW restart_v AS SELECT id, ssn FROM patients")
+	t.Cleanup(func() { direct.Exec(context.Background(), "DROP VIEW IF EXISTS restart_v") })
+	seen(t, ctx, "a view created after the restart", func() bool {
+		var id int
+		err := c.QueryRow(ctx, "SELECT id FROM restart_v WHERE ssn = '123-45-6789'").Scan(&id)
+		return sqlstate(err) == "0A000"
+	})
+}

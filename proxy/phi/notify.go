@@ -123,7 +123,11 @@ func (p *Proxy) watchCatalog() {
 				continue
 			}
 		default:
-			failing = true
+			// The connection is gone (a restarted server): reopen it,
+			// then refresh for what was missed meanwhile.
+			_ = conn.Close(context.Background())
+			conn, failing = nil, true
+			p.sleep(catalogRetry / 10)
 			continue
 		}
 		p.catalogChanged()
