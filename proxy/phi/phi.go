@@ -234,8 +234,8 @@ func (p *Proxy) RefreshCatalog(ctx context.Context) error {
 	return nil
 }
 
-// catalogChanged asks for an asynchronous catalog refresh after DDL went
-// through. Concurrent requests collapse into at most one more refresh.
+// catalogChanged asks for an asynchronous catalog refresh: after DDL went
+// through, on a notification, periodically (notify.go). Concurrent requests collapse into at most one more refresh.
 func (p *Proxy) catalogChanged() {
 	p.refreshWant.Add(1)
 	p.pending.Store(true)
@@ -254,7 +254,7 @@ func (p *Proxy) catalogChanged() {
 			if err != nil {
 				// A refresh that fails keeps the old snapshot; sessions
 				// waiting for it (awaitCatalog) refuse what names PHI.
-				p.log.Warn("catalog refresh after DDL failed", "err", err)
+				p.log.Warn("catalog refresh failed; the previous snapshot stays in use", "err", err)
 			} else {
 				p.refreshDone.Store(want)
 			}
