@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"reflect"
 	"sort"
 
 	"github.com/jackc/pgx/v5"
@@ -144,6 +145,18 @@ type Catalog struct {
 	// server's own setting.
 	searchPaths      map[[2]string]string
 	serverSearchPath string
+}
+
+// Same reports whether c and o describe the same catalog (their Version
+// aside): a periodic refresh that finds nothing changed keeps the plans
+// cached against the old one.
+func (c *Catalog) Same(o *Catalog) bool {
+	if c == nil || o == nil {
+		return c == o
+	}
+	a, b := *c, *o
+	a.Version, b.Version = 0, 0
+	return reflect.DeepEqual(a, b)
 }
 
 // SearchPath is the search_path a new session of role on database starts

@@ -35,11 +35,24 @@ type Config struct {
 	Limits     Limits
 	// CatalogOverlay is install, use or off (catalog_overlay.go).
 	CatalogOverlay string
+	// Catalog is how the catalog snapshot is kept current.
+	Catalog CatalogRefresh
 
 	// PHI maps "schema.table" → column name → column. Use Column, Relations
 	// and Columns to read it.
 	PHI map[string]map[string]Column
 }
+
+// CatalogRefresh is how the proxy keeps its catalog snapshot current
+// (catalog: in the config file).
+type CatalogRefresh struct {
+	// RefreshInterval is the period of the fallback refresh, also done
+	// where the event trigger announces DDL; 0 turns it off.
+	RefreshInterval time.Duration
+}
+
+// DefaultCatalogRefreshInterval is catalog.refresh_interval's default.
+const DefaultCatalogRefreshInterval = 30 * time.Second
 
 // ClientTLS is the client leg's TLS setting.
 type ClientTLS struct {
@@ -304,6 +317,9 @@ type raw struct {
 	} `yaml:"limits"`
 	PHI            map[string]map[string]*rawColumn `yaml:"phi"`
 	CatalogOverlay string                           `yaml:"catalog_overlay"`
+	Catalog        *struct {
+		RefreshInterval string `yaml:"refresh_interval"`
+	} `yaml:"catalog"`
 }
 
 type rawColumn struct {
@@ -451,6 +467,15 @@ func Parse(data []byte, path string) (*Config, error) {
 	}
 	if c.CatalogOverlay != OverlayInstall && c.CatalogOverlay != OverlayUse && c.CatalogOverlay != OverlayOff {
 		v.errf([]string{"catalog_overlay"}, "catalog_overlay %q is not one of install, use, off", c.CatalogOverlay)
+	}
+
+	c.Catalog.RefreshInterval = DefaultCatalogRefreshInterval
+	if r.Catalog != nil && r.Catalog.RefreshInterval != "" {
+		d, err := time.ParseDuration(r.Catalog.RefreshInterval)
+		if err != nil || d < 0 {
+			v.errf([]string{"catalog", "refresh_interval"}, "catalog.refresh_interval %q is not a duration such as 30s (0 turns it off)", r.Catalog.RefreshInterval)
+		}
+		c.Catalog.RefreshInterval = max(d, 0)
 	}
 
 	c.StateDir = resolve("state")

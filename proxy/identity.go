@@ -17,9 +17,8 @@ type RoleLookup func(ctx context.Context, role string) ([]string, error)
 func WithRoleLookup(f RoleLookup) Option { return func(o *options) { o.roles = f } }
 
 // roleLookup is the runtime's role lookup: the Server's option, else
-// config.RoleMemberships over the catalog connection the verifier lookup
-// shares (one connection, one query at a time: a login asks at most
-// twice).
+// config.RoleMemberships over the catalog connection pool the verifier
+// lookup shares.
 func (rt *runtimeConfig) roleLookup(o *options) RoleLookup {
 	if o.roles != nil {
 		return o.roles

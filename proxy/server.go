@@ -12,6 +12,8 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/jackc/pgx/v5/pgxpool"
+
 	"github.com/phiproxy/phiproxy/config"
 	"github.com/phiproxy/phiproxy/pgerr"
 	"github.com/phiproxy/phiproxy/proxy/auth"
@@ -50,9 +52,9 @@ type runtimeConfig struct {
 	login     loginFunc
 	// closers release what the runtime holds (the catalog connection).
 	closers []func()
-	// catalog is the catalog connection (verifier lookups, role
+	// catalog is the catalog connection pool (verifier lookups, role
 	// memberships); roles resolves a session's memberships.
-	catalog *catalogQuerier
+	catalog *pgxpool.Pool
 	roles   RoleLookup
 	// channelBinding is tls-server-end-point of the client certificate,
 	// nil when SCRAM-SHA-256-PLUS cannot be offered.
@@ -133,7 +135,7 @@ func (s *Server) buildRuntime(cfg *config.Config) (*runtimeConfig, error) {
 		return nil, err
 	}
 	rt.upstream = up
-	if rt.catalog, err = newCatalogQuerier(cfg.CatalogDSN); err != nil {
+	if rt.catalog, err = NewCatalogPool(cfg.CatalogDSN); err != nil {
 		return nil, err
 	}
 	rt.closers = append(rt.closers, rt.catalog.Close)

@@ -7,10 +7,10 @@ import (
 	"encoding/binary"
 	"errors"
 	"slices"
-	"sync"
+	"time"
 
-	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgproto3"
+	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/phiproxy/phiproxy/config"
 	"github.com/phiproxy/phiproxy/pgerr"
@@ -139,68 +139,23 @@ func (w legWriter) Write(p []byte) (int, error) {
 	return len(p), nil
 }
 
-// catalogQuerier is the catalog connection for verifier lookups and role
-// memberships: one pgx connection, opened on first use and re-opened after
-// a failure, used by one lookup at a time (a lookup is one short query
-// per login).
-type catalogQuerier struct {
-	cfg *pgx.ConnConfig
-
-	mu   sync.Mutex
-	conn *pgx.Conn
-}
-
-func newCatalogQuerier(dsn string) (*catalogQuerier, error) {
-	cfg, err := pgx.ParseConfig(dsn)
+// NewCatalogPool opens the pool of catalog connections (package proxy's
+// verifier lookups and role memberships; package phi's catalog snapshots): connections are opened on demand (none at startup, so
+// a catalog that is down does not stop the proxy from starting), each is
+// pinged when it is handed out, and idle ones are checked every
+// catalogHealthPeriod. A dead connection — an upstream restart — is
+// dropped and replaced before a login uses it, and concurrent logins no
+// longer wait for one another. pool_max_conns and the other pool_*
+// parameters of pgxpool may be set in catalog_dsn.
+func NewCatalogPool(dsn string) (*pgxpool.Pool, error) {
+	cfg, err := pgxpool.ParseConfig(dsn)
 	if err != nil {
 		return nil, errors.New("catalog_dsn: " + err.Error())
 	}
-	return &catalogQuerier{cfg: cfg}, nil
+	cfg.HealthCheckPeriod = catalogHealthPeriod
+	cfg.ShouldPing = func(context.Context, pgxpool.ShouldPingParams) bool { return true }
+	return pgxpool.NewWithConfig(context.Background(), cfg)
 }
 
-// Query runs sql; the connection stays locked until the rows are closed.
-func (c *catalogQuerier) Query(ctx context.Context, sql string, args ...any) (pgx.Rows, error) {
-	c.mu.Lock()
-	if c.conn == nil || c.conn.IsClosed() {
-		conn, err := pgx.ConnectConfig(ctx, c.cfg)
-		if err != nil {
-			c.mu.Unlock()
-			return nil, err
-		}
-		c.conn = conn
-	}
-	rows, err := c.conn.Query(ctx, sql, args...)
-	if err != nil {
-		c.dropLocked()
-		c.mu.Unlock()
-		return nil, err
-	}
-	return &lockedRows{Rows: rows, c: c}, nil
-}
-
-func (c *catalogQuerier) dropLocked() {
-	if c.conn != nil {
-		_ = c.conn.Close(context.Background())
-		c.conn = nil
-	}
-}
-
-// Close closes the catalog connection.
-func (c *catalogQuerier) Close() {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	c.dropLocked()
-}
-
-type lockedRows struct {
-	pgx.Rows
-	c    *catalogQuerier
-	once sync.Once
-}
-
-func (r *lockedRows) Close() {
-	r.once.Do(func() {
-		r.Rows.Close()
-		r.c.mu.Unlock()
-	})
-}
+// catalogHealthPeriod is how often idle catalog connections are checked.
+const catalogHealthPeriod = 10 * time.Second

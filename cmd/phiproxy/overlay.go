@@ -18,6 +18,7 @@ func runOverlay(ctx context.Context, env *cmdEnv, args []string) error {
 	usage := func() {
 		fmt.Fprintln(env.stderr, "usage: phiproxy overlay install|status --config FILE [--dsn DSN]\n\n"+
 			"  install  create or update the catalog overlay (schema "+config.OverlaySchema+") for the config\n"+
+			"           and the event triggers that announce DDL to every proxy (needs a superuser)\n"+
 			"  status   report whether the overlay is current; exit 1 when it is not")
 	}
 	if len(args) == 0 || (args[0] != "install" && args[0] != "status") {
@@ -53,6 +54,11 @@ func runOverlay(ctx context.Context, env *cmdEnv, args []string) error {
 	st, err := phi.Overlay(ctx, cfg, dsn, action == "install")
 	if err != nil {
 		return err
+	}
+	if st.Trigger {
+		fmt.Fprintln(env.stdout, "catalog event triggers installed: DDL reaches every proxy at once")
+	} else {
+		fmt.Fprintln(env.stdout, "catalog event triggers missing: DDL from elsewhere reaches the proxies at catalog.refresh_interval (phiproxy overlay install as a superuser adds them)")
 	}
 	switch {
 	case st.Current:

@@ -20,6 +20,14 @@
 // date over the catalog connection first; the planner sends catalog reads
 // to it only when it is current, else they go as written (bytea).
 //
+// The snapshot follows DDL done elsewhere (notify.go): a dedicated
+// connection LISTENs on phiproxy_catalog, which event triggers notify
+// after DDL, and a refresh runs on a notification (debounced) and every
+// catalog.refresh_interval; a refresh that finds nothing changed keeps the
+// snapshot and its plans. Snapshots are loaded over a pgxpool
+// (proxy.NewCatalogPool). The PHI map is the catalog database's: Factory
+// gives sessions on other databases no Interceptor.
+//
 // # Per-session data flow
 //
 // Each session has one Interceptor. ClientMessage runs on the

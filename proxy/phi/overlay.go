@@ -35,6 +35,9 @@ type OverlayStatus struct {
 	Want, Have []config.OverlayEntry
 	// Database is the database that holds the overlay (the catalog's).
 	Database string
+	// Trigger: the event triggers that announce DDL (notify.go) are
+	// installed; set by Overlay only.
+	Trigger bool
 }
 
 // CheckOverlay reads the overlay's state over conn for cfg and cat.
@@ -162,13 +165,14 @@ func (p *Proxy) syncOverlay(ctx context.Context, conn *pgx.Conn, cfg *config.Con
 
 // Overlay connects to dsn (the config's catalog_dsn when empty), reads the
 // catalog for cfg and reports the overlay's state; with install it first
-// creates or updates the overlay (phiproxy overlay install, for a DBA
-// whose role may create what the catalog role may not).
+// creates or updates the overlay and installs the event triggers that
+// announce DDL (phiproxy overlay install, for a DBA whose role may create
+// what the catalog role may not; the triggers need a superuser).
 func Overlay(ctx context.Context, cfg *config.Config, dsn string, install bool) (OverlayStatus, error) {
 	if dsn == "" {
 		dsn = cfg.CatalogDSN
 	}
-	conn, err := pgx.Connect(ctx, dsn)
+	conn, err := catalogConnect(ctx, dsn)
 	if err != nil {
 		return OverlayStatus{}, fmt.Errorf("catalog connection: %w", err)
 	}
@@ -184,6 +188,14 @@ func Overlay(ctx context.Context, cfg *config.Config, dsn string, install bool) 
 		if err := InstallOverlay(ctx, conn, cfg, cat); err != nil {
 			return OverlayStatus{}, err
 		}
+		if err := InstallCatalogTrigger(ctx, conn); err != nil {
+			return OverlayStatus{}, err
+		}
 	}
-	return CheckOverlay(ctx, conn, cfg, cat)
+	st, err := CheckOverlay(ctx, conn, cfg, cat)
+	if err != nil {
+		return st, err
+	}
+	st.Trigger, _, err = CheckCatalogTrigger(ctx, conn)
+	return st, err
 }

@@ -9,7 +9,7 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/phiproxy/phiproxy/config"
 	"github.com/phiproxy/phiproxy/crypto"
@@ -45,6 +45,11 @@ type Proxy struct {
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
 
+	// pool holds the catalog connections of snapshot loads, for the
+	// catalog_dsn poolDSN (guarded by mu once New returns).
+	pool    *pgxpool.Pool
+	poolDSN string
+
 	// obs sees the statement lifecycle (observe.go); nil: nothing does.
 	obs Observer
 	// epoch is the decision epoch: result transforms built under an
@@ -59,6 +64,11 @@ type snapshot struct {
 	planner *rewrite.Planner
 	// cols is the PHI column map by "schema.table.column".
 	cols map[string]config.Column
+	// database is the catalog's database: the one the PHI map is about.
+	database string
+	// overlay is the database whose catalog overlay the planner uses, ""
+	// for none.
+	overlay string
 }
 
 // Option configures a Proxy.
@@ -93,14 +103,18 @@ func New(ctx context.Context, cfg *config.Config, opts ...Option) (*Proxy, error
 	// the clearer error.
 	s, err := p.load(ctx, cfg)
 	if err != nil {
+		p.Close()
 		return nil, err
 	}
 	keys, err := crypto.Open(ctx, cfg, p.cryptoO)
 	if err != nil {
+		p.Close()
 		return nil, fmt.Errorf("phi: keys: %w", err)
 	}
 	p.keys = keys
 	p.cur.Store(s)
+	p.wg.Add(1)
+	go p.watchCatalog()
 	return p, nil
 }
 
@@ -116,22 +130,55 @@ func (p *Proxy) BumpDecisionEpoch() uint64 { return p.epoch.Add(1) }
 // DecisionEpoch is the current decision epoch (see Execution.Epoch).
 func (p *Proxy) DecisionEpoch() uint64 { return p.epoch.Load() }
 
-// Close stops background catalog refreshes.
+// Close stops background catalog refreshes and closes the catalog
+// connections.
 func (p *Proxy) Close() {
 	p.cancel()
 	p.wg.Wait()
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.pool != nil {
+		p.pool.Close()
+		p.pool = nil
+	}
+}
+
+// catalogConn hands out a catalog connection for dsn from the pool
+// (proxy.NewCatalogPool: checked before use, so a restarted server is
+// reconnected), replacing the pool when a reload changed catalog_dsn.
+// The caller holds mu, or is New.
+func (p *Proxy) catalogConn(ctx context.Context, dsn string) (*pgxpool.Conn, error) {
+	if p.pool == nil || p.poolDSN != dsn {
+		pool, err := proxy.NewCatalogPool(dsn)
+		if err != nil {
+			return nil, err
+		}
+		if p.pool != nil {
+			p.pool.Close()
+		}
+		p.pool, p.poolDSN = pool, dsn
+	}
+	return p.pool.Acquire(ctx)
 }
 
 // Factory returns the per-session Interceptor factory for
 // proxy.WithInterceptor, or nil when no PHI column is configured (then
 // sessions relay bytes without decoding anything). Sessions built by the
 // factory follow later reloads: they read the current snapshot per
-// statement.
+// statement. Sessions on a database other than catalog_dsn's get no
+// Interceptor: the PHI map is about the catalog's database only.
 func (p *Proxy) Factory() func(*proxy.SessionInfo) proxy.Interceptor {
 	if len(p.cur.Load().cfg.PHI) == 0 {
 		return nil
 	}
 	return func(info *proxy.SessionInfo) proxy.Interceptor {
+		// The PHI map describes the catalog's database: a session on
+		// another database of the cluster is passed through untouched
+		// (its own "patients" is not the configured one).
+		if db := p.cur.Load().database; info.Database != db {
+			p.log.Debug("session on a database other than catalog_dsn's: passed through without PHI handling", "database", info.Database, "catalog_database", db)
+			return nil
+		}
 		return newSession(p, info) // package proxy runs it under recover
 	}
 }
@@ -178,12 +225,17 @@ func (p *Proxy) RefreshCatalog(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	// Nothing changed (the periodic refresh, DDL on unrelated objects):
+	// keep the snapshot, and with it the plans cached against it.
+	if s.database == old.database && s.overlay == old.overlay && s.cat.Same(old.cat) {
+		return nil
+	}
 	p.cur.Store(s)
 	return nil
 }
 
-// catalogChanged asks for an asynchronous catalog refresh after DDL went
-// through. Concurrent requests collapse into at most one more refresh.
+// catalogChanged asks for an asynchronous catalog refresh: after DDL went
+// through, on a notification, periodically (notify.go). Concurrent requests collapse into at most one more refresh.
 func (p *Proxy) catalogChanged() {
 	p.refreshWant.Add(1)
 	p.pending.Store(true)
@@ -202,7 +254,7 @@ func (p *Proxy) catalogChanged() {
 			if err != nil {
 				// A refresh that fails keeps the old snapshot; sessions
 				// waiting for it (awaitCatalog) refuse what names PHI.
-				p.log.Warn("catalog refresh after DDL failed", "err", err)
+				p.log.Warn("catalog refresh failed; the previous snapshot stays in use", "err", err)
 			} else {
 				p.refreshDone.Store(want)
 			}
@@ -228,11 +280,12 @@ func (p *Proxy) refreshedCh() <-chan struct{} {
 
 // load builds a snapshot for cfg: catalog over catalog_dsn, Check, planner.
 func (p *Proxy) load(ctx context.Context, cfg *config.Config) (*snapshot, error) {
-	conn, err := pgx.Connect(ctx, cfg.CatalogDSN)
+	pc, err := p.catalogConn(ctx, cfg.CatalogDSN)
 	if err != nil {
 		return nil, fmt.Errorf("phi: catalog connection: %w", err)
 	}
-	defer conn.Close(context.Background())
+	defer pc.Release()
+	conn := pc.Conn()
 	ver := p.version.Add(1)
 	cat, err := config.LoadCatalog(ctx, conn, cfg, ver)
 	if err != nil {
@@ -241,7 +294,7 @@ func (p *Proxy) load(ctx context.Context, cfg *config.Config) (*snapshot, error)
 	if err := cat.Check(cfg); err != nil {
 		return nil, fmt.Errorf("phi: the config does not match the database:\n%w", err)
 	}
-	s := &snapshot{cfg: cfg, cat: cat, cols: map[string]config.Column{}}
+	s := &snapshot{cfg: cfg, cat: cat, cols: map[string]config.Column{}, database: conn.Config().Database}
 	var rcols []rewrite.Column
 	for _, c := range cfg.Columns() {
 		s.cols[c.Ident()] = c
@@ -252,7 +305,9 @@ func (p *Proxy) load(ctx context.Context, cfg *config.Config) (*snapshot, error)
 		return nil, fmt.Errorf("phi: %w", err)
 	}
 	var opts []rewrite.PlannerOption
+	p.syncCatalogTrigger(ctx, conn, cfg)
 	if db, ok := p.syncOverlay(ctx, conn, cfg, cat); ok {
+		s.overlay = db
 		opts = append(opts, rewrite.WithCatalogOverlay(config.OverlaySchema, db))
 	}
 	s.planner = rewrite.NewPlanner(cols, newCatalogAdapter(cat, cfg), p.cache, opts...)

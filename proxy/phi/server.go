@@ -580,6 +580,13 @@ func (s *session) rowDescription(e *entry, m *pgproto3.RowDescription, out *prox
 					WithHint("the statement's result shape differs from what phiproxy planned; the catalog may have changed, retry"), out)
 			}
 		}
+		if c != nil && f.DataTypeOID != byteaOID {
+			// The plan reads ciphertext here; the server says the column
+			// is not bytea (changed since the snapshot): never decrypt nor
+			// forward what it holds.
+			return s.fail(pgerr.Newf(pgerr.Internal, "phiproxy planned result column %s as PHI column %s, but the server reports it is not bytea", columnName([]string{string(f.Name)}, 0), c.col.Ident).
+				WithHint("the catalog changed under phiproxy's snapshot; retry once it has refreshed"), out)
+		}
 		if c != nil {
 			f.DataTypeOID = c.oid
 			f.DataTypeSize = c.size
