@@ -220,14 +220,15 @@ func (r *Recognizer) escapeAt(b []byte, k, need int) bool {
 		return false
 	}
 	for n := 1; n <= 16; n *= 2 {
-		if r.escapeAtN(b, k, need, n) {
+		// A record literal also doubles each double quote.
+		if r.escapeAtN(b, k, need, n, false) || r.escapeAtN(b, k, need, n, true) {
 			return true
 		}
 	}
 	return false
 }
 
-func (r *Recognizer) escapeAtN(b []byte, k, need, n int) bool {
+func (r *Recognizer) escapeAtN(b []byte, k, need, n int, dq bool) bool {
 	var h [MinEnvelopeLen]byte
 	h[0], h[1] = EnvelopeHeader[0], EnvelopeHeader[1]
 	i := k + 2
@@ -238,6 +239,12 @@ func (r *Recognizer) escapeAtN(b []byte, k, need, n int) bool {
 		if b[i] != '\\' {
 			h[o] = b[i]
 			i++
+			if dq && h[o] == '"' {
+				if i >= len(b) || b[i] != '"' {
+					return false
+				}
+				i++
+			}
 			continue
 		}
 		run := 0
@@ -253,9 +260,15 @@ func (r *Recognizer) escapeAtN(b []byte, k, need, n int) bool {
 			i += n + 3
 		case run < n && i+run < len(b):
 			// A character quoted by an outer level (a double quote in an
-			// array or json string).
+			// array or json string; in a record, doubled as well).
 			h[o] = b[i+run]
 			i += run + 1
+			if dq && h[o] == '"' {
+				if i >= len(b) || b[i] != '"' {
+					return false
+				}
+				i++
+			}
 		default:
 			return false
 		}

@@ -43,11 +43,12 @@ func encodeEscape(b []byte) string {
 }
 
 func TestRecognizer(t *testing.T) {
-	r := NewRecognizer(0x2a, 0xdeadbeef)
+	r := NewRecognizer(0x2a, 0xdeadbeef, 0x2242225c)
 	// An envelope whose payload holds the bytes quoting changes.
 	env := append([]byte("PH\x01\x01\x00\x00\x00\x2a"), []byte("\\\"\x00\xff{}(),a\n\t\r\x01\x02z9")...)
 	env = append(env, bytes.Repeat([]byte{0x9c}, 20)...)
 	other := append([]byte("PH\x01\x01\x12\x34\x56\x78"), env[8:]...) // a key not loaded
+	quoted := append([]byte("PH\x01\x01\x22\x42\x22\x5c"), env[8:]...)
 	hx := hex.EncodeToString(env)
 	esc := byteaEscape(env)
 	b64 := base64.StdEncoding.EncodeToString(env)
@@ -71,6 +72,10 @@ func TestRecognizer(t *testing.T) {
 		{"bytea escape output", esc, true},
 		{"escape output in an array literal", `{"` + strings.ReplaceAll(strings.ReplaceAll(esc, `\`, `\\`), `"`, `\"`) + `"}`, true},
 		{"escape output quoted twice", strings.ReplaceAll(esc, `\`, `\\\\`), true},
+		// record_out doubles backslashes and double quotes; the key id
+		// (loaded: 0x2242225c) may hold either.
+		{"escape output in a record literal", `(1,"` + strings.ReplaceAll(strings.ReplaceAll(byteaEscape(quoted), `\`, `\\`), `"`, `""`) + `")`, true},
+		{"escape output in an array in a record literal", `("{""` + strings.ReplaceAll(strings.ReplaceAll(strings.ReplaceAll(strings.ReplaceAll(byteaEscape(quoted), `\`, `\\`), `"`, `\"`), `\`, `\\`), `"`, `""`) + `""}")`, true},
 		{"escape output of a key not loaded", byteaEscape(other), false},
 		{"encode(…, 'escape')", encodeEscape(env), true},
 		{"encode(…, 'escape') in an array literal", `{"` + strings.ReplaceAll(strings.ReplaceAll(encodeEscape(env), `\`, `\\`), `"`, `\"`) + `"}`, true},
