@@ -95,6 +95,9 @@ type Admin struct {
 	// (absolute paths).
 	Cert string
 	Key  string
+	// CatalogMaxAge: /readyz fails when the catalog was last read longer
+	// ago than this; 0 (default) does not check it.
+	CatalogMaxAge time.Duration
 }
 
 // DefaultAdminListen is admin.listen when the admin section leaves it out:
@@ -285,10 +288,11 @@ type raw struct {
 		Query string `yaml:"query"`
 	} `yaml:"auth"`
 	Admin *struct {
-		Listen    string `yaml:"listen"`
-		TokenFile string `yaml:"token_file"`
-		Cert      string `yaml:"cert"`
-		Key       string `yaml:"key"`
+		Listen        string `yaml:"listen"`
+		TokenFile     string `yaml:"token_file"`
+		Cert          string `yaml:"cert"`
+		Key           string `yaml:"key"`
+		CatalogMaxAge string `yaml:"catalog_max_age"`
 	} `yaml:"admin"`
 	StateDir string `yaml:"state_dir"`
 	Keys     *struct {
@@ -465,6 +469,13 @@ func Parse(data []byte, path string) (*Config, error) {
 		}
 		if (c.Admin.Cert == "") != (c.Admin.Key == "") {
 			v.errf([]string{"admin"}, "admin.cert and admin.key go together")
+		}
+		if a := r.Admin.CatalogMaxAge; a != "" {
+			if d, err := time.ParseDuration(a); err != nil || d < 0 {
+				v.errf([]string{"admin", "catalog_max_age"}, "admin.catalog_max_age %q is not a duration such as 5m", a)
+			} else {
+				c.Admin.CatalogMaxAge = d
+			}
 		}
 	}
 

@@ -209,8 +209,8 @@ func TestAdmin(t *testing.T) {
 	if c.Admin.Listen != DefaultAdminListen || c.Admin.TokenFile != "/etc/px/admin.token" || c.Admin.Cert != "" {
 		t.Errorf("defaults: got %+v; want loopback, the token beside the config, no TLS", c.Admin)
 	}
-	c, err = Parse([]byte(minimal+"admin: {listen: \"0.0.0.0:9187\", token_file: /t, cert: a.crt, key: a.key}\n"), "/etc/px/p.yaml")
-	if err != nil || c.Admin.Listen != "0.0.0.0:9187" || c.Admin.Cert != "/etc/px/a.crt" || c.Admin.Key != "/etc/px/a.key" {
+	c, err = Parse([]byte(minimal+"admin: {listen: \"0.0.0.0:9187\", token_file: /t, cert: a.crt, key: a.key, catalog_max_age: 5m}\n"), "/etc/px/p.yaml")
+	if err != nil || c.Admin.Listen != "0.0.0.0:9187" || c.Admin.Cert != "/etc/px/a.crt" || c.Admin.Key != "/etc/px/a.key" || c.Admin.CatalogMaxAge != 5*time.Minute {
 		t.Errorf("got %v, %+v", err, c.Admin)
 	}
 	for doc, want := range map[string]string{
