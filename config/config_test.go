@@ -218,6 +218,7 @@ func TestAdmin(t *testing.T) {
 		"admin: {token_file: t, cert: a.crt}\n":               "admin.cert and admin.key",
 		"admin: {listen: nowhere, token_file: t}\n":           "not host:port",
 		"admin: {token_file: t, lockdown: true}\n":            "lockdown",
+		"admin: {token_file: t, catalog_max_age: soon}\n":     "catalog_max_age",
 		"admin: {listen: 127.0.0.1:9187, token_file: \"\"}\n": "token_file",
 	} {
 		if _, err := Parse([]byte(minimal+doc), "p.yaml"); err == nil || !strings.Contains(err.Error(), want) {
