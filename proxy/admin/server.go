@@ -10,6 +10,7 @@ import (
 	"net"
 	"net/http"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus/promhttp"
@@ -25,6 +26,9 @@ type Server struct {
 	http  *http.Server
 	log   *slog.Logger
 	ready Readiness
+	// draining: the proxy is shutting down; /readyz says so (a load
+	// balancer stops sending new clients).
+	draining atomic.Bool
 }
 
 // Readiness is what /readyz checks.
@@ -112,6 +116,11 @@ func (s *Server) Serve(ln net.Listener) error {
 	return nil
 }
 
+// Draining makes /readyz answer 503 from now on: call it when the proxy
+// starts to drain, so that a load balancer sends new clients elsewhere
+// while the admin API keeps serving.
+func (s *Server) Draining() { s.draining.Store(true) }
+
 // Shutdown stops the server gracefully (net/http.Server.Shutdown).
 func (s *Server) Shutdown(ctx context.Context) error { return s.http.Shutdown(ctx) }
 
@@ -153,6 +162,9 @@ func (s *Server) check(ctx context.Context) readiness {
 	fail := func(name, why string) {
 		res.Ready = false
 		res.Checks[name] = why
+	}
+	if s.draining.Load() {
+		fail("draining", "shutting down: sessions are draining")
 	}
 	d := net.Dialer{Timeout: s.ready.DialTimeout}
 	if c, err := d.DialContext(ctx, "tcp", s.ready.Upstream); err != nil {

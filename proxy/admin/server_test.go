@@ -32,7 +32,7 @@ func writeToken(t *testing.T, content string, perm os.FileMode) string {
 
 // startAdmin serves an admin server until the test ends; it returns its
 // base URL.
-func startAdmin(t *testing.T, m *Metrics, ready Readiness) string {
+func startAdmin(t *testing.T, m *Metrics, ready Readiness) (*Server, string) {
 	t.Helper()
 	s, err := New(&config.Admin{Listen: "127.0.0.1:0", TokenFile: writeToken(t, testToken+"\n", 0o600)}, m, ready, nil)
 	if err != nil {
@@ -54,7 +54,7 @@ func startAdmin(t *testing.T, m *Metrics, ready Readiness) string {
 			t.Errorf("Serve: %v", err)
 		}
 	})
-	return "http://" + ln.Addr().String()
+	return s, "http://" + ln.Addr().String()
 }
 
 // get requests url with "Authorization: auth" (none when empty).
@@ -96,7 +96,7 @@ func TestTokenIsRequired(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer up.Close()
-	base := startAdmin(t, NewMetrics(nil), Readiness{Upstream: up.Addr().String()})
+	srv, base := startAdmin(t, NewMetrics(nil), Readiness{Upstream: up.Addr().String()})
 
 	if code, body := get(t, base+"/healthz", ""); code != 200 || strings.TrimSpace(body) != "ok" {
 		t.Errorf("/healthz without a token: %d %q; want 200 ok", code, body)
@@ -115,6 +115,10 @@ func TestTokenIsRequired(t *testing.T) {
 	if code, body := get(t, base+"/readyz", good); code != 200 || !strings.Contains(body, `"ready":true`) {
 		t.Errorf("/readyz with the token and the upstream up: %d %s", code, body)
 	}
+	srv.Draining()
+	if code, body := get(t, base+"/readyz", good); code != 503 || !strings.Contains(body, `"draining"`) {
+		t.Errorf("/readyz while draining: %d %s; want 503", code, body)
+	}
 	if code, _ := get(t, base+"/nothing", good); code != 404 {
 		t.Errorf("unknown path with the token: %d; want 404", code)
 	}
@@ -122,7 +126,7 @@ func TestTokenIsRequired(t *testing.T) {
 
 func TestReadyzFailsClosed(t *testing.T) {
 	status := phi.Status{PHI: true, KeysLoaded: true, CatalogRead: time.Now().Add(-time.Hour)}
-	base := startAdmin(t, nil, Readiness{Upstream: closedAddr(t), Status: func() phi.Status { return status }, CatalogMaxAge: time.Minute})
+	_, base := startAdmin(t, nil, Readiness{Upstream: closedAddr(t), Status: func() phi.Status { return status }, CatalogMaxAge: time.Minute})
 	code, body := get(t, base+"/readyz", "Bearer "+testToken)
 	if code != http.StatusServiceUnavailable || !strings.Contains(body, `"upstream":"unreachable`) || !strings.Contains(body, "catalog_max_age") || !strings.Contains(body, `"keys":"ok"`) {
 		t.Errorf("/readyz with the upstream down and an old catalog: %d %s; want 503 naming both", code, body)
