@@ -89,7 +89,8 @@ func runServe(ctx context.Context, env *cmdEnv, args []string) error {
 	}
 	var adm *admin.Server
 	if cfg.Admin != nil {
-		// The admin section is read once: changing it needs a restart.
+		// The admin section is read at start (SIGHUP re-reads only the
+		// token file): changing it needs a restart.
 		adm, err = admin.New(cfg.Admin, metrics, admin.Readiness{Upstream: cfg.Upstream.Address, Status: px.Status, CatalogMaxAge: cfg.Admin.CatalogMaxAge}, log)
 		if err != nil {
 			return usageError{err}
@@ -135,14 +136,23 @@ func runServe(ctx context.Context, env *cmdEnv, args []string) error {
 			if err == nil {
 				err = srv.Reload(next)
 			}
-			if metrics != nil {
-				metrics.Reloaded(err)
-			}
 			if err != nil {
+				if metrics != nil {
+					metrics.Reloaded(err)
+				}
 				log.Error("config reload failed; keeping the running config", "config", *cfgPath, "err", err)
 				continue
 			}
 			log.Info("config reloaded", "config", *cfgPath)
+			if adm != nil {
+				// Token rotation; the rest of admin: needs a restart.
+				if err = adm.ReloadToken(); err != nil {
+					log.Error("admin token reload failed; keeping the old token", "err", err)
+				}
+			}
+			if metrics != nil {
+				metrics.Reloaded(err)
+			}
 		case err := <-served:
 			if err == nil {
 				return nil

@@ -80,10 +80,25 @@ func TestServeAdminAPI(t *testing.T) {
 	if code, body := get("/readyz", "tok-123"); code != 503 || !strings.Contains(body, "upstream") {
 		t.Errorf("/readyz: %d %s", code, body)
 	}
+	// SIGHUP re-reads the token file: rotation needs no restart.
+	if err := os.WriteFile(tokenPath, []byte("tok-456\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
 	syscall.Kill(os.Getpid(), syscall.SIGHUP)
 	waitLog("config reloaded")
-	if code, body := get("/metrics", "tok-123"); code != 200 || !strings.Contains(body, `phiproxy_config_reloads_total{result="ok"} 1`) {
-		t.Errorf("/metrics with the token: %d\n%s", code, body)
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		code, body := get("/metrics", "tok-456")
+		if code == 200 && strings.Contains(body, `phiproxy_config_reloads_total{result="ok"} 1`) {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("/metrics with the rotated token: %d\n%s", code, body)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if code, _ := get("/metrics", "tok-123"); code != 401 {
+		t.Errorf("/metrics with the token before rotation: %d; want 401", code)
 	}
 
 	cancel()

@@ -22,7 +22,7 @@ import (
 // Server is the admin HTTP server.
 type Server struct {
 	cfg   *config.Admin
-	token Token
+	token atomic.Pointer[Token]
 	http  *http.Server
 	log   *slog.Logger
 	ready Readiness
@@ -59,7 +59,8 @@ func New(cfg *config.Admin, metrics *Metrics, ready Readiness, log *slog.Logger)
 	if ready.DialTimeout <= 0 {
 		ready.DialTimeout = 2 * time.Second
 	}
-	s := &Server{cfg: cfg, token: tok, log: log, ready: ready}
+	s := &Server{cfg: cfg, log: log, ready: ready}
+	s.token.Store(&tok)
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
 		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
@@ -116,6 +117,17 @@ func (s *Server) Serve(ln net.Listener) error {
 	return nil
 }
 
+// ReloadToken reads admin.token_file again (SIGHUP: rotating the token
+// needs no restart). On an error the old token stays in force.
+func (s *Server) ReloadToken() error {
+	tok, err := LoadToken(s.cfg.TokenFile)
+	if err != nil {
+		return err
+	}
+	s.token.Store(&tok)
+	return nil
+}
+
 // Draining makes /readyz answer 503 from now on: call it when the proxy
 // starts to drain, so that a load balancer sends new clients elsewhere
 // while the admin API keeps serving.
@@ -130,7 +142,7 @@ func (s *Server) authorized(h http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		auth := r.Header.Get("Authorization")
 		scheme, tok, ok := strings.Cut(auth, " ")
-		if !ok || !strings.EqualFold(scheme, "Bearer") || !s.token.matches([]byte(strings.TrimSpace(tok))) {
+		if !ok || !strings.EqualFold(scheme, "Bearer") || !s.token.Load().matches([]byte(strings.TrimSpace(tok))) {
 			w.Header().Set("WWW-Authenticate", `Bearer realm="phiproxy"`)
 			http.Error(w, "unauthorized", http.StatusUnauthorized)
 			return

@@ -124,6 +124,32 @@ func TestTokenIsRequired(t *testing.T) {
 	}
 }
 
+// SIGHUP re-reads the token file: the new token works, the old one no
+// longer does; a token file that became readable keeps the old token.
+func TestReloadToken(t *testing.T) {
+	path := writeToken(t, "old-token", 0o600)
+	s, err := New(&config.Admin{Listen: "127.0.0.1:0", TokenFile: path}, nil, Readiness{}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(path, []byte("new-token"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.ReloadToken(); err != nil {
+		t.Fatal(err)
+	}
+	if tok := s.token.Load(); !tok.matches([]byte("new-token")) || tok.matches([]byte("old-token")) {
+		t.Error("after ReloadToken: want the new token only")
+	}
+	os.Chmod(path, 0o644)
+	if err := s.ReloadToken(); err == nil {
+		t.Error("a group-readable token file was accepted on reload")
+	}
+	if !s.token.Load().matches([]byte("new-token")) {
+		t.Error("a failed reload dropped the token in force")
+	}
+}
+
 func TestReadyzFailsClosed(t *testing.T) {
 	status := phi.Status{PHI: true, KeysLoaded: true, CatalogRead: time.Now().Add(-time.Hour)}
 	_, base := startAdmin(t, nil, Readiness{Upstream: closedAddr(t), Status: func() phi.Status { return status }, CatalogMaxAge: time.Minute})
