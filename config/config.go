@@ -98,11 +98,24 @@ const (
 // role. docs/configuration.md shows a SECURITY DEFINER function instead.
 const DefaultAuthQuery = "SELECT rolname, rolpassword, rolvaliduntil, rolcanlogin FROM pg_authid WHERE rolname = $1"
 
-// Admin is the admin HTTP listener.
+// Admin is the admin HTTP listener (package proxy/admin).
 type Admin struct {
-	Listen    string
+	// Listen is host:port, DefaultAdminListen (loopback) when not set.
+	Listen string
+	// TokenFile holds the bearer token (absolute path; required).
 	TokenFile string
+	// Cert and Key, both or neither, serve the admin API over TLS
+	// (absolute paths).
+	Cert string
+	Key  string
+	// CatalogMaxAge: /readyz fails when the catalog was last read longer
+	// ago than this; 0 (default) does not check it.
+	CatalogMaxAge time.Duration
 }
+
+// DefaultAdminListen is admin.listen when the admin section leaves it out:
+// loopback only.
+const DefaultAdminListen = "127.0.0.1:9187"
 
 // Keys locates keysets and their key-encryption key.
 type Keys struct {
@@ -288,8 +301,11 @@ type raw struct {
 		Query string `yaml:"query"`
 	} `yaml:"auth"`
 	Admin *struct {
-		Listen    string `yaml:"listen"`
-		TokenFile string `yaml:"token_file"`
+		Listen        string `yaml:"listen"`
+		TokenFile     string `yaml:"token_file"`
+		Cert          string `yaml:"cert"`
+		Key           string `yaml:"key"`
+		CatalogMaxAge string `yaml:"catalog_max_age"`
 	} `yaml:"admin"`
 	StateDir string `yaml:"state_dir"`
 	Keys     *struct {
@@ -455,9 +471,27 @@ func Parse(data []byte, path string) (*Config, error) {
 	}
 
 	if r.Admin != nil {
-		c.Admin = &Admin{Listen: r.Admin.Listen, TokenFile: resolve(r.Admin.TokenFile)}
+		c.Admin = &Admin{Listen: r.Admin.Listen, Cert: resolve(r.Admin.Cert), Key: resolve(r.Admin.Key)}
+		if c.Admin.Listen == "" {
+			c.Admin.Listen = DefaultAdminListen
+		}
 		if _, _, err := net.SplitHostPort(c.Admin.Listen); err != nil {
 			v.errf([]string{"admin", "listen"}, "admin.listen %q is not host:port", c.Admin.Listen)
+		}
+		if r.Admin.TokenFile == "" {
+			v.errf([]string{"admin"}, "admin needs token_file: every endpoint but /healthz requires its bearer token")
+		} else {
+			c.Admin.TokenFile = resolve(r.Admin.TokenFile)
+		}
+		if (c.Admin.Cert == "") != (c.Admin.Key == "") {
+			v.errf([]string{"admin"}, "admin.cert and admin.key go together")
+		}
+		if a := r.Admin.CatalogMaxAge; a != "" {
+			if d, err := time.ParseDuration(a); err != nil || d < 0 {
+				v.errf([]string{"admin", "catalog_max_age"}, "admin.catalog_max_age %q is not a duration such as 5m", a)
+			} else {
+				c.Admin.CatalogMaxAge = d
+			}
 		}
 	}
 

@@ -196,3 +196,33 @@ func TestIdleTimeouts(t *testing.T) {
 		}
 	}
 }
+
+func TestAdmin(t *testing.T) {
+	c, err := Parse([]byte(minimal), "/etc/px/p.yaml")
+	if err != nil || c.Admin != nil {
+		t.Fatalf("no admin section: %v, %+v; want no admin listener", err, c.Admin)
+	}
+	c, err = Parse([]byte(minimal+"admin: {token_file: admin.token}\n"), "/etc/px/p.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.Admin.Listen != DefaultAdminListen || c.Admin.TokenFile != "/etc/px/admin.token" || c.Admin.Cert != "" {
+		t.Errorf("defaults: got %+v; want loopback, the token beside the config, no TLS", c.Admin)
+	}
+	c, err = Parse([]byte(minimal+"admin: {listen: \"0.0.0.0:9187\", token_file: /t, cert: a.crt, key: a.key, catalog_max_age: 5m}\n"), "/etc/px/p.yaml")
+	if err != nil || c.Admin.Listen != "0.0.0.0:9187" || c.Admin.Cert != "/etc/px/a.crt" || c.Admin.Key != "/etc/px/a.key" || c.Admin.CatalogMaxAge != 5*time.Minute {
+		t.Errorf("got %v, %+v", err, c.Admin)
+	}
+	for doc, want := range map[string]string{
+		"admin: {listen: 127.0.0.1:9187}\n":                   "token_file",
+		"admin: {token_file: t, cert: a.crt}\n":               "admin.cert and admin.key",
+		"admin: {listen: nowhere, token_file: t}\n":           "not host:port",
+		"admin: {token_file: t, lockdown: true}\n":            "lockdown",
+		"admin: {token_file: t, catalog_max_age: soon}\n":     "catalog_max_age",
+		"admin: {listen: 127.0.0.1:9187, token_file: \"\"}\n": "token_file",
+	} {
+		if _, err := Parse([]byte(minimal+doc), "p.yaml"); err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("%q: got %v; want an error naming %s", doc, err, want)
+		}
+	}
+}

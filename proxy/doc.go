@@ -56,6 +56,9 @@
 //     per message. The Interceptor is built after login (and after the
 //     role memberships are resolved) and lives as long as the session:
 //     SessionInfo.Context is its lifetime, SessionEnd its last call.
+//     A session hook (WithSessionHook: session metrics, package
+//     proxy/admin) sees every logged-in session, pass-through ones too,
+//     and its end.
 //
 //     Automatic logoff (idle.go): with limits.idle_session_timeout or
 //     limits.idle_in_transaction_timeout set, a session left idle after a

@@ -71,6 +71,7 @@ type options struct {
 	lookup         auth.LookupFunc
 	mockSecret     []byte
 	roles          RoleLookup
+	sessionHook    func(*SessionInfo) func()
 }
 
 // WithLogger sets the logger (default: slog.Default()). Logs carry
@@ -83,6 +84,15 @@ func WithLogger(l *slog.Logger) Option { return func(o *options) { o.logger = l 
 // pass-through.
 func WithInterceptor(f func(*SessionInfo) Interceptor) Option {
 	return func(o *options) { o.interceptor = f }
+}
+
+// WithSessionHook installs f, called once per session when its login has
+// succeeded (its SessionInfo is complete), on the session's goroutine; the
+// function f returns is called once when the session has ended. Metrics
+// count sessions with it: it sees every logged-in session, pass-through
+// ones too. f must not block.
+func WithSessionHook(f func(*SessionInfo) (end func())) Option {
+	return func(o *options) { o.sessionHook = f }
 }
 
 // WithStartupTimeout bounds the time a client has from connecting to

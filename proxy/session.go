@@ -296,6 +296,11 @@ func (s *session) serve(ctx context.Context) {
 			s.fromClient, s.fromServer = s.hook.Intercepts()
 		}
 	}
+	if f := s.srv.opts.sessionHook; f != nil {
+		if end := f(&s.info); end != nil {
+			defer end()
+		}
+	}
 	s.log.Info("session started")
 	s.relay()
 	s.stopIdle()

@@ -38,6 +38,10 @@ type cacheShard struct {
 	head  cacheEntry // sentinel: head.next is the most recent
 	_     [32]byte   // keep shards' locks on separate cache lines
 	count int
+	// Lookups, counted under mu (no atomic on the hot path): hits and
+	// misses of exact-text plans, and of shape templates.
+	hits, misses           uint64
+	shapeHits, shapeMisses uint64
 }
 
 const cacheShards = 16
@@ -67,6 +71,16 @@ func (c *Cache) get(k cacheKey) (*cacheEntry, bool) {
 	s := c.shard(k)
 	s.mu.Lock()
 	e, ok := s.m[k]
+	switch {
+	case k.shape && ok:
+		s.shapeHits++
+	case k.shape:
+		s.shapeMisses++
+	case ok:
+		s.hits++
+	default:
+		s.misses++
+	}
 	if ok && s.head.next != e {
 		e.prev.next, e.next.prev = e.next, e.prev
 		e.next, e.prev = s.head.next, &s.head
@@ -117,4 +131,27 @@ func (c *Cache) Len() int {
 		s.mu.Unlock()
 	}
 	return n
+}
+
+// CacheStats counts a Cache's lookups since it was made. A statement's
+// text is looked up first (Hits, Misses); on a miss for text that names
+// PHI, its literal shape is (ShapeHits, ShapeMisses).
+type CacheStats struct {
+	Hits, Misses           uint64
+	ShapeHits, ShapeMisses uint64
+}
+
+// Stats returns the lookup counts (for metrics). Safe for concurrent use.
+func (c *Cache) Stats() CacheStats {
+	var st CacheStats
+	for i := range c.shards {
+		s := &c.shards[i]
+		s.mu.Lock()
+		st.Hits += s.hits
+		st.Misses += s.misses
+		st.ShapeHits += s.shapeHits
+		st.ShapeMisses += s.shapeMisses
+		s.mu.Unlock()
+	}
+	return st
 }

@@ -202,3 +202,24 @@ func TestShapeHitsDoNotFloodTheCache(t *testing.T) {
 		t.Fatal("the parameterised plan was evicted by inlined-value texts")
 	}
 }
+
+func TestCacheStatsCountLookups(t *testing.T) {
+	cols, cat := loadSchema(t, standardSchema(t))
+	cache := NewCache(64)
+	p := NewPlanner(cols, cat, cache)
+	sess := Session{SearchPath: "public"}
+	for _, sql := range []string{
+		"SELECT ssn FROM patients WHERE id = 1", // text miss, shape miss
+		"SELECT ssn FROM patients WHERE id = 1", // text hit
+		"SELECT ssn FROM patients WHERE id = 2", // text miss, shape hit
+		"SELECT 1",                              // text miss, no PHI: no shape lookup
+	} {
+		if _, err := p.Plan(sql, sess); err != nil {
+			t.Fatal(err)
+		}
+	}
+	want := CacheStats{Hits: 1, Misses: 3, ShapeHits: 1, ShapeMisses: 1}
+	if got := cache.Stats(); got != want {
+		t.Fatalf("got %+v, want %+v", got, want)
+	}
+}

@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
 	"net"
 	"os"
@@ -15,6 +16,7 @@ import (
 
 	"github.com/phiproxy/phiproxy/config"
 	"github.com/phiproxy/phiproxy/proxy"
+	"github.com/phiproxy/phiproxy/proxy/admin"
 	"github.com/phiproxy/phiproxy/proxy/auth"
 	"github.com/phiproxy/phiproxy/proxy/phi"
 )
@@ -50,7 +52,16 @@ func runServe(ctx context.Context, env *cmdEnv, args []string) error {
 	log := slog.New(slog.NewJSONHandler(env.stderr, nil))
 	// The PHI path: catalog snapshot checked against the phi: map, keys
 	// opened under the KEK, planner. With no phi: it is a pure relay.
-	px, err := phi.New(ctx, cfg, phi.WithLogger(log))
+	// Metrics only with an admin listener: without one no Observer is
+	// installed and the statement path does not pay for them.
+	var metrics *admin.Metrics
+	phiOpts := []phi.Option{phi.WithLogger(log)}
+	var px *phi.Proxy
+	if cfg.Admin != nil {
+		metrics = admin.NewMetrics(func() phi.Status { return px.Status() })
+		phiOpts = append(phiOpts, phi.WithObserver(metrics))
+	}
+	px, err = phi.New(ctx, cfg, phiOpts...)
 	var ce *pgconn.ConnectError
 	switch {
 	case errors.As(err, &ce):
@@ -68,14 +79,42 @@ func runServe(ctx context.Context, env *cmdEnv, args []string) error {
 	if err != nil {
 		return err
 	}
-	srv, err := proxy.New(cfg, proxy.WithLogger(log), proxy.WithInterceptor(px.Factory()), proxy.WithMockSecret(secret))
+	srvOpts := []proxy.Option{proxy.WithLogger(log), proxy.WithInterceptor(px.Factory()), proxy.WithMockSecret(secret)}
+	if metrics != nil {
+		srvOpts = append(srvOpts, proxy.WithSessionHook(metrics.SessionHook))
+	}
+	srv, err := proxy.New(cfg, srvOpts...)
 	if err != nil {
 		return usageError{err}
+	}
+	var adm *admin.Server
+	if cfg.Admin != nil {
+		// The admin section is read at start (SIGHUP re-reads only the
+		// token file): changing it needs a restart.
+		adm, err = admin.New(cfg.Admin, metrics, admin.Readiness{Upstream: cfg.Upstream.Address, Status: px.Status, CatalogMaxAge: cfg.Admin.CatalogMaxAge}, log)
+		if err != nil {
+			return usageError{err}
+		}
 	}
 	var lc net.ListenConfig
 	ln, err := lc.Listen(ctx, "tcp", cfg.Listen)
 	if err != nil {
 		return runtimeError{err} // for example the address is in use
+	}
+	adminDone := make(chan error, 1)
+	if adm != nil {
+		aln, err := adm.Listen(ctx)
+		if err != nil {
+			ln.Close()
+			return runtimeError{err}
+		}
+		go func() { adminDone <- adm.Serve(aln) }()
+		defer func() {
+			sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			defer cancel()
+			_ = adm.Shutdown(sctx)
+			<-adminDone
+		}()
 	}
 
 	hup := make(chan os.Signal, 1)
@@ -98,16 +137,36 @@ func runServe(ctx context.Context, env *cmdEnv, args []string) error {
 				err = srv.Reload(next)
 			}
 			if err != nil {
+				if metrics != nil {
+					metrics.Reloaded(err)
+				}
 				log.Error("config reload failed; keeping the running config", "config", *cfgPath, "err", err)
 				continue
 			}
 			log.Info("config reloaded", "config", *cfgPath)
+			if adm != nil {
+				// Token rotation; the rest of admin: needs a restart.
+				if err = adm.ReloadToken(); err != nil {
+					log.Error("admin token reload failed; keeping the old token", "err", err)
+				}
+			}
+			if metrics != nil {
+				metrics.Reloaded(err)
+			}
 		case err := <-served:
 			if err == nil {
 				return nil
 			}
 			return runtimeError{err} // Serve ended without a signal
+		case err := <-adminDone:
+			adminDone <- err // for the deferred Shutdown
+			srv.Close()
+			<-served
+			return runtimeError{fmt.Errorf("admin API: %w", err)}
 		case <-ctx.Done():
+			if adm != nil {
+				adm.Draining() // the admin API serves until sessions have drained
+			}
 			log.Info("stopping: draining sessions", "drain_timeout", srv.Config().Limits.DrainTimeout.String())
 			sctx, cancel := context.WithTimeout(context.Background(), srv.Config().Limits.DrainTimeout+10*time.Second)
 			err := srv.Shutdown(sctx)

@@ -55,6 +55,8 @@ type Proxy struct {
 	// epoch is the decision epoch: result transforms built under an
 	// older one are rebuilt before their next row (BumpDecisionEpoch).
 	epoch atomic.Uint64
+	// catalogRead is when a catalog snapshot was last read (Unix ns).
+	catalogRead atomic.Int64
 }
 
 // snapshot is everything derived from one config and one catalog.
@@ -311,6 +313,7 @@ func (p *Proxy) load(ctx context.Context, cfg *config.Config) (*snapshot, error)
 		opts = append(opts, rewrite.WithCatalogOverlay(config.OverlaySchema, db))
 	}
 	s.planner = rewrite.NewPlanner(cols, newCatalogAdapter(cat, cfg), p.cache, opts...)
+	p.catalogRead.Store(time.Now().UnixNano())
 	return s, nil
 }
 

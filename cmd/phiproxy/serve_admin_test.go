@@ -1,0 +1,137 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"io"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/phiproxy/phiproxy/internal/testenv"
+)
+
+// serve runs the admin API beside the proxy when admin is configured,
+// counts reloads, and shuts it down with the proxy.
+func TestServeAdminAPI(t *testing.T) {
+	dir := t.TempDir()
+	tokenPath := filepath.Join(dir, "admin.token")
+	if err := os.WriteFile(tokenPath, []byte("tok-123\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cfgPath := filepath.Join(dir, "phiproxy.yaml")
+	good := "listen: 127.0.0.1:0\nupstream: {address: 127.0.0.1:1, sslmode: disable}\ncatalog_dsn: postgres://c@127.0.0.1:1/db\nauth: {mode: relay}\nlimits: {drain_timeout: 1s}\nadmin: {listen: \"127.0.0.1:0\", token_file: admin.token}\n"
+	if err := os.WriteFile(cfgPath, []byte(good), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	stderr := &testenv.Buffer{}
+	env := &cmdEnv{stdout: &bytes.Buffer{}, stderr: stderr}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	done := make(chan error, 1)
+	go func() { done <- runServe(ctx, env, []string{"--config", cfgPath}) }()
+
+	waitLog := func(msg string) map[string]any {
+		t.Helper()
+		deadline := time.Now().Add(10 * time.Second)
+		for time.Now().Before(deadline) {
+			for _, line := range strings.Split(stderr.String(), "\n") {
+				var rec map[string]any
+				if json.Unmarshal([]byte(line), &rec) == nil && rec["msg"] == msg {
+					return rec
+				}
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+		t.Fatalf("no %q in the log:\n%s", msg, stderr.String())
+		return nil
+	}
+	base := "http://" + waitLog("admin API listening")["addr"].(string)
+	get := func(path, tok string) (int, string) {
+		t.Helper()
+		req, _ := http.NewRequest(http.MethodGet, base+path, nil)
+		if tok != "" {
+			req.Header.Set("Authorization", "Bearer "+tok)
+		}
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return resp.StatusCode, string(b)
+	}
+	if code, _ := get("/healthz", ""); code != 200 {
+		t.Errorf("/healthz: %d", code)
+	}
+	if code, _ := get("/metrics", ""); code != 401 {
+		t.Errorf("/metrics without the token: %d", code)
+	}
+	if code, _ := get("/metrics", "wrong"); code != 401 {
+		t.Errorf("/metrics with a wrong token: %d", code)
+	}
+	// The upstream (127.0.0.1:1) is down: not ready, and it says why.
+	if code, body := get("/readyz", "tok-123"); code != 503 || !strings.Contains(body, "upstream") {
+		t.Errorf("/readyz: %d %s", code, body)
+	}
+	// SIGHUP re-reads the token file: rotation needs no restart.
+	if err := os.WriteFile(tokenPath, []byte("tok-456\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	syscall.Kill(os.Getpid(), syscall.SIGHUP)
+	waitLog("config reloaded")
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		code, body := get("/metrics", "tok-456")
+		if code == 200 && strings.Contains(body, `phiproxy_config_reloads_total{result="ok"} 1`) {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("/metrics with the rotated token: %d\n%s", code, body)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if code, _ := get("/metrics", "tok-123"); code != 401 {
+		t.Errorf("/metrics with the token before rotation: %d; want 401", code)
+	}
+
+	cancel()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatalf("serve ended with %v", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("serve did not stop after its context was cancelled")
+	}
+	if _, err := http.Get(base + "/healthz"); err == nil {
+		t.Error("the admin API still answers after serve returned")
+	}
+}
+
+// A token file that group or others can read is a config error (exit 2).
+func TestServeRefusesAReadableToken(t *testing.T) {
+	dir := t.TempDir()
+	tokenPath := filepath.Join(dir, "admin.token")
+	if err := os.WriteFile(tokenPath, []byte("tok"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	os.Chmod(tokenPath, 0o644)
+	cfgPath := filepath.Join(dir, "phiproxy.yaml")
+	cfg := "listen: 127.0.0.1:0\nupstream: {address: 127.0.0.1:1, sslmode: disable}\ncatalog_dsn: postgres://c@127.0.0.1:1/db\nauth: {mode: relay}\nadmin: {token_file: admin.token}\n"
+	if err := os.WriteFile(cfgPath, []byte(cfg), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	env := &cmdEnv{stdout: &bytes.Buffer{}, stderr: &bytes.Buffer{}}
+	err := runServe(context.Background(), env, []string{"--config", cfgPath})
+	var u usageError
+	if !errors.As(err, &u) || !strings.Contains(err.Error(), "chmod 600") {
+		t.Fatalf("got %v; want a usage error saying chmod 600", err)
+	}
+}

@@ -1,0 +1,211 @@
+package admin
+
+import (
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+
+	"github.com/phiproxy/phiproxy/pgerr"
+	"github.com/phiproxy/phiproxy/proxy"
+	"github.com/phiproxy/phiproxy/proxy/phi"
+	"github.com/phiproxy/phiproxy/rewrite"
+)
+
+// Metrics holds phiproxy's Prometheus metrics on a registry of its own.
+// It is a phi.SessionObserver (install it with phi.WithObserver) and
+// counts sessions through SessionHook (proxy.WithSessionHook). Safe for
+// concurrent use.
+type Metrics struct {
+	reg *prometheus.Registry
+
+	sessionsActive [2]prometheus.Gauge   // by tls false, true
+	sessionsTotal  [2]prometheus.Counter // by tls false, true
+	// statements by action, then outcome, resolved up front: End does no
+	// label lookup and allocates nothing.
+	statements [len(actions)][len(outcomes)]prometheus.Counter
+	refusals   *prometheus.CounterVec
+	// refusalCodes are the refusals' counters of the fixed SQLSTATE set.
+	refusalCodes map[string]prometheus.Counter
+	reloads      *prometheus.CounterVec
+}
+
+// actions are the statement label values: rewrite.Action's, "other"
+// for a statement without one and a refusal of text that did not plan.
+var actions = [...]rewrite.Action{rewrite.ActionRead, rewrite.ActionWrite, rewrite.ActionDelete, rewrite.ActionCopyIn, rewrite.ActionCopyOut, "other"}
+
+// outcomes are an execution's: completed, failed (the server's error or
+// phiproxy's in the middle of it), refused by phiproxy, or cut by the
+// session's end.
+var outcomes = [...]string{"ok", "error", "refused", "ended"}
+
+// refusalCodes are the SQLSTATEs phiproxy refuses statements with; a
+// refusal with any other code is counted under its class (first two
+// characters and "000"), so the label stays within a fixed set.
+var refusalCodes = []pgerr.Code{
+	pgerr.FeatureNotSupported, pgerr.InsufficientPrivilege, pgerr.Internal, pgerr.DataCorrupted,
+	pgerr.UndefinedTable, pgerr.UndefinedColumn, pgerr.UndefinedFunction, pgerr.UndefinedObject,
+	pgerr.SyntaxError, pgerr.AmbiguousColumn, pgerr.DatatypeMismatch, pgerr.WrongObjectType,
+	pgerr.IndeterminateDatatype, pgerr.InvalidParameterValue, pgerr.InvalidTextRepresentation,
+	pgerr.InvalidBinaryRepresentation, pgerr.StatementTooComplex, pgerr.ProgramLimitExceeded,
+	pgerr.InFailedSQLTransaction, pgerr.InvalidSQLStatementName, pgerr.InvalidCursorName,
+	pgerr.ObjectNotInPrerequisiteState, pgerr.ProtocolViolation,
+}
+
+// NewMetrics returns the metrics; status (phi.Proxy.Status) is read at
+// each scrape for the catalog, keys and plan-cache series, nil for none.
+func NewMetrics(status func() phi.Status) *Metrics {
+	m := &Metrics{reg: prometheus.NewRegistry(), refusalCodes: map[string]prometheus.Counter{}}
+	active := prometheus.NewGaugeVec(prometheus.GaugeOpts{
+		Name: "phiproxy_sessions_active", Help: "Client sessions logged in now, by whether the client leg is TLS.",
+	}, []string{"tls"})
+	total := prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "phiproxy_sessions_total", Help: "Client sessions that logged in, by whether the client leg is TLS.",
+	}, []string{"tls"})
+	for i, tls := range []string{"false", "true"} {
+		m.sessionsActive[i] = active.WithLabelValues(tls)
+		m.sessionsTotal[i] = total.WithLabelValues(tls)
+	}
+	stmts := prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "phiproxy_statements_total",
+		Help: "Executions of statements that touch PHI and statements phiproxy refused, by audit action and outcome.",
+	}, []string{"action", "outcome"})
+	for i, a := range actions {
+		for j, o := range outcomes {
+			m.statements[i][j] = stmts.WithLabelValues(string(a), o)
+		}
+	}
+	m.refusals = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "phiproxy_refusals_total",
+		Help: "Statements phiproxy refused, by SQLSTATE (codes outside phiproxy's own set are counted under their class, XX000 style).",
+	}, []string{"sqlstate"})
+	for _, c := range refusalCodes {
+		m.refusalCodes[c.String()] = m.refusals.WithLabelValues(c.String())
+	}
+	m.reloads = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "phiproxy_config_reloads_total", Help: "SIGHUP reloads, by result (ok, error: the old config was kept).",
+	}, []string{"result"})
+	m.reloads.WithLabelValues("ok")
+	m.reloads.WithLabelValues("error")
+	m.reg.MustRegister(active, total, stmts, m.refusals, m.reloads,
+		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	if status != nil {
+		m.reg.MustRegister(newStatusCollector(status))
+	}
+	return m
+}
+
+// Registry is the registry the metrics are on (for /metrics).
+func (m *Metrics) Registry() *prometheus.Registry { return m.reg }
+
+// SessionHook counts a logged-in session until it ends: install it with
+// proxy.WithSessionHook.
+func (m *Metrics) SessionHook(info *proxy.SessionInfo) func() {
+	i := 0
+	if info.TLS {
+		i = 1
+	}
+	m.sessionsTotal[i].Inc()
+	m.sessionsActive[i].Inc()
+	return m.sessionsActive[i].Dec
+}
+
+// Start implements phi.Observer; metrics never hold an execution back.
+func (m *Metrics) Start(*phi.Execution) error { return nil }
+
+// End implements phi.Observer: one execution, or one refusal.
+func (m *Metrics) End(ex *phi.Execution) {
+	a := len(actions) - 1
+	if st := ex.Statement; st != nil {
+		for i, x := range actions[:len(actions)-1] {
+			if st.Action == x {
+				a = i
+				break
+			}
+		}
+	}
+	o := 0
+	switch {
+	case ex.Refused:
+		o = 2
+		m.refusal(ex.SQLSTATE).Inc()
+	case ex.Ended:
+		o = 3
+	case ex.SQLSTATE != "":
+		o = 1
+	}
+	m.statements[a][o].Inc()
+}
+
+// SessionEnd implements phi.SessionObserver (sessions are counted by
+// SessionHook, pass-through ones too).
+func (m *Metrics) SessionEnd(*proxy.SessionInfo, error) {}
+
+// refusal is the counter for a refusal with SQLSTATE code: the code's
+// own in the fixed set, else its class's.
+func (m *Metrics) refusal(code string) prometheus.Counter {
+	if c, ok := m.refusalCodes[code]; ok {
+		return c
+	}
+	if len(code) == 5 && sqlstateChar(code[0]) && sqlstateChar(code[1]) {
+		return m.refusals.WithLabelValues(code[:2] + "000")
+	}
+	return m.refusals.WithLabelValues("other")
+}
+
+func sqlstateChar(c byte) bool { return '0' <= c && c <= '9' || 'A' <= c && c <= 'Z' }
+
+// Reloaded counts a SIGHUP reload and its result.
+func (m *Metrics) Reloaded(err error) {
+	if err != nil {
+		m.reloads.WithLabelValues("error").Inc()
+		return
+	}
+	m.reloads.WithLabelValues("ok").Inc()
+}
+
+// statusCollector reads phi.Proxy.Status once per scrape.
+type statusCollector struct {
+	status                                      func() phi.Status
+	catalogVersion, catalogAge, keys, planCache *prometheus.Desc
+}
+
+func newStatusCollector(status func() phi.Status) *statusCollector {
+	return &statusCollector{
+		status:         status,
+		catalogVersion: prometheus.NewDesc("phiproxy_catalog_version", "Version of the catalog snapshot in use (moves on at each snapshot phiproxy builds).", nil, nil),
+		catalogAge:     prometheus.NewDesc("phiproxy_catalog_age_seconds", "Seconds since the catalog was last read successfully.", nil, nil),
+		keys:           prometheus.NewDesc("phiproxy_keys_loaded", "1 when the column keys are loaded (PHI configured), else 0.", nil, nil),
+		planCache:      prometheus.NewDesc("phiproxy_plan_cache_lookups_total", "Plan-cache lookups, by tier (text: the exact statement text; shape: its literal shape, looked up on a text miss for text that names PHI) and result.", []string{"tier", "result"}, nil),
+	}
+}
+
+func (c *statusCollector) Describe(ch chan<- *prometheus.Desc) {
+	ch <- c.catalogVersion
+	ch <- c.catalogAge
+	ch <- c.keys
+	ch <- c.planCache
+}
+
+func (c *statusCollector) Collect(ch chan<- prometheus.Metric) {
+	st := c.status()
+	keys := 0.0
+	if st.KeysLoaded {
+		keys = 1
+	}
+	ch <- prometheus.MustNewConstMetric(c.keys, prometheus.GaugeValue, keys)
+	if !st.PHI {
+		return // pure pass-through: no catalog snapshot, no planner
+	}
+	ch <- prometheus.MustNewConstMetric(c.catalogVersion, prometheus.GaugeValue, float64(st.CatalogVersion))
+	if !st.CatalogRead.IsZero() {
+		ch <- prometheus.MustNewConstMetric(c.catalogAge, prometheus.GaugeValue, time.Since(st.CatalogRead).Seconds())
+	}
+	pc := st.PlanCache
+	for _, s := range []struct {
+		tier, result string
+		n            uint64
+	}{{"text", "hit", pc.Hits}, {"text", "miss", pc.Misses}, {"shape", "hit", pc.ShapeHits}, {"shape", "miss", pc.ShapeMisses}} {
+		ch <- prometheus.MustNewConstMetric(c.planCache, prometheus.CounterValue, float64(s.n), s.tier, s.result)
+	}
+}
