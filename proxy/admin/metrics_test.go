@@ -163,7 +163,7 @@ func TestMetricsCardinalityIsBounded(t *testing.T) {
 			case 2:
 				s = fmt.Sprintf("SELECT upper(ssn) AS u%d FROM patients", i) // refused
 			case 3:
-				s = fmt.Sprintf("SELECT ssn FROM patients WHERE id = 1/%d", i-i) // the server's 22012
+				s = fmt.Sprintf("SELECT ssn FROM patients WHERE id = %d/0", i) // the server's 22012
 			case 4:
 				s = fmt.Sprintf("SELECT %d AS plain%d", i, i) // pass-through
 			}
