@@ -46,6 +46,8 @@ const (
 type findOrCreate struct {
 	insert  *Statement // the body's INSERT, offsets in the whole string
 	results []Result   // of the SELECT
+	// exception is the SELECT's position of sequelize_caught_exception.
+	exception int
 }
 
 // stmtText returns the i-th statement's text without surrounding spaces
@@ -169,7 +171,7 @@ func (p *Planner) sequelizeFindOrCreate(sql string, tree *pg.ParseResult, sess S
 		return nil, nil
 	}
 	if list == seqSelStar {
-		fc.results = st.Results
+		fc.results, fc.exception = st.Results, len(r.Columns)
 		return fc, nil
 	}
 	pos := 0
@@ -199,6 +201,7 @@ func (p *Planner) sequelizeFindOrCreate(sql string, tree *pg.ParseResult, sess S
 	if pos == 0 {
 		return nil, nil
 	}
+	fc.exception = pos
 	return fc, nil
 }
 
@@ -289,4 +292,5 @@ func (fc *findOrCreate) applySelect(st *Statement) {
 	st.TouchesPHI, st.Action, st.Relations = true, ActionRead, fc.insert.Relations
 	st.Columns = fc.insert.Columns
 	st.Results = fc.results
+	st.Redact = []int{fc.exception}
 }
