@@ -22,9 +22,10 @@ import (
 //	  FROM pg_temp.testfunc(); DROP FUNCTION IF EXISTS pg_temp.testfunc()
 //
 // (with a model, the SELECT lists (testfunc.response)."col" for each
-// attribute instead of .*). findOrCreate recognises exactly this text and
-// plans the INSERT in the body as a statement of its own; anything else is
-// planned as usual, where CREATE FUNCTION naming PHI is refused.
+// attribute instead of .*). sequelizeFindOrCreate recognises exactly this
+// text and plans the INSERT in the body as a statement of its own;
+// anything else is planned as usual, where CREATE FUNCTION naming PHI is
+// refused.
 
 const (
 	seqFuncHead  = `CREATE OR REPLACE FUNCTION pg_temp.testfunc(OUT response `
