@@ -36,6 +36,8 @@
 //	//         them to the client as Param.Column.Type.
 //	// Results: decrypt output column Result.Position with Result.Column
 //	//          (cross-check with RowDescription's table OID + attnum).
+//	// Redact:  replace envelopes in these output columns (server-made
+//	//          text) with <encrypted> instead of refusing the row.
 //	// Audit:   Statement.Action, Relations, Columns, Normalized,
 //	//          Fingerprint, Plan.EndUser.
 //
@@ -68,6 +70,11 @@
 // given). An array literal after = ANY / <> ALL ('{a,b}', '{a,b}'::text[])
 // is one slot with Slot.Array set; the proxy renders it as
 // ARRAY[…::bytea, …]::bytea[].
+//
+// One CREATE FUNCTION is planned rather than refused: Sequelize's
+// findOrCreate string (sequelize.go), recognised byte for byte, whose
+// body's single INSERT is planned as a statement of its own and whose
+// SELECT of the function's row is decrypted by the row type.
 //
 // Every unqualified reference to a name that a PHI relation, or a view or
 // function over one, has becomes an Edit that schema-qualifies it as

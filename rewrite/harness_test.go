@@ -185,6 +185,9 @@ func describePlan(p *Plan, err error) string {
 		for _, r := range st.Results {
 			fmt.Fprintf(&b, "%soutput column %d: decrypt %s\n", ind, r.Position+1, colDesc(r.Column))
 		}
+		for _, i := range st.Redact {
+			fmt.Fprintf(&b, "%soutput column %d: redact envelopes\n", ind, i+1)
+		}
 		if c := st.Copy; c != nil {
 			dir := "out"
 			if c.In {

@@ -94,6 +94,12 @@ type Statement struct {
 	Params []Param
 	// Results are the output columns that carry PHI, by position.
 	Results []Result
+	// Redact lists output columns (0-based) of server-made text that may
+	// quote ciphertext (the PG_EXCEPTION_DETAIL that Sequelize's
+	// findOrCreate returns as sequelize_caught_exception: Key (ssn)=(\x…)
+	// already exists.): the proxy replaces each envelope in them with
+	// <encrypted> instead of refusing the row.
+	Redact []int
 
 	// Effects lists session state the statement changes.
 	Effects Effect

@@ -164,7 +164,13 @@ func (p *Planner) plan(sql string, sess Session) (*Plan, error) {
 	// session state the ones before it leave (thread.go).
 	th := NewSequence(sess)
 	ddlBefore := false
-	for _, raw := range tree.Stmts {
+	var seq *findOrCreate
+	if mentions {
+		if seq, err = p.sequelizeFindOrCreate(sql, tree, sess); err != nil {
+			return nil, err
+		}
+	}
+	for i, raw := range tree.Stmts {
 		off := int(raw.StmtLocation)
 		n := int(raw.StmtLen)
 		if n == 0 {
@@ -180,7 +186,15 @@ func (p *Planner) plan(sql string, sess Session) (*Plan, error) {
 			return nil, pgerr.Newf(pgerr.FeatureNotSupported, "phiproxy cannot plan a statement that names a relation created from PHI relations earlier in the same query string").
 				WithHint("send it in a query of its own after the DDL has committed")
 		}
-		if own {
+		switch {
+		case seq != nil && i == 0:
+			if err := th.usable(p, sql, st); err != nil {
+				return nil, err
+			}
+			seq.apply(st)
+		case seq != nil && i == 1:
+			seq.applySelect(st)
+		case own:
 			if err := th.usable(p, sql, st); err != nil {
 				return nil, err
 			}

@@ -100,7 +100,9 @@
 // origin contradicts the plan, fail the same way. COPY output is checked
 // field by field with the COPY parsers (its options read from the
 // statement), notices and errors get each envelope replaced with
-// "<encrypted>", and so do notification payloads (safety.go). When a
+// "<encrypted>", and so do notification payloads (safety.go) and a
+// statement's Redact columns (Sequelize's sequelize_caught_exception, a
+// unique violation's detail). When a
 // statement fails mid-stream, everything the server sends until
 // ReadyForQuery is dropped; if the server's transaction is still open the
 // client is told it failed (ReadyForQuery 'E') and, before the client's

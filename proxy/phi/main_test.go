@@ -59,6 +59,10 @@ func phiYAML() string {
     mrn:       {type: int8, mode: deterministic, default: plaintext}
   public.visits:
     patient_ssn: {type: text, mode: deterministic, key: public.patients.ssn, default: plaintext}
+  public.sq_patients:
+    gov_id:    {type: text, mode: deterministic, default: plaintext}
+    condition: {type: text, mode: randomized, default: plaintext}
+    born:      {type: date, mode: randomized, default: plaintext}
   public.restricted:
     secret: {type: text, mode: randomized, default: deny}
   public.types:
@@ -84,6 +88,8 @@ CREATE TABLE restricted (id int4 PRIMARY KEY, secret bytea, label text);
 CREATE TABLE types (id int4 PRIMARY KEY, ` + strings.Join(enc, ", ") + `);
 CREATE TABLE types_plain (id int4 PRIMARY KEY, ` + strings.Join(plain, ", ") + `);
 CREATE TABLE blobs (id int4 PRIMARY KEY, b bytea, t text);
+CREATE TABLE sq_patients (id serial PRIMARY KEY, name text, gov_id bytea UNIQUE, condition bytea, born bytea);
+CREATE TABLE sq_patients_plain (id serial PRIMARY KEY, name text, gov_id text UNIQUE, condition text, born date);
 `
 }
 

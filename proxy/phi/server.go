@@ -2,6 +2,7 @@ package phi
 
 import (
 	"fmt"
+	"slices"
 
 	"github.com/jackc/pgx/v5/pgproto3"
 
@@ -34,6 +35,13 @@ type rowX struct {
 	cols    []*colX
 	epoch   uint64
 	results []rewrite.Result
+	// redact are the statement's Redact columns: envelopes in them are
+	// replaced by <encrypted> rather than refused.
+	redact []int
+}
+
+func (x *rowX) redacts(i int) bool {
+	return x != nil && slices.Contains(x.redact, i)
 }
 
 func (x *rowX) at(i int) *colX {
@@ -537,6 +545,16 @@ func (s *session) rowDescription(e *entry, m *pgproto3.RowDescription, out *prox
 			}
 		}
 		x = s.queryX(results, m.Fields)
+		if q.idx < len(q.stmts) && len(q.stmts[q.idx].Redact) > 0 {
+			// A copy: queryX's rowX is shared by the statements with
+			// these results.
+			cp := rowX{}
+			if x != nil {
+				cp = *x
+			}
+			cp.redact = q.stmts[q.idx].Redact
+			x = &cp
+		}
 		q.x = x
 	case entryDescribe:
 		s.pop()
@@ -611,6 +629,17 @@ func (s *session) row(x *rowX, names []string, types []uint32, m *pgproto3.DataR
 			continue
 		}
 		c := x.at(i)
+		if c == nil && x.redacts(i) && crypto.MayContain(v) {
+			if r, ok := s.p.keys.Recognizer().Redact(string(v)); ok {
+				if s.carriesEnvelope(nil, i, []byte(r)) {
+					return s.fail(safetyErr(columnName(names, i)), out)
+				}
+				start := len(buf)
+				buf = append(buf, r...)
+				offs = append(offs, i, start, len(buf))
+				continue
+			}
+		}
 		if c == nil {
 			if s.carriesEnvelope(types, i, v) {
 				return s.fail(safetyErr(columnName(names, i)), out)
