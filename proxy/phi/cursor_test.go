@@ -111,7 +111,7 @@ func expectNotDecrypted(t *testing.T, ctx context.Context, via *pgx.Conn, name s
 func TestCursorDjangoIterator(t *testing.T) {
 	ctx := testCtx(t)
 	p := startProxy(t)
-	cursorModes(t, ctx, p, func(t *testing.T, via, direct *pgx.Conn, base int) {
+	fixtureModes(t, ctx, p, cursorFixture, func(t *testing.T, _ int, via, direct *pgx.Conn, base int) {
 		name := `"_django_curs_140_sync_1"`
 		ctwin(t, via, direct, `DECLARE `+name+` NO SCROLL CURSOR WITH HOLD FOR SELECT id, ssn, diagnosis, dob, mrn FROM %[1]s WHERE id > `+fmt.Sprint(base)+` AND id < `+fmt.Sprint(base+100)+` ORDER BY id`)
 		rows := fetchAll(t, via, direct, name, 2)
@@ -143,7 +143,7 @@ func TestCursorDjangoIterator(t *testing.T) {
 func TestCursorInTransaction(t *testing.T) {
 	ctx := testCtx(t)
 	p := startProxy(t)
-	cursorModes(t, ctx, p, func(t *testing.T, via, direct *pgx.Conn, base int) {
+	fixtureModes(t, ctx, p, cursorFixture, func(t *testing.T, _ int, via, direct *pgx.Conn, base int) {
 		for _, c := range []*pgx.Conn{via, direct} {
 			mustExec(t, ctx, c, "BEGIN")
 		}
@@ -510,20 +510,5 @@ func TestCursorPolicyAtFetch(t *testing.T) {
 			err = rows.Err()
 		}
 		expectCode(t, err, "42501", "FETCH of a column denied since the DECLARE")
-	}
-}
-
-// cursorModes runs body once per pgx mode, with a connection through the
-// proxy and one directly to the plaintext twin, the cursor fixture loaded
-// from id base.
-func cursorModes(t *testing.T, ctx context.Context, p *testProxy, body func(t *testing.T, via, direct *pgx.Conn, base int)) {
-	for mi, mode := range modes {
-		t.Run(mode.String(), func(t *testing.T) {
-			direct := connect(t, ctx, directDSN(), pgx.QueryExecModeSimpleProtocol)
-			via := connect(t, ctx, p.dsn(), mode)
-			base := 1000 * (mi + 1)
-			cursorFixture(t, via, direct, base)
-			body(t, via, direct, base)
-		})
 	}
 }
