@@ -566,11 +566,18 @@ func (t *shapeTemplate) bind(p *Planner, sql string, lits []literal) (*Plan, boo
 		v, ok := mapPos(pos, t.lits, lits)
 		return v, ok && v >= 0 && v <= len(sql)
 	}
+	// span maps the run of n bytes at o in the template's text to its
+	// offset and length in sql.
+	span := func(o, n int) (int, int, bool) {
+		so, ok1 := mp(o)
+		se, ok2 := mp(o + n)
+		return so, se - so, ok1 && ok2 && se >= so
+	}
 	out := &Plan{SQL: sql, Statements: make([]*Statement, len(t.plan.Statements))}
 	for i, ts := range t.plan.Statements {
-		off, ok1 := mp(ts.Offset)
-		end, ok2 := mp(ts.Offset + ts.Length)
-		if !ok1 || !ok2 || end < off {
+		off, n, ok := span(ts.Offset, ts.Length)
+		end := off + n
+		if !ok {
 			return nil, false
 		}
 		if m, _ := p.ix.precheck(sql[off:end]); m != t.mentions[i] {
@@ -585,12 +592,10 @@ func (t *shapeTemplate) bind(p *Planner, sql string, lits []literal) (*Plan, boo
 		if len(ts.Slots) > 0 {
 			st.Slots = make([]Slot, len(ts.Slots))
 			for k, s := range ts.Slots {
-				so, ok1 := mp(s.Offset)
-				se, ok2 := mp(s.Offset + s.Length)
-				if !ok1 || !ok2 || se < so {
+				var ok bool
+				if s.Offset, s.Length, ok = span(s.Offset, s.Length); !ok {
 					return nil, false
 				}
-				s.Offset, s.Length = so, se-so
 				if b := t.binds[i][k]; b.lit >= 0 {
 					v, ok := literalValue(sql, lits[b.lit])
 					if ok && b.neg {
@@ -607,12 +612,10 @@ func (t *shapeTemplate) bind(p *Planner, sql string, lits []literal) (*Plan, boo
 		if len(ts.Edits) > 0 {
 			st.Edits = make([]Edit, len(ts.Edits))
 			for k, e := range ts.Edits {
-				eo, ok1 := mp(e.Offset)
-				ee, ok2 := mp(e.Offset + e.Length)
-				if !ok1 || !ok2 || ee < eo {
+				var ok bool
+				if e.Offset, e.Length, ok = span(e.Offset, e.Length); !ok {
 					return nil, false
 				}
-				e.Offset, e.Length = eo, ee-eo
 				st.Edits[k] = e
 			}
 		}
