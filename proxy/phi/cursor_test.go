@@ -77,19 +77,14 @@ func fetchAll(t *testing.T, via, direct *pgx.Conn, cursor string, n int) [][]str
 	return nil
 }
 
-// openUnknownCursor opens cursor name over patients' ssn ciphertext in a
-// way phiproxy cannot see (a DO block running dynamic SQL: the text names
-// no PHI relation), inside the open transaction: a FETCH of it must not
-// be decrypted with the plan of an older cursor of the same name.
-func openUnknownCursor(t *testing.T, ctx context.Context, via *pgx.Conn, name string) {
-	t.Helper()
-	mustExec(t, ctx, via, "DO $$DECLARE r refcursor := '"+name+"'; BEGIN OPEN r FOR EXECUTE concat('SELECT id, ssn FROM pat', 'ients ORDER BY id'); END$$")
-}
-
-// expectNotDecrypted fetches from cursor name, which phiproxy does not
-// know: the ciphertext must fail (XX000), never come out as plaintext.
+// expectNotDecrypted opens cursor name over patients' ssn ciphertext in
+// a way phiproxy cannot see (a DO block running dynamic SQL: the text
+// names no PHI relation), inside the open transaction, and fetches from
+// it: the ciphertext must fail (XX000), never come out as plaintext
+// decrypted with the plan of an older cursor of the same name.
 func expectNotDecrypted(t *testing.T, ctx context.Context, via *pgx.Conn, name string) {
 	t.Helper()
+	mustExec(t, ctx, via, "DO $$DECLARE r refcursor := '"+name+"'; BEGIN OPEN r FOR EXECUTE concat('SELECT id, ssn FROM pat', 'ients ORDER BY id'); END$$")
 	rows, err := via.Query(ctx, "FETCH 1 FROM "+name)
 	if err == nil {
 		var vals [][]any
@@ -103,6 +98,18 @@ func expectNotDecrypted(t *testing.T, ctx context.Context, via *pgx.Conn, name s
 		}
 	}
 	expectCode(t, err, "XX000", "FETCH of a cursor phiproxy does not know")
+}
+
+// expectForgotten checks that phiproxy no longer decrypts cursor name:
+// the server has no such cursor (34000, what), and one opened behind
+// phiproxy's back is guarded.
+func expectForgotten(t *testing.T, ctx context.Context, via *pgx.Conn, name, what string) {
+	t.Helper()
+	_, err := via.Exec(ctx, "FETCH 1 FROM "+name)
+	expectCode(t, err, "34000", what)
+	mustExec(t, ctx, via, "BEGIN")
+	expectNotDecrypted(t, ctx, via, name)
+	mustExec(t, ctx, via, "ROLLBACK")
 }
 
 // TestCursorDjangoIterator: QuerySet.iterator() in autocommit, as
@@ -159,12 +166,7 @@ func TestCursorInTransaction(t *testing.T) {
 		for _, c := range []*pgx.Conn{via, direct} {
 			mustExec(t, ctx, c, "COMMIT")
 		}
-		_, err := via.Exec(ctx, "FETCH 1 FROM c")
-		expectCode(t, err, "34000", "FETCH after COMMIT of a cursor without HOLD")
-		mustExec(t, ctx, via, "BEGIN")
-		openUnknownCursor(t, ctx, via, "c")
-		expectNotDecrypted(t, ctx, via, "c")
-		mustExec(t, ctx, via, "ROLLBACK")
+		expectForgotten(t, ctx, via, "c", "FETCH after COMMIT of a cursor without HOLD")
 	})
 }
 
@@ -185,17 +187,6 @@ func TestCursorWithHold(t *testing.T) {
 	declare := func(t *testing.T, via *pgx.Conn, base int) {
 		t.Helper()
 		ctwin(t, via, direct, `DECLARE h CURSOR WITH HOLD FOR SELECT id, ssn, mrn FROM %[1]s WHERE id > `+fmt.Sprint(base)+` ORDER BY id`)
-	}
-	// forgotten checks that phiproxy no longer decrypts h: the server has
-	// no such cursor, and one opened behind phiproxy's back is guarded.
-	forgotten := func(t *testing.T, via *pgx.Conn) {
-		t.Helper()
-		_, err := via.Exec(ctx, "FETCH 1 FROM h")
-		expectCode(t, err, "34000", "FETCH of a dropped cursor")
-		mustExec(t, ctx, via, "BEGIN")
-		openUnknownCursor(t, ctx, via, "h")
-		expectNotDecrypted(t, ctx, via, "h")
-		mustExec(t, ctx, via, "ROLLBACK")
 	}
 	for mi, mode := range modes {
 		t.Run(mode.String(), func(t *testing.T) {
@@ -220,14 +211,14 @@ func TestCursorWithHold(t *testing.T) {
 			declare(t, via, base)
 			ctwin(t, via, direct, "FETCH 1 FROM h")
 			both(t, via, "ROLLBACK")
-			forgotten(t, via)
+			expectForgotten(t, ctx, via, "h", "FETCH of a dropped cursor")
 
 			both(t, via, "BEGIN")
 			both(t, via, "SAVEPOINT s1")
 			declare(t, via, base)
 			both(t, via, "ROLLBACK TO SAVEPOINT s1")
 			both(t, via, "COMMIT")
-			forgotten(t, via)
+			expectForgotten(t, ctx, via, "h", "FETCH of a dropped cursor")
 
 			both(t, via, "BEGIN")
 			both(t, via, "SAVEPOINT s1")
@@ -236,12 +227,12 @@ func TestCursorWithHold(t *testing.T) {
 			both(t, via, "COMMIT")
 			ctwin(t, via, direct, "FETCH 2 FROM h")
 			both(t, via, "CLOSE ALL")
-			forgotten(t, via)
+			expectForgotten(t, ctx, via, "h", "FETCH of a dropped cursor")
 
 			declare(t, via, base)
 			ctwin(t, via, direct, "FETCH 2 FROM h")
 			both(t, via, "DISCARD ALL")
-			forgotten(t, via)
+			expectForgotten(t, ctx, via, "h", "FETCH of a dropped cursor")
 		})
 	}
 }
@@ -466,7 +457,6 @@ func TestCursorProtocolClose(t *testing.T) {
 			done = true
 		}
 	}
-	openUnknownCursor(t, ctx, via, "c")
 	expectNotDecrypted(t, ctx, via, "c")
 	mustExec(t, ctx, via, "ROLLBACK")
 }
