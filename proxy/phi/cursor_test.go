@@ -349,6 +349,34 @@ func TestCursorFetchBoundAtExecute(t *testing.T) {
 	expectCode(t, r.Err, "34000", "the prepared FETCH after COMMIT")
 }
 
+// syncOne sends msg and a Sync on via's connection and reads up to
+// ReadyForQuery, handing each message to seen (when not nil); an
+// ErrorResponse fails the test, naming what.
+func syncOne(t *testing.T, via *pgx.Conn, msg pgproto3.FrontendMessage, what string, seen func(pgproto3.BackendMessage)) {
+	t.Helper()
+	fe := via.PgConn().Frontend()
+	fe.Send(msg)
+	fe.Send(&pgproto3.Sync{})
+	if err := fe.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	for done := false; !done; {
+		msg, err := fe.Receive()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if seen != nil {
+			seen(msg)
+		}
+		switch m := msg.(type) {
+		case *pgproto3.ErrorResponse:
+			t.Fatalf("%s: %s %s", what, m.Code, m.Message)
+		case *pgproto3.ReadyForQuery:
+			done = true
+		}
+	}
+}
+
 // TestCursorDescribePortal: psycopg 3 describes its server-side cursor
 // with an extended-protocol Describe of the portal the DECLARE created
 // (cursors and portals share one namespace): PHI columns are described
@@ -359,29 +387,14 @@ func TestCursorDescribePortal(t *testing.T) {
 	via := connect(t, ctx, p.dsn(), pgx.QueryExecModeSimpleProtocol)
 	mustExec(t, ctx, via, "BEGIN")
 	mustExec(t, ctx, via, "DECLARE c CURSOR FOR SELECT id, ssn, dob, mrn FROM patients")
-	fe := via.PgConn().Frontend()
-	fe.Send(&pgproto3.Describe{ObjectType: 'P', Name: "c"})
-	fe.Send(&pgproto3.Sync{})
-	if err := fe.Flush(); err != nil {
-		t.Fatal(err)
-	}
 	var oids []uint32
-	for done := false; !done; {
-		msg, err := fe.Receive()
-		if err != nil {
-			t.Fatal(err)
-		}
-		switch m := msg.(type) {
-		case *pgproto3.RowDescription:
+	syncOne(t, via, &pgproto3.Describe{ObjectType: 'P', Name: "c"}, "Describe of the cursor", func(msg pgproto3.BackendMessage) {
+		if m, ok := msg.(*pgproto3.RowDescription); ok {
 			for _, f := range m.Fields {
 				oids = append(oids, f.DataTypeOID)
 			}
-		case *pgproto3.ErrorResponse:
-			t.Fatalf("Describe of the cursor: %s %s", m.Code, m.Message)
-		case *pgproto3.ReadyForQuery:
-			done = true
 		}
-	}
+	})
 	if !reflect.DeepEqual(oids, []uint32{23, 25, 1082, 20}) {
 		t.Fatalf("cursor described with type OIDs %v", oids)
 	}
@@ -439,24 +452,7 @@ func TestCursorProtocolClose(t *testing.T) {
 	mustExec(t, ctx, via, "INSERT INTO patients (id, ssn) VALUES (1, '111-11-1111')")
 	mustExec(t, ctx, via, "BEGIN")
 	mustExec(t, ctx, via, "DECLARE c CURSOR FOR SELECT id, ssn FROM patients")
-	fe := via.PgConn().Frontend()
-	fe.Send(&pgproto3.Close{ObjectType: 'P', Name: "c"})
-	fe.Send(&pgproto3.Sync{})
-	if err := fe.Flush(); err != nil {
-		t.Fatal(err)
-	}
-	for done := false; !done; {
-		msg, err := fe.Receive()
-		if err != nil {
-			t.Fatal(err)
-		}
-		switch m := msg.(type) {
-		case *pgproto3.ErrorResponse:
-			t.Fatalf("Close of the cursor's portal: %s %s", m.Code, m.Message)
-		case *pgproto3.ReadyForQuery:
-			done = true
-		}
-	}
+	syncOne(t, via, &pgproto3.Close{ObjectType: 'P', Name: "c"}, "Close of the cursor's portal", nil)
 	expectNotDecrypted(t, ctx, via, "c")
 	mustExec(t, ctx, via, "ROLLBACK")
 }
