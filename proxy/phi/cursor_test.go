@@ -24,35 +24,9 @@ import (
 // sql stands for patients through phiproxy and patients_plain directly.
 func ctwin(t *testing.T, via, direct *pgx.Conn, sql string, args ...any) [][]string {
 	t.Helper()
-	ctx := testCtx(t)
-	read := func(c *pgx.Conn, table string) [][]string {
-		text := strings.ReplaceAll(sql, "%[1]s", table)
-		rows, err := c.Query(ctx, text, args...)
-		if err != nil {
-			t.Fatalf("%s: %v", text, err)
-		}
-		out, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) ([]string, error) {
-			vals, err := r.Values()
-			var row []string
-			for _, v := range vals {
-				if tm, ok := v.(time.Time); ok {
-					v = tm.Format("2006-01-02")
-				}
-				row = append(row, fmt.Sprint(v))
-			}
-			return row, err
-		})
-		if err != nil {
-			t.Fatalf("%s: %v", text, err)
-		}
-		return out
-	}
-	got := read(via, "patients")
-	want := read(direct, "patients_plain")
-	if !reflect.DeepEqual(got, want) {
-		t.Fatalf("%s\nthrough phiproxy: %v\ndirect:           %v", sql, got, want)
-	}
-	return got
+	return twinText(t, via, direct, sql, func(patients, _ string) string {
+		return strings.ReplaceAll(sql, "%[1]s", patients)
+	}, args...)
 }
 
 // cursorFixture inserts five rows on both sides (ids base+1..base+5).

@@ -21,11 +21,22 @@ import (
 // rows read through phiproxy, each as text.
 func twin(t *testing.T, via, direct *pgx.Conn, sql string, args ...any) [][]string {
 	t.Helper()
+	return twinText(t, via, direct, sql, func(patients, visits string) string {
+		return fmt.Sprintf(sql, patients, visits)
+	}, args...)
+}
+
+// twinText runs the statement text makes of sql for each side's tables
+// on both sides and fails unless they agree; it returns the rows read
+// through phiproxy, each as text.
+func twinText(t *testing.T, via, direct *pgx.Conn, sql string, text func(patients, visits string) string, args ...any) [][]string {
+	t.Helper()
 	ctx := testCtx(t)
 	read := func(c *pgx.Conn, patients, visits string) [][]string {
-		rows, err := c.Query(ctx, fmt.Sprintf(sql, patients, visits), args...)
+		q := text(patients, visits)
+		rows, err := c.Query(ctx, q, args...)
 		if err != nil {
-			t.Fatalf("%s: %v", fmt.Sprintf(sql, patients, visits), err)
+			t.Fatalf("%s: %v", q, err)
 		}
 		out, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) ([]string, error) {
 			vals, err := r.Values()
@@ -39,7 +50,7 @@ func twin(t *testing.T, via, direct *pgx.Conn, sql string, args ...any) [][]stri
 			return row, err
 		})
 		if err != nil {
-			t.Fatalf("%s: %v", fmt.Sprintf(sql, patients, visits), err)
+			t.Fatalf("%s: %v", q, err)
 		}
 		return out
 	}
