@@ -133,28 +133,19 @@ func parseCivil(src []byte, typ string) (civil, error) {
 					s = s[3:]
 				}
 			case len(s) > 0 && (s[0] == '+' || s[0] == '-'):
-				neg := s[0] == '-'
-				s = s[1:]
-				off, err := parseOffset(&s)
+				off, err := parseSignedOffset(&s)
 				if err {
 					return c, bad()
-				}
-				if neg {
-					off = -off
 				}
 				c.hasZone, c.offset = true, off
 			}
 		} else if len(rest) > 0 && (rest[0] == '+' || rest[0] == '-') {
 			// A zone right after the date ("1980-01-02 +00", as pgjdbc's
 			// setDate sends it): PostgreSQL reads midnight in that zone.
-			neg := rest[0] == '-'
-			s = rest[1:]
-			off, err := parseOffset(&s)
+			s = rest
+			off, err := parseSignedOffset(&s)
 			if err {
 				return c, bad()
-			}
-			if neg {
-				off = -off
 			}
 			c.hasZone, c.offset = true, off
 		}
@@ -183,6 +174,18 @@ func parseCivil(src []byte, typ string) (civil, error) {
 		return c, fieldRangeErr(typ)
 	}
 	return c, nil
+}
+
+// parseSignedOffset is parseOffset for an offset that starts with its
+// sign ('+' or '-', which *s must start with): west of UTC is negative.
+func parseSignedOffset(s *[]byte) (int, bool) {
+	neg := (*s)[0] == '-'
+	*s = (*s)[1:]
+	off, err := parseOffset(s)
+	if neg {
+		off = -off
+	}
+	return off, err
 }
 
 // parseOffset parses H[H][[:]MM[[:]SS]] after the sign.

@@ -16,6 +16,21 @@ func fuzzCiphers(f *testing.F) (det, rnd *Cipher) {
 	return mustCipher(f, kr, "public.patients.ssn"), mustCipher(f, kr, "public.patients.diagnosis")
 }
 
+// fuzzEncrypt encrypts x with det or rnd as deterministic says, failing
+// t on an error, and returns the cipher it used and the envelope.
+func fuzzEncrypt(t *testing.T, det, rnd *Cipher, deterministic bool, x []byte) (*Cipher, []byte) {
+	t.Helper()
+	c := rnd
+	if deterministic {
+		c = det
+	}
+	env, err := c.Encrypt(x)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c, env
+}
+
 // FuzzRoundTrip: Decrypt(Encrypt(x)) == x in both modes, and the
 // deterministic mode is deterministic.
 func FuzzRoundTrip(f *testing.F) {
@@ -24,14 +39,7 @@ func FuzzRoundTrip(f *testing.F) {
 	f.Add([]byte("123-45-6789"), true)
 	f.Add([]byte("PH\x01\x01\x00\x00\x00\x00"), false)
 	f.Fuzz(func(t *testing.T, x []byte, deterministic bool) {
-		c := rnd
-		if deterministic {
-			c = det
-		}
-		env, err := c.Encrypt(x)
-		if err != nil {
-			t.Fatal(err)
-		}
+		c, env := fuzzEncrypt(t, det, rnd, deterministic, x)
 		if !IsEnvelope(env) {
 			t.Fatal("Encrypt made no envelope")
 		}
@@ -100,14 +108,7 @@ func FuzzTamper(f *testing.F) {
 		if mask == 0 {
 			return
 		}
-		c := rnd
-		if deterministic {
-			c = det
-		}
-		env, err := c.Encrypt(x)
-		if err != nil {
-			t.Fatal(err)
-		}
+		c, env := fuzzEncrypt(t, det, rnd, deterministic, x)
 		env[pos%uint(len(env))] ^= mask
 		if _, err := c.Decrypt(env); err == nil {
 			t.Fatalf("a value altered at byte %d decrypted", pos%uint(len(env)))

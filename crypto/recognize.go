@@ -95,42 +95,33 @@ func (r *Recognizer) find(b []byte, need int) (start, end int, ok bool) {
 			start, end = s, e
 		}
 	}
-	for i := 0; ; {
-		j := bytes.Index(b[i:], anchorHex)
-		if j < 0 {
-			break
+	// scan tries at on each place anchor stands in b, before the envelope
+	// found so far, and keeps the first envelope at finds.
+	scan := func(anchor []byte, at func(k int) (s, e int, ok bool)) {
+		for i := 0; start < 0 || i < start; {
+			j := bytes.Index(b[i:], anchor)
+			if j < 0 {
+				return
+			}
+			k := i + j
+			if s, e, ok := at(k); ok {
+				better(s, e)
+				return
+			}
+			i = k + 1
 		}
-		k := i + j
-		if e, ok := r.hexAt(b, k, need); ok {
-			better(hexStart(b, k), e)
-			break
-		}
-		i = k + 1
 	}
-	for i := 0; start < 0 || i < start; {
-		j := bytes.Index(b[i:], anchorRaw)
-		if j < 0 {
-			break
-		}
-		k := i + j
-		if r.rawAt(b, k, need) || r.escapeAt(b, k, need) {
-			better(k, len(b))
-			break
-		}
-		i = k + 1
-	}
-	for i := 0; start < 0 || i < start; {
-		j := bytes.Index(b[i:], anchorBase64)
-		if j < 0 {
-			break
-		}
-		k := i + j
-		if e, ok := r.base64At(b, k, need); ok {
-			better(k, e)
-			break
-		}
-		i = k + 1
-	}
+	scan(anchorHex, func(k int) (int, int, bool) {
+		e, ok := r.hexAt(b, k, need)
+		return hexStart(b, k), e, ok
+	})
+	scan(anchorRaw, func(k int) (int, int, bool) {
+		return k, len(b), r.rawAt(b, k, need) || r.escapeAt(b, k, need)
+	})
+	scan(anchorBase64, func(k int) (int, int, bool) {
+		e, ok := r.base64At(b, k, need)
+		return k, e, ok
+	})
 	return start, end, start >= 0
 }
 

@@ -130,29 +130,28 @@ func Fatal(code Code, msg string) *Error {
 
 // WithHint returns a copy of e with its hint set.
 func (e *Error) WithHint(hint string) *Error {
-	c := *e
-	c.Hint = hint
-	return &c
+	return e.with(func(c *Error) { c.Hint = hint })
 }
 
 // WithDetail returns a copy of e with its detail set.
 func (e *Error) WithDetail(detail string) *Error {
-	c := *e
-	c.Detail = detail
-	return &c
+	return e.with(func(c *Error) { c.Detail = detail })
 }
 
 // WithCause returns a copy of e that wraps cause (never shown to clients).
 func (e *Error) WithCause(cause error) *Error {
-	c := *e
-	c.Cause = cause
-	return &c
+	return e.with(func(c *Error) { c.Cause = cause })
 }
 
 // WithPosition returns a copy of e with its 1-based statement position set.
 func (e *Error) WithPosition(pos int) *Error {
+	return e.with(func(c *Error) { c.Position = pos })
+}
+
+// with returns a copy of e changed by set.
+func (e *Error) with(set func(c *Error)) *Error {
 	c := *e
-	c.Position = pos
+	set(&c)
 	return &c
 }
 

@@ -141,13 +141,29 @@ type forwarder struct {
 
 func startForwarder(t testing.TB, target string) *forwarder {
 	t.Helper()
+	f := &forwarder{}
+	f.ln = acceptLoop(t, f.kill, func(c net.Conn) { f.serve(c, target) })
+	return f
+}
+
+// acceptLoop listens on a loopback port for the test's lifetime and runs
+// handle on each connection in a goroutine of its own; at cleanup it
+// closes the listener, calls stop (when not nil) and waits for every
+// handler to return.
+func acceptLoop(t testing.TB, stop func(), handle func(c net.Conn)) net.Listener {
+	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
-	f := &forwarder{ln: ln}
 	var wg sync.WaitGroup
-	t.Cleanup(func() { ln.Close(); f.kill(); wg.Wait() })
+	t.Cleanup(func() {
+		ln.Close()
+		if stop != nil {
+			stop()
+		}
+		wg.Wait()
+	})
 	wg.Add(1)
 	go func() {
 		defer wg.Done()
@@ -159,11 +175,11 @@ func startForwarder(t testing.TB, target string) *forwarder {
 			wg.Add(1)
 			go func() {
 				defer wg.Done()
-				f.serve(c, target)
+				handle(c)
 			}()
 		}
 	}()
-	return f
+	return ln
 }
 
 func (f *forwarder) addr() string { return f.ln.Addr().String() }

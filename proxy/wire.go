@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"strings"
 	"sync"
 	"time"
 
@@ -237,22 +238,8 @@ func ErrorResponse(err error) *pgproto3.ErrorResponse {
 // isFatalError reports whether an ErrorResponse body has severity FATAL or
 // PANIC (after which the server closes the connection).
 func isFatalError(body []byte) bool {
-	for len(body) > 1 {
-		k := body[0]
-		end := 1
-		for end < len(body) && body[end] != 0 {
-			end++
-		}
-		if end >= len(body) {
-			return false
-		}
-		v := body[1:end]
-		if k == 'V' || k == 'S' {
-			return string(v) == "FATAL" || string(v) == "PANIC"
-		}
-		body = body[end+1:]
-	}
-	return false
+	v, found, _ := errorField(body, "VS")
+	return found && (string(v) == "FATAL" || string(v) == "PANIC")
 }
 
 // errorCode extracts the SQLSTATE from an upstream ErrorResponse body. The
@@ -260,6 +247,20 @@ func isFatalError(body []byte) bool {
 // NUL-terminated gives 08P01 (protocol_violation), an error without a
 // usable C field gives XX000 (internal_error), as pgerr documents.
 func errorCode(body []byte) pgerr.Code {
+	v, found, ok := errorField(body, "C")
+	switch {
+	case !ok:
+		return pgerr.ProtocolViolation
+	case !found:
+		return pgerr.Internal
+	}
+	return upstreamCode(string(v))
+}
+
+// errorField returns the value of the first field of an ErrorResponse
+// body whose type is one of the bytes of keys. ok is false when a field
+// before it (or before the end) is not NUL-terminated.
+func errorField(body []byte, keys string) (v []byte, found, ok bool) {
 	for len(body) > 1 {
 		k := body[0]
 		end := 1
@@ -267,14 +268,14 @@ func errorCode(body []byte) pgerr.Code {
 			end++
 		}
 		if end >= len(body) {
-			return pgerr.ProtocolViolation
+			return nil, false, false
 		}
-		if k == 'C' {
-			return upstreamCode(string(body[1:end]))
+		if strings.IndexByte(keys, k) >= 0 {
+			return body[1:end], true, true
 		}
 		body = body[end+1:]
 	}
-	return pgerr.Internal
+	return nil, false, true
 }
 
 // upstreamCode parses a SQLSTATE the upstream sent, XX000 when it is not

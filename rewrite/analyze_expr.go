@@ -12,17 +12,7 @@ import (
 
 // cond analyzes a boolean condition.
 func (a *analyzer) cond(n *pg.Node, sc *scope, what string) error {
-	if n == nil {
-		return nil
-	}
-	phi, err := a.expr(n, sc)
-	if err != nil {
-		return err
-	}
-	if phi != nil {
-		return a.refuseCol(phi, location(n), "use as a condition in "+what, hintFor(phi))
-	}
-	return nil
+	return a.plain(n, sc, "use as a condition in "+what)
 }
 
 // plain analyzes an expression whose value must not be a PHI column.

@@ -12,13 +12,7 @@ import (
 // list becomes Results) rather than a WITH query.
 func (a *analyzer) insert(ins *pg.InsertStmt, parent *scope, top bool) error {
 	out, err := a.insertOut(ins, parent)
-	if err != nil {
-		return err
-	}
-	if top {
-		return a.results(out)
-	}
-	return nil
+	return a.topResults(out, err, top)
 }
 
 func (a *analyzer) insertOut(ins *pg.InsertStmt, parent *scope) ([]colInfo, error) {
@@ -177,31 +171,14 @@ func (a *analyzer) setList(list []*pg.Node, target *source, sc *scope) error {
 
 func (a *analyzer) update(up *pg.UpdateStmt, parent *scope, top bool) error {
 	out, err := a.updateOut(up, parent)
-	if err != nil {
-		return err
-	}
-	if top {
-		return a.results(out)
-	}
-	return nil
+	return a.topResults(out, err, top)
 }
 
 func (a *analyzer) updateOut(up *pg.UpdateStmt, parent *scope) ([]colInfo, error) {
 	a.actions = append(a.actions, ActionWrite)
-	sc := &scope{parent: parent}
-	if err := a.with(up.WithClause, sc); err != nil {
-		return nil, err
-	}
-	target, err := a.rangeVar(up.Relation, sc, false)
+	sc, target, err := a.dmlScope(up.WithClause, up.Relation, up.FromClause, parent)
 	if err != nil {
 		return nil, err
-	}
-	sc.sources = append(sc.sources, target)
-	sc.items = append(sc.items, target)
-	for _, f := range up.FromClause {
-		if _, err := a.fromItem(f, sc); err != nil {
-			return nil, err
-		}
 	}
 	if err := a.setList(up.TargetList, target, sc); err != nil {
 		return nil, err
@@ -214,36 +191,49 @@ func (a *analyzer) updateOut(up *pg.UpdateStmt, parent *scope) ([]colInfo, error
 
 func (a *analyzer) delete(del *pg.DeleteStmt, parent *scope, top bool) error {
 	out, err := a.deleteOut(del, parent)
-	if err != nil {
-		return err
-	}
-	if top {
-		return a.results(out)
-	}
-	return nil
+	return a.topResults(out, err, top)
 }
 
 func (a *analyzer) deleteOut(del *pg.DeleteStmt, parent *scope) ([]colInfo, error) {
 	a.actions = append(a.actions, ActionDelete)
-	sc := &scope{parent: parent}
-	if err := a.with(del.WithClause, sc); err != nil {
-		return nil, err
-	}
-	target, err := a.rangeVar(del.Relation, sc, false)
+	sc, _, err := a.dmlScope(del.WithClause, del.Relation, del.UsingClause, parent)
 	if err != nil {
 		return nil, err
-	}
-	sc.sources = append(sc.sources, target)
-	sc.items = append(sc.items, target)
-	for _, f := range del.UsingClause {
-		if _, err := a.fromItem(f, sc); err != nil {
-			return nil, err
-		}
 	}
 	if err := a.cond(del.WhereClause, sc, "WHERE"); err != nil {
 		return nil, err
 	}
 	return a.targetList(del.ReturningList, sc, nil)
+}
+
+// topResults checks out as the results a statement returns to the
+// client when it is the top statement (not one inside another).
+func (a *analyzer) topResults(out []colInfo, err error, top bool) error {
+	if err != nil || !top {
+		return err
+	}
+	return a.results(out)
+}
+
+// dmlScope is the scope of an UPDATE or DELETE: its WITH queries, its
+// target relation and the relations of its FROM (or USING) list.
+func (a *analyzer) dmlScope(with *pg.WithClause, rel *pg.RangeVar, from []*pg.Node, parent *scope) (*scope, *source, error) {
+	sc := &scope{parent: parent}
+	if err := a.with(with, sc); err != nil {
+		return nil, nil, err
+	}
+	target, err := a.rangeVar(rel, sc, false)
+	if err != nil {
+		return nil, nil, err
+	}
+	sc.sources = append(sc.sources, target)
+	sc.items = append(sc.items, target)
+	for _, f := range from {
+		if _, err := a.fromItem(f, sc); err != nil {
+			return nil, nil, err
+		}
+	}
+	return sc, target, nil
 }
 
 func (a *analyzer) copy(cp *pg.CopyStmt) error {

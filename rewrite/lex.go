@@ -96,19 +96,7 @@ func (ix *nameIndex) scan(sql string) (hits uint8, needParse bool) {
 		c := sql[i]
 		switch {
 		case isIdentByte(c) && !(c == '$' && (i == 0 || !isIdentByte(sql[i-1]))):
-			j := i
-			n := 0
-			for j < len(sql) && isIdentByte(sql[j]) {
-				if n < maxIdentLen {
-					b := sql[j]
-					if b >= 'A' && b <= 'Z' {
-						b += 'a' - 'A'
-					}
-					buf[n] = b
-					n++
-				}
-				j++
-			}
+			j, n := foldWord(sql, i, &buf)
 			hits |= ix.words[string(buf[:n])]
 			if (c == 'u' || c == 'U') && j == i+1 && j < len(sql) && sql[j] == '&' {
 				// U&"..." can spell any name: plan it as if it named one.
@@ -183,20 +171,28 @@ func wordsIn(s string, words *map[string]uint8, buf *[maxIdentLen]byte, hits *ui
 			i++
 			continue
 		}
-		n := 0
-		for i < len(s) && isIdentByte(s[i]) {
-			if n < maxIdentLen {
-				b := s[i]
-				if b >= 'A' && b <= 'Z' {
-					b += 'a' - 'A'
-				}
-				buf[n] = b
-				n++
-			}
-			i++
-		}
+		var n int
+		i, n = foldWord(s, i, buf)
 		*hits |= (*words)[string(buf[:n])]
 	}
+}
+
+// foldWord reads the run of identifier bytes at s[i:] into buf, folded to
+// lower case (ASCII) and cut at maxIdentLen bytes: it returns where the
+// run ends and how many bytes buf holds.
+func foldWord(s string, i int, buf *[maxIdentLen]byte) (end, n int) {
+	for i < len(s) && isIdentByte(s[i]) {
+		if n < maxIdentLen {
+			b := s[i]
+			if b >= 'A' && b <= 'Z' {
+				b += 'a' - 'A'
+			}
+			buf[n] = b
+			n++
+		}
+		i++
+	}
+	return i, n
 }
 
 // skipQuoted returns the index after the quoted token starting at sql[i]

@@ -566,31 +566,34 @@ func (t *shapeTemplate) bind(p *Planner, sql string, lits []literal) (*Plan, boo
 		v, ok := mapPos(pos, t.lits, lits)
 		return v, ok && v >= 0 && v <= len(sql)
 	}
+	// span maps the run of *n bytes at *o in the template's text to its
+	// offset and length in sql, in place.
+	span := func(o, n *int) bool {
+		so, ok1 := mp(*o)
+		se, ok2 := mp(*o + *n)
+		*o, *n = so, se-so
+		return ok1 && ok2 && se >= so
+	}
 	out := &Plan{SQL: sql, Statements: make([]*Statement, len(t.plan.Statements))}
 	for i, ts := range t.plan.Statements {
-		off, ok1 := mp(ts.Offset)
-		end, ok2 := mp(ts.Offset + ts.Length)
-		if !ok1 || !ok2 || end < off {
-			return nil, false
-		}
-		if m, _ := p.ix.precheck(sql[off:end]); m != t.mentions[i] {
-			return nil, false
-		}
 		st := *ts
-		st.Offset, st.Length = off, end-off
+		if !span(&st.Offset, &st.Length) {
+			return nil, false
+		}
+		text := sql[st.Offset : st.Offset+st.Length]
+		if m, _ := p.ix.precheck(text); m != t.mentions[i] {
+			return nil, false
+		}
 		st.audit = nil
 		if st.TouchesPHI {
-			st.audit = &auditText{text: sql[off:end]}
+			st.audit = &auditText{text: text}
 		}
 		if len(ts.Slots) > 0 {
 			st.Slots = make([]Slot, len(ts.Slots))
 			for k, s := range ts.Slots {
-				so, ok1 := mp(s.Offset)
-				se, ok2 := mp(s.Offset + s.Length)
-				if !ok1 || !ok2 || se < so {
+				if !span(&s.Offset, &s.Length) {
 					return nil, false
 				}
-				s.Offset, s.Length = so, se-so
 				if b := t.binds[i][k]; b.lit >= 0 {
 					v, ok := literalValue(sql, lits[b.lit])
 					if ok && b.neg {
@@ -607,12 +610,9 @@ func (t *shapeTemplate) bind(p *Planner, sql string, lits []literal) (*Plan, boo
 		if len(ts.Edits) > 0 {
 			st.Edits = make([]Edit, len(ts.Edits))
 			for k, e := range ts.Edits {
-				eo, ok1 := mp(e.Offset)
-				ee, ok2 := mp(e.Offset + e.Length)
-				if !ok1 || !ok2 || ee < eo {
+				if !span(&e.Offset, &e.Length) {
 					return nil, false
 				}
-				e.Offset, e.Length = eo, ee-eo
 				st.Edits[k] = e
 			}
 		}

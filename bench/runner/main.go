@@ -96,23 +96,14 @@ func run(ctx context.Context, phiproxyBin string, dur time.Duration, scale, repe
 	for _, w := range which {
 		want[w] = true
 	}
-	c, err := pgcluster.Start(ctx, pgcluster.Options{NoTLS: true, Conf: []string{"max_connections = 60"}})
+	c, work, stop, err := startBenchCluster(ctx)
 	if err != nil {
 		return err
 	}
-	defer c.Stop()
-	if err := c.Exec(ctx, fmt.Sprintf(`CREATE ROLE %s LOGIN PASSWORD '%s'`, benchUser, benchPass)); err != nil {
-		return err
-	}
+	defer stop()
 	if err := c.Exec(ctx, fmt.Sprintf(`CREATE DATABASE %s OWNER %s`, benchDB, benchUser)); err != nil {
 		return err
 	}
-	work, err := os.MkdirTemp("", "phiproxy-bench-")
-	if err != nil {
-		return err
-	}
-	defer os.RemoveAll(work)
-	os.Chmod(work, 0o755)
 
 	pgbench := filepath.Join(c.BinDir, "pgbench")
 	env := append(os.Environ(), "PGPASSWORD="+benchPass, "PGSSLMODE=disable")
@@ -387,4 +378,25 @@ pidfile = %s/pgbouncer.pid
 		return 0, 0, nil, fmt.Errorf("pgbouncer: %v\n%s", err, b)
 	}
 	return port, cmd.Process.Pid, stop, nil
+}
+
+// startBenchCluster starts the benchmarks' cluster with the bench role
+// and makes a work directory the cluster's processes can read; stop
+// removes the directory and stops the cluster.
+func startBenchCluster(ctx context.Context) (c *pgcluster.Cluster, work string, stop func(), err error) {
+	c, err = pgcluster.Start(ctx, pgcluster.Options{NoTLS: true, Conf: []string{"max_connections = 60"}})
+	if err != nil {
+		return nil, "", nil, err
+	}
+	if err := c.Exec(ctx, fmt.Sprintf(`CREATE ROLE %s LOGIN PASSWORD '%s'`, benchUser, benchPass)); err != nil {
+		c.Stop()
+		return nil, "", nil, err
+	}
+	work, err = os.MkdirTemp("", "phiproxy-bench-")
+	if err != nil {
+		c.Stop()
+		return nil, "", nil, err
+	}
+	os.Chmod(work, 0o755)
+	return c, work, func() { os.RemoveAll(work); c.Stop() }, nil
 }

@@ -152,23 +152,14 @@ func loadPHIRows(ctx context.Context, dsn string, rows int) error {
 }
 
 func runPHI(ctx context.Context, phiproxyBin, script string, dur time.Duration, rows, repeat int, modes, clients []string) error {
-	c, err := pgcluster.Start(ctx, pgcluster.Options{NoTLS: true, Conf: []string{"max_connections = 60"}})
+	c, work, stop, err := startBenchCluster(ctx)
 	if err != nil {
 		return err
 	}
-	defer c.Stop()
-	if err := c.Exec(ctx, fmt.Sprintf(`CREATE ROLE %s LOGIN PASSWORD '%s'`, benchUser, benchPass)); err != nil {
-		return err
-	}
+	defer stop()
 	if err := setupPHIDatabases(ctx, c, rows); err != nil {
 		return err
 	}
-	work, err := os.MkdirTemp("", "phiproxy-bench-")
-	if err != nil {
-		return err
-	}
-	defer os.RemoveAll(work)
-	os.Chmod(work, 0o755)
 	pgpass, err := c.WritePgpass()
 	if err != nil {
 		return err

@@ -89,14 +89,7 @@ func keysActions() map[string]keysAction {
 
 func keysUsage(w io.Writer, actions map[string]keysAction) {
 	fmt.Fprintln(w, "usage: phiproxy keys <action> --config FILE [flags]\n\nactions:")
-	names := make([]string, 0, len(actions))
-	for n := range actions {
-		names = append(names, n)
-	}
-	sort.Strings(names)
-	for _, n := range names {
-		fmt.Fprintf(w, "  %-14s %s\n", n, actions[n].summary)
-	}
+	printSummaries(w, 14, actions, func(a keysAction) string { return a.summary })
 	fmt.Fprintln(w, "\nEnvironment: VAULT_TOKEN (and optionally VAULT_CACERT) for an hcvault:// KEK.\nSee docs/keys.md.")
 }
 

@@ -102,12 +102,18 @@ func run(ctx context.Context, env *cmdEnv, args []string) error {
 
 func printUsage(w io.Writer, cmds map[string]command) {
 	fmt.Fprintln(w, "usage: phiproxy <command> [flags]\n\ncommands:")
-	names := make([]string, 0, len(cmds))
-	for n := range cmds {
+	printSummaries(w, 8, cmds, func(c command) string { return c.summary })
+}
+
+// printSummaries lists the names of m in order, each with its summary in
+// a column width wide.
+func printSummaries[T any](w io.Writer, width int, m map[string]T, summary func(T) string) {
+	names := make([]string, 0, len(m))
+	for n := range m {
 		names = append(names, n)
 	}
 	sort.Strings(names)
 	for _, n := range names {
-		fmt.Fprintf(w, "  %-8s %s\n", n, cmds[n].summary)
+		fmt.Fprintf(w, "  %-*s %s\n", width, n, summary(m[n]))
 	}
 }

@@ -3,7 +3,6 @@ package main
 import (
 	"bytes"
 	"context"
-	"encoding/json"
 	"errors"
 	"io"
 	"net/http"
@@ -13,8 +12,6 @@ import (
 	"syscall"
 	"testing"
 	"time"
-
-	"github.com/phiproxy/phiproxy/internal/testenv"
 )
 
 // serve runs the admin API beside the proxy when admin is configured,
@@ -30,28 +27,8 @@ func TestServeAdminAPI(t *testing.T) {
 	if err := os.WriteFile(cfgPath, []byte(good), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	stderr := &testenv.Buffer{}
-	env := &cmdEnv{stdout: &bytes.Buffer{}, stderr: stderr}
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	done := make(chan error, 1)
-	go func() { done <- runServe(ctx, env, []string{"--config", cfgPath}) }()
-
-	waitLog := func(msg string) map[string]any {
-		t.Helper()
-		deadline := time.Now().Add(10 * time.Second)
-		for time.Now().Before(deadline) {
-			for _, line := range strings.Split(stderr.String(), "\n") {
-				var rec map[string]any
-				if json.Unmarshal([]byte(line), &rec) == nil && rec["msg"] == msg {
-					return rec
-				}
-			}
-			time.Sleep(20 * time.Millisecond)
-		}
-		t.Fatalf("no %q in the log:\n%s", msg, stderr.String())
-		return nil
-	}
+	srv := startServe(t, cfgPath)
+	waitLog := srv.waitLog
 	base := "http://" + waitLog("admin API listening")["addr"].(string)
 	get := func(path, tok string) (int, string) {
 		t.Helper()
@@ -101,15 +78,7 @@ func TestServeAdminAPI(t *testing.T) {
 		t.Errorf("/metrics with the token before rotation: %d; want 401", code)
 	}
 
-	cancel()
-	select {
-	case err := <-done:
-		if err != nil {
-			t.Fatalf("serve ended with %v", err)
-		}
-	case <-time.After(10 * time.Second):
-		t.Fatal("serve did not stop after its context was cancelled")
-	}
+	srv.stop()
 	if _, err := http.Get(base + "/healthz"); err == nil {
 		t.Error("the admin API still answers after serve returned")
 	}

@@ -42,28 +42,8 @@ func TestServeRunsReloadsAndDrains(t *testing.T) {
 	}
 	good := "listen: 127.0.0.1:0\nupstream: {address: 127.0.0.1:1, sslmode: disable}\ncatalog_dsn: postgres://c@127.0.0.1:1/db\nauth: {mode: relay}\nlimits: {drain_timeout: 1s}\n"
 	write(good)
-	stderr := &testenv.Buffer{}
-	env := &cmdEnv{stdout: &bytes.Buffer{}, stderr: stderr}
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	done := make(chan error, 1)
-	go func() { done <- runServe(ctx, env, []string{"--config", cfgPath}) }()
-
-	waitLog := func(msg string) map[string]any {
-		t.Helper()
-		deadline := time.Now().Add(10 * time.Second)
-		for time.Now().Before(deadline) {
-			for _, line := range strings.Split(stderr.String(), "\n") {
-				var rec map[string]any
-				if json.Unmarshal([]byte(line), &rec) == nil && rec["msg"] == msg {
-					return rec
-				}
-			}
-			time.Sleep(20 * time.Millisecond)
-		}
-		t.Fatalf("no %q in the log:\n%s", msg, stderr.String())
-		return nil
-	}
+	srv := startServe(t, cfgPath)
+	waitLog := srv.waitLog
 	addr := waitLog("listening")["addr"].(string)
 
 	// It serves: a client's SSLRequest is answered (N: client_tls disabled).
@@ -86,15 +66,7 @@ func TestServeRunsReloadsAndDrains(t *testing.T) {
 	syscall.Kill(os.Getpid(), syscall.SIGHUP)
 	waitLog("config reload failed; keeping the running config")
 
-	cancel()
-	select {
-	case err := <-done:
-		if err != nil {
-			t.Fatalf("serve ended with %v", err)
-		}
-	case <-time.After(10 * time.Second):
-		t.Fatal("serve did not stop after its context was cancelled")
-	}
+	srv.stop()
 	waitLog("stopped")
 }
 
@@ -184,5 +156,58 @@ func TestServeExitsOneWhenItCannotListen(t *testing.T) {
 	err = run(context.Background(), env, []string{"serve", "--config", cfgPath})
 	if code := exitCode(env, err); code != 1 {
 		t.Fatalf("exit %d (%v), want 1", code, err)
+	}
+}
+
+// serving is one runServe started in the background by startServe, with
+// its log captured.
+type serving struct {
+	t      *testing.T
+	stderr *testenv.Buffer
+	cancel context.CancelFunc
+	done   chan error
+}
+
+// startServe runs serve --config cfgPath until the test ends or stop is
+// called.
+func startServe(t *testing.T, cfgPath string) *serving {
+	t.Helper()
+	s := &serving{t: t, stderr: &testenv.Buffer{}, done: make(chan error, 1)}
+	env := &cmdEnv{stdout: &bytes.Buffer{}, stderr: s.stderr}
+	ctx, cancel := context.WithCancel(context.Background())
+	s.cancel = cancel
+	t.Cleanup(cancel)
+	go func() { s.done <- runServe(ctx, env, []string{"--config", cfgPath}) }()
+	return s
+}
+
+// waitLog waits up to 10s for a log record with this msg and returns it.
+func (s *serving) waitLog(msg string) map[string]any {
+	s.t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for time.Now().Before(deadline) {
+		for _, line := range strings.Split(s.stderr.String(), "\n") {
+			var rec map[string]any
+			if json.Unmarshal([]byte(line), &rec) == nil && rec["msg"] == msg {
+				return rec
+			}
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	s.t.Fatalf("no %q in the log:\n%s", msg, s.stderr.String())
+	return nil
+}
+
+// stop cancels serve and fails the test unless it returns nil within 10s.
+func (s *serving) stop() {
+	s.t.Helper()
+	s.cancel()
+	select {
+	case err := <-s.done:
+		if err != nil {
+			s.t.Fatalf("serve ended with %v", err)
+		}
+	case <-time.After(10 * time.Second):
+		s.t.Fatal("serve did not stop after its context was cancelled")
 	}
 }

@@ -2,6 +2,7 @@ package phi
 
 import (
 	"bytes"
+	"strconv"
 	"strings"
 
 	"github.com/jackc/pgx/v5/pgproto3"
@@ -349,20 +350,7 @@ func (c *copyStream) fieldName(i int) string {
 	if i < len(c.fields) {
 		return c.fields[i].name
 	}
-	return "number " + itoa(i+1)
-}
-
-func itoa(i int) string {
-	var b [20]byte
-	n := len(b)
-	for {
-		n--
-		b[n] = byte('0' + i%10)
-		i /= 10
-		if i == 0 {
-			return string(b[n:])
-		}
-	}
+	return "number " + strconv.Itoa(i+1)
 }
 
 // rowErr adds where the error happened (never the value), as
@@ -372,7 +360,7 @@ func (c *copyStream) rowErr(err error, column string) error {
 	if pe == nil {
 		return err
 	}
-	where := "COPY " + c.rel + ", line " + itoa(c.line+1)
+	where := "COPY " + c.rel + ", line " + strconv.Itoa(c.line+1)
 	if column != "" {
 		where += ", column " + column
 	}

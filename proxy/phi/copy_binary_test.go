@@ -73,23 +73,11 @@ func binaryOut(t *testing.T, ctx context.Context, conn *pgconn.PgConn, table str
 // range is an envelope, looking directly at the table.
 func typesCiphertext(t *testing.T, ctx context.Context, direct *pgx.Conn, lo, hi int) {
 	t.Helper()
-	var conds []string
+	var cols []string
 	for _, c := range typeCols {
-		conds = append(conds, fmt.Sprintf("(%s IS NOT NULL AND substring(%s FROM 1 FOR 3) <> '\\x504801'::bytea)", c.name, c.name))
+		cols = append(cols, c.name)
 	}
-	var bad, n int
-	err := direct.QueryRow(ctx, "SELECT count(*) FILTER (WHERE "+strings.Join(conds, " OR ")+"), count(*) FROM types WHERE id BETWEEN $1 AND $2", lo, hi).Scan(&bad, &n)
-	if err != nil || bad != 0 || n == 0 {
-		t.Fatalf("PHI columns must hold envelopes: %d of %d rows are not, %v", bad, n, err)
-	}
-}
-
-func typesCleanup(t *testing.T, direct *pgx.Conn, lo, hi int) {
-	t.Cleanup(func() {
-		ctx := context.Background()
-		direct.Exec(ctx, "DELETE FROM types WHERE id BETWEEN $1 AND $2", lo, hi)
-		direct.Exec(ctx, "DELETE FROM types_plain WHERE id BETWEEN $1 AND $2", lo, hi)
-	})
+	envelopesOnly(t, ctx, direct, "types", cols, lo, hi)
 }
 
 // TestCopyBinaryPgx loads every logical type with pgx's CopyFrom (binary
@@ -97,12 +85,8 @@ func typesCleanup(t *testing.T, direct *pgx.Conn, lo, hi int) {
 // proxy and directly into the plaintext twin, and compares what comes
 // back: rows read through the proxy and binary COPY output byte for byte.
 func TestCopyBinaryPgx(t *testing.T) {
-	ctx := testCtx(t)
-	p := startProxy(t)
-	via := connect(t, ctx, p.dsn(), pgx.QueryExecModeCacheStatement)
-	direct := connect(t, ctx, directDSN(), pgx.QueryExecModeCacheStatement)
 	const lo, hi = 8301, 8399
-	typesCleanup(t, direct, lo, hi)
+	ctx, _, via, direct := startCopyOn(t, "types", pgx.QueryExecModeCacheStatement, lo, hi)
 
 	// pgx describes "select <columns> from types" first: through the proxy
 	// the PHI columns are reported with their logical types, which is what
@@ -191,12 +175,8 @@ func queryValues(t *testing.T, ctx context.Context, c *pgx.Conn, sql string, arg
 // TestCopyBinaryStream sends raw binary COPY streams cut into CopyData
 // pieces of 1 to 7 bytes, and broken streams.
 func TestCopyBinaryStream(t *testing.T) {
-	ctx := testCtx(t)
-	p := startProxy(t)
-	via := connect(t, ctx, p.dsn(), pgx.QueryExecModeSimpleProtocol)
-	direct := connect(t, ctx, directDSN(), pgx.QueryExecModeSimpleProtocol)
 	const lo, hi = 8401, 8699
-	typesCleanup(t, direct, lo, hi)
+	ctx, p, via, direct := startCopyOn(t, "types", pgx.QueryExecModeSimpleProtocol, lo, hi)
 	rows := binaryRows(t, lo)[:3] // the 1 MiB row would take 250,000 CopyData messages
 	if _, err := direct.CopyFrom(ctx, pgx.Identifier{"types_plain"}, typeNames(), pgx.CopyFromRows(rows)); err != nil {
 		t.Fatal(err)

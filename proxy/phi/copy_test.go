@@ -118,27 +118,35 @@ func sameOutput(t *testing.T, ctx context.Context, via, direct *pgconn.PgConn, l
 	return got
 }
 
-// allCiphertext checks that every non-NULL PHI value in the id range is an
-// envelope, looking directly at the table.
+// allCiphertext checks that every non-NULL PHI value of patients in the
+// id range is an envelope, looking directly at the table.
 func allCiphertext(t *testing.T, ctx context.Context, direct *pgx.Conn, lo, hi int) {
 	t.Helper()
+	envelopesOnly(t, ctx, direct, "patients", []string{"ssn", "diagnosis", "dob", "mrn"}, lo, hi)
+}
+
+// envelopesOnly checks that every non-NULL value of the PHI columns cols
+// of table in the id range is an envelope, looking directly at the table.
+func envelopesOnly(t *testing.T, ctx context.Context, direct *pgx.Conn, table string, cols []string, lo, hi int) {
+	t.Helper()
+	var conds []string
+	for _, c := range cols {
+		conds = append(conds, fmt.Sprintf("(%s IS NOT NULL AND substring(%s FROM 1 FOR 3) <> '\\x504801'::bytea)", c, c))
+	}
 	var bad, n int
-	err := direct.QueryRow(ctx, `SELECT count(*) FILTER (WHERE
-  (ssn IS NOT NULL AND substring(ssn FROM 1 FOR 3) <> '\x504801'::bytea) OR
-  (diagnosis IS NOT NULL AND substring(diagnosis FROM 1 FOR 3) <> '\x504801'::bytea) OR
-  (dob IS NOT NULL AND substring(dob FROM 1 FOR 3) <> '\x504801'::bytea) OR
-  (mrn IS NOT NULL AND substring(mrn FROM 1 FOR 3) <> '\x504801'::bytea)), count(*)
-FROM patients WHERE id BETWEEN $1 AND $2`, lo, hi).Scan(&bad, &n)
+	err := direct.QueryRow(ctx, "SELECT count(*) FILTER (WHERE "+strings.Join(conds, " OR ")+"), count(*) FROM "+table+" WHERE id BETWEEN $1 AND $2", lo, hi).Scan(&bad, &n)
 	if err != nil || bad != 0 || n == 0 {
 		t.Fatalf("PHI columns must hold envelopes: %d of %d rows are not, %v", bad, n, err)
 	}
 }
 
-func cleanup(t *testing.T, direct *pgx.Conn, lo, hi int) {
+// cleanup deletes the rows of table and of its plaintext twin with ids in
+// [lo, hi] when the test ends.
+func cleanup(t *testing.T, direct *pgx.Conn, table string, lo, hi int) {
 	t.Cleanup(func() {
 		ctx := context.Background()
-		direct.Exec(ctx, "DELETE FROM patients WHERE id BETWEEN $1 AND $2", lo, hi)
-		direct.Exec(ctx, "DELETE FROM patients_plain WHERE id BETWEEN $1 AND $2", lo, hi)
+		direct.Exec(ctx, "DELETE FROM "+table+" WHERE id BETWEEN $1 AND $2", lo, hi)
+		direct.Exec(ctx, "DELETE FROM "+table+"_plain WHERE id BETWEEN $1 AND $2", lo, hi)
 	})
 }
 
@@ -147,11 +155,18 @@ func cleanup(t *testing.T, direct *pgx.Conn, lo, hi int) {
 // patients_plain with ids in [lo, hi] are deleted when the test ends.
 func startCopy(t *testing.T, lo, hi int) (ctx context.Context, p *testProxy, via, direct *pgx.Conn) {
 	t.Helper()
+	return startCopyOn(t, "patients", pgx.QueryExecModeSimpleProtocol, lo, hi)
+}
+
+// startCopyOn is startCopy for table (and its twin table_plain), with
+// both connections in mode.
+func startCopyOn(t *testing.T, table string, mode pgx.QueryExecMode, lo, hi int) (ctx context.Context, p *testProxy, via, direct *pgx.Conn) {
+	t.Helper()
 	ctx = testCtx(t)
 	p = startProxy(t)
-	via = connect(t, ctx, p.dsn(), pgx.QueryExecModeSimpleProtocol)
-	direct = connect(t, ctx, directDSN(), pgx.QueryExecModeSimpleProtocol)
-	cleanup(t, direct, lo, hi)
+	via = connect(t, ctx, p.dsn(), mode)
+	direct = connect(t, ctx, directDSN(), mode)
+	cleanup(t, direct, table, lo, hi)
 	return ctx, p, via, direct
 }
 
@@ -225,7 +240,7 @@ func TestCopyPsql(t *testing.T) {
 	ctx := testCtx(t)
 	p := startProxy(t)
 	direct := connect(t, ctx, directDSN(), pgx.QueryExecModeSimpleProtocol)
-	cleanup(t, direct, 4001, 4999)
+	cleanup(t, direct, "patients", 4001, 4999)
 	dir := t.TempDir()
 	var text, csv strings.Builder
 	for i := 0; i < 300; i++ {

@@ -24,35 +24,9 @@ import (
 // sql stands for patients through phiproxy and patients_plain directly.
 func ctwin(t *testing.T, via, direct *pgx.Conn, sql string, args ...any) [][]string {
 	t.Helper()
-	ctx := testCtx(t)
-	read := func(c *pgx.Conn, table string) [][]string {
-		text := strings.ReplaceAll(sql, "%[1]s", table)
-		rows, err := c.Query(ctx, text, args...)
-		if err != nil {
-			t.Fatalf("%s: %v", text, err)
-		}
-		out, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) ([]string, error) {
-			vals, err := r.Values()
-			var row []string
-			for _, v := range vals {
-				if tm, ok := v.(time.Time); ok {
-					v = tm.Format("2006-01-02")
-				}
-				row = append(row, fmt.Sprint(v))
-			}
-			return row, err
-		})
-		if err != nil {
-			t.Fatalf("%s: %v", text, err)
-		}
-		return out
-	}
-	got := read(via, "patients")
-	want := read(direct, "patients_plain")
-	if !reflect.DeepEqual(got, want) {
-		t.Fatalf("%s\nthrough phiproxy: %v\ndirect:           %v", sql, got, want)
-	}
-	return got
+	return twinText(t, via, direct, sql, func(patients, _ string) string {
+		return strings.ReplaceAll(sql, "%[1]s", patients)
+	}, args...)
 }
 
 // cursorFixture inserts five rows on both sides (ids base+1..base+5).
@@ -77,19 +51,14 @@ func fetchAll(t *testing.T, via, direct *pgx.Conn, cursor string, n int) [][]str
 	return nil
 }
 
-// openUnknownCursor opens cursor name over patients' ssn ciphertext in a
-// way phiproxy cannot see (a DO block running dynamic SQL: the text names
-// no PHI relation), inside the open transaction: a FETCH of it must not
-// be decrypted with the plan of an older cursor of the same name.
-func openUnknownCursor(t *testing.T, ctx context.Context, via *pgx.Conn, name string) {
-	t.Helper()
-	mustExec(t, ctx, via, "DO $$DECLARE r refcursor := '"+name+"'; BEGIN OPEN r FOR EXECUTE concat('SELECT id, ssn FROM pat', 'ients ORDER BY id'); END$$")
-}
-
-// expectNotDecrypted fetches from cursor name, which phiproxy does not
-// know: the ciphertext must fail (XX000), never come out as plaintext.
+// expectNotDecrypted opens cursor name over patients' ssn ciphertext in
+// a way phiproxy cannot see (a DO block running dynamic SQL: the text
+// names no PHI relation), inside the open transaction, and fetches from
+// it: the ciphertext must fail (XX000), never come out as plaintext
+// decrypted with the plan of an older cursor of the same name.
 func expectNotDecrypted(t *testing.T, ctx context.Context, via *pgx.Conn, name string) {
 	t.Helper()
+	mustExec(t, ctx, via, "DO $$DECLARE r refcursor := '"+name+"'; BEGIN OPEN r FOR EXECUTE concat('SELECT id, ssn FROM pat', 'ients ORDER BY id'); END$$")
 	rows, err := via.Query(ctx, "FETCH 1 FROM "+name)
 	if err == nil {
 		var vals [][]any
@@ -105,13 +74,25 @@ func expectNotDecrypted(t *testing.T, ctx context.Context, via *pgx.Conn, name s
 	expectCode(t, err, "XX000", "FETCH of a cursor phiproxy does not know")
 }
 
+// expectForgotten checks that phiproxy no longer decrypts cursor name:
+// the server has no such cursor (34000, what), and one opened behind
+// phiproxy's back is guarded.
+func expectForgotten(t *testing.T, ctx context.Context, via *pgx.Conn, name, what string) {
+	t.Helper()
+	_, err := via.Exec(ctx, "FETCH 1 FROM "+name)
+	expectCode(t, err, "34000", what)
+	mustExec(t, ctx, via, "BEGIN")
+	expectNotDecrypted(t, ctx, via, name)
+	mustExec(t, ctx, via, "ROLLBACK")
+}
+
 // TestCursorDjangoIterator: QuerySet.iterator() in autocommit, as
 // psycopg2 sends it: a WITH HOLD cursor declared outside a transaction,
 // fetched 2000 (here 2) rows at a time, then closed.
 func TestCursorDjangoIterator(t *testing.T) {
 	ctx := testCtx(t)
 	p := startProxy(t)
-	cursorModes(t, ctx, p, func(t *testing.T, via, direct *pgx.Conn, base int) {
+	fixtureModes(t, ctx, p, cursorFixture, func(t *testing.T, _ int, via, direct *pgx.Conn, base int) {
 		name := `"_django_curs_140_sync_1"`
 		ctwin(t, via, direct, `DECLARE `+name+` NO SCROLL CURSOR WITH HOLD FOR SELECT id, ssn, diagnosis, dob, mrn FROM %[1]s WHERE id > `+fmt.Sprint(base)+` AND id < `+fmt.Sprint(base+100)+` ORDER BY id`)
 		rows := fetchAll(t, via, direct, name, 2)
@@ -143,7 +124,7 @@ func TestCursorDjangoIterator(t *testing.T) {
 func TestCursorInTransaction(t *testing.T) {
 	ctx := testCtx(t)
 	p := startProxy(t)
-	cursorModes(t, ctx, p, func(t *testing.T, via, direct *pgx.Conn, base int) {
+	fixtureModes(t, ctx, p, cursorFixture, func(t *testing.T, _ int, via, direct *pgx.Conn, base int) {
 		for _, c := range []*pgx.Conn{via, direct} {
 			mustExec(t, ctx, c, "BEGIN")
 		}
@@ -159,12 +140,7 @@ func TestCursorInTransaction(t *testing.T) {
 		for _, c := range []*pgx.Conn{via, direct} {
 			mustExec(t, ctx, c, "COMMIT")
 		}
-		_, err := via.Exec(ctx, "FETCH 1 FROM c")
-		expectCode(t, err, "34000", "FETCH after COMMIT of a cursor without HOLD")
-		mustExec(t, ctx, via, "BEGIN")
-		openUnknownCursor(t, ctx, via, "c")
-		expectNotDecrypted(t, ctx, via, "c")
-		mustExec(t, ctx, via, "ROLLBACK")
+		expectForgotten(t, ctx, via, "c", "FETCH after COMMIT of a cursor without HOLD")
 	})
 }
 
@@ -185,17 +161,6 @@ func TestCursorWithHold(t *testing.T) {
 	declare := func(t *testing.T, via *pgx.Conn, base int) {
 		t.Helper()
 		ctwin(t, via, direct, `DECLARE h CURSOR WITH HOLD FOR SELECT id, ssn, mrn FROM %[1]s WHERE id > `+fmt.Sprint(base)+` ORDER BY id`)
-	}
-	// forgotten checks that phiproxy no longer decrypts h: the server has
-	// no such cursor, and one opened behind phiproxy's back is guarded.
-	forgotten := func(t *testing.T, via *pgx.Conn) {
-		t.Helper()
-		_, err := via.Exec(ctx, "FETCH 1 FROM h")
-		expectCode(t, err, "34000", "FETCH of a dropped cursor")
-		mustExec(t, ctx, via, "BEGIN")
-		openUnknownCursor(t, ctx, via, "h")
-		expectNotDecrypted(t, ctx, via, "h")
-		mustExec(t, ctx, via, "ROLLBACK")
 	}
 	for mi, mode := range modes {
 		t.Run(mode.String(), func(t *testing.T) {
@@ -220,14 +185,14 @@ func TestCursorWithHold(t *testing.T) {
 			declare(t, via, base)
 			ctwin(t, via, direct, "FETCH 1 FROM h")
 			both(t, via, "ROLLBACK")
-			forgotten(t, via)
+			expectForgotten(t, ctx, via, "h", "FETCH of a dropped cursor")
 
 			both(t, via, "BEGIN")
 			both(t, via, "SAVEPOINT s1")
 			declare(t, via, base)
 			both(t, via, "ROLLBACK TO SAVEPOINT s1")
 			both(t, via, "COMMIT")
-			forgotten(t, via)
+			expectForgotten(t, ctx, via, "h", "FETCH of a dropped cursor")
 
 			both(t, via, "BEGIN")
 			both(t, via, "SAVEPOINT s1")
@@ -236,12 +201,12 @@ func TestCursorWithHold(t *testing.T) {
 			both(t, via, "COMMIT")
 			ctwin(t, via, direct, "FETCH 2 FROM h")
 			both(t, via, "CLOSE ALL")
-			forgotten(t, via)
+			expectForgotten(t, ctx, via, "h", "FETCH of a dropped cursor")
 
 			declare(t, via, base)
 			ctwin(t, via, direct, "FETCH 2 FROM h")
 			both(t, via, "DISCARD ALL")
-			forgotten(t, via)
+			expectForgotten(t, ctx, via, "h", "FETCH of a dropped cursor")
 		})
 	}
 }
@@ -358,6 +323,34 @@ func TestCursorFetchBoundAtExecute(t *testing.T) {
 	expectCode(t, r.Err, "34000", "the prepared FETCH after COMMIT")
 }
 
+// syncOne sends msg and a Sync on via's connection and reads up to
+// ReadyForQuery, handing each message to seen (when not nil); an
+// ErrorResponse fails the test, naming what.
+func syncOne(t *testing.T, via *pgx.Conn, msg pgproto3.FrontendMessage, what string, seen func(pgproto3.BackendMessage)) {
+	t.Helper()
+	fe := via.PgConn().Frontend()
+	fe.Send(msg)
+	fe.Send(&pgproto3.Sync{})
+	if err := fe.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	for done := false; !done; {
+		msg, err := fe.Receive()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if seen != nil {
+			seen(msg)
+		}
+		switch m := msg.(type) {
+		case *pgproto3.ErrorResponse:
+			t.Fatalf("%s: %s %s", what, m.Code, m.Message)
+		case *pgproto3.ReadyForQuery:
+			done = true
+		}
+	}
+}
+
 // TestCursorDescribePortal: psycopg 3 describes its server-side cursor
 // with an extended-protocol Describe of the portal the DECLARE created
 // (cursors and portals share one namespace): PHI columns are described
@@ -368,29 +361,14 @@ func TestCursorDescribePortal(t *testing.T) {
 	via := connect(t, ctx, p.dsn(), pgx.QueryExecModeSimpleProtocol)
 	mustExec(t, ctx, via, "BEGIN")
 	mustExec(t, ctx, via, "DECLARE c CURSOR FOR SELECT id, ssn, dob, mrn FROM patients")
-	fe := via.PgConn().Frontend()
-	fe.Send(&pgproto3.Describe{ObjectType: 'P', Name: "c"})
-	fe.Send(&pgproto3.Sync{})
-	if err := fe.Flush(); err != nil {
-		t.Fatal(err)
-	}
 	var oids []uint32
-	for done := false; !done; {
-		msg, err := fe.Receive()
-		if err != nil {
-			t.Fatal(err)
-		}
-		switch m := msg.(type) {
-		case *pgproto3.RowDescription:
+	syncOne(t, via, &pgproto3.Describe{ObjectType: 'P', Name: "c"}, "Describe of the cursor", func(msg pgproto3.BackendMessage) {
+		if m, ok := msg.(*pgproto3.RowDescription); ok {
 			for _, f := range m.Fields {
 				oids = append(oids, f.DataTypeOID)
 			}
-		case *pgproto3.ErrorResponse:
-			t.Fatalf("Describe of the cursor: %s %s", m.Code, m.Message)
-		case *pgproto3.ReadyForQuery:
-			done = true
 		}
-	}
+	})
 	if !reflect.DeepEqual(oids, []uint32{23, 25, 1082, 20}) {
 		t.Fatalf("cursor described with type OIDs %v", oids)
 	}
@@ -448,25 +426,7 @@ func TestCursorProtocolClose(t *testing.T) {
 	mustExec(t, ctx, via, "INSERT INTO patients (id, ssn) VALUES (1, '111-11-1111')")
 	mustExec(t, ctx, via, "BEGIN")
 	mustExec(t, ctx, via, "DECLARE c CURSOR FOR SELECT id, ssn FROM patients")
-	fe := via.PgConn().Frontend()
-	fe.Send(&pgproto3.Close{ObjectType: 'P', Name: "c"})
-	fe.Send(&pgproto3.Sync{})
-	if err := fe.Flush(); err != nil {
-		t.Fatal(err)
-	}
-	for done := false; !done; {
-		msg, err := fe.Receive()
-		if err != nil {
-			t.Fatal(err)
-		}
-		switch m := msg.(type) {
-		case *pgproto3.ErrorResponse:
-			t.Fatalf("Close of the cursor's portal: %s %s", m.Code, m.Message)
-		case *pgproto3.ReadyForQuery:
-			done = true
-		}
-	}
-	openUnknownCursor(t, ctx, via, "c")
+	syncOne(t, via, &pgproto3.Close{ObjectType: 'P', Name: "c"}, "Close of the cursor's portal", nil)
 	expectNotDecrypted(t, ctx, via, "c")
 	mustExec(t, ctx, via, "ROLLBACK")
 }
@@ -510,20 +470,5 @@ func TestCursorPolicyAtFetch(t *testing.T) {
 			err = rows.Err()
 		}
 		expectCode(t, err, "42501", "FETCH of a column denied since the DECLARE")
-	}
-}
-
-// cursorModes runs body once per pgx mode, with a connection through the
-// proxy and one directly to the plaintext twin, the cursor fixture loaded
-// from id base.
-func cursorModes(t *testing.T, ctx context.Context, p *testProxy, body func(t *testing.T, via, direct *pgx.Conn, base int)) {
-	for mi, mode := range modes {
-		t.Run(mode.String(), func(t *testing.T) {
-			direct := connect(t, ctx, directDSN(), pgx.QueryExecModeSimpleProtocol)
-			via := connect(t, ctx, p.dsn(), mode)
-			base := 1000 * (mi + 1)
-			cursorFixture(t, via, direct, base)
-			body(t, via, direct, base)
-		})
 	}
 }

@@ -108,15 +108,33 @@ func simple(ctx context.Context, c *pgx.Conn, sql string) error {
 	return err
 }
 
+// mustSimple runs each of sqls in the simple protocol, failing t on the
+// first error.
+func mustSimple(t *testing.T, ctx context.Context, c *pgx.Conn, sqls ...string) {
+	t.Helper()
+	for _, sql := range sqls {
+		if err := simple(ctx, c, sql); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+// wentTo fails t unless the row id with ssn v is in schema want's
+// patients (whereIs).
+func wentTo(t *testing.T, ctx context.Context, super, c *pgx.Conn, id int, v, want string) {
+	t.Helper()
+	if got := whereIs(t, ctx, super, c, id, v); got != want {
+		t.Fatalf("row went to %q", got)
+	}
+}
+
 func TestFailClosedSessionState(t *testing.T) {
 	ctx := testCtx(t)
 	super := fcFixture(t, ctx)
 	p := startProxy(t)
 	open := func(t *testing.T, path string) *pgx.Conn {
 		c := connect(t, ctx, p.dsn(), pgx.QueryExecModeCacheStatement)
-		if err := simple(ctx, c, "SET search_path = "+path); err != nil {
-			t.Fatal(err)
-		}
+		mustSimple(t, ctx, c, "SET search_path = "+path)
 		return c
 	}
 	insert := func(id int, v string) string {
@@ -126,12 +144,8 @@ func TestFailClosedSessionState(t *testing.T) {
 	t.Run("1: a SET earlier in the same string", func(t *testing.T) {
 		c := open(t, "fc, public")
 		v := canary(t, "1")
-		if err := simple(ctx, c, "set search_path = public; "+insert(101, v)); err != nil {
-			t.Fatal(err)
-		}
-		if got := whereIs(t, ctx, super, c, 101, v); got != "public" {
-			t.Fatalf("row went to %q", got)
-		}
+		mustSimple(t, ctx, c, "set search_path = public; "+insert(101, v))
+		wentTo(t, ctx, super, c, 101, v, "public")
 		assertNotLogged(t, v)
 	})
 
@@ -141,12 +155,8 @@ func TestFailClosedSessionState(t *testing.T) {
 			t.Fatalf("got %v", err)
 		}
 		v := canary(t, "2")
-		if err := simple(ctx, c, insert(102, v)); err != nil {
-			t.Fatal(err)
-		}
-		if got := whereIs(t, ctx, super, c, 102, v); got != "public" {
-			t.Fatalf("row went to %q", got)
-		}
+		mustSimple(t, ctx, c, insert(102, v))
+		wentTo(t, ctx, super, c, 102, v, "public")
 		assertNotLogged(t, v)
 	})
 
@@ -162,9 +172,7 @@ func TestFailClosedSessionState(t *testing.T) {
 		if _, err := c.Exec(ctx, "insert into patients (id, ssn) values ($1, $2)", 202, v); err != nil {
 			t.Fatal(err)
 		}
-		if got := whereIs(t, ctx, super, c, 202, v); got != "public" {
-			t.Fatalf("row went to %q", got)
-		}
+		wentTo(t, ctx, super, c, 202, v, "public")
 	})
 
 	t.Run("3: COMMIT of a failed transaction is a ROLLBACK", func(t *testing.T) {
@@ -173,12 +181,8 @@ func TestFailClosedSessionState(t *testing.T) {
 			_ = simple(ctx, c, q)
 		}
 		v := canary(t, "3")
-		if err := simple(ctx, c, insert(103, v)); err != nil {
-			t.Fatal(err)
-		}
-		if got := whereIs(t, ctx, super, c, 103, v); got != "public" {
-			t.Fatalf("row went to %q", got)
-		}
+		mustSimple(t, ctx, c, insert(103, v))
+		wentTo(t, ctx, super, c, 103, v, "public")
 		assertNotLogged(t, v)
 	})
 
@@ -187,100 +191,52 @@ func TestFailClosedSessionState(t *testing.T) {
 		if err := simple(ctx, c, "BEGIN; SET search_path = fc, public; SELECT 1/0; COMMIT;"); sqlstate(err) != "22012" {
 			t.Fatalf("got %v", err)
 		}
-		if err := simple(ctx, c, "COMMIT"); err != nil {
-			t.Fatal(err)
-		}
+		mustSimple(t, ctx, c, "COMMIT")
 		v := canary(t, "3s")
-		if err := simple(ctx, c, insert(203, v)); err != nil {
-			t.Fatal(err)
-		}
-		if got := whereIs(t, ctx, super, c, 203, v); got != "public" {
-			t.Fatalf("row went to %q", got)
-		}
+		mustSimple(t, ctx, c, insert(203, v))
+		wentTo(t, ctx, super, c, 203, v, "public")
 	})
 
 	t.Run("4: ROLLBACK TO SAVEPOINT undoes the SET", func(t *testing.T) {
 		c := open(t, "public")
-		for _, q := range []string{"BEGIN", "SAVEPOINT a", "SET search_path = fc, public", "ROLLBACK TO SAVEPOINT a"} {
-			if err := simple(ctx, c, q); err != nil {
-				t.Fatal(err)
-			}
-		}
+		mustSimple(t, ctx, c, "BEGIN", "SAVEPOINT a", "SET search_path = fc, public", "ROLLBACK TO SAVEPOINT a")
 		v := canary(t, "4")
-		if err := simple(ctx, c, insert(104, v)); err != nil {
-			t.Fatal(err)
-		}
-		if err := simple(ctx, c, "COMMIT"); err != nil {
-			t.Fatal(err)
-		}
-		if got := whereIs(t, ctx, super, c, 104, v); got != "public" {
-			t.Fatalf("row went to %q", got)
-		}
+		mustSimple(t, ctx, c, insert(104, v))
+		mustSimple(t, ctx, c, "COMMIT")
+		wentTo(t, ctx, super, c, 104, v, "public")
 		assertNotLogged(t, v)
 	})
 
 	t.Run("SET LOCAL ends with its transaction", func(t *testing.T) {
 		c := open(t, "public")
-		for _, q := range []string{"BEGIN", "SET LOCAL search_path = fc, public", "COMMIT"} {
-			if err := simple(ctx, c, q); err != nil {
-				t.Fatal(err)
-			}
-		}
+		mustSimple(t, ctx, c, "BEGIN", "SET LOCAL search_path = fc, public", "COMMIT")
 		v := canary(t, "local")
-		if err := simple(ctx, c, insert(105, v)); err != nil {
-			t.Fatal(err)
-		}
-		if got := whereIs(t, ctx, super, c, 105, v); got != "public" {
-			t.Fatalf("row went to %q", got)
-		}
+		mustSimple(t, ctx, c, insert(105, v))
+		wentTo(t, ctx, super, c, 105, v, "public")
 	})
 
 	t.Run("5: a computed set_config is read back from the server", func(t *testing.T) {
 		c := open(t, "fc, public")
-		if err := simple(ctx, c, "select set_config('search'||'_path', 'public', false)"); err != nil {
-			t.Fatal(err)
-		}
+		mustSimple(t, ctx, c, "select set_config('search'||'_path', 'public', false)")
 		v := canary(t, "5")
-		if err := simple(ctx, c, insert(106, v)); err != nil {
-			t.Fatal(err)
-		}
-		if got := whereIs(t, ctx, super, c, 106, v); got != "public" {
-			t.Fatalf("row went to %q", got)
-		}
+		mustSimple(t, ctx, c, insert(106, v))
+		wentTo(t, ctx, super, c, 106, v, "public")
 		assertNotLogged(t, v)
 		// And the other way: the plain table, in the clear, as intended.
-		if err := simple(ctx, c, "select set_config('search'||'_path', 'fc, public', false)"); err != nil {
-			t.Fatal(err)
-		}
-		if err := simple(ctx, c, insert(107, "plain-107")); err != nil {
-			t.Fatal(err)
-		}
-		if got := whereIs(t, ctx, super, c, 107, "plain-107"); got != "fc" {
-			t.Fatalf("row went to %q", got)
-		}
+		mustSimple(t, ctx, c, "select set_config('search'||'_path', 'fc, public', false)")
+		mustSimple(t, ctx, c, insert(107, "plain-107"))
+		wentTo(t, ctx, super, c, 107, "plain-107", "fc")
 	})
 
 	t.Run("6: SET ROLE changes what $user means", func(t *testing.T) {
 		c := open(t, `"$user", public`)
-		if err := simple(ctx, c, "SET ROLE fc_r2"); err != nil {
-			t.Fatal(err)
-		}
-		if err := simple(ctx, c, insert(108, "plain-108")); err != nil {
-			t.Fatal(err)
-		}
-		if got := whereIs(t, ctx, super, c, 108, "plain-108"); got != "fc_r2" {
-			t.Fatalf("row went to %q", got)
-		}
-		if err := simple(ctx, c, "RESET ROLE"); err != nil {
-			t.Fatal(err)
-		}
+		mustSimple(t, ctx, c, "SET ROLE fc_r2")
+		mustSimple(t, ctx, c, insert(108, "plain-108"))
+		wentTo(t, ctx, super, c, 108, "plain-108", "fc_r2")
+		mustSimple(t, ctx, c, "RESET ROLE")
 		v := canary(t, "6")
-		if err := simple(ctx, c, insert(109, v)); err != nil {
-			t.Fatal(err)
-		}
-		if got := whereIs(t, ctx, super, c, 109, v); got != "public" {
-			t.Fatalf("row went to %q", got)
-		}
+		mustSimple(t, ctx, c, insert(109, v))
+		wentTo(t, ctx, super, c, 109, v, "public")
 		assertNotLogged(t, v)
 	})
 
@@ -290,28 +246,16 @@ func TestFailClosedSessionState(t *testing.T) {
 		if err := simple(ctx, c, "drop table fc.patients; "+insert(110, v)); sqlstate(err) != "0A000" {
 			t.Fatalf("DDL then DML in one string: got %v, want 0A000", err)
 		}
-		if err := simple(ctx, c, "BEGIN"); err != nil {
-			t.Fatal(err)
-		}
-		if err := simple(ctx, c, "drop table fc.patients"); err != nil {
-			t.Fatal(err)
-		}
+		mustSimple(t, ctx, c, "BEGIN")
+		mustSimple(t, ctx, c, "drop table fc.patients")
 		if err := simple(ctx, c, insert(110, v)); sqlstate(err) != "0A000" {
 			t.Fatalf("DML after uncommitted DDL: got %v, want 0A000", err)
 		}
-		if err := simple(ctx, c, "ROLLBACK"); err != nil {
-			t.Fatal(err)
-		}
+		mustSimple(t, ctx, c, "ROLLBACK")
 		// Committed: the next statement waits for the catalog refresh.
-		if err := simple(ctx, c, "drop table fc.patients"); err != nil {
-			t.Fatal(err)
-		}
-		if err := simple(ctx, c, insert(110, v)); err != nil {
-			t.Fatal(err)
-		}
-		if got := whereIs(t, ctx, super, c, 110, v); got != "public" {
-			t.Fatalf("row went to %q", got)
-		}
+		mustSimple(t, ctx, c, "drop table fc.patients")
+		mustSimple(t, ctx, c, insert(110, v))
+		wentTo(t, ctx, super, c, 110, v, "public")
 		assertNotLogged(t, v)
 	})
 }
@@ -328,73 +272,47 @@ func TestFailClosedPreparedStatements(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if got := whereIs(t, ctx, super, c, 114, v); got != "public" {
-			t.Fatalf("row went to %q", got)
-		}
+		wentTo(t, ctx, super, c, 114, v, "public")
 		assertNotLogged(t, v)
 	})
 
 	t.Run("15: a DISCARD ALL the server refused keeps the statement", func(t *testing.T) {
-		if err := simple(ctx, c, "PREPARE ins15(int, text) AS INSERT INTO patients (id, ssn) VALUES ($1, $2)"); err != nil {
-			t.Fatal(err)
-		}
-		if err := simple(ctx, c, "BEGIN"); err != nil {
-			t.Fatal(err)
-		}
+		mustSimple(t, ctx, c, "PREPARE ins15(int, text) AS INSERT INTO patients (id, ssn) VALUES ($1, $2)")
+		mustSimple(t, ctx, c, "BEGIN")
 		if err := simple(ctx, c, "DISCARD ALL"); sqlstate(err) != "25001" {
 			t.Fatalf("DISCARD ALL in a transaction: %v", err)
 		}
-		if err := simple(ctx, c, "ROLLBACK"); err != nil {
-			t.Fatal(err)
-		}
+		mustSimple(t, ctx, c, "ROLLBACK")
 		v := canary(t, "15")
-		if err := simple(ctx, c, fmt.Sprintf("EXECUTE ins15(115, '%s')", v)); err != nil {
-			t.Fatal(err)
-		}
-		if got := whereIs(t, ctx, super, c, 115, v); got != "public" {
-			t.Fatalf("row went to %q", got)
-		}
+		mustSimple(t, ctx, c, fmt.Sprintf("EXECUTE ins15(115, '%s')", v))
+		wentTo(t, ctx, super, c, 115, v, "public")
 		assertNotLogged(t, v)
 	})
 
 	t.Run("15: a duplicate PREPARE that fails keeps the first", func(t *testing.T) {
-		if err := simple(ctx, c, "PREPARE ins16(int, text) AS INSERT INTO public.patients (id, ssn) VALUES ($1, $2)"); err != nil {
-			t.Fatal(err)
-		}
+		mustSimple(t, ctx, c, "PREPARE ins16(int, text) AS INSERT INTO public.patients (id, ssn) VALUES ($1, $2)")
 		if err := simple(ctx, c, "PREPARE ins16(int, text) AS INSERT INTO fc.patients (id, ssn) VALUES ($1, $2)"); sqlstate(err) != "42P05" {
 			t.Fatalf("duplicate PREPARE: %v", err)
 		}
 		v := canary(t, "15b")
-		if err := simple(ctx, c, fmt.Sprintf("EXECUTE ins16(116, '%s')", v)); err != nil {
-			t.Fatal(err)
-		}
-		if got := whereIs(t, ctx, super, c, 116, v); got != "public" {
-			t.Fatalf("row went to %q", got)
-		}
+		mustSimple(t, ctx, c, fmt.Sprintf("EXECUTE ins16(116, '%s')", v))
+		wentTo(t, ctx, super, c, 116, v, "public")
 		assertNotLogged(t, v)
 	})
 
 	t.Run("15: SQL PREPARE then protocol Bind, protocol Parse then SQL EXECUTE", func(t *testing.T) {
-		if err := simple(ctx, c, "PREPARE ins17(int, text) AS INSERT INTO patients (id, ssn) VALUES ($1, $2)"); err != nil {
-			t.Fatal(err)
-		}
+		mustSimple(t, ctx, c, "PREPARE ins17(int, text) AS INSERT INTO patients (id, ssn) VALUES ($1, $2)")
 		v := canary(t, "15c")
 		if r := c.PgConn().ExecPrepared(ctx, "ins17", [][]byte{[]byte("117"), []byte(v)}, nil, nil).Read(); r.Err != nil {
 			t.Fatal(r.Err)
 		}
-		if got := whereIs(t, ctx, super, c, 117, v); got != "public" {
-			t.Fatalf("row went to %q", got)
-		}
+		wentTo(t, ctx, super, c, 117, v, "public")
 		if _, err := c.PgConn().Prepare(ctx, "ins18", "INSERT INTO patients (id, ssn) VALUES ($1, $2)", nil); err != nil {
 			t.Fatal(err)
 		}
 		w := canary(t, "15d")
-		if err := simple(ctx, c, fmt.Sprintf("EXECUTE ins18(118, '%s')", w)); err != nil {
-			t.Fatal(err)
-		}
-		if got := whereIs(t, ctx, super, c, 118, w); got != "public" {
-			t.Fatalf("row went to %q", got)
-		}
+		mustSimple(t, ctx, c, fmt.Sprintf("EXECUTE ins18(118, '%s')", w))
+		wentTo(t, ctx, super, c, 118, w, "public")
 		assertNotLogged(t, v)
 		assertNotLogged(t, w)
 	})
@@ -424,9 +342,7 @@ func TestFailClosedPreparedStatements(t *testing.T) {
 		if r := c.PgConn().ExecPrepared(ctx, "ins20", [][]byte{[]byte("120"), []byte(v)}, nil, nil).Read(); r.Err != nil {
 			t.Fatal(r.Err)
 		}
-		if got := whereIs(t, ctx, super, c, 120, v); got != "public" {
-			t.Fatalf("row went to %q", got)
-		}
+		wentTo(t, ctx, super, c, 120, v, "public")
 		assertNotLogged(t, v)
 	})
 }
@@ -473,9 +389,7 @@ func TestFailClosedStateProperty(t *testing.T) {
 			steps[i] = stateSteps[rng.Intn(len(stateSteps))]
 		}
 		c := connect(t, ctx, p.dsn(), pgx.QueryExecModeCacheStatement)
-		if err := simple(ctx, c, "SET search_path = public"); err != nil {
-			t.Fatal(err)
-		}
+		mustSimple(t, ctx, c, "SET search_path = public")
 		switch mode {
 		case 0:
 			for _, q := range steps {
@@ -547,9 +461,7 @@ func TestFailClosedTempTablesGuardsAndNestedExecute(t *testing.T) {
 	}
 
 	t.Run("18: a temporary table named like the PHI table is found first", func(t *testing.T) {
-		if err := simple(ctx, c, "CREATE TEMP TABLE patients (id int, ssn text)"); err != nil {
-			t.Fatal(err)
-		}
+		mustSimple(t, ctx, c, "CREATE TEMP TABLE patients (id int, ssn text)")
 		var into uint32
 		if err := c.QueryRow(ctx, "insert into patients (id, ssn) values (181, 'plain-temp') returning tableoid", pgx.QueryExecModeSimpleProtocol).Scan(&into); err != nil {
 			t.Fatal(err)
@@ -564,32 +476,18 @@ func TestFailClosedTempTablesGuardsAndNestedExecute(t *testing.T) {
 			}
 		}
 		// Dropped, the name means the PHI table again.
-		if err := simple(ctx, c, "DROP TABLE patients"); err != nil {
-			t.Fatal(err)
-		}
+		mustSimple(t, ctx, c, "DROP TABLE patients")
 		v := canary(t, "18")
-		if err := simple(ctx, c, fmt.Sprintf("insert into patients (id, ssn) values (182, '%s')", v)); err != nil {
-			t.Fatal(err)
-		}
-		if got := whereIs(t, ctx, super, c, 182, v); got != "public" {
-			t.Fatalf("row went to %q", got)
-		}
+		mustSimple(t, ctx, c, fmt.Sprintf("insert into patients (id, ssn) values (182, '%s')", v))
+		wentTo(t, ctx, super, c, 182, v, "public")
 		assertNotLogged(t, v)
 	})
 
 	t.Run("18: a temporary table created in a transaction that rolls back", func(t *testing.T) {
-		for _, q := range []string{"BEGIN", "CREATE TEMP TABLE patients (id int, ssn text)", "ROLLBACK"} {
-			if err := simple(ctx, c, q); err != nil {
-				t.Fatal(err)
-			}
-		}
+		mustSimple(t, ctx, c, "BEGIN", "CREATE TEMP TABLE patients (id int, ssn text)", "ROLLBACK")
 		v := canary(t, "18b")
-		if err := simple(ctx, c, fmt.Sprintf("insert into patients (id, ssn) values (183, '%s')", v)); err != nil {
-			t.Fatal(err)
-		}
-		if got := whereIs(t, ctx, super, c, 183, v); got != "public" {
-			t.Fatalf("row went to %q", got)
-		}
+		mustSimple(t, ctx, c, fmt.Sprintf("insert into patients (id, ssn) values (183, '%s')", v))
+		wentTo(t, ctx, super, c, 183, v, "public")
 	})
 
 	t.Run("9: the envelope CHECK cannot be dropped through the proxy", func(t *testing.T) {
@@ -608,19 +506,11 @@ func TestFailClosedTempTablesGuardsAndNestedExecute(t *testing.T) {
 	})
 
 	t.Run("16: EXECUTE under EXPLAIN and CREATE TABLE AS", func(t *testing.T) {
-		if err := simple(ctx, c, "PREPARE ins16e(int, text) AS INSERT INTO patients (id, ssn) VALUES ($1, $2)"); err != nil {
-			t.Fatal(err)
-		}
-		if err := simple(ctx, c, "PREPARE find16(text) AS SELECT id FROM patients WHERE ssn = $1"); err != nil {
-			t.Fatal(err)
-		}
+		mustSimple(t, ctx, c, "PREPARE ins16e(int, text) AS INSERT INTO patients (id, ssn) VALUES ($1, $2)")
+		mustSimple(t, ctx, c, "PREPARE find16(text) AS SELECT id FROM patients WHERE ssn = $1")
 		v := canary(t, "16")
-		if err := simple(ctx, c, fmt.Sprintf("EXPLAIN ANALYZE EXECUTE ins16e(161, '%s')", v)); err != nil {
-			t.Fatal(err)
-		}
-		if got := whereIs(t, ctx, super, c, 161, v); got != "public" {
-			t.Fatalf("row went to %q", got)
-		}
+		mustSimple(t, ctx, c, fmt.Sprintf("EXPLAIN ANALYZE EXECUTE ins16e(161, '%s')", v))
+		wentTo(t, ctx, super, c, 161, v, "public")
 		res, err := c.PgConn().Exec(ctx, fmt.Sprintf("EXPLAIN EXECUTE find16('%s')", v)).ReadAll()
 		if err != nil {
 			t.Fatal(err)
@@ -635,9 +525,7 @@ func TestFailClosedTempTablesGuardsAndNestedExecute(t *testing.T) {
 		if !strings.Contains(plan.String(), "<encrypted>") || strings.Contains(plan.String(), `\x504801`) {
 			t.Fatalf("EXPLAIN output shows the encrypted constant as:\n%s", plan.String())
 		}
-		if err := simple(ctx, c, fmt.Sprintf("CREATE TEMP TABLE found16 AS EXECUTE find16('%s')", v)); err != nil {
-			t.Fatal(err)
-		}
+		mustSimple(t, ctx, c, fmt.Sprintf("CREATE TEMP TABLE found16 AS EXECUTE find16('%s')", v))
 		var id int
 		if err := c.QueryRow(ctx, "SELECT id FROM found16").Scan(&id); err != nil || id != 161 {
 			t.Fatalf("CREATE TABLE AS EXECUTE found %d, %v", id, err)
@@ -662,9 +550,7 @@ func TestFailClosedViewCreatedThroughTheProxy(t *testing.T) {
 	c := connect(t, ctx, p.dsn(), pgx.QueryExecModeCacheStatement)
 
 	v := canary(t, "view1")
-	if err := simple(ctx, c, "CREATE VIEW leaky1 AS SELECT ssn FROM patients"); err != nil {
-		t.Fatal(err)
-	}
+	mustSimple(t, ctx, c, "CREATE VIEW leaky1 AS SELECT ssn FROM patients")
 	if err := simple(ctx, c, fmt.Sprintf("SELECT ssn FROM leaky1 WHERE ssn = '%s'", v)); sqlstate(err) != "0A000" {
 		t.Fatalf("after a committed CREATE VIEW: got %v, want 0A000", err)
 	}
@@ -677,17 +563,11 @@ func TestFailClosedViewCreatedThroughTheProxy(t *testing.T) {
 	assertNotLogged(t, w)
 
 	x := canary(t, "view3")
-	if err := simple(ctx, c, "BEGIN"); err != nil {
-		t.Fatal(err)
-	}
-	if err := simple(ctx, c, "CREATE VIEW leaky3 AS SELECT ssn FROM patients"); err != nil {
-		t.Fatal(err)
-	}
+	mustSimple(t, ctx, c, "BEGIN")
+	mustSimple(t, ctx, c, "CREATE VIEW leaky3 AS SELECT ssn FROM patients")
 	if err := simple(ctx, c, fmt.Sprintf("SELECT ssn FROM leaky3 WHERE ssn = '%s'", x)); sqlstate(err) != "0A000" {
 		t.Fatalf("in the view's transaction: got %v, want 0A000", err)
 	}
-	if err := simple(ctx, c, "ROLLBACK"); err != nil {
-		t.Fatal(err)
-	}
+	mustSimple(t, ctx, c, "ROLLBACK")
 	assertNotLogged(t, x)
 }

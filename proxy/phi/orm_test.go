@@ -1,6 +1,7 @@
 package phi
 
 import (
+	"context"
 	"fmt"
 	"reflect"
 	"strings"
@@ -20,11 +21,22 @@ import (
 // rows read through phiproxy, each as text.
 func twin(t *testing.T, via, direct *pgx.Conn, sql string, args ...any) [][]string {
 	t.Helper()
+	return twinText(t, via, direct, sql, func(patients, visits string) string {
+		return fmt.Sprintf(sql, patients, visits)
+	}, args...)
+}
+
+// twinText runs the statement text makes of sql for each side's tables
+// on both sides and fails unless they agree; it returns the rows read
+// through phiproxy, each as text.
+func twinText(t *testing.T, via, direct *pgx.Conn, sql string, text func(patients, visits string) string, args ...any) [][]string {
+	t.Helper()
 	ctx := testCtx(t)
 	read := func(c *pgx.Conn, patients, visits string) [][]string {
-		rows, err := c.Query(ctx, fmt.Sprintf(sql, patients, visits), args...)
+		q := text(patients, visits)
+		rows, err := c.Query(ctx, q, args...)
 		if err != nil {
-			t.Fatalf("%s: %v", fmt.Sprintf(sql, patients, visits), err)
+			t.Fatalf("%s: %v", q, err)
 		}
 		out, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) ([]string, error) {
 			vals, err := r.Values()
@@ -38,7 +50,7 @@ func twin(t *testing.T, via, direct *pgx.Conn, sql string, args ...any) [][]stri
 			return row, err
 		})
 		if err != nil {
-			t.Fatalf("%s: %v", fmt.Sprintf(sql, patients, visits), err)
+			t.Fatalf("%s: %v", q, err)
 		}
 		return out
 	}
@@ -95,35 +107,29 @@ const ormRows = `SELECT id, name, ssn, diagnosis, dob, mrn FROM %[1]s WHERE id B
 func TestORMBatchedFlushMikroORM(t *testing.T) {
 	ctx := testCtx(t)
 	p := startProxy(t)
-	direct := connect(t, ctx, directDSN(), pgx.QueryExecModeSimpleProtocol)
-	for mi, mode := range modes {
-		t.Run(mode.String(), func(t *testing.T) {
-			via := connect(t, ctx, p.dsn(), mode)
-			base := 1000 * (mi + 1)
-			ormFixture(t, via, direct, base)
-			flush := `update "%[1]s" set "diagnosis" = case when ("id" = $1) then $2 when ("id" = $3) then $4 else "diagnosis" end, ` +
-				`"ssn" = case when ("id" = $5) then $6 when ("id" = $7) then $8 else "ssn" end, ` +
-				`"mrn" = case when ("id" = $9) then $10 else "mrn" end ` +
-				`where "id" in ($11, $12, $13) returning "id"`
-			got := twin(t, via, direct, flush,
-				base+1, "asthma", base+3, nil,
-				base+2, "999-99-9999", base+3, "333-00-0000",
-				base+4, int64(77),
-				base+1, base+2, base+3)
-			if len(got) != 3 {
-				t.Fatalf("returning: %v", got)
-			}
-			twin(t, via, direct, ormRows, base, base+99)
-			// The same with the values inlined, as a client that
-			// interpolates parameters sends it.
-			lit := fmt.Sprintf(`update "%%[1]s" set "dob" = case when ("id" = %d) then '2001-02-03' when ("id" = %d) then NULL else "dob" end where "id" in (%d, %d) returning "id", "dob"`,
-				base+1, base+2, base+1, base+2)
-			twin(t, via, direct, lit)
-			twin(t, via, direct, ormRows, base, base+99)
-			// The deterministic column still finds the new values.
-			twin(t, via, direct, `SELECT id FROM %[1]s WHERE ssn = $1 ORDER BY id`, "999-99-9999")
-		})
-	}
+	fixtureModes(t, ctx, p, ormFixture, func(t *testing.T, mi int, via, direct *pgx.Conn, base int) {
+		flush := `update "%[1]s" set "diagnosis" = case when ("id" = $1) then $2 when ("id" = $3) then $4 else "diagnosis" end, ` +
+			`"ssn" = case when ("id" = $5) then $6 when ("id" = $7) then $8 else "ssn" end, ` +
+			`"mrn" = case when ("id" = $9) then $10 else "mrn" end ` +
+			`where "id" in ($11, $12, $13) returning "id"`
+		got := twin(t, via, direct, flush,
+			base+1, "asthma", base+3, nil,
+			base+2, "999-99-9999", base+3, "333-00-0000",
+			base+4, int64(77),
+			base+1, base+2, base+3)
+		if len(got) != 3 {
+			t.Fatalf("returning: %v", got)
+		}
+		twin(t, via, direct, ormRows, base, base+99)
+		// The same with the values inlined, as a client that
+		// interpolates parameters sends it.
+		lit := fmt.Sprintf(`update "%%[1]s" set "dob" = case when ("id" = %d) then '2001-02-03' when ("id" = %d) then NULL else "dob" end where "id" in (%d, %d) returning "id", "dob"`,
+			base+1, base+2, base+1, base+2)
+		twin(t, via, direct, lit)
+		twin(t, via, direct, ormRows, base, base+99)
+		// The deterministic column still finds the new values.
+		twin(t, via, direct, `SELECT id FROM %[1]s WHERE ssn = $1 ORDER BY id`, "999-99-9999")
+	})
 	// A branch that is not a value for the column is still refused.
 	via := connect(t, ctx, p.dsn(), pgx.QueryExecModeCacheStatement)
 	_, err := via.Exec(ctx, `UPDATE patients SET diagnosis = CASE WHEN id = 1 THEN name ELSE diagnosis END`)
@@ -136,24 +142,18 @@ func TestORMBatchedFlushMikroORM(t *testing.T) {
 func TestORMGroupByKeyDjango(t *testing.T) {
 	ctx := testCtx(t)
 	p := startProxy(t)
-	direct := connect(t, ctx, directDSN(), pgx.QueryExecModeSimpleProtocol)
-	for mi, mode := range modes {
-		t.Run(mode.String(), func(t *testing.T) {
-			via := connect(t, ctx, p.dsn(), mode)
-			base := 1000 * (mi + 1)
-			ormFixture(t, via, direct, base)
-			django := `SELECT "%[1]s"."id", "%[1]s"."name", "%[1]s"."ssn", "%[1]s"."diagnosis", "%[1]s"."dob", "%[1]s"."mrn", "%[1]s"."active", ` +
-				`COUNT("%[2]s"."id") AS "visits__count" FROM "%[1]s" LEFT OUTER JOIN "%[2]s" ON ("%[1]s"."ssn" = "%[2]s"."patient_ssn") ` +
-				`WHERE "%[1]s"."id" BETWEEN $1 AND $2 ` +
-				`GROUP BY "%[1]s"."id", "%[1]s"."name", "%[1]s"."ssn", "%[1]s"."diagnosis", "%[1]s"."dob", "%[1]s"."mrn", "%[1]s"."active" ORDER BY "%[1]s"."id" ASC`
-			got := twin(t, via, direct, django, base, base+99)
-			if len(got) != 5 || got[0][7] != "2" {
-				t.Fatalf("annotate: %v", got)
-			}
-			twin(t, via, direct, `SELECT DISTINCT id, diagnosis, dob FROM %[1]s WHERE id BETWEEN $1 AND $2 ORDER BY id`, base, base+99)
-			twin(t, via, direct, `SELECT DISTINCT ON (id, diagnosis) id, diagnosis FROM %[1]s WHERE id BETWEEN $1 AND $2 ORDER BY id`, base, base+99)
-		})
-	}
+	fixtureModes(t, ctx, p, ormFixture, func(t *testing.T, mi int, via, direct *pgx.Conn, base int) {
+		django := `SELECT "%[1]s"."id", "%[1]s"."name", "%[1]s"."ssn", "%[1]s"."diagnosis", "%[1]s"."dob", "%[1]s"."mrn", "%[1]s"."active", ` +
+			`COUNT("%[2]s"."id") AS "visits__count" FROM "%[1]s" LEFT OUTER JOIN "%[2]s" ON ("%[1]s"."ssn" = "%[2]s"."patient_ssn") ` +
+			`WHERE "%[1]s"."id" BETWEEN $1 AND $2 ` +
+			`GROUP BY "%[1]s"."id", "%[1]s"."name", "%[1]s"."ssn", "%[1]s"."diagnosis", "%[1]s"."dob", "%[1]s"."mrn", "%[1]s"."active" ORDER BY "%[1]s"."id" ASC`
+		got := twin(t, via, direct, django, base, base+99)
+		if len(got) != 5 || got[0][7] != "2" {
+			t.Fatalf("annotate: %v", got)
+		}
+		twin(t, via, direct, `SELECT DISTINCT id, diagnosis, dob FROM %[1]s WHERE id BETWEEN $1 AND $2 ORDER BY id`, base, base+99)
+		twin(t, via, direct, `SELECT DISTINCT ON (id, diagnosis) id, diagnosis FROM %[1]s WHERE id BETWEEN $1 AND $2 ORDER BY id`, base, base+99)
+	})
 	// Without the key, grouping by ciphertext would split "flu" in three:
 	// still refused.
 	via := connect(t, ctx, p.dsn(), pgx.QueryExecModeCacheStatement)
@@ -168,46 +168,55 @@ func TestORMGroupByKeyDjango(t *testing.T) {
 func TestORMOptionalFilters(t *testing.T) {
 	ctx := testCtx(t)
 	p := startProxy(t)
-	direct := connect(t, ctx, directDSN(), pgx.QueryExecModeSimpleProtocol)
-	for mi, mode := range modes {
-		t.Run(mode.String(), func(t *testing.T) {
-			via := connect(t, ctx, p.dsn(), mode)
-			base := 1000 * (mi + 1)
-			ormFixture(t, via, direct, base)
-			secret := fmt.Sprintf("NARG-%d-%d", mi, time.Now().UnixNano())
-			filter := `SELECT id, name, ssn, diagnosis, dob, mrn FROM %[1]s WHERE ($1::text IS NULL OR ssn = $1) AND ($2::int8 IS NULL OR mrn = $2) AND id BETWEEN $3 AND $4 ORDER BY id`
-			for _, args := range [][2]any{{"111-11-1111", nil}, {nil, int64(2)}, {nil, nil}, {"111-11-1111", int64(1)}} {
-				twin(t, via, direct, filter, args[0], args[1], base, base+99)
+	fixtureModes(t, ctx, p, ormFixture, func(t *testing.T, mi int, via, direct *pgx.Conn, base int) {
+		secret := fmt.Sprintf("NARG-%d-%d", mi, time.Now().UnixNano())
+		filter := `SELECT id, name, ssn, diagnosis, dob, mrn FROM %[1]s WHERE ($1::text IS NULL OR ssn = $1) AND ($2::int8 IS NULL OR mrn = $2) AND id BETWEEN $3 AND $4 ORDER BY id`
+		for _, args := range [][2]any{{"111-11-1111", nil}, {nil, int64(2)}, {nil, nil}, {"111-11-1111", int64(1)}} {
+			twin(t, via, direct, filter, args[0], args[1], base, base+99)
+		}
+		// A value that is nowhere: through phiproxy only (the twin's
+		// plaintext would be in the server log by design).
+		var n int
+		if err := via.QueryRow(ctx, fmt.Sprintf(`SELECT count(*) FROM %[1]s WHERE ($1::text IS NULL OR ssn = $1)`, "patients"), secret).Scan(&n); err != nil || n != 0 {
+			t.Fatalf("filter on an unknown value: %d rows, %v", n, err)
+		}
+		coalesce := `SELECT id FROM %[1]s WHERE ssn = COALESCE($1, ssn) AND id BETWEEN $2 AND $3 ORDER BY id`
+		if got := twin(t, via, direct, coalesce, nil, base, base+99); len(got) != 4 {
+			t.Fatalf("COALESCE(NULL, ssn) matched %v", got)
+		}
+		twin(t, via, direct, coalesce, "111-11-1111", base, base+99)
+		update := `UPDATE %[1]s SET ssn = COALESCE($1, ssn), diagnosis = COALESCE($2, diagnosis), dob = COALESCE($3::date, dob) WHERE id = $4`
+		for _, args := range [][3]any{{nil, "gout", nil}, {"444-44-4444", nil, "1999-09-09"}} {
+			for _, side := range []struct {
+				c   *pgx.Conn
+				tbl string
+			}{{via, "patients"}, {direct, "patients_plain"}} {
+				mustExec(t, ctx, side.c, fmt.Sprintf(update, side.tbl), args[0], args[1], args[2], base+1)
 			}
-			// A value that is nowhere: through phiproxy only (the twin's
-			// plaintext would be in the server log by design).
-			var n int
-			if err := via.QueryRow(ctx, fmt.Sprintf(`SELECT count(*) FROM %[1]s WHERE ($1::text IS NULL OR ssn = $1)`, "patients"), secret).Scan(&n); err != nil || n != 0 {
-				t.Fatalf("filter on an unknown value: %d rows, %v", n, err)
-			}
-			coalesce := `SELECT id FROM %[1]s WHERE ssn = COALESCE($1, ssn) AND id BETWEEN $2 AND $3 ORDER BY id`
-			if got := twin(t, via, direct, coalesce, nil, base, base+99); len(got) != 4 {
-				t.Fatalf("COALESCE(NULL, ssn) matched %v", got)
-			}
-			twin(t, via, direct, coalesce, "111-11-1111", base, base+99)
-			update := `UPDATE %[1]s SET ssn = COALESCE($1, ssn), diagnosis = COALESCE($2, diagnosis), dob = COALESCE($3::date, dob) WHERE id = $4`
-			for _, args := range [][3]any{{nil, "gout", nil}, {"444-44-4444", nil, "1999-09-09"}} {
-				for _, side := range []struct {
-					c   *pgx.Conn
-					tbl string
-				}{{via, "patients"}, {direct, "patients_plain"}} {
-					mustExec(t, ctx, side.c, fmt.Sprintf(update, side.tbl), args[0], args[1], args[2], base+1)
-				}
-			}
-			twin(t, via, direct, ormRows, base, base+99)
-			assertNotLogged(t, secret)
-		})
-	}
+		}
+		twin(t, via, direct, ormRows, base, base+99)
+		assertNotLogged(t, secret)
+	})
 	// = COALESCE on a randomized column compares ciphertexts: refused.
 	via := connect(t, ctx, p.dsn(), pgx.QueryExecModeCacheStatement)
 	_, err := via.Exec(ctx, `SELECT id FROM patients WHERE diagnosis = COALESCE($1, diagnosis)`, "flu")
 	expectCode(t, err, "0A000", "= COALESCE on a randomized column")
 	if strings.Contains(fmt.Sprint(err), "flu") {
 		t.Fatalf("refusal names the value: %v", err)
+	}
+}
+
+// fixtureModes runs body once per pgx mode, with a connection through the
+// proxy and one directly to the plaintext twin, fixture loaded from id
+// base (a range of its own per mode mi).
+func fixtureModes(t *testing.T, ctx context.Context, p *testProxy, fixture func(t *testing.T, via, direct *pgx.Conn, base int), body func(t *testing.T, mi int, via, direct *pgx.Conn, base int)) {
+	for mi, mode := range modes {
+		t.Run(mode.String(), func(t *testing.T) {
+			direct := connect(t, ctx, directDSN(), pgx.QueryExecModeSimpleProtocol)
+			via := connect(t, ctx, p.dsn(), mode)
+			base := 1000 * (mi + 1)
+			fixture(t, via, direct, base)
+			body(t, mi, via, direct, base)
+		})
 	}
 }

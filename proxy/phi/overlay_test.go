@@ -7,6 +7,7 @@ import (
 	"path/filepath"
 	"reflect"
 	"slices"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -110,7 +111,7 @@ func introspectTwin(t *testing.T, ctx context.Context, px, direct *pgx.Conn, nam
 		if err := c.QueryRow(ctx, "SELECT $1::regclass::oid", table).Scan(&oid); err != nil {
 			t.Fatalf("%s: %v", table, err)
 		}
-		q := strings.ReplaceAll(sql, "TBLOID", uint32String(oid))
+		q := strings.ReplaceAll(sql, "TBLOID", strconv.FormatUint(uint64(oid), 10))
 		q = strings.ReplaceAll(q, "TBL", table)
 		rows, err := c.Query(ctx, q, pgx.QueryResultFormats{0})
 		if err != nil {
@@ -147,19 +148,6 @@ func introspectTwin(t *testing.T, ctx context.Context, px, direct *pgx.Conn, nam
 		t.Errorf("%s:\nthrough phiproxy on %s: %q\ndirectly on %s:     %q", name, tbl, got, twin, want)
 	}
 	return got
-}
-
-func uint32String(v uint32) string {
-	var b [10]byte
-	i := len(b)
-	for {
-		i--
-		b[i] = byte('0' + v%10)
-		v /= 10
-		if v == 0 {
-			return string(b[i:])
-		}
-	}
 }
 
 // TestCatalogIntrospectionAgainstTwin: every ORM's and driver's
