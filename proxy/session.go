@@ -138,6 +138,12 @@ func (s *session) end(e *pgerr.Error) {
 		s.closing.Store(true)
 		client, server := s.client.conn, s.server
 		s.connMu.Unlock()
+		// First: once the client has the FATAL it may close, which ends
+		// relay, and serve logs exitState right after (end may run on
+		// another goroutine, the idle timer's).
+		s.stMu.Lock()
+		s.exitState = s.cur
+		s.stMu.Unlock()
 		if s.cancel != nil {
 			s.cancel() // what the Interceptor waits for returns
 		}
@@ -148,10 +154,7 @@ func (s *session) end(e *pgerr.Error) {
 			_ = client.SetWriteDeadline(time.Now().Add(2 * time.Second))
 			s.client.sendFatal(e)
 		}
-		// Before the connections close: that ends relay, and serve logs
-		// exitState right after (end may run on another goroutine).
 		s.stMu.Lock()
-		s.exitState = s.cur
 		s.applyLocked(event{kind: evClose})
 		s.stMu.Unlock()
 		client.Close()
