@@ -123,25 +123,6 @@ type Keys struct {
 	KEK string
 }
 
-// Audit configures the audit trail.
-type Audit struct {
-	Mode  string // strict | best_effort
-	File  AuditFile
-	Kafka *AuditKafka
-}
-
-// AuditFile is the local hash-chained sink.
-type AuditFile struct {
-	Dir             string
-	CheckpointEvery int
-}
-
-// AuditKafka is the optional Kafka sink fed from the file spool.
-type AuditKafka struct {
-	Brokers []string
-	Topic   string
-}
-
 // Limits bound resource use per session.
 type Limits struct {
 	// MaxMessageBytes bounds one protocol message on either leg.
@@ -211,17 +192,7 @@ type raw struct {
 		Dir string `yaml:"dir"`
 		KEK string `yaml:"kek"`
 	} `yaml:"keys"`
-	Audit *struct {
-		Mode string `yaml:"mode"`
-		File *struct {
-			Dir             string `yaml:"dir"`
-			CheckpointEvery int    `yaml:"checkpoint_every"`
-		} `yaml:"file"`
-		Kafka *struct {
-			Brokers []string `yaml:"brokers"`
-			Topic   string   `yaml:"topic"`
-		} `yaml:"kafka"`
-	} `yaml:"audit"`
+	Audit  *rawAudit `yaml:"audit"`
 	Limits *struct {
 		MaxMessageBytes int    `yaml:"max_message_bytes"`
 		DrainTimeout    string `yaml:"drain_timeout"`
@@ -430,26 +401,7 @@ func Parse(data []byte, path string) (*Config, error) {
 		}
 	}
 
-	c.Audit = Audit{Mode: "strict", File: AuditFile{Dir: resolve("audit"), CheckpointEvery: 1000}}
-	if r.Audit != nil {
-		if r.Audit.Mode != "" {
-			c.Audit.Mode = r.Audit.Mode
-		}
-		if r.Audit.File != nil {
-			if r.Audit.File.Dir != "" {
-				c.Audit.File.Dir = resolve(r.Audit.File.Dir)
-			}
-			if r.Audit.File.CheckpointEvery != 0 {
-				c.Audit.File.CheckpointEvery = r.Audit.File.CheckpointEvery
-			}
-		}
-		if r.Audit.Kafka != nil {
-			c.Audit.Kafka = &AuditKafka{Brokers: r.Audit.Kafka.Brokers, Topic: r.Audit.Kafka.Topic}
-		}
-	}
-	if c.Audit.Mode != "strict" && c.Audit.Mode != "best_effort" {
-		v.errf([]string{"audit", "mode"}, "audit.mode %q is not one of strict, best_effort", c.Audit.Mode)
-	}
+	c.Audit = v.audit(r.Audit, c.Instance, resolve)
 
 	c.Limits = Limits{MaxMessageBytes: 64 << 20, DrainTimeout: 30 * time.Second, ConnectTimeout: 10 * time.Second}
 	if r.Limits != nil {
