@@ -74,6 +74,13 @@ func runServe(ctx context.Context, env *cmdEnv, args []string) error {
 		return usageError{err}
 	}
 	defer px.Close()
+	var auditReady func() error
+	if a := px.Auditor(); a != nil {
+		auditReady = func() error { return a.Admit(nil, nil) }
+		if metrics != nil {
+			metrics.WatchAudit(a.Trail().Stats, func() bool { return a.Trail().Err() == nil })
+		}
+	}
 	// Read once, whatever auth.mode says now (a reload may switch it to
 	// terminate): unknown roles keep their mock salt across reloads and
 	// restarts (PostgreSQL's mock_auth_nonce).
@@ -93,7 +100,7 @@ func runServe(ctx context.Context, env *cmdEnv, args []string) error {
 	if cfg.Admin != nil {
 		// The admin section is read at start (SIGHUP re-reads only the
 		// token file): changing it needs a restart.
-		adm, err = admin.New(cfg.Admin, metrics, admin.Readiness{Upstream: cfg.Upstream.Address, Status: px.Status, CatalogMaxAge: cfg.Admin.CatalogMaxAge}, log)
+		adm, err = admin.New(cfg.Admin, metrics, admin.Readiness{Upstream: cfg.Upstream.Address, Status: px.Status, CatalogMaxAge: cfg.Admin.CatalogMaxAge, Audit: auditReady}, log)
 		if err != nil {
 			return usageError{err}
 		}
