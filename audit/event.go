@@ -25,6 +25,7 @@ const (
 	ActionDenied       = "denied" // a refused statement whose action is unknown (it did not parse)
 	ActionLockdown     = "lockdown"
 	ActionKeyRotated   = "key_rotated"
+	ActionKeyRetired   = "key_retired"
 	ActionConfigLoaded = "config_loaded"
 	ActionStart        = "start"
 	ActionStop         = "stop"
