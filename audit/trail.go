@@ -275,11 +275,14 @@ func (r *Record) Seq() uint64 {
 
 // Complete records r's outcome: in r itself while it is not written yet,
 // else in a completion record naming r's seq.
-func (t *Trail) Complete(ctx context.Context, r *Record, rows int64, sqlstate string) {
+func (t *Trail) Complete(ctx context.Context, r *Record, rows int64, sqlstate, reason string) {
 	t.mu.Lock()
 	switch r.state {
 	case stateQueued:
 		r.ev.Rows, r.ev.Error = &rows, sqlstate
+		if reason != "" {
+			r.ev.Reason = reason
+		}
 		t.mu.Unlock()
 		return
 	case stateFailed:
@@ -292,7 +295,7 @@ func (t *Trail) Complete(ctx context.Context, r *Record, rows int64, sqlstate st
 		Session: r.ev.Session, DBUser: r.ev.DBUser, Roles: r.ev.Roles, EndUser: r.ev.EndUser,
 		Application: r.ev.Application, Client: r.ev.Client, Database: r.ev.Database, TLS: r.ev.TLS,
 		Action: ActionCompletion, Relations: r.ev.Relations, Columns: r.ev.Columns, Decision: r.ev.Decision,
-		Fingerprint: r.ev.Fingerprint, Rows: &rows, Error: sqlstate, Role: r.ev.Role, Ref: seq,
+		Fingerprint: r.ev.Fingerprint, Rows: &rows, Error: sqlstate, Reason: reason, Role: r.ev.Role, Ref: seq,
 	}
 	_, _ = t.Record(ctx, &c, false)
 }

@@ -125,7 +125,7 @@ func TestTrailChainCheckpointsRestart(t *testing.T) {
 		if err := r.Wait(ctx); err != nil {
 			t.Fatal(err)
 		}
-		tr.Complete(ctx, r, 1, "")
+		tr.Complete(ctx, r, 1, "", "")
 	}
 	if err := tr.Close(); err != nil {
 		t.Fatal(err)
