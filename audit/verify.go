@@ -437,7 +437,11 @@ func (v *verifier) finish(state *VerifyState) {
 	case r.Unsealed == 0:
 		v.note("the trail ends with a checkpoint")
 	default:
-		v.note("%d events after the last checkpoint are not sealed by a signature yet (the proxy is running, or did not stop cleanly)", r.Unsealed)
+		what := fmt.Sprintf("%d events after the last checkpoint are", r.Unsealed)
+		if r.Unsealed == 1 {
+			what = "1 event after the last checkpoint is"
+		}
+		v.note("%s not sealed by a signature yet (the proxy is running, or did not stop cleanly)", what)
 	}
 	if state != nil && v.anchors[0].ok {
 		v.note("the state file's checkpoint (seq %d, verified %s) is still in the trail", state.Seq, state.Verified)
