@@ -14,7 +14,7 @@ import (
 func TailSegments(segs []Segment, n int) ([]Segment, error) {
 	have := 0
 	for i := len(segs) - 1; i >= 0; i-- {
-		c, err := countLines(segs[i].Path)
+		c, err := countFileLines(segs[i].Path)
 		if err != nil {
 			return nil, err
 		}
@@ -26,7 +26,7 @@ func TailSegments(segs []Segment, n int) ([]Segment, error) {
 	return segs, nil
 }
 
-func countLines(path string) (int, error) {
+func countFileLines(path string) (int, error) {
 	f, err := os.Open(path)
 	if err != nil {
 		return 0, err

@@ -2,7 +2,9 @@ package audit
 
 import (
 	"bytes"
+	"context"
 	"encoding/base64"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -407,5 +409,66 @@ func TestVerifyStateAnchorsAPrunedTrail(t *testing.T) {
 	st, _ := ReadVerifyState(state)
 	if st.Seq != 45 {
 		t.Fatalf("state at seq %d after the trail grew, want 45", st.Seq)
+	}
+}
+
+// TestVerifyTrailWrittenByTheWriter: what the Trail writes (statements
+// and their completions, checkpoints, rotation, a restart, a clean stop)
+// verifies, with its head file and a state file; cutting the clean stop
+// off is caught through both.
+func TestVerifyTrailWrittenByTheWriter(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "audit")
+	headFile := filepath.Join(dir, "..", "state", "audit-head.json")
+	sig := newTrailSigner(t)
+	ctx := context.Background()
+	for run := range 2 {
+		tr := openTrail(t, dir, sig, func(o *Options) { o.CheckpointEvery = 7; o.MaxFileBytes = 2048 })
+		for i := range 12 {
+			r, err := tr.Record(ctx, &Event{Action: ActionRead, Session: fmt.Sprintf("s%d", run), DBUser: "alice",
+				Columns: []string{"public.patients.ssn"}, Decision: DecisionAllowed, Query: "SELECT ssn FROM patients WHERE id = $1"}, true)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := r.Wait(ctx); err != nil {
+				t.Fatal(err)
+			}
+			tr.Complete(ctx, r, int64(i), "")
+		}
+		if err := tr.Close(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	segs := segments(t, dir)
+	if len(segs) < 3 {
+		t.Fatalf("%d files: the test wants rotation", len(segs))
+	}
+	head, err := ReadHead(headFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	state := filepath.Join(t.TempDir(), "verify.json")
+	opts := VerifyOptions{Verifier: sig.v, Head: head, StateFile: state, Instance: "px-test"}
+	rep := verify(t, dir, opts)
+	if !rep.OK() || rep.LastSeq != head.Seq || rep.Unsealed != 0 || rep.Checkpoints < 4 || rep.Files != len(segs) {
+		t.Fatalf("the writer's trail: %+v", rep)
+	}
+	if !strings.Contains(strings.Join(rep.Notes, "\n"), "clean stop") {
+		t.Fatalf("notes: %q", rep.Notes)
+	}
+	found, _ := search(t, dir, Filter{Sessions: []string{"s1"}, Completions: true})
+	if len(found) != 24 {
+		t.Fatalf("search: %d events of session s1 with their completions, want 24", len(found))
+	}
+
+	last := segs[len(segs)-1].Path
+	truncateAfter(t, last, ActionCompletion)
+	for name, o := range map[string]VerifyOptions{
+		"head":  {Verifier: sig.v, Head: head},
+		"state": {Verifier: sig.v, StateFile: state},
+	} {
+		rep := verify(t, dir, o)
+		if rep.OK() || rep.Problems[0].Seq != head.Seq || !strings.Contains(rep.Problems[0].What, "truncated") {
+			t.Errorf("stop cut off, with the %s: %+v", name, rep.Problems)
+		}
 	}
 }
