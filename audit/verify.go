@@ -79,6 +79,10 @@ type VerifyReport struct {
 	Problems []Problem
 	// Truncated: more problems were found than reported.
 	Truncated bool
+	// PartialTail: the trail's last line is incomplete. If the writer is
+	// running this may be a write in progress: verifying again shortly
+	// tells (the CLI does).
+	PartialTail bool
 }
 
 // OK reports whether the trail is intact.
@@ -292,6 +296,7 @@ func (v *verifier) line(l *Line, last bool) {
 		what := "the file's last line is incomplete (no newline)"
 		if last {
 			what = "the trail's last line is incomplete: it was cut off mid-line (truncated, or the writer crashed and has not restarted since)"
+			v.rep.PartialTail = true
 		}
 		v.problem(expected, v.file, l.No, "%s", what)
 		v.started = true

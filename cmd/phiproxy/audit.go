@@ -44,7 +44,7 @@ type auditCmd struct {
 	dbUsers, endUsers, roles, relations, columns []string
 	actions, decisions, clients, sessions        []string
 	now                                          func() time.Time
-	poll                                         time.Duration
+	poll, settle                                 time.Duration
 	cfg                                          *config.Config
 	filter                                       audit.Filter
 }
@@ -115,7 +115,7 @@ func auditUsage(w io.Writer, actions map[string]auditAction) {
 
 // runAudit dispatches `phiproxy audit ACTION`.
 func runAudit(ctx context.Context, env *cmdEnv, args []string) error {
-	return runAuditWith(ctx, env, args, &auditCmd{now: time.Now, poll: 200 * time.Millisecond})
+	return runAuditWith(ctx, env, args, &auditCmd{now: time.Now, poll: 200 * time.Millisecond, settle: 500 * time.Millisecond})
 }
 
 func runAuditWith(ctx context.Context, env *cmdEnv, args []string, a *auditCmd) error {
@@ -297,7 +297,17 @@ func auditVerify(ctx context.Context, env *cmdEnv, a *auditCmd) error {
 	if err != nil {
 		return err
 	}
-	rep, err := audit.Verify(segs, audit.VerifyOptions{Verifier: v, Head: head, StateFile: a.statePath})
+	opts := audit.VerifyOptions{Verifier: v, Head: head, StateFile: a.statePath}
+	rep, err := audit.Verify(segs, opts)
+	if err == nil && rep.PartialTail {
+		// A running writer may be in the middle of a write: look again.
+		if sleep(ctx, a.settle) == nil {
+			if segs, err = a.segments(); err != nil {
+				return err
+			}
+			rep, err = audit.Verify(segs, opts)
+		}
+	}
 	if err != nil {
 		// Reading the trail or the state file failed, or the trail is
 		// intact but the state file could not be updated: not a finding.

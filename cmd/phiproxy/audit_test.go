@@ -395,3 +395,36 @@ func TestAuditTail(t *testing.T) {
 		t.Fatalf("tail -f output:\n%s", buf.String())
 	}
 }
+
+// TestAuditVerifyPartialLine: a last line cut mid-way is tampering; one
+// that a running writer completes while verify looks is not.
+func TestAuditVerifyPartialLine(t *testing.T) {
+	cfgPath, cfg, _ := auditFixture(t, 20)
+	last := filepath.Join(cfg.Audit.File.Dir, audit.FileName(21))
+	full, _ := os.ReadFile(last)
+	os.WriteFile(last, full[:len(full)-25], 0o600)
+	verify := func(settle time.Duration, during func()) (string, int) {
+		var out, errb bytes.Buffer
+		env := &cmdEnv{stdout: &out, stderr: &errb}
+		done := make(chan struct{})
+		go func() {
+			defer close(done)
+			if during != nil {
+				during()
+			}
+		}()
+		err := runAuditWith(context.Background(), env, []string{"verify", "--config", cfgPath}, &auditCmd{now: time.Now, settle: settle})
+		<-done
+		return out.String() + errb.String(), exitCode(env, err)
+	}
+	if out, code := verify(time.Millisecond, nil); code != 1 || !strings.Contains(out, "cut off mid-line") {
+		t.Fatalf("a cut last line: exit %d\n%s", code, out)
+	}
+	out, code := verify(300*time.Millisecond, func() {
+		time.Sleep(100 * time.Millisecond)
+		os.WriteFile(last, full, 0o600)
+	})
+	if code != 0 || !strings.HasPrefix(out, "intact") {
+		t.Fatalf("a line completed while verify looked: exit %d\n%s", code, out)
+	}
+}
