@@ -140,7 +140,10 @@ func contextCell(m map[string]string) string {
 
 // tableWriter prints fixed-width columns, so that rows line up without
 // holding them all (and tail -f can print each as it comes).
-type tableWriter struct{ w *bufio.Writer }
+type tableWriter struct {
+	w   *bufio.Writer
+	buf strings.Builder
+}
 
 var tableColumns = []struct {
 	name  string
@@ -161,10 +164,11 @@ func (t *tableWriter) header() error {
 }
 
 func (t *tableWriter) row(cells []string) error {
+	t.buf.Reset()
 	for i, c := range tableColumns {
 		s := printable(cells[i])
 		if c.width == 0 {
-			t.w.WriteString(s)
+			t.buf.WriteString(s)
 			break
 		}
 		if n := utf8.RuneCountInString(s); n > c.width {
@@ -174,9 +178,10 @@ func (t *tableWriter) row(cells []string) error {
 		} else {
 			s += strings.Repeat(" ", c.width-n)
 		}
-		t.w.WriteString(s)
-		t.w.WriteString("  ")
+		t.buf.WriteString(s)
+		t.buf.WriteString("  ")
 	}
+	t.w.WriteString(strings.TrimRight(t.buf.String(), " "))
 	return t.w.WriteByte('\n')
 }
 
