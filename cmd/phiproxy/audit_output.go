@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"context"
 	"encoding/csv"
+	"encoding/json"
 	"fmt"
 	"io"
 	"os"
@@ -79,7 +80,11 @@ type csvWriter struct {
 	rec []string
 }
 
-func (c *csvWriter) write(_ []byte, e *audit.Event) error {
+func (c *csvWriter) write(line []byte, e *audit.Event) error {
+	e, err := decoded(line, e)
+	if err != nil {
+		return err
+	}
 	u := strconv.FormatUint
 	opt := func(set bool, s string) string {
 		if !set {
@@ -185,7 +190,11 @@ func (t *tableWriter) row(cells []string) error {
 	return t.w.WriteByte('\n')
 }
 
-func (t *tableWriter) write(_ []byte, e *audit.Event) error {
+func (t *tableWriter) write(line []byte, e *audit.Event) error {
+	e, err := decoded(line, e)
+	if err != nil {
+		return err
+	}
 	ts := e.TS
 	if tm, err := e.Time(); err == nil {
 		ts = tm.Format(time.RFC3339)
@@ -341,7 +350,7 @@ func auditTail(ctx context.Context, env *cmdEnv, a *auditCmd) error {
 	}
 	for i := range ring {
 		line := ring[(start+i)%len(ring)]
-		if err := writeLine(w, line); err != nil {
+		if err := w.write(line, nil); err != nil {
 			return runtimeError{err}
 		}
 	}
@@ -367,12 +376,18 @@ func auditTail(ctx context.Context, env *cmdEnv, a *auditCmd) error {
 	}
 }
 
-func writeLine(w eventWriter, line []byte) error {
-	ev, err := audit.Parse(line)
-	if ev == nil {
-		return fmt.Errorf("unreadable line: %v", err)
+// decoded returns ev, or the event of line when the search did not need
+// to decode it.
+func decoded(line []byte, ev *audit.Event) (*audit.Event, error) {
+	if ev != nil {
+		return ev, nil
 	}
-	return w.write(line, ev)
+	// Search and export show the trail as it is; verify judges it.
+	var e audit.Event
+	if err := json.Unmarshal(line, &e); err != nil {
+		return nil, fmt.Errorf("unreadable line: %v", err)
+	}
+	return &e, nil
 }
 
 func sleep(ctx context.Context, d time.Duration) error {
