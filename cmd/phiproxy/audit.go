@@ -264,24 +264,23 @@ func (a *auditCmd) verifier(ctx context.Context) (audit.SignatureVerifier, error
 }
 
 // head returns the head file to check: --head, else state_dir's with
-// --config (absent: nil, and a note).
-func (a *auditCmd) head(env *cmdEnv) (*audit.Head, error) {
+// --config (absent: nil, and a note saying so).
+func (a *auditCmd) head() (*audit.Head, string, error) {
 	path, explicit := a.headPath, a.headPath != ""
 	if !explicit {
 		if a.cfg == nil {
-			return nil, nil
+			return nil, "", nil
 		}
 		path = filepath.Join(a.cfg.StateDir, headFileName)
 	}
 	h, err := audit.ReadHead(path)
 	if errors.Is(err, fs.ErrNotExist) && !explicit {
-		fmt.Fprintf(env.stdout, "note: no head file %s: lines cut off the end of the trail since its last checkpoint could go unnoticed\n", path)
-		return nil, nil
+		return nil, fmt.Sprintf("no head file %s: lines cut off the end of the trail could go unnoticed", path), nil
 	}
 	if err != nil {
-		return nil, usageError{err}
+		return nil, "", usageError{err}
 	}
-	return h, nil
+	return h, "", nil
 }
 
 func auditVerify(ctx context.Context, env *cmdEnv, a *auditCmd) error {
@@ -289,7 +288,7 @@ func auditVerify(ctx context.Context, env *cmdEnv, a *auditCmd) error {
 	if err != nil {
 		return err
 	}
-	head, err := a.head(env)
+	head, headNote, err := a.head()
 	if err != nil {
 		return err
 	}
@@ -332,6 +331,9 @@ func auditVerify(ctx context.Context, env *cmdEnv, a *auditCmd) error {
 		rep.Events, rep.Checkpoints, rep.Files, rep.FirstSeq, rep.LastSeq, rep.LastHash)
 	if head != nil {
 		fmt.Fprintf(env.stdout, "note: the trail reaches the head file's checkpoint (seq %d)\n", head.Seq)
+	}
+	if headNote != "" {
+		fmt.Fprintf(env.stdout, "note: %s\n", headNote)
 	}
 	for _, n := range rep.Notes {
 		fmt.Fprintf(env.stdout, "note: %s\n", n)
