@@ -15,6 +15,9 @@ import (
 	"github.com/phiproxy/phiproxy/pgerr"
 )
 
+// ErrLocked: another process (a running phiproxy) writes the trail.
+var ErrLocked = errors.New("in use by another phiproxy (one writer per audit directory)")
+
 // Signer signs checkpoints (*crypto.Signer).
 type Signer interface {
 	Sign(data []byte) ([]byte, error)
@@ -170,7 +173,7 @@ func Open(opts Options) (*Trail, error) {
 	}
 	if err := syscall.Flock(int(lock.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
 		lock.Close()
-		return nil, fmt.Errorf("audit: %s is in use by another phiproxy (one instance per audit directory)", opts.Dir)
+		return nil, fmt.Errorf("audit: %s: %w", opts.Dir, ErrLocked)
 	}
 	t.lock = lock
 	clean, err := t.recover()

@@ -17,6 +17,7 @@ import (
 
 	"github.com/phiproxy/phiproxy/audit"
 	"github.com/phiproxy/phiproxy/config"
+	"github.com/phiproxy/phiproxy/crypto"
 )
 
 // auditCfg is the test config with a trail in a fresh directory.
@@ -348,4 +349,53 @@ func TestAuditConcurrentSessions(t *testing.T) {
 	st := p.phi.Auditor().Trail().Stats()
 	t.Logf("%d events in %d batches (largest %d), fsync mean %v max %v", st.Events, st.Batches, st.MaxBatch,
 		time.Duration(st.SyncNanos/max(st.Batches, 1)), time.Duration(st.MaxSyncNanos))
+}
+
+// A reload is recorded (config_loaded), and a key whose primary changed
+// since (a `phiproxy keys rotate`) as key_rotated.
+func TestAuditRecordsReloadAndRotation(t *testing.T) {
+	ctx := testCtx(t)
+	cfg, dir := auditCfg(t, config.AuditStrict)
+	// The keys in a copy: rotating them must not touch other tests'.
+	keys := filepath.Join(dir, "keys")
+	if err := os.MkdirAll(keys, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	ents, err := os.ReadDir(testCfg.Keys.Dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, e := range ents {
+		b, err := os.ReadFile(filepath.Join(testCfg.Keys.Dir, e.Name()))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(keys, e.Name()), b, 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	cfg.Keys.Dir = keys
+	p := startAudited(t, cfg, dir)
+	st, err := crypto.OpenStore(ctx, cfg.Keys, crypto.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	id, err := st.Rotate(crypto.ColumnKey("public.patients.ssn"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := p.phi.Reload(ctx, cfg); err != nil {
+		t.Fatal(err)
+	}
+	p.phi.Close()
+	var got []string
+	for _, e := range trailEvents(t, cfg.Audit.File.Dir) {
+		if e.Action == audit.ActionKeyRotated || e.Action == audit.ActionConfigLoaded {
+			got = append(got, e.Action+": "+e.Detail)
+		}
+	}
+	want := fmt.Sprintf("key_rotated: key public.patients.ssn: primary key id %d", id)
+	if len(got) != 2 || !strings.HasPrefix(got[0], want) || got[1] != "config_loaded: "+cfg.Path {
+		t.Fatalf("reload events: %q, want %q then config_loaded", got, want)
+	}
 }
