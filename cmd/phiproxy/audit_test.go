@@ -428,3 +428,43 @@ func TestAuditVerifyPartialLine(t *testing.T) {
 		t.Fatalf("a line completed while verify looked: exit %d\n%s", code, out)
 	}
 }
+
+// TestAuditVerifyAcrossSigningKeyRotation: the trail the CLI itself writes
+// (keys rotate records key_rotated through the real Trail) verifies with
+// the keyset and with a public export taken after the rotation; an export
+// from before it does not know the new key, and verify says which
+// checkpoint it cannot check.
+func TestAuditVerifyAcrossSigningKeyRotation(t *testing.T) {
+	_, cfgPath := keysConfig(t)
+	mustKeys(t, "init", "--config", cfgPath)
+	mustKeys(t, "rotate", "--config", cfgPath, "--column", "public.patients.ssn")
+	dir := t.TempDir()
+	before, after := filepath.Join(dir, "before.json"), filepath.Join(dir, "after.json")
+	os.WriteFile(before, []byte(mustKeys(t, "export-public", "--config", cfgPath)), 0o644)
+	mustKeys(t, "rotate", "--config", cfgPath, "--signing")
+	os.WriteFile(after, []byte(mustKeys(t, "export-public", "--config", cfgPath)), 0o644)
+	cfg, err := config.Load(cfgPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	for _, args := range [][]string{
+		{"verify", "--config", cfgPath},
+		{"verify", "--dir", cfg.Audit.File.Dir, "--public-key", after},
+	} {
+		out, errs, code := auditRun(t, args...)
+		if code != 0 || !strings.HasPrefix(out, "intact: 8 events (2 checkpoints)") || !strings.Contains(out, "clean stop") {
+			t.Fatalf("audit %s: exit %d\n%s%s", strings.Join(args, " "), code, out, errs)
+		}
+	}
+	// start, key_rotated, stop, checkpoint (the old key); the same again
+	// signed by the new key.
+	out, errs, code := auditRun(t, "verify", "--dir", cfg.Audit.File.Dir, "--public-key", before)
+	if code != 1 || !strings.HasPrefix(out, "TAMPERED: seq 8 ") || !strings.Contains(out, "signature does not verify") {
+		t.Fatalf("verify with the export from before the rotation: exit %d\n%s%s", code, out, errs)
+	}
+	out, _, _ = auditRun(t, "search", "--config", cfgPath, "--action", "key_rotated", "--format", "csv")
+	if strings.Count(out, "key_rotated") != 2 || !strings.Contains(out, "audit-signing keyset: new primary key id") {
+		t.Fatalf("search for key rotations:\n%s", out)
+	}
+}
