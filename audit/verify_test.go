@@ -472,3 +472,54 @@ func TestVerifyTrailWrittenByTheWriter(t *testing.T) {
 		}
 	}
 }
+
+// FuzzVerifyDetectsAnyChange: changing any byte of a trail, or cutting a
+// file anywhere, is detected (with the head file for cuts), and the first
+// problem names a seq that exists in the trail.
+func FuzzVerifyDetectsAnyChange(f *testing.F) {
+	key := newTestKey(f)
+	src := f.TempDir()
+	tt := sampleTrail(f, src, key, 12, 6, 4)
+	var files [][]byte
+	for _, s := range segments(f, src) {
+		b, err := os.ReadFile(s.Path)
+		if err != nil {
+			f.Fatal(err)
+		}
+		files = append(files, b)
+	}
+	f.Add(uint8(0), uint16(5), byte('x'), false)
+	f.Add(uint8(1), uint16(300), byte('}'), false)
+	f.Add(uint8(2), uint16(100), byte(0), true)
+	f.Add(uint8(1), uint16(0), byte('\n'), false)
+	f.Fuzz(func(t *testing.T, file uint8, off uint16, b byte, cut bool) {
+		i := int(file) % len(files)
+		data := bytes.Clone(files[i])
+		o := int(off) % len(data)
+		if cut {
+			data = data[:o]
+		} else {
+			if data[o] == b {
+				return
+			}
+			data[o] = b
+		}
+		dir := t.TempDir()
+		for j, s := range segments(t, src) {
+			content := files[j]
+			if j == i {
+				content = data
+			}
+			if err := os.WriteFile(filepath.Join(dir, filepath.Base(s.Path)), content, 0o600); err != nil {
+				t.Fatal(err)
+			}
+		}
+		rep := verify(t, dir, VerifyOptions{Verifier: key.verifier, Head: tt.head})
+		if rep.OK() {
+			t.Fatalf("file %d: %s at %d not detected", i, map[bool]string{true: "cut", false: fmt.Sprintf("byte %q", b)}[cut], o)
+		}
+		if p := rep.Problems[0]; p.Seq == 0 || p.Seq > tt.head.Seq {
+			t.Fatalf("first problem names seq %d: %s", p.Seq, p)
+		}
+	})
+}
