@@ -432,7 +432,7 @@ func TestVerifyTrailWrittenByTheWriter(t *testing.T) {
 			if err := r.Wait(ctx); err != nil {
 				t.Fatal(err)
 			}
-			tr.Complete(ctx, r, int64(i), "")
+			tr.Complete(ctx, r, int64(i), "", "")
 		}
 		if err := tr.Close(); err != nil {
 			t.Fatal(err)

@@ -436,7 +436,7 @@ func scanTail(path string) (end int64, last []byte, prevAction string, err error
 			prevAction = a.Action
 		}
 	}
-	if last != nil && len(last) > MaxLineBytes {
+	if len(last) > MaxLineBytes {
 		return 0, nil, "", errors.New("line longer than 1 MiB")
 	}
 	return end, last, prevAction, nil
