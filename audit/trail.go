@@ -52,6 +52,10 @@ type Options struct {
 	QueueSize int
 	// RetryInterval is how often a failed sink is retried (default 1s).
 	RetryInterval time.Duration
+	// SyncInterval bounds how long an event nobody waits for (a write's,
+	// a completion) may stay written but not fsynced (default 50ms): it
+	// rides on the next group commit a waiting read makes, or on this.
+	SyncInterval time.Duration
 	// Fault, a test hook, runs before each file operation ("open",
 	// "write", "sync"); an error it returns is that operation's.
 	Fault func(op string) error
@@ -116,6 +120,11 @@ type Trail struct {
 	retained  []*Record
 	buf       []byte
 	ckPending bool
+	// unsynced are the records written since the last fsync; last is the
+	// trail's state at that fsync, lastSync its time.
+	unsynced []*Record
+	last     synced
+	lastSync time.Time
 
 	events, batches, lost, failures atomic.Int64
 	syncNanos, maxSync, maxBatch    atomic.Int64
@@ -149,6 +158,9 @@ func Open(opts Options) (*Trail, error) {
 	}
 	if opts.RetryInterval <= 0 {
 		opts.RetryInterval = time.Second
+	}
+	if opts.SyncInterval <= 0 {
+		opts.SyncInterval = 50 * time.Millisecond
 	}
 	if opts.Now == nil {
 		opts.Now = time.Now
@@ -185,7 +197,8 @@ func Open(opts Options) (*Trail, error) {
 	t.lastCk = opts.Now()
 	start := &Record{ev: Event{Action: ActionStart, Detail: opts.Version, Clean: clean}, kind: kindSystem}
 	t.stamp(start)
-	t.writeBatch([]*Record{start})
+	t.last = synced{seq: t.seq, hash: t.hash, size: t.size, sinceCk: t.sinceCk, fileName: t.fileName}
+	t.writeBatch([]*Record{start}, true)
 	go t.run()
 	return t, nil
 }

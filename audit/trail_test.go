@@ -412,3 +412,67 @@ func TestTrailDirectoryLocked(t *testing.T) {
 		t.Fatalf("second writer on one directory: %v", err)
 	}
 }
+
+// Events nobody waits for ride on the next group commit, at most
+// SyncInterval later; a fsync that fails rolls back to the last good one
+// and the unsynced events are written again after recovery.
+func TestTrailLazySync(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "audit")
+	sig := newTrailSigner(t)
+	var failing atomic.Bool
+	var syncs atomic.Int64
+	tr := openTrail(t, dir, sig, func(o *Options) {
+		o.SyncInterval = 200 * time.Millisecond
+		o.Fault = func(op string) error {
+			if op == "sync" {
+				syncs.Add(1)
+				if failing.Load() {
+					return errors.New("EIO")
+				}
+			}
+			return nil
+		}
+	})
+	ctx := context.Background()
+	base := tr.Durable()
+	before := syncs.Load()
+	for i := 0; i < 50; i++ {
+		if _, err := tr.Record(ctx, &Event{Action: ActionWrite}, false); err != nil {
+			t.Fatal(err)
+		}
+	}
+	time.Sleep(20 * time.Millisecond)
+	if n := syncs.Load() - before; n > 1 {
+		t.Fatalf("%d fsyncs for 50 events nobody waits for", n)
+	}
+	deadline := time.Now().Add(2 * time.Second)
+	for tr.Durable() < base+50 {
+		if time.Now().After(deadline) {
+			t.Fatalf("durable %d, want %d within SyncInterval", tr.Durable(), base+50)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	// Written but not synced when the fsync fails: rolled back, kept, and
+	// written again.
+	for i := 0; i < 5; i++ {
+		tr.Record(ctx, &Event{Action: ActionDelete}, false)
+	}
+	time.Sleep(20 * time.Millisecond)
+	failing.Store(true)
+	r, err := tr.Record(ctx, &Event{Action: ActionRead}, true)
+	if err == nil {
+		err = r.Wait(ctx)
+	}
+	if err == nil {
+		t.Fatal("a read's event was acknowledged while fsync fails")
+	}
+	failing.Store(false)
+	for tr.Admit() != nil {
+		time.Sleep(10 * time.Millisecond)
+	}
+	tr.Close()
+	evs := readChain(t, dir, sig)
+	if got := strings.Count(actions(evs), "delete"); got != 5 {
+		t.Fatalf("%d delete events after recovery, want 5: %s", got, actions(evs))
+	}
+}

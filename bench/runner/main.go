@@ -70,6 +70,7 @@ func main() {
 	workload := flag.String("workload", "relay", "relay (pgbench -S) or phi (bench/phi.sql on PHI columns)")
 	rows := flag.Int("rows", 10000, "patients rows (phi workload)")
 	script := flag.String("script", "bench/phi.sql", "pgbench script (phi workload)")
+	pgDurable := flag.Bool("pg-durable", false, "run PostgreSQL with fsync and synchronous_commit on (default off: the test clusters' setting)")
 	auditModes := flag.String("audit", "strict", "audit modes of the phi target (phi workload): any of off,best_effort,strict; each is its own proxy")
 	floor := flag.String("floor", "", "internal: run a floor relay (goroutine|epoll|epoll-raw) and nothing else")
 	floorListen := flag.String("floor-listen", "", "internal: the floor relay's address")
@@ -87,7 +88,7 @@ func main() {
 	case "relay":
 		err = run(ctx, *phiproxy, *duration, *scale, *repeat, strings.Split(*modes, ","), strings.Split(*clients, ","), strings.Split(*targetsFlag, ","))
 	case "phi":
-		err = runPHI(ctx, *phiproxy, *script, *duration, *rows, *repeat, strings.Split(*modes, ","), strings.Split(*clients, ","), strings.Split(*auditModes, ","))
+		err = runPHI(ctx, *phiproxy, *script, *duration, *rows, *repeat, strings.Split(*modes, ","), strings.Split(*clients, ","), strings.Split(*auditModes, ","), *pgDurable)
 	default:
 		err = fmt.Errorf("-workload %q is not relay or phi", *workload)
 	}
@@ -103,7 +104,7 @@ func run(ctx context.Context, phiproxyBin string, dur time.Duration, scale, repe
 	for _, w := range which {
 		want[w] = true
 	}
-	c, work, stop, err := startBenchCluster(ctx)
+	c, work, stop, err := startBenchCluster(ctx, false)
 	if err != nil {
 		return err
 	}
@@ -403,8 +404,13 @@ pidfile = %s/pgbouncer.pid
 // startBenchCluster starts the benchmarks' cluster with the bench role
 // and makes a work directory the cluster's processes can read; stop
 // removes the directory and stops the cluster.
-func startBenchCluster(ctx context.Context) (c *pgcluster.Cluster, work string, stop func(), err error) {
-	c, err = pgcluster.Start(ctx, pgcluster.Options{NoTLS: true, Conf: []string{"max_connections = 60"}})
+func startBenchCluster(ctx context.Context, pgDurable bool) (c *pgcluster.Cluster, work string, stop func(), err error) {
+	conf := []string{"max_connections = 60"}
+	if pgDurable {
+		// PostgreSQL as in production: every commit is flushed to disk.
+		conf = append(conf, "fsync = on", "synchronous_commit = on", "full_page_writes = on")
+	}
+	c, err = pgcluster.Start(ctx, pgcluster.Options{NoTLS: true, Conf: conf})
 	if err != nil {
 		return nil, "", nil, err
 	}

@@ -156,8 +156,8 @@ func loadPHIRows(ctx context.Context, dsn string, rows int) error {
 	return err
 }
 
-func runPHI(ctx context.Context, phiproxyBin, script string, dur time.Duration, rows, repeat int, modes, clients, auditModes []string) error {
-	c, work, stop, err := startBenchCluster(ctx)
+func runPHI(ctx context.Context, phiproxyBin, script string, dur time.Duration, rows, repeat int, modes, clients, auditModes []string, pgDurable bool) error {
+	c, work, stop, err := startBenchCluster(ctx, pgDurable)
 	if err != nil {
 		return err
 	}
