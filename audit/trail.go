@@ -118,6 +118,7 @@ type Trail struct {
 	sinceCk   int
 	lastCk    time.Time
 	retained  []*Record
+	start     *Record // this run's start event
 	buf       []byte
 	ckPending bool
 	// unsynced are the records written since the last fsync; last is the
@@ -171,34 +172,23 @@ func Open(opts Options) (*Trail, error) {
 	t := &Trail{
 		opts: opts, log: opts.Logger, q: make(chan *Record, opts.QueueSize),
 		stop: make(chan struct{}), done: make(chan struct{}), notify: make(chan struct{}, 1),
-		hash: ZeroHash,
+		hash: ZeroHash, last: synced{hash: ZeroHash},
 	}
-	if err := os.MkdirAll(opts.Dir, 0o700); err != nil {
-		return nil, fmt.Errorf("audit: %v", err)
-	}
-	if err := os.Chmod(opts.Dir, 0o700); err != nil {
-		return nil, fmt.Errorf("audit: %v", err)
-	}
-	lock, err := os.OpenFile(filepath.Join(opts.Dir, "audit.lock"), os.O_CREATE|os.O_RDWR, 0o600)
-	if err != nil {
-		return nil, fmt.Errorf("audit: %v", err)
-	}
-	if err := syscall.Flock(int(lock.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
-		lock.Close()
-		return nil, fmt.Errorf("audit: %s: %w", opts.Dir, ErrLocked)
-	}
-	t.lock = lock
-	clean, err := t.recover()
-	if err != nil {
-		lock.Close()
-		return nil, err
-	}
-	t.durable.Store(t.seq)
 	t.lastCk = opts.Now()
-	start := &Record{ev: Event{Action: ActionStart, Detail: opts.Version, Clean: clean}, kind: kindSystem}
-	t.stamp(start)
-	t.last = synced{seq: t.seq, hash: t.hash, size: t.size, sinceCk: t.sinceCk, fileName: t.fileName}
-	t.writeBatch([]*Record{start}, true)
+	t.start = &Record{ev: Event{Action: ActionStart, Detail: opts.Version}, kind: kindSystem}
+	t.stamp(t.start)
+	switch err := t.attach(); {
+	case errors.Is(err, ErrLocked), errors.Is(err, errDamaged):
+		return nil, err
+	case err != nil:
+		// The directory cannot be written yet (a full disk, permissions, a
+		// path that is not a directory): start failed — PHI is refused in
+		// strict mode — and attach on a retry.
+		t.fail(err)
+		t.retained = append(t.retained, t.start)
+	default:
+		t.writeBatch([]*Record{t.start}, true)
+	}
 	go t.run()
 	return t, nil
 }
@@ -207,6 +197,39 @@ const (
 	kindStatement uint8 = iota
 	kindSystem
 )
+
+// errDamaged: the trail's last event does not parse.
+var errDamaged = errors.New("damaged trail")
+
+// attach makes the directory (0700), takes its lock and finds where the
+// chain ends (recover). The start event learns whether the previous run
+// ended cleanly.
+func (t *Trail) attach() error {
+	if err := os.MkdirAll(t.opts.Dir, 0o700); err != nil {
+		return fmt.Errorf("audit: %v", err)
+	}
+	if err := os.Chmod(t.opts.Dir, 0o700); err != nil {
+		return fmt.Errorf("audit: %v", err)
+	}
+	lock, err := os.OpenFile(filepath.Join(t.opts.Dir, "audit.lock"), os.O_CREATE|os.O_RDWR, 0o600)
+	if err != nil {
+		return fmt.Errorf("audit: %v", err)
+	}
+	if err := syscall.Flock(int(lock.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
+		lock.Close()
+		return fmt.Errorf("audit: %s: %w", t.opts.Dir, ErrLocked)
+	}
+	clean, err := t.recover()
+	if err != nil {
+		lock.Close()
+		return err
+	}
+	t.lock = lock
+	t.start.ev.Clean = clean
+	t.durable.Store(t.seq)
+	t.last = synced{seq: t.seq, hash: t.hash, size: t.size, sinceCk: t.sinceCk, fileName: t.fileName}
+	return nil
+}
 
 // stamp fills in what the trail knows of every event.
 func (t *Trail) stamp(r *Record) {

@@ -476,3 +476,38 @@ func TestTrailLazySync(t *testing.T) {
 		t.Fatalf("%d delete events after recovery, want 5: %s", got, actions(evs))
 	}
 }
+
+// A directory that cannot be used at start (here: its parent is a
+// file) is not fatal: the trail starts failed, refuses PHI (Admit), and
+// attaches by itself once the directory can be made.
+func TestTrailStartsFailedAndAttachesLater(t *testing.T) {
+	base := t.TempDir()
+	blocker := filepath.Join(base, "blocker")
+	if err := os.WriteFile(blocker, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	dir := filepath.Join(blocker, "audit")
+	sig := newTrailSigner(t)
+	tr := openTrail(t, dir, sig, nil)
+	defer tr.Close()
+	if tr.Admit() == nil {
+		t.Fatal("Admit is nil while the directory cannot be made")
+	}
+	if _, err := tr.Record(context.Background(), &Event{Action: ActionWrite}, false); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Remove(blocker); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for tr.Admit() != nil {
+		if time.Now().After(deadline) {
+			t.Fatalf("no recovery: %v", tr.Err())
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	tr.Close()
+	if got := actions(readChain(t, dir, sig)); got != "start write stop checkpoint" {
+		t.Fatalf("events: %s", got)
+	}
+}

@@ -74,7 +74,9 @@ func (t *Trail) shutdown(batch []*Record) {
 		t.f.Close()
 		t.f = nil
 	}
-	t.lock.Close()
+	if t.lock != nil {
+		t.lock.Close()
+	}
 }
 
 // synced is the state of the trail at its last fsync: what a failure
@@ -105,6 +107,14 @@ func (t *Trail) writeBatch(batch []*Record, force bool) {
 	}
 	if len(recs) == 0 && !t.ckPending && !t.failed.Load() && !(force && len(t.unsynced) > 0) {
 		return
+	}
+	if t.lock == nil {
+		// Not attached yet (Open could not use the directory): try again.
+		if err := t.attach(); err != nil {
+			t.unsynced = append(t.unsynced, recs...)
+			t.fail(err)
+			return
+		}
 	}
 	buf := t.buf[:0]
 	var err error
@@ -430,7 +440,7 @@ func (t *Trail) recover() (*bool, error) {
 		}
 		ev, err := Parse(lastLine)
 		if err != nil {
-			return nil, fmt.Errorf("audit: the trail's last event (%s) is damaged: %v; run phiproxy audit verify, move the damaged trail aside and restart", last.Path, err)
+			return nil, fmt.Errorf("audit: the trail's last event (%s) is damaged: %v; run phiproxy audit verify, move the damaged trail aside and restart: %w", last.Path, err, errDamaged)
 		}
 		if err := os.Truncate(last.Path, end); err != nil {
 			return nil, fmt.Errorf("audit: %v", err)

@@ -399,3 +399,44 @@ func TestAuditRecordsReloadAndRotation(t *testing.T) {
 		t.Fatalf("reload events: %q, want %q then config_loaded", got, want)
 	}
 }
+
+// An audit directory that cannot be made at start (its parent is a file):
+// the proxy starts, refuses PHI with 58030, serves the rest, and serves
+// PHI once the directory can be made — no restart.
+func TestAuditUnwritableDirectoryAtStart(t *testing.T) {
+	ctx := testCtx(t)
+	cfg, dir := auditCfg(t, config.AuditStrict)
+	blocker := filepath.Join(dir, "blocker")
+	if err := os.WriteFile(blocker, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cfg.Audit.File.Dir = filepath.Join(blocker, "audit")
+	p := startAudited(t, cfg, dir)
+	c := connect(t, ctx, p.dsn(), pgx.QueryExecModeCacheStatement)
+	var s string
+	if err := c.QueryRow(ctx, "SELECT ssn FROM patients WHERE id = $1", 1).Scan(&s); sqlstate(err) != "58030" {
+		t.Fatalf("PHI read with no audit directory: %v", err)
+	}
+	if err := c.QueryRow(ctx, "SELECT 'ok'").Scan(&s); err != nil {
+		t.Fatalf("non-PHI statement: %v", err)
+	}
+	if err := os.Remove(blocker); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		_, err := c.Exec(ctx, "INSERT INTO patients (id, ssn) VALUES ($1, $2)", 7, "777-77-7777")
+		if err == nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no recovery: %v", err)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	p.phi.Close()
+	evs := statementEvents(trailEvents(t, cfg.Audit.File.Dir))
+	if len(evs) == 0 || evs[len(evs)-1].Action != audit.ActionWrite || evs[len(evs)-1].Error != "" {
+		t.Fatalf("trail after recovery: %v", evs)
+	}
+}
