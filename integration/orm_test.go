@@ -204,6 +204,9 @@ func runORMStack(t *testing.T, f *ormEnv, s ormStack) {
 	p := startProxy(t, proxyOpts{extra: f.extra, catalogDB: encDB})
 	want := s.run(t, e.dsn(e.cluster.Addr(), "app", "app-pw", plainDB), false)
 	got := s.run(t, e.dsn(p.addr(), "app", "app-pw", encDB), true)
+	if testing.Verbose() {
+		t.Logf("%s through phiproxy:\n%s", s.name, got)
+	}
 	got, refused := splitRefusals(t, got)
 	if d := diffLines(got, want); d != "" {
 		t.Fatalf("%s through phiproxy differs from PostgreSQL on the plaintext twin: %s\nthrough phiproxy:\n%s", s.name, d, got)
@@ -297,5 +300,15 @@ func ormStacks() []ormStack {
 				`{"after transaction":[{"id":1,"name":"Ada","ssn":"111-11-1111","diagnosis":"bronchitis","notes":"first visit","dob":"1980-01-02","active":true},{"id":2,"name":"Bob","ssn":"222-22-2222","diagnosis":"cold","notes":"ünïcödé \"q\" 'x'","dob":"1975-07-01","active":true}]}`,
 			},
 			refusals: []string{"gorm Order(ssn)", "gorm Where(dob > ?)", "gorm Where(ssn LIKE ?)"}},
+		{name: "lib-pq database-sql", db: "libpq", run: runSQL("postgres"), want: sqlWant, refusals: sqlRefusals},
+		{name: "pgx-stdlib database-sql", db: "pgxstd", run: runSQL("pgx"), want: sqlWant, refusals: sqlRefusals},
 	}
 }
+
+var (
+	sqlWant = []string{
+		`{"columns":[["id","integer","NO"],["name","text","NO"],["ssn","text","YES"],["diagnosis","text","YES"],["notes","text","YES"],["dob","date","YES"],["active","boolean","NO"]]}`,
+		`{"duplicate ssn":"23505"}`,
+	}
+	sqlRefusals = []string{"database/sql ORDER BY ssn", "database/sql dob BETWEEN", "database/sql ssn LIKE"}
+)
