@@ -275,6 +275,13 @@ FROM (SELECT ssn FROM patients UNION ALL SELECT diagnosis FROM patients UNION AL
 	}
 }
 
+// ormScript is a stack whose program runs as `interpreter script DSN MODE`.
+func ormScript(interpreter, script string) func(t *testing.T, dsn string, phi bool) string {
+	return func(t *testing.T, dsn string, phi bool) string {
+		return runCmd(t, interpreter, script, dsn, ormMode(phi))
+	}
+}
+
 // ormLines joins JSON lines for a Go stack's output.
 type ormLines struct {
 	t *testing.T
@@ -300,6 +307,11 @@ func ormStacks() []ormStack {
 				`{"after transaction":[{"id":1,"name":"Ada","ssn":"111-11-1111","diagnosis":"bronchitis","notes":"first visit","dob":"1980-01-02","active":true},{"id":2,"name":"Bob","ssn":"222-22-2222","diagnosis":"cold","notes":"ünïcödé \"q\" 'x'","dob":"1975-07-01","active":true}]}`,
 			},
 			refusals: []string{"gorm Order(ssn)", "gorm Where(dob > ?)", "gorm Where(ssn LIKE ?)"}},
+		{name: "SQLAlchemy psycopg2", db: "sqlalchemy", run: ormScript(pythonBin, "orm/python/sqla.py"),
+			want: []string{
+				`{"columns": [["id", "INTEGER", false], ["name", "TEXT", false], ["ssn", "TEXT", true], ["diagnosis", "TEXT", true], ["notes", "TEXT", true], ["dob", "DATE", true], ["active", "BOOLEAN", false]]}`,
+			},
+			refusals: []string{"sqlalchemy order_by(Patient.ssn)", "sqlalchemy Patient.dob > date", "sqlalchemy Patient.ssn.like()", "sqlalchemy Patient.ssn.startswith()"}},
 		{name: "lib-pq database-sql", db: "libpq", run: runSQL("postgres"), want: sqlWant, refusals: sqlRefusals},
 		{name: "pgx-stdlib database-sql", db: "pgxstd", run: runSQL("pgx"), want: sqlWant, refusals: sqlRefusals},
 	}
