@@ -90,6 +90,38 @@ func (a *analyzer) branch(n *pg.Node, target *PHIColumn, sc *scope, write bool, 
 	return a.refuseCol(target, location(n), "comparison with an expression ("+describeShort(n)+") in "+what, hintValue)
 }
 
+// castBranches handles a CASE or COALESCE (analyzed by branches) cast to
+// the PHI column target's logical type as a whole, as Django's bulk_update
+// writes on PostgreSQL:
+//
+//	SET notes = CAST(CASE WHEN (id = 6) THEN 'a' WHEN (id = 9) THEN 'b' ELSE NULL END AS text)
+//
+// Every branch is then ciphertext for the column (or NULL), so the cast
+// becomes a cast to bytea. A type modifier would have to be applied to
+// each branch's plaintext: refused, as is a cast to another type.
+func (a *analyzer) castBranches(tc *pg.TypeCast, target *PHIColumn, mod string, branches func() error) error {
+	t := castTarget(tc.TypeName)
+	if t == "bytea" {
+		return a.refuseBytea(target, tc.Location)
+	}
+	if !compatibleCast(t, target.Type) {
+		return a.refuseCol(target, tc.Location, "a cast to "+t, "cast it to "+target.Type+", or leave the cast out")
+	}
+	if mod != "" {
+		return a.refuseCol(target, tc.Location, "a cast with a type modifier around CASE or COALESCE", "cast each branch, or leave the cast out")
+	}
+	tl := int(tc.TypeName.Location)
+	end := typeNameEnd(a.sql, tl)
+	if end < 0 || tl < int(location(tc.Arg)) {
+		return a.refuseCol(target, tc.Location, "this form of cast", "leave the cast out")
+	}
+	if err := branches(); err != nil {
+		return err
+	}
+	a.st.Edits = append(a.st.Edits, Edit{Offset: tl, Length: end - tl, Text: "bytea"})
+	return nil
+}
+
 // nullTest is $n IS [NOT] NULL, or $n::T IS [NOT] NULL; or, with lit
 // set, the same test on a literal.
 type nullTest struct {
