@@ -312,6 +312,11 @@ func ormStacks() []ormStack {
 				`{"columns": [["id", "INTEGER", false], ["name", "TEXT", false], ["ssn", "TEXT", true], ["diagnosis", "TEXT", true], ["notes", "TEXT", true], ["dob", "DATE", true], ["active", "BOOLEAN", false]]}`,
 			},
 			refusals: []string{"sqlalchemy order_by(Patient.ssn)", "sqlalchemy Patient.dob > date", "sqlalchemy Patient.ssn.like()", "sqlalchemy Patient.ssn.startswith()"}},
+		{name: "Django psycopg2", db: "django", run: ormScript(pythonBin, "orm/python/django_crud.py"),
+			want: []string{
+				`{"columns": [["id", "AutoField", false], ["name", "TextField", false], ["ssn", "TextField", true], ["diagnosis", "TextField", true], ["notes", "TextField", true], ["dob", "DateField", true], ["active", "BooleanField", false]]}`,
+			},
+			refusals: []string{"django order_by('ssn')", "django filter(dob__gt=…)", "django filter(ssn__startswith=…)", "django filter(notes__icontains=…)"}},
 		{name: "lib-pq database-sql", db: "libpq", run: runSQL("postgres"), want: sqlWant, refusals: sqlRefusals},
 		{name: "pgx-stdlib database-sql", db: "pgxstd", run: runSQL("pgx"), want: sqlWant, refusals: sqlRefusals},
 	}
