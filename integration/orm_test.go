@@ -317,6 +317,11 @@ func ormStacks() []ormStack {
 				`{"columns": [["id", "AutoField", false], ["name", "TextField", false], ["ssn", "TextField", true], ["diagnosis", "TextField", true], ["notes", "TextField", true], ["dob", "DateField", true], ["active", "BooleanField", false]]}`,
 			},
 			refusals: []string{"django order_by('ssn')", "django filter(dob__gt=…)", "django filter(ssn__startswith=…)", "django filter(notes__icontains=…)"}},
+		{name: "Sequelize", db: "sequelize", run: ormScript("node", "orm/node/sequelize.js"),
+			want: []string{
+				`{"columns":[["id","INTEGER",false],["name","TEXT",false],["ssn","TEXT",true],["diagnosis","TEXT",true],["notes","TEXT",true],["dob","DATE",true],["active","BOOLEAN",false]]}`,
+			},
+			refusals: []string{"sequelize order: [['ssn', 'ASC']]", "sequelize dob: { [Op.gt] }", "sequelize ssn: { [Op.like] }"}},
 		{name: "lib-pq database-sql", db: "libpq", run: runSQL("postgres"), want: sqlWant, refusals: sqlRefusals},
 		{name: "pgx-stdlib database-sql", db: "pgxstd", run: runSQL("pgx"), want: sqlWant, refusals: sqlRefusals},
 	}
