@@ -322,6 +322,11 @@ func ormStacks() []ormStack {
 				`{"columns":[["id","INTEGER",false],["name","TEXT",false],["ssn","TEXT",true],["diagnosis","TEXT",true],["notes","TEXT",true],["dob","DATE",true],["active","BOOLEAN",false]]}`,
 			},
 			refusals: []string{"sequelize order: [['ssn', 'ASC']]", "sequelize dob: { [Op.gt] }", "sequelize ssn: { [Op.like] }"}},
+		{name: "knex", db: "knex", run: ormScript("node", "orm/node/knex.js"),
+			want: []string{
+				`{"columnInfo":[["id","integer",false,null],["name","text",false,null],["ssn","text",true,null],["diagnosis","text",true,null],["notes","text",true,null],["dob","date",true,null],["active","boolean",false,null]]}`,
+			},
+			refusals: []string{"knex orderBy('ssn')", "knex where('dob', '>', …)", "knex whereLike('ssn', …)", "knex whereBetween('dob', …)"}},
 		{name: "lib-pq database-sql", db: "libpq", run: runSQL("postgres"), want: sqlWant, refusals: sqlRefusals},
 		{name: "pgx-stdlib database-sql", db: "pgxstd", run: runSQL("pgx"), want: sqlWant, refusals: sqlRefusals},
 	}
