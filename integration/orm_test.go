@@ -337,6 +337,9 @@ func ormStacks() []ormStack {
 			},
 			refusals: []string{"typeorm order: { ssn }", "typeorm MoreThan(dob)", "typeorm Like(ssn)",
 				"typeorm upsert skipUpdateIfNoValuesChanged", "typeorm synchronize() 42501"}},
+		{name: "MikroORM", db: "mikroorm", run: ormScript("node", "orm/node/mikroorm.js"),
+			want:     []string{`{"schema diff":[]}`},
+			refusals: []string{"mikroorm orderBy: { ssn }", "mikroorm dob: { $gt }", "mikroorm ssn: { $like }", "mikroorm schema.updateSchema() 42501"}},
 		{name: "lib-pq database-sql", db: "libpq", run: runSQL("postgres"), want: sqlWant, refusals: sqlRefusals},
 		{name: "pgx-stdlib database-sql", db: "pgxstd", run: runSQL("pgx"), want: sqlWant, refusals: sqlRefusals},
 	}
