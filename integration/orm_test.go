@@ -340,6 +340,11 @@ func ormStacks() []ormStack {
 		{name: "MikroORM", db: "mikroorm", run: ormScript("node", "orm/node/mikroorm.js"),
 			want:     []string{`{"schema diff":[]}`},
 			refusals: []string{"mikroorm orderBy: { ssn }", "mikroorm dob: { $gt }", "mikroorm ssn: { $like }", "mikroorm schema.updateSchema() 42501"}},
+		{name: "ActiveRecord", db: "activerecord", run: ormScript("ruby", "orm/ruby/activerecord.rb"),
+			want: []string{
+				`{"columns":[["id","integer","integer",false],["name","text","text",false],["ssn","text","text",true],["diagnosis","text","text",true],["notes","text","text",true],["dob","date","date",true],["active","boolean","boolean",false],["email","text","text",true]]}`,
+			},
+			refusals: []string{"activerecord order(:ssn)", "activerecord where('dob > ?')", "activerecord where(dob: range)", "activerecord arel matches (ILIKE)"}},
 		{name: "lib-pq database-sql", db: "libpq", run: runSQL("postgres"), want: sqlWant, refusals: sqlRefusals},
 		{name: "pgx-stdlib database-sql", db: "pgxstd", run: runSQL("pgx"), want: sqlWant, refusals: sqlRefusals},
 	}
