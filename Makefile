@@ -24,8 +24,8 @@ deps-pg:
 
 # deps-system adds what the tests and the benchmark drive — PgBouncer,
 # psycopg, pgjdbc with a JDK, node-postgres, and the ORM suite's stacks
-# (integration/orm: Debian's SQLAlchemy, Django, psycopg2, ActiveRecord
-# and ruby-pg; Sequelize, knex, TypeORM and MikroORM from npm) — but only what is missing: a
+# (integration/orm: Debian's SQLAlchemy, Django, psycopg2, ActiveRecord,
+# ruby-pg and Hibernate 3.6; Sequelize, knex, TypeORM and MikroORM from npm) — but only what is missing: a
 # machine that has them is left alone. The psycopg tests run Debian's
 # /usr/bin/python3, whatever python3 is on PATH.
 deps-system: deps-pg
@@ -39,6 +39,7 @@ deps-system: deps-pg
 	command -v node >/dev/null 2>&1 && command -v npm >/dev/null 2>&1 || missing="$$missing nodejs npm"; \
 	[ -f /usr/share/java/postgresql.jar ] || missing="$$missing libpostgresql-jdbc-java"; \
 	command -v javac >/dev/null 2>&1 || missing="$$missing default-jdk-headless"; \
+	[ -f /usr/share/java/hibernate-core.jar ] && [ -f /usr/share/java/javassist.jar ] || missing="$$missing libhibernate3-java libjavassist-java"; \
 	if [ -n "$$missing" ]; then \
 		echo "installing:$$missing"; \
 		export DEBIAN_FRONTEND=noninteractive; \

@@ -345,6 +345,9 @@ func ormStacks() []ormStack {
 				`{"columns":[["id","integer","integer",false],["name","text","text",false],["ssn","text","text",true],["diagnosis","text","text",true],["notes","text","text",true],["dob","date","date",true],["active","boolean","boolean",false],["email","text","text",true]]}`,
 			},
 			refusals: []string{"activerecord order(:ssn)", "activerecord where('dob > ?')", "activerecord where(dob: range)", "activerecord arel matches (ILIKE)"}},
+		{name: "Hibernate", db: "hibernate", run: runHibernate,
+			want:     []string{`{"validated":true}`},
+			refusals: []string{"hibernate HQL order by ssn", "hibernate HQL dob >", "hibernate HQL ssn like"}},
 		{name: "lib-pq database-sql", db: "libpq", run: runSQL("postgres"), want: sqlWant, refusals: sqlRefusals},
 		{name: "pgx-stdlib database-sql", db: "pgxstd", run: runSQL("pgx"), want: sqlWant, refusals: sqlRefusals},
 	}
