@@ -316,6 +316,9 @@ func ormStacks() []ormStack {
 				`{"columns": [["id", "INTEGER", false], ["name", "TEXT", false], ["ssn", "TEXT", true], ["diagnosis", "TEXT", true], ["notes", "TEXT", true], ["dob", "DATE", true], ["active", "BOOLEAN", false]]}`,
 			},
 			refusals: []string{"sqlalchemy order_by(Patient.ssn)", "sqlalchemy Patient.dob > date", "sqlalchemy Patient.ssn.like()", "sqlalchemy Patient.ssn.startswith()"}},
+		{name: "psycopg 3", db: "psycopg3", run: ormScript(pythonBin, "orm/python/psycopg3.py"),
+			want:     []string{`{"columns": [["id", "integer"], ["name", "text"], ["ssn", "text"], ["diagnosis", "text"], ["notes", "text"], ["dob", "date"], ["active", "boolean"]]}`},
+			refusals: []string{"psycopg ORDER BY ssn", "psycopg dob >", "psycopg ssn LIKE"}},
 		{name: "Django psycopg2", db: "django", run: ormScript(pythonBin, "orm/python/django_crud.py"),
 			want: []string{
 				`{"columns": [["id", "AutoField", false], ["name", "TextField", false], ["ssn", "TextField", true], ["diagnosis", "TextField", true], ["notes", "TextField", true], ["dob", "DateField", true], ["active", "BooleanField", false]]}`,
