@@ -3,7 +3,8 @@ phiproxy's ORM suite (integration/orm_test.go): migrate and the database
 introspection (inspectdb's) at startup, bulk_create, __in lists,
 select_related over a foreign key to the shared-key column, annotate(Count)
 on an unmanaged model, atomic() savepoints, update_or_create and
-ignore_conflicts, iterator() (a server-side cursor WITH HOLD), and the
+ignore_conflicts, bulk_update (a CASE cast to varchar(40)), iterator() (a
+server-side cursor WITH HOLD), and the
 refusals. The models are the clinic app's (clinic/models.py).
 
   django_crud.py DSN phi|plain
@@ -133,8 +134,11 @@ def main(dsn, mode):
     put(deleted_visits=Visit.objects.filter(patient_id="999-99-9999").delete()[0])
     objs = list(Patient.objects.filter(ssn__in=["123-45-6789", "777-77-7777"]).order_by("id"))
     for o in objs:
-        o.notes = "bulk " + o.name
+        # Longer than the CharField's 40: bulk_update casts the CASE to
+        # varchar(40), and PostgreSQL truncates.
+        o.notes = "bulk update of " + o.name + ", " + "x" * 40
     Patient.objects.bulk_update(objs, ["notes"])
+    put(bulk_update=list(Patient.objects.filter(ssn__in=["123-45-6789", "777-77-7777"]).order_by("id").values_list("notes", flat=True)))
 
     # Streaming: iterator() runs a server-side cursor (WITH HOLD outside
     # a transaction), and chunk_size fetches.

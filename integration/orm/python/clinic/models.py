@@ -8,7 +8,7 @@ class Patient(models.Model):
     name = models.TextField()
     ssn = models.TextField(unique=True, null=True)
     diagnosis = models.TextField(null=True)
-    notes = models.TextField(null=True)
+    notes = models.CharField(max_length=40, null=True)
     dob = models.DateField(null=True)
     active = models.BooleanField(default=True)
 

@@ -14,7 +14,7 @@ class Migration(migrations.Migration):
                 ("name", models.TextField()),
                 ("ssn", models.TextField(null=True, unique=True)),
                 ("diagnosis", models.TextField(null=True)),
-                ("notes", models.TextField(null=True)),
+                ("notes", models.CharField(max_length=40, null=True)),
                 ("dob", models.DateField(null=True)),
                 ("active", models.BooleanField(default=True)),
             ],
