@@ -4,8 +4,8 @@ introspection (inspectdb's) at startup, bulk_create, __in lists,
 select_related over a foreign key to the shared-key column, annotate(Count)
 on an unmanaged model, atomic() savepoints, update_or_create and
 ignore_conflicts, bulk_update (a CASE cast to varchar(40)), iterator() (a
-server-side cursor WITH HOLD), and the
-refusals. The models are the clinic app's (clinic/models.py).
+server-side cursor WITH HOLD), and the refusals. The models are the clinic
+app's (clinic/models.py).
 
   django_crud.py DSN phi|plain
 
