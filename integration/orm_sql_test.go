@@ -13,10 +13,10 @@ import (
 
 // The database/sql stacks: the queries sqlc generates (:one, :many,
 // :exec, :execrows, sqlc.narg optional filters, sqlc.slice as = ANY), a
-// bulk load (COPY with lib/pq's CopyIn, a prepared INSERT in a
-// transaction with pgx), savepoints, upserts, a server-side cursor, and
-// the schema read from information_schema as sqlc's and migration tools'
-// own checks do.
+// bulk load (lib/pq: COPY FROM STDIN prepared in a transaction; pgx: a
+// prepared INSERT in a transaction), savepoints, upserts, a server-side
+// cursor, and the schema read from information_schema as sqlc's and
+// migration tools' own checks do.
 
 const sqlPatientCols = "id, name, ssn, diagnosis, notes, dob, active"
 
@@ -111,7 +111,7 @@ func runSQL(driver string) func(t *testing.T, dsn string, phi bool) string {
 		must("begin", err)
 		var stmt *sql.Stmt
 		if driver == "postgres" {
-			stmt, err = tx.PrepareContext(ctx, pq.CopyIn("patients", "name", "ssn", "diagnosis", "notes", "dob"))
+			stmt, err = tx.PrepareContext(ctx, "COPY patients (name, ssn, diagnosis, notes, dob) FROM STDIN")
 		} else {
 			stmt, err = tx.PrepareContext(ctx, "INSERT INTO patients (name, ssn, diagnosis, notes, dob) VALUES ($1, $2, $3, $4, $5)")
 		}
@@ -122,7 +122,7 @@ func runSQL(driver string) func(t *testing.T, dsn string, phi bool) string {
 		}
 		if driver == "postgres" {
 			_, err = stmt.ExecContext(ctx)
-			must("CopyIn flush", err)
+			must("COPY flush", err)
 		}
 		must("close bulk", stmt.Close())
 		must("commit bulk", tx.Commit())
