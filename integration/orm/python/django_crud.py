@@ -1,6 +1,6 @@
 """Django (Debian python3-django, psycopg2) as its users write it, for
 phiproxy's ORM suite (integration/orm_test.go): migrate and the database
-introspection (inspectdb's) at startup, bulk_create, __in lists,
+introspection and inspectdb at startup, bulk_create, __in lists,
 select_related over a foreign key to the shared-key column, annotate(Count)
 on an unmanaged model, atomic() savepoints, update_or_create and
 ignore_conflicts, bulk_update (a CASE cast to varchar(40)), iterator() (a
@@ -14,6 +14,7 @@ phiproxy with the run on the plaintext twin.
 """
 
 import datetime
+import io
 import json
 import os
 import sys
@@ -66,6 +67,10 @@ def main(dsn, mode):
         put(columns=[[d.name, connection.introspection.get_field_type(d.type_code, d), d.null_ok] for d in desc])
         cons = connection.introspection.get_constraints(cur, "patients")
         put(unique=sorted(c["columns"] for c in cons.values() if c["unique"]))
+        put(constraints=sorted([sorted(k for k, v in c.items() if v is True), c["columns"]] for c in cons.values()))
+    out = io.StringIO()
+    call_command("inspectdb", "patients", "visits", stdout=out)
+    put(inspectdb=[l for l in out.getvalue().splitlines() if l.strip() and not l.startswith("#")])
 
     d = datetime.date
     created = Patient.objects.bulk_create([

@@ -1,9 +1,10 @@
 # ActiveRecord (Debian ruby-activerecord, ruby-pg) as its users write it,
-# for phiproxy's ORM suite (integration/orm_test.go): a migration and the
-# columns as ActiveRecord loads them at startup, insert_all, where(ssn: [...])
-# lists, joins and includes over an association keyed by the shared-key
-# column, transactions with requires_new (a savepoint), upsert_all,
-# find_each batches, and the refusals.
+# for phiproxy's ORM suite (integration/orm_test.go): a migration, the
+# columns as ActiveRecord loads them and a schema dump at startup,
+# insert_all, where(ssn: [...]) lists, joins and includes over an
+# association keyed by the shared-key column, transactions with
+# requires_new (a savepoint), upsert_all, find_each batches, and the
+# refusals.
 #
 #   ruby activerecord.rb DSN phi|plain
 #
@@ -11,6 +12,7 @@
 # phiproxy with the run on the plaintext twin.
 require 'active_record'
 require 'json'
+require 'stringio'
 
 dsn, mode = ARGV
 abort 'usage: ruby activerecord.rb DSN phi|plain' unless dsn && %w[phi plain].include?(mode)
@@ -60,6 +62,11 @@ end
 AddDoctors.migrate(:up)
 Patient.reset_column_information
 put 'columns', Patient.columns.map { |c| [c.name, c.sql_type, c.type.to_s, c.null] }
+# db/schema.rb as `rails db:schema:dump` writes it (types, indexes, check
+# constraints).
+dump = StringIO.new
+ActiveRecord::SchemaDumper.dump(ActiveRecord::Base.connection, dump)
+put 'schema.rb', dump.string.lines.map(&:rstrip).reject { |l| l.empty? || l.start_with?('#') }
 
 seed = [
   { name: 'Ada', ssn: '111-11-1111', diagnosis: 'flu', notes: 'first visit', dob: Date.new(1980, 1, 2) },
