@@ -317,11 +317,14 @@ func ormStacks() []ormStack {
 		{name: "Django psycopg2", db: "django", run: ormScript(pythonBin, "orm/python/django_crud.py"),
 			want: []string{
 				`{"columns": [["id", "AutoField", false], ["name", "TextField", false], ["ssn", "TextField", true], ["diagnosis", "TextField", true], ["notes", "TextField", true], ["dob", "DateField", true], ["active", "BooleanField", false]]}`,
+				`{"annotate_grouped_by_every_column": true}`,
+				`{"bulk_update_sent_case_cast": true}`,
 			},
 			refusals: []string{"django order_by('ssn')", "django filter(dob__gt=…)", "django filter(ssn__startswith=…)", "django filter(notes__icontains=…)"}},
 		{name: "Sequelize", db: "sequelize", run: ormScript("node", "orm/node/sequelize.js"),
 			want: []string{
 				`{"columns":[["id","INTEGER",false],["name","TEXT",false],["ssn","TEXT",true],["diagnosis","TEXT",true],["notes","TEXT",true],["dob","DATE",true],["active","BOOLEAN",false]]}`,
+				`{"findOrCreate sent pg_temp.testfunc":true}`,
 			},
 			refusals: []string{"sequelize order: [['ssn', 'ASC']]", "sequelize dob: { [Op.gt] }", "sequelize ssn: { [Op.like] }"}},
 		{name: "knex", db: "knex", run: ormScript("node", "orm/node/knex.js"),
@@ -336,7 +339,7 @@ func ormStacks() []ormStack {
 			},
 			refusals: []string{"typeorm order: { ssn }", "typeorm MoreThan(dob)", "typeorm Like(ssn)", "typeorm upsert skipUpdateIfNoValuesChanged"}},
 		{name: "MikroORM", db: "mikroorm", run: ormScript("node", "orm/node/mikroorm.js"),
-			want:     []string{`{"schema diff":[]}`},
+			want:     []string{`{"schema diff":[]}`, `{"flush sent UPDATE … CASE":true}`},
 			refusals: []string{"mikroorm orderBy: { ssn }", "mikroorm dob: { $gt }", "mikroorm ssn: { $like }"}},
 		{name: "ActiveRecord", db: "activerecord", run: ormScript("ruby", "orm/ruby/activerecord.rb"),
 			want: []string{

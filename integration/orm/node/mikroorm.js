@@ -40,8 +40,9 @@ const VisitSchema = new EntitySchema({
 });
 
 s.main(async () => {
+  const queries = []; // what MikroORM logs, to see the statements it sent
   const orm = await MikroORM.init({
-    clientUrl: s.dsn, entities: [PatientSchema, VisitSchema], debug: false, allowGlobalContext: true,
+    clientUrl: s.dsn, entities: [PatientSchema, VisitSchema], debug: ['query'], logger: (m) => queries.push(m), allowGlobalContext: true,
     discovery: { warnWhenNoEntities: false }, forceUtcTimezone: true,
     // The schema generator reads every schema: leave phiproxy's overlay out.
     schemaGenerator: { ignoreSchema: ['phiproxy_overlay'] },
@@ -81,7 +82,9 @@ s.main(async () => {
   two[0].active = false;
   two[1].diagnosis = 'cold';
   two[1].notes = 'updated';
+  queries.length = 0;
   await em.flush();
+  s.put('flush sent UPDATE … CASE', queries.some((q) => /update "patients" set .*case when/i.test(q)));
   em.clear();
   s.put('batched update', (await em.find(Patient, { ssn: { $in: ['333-33-3333', '444-44-4444'] } }, { orderBy: { id: 'asc' } })).map(s.row));
 

@@ -10,7 +10,8 @@ const { Sequelize, DataTypes, Op } = require('sequelize');
 const s = require('./scenario');
 
 s.main(async () => {
-  const sequelize = new Sequelize(s.dsn, { dialect: 'postgres', logging: false });
+  const queries = []; // what Sequelize logs, to see the statements it sent
+  const sequelize = new Sequelize(s.dsn, { dialect: 'postgres', logging: (q) => queries.push(q) });
   const Patient = sequelize.define('Patient', {
     id: { type: DataTypes.INTEGER, primaryKey: true, autoIncrement: true },
     name: { type: DataTypes.TEXT, allowNull: false },
@@ -54,8 +55,10 @@ s.main(async () => {
 
   const [found, made] = await Patient.findOrCreate({ where: { ssn: '333-33-3333' }, defaults: { name: 'Dup' } });
   s.put('findOrCreate found', [s.row(found), made]);
+  queries.length = 0;
   const [ivy, madeIvy] = await Patient.findOrCreate({ where: { ssn: '123-45-6789' }, defaults: { name: 'Ivy', diagnosis: 'sprain', dob: '2001-01-01' } });
   s.put('findOrCreate created', [s.row(ivy), madeIvy]);
+  s.put('findOrCreate sent pg_temp.testfunc', queries.some((q) => q.includes('CREATE OR REPLACE FUNCTION pg_temp.testfunc')));
 
   // A managed transaction with a nested one (SAVEPOINT) that fails.
   await sequelize.transaction(async (t) => {

@@ -59,6 +59,12 @@ def main(dsn, mode):
 
     from clinic.models import Patient, Visit
 
+    sent = []  # statements Django sent inside execute_wrapper(record)
+
+    def record(execute, sql, params, many, context):
+        sent.append(sql)
+        return execute(sql, params, many, context)
+
     # Startup: migrate (the app's models are unmanaged: no DDL for them),
     # then what inspectdb reads.
     call_command("migrate", verbosity=0)
@@ -100,7 +106,9 @@ def main(dsn, mode):
                         for v in Visit.objects.select_related("patient").filter(patient__ssn__in=["111-11-1111", "222-22-2222"]).order_by("id")])
     ada = Patient.objects.get(ssn="111-11-1111")
     put(related=[[v.id, v.visited_on.isoformat(), v.reason] for v in ada.visits.order_by("id")])
-    put(annotate=[[p.id, p.ssn, p.n] for p in Patient.objects.annotate(n=Count("visits")).order_by("id")])
+    with connection.execute_wrapper(record):
+        put(annotate=[[p.id, p.ssn, p.n] for p in Patient.objects.annotate(n=Count("visits")).order_by("id")])
+    put(annotate_grouped_by_every_column=any('GROUP BY "patients"."id", "patients"."name", "patients"."ssn", "patients"."diagnosis"' in q for q in sent))
     put(values_count=list(Visit.objects.values("patient_id").annotate(n=Count("id"), first=Min("id")).order_by("-n", "first")
                           .values_list("patient_id", "n")))
 
@@ -142,7 +150,10 @@ def main(dsn, mode):
         # Longer than the CharField's 40: bulk_update casts the CASE to
         # varchar(40), and PostgreSQL truncates.
         o.notes = "bulk update of " + o.name + ", " + "x" * 40
-    Patient.objects.bulk_update(objs, ["notes"])
+    sent.clear()
+    with connection.execute_wrapper(record):
+        Patient.objects.bulk_update(objs, ["notes"])
+    put(bulk_update_sent_case_cast=any("CAST(CASE WHEN" in q and "AS varchar(40))" in q for q in sent))
     put(bulk_update=list(Patient.objects.filter(ssn__in=["123-45-6789", "777-77-7777"]).order_by("id").values_list("notes", flat=True)))
 
     # Streaming: iterator() runs a server-side cursor (WITH HOLD outside
