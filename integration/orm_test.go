@@ -179,6 +179,8 @@ func ormMode(phi bool) string {
 	return "plain"
 }
 
+// TestORMsMatchPlaintext runs every stack of ormStacks through phiproxy and
+// on its plaintext twin, in parallel, and compares (docs/clients.md).
 func TestORMsMatchPlaintext(t *testing.T) {
 	f := ormFixture(t)
 	for _, s := range ormStacks() {
@@ -216,13 +218,13 @@ func runORMStack(t *testing.T, f *ormEnv, s ormStack) {
 			t.Errorf("%s output lacks %s:\n%s", s.name, w, got)
 		}
 	}
-	var want2 []string
+	var wantRefused []string
 	for _, r := range s.refusals {
-		want2 = append(want2, r+" 0A000")
+		wantRefused = append(wantRefused, r+" 0A000")
 	}
-	sort.Strings(want2)
-	if strings.Join(refused, ",") != strings.Join(want2, ",") {
-		t.Errorf("%s through phiproxy checked the refusals %v, want %v", s.name, refused, want2)
+	sort.Strings(wantRefused)
+	if strings.Join(refused, ",") != strings.Join(wantRefused, ",") {
+		t.Errorf("%s through phiproxy checked the refusals %v, want %v", s.name, refused, wantRefused)
 	}
 	assertORMCiphertext(t, encDB)
 }
