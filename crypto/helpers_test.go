@@ -92,3 +92,19 @@ func mustCipher(t testing.TB, kr *Keyring, name string) *Cipher {
 	}
 	return c
 }
+
+// testRing is setup with testPHI and the keyring that opens its keys.
+func testRing(t testing.TB) (*Keyring, *Store) {
+	t.Helper()
+	cfg, st := setup(t, testPHI)
+	return openRing(t, cfg), st
+}
+
+func mustEncrypt(t testing.TB, c *Cipher, plaintext []byte) []byte {
+	t.Helper()
+	env, err := c.Encrypt(plaintext)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return env
+}

@@ -23,13 +23,9 @@ import (
 func TestRotateKeepsOldValuesReadable(t *testing.T) {
 	for _, key := range []string{"public.patients.ssn", "public.patients.diagnosis"} {
 		t.Run(key, func(t *testing.T) {
-			cfg, st := setup(t, testPHI)
-			kr := openRing(t, cfg)
+			kr, st := testRing(t)
 			before := mustCipher(t, kr, key)
-			old, err := before.Encrypt([]byte("before rotation"))
-			if err != nil {
-				t.Fatal(err)
-			}
+			old := mustEncrypt(t, before, []byte("before rotation"))
 			newID, err := st.Rotate(ColumnKey(key))
 			if err != nil {
 				t.Fatal(err)
@@ -48,10 +44,7 @@ func TestRotateKeepsOldValuesReadable(t *testing.T) {
 			if after.PrimaryKeyID() != newID {
 				t.Fatalf("primary after reload %d, want %d", after.PrimaryKeyID(), newID)
 			}
-			fresh, err := after.Encrypt([]byte("after rotation"))
-			if err != nil {
-				t.Fatal(err)
-			}
+			fresh := mustEncrypt(t, after, []byte("after rotation"))
 			if id, _ := EnvelopeKeyID(fresh); id != newID {
 				t.Fatalf("new value under key id %d, want %d", id, newID)
 			}
@@ -70,8 +63,7 @@ func TestRotateKeepsOldValuesReadable(t *testing.T) {
 }
 
 func TestRetire(t *testing.T) {
-	cfg, st := setup(t, testPHI)
-	kr := openRing(t, cfg)
+	kr, st := testRing(t)
 	key := "public.patients.ssn"
 	oldID := mustCipher(t, kr, key).PrimaryKeyID()
 	old, _ := kr.Encrypt(key, []byte("123-45-6789"))
@@ -373,8 +365,7 @@ func TestList(t *testing.T) {
 }
 
 func TestConcurrentUseDuringReload(t *testing.T) {
-	cfg, st := setup(t, testPHI)
-	kr := openRing(t, cfg)
+	kr, st := testRing(t)
 	var wg sync.WaitGroup
 	stop := make(chan struct{})
 	errs := make(chan error, 8)
