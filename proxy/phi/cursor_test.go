@@ -152,15 +152,21 @@ func TestCursorWithHold(t *testing.T) {
 	ctx := testCtx(t)
 	p := startProxy(t)
 	direct := connect(t, ctx, directDSN(), pgx.QueryExecModeSimpleProtocol)
-	both := func(t *testing.T, via *pgx.Conn, sql string) {
+	both := func(t *testing.T, via *pgx.Conn, sqls ...string) {
 		t.Helper()
-		for _, c := range []*pgx.Conn{via, direct} {
-			mustExec(t, ctx, c, sql)
+		for _, sql := range sqls {
+			for _, c := range []*pgx.Conn{via, direct} {
+				mustExec(t, ctx, c, sql)
+			}
 		}
 	}
 	declare := func(t *testing.T, via *pgx.Conn, base int) {
 		t.Helper()
 		ctwin(t, via, direct, `DECLARE h CURSOR WITH HOLD FOR SELECT id, ssn, mrn FROM %[1]s WHERE id > `+fmt.Sprint(base)+` ORDER BY id`)
+	}
+	gone := func(t *testing.T, via *pgx.Conn) {
+		t.Helper()
+		expectForgotten(t, ctx, via, "h", "FETCH of a dropped cursor")
 	}
 	for mi, mode := range modes {
 		t.Run(mode.String(), func(t *testing.T) {
@@ -185,28 +191,24 @@ func TestCursorWithHold(t *testing.T) {
 			declare(t, via, base)
 			ctwin(t, via, direct, "FETCH 1 FROM h")
 			both(t, via, "ROLLBACK")
-			expectForgotten(t, ctx, via, "h", "FETCH of a dropped cursor")
+			gone(t, via)
 
-			both(t, via, "BEGIN")
-			both(t, via, "SAVEPOINT s1")
+			both(t, via, "BEGIN", "SAVEPOINT s1")
 			declare(t, via, base)
-			both(t, via, "ROLLBACK TO SAVEPOINT s1")
-			both(t, via, "COMMIT")
-			expectForgotten(t, ctx, via, "h", "FETCH of a dropped cursor")
+			both(t, via, "ROLLBACK TO SAVEPOINT s1", "COMMIT")
+			gone(t, via)
 
-			both(t, via, "BEGIN")
-			both(t, via, "SAVEPOINT s1")
+			both(t, via, "BEGIN", "SAVEPOINT s1")
 			declare(t, via, base)
-			both(t, via, "RELEASE SAVEPOINT s1")
-			both(t, via, "COMMIT")
+			both(t, via, "RELEASE SAVEPOINT s1", "COMMIT")
 			ctwin(t, via, direct, "FETCH 2 FROM h")
 			both(t, via, "CLOSE ALL")
-			expectForgotten(t, ctx, via, "h", "FETCH of a dropped cursor")
+			gone(t, via)
 
 			declare(t, via, base)
 			ctwin(t, via, direct, "FETCH 2 FROM h")
 			both(t, via, "DISCARD ALL")
-			expectForgotten(t, ctx, via, "h", "FETCH of a dropped cursor")
+			gone(t, via)
 		})
 	}
 }

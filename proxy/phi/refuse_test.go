@@ -23,10 +23,18 @@ func expectCode(t *testing.T, err error, code, what string) {
 	}
 }
 
+// stillWorks fails t unless c still answers a query on a PHI column of
+// patients.
 func stillWorks(t *testing.T, ctx context.Context, c *pgx.Conn) {
 	t.Helper()
+	stillAnswers(t, ctx, c, "SELECT count(*) FROM patients WHERE ssn = $1", "000-00-0000")
+}
+
+// stillAnswers fails t unless c answers query, a count, after a refusal.
+func stillAnswers(t *testing.T, ctx context.Context, c *pgx.Conn, query string, args ...any) {
+	t.Helper()
 	var n int
-	if err := c.QueryRow(ctx, "SELECT count(*) FROM patients WHERE ssn = $1", "000-00-0000").Scan(&n); err != nil {
+	if err := c.QueryRow(ctx, query, args...).Scan(&n); err != nil {
 		t.Fatalf("session after a refusal: %v", err)
 	}
 }
