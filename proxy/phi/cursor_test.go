@@ -35,6 +35,18 @@ func cursorFixture(t *testing.T, via, direct *pgx.Conn, base int) {
 	ormFixture(t, via, direct, base)
 }
 
+// cursorTwins starts a proxy and returns a simple-protocol connection
+// through it and one direct, cursorFixture's rows on both sides.
+func cursorTwins(t *testing.T) (ctx context.Context, via, direct *pgx.Conn) {
+	t.Helper()
+	ctx = testCtx(t)
+	p := startProxy(t)
+	direct = connect(t, ctx, directDSN(), pgx.QueryExecModeSimpleProtocol)
+	via = connect(t, ctx, p.dsn(), pgx.QueryExecModeSimpleProtocol)
+	cursorFixture(t, via, direct, 0)
+	return ctx, via, direct
+}
+
 // fetchAll fetches c n rows at a time on both sides until it is empty and
 // returns every row read through phiproxy.
 func fetchAll(t *testing.T, via, direct *pgx.Conn, cursor string, n int) [][]string {
@@ -263,11 +275,7 @@ func twinResults(t *testing.T, via, direct *pgx.Conn, sql string) ([][]int16, []
 // rows in binary, so PHI values are decrypted into their logical type's
 // binary form (compared byte for byte with the twin's).
 func TestCursorBinary(t *testing.T) {
-	ctx := testCtx(t)
-	p := startProxy(t)
-	direct := connect(t, ctx, directDSN(), pgx.QueryExecModeSimpleProtocol)
-	via := connect(t, ctx, p.dsn(), pgx.QueryExecModeSimpleProtocol)
-	cursorFixture(t, via, direct, 0)
+	_, via, direct := cursorTwins(t)
 	formats, rows := twinResults(t, via, direct, `BEGIN; DECLARE b BINARY CURSOR FOR SELECT id, name, ssn, diagnosis, dob, mrn FROM %[1]s ORDER BY id; FETCH 2 FROM b; MOVE 1 IN b; FETCH ALL FROM b; COMMIT`)
 	if !reflect.DeepEqual(formats[2], []int16{1, 1, 1, 1, 1, 1}) || len(rows[2]) != 2 || rows[2][1][2] != "222-22-2222" || len(rows[4]) != 2 {
 		t.Fatalf("formats %v rows %q", formats, rows)
@@ -277,11 +285,7 @@ func TestCursorBinary(t *testing.T) {
 // TestCursorOneString: DECLARE and FETCH in one query string (an implicit
 // transaction block), and a FETCH of a cursor the string closed before.
 func TestCursorOneString(t *testing.T) {
-	ctx := testCtx(t)
-	p := startProxy(t)
-	direct := connect(t, ctx, directDSN(), pgx.QueryExecModeSimpleProtocol)
-	via := connect(t, ctx, p.dsn(), pgx.QueryExecModeSimpleProtocol)
-	cursorFixture(t, via, direct, 0)
+	ctx, via, direct := cursorTwins(t)
 	_, rows := twinResults(t, via, direct, `DECLARE c CURSOR FOR SELECT id, ssn, dob FROM %[1]s ORDER BY id; MOVE 1 IN c; FETCH 2 FROM c`)
 	if len(rows[2]) != 2 || rows[2][0][1] != "222-22-2222" || rows[2][0][2] != "1975-12-31" {
 		t.Fatalf("rows: %q", rows)
@@ -299,11 +303,7 @@ func TestCursorOneString(t *testing.T) {
 // cursor: PostgreSQL finds the cursor when the FETCH executes, and so
 // must the decryption (Parse, Bind and Execute of the prepared FETCH).
 func TestCursorFetchBoundAtExecute(t *testing.T) {
-	ctx := testCtx(t)
-	p := startProxy(t)
-	direct := connect(t, ctx, directDSN(), pgx.QueryExecModeSimpleProtocol)
-	via := connect(t, ctx, p.dsn(), pgx.QueryExecModeSimpleProtocol)
-	cursorFixture(t, via, direct, 0)
+	ctx, via, _ := cursorTwins(t)
 	pc := via.PgConn()
 	mustExec(t, ctx, via, "BEGIN")
 	mustExec(t, ctx, via, "DECLARE c CURSOR FOR SELECT ssn, id FROM patients ORDER BY id")

@@ -119,6 +119,17 @@ func mustSimple(t *testing.T, ctx context.Context, c *pgx.Conn, sqls ...string) 
 	}
 }
 
+// encryptedBy runs sqlf (with %s for a canary tagged tag) through c and
+// fails t unless row id holds the canary in public.patients, that is
+// encrypted, and the server never logged it.
+func encryptedBy(t *testing.T, ctx context.Context, super, c *pgx.Conn, id int, tag, sqlf string) {
+	t.Helper()
+	v := canary(t, tag)
+	mustSimple(t, ctx, c, fmt.Sprintf(sqlf, v))
+	wentTo(t, ctx, super, c, id, v, "public")
+	assertNotLogged(t, v)
+}
+
 // mustFailWith runs sql in the simple protocol and fails t unless it
 // fails with SQLSTATE code.
 func mustFailWith(t *testing.T, ctx context.Context, c *pgx.Conn, sql, code string) {
@@ -149,14 +160,10 @@ func TestFailClosedSessionState(t *testing.T) {
 	insert := func(id int, v string) string {
 		return fmt.Sprintf("insert into patients (id, ssn) values (%d, '%s')", id, v)
 	}
-	// encrypted inserts a canary tagged tag as row id through c and fails
-	// t unless it went to public.patients and the server never saw it.
+	// encrypted inserts a canary tagged tag as row id (encryptedBy).
 	encrypted := func(t *testing.T, c *pgx.Conn, id int, tag string) {
 		t.Helper()
-		v := canary(t, tag)
-		mustSimple(t, ctx, c, insert(id, v))
-		wentTo(t, ctx, super, c, id, v, "public")
-		assertNotLogged(t, v)
+		encryptedBy(t, ctx, super, c, id, tag, insert(id, "%s"))
 	}
 
 	t.Run("1: a SET earlier in the same string", func(t *testing.T) {
@@ -275,19 +282,13 @@ func TestFailClosedPreparedStatements(t *testing.T) {
 		mustSimple(t, ctx, c, "BEGIN")
 		mustFailWith(t, ctx, c, "DISCARD ALL", "25001")
 		mustSimple(t, ctx, c, "ROLLBACK")
-		v := canary(t, "15")
-		mustSimple(t, ctx, c, fmt.Sprintf("EXECUTE ins15(115, '%s')", v))
-		wentTo(t, ctx, super, c, 115, v, "public")
-		assertNotLogged(t, v)
+		encryptedBy(t, ctx, super, c, 115, "15", "EXECUTE ins15(115, '%s')")
 	})
 
 	t.Run("15: a duplicate PREPARE that fails keeps the first", func(t *testing.T) {
 		mustSimple(t, ctx, c, "PREPARE ins16(int, text) AS INSERT INTO public.patients (id, ssn) VALUES ($1, $2)")
 		mustFailWith(t, ctx, c, "PREPARE ins16(int, text) AS INSERT INTO fc.patients (id, ssn) VALUES ($1, $2)", "42P05")
-		v := canary(t, "15b")
-		mustSimple(t, ctx, c, fmt.Sprintf("EXECUTE ins16(116, '%s')", v))
-		wentTo(t, ctx, super, c, 116, v, "public")
-		assertNotLogged(t, v)
+		encryptedBy(t, ctx, super, c, 116, "15b", "EXECUTE ins16(116, '%s')")
 	})
 
 	t.Run("15: SQL PREPARE then protocol Bind, protocol Parse then SQL EXECUTE", func(t *testing.T) {
@@ -465,17 +466,12 @@ func TestFailClosedTempTablesGuardsAndNestedExecute(t *testing.T) {
 		}
 		// Dropped, the name means the PHI table again.
 		mustSimple(t, ctx, c, "DROP TABLE patients")
-		v := canary(t, "18")
-		mustSimple(t, ctx, c, fmt.Sprintf("insert into patients (id, ssn) values (182, '%s')", v))
-		wentTo(t, ctx, super, c, 182, v, "public")
-		assertNotLogged(t, v)
+		encryptedBy(t, ctx, super, c, 182, "18", "insert into patients (id, ssn) values (182, '%s')")
 	})
 
 	t.Run("18: a temporary table created in a transaction that rolls back", func(t *testing.T) {
 		mustSimple(t, ctx, c, "BEGIN", "CREATE TEMP TABLE patients (id int, ssn text)", "ROLLBACK")
-		v := canary(t, "18b")
-		mustSimple(t, ctx, c, fmt.Sprintf("insert into patients (id, ssn) values (183, '%s')", v))
-		wentTo(t, ctx, super, c, 183, v, "public")
+		encryptedBy(t, ctx, super, c, 183, "18b", "insert into patients (id, ssn) values (183, '%s')")
 	})
 
 	t.Run("9: the envelope CHECK cannot be dropped through the proxy", func(t *testing.T) {
