@@ -239,15 +239,10 @@ func startProxyProcess(ctx context.Context, bin, cfg, pgpass string, port int) (
 		return 0, nil, err
 	}
 	px.Stdout, px.Stderr = log, log
-	if err := px.Start(); err != nil {
+	pid, stopProcess, err := startListening(ctx, "phiproxy", px, port, os.Interrupt, logPath)
+	if err != nil {
 		log.Close()
 		return 0, nil, err
 	}
-	stop = func() { px.Process.Signal(os.Interrupt); px.Wait(); log.Close() }
-	if err := waitPort(ctx, port); err != nil {
-		stop()
-		b, _ := os.ReadFile(logPath)
-		return 0, nil, fmt.Errorf("phiproxy: %v\n%s", err, b)
-	}
-	return px.Process.Pid, stop, nil
+	return pid, func() { stopProcess(); log.Close() }, nil
 }
