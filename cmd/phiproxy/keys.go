@@ -3,7 +3,6 @@ package main
 import (
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"io"
 	"sort"
@@ -120,21 +119,9 @@ func runKeys(ctx context.Context, env *cmdEnv, args []string) error {
 		fmt.Fprintf(env.stderr, "usage: phiproxy keys %s --config FILE %s\n\n%s\n\n", name, a.usage, a.summary)
 		fs.PrintDefaults()
 	}
-	if err := fs.Parse(args[1:]); err != nil {
-		if errors.Is(err, pflag.ErrHelp) {
-			return nil
-		}
-		return usageError{err}
-	}
-	if fs.NArg() > 0 {
-		return usagef("keys %s takes no arguments, got %q", name, fs.Args())
-	}
-	if k.cfgPath == "" {
-		return usagef("keys %s: --config FILE is required", name)
-	}
-	cfg, err := config.Load(k.cfgPath)
-	if err != nil {
-		return usageError{err}
+	cfg, err := parseConfigFlags(fs, args[1:], "keys "+name, &k.cfgPath)
+	if cfg == nil {
+		return err // nil after --help
 	}
 	k.cfg = cfg
 	return a.run(ctx, env, k)
