@@ -112,42 +112,49 @@ func runTests(m *testing.M) int {
 		return 1
 	}
 	defer os.RemoveAll(dir)
+	cfg, err := setupPHI(ctx, c, dir, phiYAML(), schemaSQL())
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "phi tests:", err)
+		return 1
+	}
+	testCluster, testCfg = c, cfg
+	return m.Run()
+}
+
+// setupPHI writes into dir a config for a proxy in front of c with the
+// phi: section phi, loads it and makes its keys (makeKeys); then it runs,
+// as app, each statement of schema and the envelope CHECK of every PHI
+// column.
+func setupPHI(ctx context.Context, c *pgcluster.Cluster, dir, phi string, schema ...string) (*config.Config, error) {
 	doc := "listen: 127.0.0.1:0\n" +
 		"upstream: {address: " + c.Addr() + ", sslmode: disable}\n" +
 		"catalog_dsn: postgres://" + c.SuperUser + "@" + c.Addr() + "/" + appDB + "?sslmode=disable\n" +
-		"keys: {dir: keys/, kek: \"file:kek.json\"}\n" + phiYAML()
+		"keys: {dir: keys/, kek: \"file:kek.json\"}\n" + phi
 	path := filepath.Join(dir, "phiproxy.yaml")
 	if err := os.WriteFile(path, []byte(doc), 0o600); err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		return 1
+		return nil, err
 	}
 	cfg, err := config.Load(path)
 	if err != nil {
-		fmt.Fprintln(os.Stderr, "phi tests: config:", err)
-		return 1
+		return nil, fmt.Errorf("config: %w", err)
 	}
 	if err := makeKeys(ctx, cfg); err != nil {
-		fmt.Fprintln(os.Stderr, "phi tests: keys:", err)
-		return 1
+		return nil, fmt.Errorf("keys: %w", err)
 	}
 	conn, err := pgx.Connect(ctx, c.DSN(appUser, appPassword, appDB, "sslmode=disable"))
 	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		return 1
+		return nil, err
 	}
-	stmts := []string{schemaSQL()}
+	defer conn.Close(ctx)
 	for _, col := range cfg.Columns() {
-		stmts = append(stmts, crypto.EnvelopeCheckSQL(col))
+		schema = append(schema, crypto.EnvelopeCheckSQL(col))
 	}
-	for _, s := range stmts {
+	for _, s := range schema {
 		if _, err := conn.Exec(ctx, s); err != nil {
-			fmt.Fprintln(os.Stderr, "phi tests: schema:", err)
-			return 1
+			return nil, fmt.Errorf("schema: %s: %w", s, err)
 		}
 	}
-	conn.Close(ctx)
-	testCluster, testCfg = c, cfg
-	return m.Run()
+	return cfg, nil
 }
 
 // makeKeys creates the file KEK and every column keyset of cfg, as

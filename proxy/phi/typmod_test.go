@@ -2,18 +2,12 @@ package phi
 
 import (
 	"context"
-	"os"
-	"path/filepath"
 	"reflect"
 	"strings"
 	"testing"
-	"time"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
-
-	"github.com/phiproxy/phiproxy/config"
-	"github.com/phiproxy/phiproxy/crypto"
 )
 
 // The type-modifier tests (issue 11, items 11, 12, 13, 17) run against a
@@ -43,47 +37,19 @@ var tmCols = []struct{ name, sqlType string }{
 // columns and their keys, and a proxy in front of the test cluster.
 func startTypmodProxy(t *testing.T) string {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	dir := t.TempDir()
-	doc := "listen: 127.0.0.1:0\n" +
-		"upstream: {address: " + testCluster.Addr() + ", sslmode: disable}\n" +
-		"catalog_dsn: postgres://" + testCluster.SuperUser + "@" + testCluster.Addr() + "/" + appDB + "?sslmode=disable\n" +
-		"keys: {dir: keys/, kek: \"file:kek.json\"}\n" + tmPHI
-	path := filepath.Join(dir, "phiproxy.yaml")
-	if err := os.WriteFile(path, []byte(doc), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	cfg, err := config.Load(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := makeKeys(ctx, cfg); err != nil {
-		t.Fatal(err)
-	}
+	ctx := testCtx(t)
 	var enc, plain []string
 	for _, c := range tmCols {
 		enc = append(enc, c.name+" bytea")
 		plain = append(plain, c.name+" "+c.sqlType)
 	}
-	conn, err := pgx.Connect(ctx, directDSN())
+	cfg, err := setupPHI(ctx, testCluster, t.TempDir(), tmPHI,
+		"DROP TABLE IF EXISTS tm, tm_plain",
+		"CREATE TABLE tm (id int4 PRIMARY KEY, "+strings.Join(enc, ", ")+")",
+		"CREATE TABLE tm_plain (id int4 PRIMARY KEY, "+strings.Join(plain, ", ")+")",
+		"CREATE UNIQUE INDEX ON tm (u)", "CREATE UNIQUE INDEX ON tm_plain (u)")
 	if err != nil {
 		t.Fatal(err)
-	}
-	defer conn.Close(ctx)
-	stmts := []string{
-		"DROP TABLE IF EXISTS tm, tm_plain",
-		"CREATE TABLE tm (id int4 PRIMARY KEY, " + strings.Join(enc, ", ") + ")",
-		"CREATE TABLE tm_plain (id int4 PRIMARY KEY, " + strings.Join(plain, ", ") + ")",
-		"CREATE UNIQUE INDEX ON tm (u)", "CREATE UNIQUE INDEX ON tm_plain (u)",
-	}
-	for _, col := range cfg.Columns() {
-		stmts = append(stmts, crypto.EnvelopeCheckSQL(col))
-	}
-	for _, s := range stmts {
-		if _, err := conn.Exec(ctx, s); err != nil {
-			t.Fatalf("%s: %v", s, err)
-		}
 	}
 	return serveProxy(t, ctx, cfg).dsn()
 }
