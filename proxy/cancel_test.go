@@ -96,12 +96,7 @@ func TestNotifySelfPID(t *testing.T) {
 	if _, err := conn.Exec(ctx, "NOTIFY selfpid, 'hello'"); err != nil {
 		t.Fatal(err)
 	}
-	wctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-	defer cancel()
-	n, err := conn.WaitForNotification(wctx)
-	if err != nil {
-		t.Fatal(err)
-	}
+	n := awaitNotification(t, ctx, conn)
 	if n.PID != conn.PgConn().PID() || n.Payload != "hello" {
 		t.Fatalf("notification from PID %d (%q); the session's PID is %d", n.PID, n.Payload, conn.PgConn().PID())
 	}

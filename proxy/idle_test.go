@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgproto3"
 
@@ -163,13 +164,21 @@ func waitBackendsGone(t *testing.T, ctx context.Context, app string) {
 	}
 }
 
-func TestIdleInTransactionTimeout(t *testing.T) {
-	ctx := testCtx(t)
+// scratchTable creates the table name (v text) for the test, dropped when
+// it ends, and returns the direct connection that made it.
+func scratchTable(t *testing.T, ctx context.Context, name string) *pgx.Conn {
+	t.Helper()
 	direct := connect(t, ctx, directDSN())
-	if _, err := direct.Exec(ctx, "CREATE TABLE IF NOT EXISTS idle_logoff (v text)"); err != nil {
+	if _, err := direct.Exec(ctx, "CREATE TABLE IF NOT EXISTS "+name+" (v text)"); err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { _, _ = direct.Exec(context.Background(), "DROP TABLE IF EXISTS idle_logoff") })
+	t.Cleanup(func() { _, _ = direct.Exec(context.Background(), "DROP TABLE IF EXISTS "+name) })
+	return direct
+}
+
+func TestIdleInTransactionTimeout(t *testing.T) {
+	ctx := testCtx(t)
+	direct := scratchTable(t, ctx, "idle_logoff")
 	// Only the in-transaction timeout is set: outside a transaction the
 	// session may idle.
 	p := idleProxy(t, []string{"idle_in_transaction_timeout"})
@@ -200,11 +209,7 @@ func TestIdleInTransactionTimeout(t *testing.T) {
 
 func TestIdleTimeoutSparesBusySessions(t *testing.T) {
 	ctx := testCtx(t)
-	direct := connect(t, ctx, directDSN())
-	if _, err := direct.Exec(ctx, "CREATE TABLE IF NOT EXISTS idle_copy (v text)"); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _, _ = direct.Exec(context.Background(), "DROP TABLE IF EXISTS idle_copy") })
+	scratchTable(t, ctx, "idle_copy")
 	p := idleProxy(t, []string{"idle_session_timeout", "idle_in_transaction_timeout"})
 	// Each case keeps the session busy for longer than the timeout, then
 	// lets it idle: it must survive the first part and not the second.

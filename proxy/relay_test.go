@@ -168,15 +168,22 @@ func TestNoticeAndNotify(t *testing.T) {
 			t.Error(err)
 		}
 	}()
-	wctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-	defer cancel()
-	n, err := listener.WaitForNotification(wctx)
-	if err != nil {
-		t.Fatal(err)
-	}
+	n := awaitNotification(t, ctx, listener)
 	if n.Channel != "chan1" || n.Payload != "payload" {
 		t.Fatalf("notification %+v", n)
 	}
+}
+
+// awaitNotification waits at most 5 s for a notification on conn.
+func awaitNotification(t *testing.T, ctx context.Context, conn *pgx.Conn) *pgconn.Notification {
+	t.Helper()
+	wctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	n, err := conn.WaitForNotification(wctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return n
 }
 
 func TestFunctionCall(t *testing.T) {
