@@ -293,9 +293,7 @@ func TestCopyPsql(t *testing.T) {
 }
 
 func TestCopyTypes(t *testing.T) {
-	ctx := testCtx(t)
-	p := startProxy(t)
-	via := connect(t, ctx, p.dsn(), pgx.QueryExecModeSimpleProtocol)
+	ctx, via := proxied(t, pgx.QueryExecModeSimpleProtocol)
 	direct := connect(t, ctx, directDSN(), pgx.QueryExecModeSimpleProtocol)
 	t.Cleanup(func() {
 		direct.Exec(context.Background(), "DELETE FROM types WHERE id BETWEEN 5001 AND 5999")

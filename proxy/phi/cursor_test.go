@@ -358,9 +358,7 @@ func syncOne(t *testing.T, via *pgx.Conn, msg pgproto3.FrontendMessage, what str
 // (cursors and portals share one namespace): PHI columns are described
 // with their logical types.
 func TestCursorDescribePortal(t *testing.T) {
-	ctx := testCtx(t)
-	p := startProxy(t)
-	via := connect(t, ctx, p.dsn(), pgx.QueryExecModeSimpleProtocol)
+	ctx, via := proxied(t, pgx.QueryExecModeSimpleProtocol)
 	mustExec(t, ctx, via, "BEGIN")
 	mustExec(t, ctx, via, "DECLARE c CURSOR FOR SELECT id, ssn, dob, mrn FROM patients")
 	var oids []uint32
@@ -422,9 +420,7 @@ func TestCursorRefused(t *testing.T) {
 // TestCursorProtocolClose: an extended-protocol Close of a portal closes
 // the SQL cursor of that name (one namespace): phiproxy forgets it too.
 func TestCursorProtocolClose(t *testing.T) {
-	ctx := testCtx(t)
-	p := startProxy(t)
-	via := connect(t, ctx, p.dsn(), pgx.QueryExecModeSimpleProtocol)
+	ctx, via := proxied(t, pgx.QueryExecModeSimpleProtocol)
 	mustExec(t, ctx, via, "INSERT INTO patients (id, ssn) VALUES (1, '111-11-1111')")
 	mustExec(t, ctx, via, "BEGIN")
 	mustExec(t, ctx, via, "DECLARE c CURSOR FOR SELECT id, ssn FROM patients")

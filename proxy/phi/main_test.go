@@ -223,6 +223,14 @@ func serveProxy(t testing.TB, ctx context.Context, cfg *config.Config, opts ...O
 	return &testProxy{phi: p, addr: addr, logs: logs}
 }
 
+// proxied starts a proxy (startProxy) and returns a test context and a
+// connection through it in mode.
+func proxied(t *testing.T, mode pgx.QueryExecMode) (context.Context, *pgx.Conn) {
+	t.Helper()
+	ctx := testCtx(t)
+	return ctx, connect(t, ctx, startProxy(t).dsn(), mode)
+}
+
 func (p *testProxy) dsn(params ...string) string {
 	return testenv.AppDSN(p.addr, params...)
 }

@@ -116,9 +116,7 @@ func TestRefusals(t *testing.T) {
 }
 
 func TestRefusalInMultiStatementQuery(t *testing.T) {
-	ctx := testCtx(t)
-	p := startProxy(t)
-	conn := connect(t, ctx, p.dsn(), pgx.QueryExecModeSimpleProtocol)
+	ctx, conn := proxied(t, pgx.QueryExecModeSimpleProtocol)
 	// The statements before the refused one run in the implicit
 	// transaction and are rolled back, as with a server error.
 	_, err := conn.PgConn().Exec(ctx, "INSERT INTO blobs (id) VALUES (515151); SELECT ssn FROM patients ORDER BY ssn; INSERT INTO blobs (id) VALUES (515152)").ReadAll()

@@ -206,9 +206,7 @@ func TestBatchLargeValuesAndPrepare(t *testing.T) {
 // a row limit, PortalSuspended, a second Execute, Describe of a portal and
 // a statement, Close, and an error that skips to Sync.
 func TestRowLimitedExecute(t *testing.T) {
-	ctx := testCtx(t)
-	p := startProxy(t)
-	conn := connect(t, ctx, p.dsn(), pgx.QueryExecModeCacheStatement)
+	ctx, conn := proxied(t, pgx.QueryExecModeCacheStatement)
 	for i := 0; i < 5; i++ {
 		mustExec(t, ctx, conn, "INSERT INTO visits (id, patient_ssn) VALUES ($1, $2)", 80000+i, fmt.Sprintf("ssn-%d", i))
 	}
