@@ -95,19 +95,11 @@ func keysUsage(w io.Writer, actions map[string]keysAction) {
 // runKeys dispatches `phiproxy keys ACTION`.
 func runKeys(ctx context.Context, env *cmdEnv, args []string) error {
 	actions := keysActions()
-	if len(args) == 0 || args[0] == "-h" || args[0] == "--help" || args[0] == "help" {
-		keysUsage(env.stdout, actions)
-		if len(args) == 0 {
-			return usagef("keys: missing action")
-		}
-		return nil
+	a, err := pick(env, args, actions, keysUsage, "keys: ", "action")
+	if err != nil || a == nil {
+		return err
 	}
 	name := args[0]
-	a, ok := actions[name]
-	if !ok {
-		keysUsage(env.stderr, actions)
-		return usagef("keys: unknown action %q", name)
-	}
 	k := &keysCmd{}
 	fs := pflag.NewFlagSet("keys "+name, pflag.ContinueOnError)
 	fs.SetOutput(env.stderr)
