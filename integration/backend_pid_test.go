@@ -25,12 +25,7 @@ func TestBackendPIDThroughPHIProxy(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
 	dsn := e.dsn(p.addr(), "app", "app-pw", phiDB, "sslmode=require")
-	cfg := testenv.CancelingConfig(t, dsn)
-	conn, err := pgx.ConnectConfig(ctx, cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close(ctx)
+	conn := testenv.Connect(t, ctx, dsn, testenv.CancelOnExpiry)
 
 	var backend uint32
 	if err := conn.QueryRow(ctx, "SELECT pg_backend_pid()").Scan(&backend); err != nil {
