@@ -10,7 +10,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgproto3"
 
@@ -162,18 +161,6 @@ func waitBackendsGone(t *testing.T, ctx context.Context, app string) {
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
-}
-
-// scratchTable creates the table name (v text) for the test, dropped when
-// it ends, and returns the direct connection that made it.
-func scratchTable(t *testing.T, ctx context.Context, name string) *pgx.Conn {
-	t.Helper()
-	direct := connect(t, ctx, directDSN())
-	if _, err := direct.Exec(ctx, "CREATE TABLE IF NOT EXISTS "+name+" (v text)"); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _, _ = direct.Exec(context.Background(), "DROP TABLE IF EXISTS "+name) })
-	return direct
 }
 
 func TestIdleInTransactionTimeout(t *testing.T) {

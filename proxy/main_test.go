@@ -128,6 +128,18 @@ func connect(t testing.TB, ctx context.Context, dsn string) *pgx.Conn {
 	return testenv.Connect(t, ctx, dsn, nil)
 }
 
+// scratchTable creates the table name (v text) for the test, dropped when
+// it ends, and returns the direct connection that made it.
+func scratchTable(t *testing.T, ctx context.Context, name string) *pgx.Conn {
+	t.Helper()
+	direct := connect(t, ctx, directDSN())
+	if _, err := direct.Exec(ctx, "CREATE TABLE IF NOT EXISTS "+name+" (v text)"); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _, _ = direct.Exec(context.Background(), "DROP TABLE IF EXISTS "+name) })
+	return direct
+}
+
 func testCtx(t testing.TB) context.Context { return testenv.Context(t, 30*time.Second) }
 
 // forwarder is a TCP relay in front of the cluster that answers 'N' to an
