@@ -65,29 +65,8 @@ func twinConns(t *testing.T, ctx context.Context, dsn string, mode pgx.QueryExec
 // the same rows as text.
 func both(t *testing.T, ctx context.Context, px, direct *pgx.Conn, sql string, args ...any) [][]string {
 	t.Helper()
-	run := func(c *pgx.Conn, tbl string) ([][]string, []pgconn.FieldDescription, error) {
-		q := strings.ReplaceAll(sql, "TBL", tbl)
-		rows, err := c.Query(ctx, q, append([]any{pgx.QueryResultFormats{0}}, args...)...)
-		if err != nil {
-			return nil, nil, err
-		}
-		defer rows.Close()
-		var out [][]string
-		for rows.Next() {
-			var r []string
-			for _, v := range rows.RawValues() {
-				if v == nil {
-					r = append(r, "NULL")
-				} else {
-					r = append(r, string(v))
-				}
-			}
-			out = append(out, r)
-		}
-		return out, rows.FieldDescriptions(), rows.Err()
-	}
-	got, gotFD, gerr := run(px, "tm")
-	want, wantFD, werr := run(direct, "tm_plain")
+	got, gotFD, gerr := queryText(ctx, px, strings.ReplaceAll(sql, "TBL", "tm"), args...)
+	want, wantFD, werr := queryText(ctx, direct, strings.ReplaceAll(sql, "TBL", "tm_plain"), args...)
 	if sqlstate(gerr) != sqlstate(werr) || (gerr == nil) != (werr == nil) {
 		t.Fatalf("%s: through phiproxy %v, PostgreSQL %v", sql, gerr, werr)
 	}
@@ -177,23 +156,34 @@ func TestNumericAndJSONBEquality(t *testing.T) {
 
 func rowsOf(t *testing.T, ctx context.Context, c *pgx.Conn, sql string) [][]string {
 	t.Helper()
-	rows, err := c.Query(ctx, sql, pgx.QueryResultFormats{0})
+	rows, _, err := queryText(ctx, c, sql)
 	if err != nil {
 		t.Fatal(err)
+	}
+	return rows
+}
+
+// queryText runs sql with results in text and returns the rows (NULL
+// spelled NULL) and the columns' descriptions.
+func queryText(ctx context.Context, c *pgx.Conn, sql string, args ...any) ([][]string, []pgconn.FieldDescription, error) {
+	rows, err := c.Query(ctx, sql, append([]any{pgx.QueryResultFormats{0}}, args...)...)
+	if err != nil {
+		return nil, nil, err
 	}
 	defer rows.Close()
 	var out [][]string
 	for rows.Next() {
 		var r []string
 		for _, v := range rows.RawValues() {
-			r = append(r, string(v))
+			if v == nil {
+				r = append(r, "NULL")
+			} else {
+				r = append(r, string(v))
+			}
 		}
 		out = append(out, r)
 	}
-	if rows.Err() != nil {
-		t.Fatal(rows.Err())
-	}
-	return out
+	return out, rows.FieldDescriptions(), rows.Err()
 }
 
 // TestByteaCastRefused: issue 11, item 17. Whatever a client sends for a
