@@ -37,10 +37,7 @@ func testCipher(t testing.TB, mode string) *crypto.Cipher {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := st.Create(crypto.ColumnKey("public.t.c"), mode); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := st.Create(crypto.SigningKey(), ""); err != nil {
+	if err := st.CreateAll(cfg, nil); err != nil {
 		t.Fatal(err)
 	}
 	ring, err := crypto.Open(ctx, cfg, crypto.Options{})

@@ -64,12 +64,7 @@ func setup(t testing.TB, phi string) (*config.Config, *Store) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	for name, cols := range cfg.KeyNames() {
-		if _, err := st.Create(ColumnKey(name), cols[0].Mode); err != nil {
-			t.Fatal(err)
-		}
-	}
-	if _, err := st.Create(SigningKey(), ""); err != nil {
+	if err := st.CreateAll(cfg, nil); err != nil {
 		t.Fatal(err)
 	}
 	return cfg, st

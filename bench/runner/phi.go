@@ -116,12 +116,7 @@ keys: {dir: keys, kek: "file:kek.json"}
 	if err != nil {
 		return "", err
 	}
-	for name, cols := range cfg.KeyNames() {
-		if _, err := st.Create(crypto.ColumnKey(name), cols[0].Mode); err != nil {
-			return "", err
-		}
-	}
-	if _, err := st.Create(crypto.SigningKey(), ""); err != nil {
+	if err := st.CreateAll(cfg, nil); err != nil {
 		return "", err
 	}
 	return path, nil

@@ -177,33 +177,20 @@ func keysCreate(ctx context.Context, env *cmdEnv, k *keysCmd) error {
 	if err != nil {
 		return err
 	}
-	names := k.cfg.KeyNames()
-	sorted := make([]string, 0, len(names))
-	for n := range names {
-		sorted = append(sorted, n)
-	}
-	sort.Strings(sorted)
-	for _, n := range sorted {
-		cols := names[n]
-		created, err := st.Create(crypto.ColumnKey(n), cols[0].Mode)
-		if err != nil {
-			return err
-		}
+	err = st.CreateAll(k.cfg, func(r crypto.Ref, cols []config.Column, created bool) {
 		verb := "exists"
 		if created {
 			verb = "created"
 		}
-		fmt.Fprintf(env.stdout, "key %s (%s, %s): %s\n", n, cols[0].Mode, columnList(cols), verb)
-	}
-	created, err := st.Create(crypto.SigningKey(), "")
+		if r.IsSigning() {
+			fmt.Fprintf(env.stdout, "audit-signing keyset (ed25519): %s\n", verb)
+		} else {
+			fmt.Fprintf(env.stdout, "key %s (%s, %s): %s\n", r.Name(), cols[0].Mode, columnList(cols), verb)
+		}
+	})
 	if err != nil {
 		return err
 	}
-	verb := "exists"
-	if created {
-		verb = "created"
-	}
-	fmt.Fprintf(env.stdout, "audit-signing keyset (ed25519): %s\n", verb)
 	fmt.Fprintf(env.stdout, "keys dir: %s\n", st.Dir())
 	return nil
 }

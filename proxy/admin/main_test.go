@@ -82,10 +82,8 @@ func startPHIEnv() (*phiEnv, error) {
 	if err != nil {
 		return fail(err)
 	}
-	for name, cols := range e.cfg.KeyNames() {
-		if _, err := st.Create(crypto.ColumnKey(name), cols[0].Mode); err != nil {
-			return fail(err)
-		}
+	if err := st.CreateAll(e.cfg, nil); err != nil {
+		return fail(err)
 	}
 	conn, err := pgx.Connect(ctx, c.DSN(testenv.AppUser, testenv.AppPassword, testenv.AppDB, "sslmode=disable"))
 	if err != nil {

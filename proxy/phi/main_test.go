@@ -167,12 +167,7 @@ func makeKeys(ctx context.Context, cfg *config.Config) error {
 	if err != nil {
 		return err
 	}
-	for name, cols := range cfg.KeyNames() {
-		if _, err := st.Create(crypto.ColumnKey(name), cols[0].Mode); err != nil {
-			return err
-		}
-	}
-	return nil
+	return st.CreateAll(cfg, nil)
 }
 
 type testProxy struct {
