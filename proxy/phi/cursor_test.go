@@ -35,14 +35,10 @@ func cursorFixture(t *testing.T, via, direct *pgx.Conn, base int) {
 	ormFixture(t, via, direct, base)
 }
 
-// cursorTwins starts a proxy and returns a simple-protocol connection
-// through it and one direct, cursorFixture's rows on both sides.
+// cursorTwins is simpleTwins with cursorFixture's rows on both sides.
 func cursorTwins(t *testing.T) (ctx context.Context, via, direct *pgx.Conn) {
 	t.Helper()
-	ctx = testCtx(t)
-	p := startProxy(t)
-	direct = connect(t, ctx, directDSN(), pgx.QueryExecModeSimpleProtocol)
-	via = connect(t, ctx, p.dsn(), pgx.QueryExecModeSimpleProtocol)
+	ctx, via, direct = simpleTwins(t)
 	cursorFixture(t, via, direct, 0)
 	return ctx, via, direct
 }

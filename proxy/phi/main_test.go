@@ -226,6 +226,14 @@ func proxied(t *testing.T, mode pgx.QueryExecMode) (context.Context, *pgx.Conn) 
 	return ctx, connect(t, ctx, startProxy(t).dsn(), mode)
 }
 
+// simpleTwins starts a proxy and returns a test context, a
+// simple-protocol connection through it and one direct.
+func simpleTwins(t *testing.T) (ctx context.Context, via, direct *pgx.Conn) {
+	t.Helper()
+	ctx, via = proxied(t, pgx.QueryExecModeSimpleProtocol)
+	return ctx, via, connect(t, ctx, directDSN(), pgx.QueryExecModeSimpleProtocol)
+}
+
 func (p *testProxy) dsn(params ...string) string {
 	return testenv.AppDSN(p.addr, params...)
 }
