@@ -17,13 +17,7 @@ import (
 )
 
 func TestServeUsage(t *testing.T) {
-	env := &cmdEnv{stdout: &bytes.Buffer{}, stderr: &bytes.Buffer{}}
-	for _, args := range [][]string{nil, {"--config"}, {"--config", "x.yaml", "extra"}, {"--nope"}} {
-		var u usageError
-		if err := runServe(context.Background(), env, args); !errors.As(err, &u) {
-			t.Errorf("runServe(%q) = %v, want a usage error", args, err)
-		}
-	}
+	env := wantUsageErrors(t, runServe, nil, []string{"--config"}, []string{"--config", "x.yaml", "extra"}, []string{"--nope"})
 	bad := filepath.Join(t.TempDir(), "bad.yaml")
 	os.WriteFile(bad, []byte("listen: 127.0.0.1:0\nbogus: 1\n"), 0o600)
 	var u usageError
