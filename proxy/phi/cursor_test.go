@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"reflect"
-	"strings"
 	"testing"
 	"time"
 
@@ -19,15 +18,6 @@ import (
 // cursors and SQLAlchemy's stream_results send them; compared with the
 // same statements on the plaintext twin, in every pgx mode (FETCH through
 // the simple protocol and through Parse/Bind/Describe/Execute).
-
-// ctwin is twin for statements that may not name the table: %[1]s in
-// sql stands for patients through phiproxy and patients_plain directly.
-func ctwin(t *testing.T, via, direct *pgx.Conn, sql string, args ...any) [][]string {
-	t.Helper()
-	return twinText(t, via, direct, sql, func(patients, _ string) string {
-		return strings.ReplaceAll(sql, "%[1]s", patients)
-	}, args...)
-}
 
 // cursorFixture inserts five rows on both sides (ids base+1..base+5).
 func cursorFixture(t *testing.T, via, direct *pgx.Conn, base int) {
@@ -49,7 +39,7 @@ func fetchAll(t *testing.T, via, direct *pgx.Conn, cursor string, n int) [][]str
 	t.Helper()
 	var all [][]string
 	for i := 0; i < 20; i++ {
-		got := ctwin(t, via, direct, fmt.Sprintf("FETCH FORWARD %d FROM %s", n, cursor))
+		got := twin(t, via, direct, fmt.Sprintf("FETCH FORWARD %d FROM %s", n, cursor))
 		if len(got) == 0 {
 			return all
 		}
@@ -102,24 +92,24 @@ func TestCursorDjangoIterator(t *testing.T) {
 	p := startProxy(t)
 	fixtureModes(t, ctx, p, cursorFixture, func(t *testing.T, _ int, via, direct *pgx.Conn, base int) {
 		name := `"_django_curs_140_sync_1"`
-		ctwin(t, via, direct, `DECLARE `+name+` NO SCROLL CURSOR WITH HOLD FOR SELECT id, ssn, diagnosis, dob, mrn FROM %[1]s WHERE id > `+fmt.Sprint(base)+` AND id < `+fmt.Sprint(base+100)+` ORDER BY id`)
+		twin(t, via, direct, `DECLARE `+name+` NO SCROLL CURSOR WITH HOLD FOR SELECT id, ssn, diagnosis, dob, mrn FROM %[1]s WHERE id > `+fmt.Sprint(base)+` AND id < `+fmt.Sprint(base+100)+` ORDER BY id`)
 		rows := fetchAll(t, via, direct, name, 2)
 		if len(rows) != 5 || rows[0][1] != "111-11-1111" || rows[0][2] != "flu" {
 			t.Fatalf("rows: %v", rows)
 		}
-		ctwin(t, via, direct, "CLOSE "+name)
+		twin(t, via, direct, "CLOSE "+name)
 		// A literal bound for a PHI column in the cursor's query is
 		// encrypted; psycopg 3 sends the value as a parameter.
-		ctwin(t, via, direct, `DECLARE c CURSOR WITH HOLD FOR SELECT id, ssn FROM %[1]s WHERE ssn = '111-11-1111' AND id > `+fmt.Sprint(base)+` ORDER BY id`)
+		twin(t, via, direct, `DECLARE c CURSOR WITH HOLD FOR SELECT id, ssn FROM %[1]s WHERE ssn = '111-11-1111' AND id > `+fmt.Sprint(base)+` ORDER BY id`)
 		if got := fetchAll(t, via, direct, "c", 1); len(got) != 2 {
 			t.Fatalf("rows: %v", got)
 		}
-		ctwin(t, via, direct, "CLOSE c")
-		ctwin(t, via, direct, `DECLARE c CURSOR WITH HOLD FOR SELECT id, ssn FROM %[1]s WHERE ssn = $1 AND id > $2 ORDER BY id`, "222-22-2222", base)
+		twin(t, via, direct, "CLOSE c")
+		twin(t, via, direct, `DECLARE c CURSOR WITH HOLD FOR SELECT id, ssn FROM %[1]s WHERE ssn = $1 AND id > $2 ORDER BY id`, "222-22-2222", base)
 		if got := fetchAll(t, via, direct, "c", 2); len(got) != 1 || got[0][1] != "222-22-2222" {
 			t.Fatalf("rows: %v", got)
 		}
-		ctwin(t, via, direct, "CLOSE c")
+		twin(t, via, direct, "CLOSE c")
 		_, err := via.Exec(ctx, "CLOSE c")
 		expectCode(t, err, "34000", "CLOSE of a closed cursor")
 	})
@@ -136,13 +126,13 @@ func TestCursorInTransaction(t *testing.T) {
 		for _, c := range []*pgx.Conn{via, direct} {
 			mustExec(t, ctx, c, "BEGIN")
 		}
-		ctwin(t, via, direct, `DECLARE c SCROLL CURSOR FOR SELECT name, ssn, diagnosis, dob FROM %[1]s WHERE id > `+fmt.Sprint(base)+` ORDER BY id`)
-		ctwin(t, via, direct, "FETCH 2 FROM c")
-		ctwin(t, via, direct, "MOVE FORWARD 1 IN c")
-		ctwin(t, via, direct, "FETCH NEXT FROM c")
-		ctwin(t, via, direct, "FETCH PRIOR FROM c")
-		ctwin(t, via, direct, "MOVE ABSOLUTE 0 IN c")
-		if got := ctwin(t, via, direct, "FETCH ALL IN c"); len(got) != 5 {
+		twin(t, via, direct, `DECLARE c SCROLL CURSOR FOR SELECT name, ssn, diagnosis, dob FROM %[1]s WHERE id > `+fmt.Sprint(base)+` ORDER BY id`)
+		twin(t, via, direct, "FETCH 2 FROM c")
+		twin(t, via, direct, "MOVE FORWARD 1 IN c")
+		twin(t, via, direct, "FETCH NEXT FROM c")
+		twin(t, via, direct, "FETCH PRIOR FROM c")
+		twin(t, via, direct, "MOVE ABSOLUTE 0 IN c")
+		if got := twin(t, via, direct, "FETCH ALL IN c"); len(got) != 5 {
 			t.Fatalf("FETCH ALL: %v", got)
 		}
 		for _, c := range []*pgx.Conn{via, direct} {
@@ -170,7 +160,7 @@ func TestCursorWithHold(t *testing.T) {
 	}
 	declare := func(t *testing.T, via *pgx.Conn, base int) {
 		t.Helper()
-		ctwin(t, via, direct, `DECLARE h CURSOR WITH HOLD FOR SELECT id, ssn, mrn FROM %[1]s WHERE id > `+fmt.Sprint(base)+` ORDER BY id`)
+		twin(t, via, direct, `DECLARE h CURSOR WITH HOLD FOR SELECT id, ssn, mrn FROM %[1]s WHERE id > `+fmt.Sprint(base)+` ORDER BY id`)
 	}
 	gone := func(t *testing.T, via *pgx.Conn) {
 		t.Helper()
@@ -184,20 +174,20 @@ func TestCursorWithHold(t *testing.T) {
 
 			both(t, via, "BEGIN")
 			declare(t, via, base)
-			ctwin(t, via, direct, "FETCH 1 FROM h")
+			twin(t, via, direct, "FETCH 1 FROM h")
 			both(t, via, "COMMIT")
-			ctwin(t, via, direct, "FETCH 1 FROM h")
+			twin(t, via, direct, "FETCH 1 FROM h")
 			both(t, via, "BEGIN")
-			ctwin(t, via, direct, "FETCH 1 FROM h")
+			twin(t, via, direct, "FETCH 1 FROM h")
 			both(t, via, "ROLLBACK")
-			if got := ctwin(t, via, direct, "FETCH ALL FROM h"); len(got) == 0 {
+			if got := twin(t, via, direct, "FETCH ALL FROM h"); len(got) == 0 {
 				t.Fatal("the held cursor lost its rows")
 			}
 			both(t, via, "CLOSE h")
 
 			both(t, via, "BEGIN")
 			declare(t, via, base)
-			ctwin(t, via, direct, "FETCH 1 FROM h")
+			twin(t, via, direct, "FETCH 1 FROM h")
 			both(t, via, "ROLLBACK")
 			gone(t, via)
 
@@ -209,12 +199,12 @@ func TestCursorWithHold(t *testing.T) {
 			both(t, via, "BEGIN", "SAVEPOINT s1")
 			declare(t, via, base)
 			both(t, via, "RELEASE SAVEPOINT s1", "COMMIT")
-			ctwin(t, via, direct, "FETCH 2 FROM h")
+			twin(t, via, direct, "FETCH 2 FROM h")
 			both(t, via, "CLOSE ALL")
 			gone(t, via)
 
 			declare(t, via, base)
-			ctwin(t, via, direct, "FETCH 2 FROM h")
+			twin(t, via, direct, "FETCH 2 FROM h")
 			both(t, via, "DISCARD ALL")
 			gone(t, via)
 		})
