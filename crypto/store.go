@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"sort"
+	"strings"
 	"syscall"
 	"time"
 
@@ -205,6 +206,22 @@ func (s *Store) CreateAll(cfg *config.Config, seen func(r Ref, cols []config.Col
 		}
 	}
 	return create(SigningKey(), nil, "")
+}
+
+// InitKeys creates, quietly, what `phiproxy keys init` creates for cfg:
+// the KEK file when the KEK is a file: KEK that does not exist yet, then
+// every missing keyset (Store.CreateAll). What exists is kept.
+func InitKeys(ctx context.Context, cfg *config.Config, opts Options) error {
+	if path, ok := strings.CutPrefix(cfg.Keys.KEK, "file:"); ok {
+		if _, err := InitFileKEK(path); err != nil {
+			return err
+		}
+	}
+	st, err := OpenStore(ctx, cfg.Keys, opts)
+	if err != nil {
+		return err
+	}
+	return st.CreateAll(cfg, nil)
 }
 
 // Load reads one keyset and describes it.

@@ -440,3 +440,39 @@ func writeDoc(t *testing.T, path string, doc fileDoc) {
 	}
 	write(t, path, data)
 }
+
+// TestInitKeys: InitKeys makes the KEK file and every keyset of the
+// config, the signing keyset included, and a second run keeps them all.
+func TestInitKeys(t *testing.T) {
+	cfg := writeConfig(t, t.TempDir(), "", testPHI)
+	list := func() string {
+		st, err := OpenStore(context.Background(), cfg.Keys, Options{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		sets, err := st.List()
+		if err != nil {
+			t.Fatal(err)
+		}
+		var got []string
+		for _, ks := range sets {
+			got = append(got, ks.Ref.Name()+"/"+ks.Mode+"/"+strconv.FormatUint(uint64(ks.Primary()), 10))
+		}
+		return strings.Join(got, " ")
+	}
+	if err := InitKeys(context.Background(), cfg, Options{}); err != nil {
+		t.Fatal(err)
+	}
+	first := list()
+	for _, want := range []string{"audit-signing//", "public.patients.diagnosis/randomized/", "public.patients.ssn/deterministic/", "visit notes/v1/randomized/"} {
+		if !strings.Contains(first, want) {
+			t.Fatalf("keysets %q lack %q", first, want)
+		}
+	}
+	if err := InitKeys(context.Background(), cfg, Options{}); err != nil {
+		t.Fatal(err)
+	}
+	if again := list(); again != first {
+		t.Fatalf("a second InitKeys changed the keysets:\n%s\n%s", first, again)
+	}
+}

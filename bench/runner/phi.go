@@ -7,7 +7,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strconv"
-	"strings"
 	"text/tabwriter"
 	"time"
 
@@ -109,14 +108,7 @@ keys: {dir: keys, kek: "file:kek.json"}
 	if err != nil {
 		return "", err
 	}
-	if _, err := crypto.InitFileKEK(strings.TrimPrefix(cfg.Keys.KEK, "file:")); err != nil {
-		return "", err
-	}
-	st, err := crypto.OpenStore(ctx, cfg.Keys, crypto.Options{})
-	if err != nil {
-		return "", err
-	}
-	if err := st.CreateAll(cfg, nil); err != nil {
+	if err := crypto.InitKeys(ctx, cfg, crypto.Options{}); err != nil {
 		return "", err
 	}
 	return path, nil

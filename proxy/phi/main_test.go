@@ -122,7 +122,7 @@ func runTests(m *testing.M) int {
 }
 
 // setupPHI writes into dir a config for a proxy in front of c with the
-// phi: section phi, loads it and makes its keys (makeKeys); then it runs,
+// phi: section phi, loads it and makes its keys (crypto.InitKeys); then it runs,
 // as app, each statement of schema and the envelope CHECK of every PHI
 // column.
 func setupPHI(ctx context.Context, c *pgcluster.Cluster, dir, phi string, schema ...string) (*config.Config, error) {
@@ -138,7 +138,7 @@ func setupPHI(ctx context.Context, c *pgcluster.Cluster, dir, phi string, schema
 	if err != nil {
 		return nil, fmt.Errorf("config: %w", err)
 	}
-	if err := makeKeys(ctx, cfg); err != nil {
+	if err := crypto.InitKeys(ctx, cfg, crypto.Options{}); err != nil {
 		return nil, fmt.Errorf("keys: %w", err)
 	}
 	conn, err := pgx.Connect(ctx, c.DSN(appUser, appPassword, appDB, "sslmode=disable"))
@@ -155,19 +155,6 @@ func setupPHI(ctx context.Context, c *pgcluster.Cluster, dir, phi string, schema
 		}
 	}
 	return cfg, nil
-}
-
-// makeKeys creates the file KEK and every column keyset of cfg, as
-// `phiproxy keys init` does.
-func makeKeys(ctx context.Context, cfg *config.Config) error {
-	if _, err := crypto.InitFileKEK(strings.TrimPrefix(cfg.Keys.KEK, "file:")); err != nil {
-		return err
-	}
-	st, err := crypto.OpenStore(ctx, cfg.Keys, crypto.Options{})
-	if err != nil {
-		return err
-	}
-	return st.CreateAll(cfg, nil)
 }
 
 type testProxy struct {
