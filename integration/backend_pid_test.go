@@ -7,7 +7,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/phiproxy/phiproxy/internal/testenv"
@@ -62,11 +61,7 @@ func TestBackendPIDThroughPHIProxy(t *testing.T) {
 	}
 
 	// pg_terminate_backend(conn.PID()) from another session ends this one.
-	other, err := pgx.Connect(ctx, dsn)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer other.Close(ctx)
+	other := testenv.Connect(t, ctx, dsn, nil)
 	var ok bool
 	if err := other.QueryRow(ctx, "SELECT pg_terminate_backend($1)", conn.PgConn().PID()).Scan(&ok); err != nil || !ok {
 		t.Fatalf("pg_terminate_backend = %v, %v", ok, err)
