@@ -12,6 +12,8 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgproto3"
+
+	"github.com/phiproxy/phiproxy/internal/testenv"
 )
 
 // scenario runs the same protocol workload on conn and returns a
@@ -137,16 +139,9 @@ func TestNoticeAndNotify(t *testing.T) {
 	ctx := testCtx(t)
 	p := startProxy(t, proxyConfig(t, testCluster.Addr()))
 	var notices []string
-	cfg, err := pgx.ParseConfig(p.dsn())
-	if err != nil {
-		t.Fatal(err)
-	}
-	cfg.OnNotice = func(_ *pgconn.PgConn, n *pgconn.Notice) { notices = append(notices, n.Severity+":"+n.Message) }
-	listener, err := pgx.ConnectConfig(ctx, cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer listener.Close(ctx)
+	listener := testenv.Connect(t, ctx, p.dsn(), func(cc *pgx.ConnConfig) {
+		cc.OnNotice = func(_ *pgconn.PgConn, n *pgconn.Notice) { notices = append(notices, n.Severity+":"+n.Message) }
+	})
 	if _, err := listener.Exec(ctx, "DO $$BEGIN RAISE NOTICE 'hello %', 42; END$$"); err != nil {
 		t.Fatal(err)
 	}

@@ -25,11 +25,7 @@ import (
 // schema of its own name holding another plain patients table.
 func fcFixture(t *testing.T, ctx context.Context) *pgx.Conn {
 	t.Helper()
-	super, err := pgx.Connect(ctx, testCluster.DSN(testCluster.SuperUser, testCluster.SuperPassword, appDB, "sslmode=disable"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { super.Close(context.Background()) })
+	super := superConn(t, ctx)
 	plain := `(id int4 PRIMARY KEY, name text, ssn text, diagnosis text, dob date, mrn int8, active bool DEFAULT true, blob bytea)`
 	for _, q := range []string{
 		`DROP SCHEMA IF EXISTS fc CASCADE`,

@@ -234,6 +234,12 @@ func connect(t testing.TB, ctx context.Context, dsn string, mode pgx.QueryExecMo
 	return testenv.Connect(t, ctx, dsn, func(cc *pgx.ConnConfig) { cc.DefaultQueryExecMode = mode })
 }
 
+// superConn connects to the app database as the cluster's superuser.
+func superConn(t testing.TB, ctx context.Context) *pgx.Conn {
+	t.Helper()
+	return connect(t, ctx, testCluster.DSN(testCluster.SuperUser, testCluster.SuperPassword, appDB, "sslmode=disable"), pgx.QueryExecModeCacheStatement)
+}
+
 func testCtx(t testing.TB) context.Context { return testenv.Context(t, 60*time.Second) }
 
 func sqlstate(err error) string {

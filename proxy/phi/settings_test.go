@@ -7,6 +7,8 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+
+	"github.com/phiproxy/phiproxy/internal/testenv"
 )
 
 // rawText runs sql in the simple protocol and returns the first column of
@@ -43,18 +45,10 @@ func mustText(t *testing.T, ctx context.Context, c *pgx.Conn, sql string) []stri
 // parameter options (as libpq's PGOPTIONS would send it).
 func connectWithOptions(t *testing.T, ctx context.Context, dsn, options string) *pgx.Conn {
 	t.Helper()
-	cc, err := pgx.ParseConfig(dsn)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cc.DefaultQueryExecMode = pgx.QueryExecModeSimpleProtocol
-	cc.RuntimeParams["options"] = options
-	conn, err := pgx.ConnectConfig(ctx, cc)
-	if err != nil {
-		t.Fatalf("connect: %v", err)
-	}
-	t.Cleanup(func() { conn.Close(context.Background()) })
-	return conn
+	return testenv.Connect(t, ctx, dsn, func(cc *pgx.ConnConfig) {
+		cc.DefaultQueryExecMode = pgx.QueryExecModeSimpleProtocol
+		cc.RuntimeParams["options"] = options
+	})
 }
 
 func TestSessionSettings(t *testing.T) {
