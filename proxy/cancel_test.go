@@ -184,7 +184,7 @@ func TestCancelByContextThroughProxy(t *testing.T) {
 	for _, m := range cancelModes() {
 		t.Run(m.name, func(t *testing.T) {
 			p := startProxy(t, proxyConfig(t, "", m.auth, m.upstream))
-			conn := testenv.Connect(t, ctx, p.dsn(), testenv.CancelOnExpiry)
+			conn := connect(t, ctx, p.dsn(), testenv.CancelOnExpiry)
 			sleepCanceled(t, ctx, conn, 300*time.Millisecond)
 			var one int
 			if err := conn.QueryRow(ctx, "SELECT 1").Scan(&one); err != nil {

@@ -36,7 +36,7 @@ func superConn(t *testing.T, ctx context.Context) *pgx.Conn {
 func TestCancelThroughContextTimeout(t *testing.T) {
 	ctx := testCtx(t)
 	p := startProxy(t, proxyConfig(t, testCluster.Addr()))
-	conn := testenv.Connect(t, ctx, p.dsn("application_name=canceltest"), testenv.CancelOnExpiry)
+	conn := connect(t, ctx, p.dsn("application_name=canceltest"), testenv.CancelOnExpiry)
 	sleepCanceled(t, ctx, conn, 200*time.Millisecond)
 	// The backend really stopped sleeping.
 	var active int

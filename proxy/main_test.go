@@ -123,9 +123,15 @@ func directDSN(params ...string) string {
 	return testCluster.DSN(appUser, appPassword, appDB, append([]string{"sslmode=disable"}, params...)...)
 }
 
-func connect(t testing.TB, ctx context.Context, dsn string) *pgx.Conn {
+// connect connects to dsn, each of configure applied to its config, until
+// the test ends.
+func connect(t testing.TB, ctx context.Context, dsn string, configure ...func(*pgx.ConnConfig)) *pgx.Conn {
 	t.Helper()
-	return testenv.Connect(t, ctx, dsn, nil)
+	return testenv.Connect(t, ctx, dsn, func(cc *pgx.ConnConfig) {
+		for _, f := range configure {
+			f(cc)
+		}
+	})
 }
 
 // scratchTable creates the table name (v text) for the test, dropped when

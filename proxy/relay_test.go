@@ -12,8 +12,6 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgproto3"
-
-	"github.com/phiproxy/phiproxy/internal/testenv"
 )
 
 // scenario runs the same protocol workload on conn and returns a
@@ -139,7 +137,7 @@ func TestNoticeAndNotify(t *testing.T) {
 	ctx := testCtx(t)
 	p := startProxy(t, proxyConfig(t, testCluster.Addr()))
 	var notices []string
-	listener := testenv.Connect(t, ctx, p.dsn(), func(cc *pgx.ConnConfig) {
+	listener := connect(t, ctx, p.dsn(), func(cc *pgx.ConnConfig) {
 		cc.OnNotice = func(_ *pgconn.PgConn, n *pgconn.Notice) { notices = append(notices, n.Severity+":"+n.Message) }
 	})
 	if _, err := listener.Exec(ctx, "DO $$BEGIN RAISE NOTICE 'hello %', 42; END$$"); err != nil {

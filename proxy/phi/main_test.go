@@ -229,9 +229,16 @@ func directDSN() string {
 	return testCluster.DSN(appUser, appPassword, appDB, "sslmode=disable")
 }
 
-func connect(t testing.TB, ctx context.Context, dsn string, mode pgx.QueryExecMode) *pgx.Conn {
+// connect connects to dsn in mode, each of configure applied to its
+// config, until the test ends.
+func connect(t testing.TB, ctx context.Context, dsn string, mode pgx.QueryExecMode, configure ...func(*pgx.ConnConfig)) *pgx.Conn {
 	t.Helper()
-	return testenv.Connect(t, ctx, dsn, func(cc *pgx.ConnConfig) { cc.DefaultQueryExecMode = mode })
+	return testenv.Connect(t, ctx, dsn, func(cc *pgx.ConnConfig) {
+		cc.DefaultQueryExecMode = mode
+		for _, f := range configure {
+			f(cc)
+		}
+	})
 }
 
 // superConn connects to the app database as the cluster's superuser.

@@ -7,8 +7,6 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
-
-	"github.com/phiproxy/phiproxy/internal/testenv"
 )
 
 // rawText runs sql in the simple protocol and returns the first column of
@@ -45,8 +43,7 @@ func mustText(t *testing.T, ctx context.Context, c *pgx.Conn, sql string) []stri
 // parameter options (as libpq's PGOPTIONS would send it).
 func connectWithOptions(t *testing.T, ctx context.Context, dsn, options string) *pgx.Conn {
 	t.Helper()
-	return testenv.Connect(t, ctx, dsn, func(cc *pgx.ConnConfig) {
-		cc.DefaultQueryExecMode = pgx.QueryExecModeSimpleProtocol
+	return connect(t, ctx, dsn, pgx.QueryExecModeSimpleProtocol, func(cc *pgx.ConnConfig) {
 		cc.RuntimeParams["options"] = options
 	})
 }
