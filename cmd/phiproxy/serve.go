@@ -100,7 +100,7 @@ func runServe(ctx context.Context, env *cmdEnv, args []string) error {
 	if cfg.Admin != nil {
 		// The admin section is read at start (SIGHUP re-reads only the
 		// token file): changing it needs a restart.
-		adm, err = admin.New(cfg.Admin, metrics, admin.Readiness{Upstream: cfg.Upstream.Address, Status: px.Status, CatalogMaxAge: cfg.Admin.CatalogMaxAge, Audit: auditReady}, log)
+		adm, err = admin.New(cfg.Admin, metrics, admin.Readiness{Upstream: cfg.Upstream.Address, Status: px.Status, CatalogMaxAge: cfg.Admin.CatalogMaxAge, Audit: auditReady, Lockdown: px}, log)
 		if err != nil {
 			return usageError{err}
 		}

@@ -167,8 +167,8 @@ func (m *Metrics) Reloaded(err error) {
 
 // statusCollector reads phi.Proxy.Status once per scrape.
 type statusCollector struct {
-	status                                      func() phi.Status
-	catalogVersion, catalogAge, keys, planCache *prometheus.Desc
+	status                                              func() phi.Status
+	catalogVersion, catalogAge, keys, planCache, locked *prometheus.Desc
 }
 
 func newStatusCollector(status func() phi.Status) *statusCollector {
@@ -177,6 +177,7 @@ func newStatusCollector(status func() phi.Status) *statusCollector {
 		catalogVersion: prometheus.NewDesc("phiproxy_catalog_version", "Version of the catalog snapshot in use (moves on at each snapshot phiproxy builds).", nil, nil),
 		catalogAge:     prometheus.NewDesc("phiproxy_catalog_age_seconds", "Seconds since the catalog was last read successfully.", nil, nil),
 		keys:           prometheus.NewDesc("phiproxy_keys_loaded", "1 when the column keys are loaded (PHI configured), else 0.", nil, nil),
+		locked:         prometheus.NewDesc("phiproxy_lockdown", "1 while lockdown is on (no plaintext PHI served), else 0.", nil, nil),
 		planCache:      prometheus.NewDesc("phiproxy_plan_cache_lookups_total", "Plan-cache lookups, by tier (text: the exact statement text; shape: its literal shape, looked up on a text miss for text that names PHI) and result.", []string{"tier", "result"}, nil),
 	}
 }
@@ -186,6 +187,7 @@ func (c *statusCollector) Describe(ch chan<- *prometheus.Desc) {
 	ch <- c.catalogAge
 	ch <- c.keys
 	ch <- c.planCache
+	ch <- c.locked
 }
 
 func (c *statusCollector) Collect(ch chan<- prometheus.Metric) {
@@ -195,6 +197,11 @@ func (c *statusCollector) Collect(ch chan<- prometheus.Metric) {
 		keys = 1
 	}
 	ch <- prometheus.MustNewConstMetric(c.keys, prometheus.GaugeValue, keys)
+	locked := 0.0
+	if st.Locked {
+		locked = 1
+	}
+	ch <- prometheus.MustNewConstMetric(c.locked, prometheus.GaugeValue, locked)
 	if !st.PHI {
 		return // pure pass-through: no catalog snapshot, no planner
 	}

@@ -43,6 +43,8 @@ type Readiness struct {
 	CatalogMaxAge time.Duration
 	// DialTimeout bounds the upstream dial (default 2s).
 	DialTimeout time.Duration
+	// Lockdown is the switch (phi.Proxy); nil: /lockdown answers 404.
+	Lockdown Lockdown
 	// Audit is nil while PHI may be served: the audit trail writes (strict
 	// mode) and the Kafka export keeps up (phi.Auditor.Admit); nil: not
 	// checked (no trail).
@@ -78,6 +80,10 @@ func New(cfg *config.Admin, metrics *Metrics, ready Readiness, log *slog.Logger)
 	}
 	// Anything else needs the token too: without it, even "not found"
 	// says nothing about what is served.
+	if ready.Lockdown != nil {
+		mux.Handle("GET /lockdown", s.authorized(http.HandlerFunc(s.lockdownGet)))
+		mux.Handle("POST /lockdown", s.authorized(http.HandlerFunc(s.lockdownPost)))
+	}
 	mux.Handle("/", s.authorized(http.NotFoundHandler()))
 	s.http = &http.Server{
 		Handler:           mux,
