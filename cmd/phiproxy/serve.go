@@ -15,6 +15,7 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/spf13/pflag"
 
+	"github.com/phiproxy/phiproxy/audit"
 	"github.com/phiproxy/phiproxy/config"
 	"github.com/phiproxy/phiproxy/proxy"
 	"github.com/phiproxy/phiproxy/proxy/admin"
@@ -149,8 +150,17 @@ func runServe(ctx context.Context, env *cmdEnv, args []string) error {
 				if metrics != nil {
 					metrics.Reloaded(err)
 				}
+				if adm != nil {
+					adm.Reloaded(err)
+				}
+				if a := px.Auditor(); a != nil {
+					_ = a.Record(audit.ActionConfigRejected, *cfgPath+": "+err.Error())
+				}
 				log.Error("config reload failed; keeping the running config", "config", *cfgPath, "err", err)
 				continue
+			}
+			if adm != nil {
+				adm.Reloaded(nil)
 			}
 			log.Info("config reloaded", "config", *cfgPath)
 			warnAuditOff(log, next)
