@@ -250,7 +250,7 @@ func (e *Exporter) pump(ctx context.Context) (int, error) {
 	}
 	stall := time.AfterFunc(e.stallAfter, func() {
 		e.stalled.Store(true)
-		e.log.Warn("audit export: Kafka has not acknowledged a batch yet; retrying", "after", e.stallAfter, "topic", e.cfg.Topic, "exported_seq", e.acked.Load(), "backlog", e.Backlog())
+		e.log.Warn("audit export: Kafka has not acknowledged a batch yet (brokers unreachable, or refusing the TLS or SASL credentials?); retrying", "after", e.stallAfter, "topic", e.cfg.Topic, "exported_seq", e.acked.Load(), "backlog", e.Backlog())
 	})
 	res := e.client.ProduceSync(ctx, recs...)
 	stall.Stop()

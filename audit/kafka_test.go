@@ -16,6 +16,7 @@ import (
 
 	"github.com/twmb/franz-go/pkg/kfake"
 	"github.com/twmb/franz-go/pkg/kgo"
+	"github.com/twmb/franz-go/pkg/kmsg"
 
 	"github.com/phiproxy/phiproxy/config"
 	"github.com/phiproxy/phiproxy/internal/testenv"
@@ -93,6 +94,12 @@ func (w *testTrail) file() *os.File {
 
 // write appends n events and makes them durable.
 func (w *testTrail) write(n int) {
+	w.append(n)
+	w.sync()
+}
+
+// append appends n events without making them durable.
+func (w *testTrail) append(n int) {
 	f := w.file()
 	var buf []byte
 	for range n {
@@ -105,6 +112,10 @@ func (w *testTrail) write(n int) {
 	if _, err := f.Write(buf); err != nil {
 		w.t.Fatal(err)
 	}
+}
+
+// sync makes what was written durable and notifies.
+func (w *testTrail) sync() {
 	w.durable.Store(w.seq)
 	select {
 	case w.notify <- struct{}{}:
@@ -167,9 +178,9 @@ func waitFor(t *testing.T, what string, d time.Duration, cond func() bool) {
 
 // consume reads the topic from its start until want records came (and
 // a little longer, to see any extra).
-func consume(t *testing.T, brokers []string, want int) []*kgo.Record {
+func consume(t *testing.T, brokers []string, want int, opts ...kgo.Opt) []*kgo.Record {
 	t.Helper()
-	cl, err := kgo.NewClient(kgo.SeedBrokers(brokers...), kgo.ConsumeTopics(testTopic), kgo.ConsumeResetOffset(kgo.NewOffset().AtStart()))
+	cl, err := kgo.NewClient(append([]kgo.Opt{kgo.SeedBrokers(brokers...), kgo.ConsumeTopics(testTopic), kgo.ConsumeResetOffset(kgo.NewOffset().AtStart())}, opts...)...)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -257,9 +268,10 @@ func TestExportSendsEachDurableLineInOrder(t *testing.T) {
 	w.write(150)
 	w.rotate()
 	w.write(100)
-	w.write(50)
-	// The writer is in the middle of event 301: half of it is in the
-	// file, and it is not durable.
+	w.write(40)
+	// Events 291..300 are written but not durable yet, and the writer is
+	// in the middle of event 301: half of it is in the file.
+	w.append(10)
 	next := w.line()
 	if _, err := w.file().Write(next[:len(next)/2]); err != nil {
 		t.Fatal(err)
@@ -270,6 +282,12 @@ func TestExportSendsEachDurableLineInOrder(t *testing.T) {
 		t.Fatal(err)
 	}
 	runExporter(t, e)
+	waitFor(t, "290 events exported", 30*time.Second, func() bool { return e.Exported() == 290 })
+	time.Sleep(200 * time.Millisecond)
+	if got := e.Exported(); got != 290 || e.Backlog() != 0 {
+		t.Fatalf("exported %d (backlog %d) with 290 durable", got, e.Backlog())
+	}
+	w.sync()
 	waitFor(t, "300 events exported", 30*time.Second, func() bool { return e.Exported() == 300 })
 	if dups := checkExported(t, consume(t, c.ListenAddrs(), 300), w.Lines(), "px-1"); dups != 0 {
 		t.Errorf("%d duplicates without any failure", dups)
@@ -280,8 +298,7 @@ func TestExportSendsEachDurableLineInOrder(t *testing.T) {
 		t.Fatal(err)
 	}
 	w.lines = append(w.lines, next)
-	w.durable.Store(w.seq)
-	w.notify <- struct{}{}
+	w.sync()
 	waitFor(t, "event 301 exported", 30*time.Second, func() bool { return e.Exported() == 301 })
 	checkExported(t, consume(t, c.ListenAddrs(), 301), w.Lines(), "px-1")
 	if e.Backlog() != 0 || e.Admit() != nil {
@@ -461,5 +478,101 @@ func TestLineSeq(t *testing.T) {
 		if (err == nil) != tc.ok || seq != tc.seq {
 			t.Errorf("LineSeq(%s) = %d, %v; want %d ok=%v", tc.line, seq, err, tc.seq, tc.ok)
 		}
+	}
+}
+
+func TestExportSendsAgainWhatWasNotRecorded(t *testing.T) {
+	c := newCluster(t)
+	cfg := kafkaConfig(c, 1000)
+	w := newTestTrail(t, filepath.Join(t.TempDir(), "audit"), "px-1")
+	state := t.TempDir()
+	log, _ := testLogger(t)
+	w.write(100)
+	e, err := NewExporter(cfg, w.dir, state, "px-1", w.Durable, w.notify, log)
+	if err != nil {
+		t.Fatal(err)
+	}
+	stop := runExporter(t, e)
+	waitFor(t, "100 events exported", 30*time.Second, func() bool { return e.Exported() == 100 })
+	stop()
+	// A crash after the brokers acknowledged 51..100 but before the
+	// state file said so.
+	if err := writeExportState(filepath.Join(state, StateFileName), exportState{Topic: testTopic, Instance: "px-1", Seq: 50, Hash: lineHash(w.Lines()[49])}); err != nil {
+		t.Fatal(err)
+	}
+	e2, err := NewExporter(cfg, w.dir, state, "px-1", w.Durable, w.notify, log)
+	if err != nil {
+		t.Fatal(err)
+	}
+	runExporter(t, e2)
+	waitFor(t, "100 events exported again", 30*time.Second, func() bool { return e2.Exported() == 100 })
+	if dups := checkExported(t, consume(t, c.ListenAddrs(), 150), w.Lines(), "px-1"); dups != 50 {
+		t.Errorf("%d repeated events, want 50 (51..100 sent again)", dups)
+	}
+}
+
+func TestExportRetriesAFailedBatch(t *testing.T) {
+	// No topic yet: franz-go gives up on the records after its unknown
+	// topic retries (1 to 20 s on kfake), and the exporter sends them
+	// again until the topic exists.
+	c, err := kfake.NewCluster(kfake.NumBrokers(1))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(c.Close)
+	w := newTestTrail(t, filepath.Join(t.TempDir(), "audit"), "px-1")
+	log, _ := testLogger(t)
+	e, err := NewExporter(kafkaConfig(c, 5), w.dir, t.TempDir(), "px-1", w.Durable, w.notify, log)
+	if err != nil {
+		t.Fatal(err)
+	}
+	runExporter(t, e)
+	t0 := time.Now()
+	w.write(40)
+	waitFor(t, "a failed batch", 60*time.Second, func() bool { return e.Stats().Failures > 0 })
+	t.Logf("the first batch failed after %v", time.Since(t0))
+	if pgerr.CodeOf(e.Admit()) != pgerr.IOError || e.Exported() != 0 {
+		t.Fatalf("nothing exported yet: exported %d, Admit %v", e.Exported(), e.Admit())
+	}
+	w.write(40)
+
+	admin, err := kgo.NewClient(kgo.SeedBrokers(c.ListenAddrs()...))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer admin.Close()
+	req := kmsg.NewPtrCreateTopicsRequest()
+	topic := kmsg.NewCreateTopicsRequestTopic()
+	topic.Topic, topic.NumPartitions, topic.ReplicationFactor = testTopic, 3, 1
+	req.Topics = append(req.Topics, topic)
+	if _, err := req.RequestWith(testenv.Context(t, 10*time.Second), admin); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "80 events exported once the topic exists", 60*time.Second, func() bool { return e.Exported() == 80 })
+	if err := e.Admit(); err != nil {
+		t.Errorf("Admit after the export caught up: %v", err)
+	}
+	checkExported(t, consume(t, c.ListenAddrs(), 80), w.Lines(), "px-1")
+}
+
+func TestExportStopsWithinItsGraceWhenBrokersAreAway(t *testing.T) {
+	w := newTestTrail(t, filepath.Join(t.TempDir(), "audit"), "px-1")
+	cfg := &config.AuditKafka{Brokers: []string{fmt.Sprintf("127.0.0.1:%d", freePort(t))}, Topic: testTopic, MaxBacklog: 5}
+	log, _ := testLogger(t)
+	e, err := NewExporter(cfg, w.dir, t.TempDir(), "px-1", w.Durable, w.notify, log)
+	if err != nil {
+		t.Fatal(err)
+	}
+	e.shutdownGrace = 300 * time.Millisecond
+	stop := runExporter(t, e)
+	w.write(10)
+	time.Sleep(300 * time.Millisecond)
+	start := time.Now()
+	stop()
+	if d := time.Since(start); d > 5*time.Second {
+		t.Errorf("Run and Close took %v to stop with the brokers away", d)
+	}
+	if e.Exported() != 0 || e.Backlog() != 10 {
+		t.Errorf("exported %d, backlog %d with no broker", e.Exported(), e.Backlog())
 	}
 }

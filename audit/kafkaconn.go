@@ -2,6 +2,7 @@ package audit
 
 import (
 	"bytes"
+	"context"
 	"crypto/tls"
 	"crypto/x509"
 	"encoding/json"
@@ -11,6 +12,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"sync"
 	"time"
 
 	"github.com/twmb/franz-go/pkg/kgo"
@@ -36,6 +38,7 @@ func kafkaOptions(cfg *config.AuditKafka, log *slog.Logger) ([]kgo.Opt, error) {
 		kgo.DefaultProduceTopic(cfg.Topic),
 		kgo.RequiredAcks(kgo.AllISRAcks()),
 		kgo.ProducerLinger(exportLinger),
+		kgo.WithLogger(&kgoLogger{log: log, last: map[string]time.Time{}}),
 		kgo.ProducerOnDataLossDetected(func(topic string, partition int32) {
 			log.Error("audit export: Kafka reports lost records (the broker lost acknowledged data); the trail files remain the record of truth", "topic", topic, "partition", partition)
 		}),
@@ -188,4 +191,35 @@ func writeExportState(path string, st exportState) error {
 	}
 	defer d.Close()
 	return d.Sync()
+}
+
+// kgoLogger passes franz-go's warnings and errors (a refused connection,
+// a TLS or SASL failure) to the log, each message at most once a minute:
+// during an outage franz-go retries without end. franz-go logs brokers,
+// requests and errors, never a record's value.
+type kgoLogger struct {
+	log  *slog.Logger
+	mu   sync.Mutex
+	last map[string]time.Time // by message; franz-go's messages are constants
+}
+
+func (l *kgoLogger) Level() kgo.LogLevel { return kgo.LogLevelWarn }
+
+func (l *kgoLogger) Log(level kgo.LogLevel, msg string, keyvals ...any) {
+	if level > kgo.LogLevelWarn {
+		return
+	}
+	now := time.Now()
+	l.mu.Lock()
+	if t, ok := l.last[msg]; ok && now.Sub(t) < time.Minute {
+		l.mu.Unlock()
+		return
+	}
+	l.last[msg] = now
+	l.mu.Unlock()
+	lv := slog.LevelWarn
+	if level == kgo.LogLevelError {
+		lv = slog.LevelError
+	}
+	l.log.Log(context.Background(), lv, "audit export: kafka client: "+msg, keyvals...)
 }
