@@ -1,6 +1,9 @@
 package rewrite
 
-import "testing"
+import (
+	"strings"
+	"testing"
+)
 
 func TestEndUserTagComesOnlyFromComments(t *testing.T) {
 	cases := []struct {
@@ -22,6 +25,33 @@ func TestEndUserTagComesOnlyFromComments(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			if got := endUserTag(tc.sql); got != tc.want {
 				t.Fatalf("endUserTag(%q) = %q, want %q", tc.sql, got, tc.want)
+			}
+		})
+	}
+}
+
+func TestCommentTags(t *testing.T) {
+	cases := []struct {
+		name, sql, want string
+	}{
+		{"sqlcommenter", `SELECT 1 /*device_id='d-1',end_user='dr.smith',traceparent='00-abc-01'*/`, "device_id=d-1 end_user=dr.smith traceparent=00-abc-01"},
+		{"percent-encoded key and value", `SELECT 1 /*loc%61tion='ward%203'*/`, "location=ward 3"},
+		{"escaped quote", `SELECT 1 /*note='it\'s'*/`, "note=it's"},
+		{"two comments", `/*a='1'*/ SELECT 1 /*b='2'*/`, "a=1 b=2"},
+		{"a comment that is prose adds nothing", `SELECT 1 /* fetch the patient */`, ""},
+		{"a broken tag list adds nothing of that comment", `SELECT 1 /*a='1',b=2*/ /*c='3'*/`, "c=3"},
+		{"unterminated value", `SELECT 1 /*a='1*/`, ""},
+		{"inside a literal", `SELECT '/*a=''1''*/'`, ""},
+		{"line comment", "SELECT 1 -- a='1'\n", ""},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			var got []string
+			for _, tg := range commentTags(tc.sql) {
+				got = append(got, tg.Key+"="+tg.Value)
+			}
+			if g := strings.Join(got, " "); g != tc.want {
+				t.Fatalf("commentTags(%q) = %q, want %q", tc.sql, g, tc.want)
 			}
 		})
 	}

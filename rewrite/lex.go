@@ -524,6 +524,65 @@ func endUserTag(sql string) string {
 	return out
 }
 
+// Tag is one sqlcommenter tag (key='value'), URL-decoded.
+type Tag struct{ Key, Value string }
+
+// commentTags returns the sqlcommenter tags of the text's block comments,
+// in text order (a tag-shaped text inside a string literal is not one).
+// What they hold is the application's: an Observer keeps only the keys it
+// allow-lists, since a comment could carry PHI.
+func commentTags(sql string) []Tag {
+	var out []Tag
+	scanText(sql, 0, func(k tokenKind, start, end int) bool {
+		if k == tokComment && sql[start+1] == '*' && end-start >= 4 {
+			out = appendTags(out, sql[start+2:end-2])
+		}
+		return true
+	})
+	return out
+}
+
+// appendTags parses key='value' pairs separated by commas from one
+// comment body; a body that is not in that form adds nothing.
+func appendTags(out []Tag, body string) []Tag {
+	n := len(out)
+	i := 0
+	for {
+		for i < len(body) && (body[i] == ' ' || body[i] == ',') {
+			i++
+		}
+		if i >= len(body) {
+			return out
+		}
+		eq := strings.IndexByte(body[i:], '=')
+		if eq <= 0 || i+eq+1 >= len(body) || body[i+eq+1] != '\'' {
+			return out[:n]
+		}
+		key := strings.TrimSpace(body[i : i+eq])
+		j := i + eq + 2
+		var b strings.Builder
+		closed := false
+		for ; j < len(body); j++ {
+			if body[j] == '\\' && j+1 < len(body) {
+				j++
+				b.WriteByte(body[j])
+				continue
+			}
+			if body[j] == '\'' {
+				closed = true
+				j++
+				break
+			}
+			b.WriteByte(body[j])
+		}
+		if !closed {
+			return out[:n]
+		}
+		out = append(out, Tag{Key: percentDecode(key), Value: percentDecode(b.String())})
+		i = j
+	}
+}
+
 // endUserIn reads a sqlcommenter end_user='…' tag from one comment body.
 func endUserIn(body string) (string, bool) {
 	p := strings.Index(body, "end_user='")

@@ -64,6 +64,10 @@ type Plan struct {
 	// EndUser is the sqlcommenter end_user tag (/*end_user='dr.smith'*/),
 	// URL-decoded, or "".
 	EndUser string
+	// Tags are the sqlcommenter tags of the text's comments, URL-decoded,
+	// end_user included (nil for a pass-through plan). They are the
+	// application's text: keep only allow-listed keys.
+	Tags []Tag
 }
 
 // Statement is the plan of one statement of the string.

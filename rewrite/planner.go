@@ -231,6 +231,7 @@ func (p *Planner) plan(sql string, sess Session) (*Plan, error) {
 	}
 	if !plan.PassThrough {
 		plan.EndUser = endUserTag(sql)
+		plan.Tags = commentTags(sql)
 	}
 	return plan, nil
 }

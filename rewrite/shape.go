@@ -619,6 +619,7 @@ func (t *shapeTemplate) bind(p *Planner, sql string, lits []literal) (*Plan, boo
 		out.Statements[i] = &st
 	}
 	out.EndUser = endUserTag(sql)
+	out.Tags = commentTags(sql)
 	return out, true
 }
 

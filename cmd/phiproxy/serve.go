@@ -8,6 +8,7 @@ import (
 	"net"
 	"os"
 	"os/signal"
+	"path/filepath"
 	"syscall"
 	"time"
 
@@ -55,7 +56,8 @@ func runServe(ctx context.Context, env *cmdEnv, args []string) error {
 	// Metrics only with an admin listener: without one no Observer is
 	// installed and the statement path does not pay for them.
 	var metrics *admin.Metrics
-	phiOpts := []phi.Option{phi.WithLogger(log)}
+	phiOpts := []phi.Option{phi.WithLogger(log), phi.WithAudit(cfg.Audit, filepath.Join(cfg.StateDir, "audit-head.json"), "phiproxy "+version)}
+	warnAuditOff(log, cfg)
 	var px *phi.Proxy
 	if cfg.Admin != nil {
 		metrics = admin.NewMetrics(func() phi.Status { return px.Status() })
@@ -72,6 +74,13 @@ func runServe(ctx context.Context, env *cmdEnv, args []string) error {
 		return usageError{err}
 	}
 	defer px.Close()
+	var auditReady func() error
+	if a := px.Auditor(); a != nil {
+		auditReady = func() error { return a.Admit(nil, nil) }
+		if metrics != nil {
+			metrics.WatchAudit(a.Trail().Stats, func() bool { return a.Trail().Err() == nil })
+		}
+	}
 	// Read once, whatever auth.mode says now (a reload may switch it to
 	// terminate): unknown roles keep their mock salt across reloads and
 	// restarts (PostgreSQL's mock_auth_nonce).
@@ -91,7 +100,7 @@ func runServe(ctx context.Context, env *cmdEnv, args []string) error {
 	if cfg.Admin != nil {
 		// The admin section is read at start (SIGHUP re-reads only the
 		// token file): changing it needs a restart.
-		adm, err = admin.New(cfg.Admin, metrics, admin.Readiness{Upstream: cfg.Upstream.Address, Status: px.Status, CatalogMaxAge: cfg.Admin.CatalogMaxAge}, log)
+		adm, err = admin.New(cfg.Admin, metrics, admin.Readiness{Upstream: cfg.Upstream.Address, Status: px.Status, CatalogMaxAge: cfg.Admin.CatalogMaxAge, Audit: auditReady}, log)
 		if err != nil {
 			return usageError{err}
 		}
@@ -144,6 +153,10 @@ func runServe(ctx context.Context, env *cmdEnv, args []string) error {
 				continue
 			}
 			log.Info("config reloaded", "config", *cfgPath)
+			warnAuditOff(log, next)
+			if next.Audit.Mode != cfg.Audit.Mode || next.Audit.File != cfg.Audit.File {
+				log.Warn("audit settings changed: they take effect at the next restart", "running", cfg.Audit.String())
+			}
 			if adm != nil {
 				// Token rotation; the rest of admin: needs a restart.
 				if err = adm.ReloadToken(); err != nil {
@@ -177,5 +190,13 @@ func runServe(ctx context.Context, env *cmdEnv, args []string) error {
 			log.Info("stopped")
 			return err
 		}
+	}
+}
+
+// warnAuditOff warns, at start and on each reload, that PHI is served
+// with no audit trail (audit.mode off exists to measure the trail's cost).
+func warnAuditOff(log *slog.Logger, cfg *config.Config) {
+	if cfg.Audit.Mode == config.AuditOff && len(cfg.PHI) > 0 {
+		log.Warn("AUDIT IS OFF: PHI is served with no audit trail (audit.mode: off is for measuring the trail's cost only; never run it with real patient data)", "config", cfg.Path)
 	}
 }

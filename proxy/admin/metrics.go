@@ -6,6 +6,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 
+	"github.com/phiproxy/phiproxy/audit"
 	"github.com/phiproxy/phiproxy/pgerr"
 	"github.com/phiproxy/phiproxy/proxy"
 	"github.com/phiproxy/phiproxy/proxy/phi"
@@ -49,7 +50,7 @@ var refusalCodes = []pgerr.Code{
 	pgerr.IndeterminateDatatype, pgerr.InvalidParameterValue, pgerr.InvalidTextRepresentation,
 	pgerr.InvalidBinaryRepresentation, pgerr.StatementTooComplex, pgerr.ProgramLimitExceeded,
 	pgerr.InFailedSQLTransaction, pgerr.InvalidSQLStatementName, pgerr.InvalidCursorName,
-	pgerr.ObjectNotInPrerequisiteState, pgerr.ProtocolViolation,
+	pgerr.ObjectNotInPrerequisiteState, pgerr.ProtocolViolation, pgerr.IOError,
 }
 
 // NewMetrics returns the metrics; status (phi.Proxy.Status) is read at
@@ -208,4 +209,32 @@ func (c *statusCollector) Collect(ch chan<- prometheus.Metric) {
 	}{{"text", "hit", pc.Hits}, {"text", "miss", pc.Misses}, {"shape", "hit", pc.ShapeHits}, {"shape", "miss", pc.ShapeMisses}} {
 		ch <- prometheus.MustNewConstMetric(c.planCache, prometheus.CounterValue, float64(s.n), s.tier, s.result)
 	}
+}
+
+// WatchAudit adds the audit trail's series, read from stats at each
+// scrape: events written, batches (one write and fsync each), time in
+// fsync (its rate over the batches' rate is the mean fsync latency),
+// the longest fsync and batch, events lost (best_effort), write
+// failures, the queue's depth and whether the sink writes now.
+func (m *Metrics) WatchAudit(stats func() audit.Stats, up func() bool) {
+	counter := func(name, help string, f func(audit.Stats) float64) {
+		m.reg.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{Name: name, Help: help}, func() float64 { return f(stats()) }))
+	}
+	gauge := func(name, help string, f func(audit.Stats) float64) {
+		m.reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: name, Help: help}, func() float64 { return f(stats()) }))
+	}
+	counter("phiproxy_audit_events_total", "Audit events made durable (checkpoints aside).", func(s audit.Stats) float64 { return float64(s.Events) })
+	counter("phiproxy_audit_batches_total", "Group commits: one write and one fsync each.", func(s audit.Stats) float64 { return float64(s.Batches) })
+	counter("phiproxy_audit_fsync_seconds_total", "Time spent in fsync of the audit file.", func(s audit.Stats) float64 { return float64(s.SyncNanos) / 1e9 })
+	gauge("phiproxy_audit_fsync_max_seconds", "The longest fsync of the audit file since start.", func(s audit.Stats) float64 { return float64(s.MaxSyncNanos) / 1e9 })
+	gauge("phiproxy_audit_batch_max_events", "The largest group commit since start, in events.", func(s audit.Stats) float64 { return float64(s.MaxBatch) })
+	counter("phiproxy_audit_lost_events_total", "Audit events lost (best_effort mode only; strict mode refuses PHI instead).", func(s audit.Stats) float64 { return float64(s.Lost) })
+	counter("phiproxy_audit_write_failures_total", "Failed audit writes (each refused the PHI statements waiting on it).", func(s audit.Stats) float64 { return float64(s.Failures) })
+	gauge("phiproxy_audit_queue_events", "Audit events waiting for the writer.", func(s audit.Stats) float64 { return float64(s.Queue) })
+	m.reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "phiproxy_audit_sink_up", Help: "1 while the audit trail can be written, 0 while it fails."}, func() float64 {
+		if up() {
+			return 1
+		}
+		return 0
+	}))
 }

@@ -43,6 +43,10 @@ type Readiness struct {
 	CatalogMaxAge time.Duration
 	// DialTimeout bounds the upstream dial (default 2s).
 	DialTimeout time.Duration
+	// Audit is nil while PHI may be served: the audit trail writes (strict
+	// mode) and the Kafka export keeps up (phi.Auditor.Admit); nil: not
+	// checked (no trail).
+	Audit func() error
 }
 
 // New builds the admin server for cfg: it reads the token file now (an
@@ -167,8 +171,7 @@ func (s *Server) readyz(w http.ResponseWriter, r *http.Request) {
 	_ = json.NewEncoder(w).Encode(res)
 }
 
-// check runs the readiness checks. The audit sink's check joins them
-// when the audit trail exists.
+// check runs the readiness checks.
 func (s *Server) check(ctx context.Context) readiness {
 	res := readiness{Ready: true, Checks: map[string]string{}}
 	fail := func(name, why string) {
@@ -184,6 +187,13 @@ func (s *Server) check(ctx context.Context) readiness {
 	} else {
 		c.Close()
 		res.Checks["upstream"] = "ok"
+	}
+	if s.ready.Audit != nil {
+		if err := s.ready.Audit(); err != nil {
+			fail("audit", err.Error())
+		} else {
+			res.Checks["audit"] = "ok"
+		}
 	}
 	if s.ready.Status == nil {
 		return res

@@ -107,9 +107,13 @@ func (s *session) query(m *pgproto3.Query, out *proxy.Out) error {
 		}
 	}
 	if err != nil {
+		if s.obs != nil {
+			// For the audit trail: what a refused text names.
+			q.refused = snap.planner.Refused(m.String)
+		}
 		return s.refuseQuery(e, "", err, out)
 	}
-	q.endUser = plan.EndUser
+	q.tags = tagsOf(plan)
 	for _, st := range plan.Statements {
 		e.effectful = e.effectful || effectful(st)
 		e.nameDDL = e.nameDDL || st.NameDDL
@@ -132,6 +136,9 @@ func (s *session) query(m *pgproto3.Query, out *proxy.Out) error {
 		}
 		if err == nil {
 			err = s.settingsRefusal(st, textFormats)
+		}
+		if err == nil {
+			err = s.admit(st)
 		}
 		if err == nil {
 			err = copyInAlone(q.stmts, i)
@@ -322,10 +329,13 @@ func (s *session) parse(m *pgproto3.Parse, out *proxy.Out) error {
 		if s.obs != nil {
 			r := &refusedStmt{st: st}
 			if plan != nil {
-				r.endUser = plan.EndUser
+				r.tags = tagsOf(plan)
 				if r.st == nil && len(plan.Statements) == 1 {
 					r.st = plan.Statements[0]
 				}
+			}
+			if r.st == nil || !r.st.TouchesPHI {
+				r.st = snap.planner.Refused(m.Query)
 			}
 			e.refused = r
 		}
@@ -336,7 +346,7 @@ func (s *session) parse(m *pgproto3.Parse, out *proxy.Out) error {
 		})
 	}
 	ps.st = st
-	ps.endUser = plan.EndUser
+	ps.tags = tagsOf(plan)
 	ps.declared = append([]uint32(nil), m.ParameterOIDs...)
 	fwd := m
 	if st != nil && len(st.Params) > 0 {
@@ -389,7 +399,7 @@ func (s *session) poison(e *entry, msg pgproto3.FrontendMessage, code string, re
 		// For the Observer: a Bind's statement (Parse sets its own).
 		e.refused = &refusedStmt{}
 		if ps := e.portal.ps; ps != nil {
-			e.refused.st, e.refused.endUser = ps.st, ps.endUser
+			e.refused.st, e.refused.tags = ps.st, ps.tags
 		}
 	}
 	queued, err := s.push(e, out)
@@ -423,7 +433,11 @@ func (s *session) bind(m *pgproto3.Bind, out *proxy.Out) error {
 	}
 	fwd := m
 	if ps != nil && ps.st != nil {
-		if err := s.settingsRefusal(ps.st, resultText(m.ResultFormatCodes)); err != nil {
+		err := s.settingsRefusal(ps.st, resultText(m.ResultFormatCodes))
+		if err == nil {
+			err = s.admit(ps.st)
+		}
+		if err != nil {
 			return s.poison(e, &pgproto3.Bind{DestinationPortal: m.DestinationPortal, PreparedStatement: poisonStatement}, "26000", err, out, nil)
 		}
 		e.portal.x = s.resultX(ps, m.ResultFormatCodes)

@@ -165,7 +165,8 @@ func makeKeys(ctx context.Context, cfg *config.Config) error {
 			return err
 		}
 	}
-	return nil
+	_, err = st.Create(crypto.SigningKey(), "")
+	return err
 }
 
 type testProxy struct {

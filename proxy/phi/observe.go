@@ -6,6 +6,7 @@ import (
 
 	"github.com/jackc/pgx/v5/pgproto3"
 
+	"github.com/phiproxy/phiproxy/audit"
 	"github.com/phiproxy/phiproxy/pgerr"
 	"github.com/phiproxy/phiproxy/proxy"
 	"github.com/phiproxy/phiproxy/rewrite"
@@ -53,6 +54,24 @@ type SessionObserver interface {
 	SessionEnd(session *proxy.SessionInfo, err error)
 }
 
+// Admitter is an Observer that also admits each statement that touches
+// PHI before it is sent to the server (client goroutine; a simple Query's
+// statements one by one, an extended-protocol statement at each Bind): a
+// non-nil error refuses it as phiproxy's own refusal (a *pgerr.Error keeps
+// its SQLSTATE), and End follows with Refused. The audit trail refuses
+// here while it cannot write; policy and lockdown decide here.
+type Admitter interface {
+	Admit(session *proxy.SessionInfo, st *rewrite.Statement) error
+}
+
+// admit asks the Admitter, if any, about a PHI statement.
+func (s *session) admit(st *rewrite.Statement) error {
+	if s.adm == nil || st == nil || !st.TouchesPHI {
+		return nil
+	}
+	return s.adm.Admit(s.info, st)
+}
+
 // WithObserver installs the statement lifecycle Observer (default none).
 func WithObserver(o Observer) Option { return func(p *Proxy) { p.obs = o } }
 
@@ -71,6 +90,10 @@ type Execution struct {
 	// statement's own sqlcommenter end_user tag, else SET
 	// phiproxy.end_user.
 	Identity proxy.Identity
+	// Tags are the sqlcommenter tags of the statement's text, URL-decoded
+	// (nil when it has none). They are the application's text and may
+	// hold anything: keep only allow-listed keys, bounded.
+	Tags []rewrite.Tag
 	// Extended is true for an Execute of the extended protocol.
 	Extended bool
 	// Epoch is the decision epoch (Proxy.DecisionEpoch) its result
@@ -97,31 +120,33 @@ type Execution struct {
 
 	started  bool
 	released int64
+	// audit is the Auditor's record of it, once Started.
+	audit *audit.Record
 }
 
 // stmtOf is the statement the answers to e are for, with its end user
 // tag: a Query's current statement, an Execute's portal's.
-func stmtOf(e *entry) (*rewrite.Statement, string, bool) {
+func stmtOf(e *entry) (*rewrite.Statement, textTags, bool) {
 	switch e.kind {
 	case entryQuery:
 		if q := e.q; q.idx < len(q.stmts) {
-			return q.stmts[q.idx], q.endUser, false
+			return q.stmts[q.idx], q.tags, false
 		}
 	case entryExecute:
 		if ps := e.portal.ps; ps != nil {
-			return ps.st, ps.endUser, true
+			return ps.st, ps.tags, true
 		}
 	}
-	return nil, "", false
+	return nil, textTags{}, false
 }
 
 // newExecution starts observing st (server goroutine).
-func (s *session) newExecution(st *rewrite.Statement, tag string, extended bool) *Execution {
+func (s *session) newExecution(st *rewrite.Statement, tags textTags, extended bool) *Execution {
 	id := s.info.Identity()
-	if tag != "" {
-		id.EndUser = tag
+	if tags.endUser != "" {
+		id.EndUser = tags.endUser
 	}
-	return &Execution{Session: s.info, Statement: st, Identity: id, Extended: extended, Epoch: s.p.epoch.Load()}
+	return &Execution{Session: s.info, Statement: st, Identity: id, Tags: tags.all, Extended: extended, Epoch: s.p.epoch.Load()}
 }
 
 // execution returns the execution the front entry's answers belong to,
@@ -228,15 +253,31 @@ func (s *session) observeEnd(e *entry, ex Execution) {
 
 // observeRefusal reports a statement phiproxy refused, when the
 // refusal's error reaches the client (server goroutine).
-func (s *session) observeRefusal(st *rewrite.Statement, tag string, extended bool, code string) {
+func (s *session) observeRefusal(st *rewrite.Statement, tags textTags, extended bool, code string) {
 	if s.obs == nil {
 		return
 	}
 	if s.ex != nil {
 		s.observeEnd(nil, Execution{Rows: -1, SQLSTATE: code})
 	}
-	ex := s.newExecution(st, tag, extended)
+	ex := s.newExecution(st, tags, extended)
 	ex.Refused, ex.SQLSTATE = true, code
+	s.obs.End(ex)
+}
+
+// observeBindError reports a PHI statement whose Bind the server
+// refused (a parameter its type rejects, an error while planning it): an
+// execution that failed before it began (server goroutine).
+func (s *session) observeBindError(e *entry, code string) {
+	if s.obs == nil {
+		return
+	}
+	ps := e.portal.ps
+	if ps == nil || ps.st == nil || !ps.st.TouchesPHI {
+		return
+	}
+	ex := s.newExecution(ps.st, ps.tags, true)
+	ex.SQLSTATE = code
 	s.obs.End(ex)
 }
 
@@ -250,7 +291,7 @@ func (s *session) observeEntryRefusal(e *entry) {
 	if e.refused != nil {
 		r = *e.refused
 	}
-	s.observeRefusal(r.st, r.endUser, true, e.poison.Code.String())
+	s.observeRefusal(r.st, r.tags, true, e.poison.Code.String())
 }
 
 // clientCode is the SQLSTATE the client gets for the server's error m:
@@ -313,7 +354,7 @@ func (s *session) SessionEnd(err error) {
 				q.idx++
 			}
 			if q.poison != nil && q.idx == q.poisonAt {
-				s.observeRefusal(q.refused, q.endUser, false, q.poison.Code.String())
+				s.observeRefusal(q.refused, q.tags, false, q.poison.Code.String())
 			}
 		case entryExecute:
 			s.observeEnd(e, Execution{Rows: -1, Ended: true})

@@ -52,6 +52,9 @@ type Proxy struct {
 
 	// obs sees the statement lifecycle (observe.go); nil: nothing does.
 	obs Observer
+	// auditCfg is WithAudit's; auditor writes the trail (audit.go).
+	auditCfg *auditSetup
+	auditor  *Auditor
 	// epoch is the decision epoch: result transforms built under an
 	// older one are rebuilt before their next row (BumpDecisionEpoch).
 	epoch atomic.Uint64
@@ -114,6 +117,10 @@ func New(ctx context.Context, cfg *config.Config, opts ...Option) (*Proxy, error
 		return nil, fmt.Errorf("phi: keys: %w", err)
 	}
 	p.keys = keys
+	if err := p.openAudit(); err != nil {
+		p.Close()
+		return nil, err
+	}
 	p.cur.Store(s)
 	p.wg.Add(1)
 	go p.watchCatalog()
@@ -137,6 +144,11 @@ func (p *Proxy) DecisionEpoch() uint64 { return p.epoch.Load() }
 func (p *Proxy) Close() {
 	p.cancel()
 	p.wg.Wait()
+	if p.auditor != nil {
+		if err := p.auditor.trail.Close(); err != nil {
+			p.log.Error("audit trail not closed cleanly", "err", err)
+		}
+	}
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if p.pool != nil {
@@ -207,11 +219,13 @@ func (p *Proxy) Reload(ctx context.Context, cfg *config.Config) error {
 		return err
 	}
 	// Keys last: if they fail, the old snapshot (and keys) stay.
+	before := keyPrimaries(p.keys)
 	if err := p.keys.Reload(ctx, cfg); err != nil {
 		return fmt.Errorf("phi: keys: %w", err)
 	}
 	p.cur.Store(s)
 	p.BumpDecisionEpoch()
+	p.auditReload(cfg, before)
 	return nil
 }
 

@@ -313,7 +313,7 @@ func (s *session) errorResponse(e *entry, m *pgproto3.ErrorResponse, out *proxy.
 		q.failed = true
 		if q.poison != nil && q.idx == q.poisonAt && m.Code == q.poison.Code.String() && m.Message == poisonMessage {
 			fwd = proxy.ErrorResponse(q.poison)
-			s.observeRefusal(q.refused, q.endUser, false, q.poison.Code.String())
+			s.observeRefusal(q.refused, q.tags, false, q.poison.Code.String())
 		} else {
 			s.observeEnd(e, Execution{Rows: -1, SQLSTATE: clientCode(m, fwd)})
 		}
@@ -326,6 +326,8 @@ func (s *session) errorResponse(e *entry, m *pgproto3.ErrorResponse, out *proxy.
 		s.observeEntryRefusal(e)
 	} else if e.kind == entryExecute {
 		s.observeEnd(e, Execution{Rows: -1, SQLSTATE: clientCode(m, fwd)})
+	} else if e.kind == entryBind {
+		s.observeBindError(e, clientCode(m, fwd))
 	}
 	s.skipToSync()
 	return forwardError(fwd, out)

@@ -155,9 +155,18 @@ type entry struct {
 // refusedStmt is a statement phiproxy refused in the extended protocol:
 // its plan (nil if it could not be planned) and end user tag.
 type refusedStmt struct {
-	st      *rewrite.Statement
-	endUser string
+	st   *rewrite.Statement
+	tags textTags
 }
+
+// textTags are a text's sqlcommenter tags: its end_user tag, and all of
+// them for the Observer (which keeps only allow-listed keys).
+type textTags struct {
+	endUser string
+	all     []rewrite.Tag
+}
+
+func tagsOf(p *rewrite.Plan) textTags { return textTags{endUser: p.EndUser, all: p.Tags} }
 
 // fifo is the queue of expected responses: a ring of entry values, so
 // that queuing and answering messages allocates nothing once the ring
@@ -216,10 +225,10 @@ type queryRun struct {
 	one [1]*rewrite.Statement
 	// sql is the client's text (the safety net reads a COPY's options).
 	sql string
-	// endUser is the text's sqlcommenter end_user tag; refused is the
+	// tags are the text's sqlcommenter tags; refused is the
 	// statement at poisonAt (nil when the text could not be planned);
 	// failed says an error ended the Query (server goroutine).
-	endUser string
+	tags    textTags
 	refused *rewrite.Statement
 	failed  bool
 }
@@ -243,8 +252,8 @@ type prepared struct {
 	// goroutine only), for the safety net; sql is the client's text.
 	types []uint32
 	sql   string
-	// endUser is the text's sqlcommenter end_user tag.
-	endUser string
+	// tags are the text's sqlcommenter tags.
+	tags textTags
 }
 
 // portal is an extended-protocol portal.
@@ -354,6 +363,7 @@ type session struct {
 	// progress and exDone says it already ended (a failure here) while
 	// the server's answers to it still arrive (observe.go).
 	obs    Observer
+	adm    Admitter // obs, when it admits statements too
 	ex     *Execution
 	exDone bool
 
@@ -367,6 +377,7 @@ func newSession(p *Proxy, info *proxy.SessionInfo) *session {
 	s := &session{p: p, info: info, user: info.User, m: newMirror(sp, info.User, sessionEndUser(info)),
 		stmts: map[string]*prepared{}, confirmed: map[string]*prepared{}, opCycle: map[string]uint64{},
 		portals: map[string]portal{}, wake: make(chan struct{}, 1), ended: info.Context().Done(), obs: p.obs}
+	s.adm, _ = p.obs.(Admitter)
 	s.published = s.m.identity()
 	info.SetIdentity(s.published)
 	s.m.database = info.Database

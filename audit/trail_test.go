@@ -1,0 +1,414 @@
+package audit
+
+import (
+	"bytes"
+	"context"
+	"encoding/base64"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/tink-crypto/tink-go/v2/keyset"
+	"github.com/tink-crypto/tink-go/v2/signature"
+	"github.com/tink-crypto/tink-go/v2/tink"
+
+	"github.com/phiproxy/phiproxy/pgerr"
+)
+
+// trailSigner is an in-memory Ed25519 Tink signer and its verifier.
+type trailSigner struct {
+	tink.Signer
+	v  tink.Verifier
+	id uint32
+}
+
+func (s *trailSigner) KeyID() uint32 { return s.id }
+
+func newTrailSigner(t testing.TB) *trailSigner {
+	t.Helper()
+	h, err := keyset.NewHandle(signature.ED25519KeyTemplate())
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, err := signature.NewSigner(h)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pub, err := h.Public()
+	if err != nil {
+		t.Fatal(err)
+	}
+	v, err := signature.NewVerifier(pub)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p, _ := h.Primary()
+	return &trailSigner{Signer: s, v: v, id: p.KeyID()}
+}
+
+func openTrail(t testing.TB, dir string, sig *trailSigner, mod func(*Options)) *Trail {
+	t.Helper()
+	o := Options{Dir: dir, Instance: "px-test", Signer: sig, HeadFile: filepath.Join(dir, "..", "state", "audit-head.json"), RetryInterval: 20 * time.Millisecond}
+	if mod != nil {
+		mod(&o)
+	}
+	tr, err := Open(o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return tr
+}
+
+// readChain reads every event of the trail in dir and checks the chain
+// (seq, prev, hash, checkpoint signatures) as a verifier would.
+func readChain(t testing.TB, dir string, sig *trailSigner) []*Event {
+	t.Helper()
+	segs, err := Segments(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := NewReader(segs)
+	defer r.Close()
+	var out []*Event
+	prev, seq := ZeroHash, uint64(0)
+	for r.Next() {
+		l := r.Line()
+		if l.Partial {
+			t.Fatalf("%s:%d: partial line", l.File, l.No)
+		}
+		ev, err := Parse(l.Bytes)
+		if err != nil {
+			t.Fatalf("%s:%d: %v", l.File, l.No, err)
+		}
+		if ev.Seq != seq+1 || ev.Prev != prev {
+			t.Fatalf("%s:%d: seq %d prev %.8s, want seq %d prev %.8s", l.File, l.No, ev.Seq, ev.Prev, seq+1, prev)
+		}
+		if ev.Action == ActionCheckpoint {
+			s, _ := base64.StdEncoding.DecodeString(ev.Signature)
+			if err := sig.v.Verify(s, CheckpointMessage(ev.Instance, ev.Seq, ev.Prev)); err != nil {
+				t.Fatalf("checkpoint %d: %v", ev.Seq, err)
+			}
+		}
+		prev, seq = ev.Hash, ev.Seq
+		out = append(out, ev)
+	}
+	if err := r.Err(); err != nil {
+		t.Fatal(err)
+	}
+	return out
+}
+
+func actions(evs []*Event) string {
+	var b []string
+	for _, e := range evs {
+		b = append(b, e.Action)
+	}
+	return strings.Join(b, " ")
+}
+
+func TestTrailChainCheckpointsRestart(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "audit")
+	sig := newTrailSigner(t)
+	tr := openTrail(t, dir, sig, func(o *Options) { o.CheckpointEvery = 3 })
+	ctx := context.Background()
+	for i := 0; i < 4; i++ {
+		r, err := tr.Record(ctx, &Event{Action: ActionRead, Session: "s1", Query: "SELECT ssn FROM patients WHERE id = $1"}, true)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := r.Wait(ctx); err != nil {
+			t.Fatal(err)
+		}
+		tr.Complete(ctx, r, 1, "")
+	}
+	if err := tr.Close(); err != nil {
+		t.Fatal(err)
+	}
+	evs := readChain(t, dir, sig)
+	got := actions(evs)
+	// start, then 4 × (read, completion), checkpoints every 3 events, stop + final checkpoint.
+	want := "start read completion checkpoint read completion read checkpoint completion read completion checkpoint stop checkpoint"
+	if got != want {
+		t.Fatalf("events:\n got %s\nwant %s", got, want)
+	}
+	if evs[0].Clean != nil {
+		t.Fatalf("a new trail's start has clean %v", *evs[0].Clean)
+	}
+	if evs[1].Rows != nil || evs[2].Ref != evs[1].Seq || evs[2].Rows == nil || *evs[2].Rows != 1 {
+		t.Fatalf("read %+v completion %+v", evs[1], evs[2])
+	}
+	head, err := ReadHead(filepath.Join(dir, "..", "state", "audit-head.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if last := evs[len(evs)-1]; head.Seq != last.Seq || head.Hash != last.Hash {
+		t.Fatalf("head %+v, last %d %s", head, last.Seq, last.Hash)
+	}
+	for _, p := range []string{dir, filepath.Join(dir, FileName(1)), filepath.Join(dir, "..", "state", "audit-head.json")} {
+		fi, err := os.Stat(p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if fi.Mode().Perm()&0o077 != 0 {
+			t.Fatalf("%s: mode %v", p, fi.Mode())
+		}
+	}
+
+	// A clean restart continues the chain and says so.
+	tr = openTrail(t, dir, sig, nil)
+	tr.Close()
+	evs = readChain(t, dir, sig)
+	var starts []*Event
+	for _, e := range evs {
+		if e.Action == ActionStart {
+			starts = append(starts, e)
+		}
+	}
+	if len(starts) != 2 || starts[1].Clean == nil || !*starts[1].Clean {
+		t.Fatalf("second start: %+v", starts[1])
+	}
+
+	// A crash (no stop) and a partial last line: the next start cuts the
+	// partial line and says the previous run did not end cleanly.
+	tr = openTrail(t, dir, sig, nil)
+	r, _ := tr.Record(ctx, &Event{Action: ActionWrite}, true)
+	if err := r.Wait(ctx); err != nil {
+		t.Fatal(err)
+	}
+	// Simulate the crash: take the writer away without a stop event.
+	close(tr.stop)
+	<-tr.done
+	segs, _ := Segments(dir)
+	f, _ := os.OpenFile(segs[len(segs)-1].Path, os.O_APPEND|os.O_WRONLY, 0)
+	f.WriteString(`{"v":1,"seq":99,"ts":"2026-`)
+	f.Close()
+	// (the crashed writer wrote a stop on close above; strip the tail so
+	// that the trail ends where a crash would have left it)
+	truncateAfter(t, segs[len(segs)-1].Path, ActionWrite)
+	f, _ = os.OpenFile(segs[len(segs)-1].Path, os.O_APPEND|os.O_WRONLY, 0)
+	f.WriteString(`{"v":1,"seq":99,"ts":"2026-`)
+	f.Close()
+	tr = openTrail(t, dir, sig, nil)
+	tr.Close()
+	evs = readChain(t, dir, sig)
+	starts = starts[:0]
+	for _, e := range evs {
+		if e.Action == ActionStart {
+			starts = append(starts, e)
+		}
+	}
+	if len(starts) != 4 || starts[3].Clean == nil || *starts[3].Clean {
+		t.Fatalf("start after a crash: %+v", starts[len(starts)-1])
+	}
+}
+
+// truncateAfter cuts the file after the last line with action a.
+func truncateAfter(t testing.TB, path, a string) {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	lines := bytes.SplitAfter(b, []byte("\n"))
+	keep := 0
+	for i, l := range lines {
+		if bytes.Contains(l, []byte(`"action":"`+a+`"`)) {
+			keep = i + 1
+		}
+	}
+	if err := os.WriteFile(path, bytes.Join(lines[:keep], nil), 0o600); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestTrailRotation(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "audit")
+	sig := newTrailSigner(t)
+	tr := openTrail(t, dir, sig, func(o *Options) { o.MaxFileBytes = 4096 })
+	ctx := context.Background()
+	for i := 0; i < 100; i++ {
+		r, err := tr.Record(ctx, &Event{Action: ActionWrite, Query: "INSERT INTO patients (ssn) VALUES ($1)"}, true)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := r.Wait(ctx); err != nil {
+			t.Fatal(err)
+		}
+	}
+	tr.Close()
+	segs, _ := Segments(dir)
+	if len(segs) < 3 {
+		t.Fatalf("%d files, want rotation", len(segs))
+	}
+	evs := readChain(t, dir, sig)
+	// Each file is named by its first seq.
+	seen := 0
+	for _, s := range segs {
+		b, _ := os.ReadFile(s.Path)
+		first, _ := Parse(bytes.SplitN(b, []byte("\n"), 2)[0])
+		if first.Seq != s.First {
+			t.Fatalf("%s starts at seq %d", s.Path, first.Seq)
+		}
+		seen += bytes.Count(b, []byte("\n"))
+	}
+	if seen != len(evs) {
+		t.Fatalf("%d lines, %d events", seen, len(evs))
+	}
+}
+
+// A sink that fails on command: waiters get 58030, Admit refuses, records
+// nobody waits for are kept and written after recovery, the chain has no
+// gap, and the trail recovers without a restart.
+func TestTrailFailureAndRecovery(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "audit")
+	sig := newTrailSigner(t)
+	var failing atomic.Bool
+	tr := openTrail(t, dir, sig, func(o *Options) {
+		o.Fault = func(op string) error {
+			if failing.Load() {
+				return fmt.Errorf("%s: no space left on device", op)
+			}
+			return nil
+		}
+	})
+	defer tr.Close()
+	ctx := context.Background()
+	if err := tr.Admit(); err != nil {
+		t.Fatal(err)
+	}
+	failing.Store(true)
+	r, err := tr.Record(ctx, &Event{Action: ActionRead}, true)
+	if err == nil {
+		err = r.Wait(ctx)
+	}
+	var pe *pgerr.Error
+	if !errors.As(err, &pe) || pe.Code != pgerr.IOError {
+		t.Fatalf("wait on a failing sink: %v", err)
+	}
+	if err := tr.Admit(); err == nil {
+		t.Fatal("Admit is nil while the sink fails")
+	}
+	// Fails fast while failed.
+	if _, err := tr.Record(ctx, &Event{Action: ActionRead}, true); err == nil {
+		t.Fatal("Record with wait succeeded while the sink fails")
+	}
+	// A write's event, nobody waits: kept.
+	if _, err := tr.Record(ctx, &Event{Action: ActionWrite, Error: "58030"}, false); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(100 * time.Millisecond)
+	failing.Store(false)
+	deadline := time.Now().Add(5 * time.Second)
+	for tr.Admit() != nil {
+		if time.Now().After(deadline) {
+			t.Fatal("no recovery")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	r, err = tr.Record(ctx, &Event{Action: ActionRead}, true)
+	if err != nil || r.Wait(ctx) != nil {
+		t.Fatalf("after recovery: %v", err)
+	}
+	tr.Close()
+	evs := readChain(t, dir, sig)
+	if got := actions(evs); got != "start write read stop checkpoint" {
+		t.Fatalf("events after recovery: %s", got)
+	}
+	if tr.Stats().Failures == 0 {
+		t.Fatal("no failure counted")
+	}
+}
+
+// Best effort: a failing sink loses events (counted) and never refuses.
+func TestTrailBestEffort(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "audit")
+	var failing atomic.Bool
+	failing.Store(true)
+	tr := openTrail(t, dir, newTrailSigner(t), func(o *Options) {
+		o.Mode, o.QueueSize = ModeBestEffort, 4
+		o.Fault = func(string) error {
+			if failing.Load() {
+				return errors.New("i/o error")
+			}
+			return nil
+		}
+	})
+	defer tr.Close()
+	for i := 0; i < 50; i++ {
+		if _, err := tr.Record(context.Background(), &Event{Action: ActionWrite}, false); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := tr.Admit(); err != nil {
+		t.Fatalf("best_effort refused: %v", err)
+	}
+	time.Sleep(50 * time.Millisecond)
+	if tr.Stats().Lost == 0 {
+		t.Fatal("no event counted lost")
+	}
+	failing.Store(false)
+}
+
+// 16 writers × 1000 events: every event once, in one unbroken chain.
+func TestTrailConcurrent(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "audit")
+	sig := newTrailSigner(t)
+	tr := openTrail(t, dir, sig, func(o *Options) { o.MaxFileBytes = 1 << 20 })
+	var wg sync.WaitGroup
+	for w := 0; w < 16; w++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			ctx := context.Background()
+			for i := 0; i < 1000; i++ {
+				r, err := tr.Record(ctx, &Event{Action: ActionRead, Session: fmt.Sprint("s", w), Fingerprint: fmt.Sprint(i)}, i%2 == 0)
+				if err != nil {
+					t.Error(err)
+					return
+				}
+				if i%2 == 0 {
+					if err := r.Wait(ctx); err != nil {
+						t.Error(err)
+						return
+					}
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	tr.Close()
+	evs := readChain(t, dir, sig)
+	seen := map[string]bool{}
+	for _, e := range evs {
+		if e.Action == ActionRead {
+			k := e.Session + "/" + e.Fingerprint
+			if seen[k] {
+				t.Fatalf("duplicate %s", k)
+			}
+			seen[k] = true
+		}
+	}
+	if len(seen) != 16000 {
+		t.Fatalf("%d read events, want 16000", len(seen))
+	}
+	st := tr.Stats()
+	if st.Batches >= st.Events {
+		t.Logf("no group commit: %d batches for %d events", st.Batches, st.Events)
+	}
+}
+
+func TestTrailDirectoryLocked(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "audit")
+	sig := newTrailSigner(t)
+	tr := openTrail(t, dir, sig, nil)
+	defer tr.Close()
+	if _, err := Open(Options{Dir: dir, Instance: "other", Signer: sig}); err == nil || !strings.Contains(err.Error(), "in use") {
+		t.Fatalf("second writer on one directory: %v", err)
+	}
+}

@@ -1,0 +1,443 @@
+package audit
+
+import (
+	"bufio"
+	"encoding/base64"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"time"
+)
+
+// run is the writer goroutine.
+func (t *Trail) run() {
+	defer close(t.done)
+	tick := time.NewTicker(min(t.opts.CheckpointInterval, t.opts.RetryInterval))
+	defer tick.Stop()
+	batch := make([]*Record, 0, 256)
+	for {
+		select {
+		case r := <-t.q:
+			batch = append(batch[:0], r)
+			batch = t.drain(batch, 4096)
+			t.writeBatch(batch)
+		case <-tick.C:
+			if t.failed.Load() {
+				t.writeBatch(nil) // retry the retained records
+			} else if t.sinceCk > 0 && t.opts.Now().Sub(t.lastCk) >= t.opts.CheckpointInterval {
+				t.ckPending = true
+				t.writeBatch(nil)
+			}
+		case <-t.stop:
+			t.shutdown(batch)
+			return
+		}
+	}
+}
+
+// drain appends what is queued, up to limit records.
+func (t *Trail) drain(batch []*Record, limit int) []*Record {
+	for len(batch) < limit {
+		select {
+		case r := <-t.q:
+			batch = append(batch, r)
+		default:
+			return batch
+		}
+	}
+	return batch
+}
+
+// shutdown writes what is queued, a stop event and the final checkpoint.
+func (t *Trail) shutdown(batch []*Record) {
+	for {
+		batch = t.drain(batch[:0], 4096)
+		if len(batch) == 0 {
+			break
+		}
+		t.writeBatch(batch)
+	}
+	stop := &Record{ev: Event{Action: ActionStop}, kind: kindSystem}
+	t.stamp(stop)
+	t.ckPending = true
+	t.writeBatch([]*Record{stop})
+	if t.failed.Load() {
+		t.closeErr = fmt.Errorf("audit: closing the trail: %v (%d events not written)", t.Err(), len(t.retained))
+	}
+	if t.f != nil {
+		t.f.Close()
+		t.f = nil
+	}
+	t.lock.Close()
+}
+
+// writeBatch writes the retained records (after a failure) and batch in
+// one write and one fsync, with a checkpoint where one is due, then
+// releases the waiters. On failure the file is cut back to its last
+// durable line, the waiters get the sink error, and records nobody waits
+// for are kept for the retry (up to the queue size; beyond it they are
+// lost).
+func (t *Trail) writeBatch(batch []*Record) {
+	recs := batch
+	if len(t.retained) > 0 {
+		recs = append(t.retained, batch...)
+		t.retained = nil
+	}
+	if len(recs) == 0 && !t.ckPending && !t.failed.Load() {
+		return
+	}
+	startSeq, startHash, startSince := t.seq, t.hash, t.sinceCk
+	buf := t.buf[:0]
+	var err error
+	checkpointed := false
+	t.mu.Lock()
+	for _, r := range recs {
+		r.ev.Seq, r.ev.Prev = t.seq+1, t.hash
+		if buf, err = r.ev.AppendLine(buf); err != nil {
+			break
+		}
+		buf = append(buf, '\n')
+		t.seq, t.hash = r.ev.Seq, r.ev.Hash
+		r.seq, r.state = r.ev.Seq, stateWritten
+		t.sinceCk++
+		if t.sinceCk >= t.opts.CheckpointEvery {
+			if buf, err = t.appendCheckpoint(buf); err != nil {
+				break
+			}
+			checkpointed = true
+		}
+	}
+	t.mu.Unlock()
+	if err == nil && t.ckPending && t.sinceCk > 0 {
+		buf, err = t.appendCheckpoint(buf)
+		checkpointed = checkpointed || err == nil
+	}
+	if err == nil {
+		err = t.writeDurable(buf)
+	}
+	t.buf = buf[:0]
+	if err != nil {
+		t.seq, t.hash, t.sinceCk = startSeq, startHash, startSince
+		t.fail(err, recs)
+		return
+	}
+	t.ckPending = false
+	if t.failed.Swap(false) {
+		t.log.Info("audit trail writes again", "dir", t.opts.Dir)
+	}
+	t.durable.Store(t.seq)
+	t.events.Add(int64(len(recs)))
+	t.batches.Add(1)
+	if n := int64(len(recs)); n > t.maxBatch.Load() {
+		t.maxBatch.Store(n)
+	}
+	for _, r := range recs {
+		if r.done != nil {
+			close(r.done)
+		}
+	}
+	select {
+	case t.notify <- struct{}{}:
+	default:
+	}
+	if checkpointed && t.opts.HeadFile != "" {
+		if err := t.writeHead(); err != nil {
+			t.log.Error("audit head file not written", "file", t.opts.HeadFile, "err", err)
+		}
+	}
+	if t.size >= t.opts.MaxFileBytes {
+		t.f.Close()
+		t.f, t.fileName, t.size = nil, "", 0 // the next line starts a new file
+	}
+}
+
+// appendCheckpoint appends a signed checkpoint event (t.mu held or the
+// writer's own call).
+func (t *Trail) appendCheckpoint(buf []byte) ([]byte, error) {
+	ev := Event{V: Version, Seq: t.seq + 1, TS: FormatTime(t.opts.Now()), Instance: t.opts.Instance, Action: ActionCheckpoint, Prev: t.hash}
+	sig, err := t.opts.Signer.Sign(CheckpointMessage(ev.Instance, ev.Seq, ev.Prev))
+	if err != nil {
+		return buf, err
+	}
+	ev.Signature, ev.KeyID = base64.StdEncoding.EncodeToString(sig), t.opts.Signer.KeyID()
+	if buf, err = ev.AppendLine(buf); err != nil {
+		return buf, err
+	}
+	t.seq, t.hash, t.sinceCk = ev.Seq, ev.Hash, 0
+	t.lastCk = t.opts.Now()
+	return append(buf, '\n'), nil
+}
+
+// fail records a failed batch.
+func (t *Trail) fail(err error, recs []*Record) {
+	t.failures.Add(1)
+	t.lastErr.Store(&err)
+	if !t.failed.Swap(true) {
+		t.log.Error("audit trail cannot be written; PHI statements are refused (strict) until it can", "dir", t.opts.Dir, "mode", t.opts.Mode, "err", err)
+	}
+	perr := t.sinkError()
+	t.mu.Lock()
+	for _, r := range recs {
+		r.ev.Seq, r.ev.Prev, r.ev.Hash = 0, "", ""
+		if r.done != nil {
+			r.state, r.err = stateFailed, perr
+			close(r.done)
+			continue
+		}
+		r.state, r.seq = stateQueued, 0
+		if len(t.retained) < t.opts.QueueSize {
+			t.retained = append(t.retained, r)
+		} else {
+			t.loseEvents(1)
+		}
+	}
+	t.mu.Unlock()
+}
+
+// writeDurable appends buf to the current file (opening a new one where
+// needed) and fsyncs it; on error the file is cut back to its size
+// before.
+func (t *Trail) writeDurable(buf []byte) error {
+	if t.f == nil {
+		if err := t.openFile(t.seq - countLines(buf) + 1); err != nil {
+			return err
+		}
+	}
+	if len(buf) == 0 {
+		// A probe of a failed sink: can the file be synced again?
+		if err := t.fault("sync"); err != nil {
+			return err
+		}
+		return t.f.Sync()
+	}
+	if err := t.fault("write"); err != nil {
+		return t.cutBack(err)
+	}
+	if _, err := t.f.Write(buf); err != nil {
+		return t.cutBack(err)
+	}
+	start := time.Now()
+	if err := t.fault("sync"); err != nil {
+		return t.cutBack(err)
+	}
+	if err := t.f.Sync(); err != nil {
+		return t.cutBack(err)
+	}
+	d := time.Since(start).Nanoseconds()
+	t.syncNanos.Add(d)
+	if d > t.maxSync.Load() {
+		t.maxSync.Store(d)
+	}
+	t.size += int64(len(buf))
+	return nil
+}
+
+// cutBack truncates the file to its last durable size after a failed
+// write; if that fails too, the file is closed and the next write
+// reopens (and cuts) it.
+func (t *Trail) cutBack(err error) error {
+	if terr := t.f.Truncate(t.size); terr != nil {
+		t.f.Close()
+		t.f = nil
+	} else if _, serr := t.f.Seek(t.size, io.SeekStart); serr != nil {
+		t.f.Close()
+		t.f = nil
+	}
+	return err
+}
+
+func countLines(buf []byte) uint64 {
+	var n uint64
+	for _, c := range buf {
+		if c == '\n' {
+			n++
+		}
+	}
+	return n
+}
+
+func (t *Trail) fault(op string) error {
+	if t.opts.Fault != nil {
+		return t.opts.Fault(op)
+	}
+	return nil
+}
+
+// openFile opens the file the next line (seq first) goes to: the current
+// one again after a failure, else a new one.
+func (t *Trail) openFile(first uint64) error {
+	if err := t.fault("open"); err != nil {
+		return err
+	}
+	if err := os.MkdirAll(t.opts.Dir, 0o700); err != nil {
+		return err
+	}
+	name := t.fileName
+	if name == "" {
+		name = FileName(first)
+	}
+	f, err := os.OpenFile(filepath.Join(t.opts.Dir, name), os.O_CREATE|os.O_WRONLY, 0o600)
+	if err != nil {
+		return err
+	}
+	// After a failure: cut what a failed write may have left.
+	if err := f.Truncate(t.size); err != nil {
+		f.Close()
+		return err
+	}
+	if _, err := f.Seek(t.size, io.SeekStart); err != nil {
+		f.Close()
+		return err
+	}
+	if t.fileName == "" {
+		if err := syncDir(t.opts.Dir); err != nil {
+			f.Close()
+			return err
+		}
+	}
+	t.f, t.fileName = f, name
+	return nil
+}
+
+func syncDir(dir string) error {
+	d, err := os.Open(dir)
+	if err != nil {
+		return err
+	}
+	defer d.Close()
+	return d.Sync()
+}
+
+// Head is the content of the head file: the last checkpoint written.
+type Head struct {
+	Instance string `json:"instance"`
+	Seq      uint64 `json:"seq"`
+	Hash     string `json:"hash"`
+	File     string `json:"file"`
+	TS       string `json:"ts"`
+}
+
+// ReadHead reads a head file.
+func ReadHead(path string) (*Head, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, err
+	}
+	var h Head
+	if err := json.Unmarshal(b, &h); err != nil {
+		return nil, fmt.Errorf("%s: %v", path, err)
+	}
+	return &h, nil
+}
+
+func (t *Trail) writeHead() error {
+	b, _ := json.Marshal(Head{Instance: t.opts.Instance, Seq: t.seq, Hash: t.hash, File: t.fileName, TS: FormatTime(t.opts.Now())})
+	return writeFileAtomic(t.opts.HeadFile, append(b, '\n'))
+}
+
+// writeFileAtomic writes a 0600 file through a temporary file and a
+// rename.
+func writeFileAtomic(path string, b []byte) error {
+	dir := filepath.Dir(path)
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return err
+	}
+	tmp, err := os.CreateTemp(dir, "."+filepath.Base(path)+".*")
+	if err != nil {
+		return err
+	}
+	defer os.Remove(tmp.Name())
+	if _, err := tmp.Write(b); err != nil {
+		tmp.Close()
+		return err
+	}
+	if err := tmp.Sync(); err != nil {
+		tmp.Close()
+		return err
+	}
+	if err := tmp.Close(); err != nil {
+		return err
+	}
+	return os.Rename(tmp.Name(), path)
+}
+
+// recover finds where the trail ends: the last complete line of the last
+// non-empty file (a partial line after it, a write cut short by a crash,
+// is truncated away: nobody was told it was durable). It returns whether
+// the previous run stopped cleanly (nil for a new trail).
+func (t *Trail) recover() (*bool, error) {
+	segs, err := Segments(t.opts.Dir)
+	if err != nil {
+		return nil, fmt.Errorf("audit: %v", err)
+	}
+	for len(segs) > 0 {
+		last := segs[len(segs)-1]
+		end, lastLine, prevAction, err := scanTail(last.Path)
+		if err != nil {
+			return nil, fmt.Errorf("audit: %s: %v", last.Path, err)
+		}
+		if lastLine == nil {
+			// A file created at rotation whose first write never landed.
+			if err := os.Remove(last.Path); err != nil {
+				return nil, fmt.Errorf("audit: %v", err)
+			}
+			segs = segs[:len(segs)-1]
+			continue
+		}
+		ev, err := Parse(lastLine)
+		if err != nil {
+			return nil, fmt.Errorf("audit: the trail's last event (%s) is damaged: %v; run phiproxy audit verify, move the damaged trail aside and restart", last.Path, err)
+		}
+		if err := os.Truncate(last.Path, end); err != nil {
+			return nil, fmt.Errorf("audit: %v", err)
+		}
+		t.seq, t.hash, t.size = ev.Seq, ev.Hash, end
+		t.fileName = filepath.Base(last.Path)
+		if end >= t.opts.MaxFileBytes {
+			t.fileName, t.size = "", 0
+		}
+		clean := ev.Action == ActionCheckpoint && prevAction == ActionStop
+		return &clean, nil
+	}
+	return nil, nil
+}
+
+// scanTail returns the offset after the last complete line of a file, that
+// line, and the action of the line before it.
+func scanTail(path string) (end int64, last []byte, prevAction string, err error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return 0, nil, "", err
+	}
+	defer f.Close()
+	r := bufio.NewReaderSize(f, 64<<10)
+	var off int64
+	var prev []byte
+	for {
+		line, err := r.ReadBytes('\n')
+		if err == io.EOF {
+			break // a partial line (no newline) is dropped
+		}
+		if err != nil {
+			return 0, nil, "", err
+		}
+		off += int64(len(line))
+		prev, last = last, line
+		end = off
+	}
+	if prev != nil {
+		var a struct {
+			Action string `json:"action"`
+		}
+		if canon, _, err := Canonical(prev); err == nil && json.Unmarshal(canon, &a) == nil {
+			prevAction = a.Action
+		}
+	}
+	if last != nil && len(last) > MaxLineBytes {
+		return 0, nil, "", errors.New("line longer than 1 MiB")
+	}
+	return end, last, prevAction, nil
+}

@@ -1,0 +1,351 @@
+package phi
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/phiproxy/phiproxy/audit"
+	"github.com/phiproxy/phiproxy/config"
+)
+
+// auditCfg is the test config with a trail in a fresh directory.
+func auditCfg(t testing.TB, mode string) (*config.Config, string) {
+	t.Helper()
+	cfg := *testCfg
+	dir := t.TempDir()
+	cfg.Audit = config.Audit{Mode: mode, Instance: "px-test", ContextTags: []string{"device_id", "traceparent"},
+		File: config.AuditFile{Dir: filepath.Join(dir, "audit"), CheckpointEvery: 1000, CheckpointInterval: time.Minute, MaxFileBytes: 1 << 20}}
+	return &cfg, dir
+}
+
+// startAudited runs the proxy with the trail of cfg.
+func startAudited(t testing.TB, cfg *config.Config, dir string, opts ...Option) *testProxy {
+	t.Helper()
+	startProxy(t) // empties the tables (and serves a proxy nobody uses)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	return serveProxy(t, ctx, cfg, append([]Option{WithAudit(cfg.Audit, filepath.Join(dir, "state", "audit-head.json"), "test")}, opts...)...)
+}
+
+// trailEvents reads every event of the trail in dir, checking the chain.
+func trailEvents(t testing.TB, dir string) []*audit.Event {
+	t.Helper()
+	segs, err := audit.Segments(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := audit.NewReader(segs)
+	defer r.Close()
+	var out []*audit.Event
+	prev := audit.ZeroHash
+	for r.Next() {
+		ev, err := audit.Parse(r.Line().Bytes)
+		if err != nil {
+			t.Fatalf("%s:%d: %v", r.Line().File, r.Line().No, err)
+		}
+		if ev.Prev != prev || ev.Seq != uint64(len(out)+1) {
+			t.Fatalf("chain broken at seq %d", ev.Seq)
+		}
+		prev = ev.Hash
+		out = append(out, ev)
+	}
+	if r.Err() != nil {
+		t.Fatal(r.Err())
+	}
+	return out
+}
+
+// statementEvents are the events of statements, with their completions
+// folded in (rows, error), in order.
+func statementEvents(evs []*audit.Event) []*audit.Event {
+	bySeq := map[uint64]*audit.Event{}
+	var out []*audit.Event
+	for _, e := range evs {
+		switch e.Action {
+		case audit.ActionStart, audit.ActionStop, audit.ActionCheckpoint, audit.ActionConfigLoaded, audit.ActionKeyRotated:
+		case audit.ActionCompletion:
+			if s := bySeq[e.Ref]; s != nil {
+				s.Rows, s.Error = e.Rows, e.Error
+			}
+		default:
+			c := *e
+			bySeq[e.Seq] = &c
+			out = append(out, &c)
+		}
+	}
+	return out
+}
+
+func describe(e *audit.Event) string {
+	rows := "null"
+	if e.Rows != nil {
+		rows = fmt.Sprint(*e.Rows)
+	}
+	s := fmt.Sprintf("%s %s %s %s %s rows=%s error=%s %s", e.Action, e.Decision, strings.Join(e.Relations, ","), strings.Join(e.Columns, ","), e.Protocol, rows, e.Error, e.Query)
+	if e.EndUser != "" {
+		s += " end_user=" + e.EndUser
+	}
+	for _, k := range []string{"device_id", "traceparent"} {
+		if v, ok := e.Context[k]; ok {
+			s += " " + k + "=" + v
+		}
+	}
+	return s
+}
+
+// awaitEvents polls until the trail holds n statement events.
+func awaitEvents(t testing.TB, dir string, n int) []*audit.Event {
+	t.Helper()
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		evs := statementEvents(trailEvents(t, dir))
+		if len(evs) >= n || time.Now().After(deadline) {
+			return evs
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// Every PHI statement is one event with names only: reads, writes,
+// deletes, COPY both ways, refusals and server errors, both protocols;
+// non-PHI statements none. No planted value reaches the trail.
+func TestAuditRecordsEveryPHIStatement(t *testing.T) {
+	ctx := testCtx(t)
+	cfg, dir := auditCfg(t, config.AuditStrict)
+	p := startAudited(t, cfg, dir)
+	simple := connect(t, ctx, p.dsn("application_name=audit-test"), pgx.QueryExecModeSimpleProtocol)
+	ext := connect(t, ctx, p.dsn(), pgx.QueryExecModeCacheStatement)
+	canary := "AUDIT-CANARY-" + fmt.Sprint(time.Now().UnixNano())
+
+	mustExec(t, ctx, ext, "INSERT INTO patients (id, ssn, diagnosis) VALUES (1, $1, $2)", canary+"-ssn", canary+"-dx")
+	mustExec(t, ctx, simple, "INSERT INTO patients (id, ssn) VALUES (2, '"+canary+"-lit')")
+	var got string
+	if err := simple.QueryRow(ctx, "/*device_id='tablet-7',patient='"+canary+"-tag',end_user='dr.smith'*/ SELECT ssn FROM patients WHERE ssn = '"+canary+"-ssn'").Scan(&got); err != nil || got != canary+"-ssn" {
+		t.Fatalf("select: %q %v", got, err)
+	}
+	if err := ext.QueryRow(ctx, "SELECT diagnosis FROM patients WHERE ssn = $1", canary+"-ssn").Scan(&got); err != nil {
+		t.Fatal(err)
+	}
+	mustExec(t, ctx, simple, "SELECT 1") // no PHI: no event
+	// A refusal and a server error that echoes nothing of ours.
+	if _, err := simple.Exec(ctx, "SELECT ssn FROM patients ORDER BY ssn"); sqlstate(err) != "0A000" {
+		t.Fatalf("ORDER BY ssn: %v", err)
+	}
+	if _, err := ext.Exec(ctx, "SELECT ssn, 1/0 FROM patients WHERE ssn = $1", canary+"-ssn"); sqlstate(err) != "22012" {
+		t.Fatalf("1/0: %v", err)
+	}
+	// A unique violation on a deterministic column: PostgreSQL's DETAIL
+	// holds the ciphertext; neither it nor the value reaches the trail.
+	mustExec(t, ctx, ext, "INSERT INTO sq_patients (name, gov_id) VALUES ('a', $1)", canary+"-gov")
+	if _, err := ext.Exec(ctx, "INSERT INTO sq_patients (name, gov_id) VALUES ('b', $1)", canary+"-gov"); sqlstate(err) != "23505" {
+		t.Fatalf("duplicate: %v", err)
+	}
+	mustExec(t, ctx, direct(t, ctx), "TRUNCATE sq_patients")
+	// COPY both ways.
+	var buf bytes.Buffer
+	if _, err := simple.PgConn().CopyTo(ctx, &buf, "COPY patients (id, ssn) TO STDOUT"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := simple.PgConn().CopyFrom(ctx, strings.NewReader("3\t"+canary+"-copy\n"), "COPY patients (id, ssn) FROM STDIN"); err != nil {
+		t.Fatal(err)
+	}
+	mustExec(t, ctx, ext, "DELETE FROM patients WHERE ssn = $1", canary+"-copy")
+
+	want := []string{
+		"write allowed public.patients public.patients.diagnosis,public.patients.ssn extended rows=1 error= INSERT INTO patients (id, ssn, diagnosis) VALUES ($3, $1, $2)",
+		"write allowed public.patients public.patients.ssn simple rows=1 error= INSERT INTO patients (id, ssn) VALUES ($1, $2)",
+		"read allowed public.patients public.patients.ssn simple rows=1 error= SELECT ssn FROM patients WHERE ssn = $1 end_user=dr.smith device_id=tablet-7",
+		"read allowed public.patients public.patients.diagnosis,public.patients.ssn extended rows=1 error= SELECT diagnosis FROM patients WHERE ssn = $1",
+		"read denied public.patients  simple rows=0 error=0A000 SELECT ssn FROM patients ORDER BY ssn",
+		"read allowed public.patients public.patients.ssn extended rows=0 error=22012 SELECT ssn, $2/$3 FROM patients WHERE ssn = $1",
+		"write allowed public.sq_patients public.sq_patients.gov_id extended rows=1 error= INSERT INTO sq_patients (name, gov_id) VALUES ($2, $1)",
+		"write allowed public.sq_patients public.sq_patients.gov_id extended rows=0 error=23505 INSERT INTO sq_patients (name, gov_id) VALUES ($2, $1)",
+		"copy_out allowed public.patients public.patients.ssn simple rows=2 error= COPY patients (id, ssn) TO STDOUT",
+		"copy_in allowed public.patients public.patients.ssn simple rows=1 error= COPY patients (id, ssn) FROM STDIN",
+		"delete allowed public.patients public.patients.ssn extended rows=1 error= DELETE FROM patients WHERE ssn = $1",
+	}
+	evs := awaitEvents(t, cfg.Audit.File.Dir, len(want))
+	var lines []string
+	for _, e := range evs {
+		lines = append(lines, describe(e))
+		if e.Instance != "px-test" || e.DBUser != appUser || e.Database != appDB || e.Session == "" || e.Client == "" || e.Fingerprint == "" || e.Query == "" {
+			t.Errorf("attribution missing: %+v", e)
+		}
+	}
+	if g, w := strings.Join(lines, "\n"), strings.Join(want, "\n"); g != w {
+		t.Errorf("events:\n%s\nwant:\n%s", g, w)
+	}
+	if evs[2].Application != "audit-test" {
+		t.Errorf("application %q", evs[2].Application)
+	}
+	// No value anywhere in the trail or the head file.
+	p.phi.Close()
+	scanForCanary(t, dir, canary)
+}
+
+// scanForCanary fails if any file under dir holds canary (and proves it
+// read some).
+func scanForCanary(t *testing.T, dir, canary string) {
+	t.Helper()
+	n := 0
+	err := filepath.Walk(dir, func(path string, fi os.FileInfo, err error) error {
+		if err != nil || !fi.Mode().IsRegular() {
+			return err
+		}
+		b, err := os.ReadFile(path)
+		if err != nil {
+			return err
+		}
+		n++
+		if bytes.Contains(b, []byte(canary)) {
+			t.Errorf("%s holds a planted value", path)
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n == 0 {
+		t.Fatal("no file scanned")
+	}
+}
+
+func direct(t *testing.T, ctx context.Context) *pgx.Conn {
+	return connect(t, ctx, directDSN(), pgx.QueryExecModeSimpleProtocol)
+}
+
+// Strict mode with a sink that fails on command: every PHI statement fails
+// with 58030 and no row of it reaches the client, in both protocols;
+// non-PHI statements work; the trail recovers without a restart.
+func TestAuditStrictRefusesPHIWhileTheSinkFails(t *testing.T) {
+	ctx := testCtx(t)
+	cfg, dir := auditCfg(t, config.AuditStrict)
+	var failing atomic.Bool
+	p := startAudited(t, cfg, dir, WithAuditFault(func(op string) error {
+		if failing.Load() {
+			return errors.New("no space left on device")
+		}
+		return nil
+	}))
+	simple := connect(t, ctx, p.dsn(), pgx.QueryExecModeSimpleProtocol)
+	ext := connect(t, ctx, p.dsn(), pgx.QueryExecModeCacheStatement)
+	mustExec(t, ctx, ext, "INSERT INTO patients (id, ssn) VALUES (1, $1)", "111-11-1111")
+
+	failing.Store(true)
+	// The first statement may find the sink healthy: its event fails to
+	// write, so its rows are not served either.
+	check := func(what string, c *pgx.Conn, sql string, args ...any) {
+		t.Helper()
+		rows, err := c.Query(ctx, sql, args...)
+		n := 0
+		if err == nil {
+			for rows.Next() {
+				n++
+			}
+			err = rows.Err()
+		}
+		if sqlstate(err) != "58030" || n != 0 {
+			t.Fatalf("%s while the sink fails: %d rows, %v", what, n, err)
+		}
+	}
+	check("simple read", simple, "SELECT ssn FROM patients")
+	check("extended read", ext, "SELECT ssn FROM patients WHERE id = $1", 1)
+	check("simple write", simple, "INSERT INTO patients (id, ssn) VALUES (2, '222-22-2222')")
+	check("extended write", ext, "INSERT INTO patients (id, ssn) VALUES ($1, $2)", 3, "333-33-3333")
+	var buf bytes.Buffer
+	if _, err := simple.PgConn().CopyTo(ctx, &buf, "COPY patients (ssn) TO STDOUT"); sqlstate(err) != "58030" || buf.Len() != 0 {
+		t.Fatalf("COPY TO while the sink fails: %q %v", buf.String(), err)
+	}
+	var one int
+	if err := simple.QueryRow(ctx, "SELECT count(*) FROM visits_plain").Scan(&one); err != nil {
+		t.Fatalf("non-PHI statement while the sink fails: %v", err)
+	}
+	if err := ext.QueryRow(ctx, "SELECT 1").Scan(&one); err != nil {
+		t.Fatalf("non-PHI statement while the sink fails: %v", err)
+	}
+	var n int
+	if err := direct(t, ctx).QueryRow(ctx, "SELECT count(*) FROM patients").Scan(&n); err != nil || n != 1 {
+		t.Fatalf("writes refused while the sink failed reached the table: %d rows, %v", n, err)
+	}
+
+	failing.Store(false)
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		var ssn string
+		err := ext.QueryRow(ctx, "SELECT ssn FROM patients WHERE id = $1", 1).Scan(&ssn)
+		if err == nil && ssn == "111-11-1111" {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no recovery: %v", err)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// 16 sessions × 1000 PHI statements, both protocols: exactly 16 000
+// statement events, one unbroken chain, no duplicate seq.
+func TestAuditConcurrentSessions(t *testing.T) {
+	if testing.Short() {
+		t.Skip("-short")
+	}
+	ctx := testCtx(t)
+	cfg, dir := auditCfg(t, config.AuditStrict)
+	p := startAudited(t, cfg, dir)
+	const sessions, each = 16, 1000
+	var wg sync.WaitGroup
+	for s := 0; s < sessions; s++ {
+		mode := pgx.QueryExecModeSimpleProtocol
+		if s%2 == 1 {
+			mode = pgx.QueryExecModeCacheStatement
+		}
+		c := connect(t, ctx, p.dsn(), mode)
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := 0; i < each; i++ {
+				var err error
+				if i%4 == 0 {
+					_, err = c.Exec(ctx, "INSERT INTO visits (id, patient_ssn) VALUES ($1, $2)", s*each+i, "ssn")
+				} else {
+					var v string
+					err = c.QueryRow(ctx, "SELECT patient_ssn FROM visits WHERE id = $1", s*each+i-i%4).Scan(&v)
+				}
+				if err != nil {
+					t.Error(err)
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	p.phi.Close()
+	evs := statementEvents(trailEvents(t, cfg.Audit.File.Dir))
+	if len(evs) != sessions*each {
+		t.Fatalf("%d statement events, want %d", len(evs), sessions*each)
+	}
+	perSession := map[string]int{}
+	for _, e := range evs {
+		if e.Rows == nil || *e.Rows != 1 || e.Error != "" {
+			t.Fatalf("event %d: outcome %v %q", e.Seq, e.Rows, e.Error)
+		}
+		perSession[e.Session]++
+	}
+	if len(perSession) != sessions {
+		t.Fatalf("%d sessions in the trail", len(perSession))
+	}
+	st := p.phi.Auditor().Trail().Stats()
+	t.Logf("%d events in %d batches (largest %d), fsync mean %v max %v", st.Events, st.Batches, st.MaxBatch,
+		time.Duration(st.SyncNanos/max(st.Batches, 1)), time.Duration(st.MaxSyncNanos))
+}
