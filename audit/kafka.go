@@ -20,7 +20,9 @@ import (
 // exact bytes as a record's value, keyed by the instance, to the topic,
 // with franz-go's idempotent producer and acks=all. After each batch the
 // brokers acknowledged, it writes the last exported seq (and that line's
-// hash) to state_dir/audit-kafka.json, and a restart resumes after it.
+// hash) to state_dir/audit-kafka.json (at most every 100 ms while
+// records flow, and whenever it has caught up), and a restart resumes
+// after it.
 //
 // Delivery is at least once: a batch acknowledged by the brokers but not
 // yet recorded in the state file when the process stopped is sent again,
@@ -44,9 +46,12 @@ type Exporter struct {
 	client    *kgo.Client
 
 	// Touched by Run only.
-	spool   *spool
-	pending []pendingLine // read, not acknowledged yet; resent first
-	failing bool
+	spool     *spool
+	pending   []pendingLine // read, not acknowledged yet; resent first
+	failing   bool
+	ackedHash string    // hash of the line at acked
+	stateSeq  uint64    // seq the state file holds
+	stateAt   time.Time // when it was last written
 
 	acked    atomic.Uint64 // last seq the brokers acknowledged
 	exported atomic.Uint64 // records acknowledged since NewExporter
@@ -73,6 +78,10 @@ const (
 	exportBatchBytes   = 4 << 20
 )
 
+// stateEvery bounds how often the state file is written while records
+// flow (each write is two fsyncs on what is often the trail's disk).
+const stateEvery = 100 * time.Millisecond
+
 // StateFileName is the exporter's state file in state_dir.
 const StateFileName = "audit-kafka.json"
 
@@ -83,6 +92,12 @@ const StateFileName = "audit-kafka.json"
 // must be open already: the state is checked against it. It connects
 // lazily; Run exports.
 func NewExporter(cfg *config.AuditKafka, spoolDir, stateDir, instance string, durable func() uint64, notify <-chan struct{}, log *slog.Logger) (*Exporter, error) {
+	return newExporter(cfg, spoolDir, stateDir, instance, durable, notify, log)
+}
+
+// newExporter is NewExporter with extra client options (tests shorten
+// franz-go's timings).
+func newExporter(cfg *config.AuditKafka, spoolDir, stateDir, instance string, durable func() uint64, notify <-chan struct{}, log *slog.Logger, extra ...kgo.Opt) (*Exporter, error) {
 	if cfg == nil || len(cfg.Brokers) == 0 || cfg.Topic == "" {
 		return nil, errors.New("audit export: audit.kafka needs brokers and a topic")
 	}
@@ -119,13 +134,14 @@ func NewExporter(cfg *config.AuditKafka, spoolDir, stateDir, instance string, du
 		sp.close()
 		return nil, err
 	}
-	cl, err := kgo.NewClient(opts...)
+	cl, err := kgo.NewClient(append(opts, extra...)...)
 	if err != nil {
 		sp.close()
 		return nil, fmt.Errorf("audit export: Kafka client: %v", err)
 	}
 	e.spool, e.client = sp, cl
 	e.acked.Store(st.Seq)
+	e.ackedHash, e.stateSeq = st.Hash, st.Seq
 	return e, nil
 }
 
@@ -172,20 +188,47 @@ func (e *Exporter) Stats() ExportStats {
 	}
 }
 
-// Run exports until ctx ends, then makes a last attempt (at most 5 s) to
-// export what is durable by then, so that the stop and final checkpoint
-// of a trail closed before ctx ended reach Kafka when the brokers are up.
-// Call it once; call Close after it returned.
+// Run exports until ctx ends, then goes on for at most 5 s (the
+// shutdown grace) to export what is durable by then, so that the stop
+// and final checkpoint of a trail closed before ctx ended reach Kafka
+// when the brokers are up. When the grace ends with a batch the brokers
+// have not answered, Run returns without it (Close gives it up; the next
+// start sends it again). Call Run once; call Close after it returned.
 func (e *Exporter) Run(ctx context.Context) error {
+	// The records' context: it ends a grace after ctx, so that a batch
+	// in flight at ctx's end may still be acknowledged.
+	rctx, rcancel := context.WithCancel(context.WithoutCancel(ctx))
+	defer rcancel()
+	go func() {
+		select {
+		case <-ctx.Done():
+			grace := time.NewTimer(e.shutdownGrace)
+			defer grace.Stop()
+			select {
+			case <-grace.C:
+				rcancel()
+			case <-rctx.Done():
+			}
+		case <-rctx.Done(): // Run returned
+		}
+	}()
 	tick := time.NewTicker(e.pollInterval)
 	defer tick.Stop()
 	backoff := 100 * time.Millisecond
 	for {
-		n, err := e.pump(ctx)
+		n, err := e.pump(rctx)
 		if ctx.Err() != nil {
-			return e.drain()
+			if err == nil && n > 0 && rctx.Err() == nil {
+				continue // draining
+			}
+			e.saveState()
+			if b := e.Backlog(); b > 0 {
+				e.log.Warn("audit export to Kafka stopped with events not exported; the next start sends them", "exported_seq", e.acked.Load(), "backlog", b)
+			}
+			return nil
 		}
 		if err != nil {
+			e.saveState() // the part of the batch acknowledged before the failure
 			e.failures.Add(1)
 			if !e.failing {
 				e.log.Error("audit export to Kafka failed; retrying", "topic", e.cfg.Topic, "exported_seq", e.acked.Load(), "backlog", e.Backlog(), "err", err)
@@ -206,6 +249,7 @@ func (e *Exporter) Run(ctx context.Context) error {
 			}
 			continue
 		}
+		e.saveState()
 		select {
 		case <-ctx.Done():
 		case <-e.notify:
@@ -214,27 +258,13 @@ func (e *Exporter) Run(ctx context.Context) error {
 	}
 }
 
-// drain exports what is durable now, within shutdownGrace.
-func (e *Exporter) drain() error {
-	ctx, cancel := context.WithTimeout(context.Background(), e.shutdownGrace)
-	defer cancel()
-	for {
-		n, err := e.pump(ctx)
-		if err != nil || ctx.Err() != nil {
-			if b := e.Backlog(); b > 0 {
-				e.log.Warn("audit export to Kafka stopped with events not exported; the next start sends them", "exported_seq", e.acked.Load(), "backlog", b)
-			}
-			return nil
-		}
-		if n == 0 {
-			return nil
-		}
-	}
-}
+// errAbandoned: the records' context ended before the brokers answered
+// for every record of a batch.
+var errAbandoned = errors.New("audit export: stopped before Kafka answered")
 
 // pump sends one batch (the unacknowledged rest of the last one first)
-// and waits for the brokers. It returns how many records they
-// acknowledged; the state file then names the last of them.
+// and waits for the brokers, or for ctx, the records' context, to end.
+// It returns how many records they acknowledged.
 func (e *Exporter) pump(ctx context.Context) (int, error) {
 	if len(e.pending) == 0 {
 		if err := e.fill(); err != nil {
@@ -244,40 +274,82 @@ func (e *Exporter) pump(ctx context.Context) (int, error) {
 	if len(e.pending) == 0 {
 		return 0, nil
 	}
-	recs := make([]*kgo.Record, len(e.pending))
+	// Produce rather than ProduceSync: an idempotent producer cannot
+	// fail a record whose request is in flight, so it waits for brokers
+	// that may be gone; Run must be able to stop regardless.
+	errs := make([]error, len(e.pending))
+	var wg sync.WaitGroup
+	wg.Add(len(e.pending))
 	for i, p := range e.pending {
-		recs[i] = &kgo.Record{Key: []byte(e.instance), Value: p.value, Topic: e.cfg.Topic}
+		r := &kgo.Record{Key: []byte(e.instance), Value: p.value, Topic: e.cfg.Topic}
+		e.client.Produce(ctx, r, func(_ *kgo.Record, err error) {
+			errs[i] = err
+			wg.Done()
+		})
 	}
+	done := make(chan struct{})
+	go func() {
+		wg.Wait()
+		close(done)
+	}()
 	stall := time.AfterFunc(e.stallAfter, func() {
 		e.stalled.Store(true)
 		e.log.Warn("audit export: Kafka has not acknowledged a batch yet (brokers unreachable, or refusing the TLS or SASL credentials?); retrying", "after", e.stallAfter, "topic", e.cfg.Topic, "exported_seq", e.acked.Load(), "backlog", e.Backlog())
 	})
-	res := e.client.ProduceSync(ctx, recs...)
-	stall.Stop()
+	defer stall.Stop()
+	select {
+	case <-done:
+	case <-ctx.Done():
+		// Records still in flight stay with the client (Close fails
+		// them); nothing more is produced with it.
+		select {
+		case <-done:
+		default:
+			return 0, errAbandoned
+		}
+	}
 	n := 0
 	var err error
-	for i, r := range res {
-		if r.Err != nil {
-			err = r.Err
+	for i, rerr := range errs {
+		if rerr != nil {
+			err = rerr
 			break
 		}
 		n = i + 1
 	}
 	if n > 0 {
 		last := e.pending[n-1]
-		if werr := writeExportState(e.statePath, exportState{
-			Topic: e.cfg.Topic, Instance: e.instance, Seq: last.seq, Hash: lineHash(last.value), TS: FormatTime(time.Now()),
-		}); werr != nil {
-			// The brokers have the records: count them exported. A
-			// restart sends them again (at least once).
-			e.log.Error("audit export: cannot record the exported seq", "state", e.statePath, "err", werr)
-		}
 		e.acked.Store(last.seq)
+		e.ackedHash = lineHash(last.value)
 		e.exported.Add(uint64(n))
 		e.stalled.Store(false)
 		e.pending = append([]pendingLine(nil), e.pending[n:]...)
+		if time.Since(e.stateAt) >= stateEvery {
+			e.saveState()
+		}
 	}
 	return n, err
+}
+
+// saveState records the last acknowledged seq, if it changed. Losing an
+// update (a crash before it) only means sending events again, so it is
+// written at most every stateEvery while records flow, and whenever the
+// export has caught up.
+func (e *Exporter) saveState() {
+	seq := e.acked.Load()
+	if seq == e.stateSeq {
+		return
+	}
+	e.stateAt = time.Now()
+	if err := writeExportState(e.statePath, exportState{
+		Topic: e.cfg.Topic, Instance: e.instance, Seq: seq, Hash: e.ackedHash, TS: FormatTime(e.stateAt),
+	}); err != nil {
+		// The brokers have the records: they count as exported. A
+		// restart sends them again (at least once).
+		e.log.Error("audit export: cannot record the exported seq", "state", e.statePath, "err", err)
+		return
+	}
+	e.stateSeq = seq
 }
 
 // fill reads the next batch of durable lines from the spool.

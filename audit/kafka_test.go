@@ -312,10 +312,20 @@ func TestExportSendsEachDurableLineInOrder(t *testing.T) {
 	if fi.Mode().Perm() != 0o600 {
 		t.Errorf("state file mode %04o, want 0600", fi.Mode().Perm())
 	}
-	st, err := readExportState(filepath.Join(state, StateFileName))
-	if err != nil || st.Seq != 301 || st.Hash != lineHash(next) || st.Topic != testTopic {
-		t.Errorf("state %+v, %v; want seq 301 and its hash", st, err)
+	var st exportState
+	waitFor(t, "the state file to name seq 301", 5*time.Second, func() bool {
+		st, err = readExportState(filepath.Join(state, StateFileName))
+		return err == nil && st.Seq == 301
+	})
+	if st.Hash != lineHash(next) || st.Topic != testTopic || st.Instance != "px-1" {
+		t.Errorf("state %+v; want seq 301, its hash, the topic and the instance", st)
 	}
+}
+
+// fastRetries shorten franz-go's backoff and metadata age, so that tests
+// of outages do not wait for its production timings.
+func fastRetries() []kgo.Opt {
+	return []kgo.Opt{kgo.RetryBackoffFn(func(int) time.Duration { return 50 * time.Millisecond }), kgo.MetadataMinAge(50 * time.Millisecond)}
 }
 
 // freePort is a port nothing listens on now.
@@ -329,23 +339,32 @@ func freePort(t *testing.T) int {
 }
 
 func TestExportSurvivesBrokerOutage(t *testing.T) {
+	t.Run("while it runs", func(t *testing.T) { testBrokerOutage(t, false) })
+	t.Run("and a restart of the proxy during it", func(t *testing.T) { testBrokerOutage(t, true) })
+}
+
+// testBrokerOutage stops the cluster while events are written and
+// exported, and starts it again (same port, same data); with restart, the
+// exporter is replaced by a new one on the same state during the outage.
+func testBrokerOutage(t *testing.T, restart bool) {
 	port, data := freePort(t), t.TempDir()
 	opts := []kfake.Opt{kfake.Ports(port), kfake.DataDir(data)}
 	c := newCluster(t, opts...)
 	cfg := kafkaConfig(c, 50)
 	w := newTestTrail(t, filepath.Join(t.TempDir(), "audit"), "px-1")
+	state := t.TempDir()
 	log, _ := testLogger(t)
-	e, err := NewExporter(cfg, w.dir, t.TempDir(), "px-1", w.Durable, w.notify, log)
+	e, err := newExporter(cfg, w.dir, state, "px-1", w.Durable, w.notify, log, fastRetries()...)
 	if err != nil {
 		t.Fatal(err)
 	}
-	runExporter(t, e)
+	e.shutdownGrace = 200 * time.Millisecond
+	stop := runExporter(t, e)
 
-	// The writer keeps writing while the brokers go away and come back.
+	// The writer keeps writing while the brokers go away.
 	const total = 1000
 	var wg sync.WaitGroup
 	wg.Add(1)
-	written := atomic.Int64{}
 	go func() {
 		defer wg.Done()
 		for i := 0; i < total/10; i++ {
@@ -353,7 +372,6 @@ func TestExportSurvivesBrokerOutage(t *testing.T) {
 				w.rotate()
 			}
 			w.write(10)
-			written.Add(10)
 			time.Sleep(2 * time.Millisecond)
 		}
 	}()
@@ -372,6 +390,22 @@ func TestExportSurvivesBrokerOutage(t *testing.T) {
 	time.Sleep(200 * time.Millisecond)
 	if got := e.Exported(); got != exported {
 		t.Fatalf("exported went from %d to %d while the brokers were away", exported, got)
+	}
+	if restart {
+		// A batch may be in flight to the brokers that went away: the
+		// idempotent producer cannot give it up, Run must stop anyway.
+		start := time.Now()
+		stop()
+		if d := time.Since(start); d > 3*time.Second {
+			t.Errorf("the exporter took %v to stop during the outage (grace 200ms)", d)
+		}
+		if e, err = newExporter(cfg, w.dir, state, "px-1", w.Durable, w.notify, log, fastRetries()...); err != nil {
+			t.Fatal(err)
+		}
+		if e.Exported() != exported {
+			t.Fatalf("the new exporter starts after seq %d, the old one had exported %d", e.Exported(), exported)
+		}
+		runExporter(t, e)
 	}
 
 	c2 := newCluster(t, opts...)
@@ -513,8 +547,8 @@ func TestExportSendsAgainWhatWasNotRecorded(t *testing.T) {
 
 func TestExportRetriesAFailedBatch(t *testing.T) {
 	// No topic yet: franz-go gives up on the records after its unknown
-	// topic retries (1 to 20 s on kfake), and the exporter sends them
-	// again until the topic exists.
+	// topic retries, and the exporter sends them again until the topic
+	// exists.
 	c, err := kfake.NewCluster(kfake.NumBrokers(1))
 	if err != nil {
 		t.Fatal(err)
@@ -522,7 +556,7 @@ func TestExportRetriesAFailedBatch(t *testing.T) {
 	t.Cleanup(c.Close)
 	w := newTestTrail(t, filepath.Join(t.TempDir(), "audit"), "px-1")
 	log, _ := testLogger(t)
-	e, err := NewExporter(kafkaConfig(c, 5), w.dir, t.TempDir(), "px-1", w.Durable, w.notify, log)
+	e, err := newExporter(kafkaConfig(c, 5), w.dir, t.TempDir(), "px-1", w.Durable, w.notify, log, fastRetries()...)
 	if err != nil {
 		t.Fatal(err)
 	}
