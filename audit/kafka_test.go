@@ -225,7 +225,7 @@ func checkExported(t *testing.T, recs []*kgo.Record, lines [][]byte, instance st
 		if r.Partition != recs[0].Partition {
 			t.Fatalf("records on partitions %d and %d: one instance must stay on one partition", recs[0].Partition, r.Partition)
 		}
-		seq, err := LineSeq(r.Value)
+		seq, err := lineSeq(r.Value)
 		if err != nil {
 			t.Fatalf("record value: %v", err)
 		}
@@ -508,9 +508,9 @@ func TestLineSeq(t *testing.T) {
 		{`{"seq":42,"v":1}`, 0, false},
 		{``, 0, false},
 	} {
-		seq, err := LineSeq([]byte(tc.line))
+		seq, err := lineSeq([]byte(tc.line))
 		if (err == nil) != tc.ok || seq != tc.seq {
-			t.Errorf("LineSeq(%s) = %d, %v; want %d ok=%v", tc.line, seq, err, tc.seq, tc.ok)
+			t.Errorf("lineSeq(%s) = %d, %v; want %d ok=%v", tc.line, seq, err, tc.seq, tc.ok)
 		}
 	}
 }

@@ -77,7 +77,7 @@ func openSpool(dir string, after uint64, hash string, log *slog.Logger) (*spool,
 		if line == nil {
 			return nil, fmt.Errorf("audit export: the state says seq %d was exported, but %s ends before it: the trail in %s is not the one that was exported", after, s.seg.Path, dir)
 		}
-		seq, err := LineSeq(line)
+		seq, err := lineSeq(line)
 		if err != nil {
 			return nil, fmt.Errorf("audit export: %s line at offset %d: %v", s.seg.Path, s.off, err)
 		}
@@ -202,7 +202,7 @@ func (s *spool) Next(limit uint64) ([]byte, uint64, error) {
 				continue
 			}
 		}
-		seq, err := LineSeq(line)
+		seq, err := lineSeq(line)
 		if err != nil {
 			return nil, 0, fmt.Errorf("audit export: %s line ending at offset %d: %v", s.seg.Path, s.off, err)
 		}
@@ -249,10 +249,10 @@ func (s *spool) nextSegment() (Segment, bool, error) {
 	return Segment{}, false, nil
 }
 
-// LineSeq reads the seq of a trail line from its prefix
+// lineSeq reads the seq of a trail line from its prefix
 // ({"v":N,"seq":N,...}, the contract's field order) without decoding the
 // rest.
-func LineSeq(line []byte) (uint64, error) {
+func lineSeq(line []byte) (uint64, error) {
 	rest, ok := bytes.CutPrefix(line, []byte(`{"v":`))
 	if ok {
 		i := 0
