@@ -20,4 +20,14 @@
 // checkpoint_every events, checkpoint_interval and at a clean stop the
 // writer appends a checkpoint event whose signature (Tink Ed25519, base64)
 // is over CheckpointMessage(instance, seq, prev).
+//
+// # Reading a trail back
+//
+// Verify walks the files once and reports the first place where the chain,
+// a file name or a checkpoint signature does not hold; a head file (the
+// writer's) or a state file (the auditor's memory of the last checkpoint
+// it verified) also catch a trail cut short. Scan streams the events a
+// Filter selects (a Matcher looks at a line's text before decoding it);
+// TailSegments and a Follower serve `audit tail [-f]`. All of them keep a
+// flat memory whatever the trail's size.
 package audit

@@ -25,6 +25,7 @@ const (
 	ActionDenied       = "denied" // a refused statement whose action is unknown (it did not parse)
 	ActionLockdown     = "lockdown"
 	ActionKeyRotated   = "key_rotated"
+	ActionKeyRetired   = "key_retired"
 	ActionConfigLoaded = "config_loaded"
 	ActionStart        = "start"
 	ActionStop         = "stop"
@@ -110,43 +111,7 @@ func (e *Event) Marshal() ([]byte, error) {
 }
 
 // AppendLine appends the event's line to dst (see Marshal).
-func (e *Event) AppendLine(dst []byte) ([]byte, error) {
-	if len(e.Prev) != 64 {
-		return dst, errors.New("audit: event without prev")
-	}
-	c := *e
-	c.Hash = ""
-	c.normalize()
-	var buf bytes.Buffer
-	enc := json.NewEncoder(&buf)
-	enc.SetEscapeHTML(false)
-	if err := enc.Encode(&c); err != nil {
-		return dst, fmt.Errorf("audit: encode event: %v", err)
-	}
-	canon := bytes.TrimSuffix(buf.Bytes(), []byte("\n"))
-	sum := sha256.Sum256(canon)
-	e.Hash = hex.EncodeToString(sum[:])
-	dst = append(dst, canon[:len(canon)-1]...)
-	dst = append(dst, `,"hash":"`...)
-	dst = append(dst, e.Hash...)
-	return append(dst, `"}`...), nil
-}
-
-// normalize writes empty lists as [] rather than null.
-func (e *Event) normalize() {
-	if e.Roles == nil {
-		e.Roles = []string{}
-	}
-	if e.Relations == nil {
-		e.Relations = []string{}
-	}
-	if e.Columns == nil {
-		e.Columns = []string{}
-	}
-	if e.V == 0 {
-		e.V = Version
-	}
-}
+func (e *Event) AppendLine(dst []byte) ([]byte, error) { return e.appendLine(dst) }
 
 // Canonical splits a line into its canonical bytes and the hash it
 // claims. It fails when the line does not end in a hash member.

@@ -25,10 +25,10 @@ import (
 
 const testTopic = "phiproxy-audit"
 
-// testTrail writes trail files as the writer does (Event.Marshal, a
+// spoolWriter writes trail files as the writer does (Event.Marshal, a
 // chain, rotation to a file named by its first seq) and plays the
 // writer's Durable and Notify.
-type testTrail struct {
+type spoolWriter struct {
 	t        testing.TB
 	dir      string
 	instance string
@@ -41,11 +41,11 @@ type testTrail struct {
 	notify   chan struct{}
 }
 
-func newTestTrail(t testing.TB, dir, instance string) *testTrail {
+func newSpoolWriter(t testing.TB, dir, instance string) *spoolWriter {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		t.Fatal(err)
 	}
-	w := &testTrail{t: t, dir: dir, instance: instance, prev: ZeroHash, notify: make(chan struct{}, 1)}
+	w := &spoolWriter{t: t, dir: dir, instance: instance, prev: ZeroHash, notify: make(chan struct{}, 1)}
 	t.Cleanup(func() {
 		if w.f != nil {
 			w.f.Close()
@@ -55,7 +55,7 @@ func newTestTrail(t testing.TB, dir, instance string) *testTrail {
 }
 
 // rotate makes the next line start a new file.
-func (w *testTrail) rotate() {
+func (w *spoolWriter) rotate() {
 	if w.f != nil {
 		w.f.Close()
 		w.f = nil
@@ -63,7 +63,7 @@ func (w *testTrail) rotate() {
 }
 
 // line marshals the next event.
-func (w *testTrail) line() []byte {
+func (w *spoolWriter) line() []byte {
 	w.seq++
 	rows := int64(w.seq % 7)
 	ev := &Event{
@@ -81,7 +81,7 @@ func (w *testTrail) line() []byte {
 	return b
 }
 
-func (w *testTrail) file() *os.File {
+func (w *spoolWriter) file() *os.File {
 	if w.f == nil {
 		f, err := os.OpenFile(filepath.Join(w.dir, FileName(w.seq+1)), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
 		if err != nil {
@@ -93,13 +93,13 @@ func (w *testTrail) file() *os.File {
 }
 
 // write appends n events and makes them durable.
-func (w *testTrail) write(n int) {
+func (w *spoolWriter) write(n int) {
 	w.append(n)
 	w.sync()
 }
 
 // append appends n events without making them durable.
-func (w *testTrail) append(n int) {
+func (w *spoolWriter) append(n int) {
 	f := w.file()
 	var buf []byte
 	for range n {
@@ -115,7 +115,7 @@ func (w *testTrail) append(n int) {
 }
 
 // sync makes what was written durable and notifies.
-func (w *testTrail) sync() {
+func (w *spoolWriter) sync() {
 	w.durable.Store(w.seq)
 	select {
 	case w.notify <- struct{}{}:
@@ -123,9 +123,9 @@ func (w *testTrail) sync() {
 	}
 }
 
-func (w *testTrail) Durable() uint64 { return w.durable.Load() }
+func (w *spoolWriter) Durable() uint64 { return w.durable.Load() }
 
-func (w *testTrail) Lines() [][]byte {
+func (w *spoolWriter) Lines() [][]byte {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	return append([][]byte(nil), w.lines...)
@@ -264,7 +264,7 @@ func kafkaConfig(c *kfake.Cluster, maxBacklog int64) *config.AuditKafka {
 func TestExportSendsEachDurableLineInOrder(t *testing.T) {
 	c := newCluster(t)
 	dir, state := t.TempDir(), t.TempDir()
-	w := newTestTrail(t, filepath.Join(dir, "audit"), "px-1")
+	w := newSpoolWriter(t, filepath.Join(dir, "audit"), "px-1")
 	w.write(150)
 	w.rotate()
 	w.write(100)
@@ -351,7 +351,7 @@ func testBrokerOutage(t *testing.T, restart bool) {
 	opts := []kfake.Opt{kfake.Ports(port), kfake.DataDir(data)}
 	c := newCluster(t, opts...)
 	cfg := kafkaConfig(c, 50)
-	w := newTestTrail(t, filepath.Join(t.TempDir(), "audit"), "px-1")
+	w := newSpoolWriter(t, filepath.Join(t.TempDir(), "audit"), "px-1")
 	state := t.TempDir()
 	log, _ := testLogger(t)
 	e, err := newExporter(cfg, w.dir, state, "px-1", w.Durable, w.notify, log, fastRetries()...)
@@ -421,7 +421,7 @@ func testBrokerOutage(t *testing.T, restart bool) {
 func TestExportResumesAfterRestart(t *testing.T) {
 	c := newCluster(t)
 	cfg := kafkaConfig(c, 1000)
-	w := newTestTrail(t, filepath.Join(t.TempDir(), "audit"), "px-1")
+	w := newSpoolWriter(t, filepath.Join(t.TempDir(), "audit"), "px-1")
 	state := t.TempDir()
 	log, _ := testLogger(t)
 	w.write(100)
@@ -452,7 +452,7 @@ func TestExportResumesAfterRestart(t *testing.T) {
 	}
 
 	t.Run("a different trail is refused", func(t *testing.T) {
-		other := newTestTrail(t, filepath.Join(t.TempDir(), "audit"), "px-2")
+		other := newSpoolWriter(t, filepath.Join(t.TempDir(), "audit"), "px-2")
 		other.write(250)
 		_, err := NewExporter(cfg, other.dir, state, "px-1", other.Durable, other.notify, log)
 		if err == nil || !strings.Contains(err.Error(), "not the one that was exported") {
@@ -460,7 +460,7 @@ func TestExportResumesAfterRestart(t *testing.T) {
 		}
 	})
 	t.Run("a shorter trail is refused", func(t *testing.T) {
-		other := newTestTrail(t, filepath.Join(t.TempDir(), "audit"), "px-1")
+		other := newSpoolWriter(t, filepath.Join(t.TempDir(), "audit"), "px-1")
 		other.write(20)
 		_, err := NewExporter(cfg, other.dir, state, "px-1", other.Durable, other.notify, log)
 		if err == nil || !strings.Contains(err.Error(), "ends at seq 20") {
@@ -470,7 +470,7 @@ func TestExportResumesAfterRestart(t *testing.T) {
 }
 
 func TestExportAdmit(t *testing.T) {
-	w := newTestTrail(t, filepath.Join(t.TempDir(), "audit"), "px-1")
+	w := newSpoolWriter(t, filepath.Join(t.TempDir(), "audit"), "px-1")
 	cfg := &config.AuditKafka{Brokers: []string{fmt.Sprintf("127.0.0.1:%d", freePort(t))}, Topic: testTopic, MaxBacklog: 5}
 	log, _ := testLogger(t)
 	e, err := NewExporter(cfg, w.dir, t.TempDir(), "px-1", w.Durable, w.notify, log)
@@ -518,7 +518,7 @@ func TestLineSeq(t *testing.T) {
 func TestExportSendsAgainWhatWasNotRecorded(t *testing.T) {
 	c := newCluster(t)
 	cfg := kafkaConfig(c, 1000)
-	w := newTestTrail(t, filepath.Join(t.TempDir(), "audit"), "px-1")
+	w := newSpoolWriter(t, filepath.Join(t.TempDir(), "audit"), "px-1")
 	state := t.TempDir()
 	log, _ := testLogger(t)
 	w.write(100)
@@ -554,7 +554,7 @@ func TestExportRetriesAFailedBatch(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(c.Close)
-	w := newTestTrail(t, filepath.Join(t.TempDir(), "audit"), "px-1")
+	w := newSpoolWriter(t, filepath.Join(t.TempDir(), "audit"), "px-1")
 	log, _ := testLogger(t)
 	e, err := newExporter(kafkaConfig(c, 5), w.dir, t.TempDir(), "px-1", w.Durable, w.notify, log, fastRetries()...)
 	if err != nil {
@@ -590,7 +590,7 @@ func TestExportRetriesAFailedBatch(t *testing.T) {
 }
 
 func TestExportStopsWithinItsGraceWhenBrokersAreAway(t *testing.T) {
-	w := newTestTrail(t, filepath.Join(t.TempDir(), "audit"), "px-1")
+	w := newSpoolWriter(t, filepath.Join(t.TempDir(), "audit"), "px-1")
 	cfg := &config.AuditKafka{Brokers: []string{fmt.Sprintf("127.0.0.1:%d", freePort(t))}, Topic: testTopic, MaxBacklog: 5}
 	log, _ := testLogger(t)
 	e, err := NewExporter(cfg, w.dir, t.TempDir(), "px-1", w.Durable, w.notify, log)

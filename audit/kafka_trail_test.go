@@ -61,7 +61,7 @@ func TestExportTrail(t *testing.T) {
 						t.Error(err)
 						return
 					}
-					tr.Complete(ctx, r, 1, "")
+					tr.Complete(ctx, r, 1, "", "")
 				}
 			}()
 		}

@@ -39,7 +39,7 @@ func writeFile(t *testing.T, path, content string, mode os.FileMode) string {
 // with opts.
 func exportFew(t *testing.T, c *kfake.Cluster, cfg *config.AuditKafka, opts ...kgo.Opt) {
 	t.Helper()
-	w := newTestTrail(t, filepath.Join(t.TempDir(), "audit"), "px-1")
+	w := newSpoolWriter(t, filepath.Join(t.TempDir(), "audit"), "px-1")
 	w.write(5)
 	log, _ := testLogger(t)
 	e, err := NewExporter(cfg, w.dir, t.TempDir(), "px-1", w.Durable, w.notify, log)

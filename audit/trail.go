@@ -15,6 +15,9 @@ import (
 	"github.com/phiproxy/phiproxy/pgerr"
 )
 
+// ErrLocked: another process (a running phiproxy) writes the trail.
+var ErrLocked = errors.New("in use by another phiproxy (one writer per audit directory)")
+
 // Signer signs checkpoints (*crypto.Signer).
 type Signer interface {
 	Sign(data []byte) ([]byte, error)
@@ -49,6 +52,10 @@ type Options struct {
 	QueueSize int
 	// RetryInterval is how often a failed sink is retried (default 1s).
 	RetryInterval time.Duration
+	// SyncInterval bounds how long an event nobody waits for (a write's,
+	// a completion) may stay written but not fsynced (default 50ms): it
+	// rides on the next group commit a waiting read makes, or on this.
+	SyncInterval time.Duration
 	// Fault, a test hook, runs before each file operation ("open",
 	// "write", "sync"); an error it returns is that operation's.
 	Fault func(op string) error
@@ -111,8 +118,14 @@ type Trail struct {
 	sinceCk   int
 	lastCk    time.Time
 	retained  []*Record
+	start     *Record // this run's start event
 	buf       []byte
 	ckPending bool
+	// unsynced are the records written since the last fsync; last is the
+	// trail's state at that fsync, lastSync its time.
+	unsynced []*Record
+	last     synced
+	lastSync time.Time
 
 	events, batches, lost, failures atomic.Int64
 	syncNanos, maxSync, maxBatch    atomic.Int64
@@ -147,6 +160,9 @@ func Open(opts Options) (*Trail, error) {
 	if opts.RetryInterval <= 0 {
 		opts.RetryInterval = time.Second
 	}
+	if opts.SyncInterval <= 0 {
+		opts.SyncInterval = 50 * time.Millisecond
+	}
 	if opts.Now == nil {
 		opts.Now = time.Now
 	}
@@ -156,33 +172,23 @@ func Open(opts Options) (*Trail, error) {
 	t := &Trail{
 		opts: opts, log: opts.Logger, q: make(chan *Record, opts.QueueSize),
 		stop: make(chan struct{}), done: make(chan struct{}), notify: make(chan struct{}, 1),
-		hash: ZeroHash,
+		hash: ZeroHash, last: synced{hash: ZeroHash},
 	}
-	if err := os.MkdirAll(opts.Dir, 0o700); err != nil {
-		return nil, fmt.Errorf("audit: %v", err)
-	}
-	if err := os.Chmod(opts.Dir, 0o700); err != nil {
-		return nil, fmt.Errorf("audit: %v", err)
-	}
-	lock, err := os.OpenFile(filepath.Join(opts.Dir, "audit.lock"), os.O_CREATE|os.O_RDWR, 0o600)
-	if err != nil {
-		return nil, fmt.Errorf("audit: %v", err)
-	}
-	if err := syscall.Flock(int(lock.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
-		lock.Close()
-		return nil, fmt.Errorf("audit: %s is in use by another phiproxy (one instance per audit directory)", opts.Dir)
-	}
-	t.lock = lock
-	clean, err := t.recover()
-	if err != nil {
-		lock.Close()
-		return nil, err
-	}
-	t.durable.Store(t.seq)
 	t.lastCk = opts.Now()
-	start := &Record{ev: Event{Action: ActionStart, Detail: opts.Version, Clean: clean}, kind: kindSystem}
-	t.stamp(start)
-	t.writeBatch([]*Record{start})
+	t.start = &Record{ev: Event{Action: ActionStart, Detail: opts.Version}, kind: kindSystem}
+	t.stamp(t.start)
+	switch err := t.attach(); {
+	case errors.Is(err, ErrLocked), errors.Is(err, errDamaged):
+		return nil, err
+	case err != nil:
+		// The directory cannot be written yet (a full disk, permissions, a
+		// path that is not a directory): start failed — PHI is refused in
+		// strict mode — and attach on a retry.
+		t.fail(err)
+		t.retained = append(t.retained, t.start)
+	default:
+		t.writeBatch([]*Record{t.start}, true)
+	}
 	go t.run()
 	return t, nil
 }
@@ -191,6 +197,39 @@ const (
 	kindStatement uint8 = iota
 	kindSystem
 )
+
+// errDamaged: the trail's last event does not parse.
+var errDamaged = errors.New("damaged trail")
+
+// attach makes the directory (0700), takes its lock and finds where the
+// chain ends (recover). The start event learns whether the previous run
+// ended cleanly.
+func (t *Trail) attach() error {
+	if err := os.MkdirAll(t.opts.Dir, 0o700); err != nil {
+		return fmt.Errorf("audit: %v", err)
+	}
+	if err := os.Chmod(t.opts.Dir, 0o700); err != nil {
+		return fmt.Errorf("audit: %v", err)
+	}
+	lock, err := os.OpenFile(filepath.Join(t.opts.Dir, "audit.lock"), os.O_CREATE|os.O_RDWR, 0o600)
+	if err != nil {
+		return fmt.Errorf("audit: %v", err)
+	}
+	if err := syscall.Flock(int(lock.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
+		lock.Close()
+		return fmt.Errorf("audit: %s: %w", t.opts.Dir, ErrLocked)
+	}
+	clean, err := t.recover()
+	if err != nil {
+		lock.Close()
+		return err
+	}
+	t.lock = lock
+	t.start.ev.Clean = clean
+	t.durable.Store(t.seq)
+	t.last = synced{seq: t.seq, hash: t.hash, size: t.size, sinceCk: t.sinceCk, fileName: t.fileName}
+	return nil
+}
 
 // stamp fills in what the trail knows of every event.
 func (t *Trail) stamp(r *Record) {
@@ -272,11 +311,14 @@ func (r *Record) Seq() uint64 {
 
 // Complete records r's outcome: in r itself while it is not written yet,
 // else in a completion record naming r's seq.
-func (t *Trail) Complete(ctx context.Context, r *Record, rows int64, sqlstate string) {
+func (t *Trail) Complete(ctx context.Context, r *Record, rows int64, sqlstate, reason string) {
 	t.mu.Lock()
 	switch r.state {
 	case stateQueued:
 		r.ev.Rows, r.ev.Error = &rows, sqlstate
+		if reason != "" {
+			r.ev.Reason = reason
+		}
 		t.mu.Unlock()
 		return
 	case stateFailed:
@@ -289,7 +331,7 @@ func (t *Trail) Complete(ctx context.Context, r *Record, rows int64, sqlstate st
 		Session: r.ev.Session, DBUser: r.ev.DBUser, Roles: r.ev.Roles, EndUser: r.ev.EndUser,
 		Application: r.ev.Application, Client: r.ev.Client, Database: r.ev.Database, TLS: r.ev.TLS,
 		Action: ActionCompletion, Relations: r.ev.Relations, Columns: r.ev.Columns, Decision: r.ev.Decision,
-		Fingerprint: r.ev.Fingerprint, Rows: &rows, Error: sqlstate, Role: r.ev.Role, Ref: seq,
+		Fingerprint: r.ev.Fingerprint, Rows: &rows, Error: sqlstate, Reason: reason, Role: r.ev.Role, Ref: seq,
 	}
 	_, _ = t.Record(ctx, &c, false)
 }

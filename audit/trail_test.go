@@ -125,7 +125,7 @@ func TestTrailChainCheckpointsRestart(t *testing.T) {
 		if err := r.Wait(ctx); err != nil {
 			t.Fatal(err)
 		}
-		tr.Complete(ctx, r, 1, "")
+		tr.Complete(ctx, r, 1, "", "")
 	}
 	if err := tr.Close(); err != nil {
 		t.Fatal(err)
@@ -410,5 +410,104 @@ func TestTrailDirectoryLocked(t *testing.T) {
 	defer tr.Close()
 	if _, err := Open(Options{Dir: dir, Instance: "other", Signer: sig}); err == nil || !strings.Contains(err.Error(), "in use") {
 		t.Fatalf("second writer on one directory: %v", err)
+	}
+}
+
+// Events nobody waits for ride on the next group commit, at most
+// SyncInterval later; a fsync that fails rolls back to the last good one
+// and the unsynced events are written again after recovery.
+func TestTrailLazySync(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "audit")
+	sig := newTrailSigner(t)
+	var failing atomic.Bool
+	var syncs atomic.Int64
+	tr := openTrail(t, dir, sig, func(o *Options) {
+		o.SyncInterval = 200 * time.Millisecond
+		o.Fault = func(op string) error {
+			if op == "sync" {
+				syncs.Add(1)
+				if failing.Load() {
+					return errors.New("EIO")
+				}
+			}
+			return nil
+		}
+	})
+	ctx := context.Background()
+	base := tr.Durable()
+	before := syncs.Load()
+	for i := 0; i < 50; i++ {
+		if _, err := tr.Record(ctx, &Event{Action: ActionWrite}, false); err != nil {
+			t.Fatal(err)
+		}
+	}
+	time.Sleep(20 * time.Millisecond)
+	if n := syncs.Load() - before; n > 1 {
+		t.Fatalf("%d fsyncs for 50 events nobody waits for", n)
+	}
+	deadline := time.Now().Add(2 * time.Second)
+	for tr.Durable() < base+50 {
+		if time.Now().After(deadline) {
+			t.Fatalf("durable %d, want %d within SyncInterval", tr.Durable(), base+50)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	// Written but not synced when the fsync fails: rolled back, kept, and
+	// written again.
+	for i := 0; i < 5; i++ {
+		tr.Record(ctx, &Event{Action: ActionDelete}, false)
+	}
+	time.Sleep(20 * time.Millisecond)
+	failing.Store(true)
+	r, err := tr.Record(ctx, &Event{Action: ActionRead}, true)
+	if err == nil {
+		err = r.Wait(ctx)
+	}
+	if err == nil {
+		t.Fatal("a read's event was acknowledged while fsync fails")
+	}
+	failing.Store(false)
+	for tr.Admit() != nil {
+		time.Sleep(10 * time.Millisecond)
+	}
+	tr.Close()
+	evs := readChain(t, dir, sig)
+	if got := strings.Count(actions(evs), "delete"); got != 5 {
+		t.Fatalf("%d delete events after recovery, want 5: %s", got, actions(evs))
+	}
+}
+
+// A directory that cannot be used at start (here: its parent is a
+// file) is not fatal: the trail starts failed, refuses PHI (Admit), and
+// attaches by itself once the directory can be made.
+func TestTrailStartsFailedAndAttachesLater(t *testing.T) {
+	base := t.TempDir()
+	blocker := filepath.Join(base, "blocker")
+	if err := os.WriteFile(blocker, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	dir := filepath.Join(blocker, "audit")
+	sig := newTrailSigner(t)
+	tr := openTrail(t, dir, sig, nil)
+	defer tr.Close()
+	if tr.Admit() == nil {
+		t.Fatal("Admit is nil while the directory cannot be made")
+	}
+	if _, err := tr.Record(context.Background(), &Event{Action: ActionWrite}, false); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Remove(blocker); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for tr.Admit() != nil {
+		if time.Now().After(deadline) {
+			t.Fatalf("no recovery: %v", tr.Err())
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	tr.Close()
+	if got := actions(readChain(t, dir, sig)); got != "start write stop checkpoint" {
+		t.Fatalf("events: %s", got)
 	}
 }

@@ -15,7 +15,7 @@ import (
 // run is the writer goroutine.
 func (t *Trail) run() {
 	defer close(t.done)
-	tick := time.NewTicker(min(t.opts.CheckpointInterval, t.opts.RetryInterval))
+	tick := time.NewTicker(min(t.opts.CheckpointInterval, t.opts.RetryInterval, t.opts.SyncInterval))
 	defer tick.Stop()
 	batch := make([]*Record, 0, 256)
 	for {
@@ -23,13 +23,16 @@ func (t *Trail) run() {
 		case r := <-t.q:
 			batch = append(batch[:0], r)
 			batch = t.drain(batch, 4096)
-			t.writeBatch(batch)
+			t.writeBatch(batch, false)
 		case <-tick.C:
-			if t.failed.Load() {
-				t.writeBatch(nil) // retry the retained records
-			} else if t.sinceCk > 0 && t.opts.Now().Sub(t.lastCk) >= t.opts.CheckpointInterval {
+			switch {
+			case t.failed.Load():
+				t.writeBatch(nil, true) // retry the retained records
+			case t.sinceCk > 0 && t.opts.Now().Sub(t.lastCk) >= t.opts.CheckpointInterval:
 				t.ckPending = true
-				t.writeBatch(nil)
+				t.writeBatch(nil, true)
+			case len(t.unsynced) > 0 && time.Since(t.lastSync) >= t.opts.SyncInterval:
+				t.writeBatch(nil, true)
 			}
 		case <-t.stop:
 			t.shutdown(batch)
@@ -58,12 +61,12 @@ func (t *Trail) shutdown(batch []*Record) {
 		if len(batch) == 0 {
 			break
 		}
-		t.writeBatch(batch)
+		t.writeBatch(batch, false)
 	}
 	stop := &Record{ev: Event{Action: ActionStop}, kind: kindSystem}
 	t.stamp(stop)
 	t.ckPending = true
-	t.writeBatch([]*Record{stop})
+	t.writeBatch([]*Record{stop}, true)
 	if t.failed.Load() {
 		t.closeErr = fmt.Errorf("audit: closing the trail: %v (%d events not written)", t.Err(), len(t.retained))
 	}
@@ -71,28 +74,51 @@ func (t *Trail) shutdown(batch []*Record) {
 		t.f.Close()
 		t.f = nil
 	}
-	t.lock.Close()
+	if t.lock != nil {
+		t.lock.Close()
+	}
 }
 
-// writeBatch writes the retained records (after a failure) and batch in
-// one write and one fsync, with a checkpoint where one is due, then
-// releases the waiters. On failure the file is cut back to its last
-// durable line, the waiters get the sink error, and records nobody waits
-// for are kept for the retry (up to the queue size; beyond it they are
-// lost).
-func (t *Trail) writeBatch(batch []*Record) {
+// synced is the state of the trail at its last fsync: what a failure
+// rolls back to.
+type synced struct {
+	seq      uint64
+	hash     string
+	size     int64
+	sinceCk  int
+	fileName string
+}
+
+// writeBatch appends the retained records (after a failure) and batch,
+// with a checkpoint where one is due, in one write. It fsyncs — making
+// every line written since the last fsync durable — when a record of
+// the batch is waited for (a statement's first row), a checkpoint is in
+// it, force is set, or SyncInterval has passed; then it releases the
+// waiters. Records nobody waits for (writes, completions) otherwise ride
+// on the next fsync, at most SyncInterval later. On failure the file is
+// cut back to its last fsync, the waiters get the sink error, and the
+// records since that fsync that nobody waits for are kept for the retry
+// (up to the queue size; beyond it they are lost).
+func (t *Trail) writeBatch(batch []*Record, force bool) {
 	recs := batch
 	if len(t.retained) > 0 {
 		recs = append(t.retained, batch...)
 		t.retained = nil
 	}
-	if len(recs) == 0 && !t.ckPending && !t.failed.Load() {
+	if len(recs) == 0 && !t.ckPending && !t.failed.Load() && !(force && len(t.unsynced) > 0) {
 		return
 	}
-	startSeq, startHash, startSince := t.seq, t.hash, t.sinceCk
+	if t.lock == nil {
+		// Not attached yet (Open could not use the directory): try again.
+		if err := t.attach(); err != nil {
+			t.unsynced = append(t.unsynced, recs...)
+			t.fail(err)
+			return
+		}
+	}
 	buf := t.buf[:0]
 	var err error
-	checkpointed := false
+	checkpointed, wait := false, false
 	t.mu.Lock()
 	for _, r := range recs {
 		r.ev.Seq, r.ev.Prev = t.seq+1, t.hash
@@ -102,6 +128,7 @@ func (t *Trail) writeBatch(batch []*Record) {
 		buf = append(buf, '\n')
 		t.seq, t.hash = r.ev.Seq, r.ev.Hash
 		r.seq, r.state = r.ev.Seq, stateWritten
+		wait = wait || r.done != nil
 		t.sinceCk++
 		if t.sinceCk >= t.opts.CheckpointEvery {
 			if buf, err = t.appendCheckpoint(buf); err != nil {
@@ -115,30 +142,41 @@ func (t *Trail) writeBatch(batch []*Record) {
 		buf, err = t.appendCheckpoint(buf)
 		checkpointed = checkpointed || err == nil
 	}
+	sync := force || wait || checkpointed || t.failed.Load() || time.Since(t.lastSync) >= t.opts.SyncInterval ||
+		t.size+int64(len(buf)) >= t.opts.MaxFileBytes
 	if err == nil {
-		err = t.writeDurable(buf)
+		err = t.write(buf)
+	}
+	if err == nil && sync {
+		err = t.sync()
 	}
 	t.buf = buf[:0]
+	t.unsynced = append(t.unsynced, recs...)
 	if err != nil {
-		t.seq, t.hash, t.sinceCk = startSeq, startHash, startSince
-		t.fail(err, recs)
+		t.fail(err)
+		return
+	}
+	t.events.Add(int64(len(recs)))
+	if n := int64(len(recs)); n > t.maxBatch.Load() {
+		t.maxBatch.Store(n)
+	}
+	if !sync {
 		return
 	}
 	t.ckPending = false
 	if t.failed.Swap(false) {
 		t.log.Info("audit trail writes again", "dir", t.opts.Dir)
 	}
-	t.durable.Store(t.seq)
-	t.events.Add(int64(len(recs)))
 	t.batches.Add(1)
-	if n := int64(len(recs)); n > t.maxBatch.Load() {
-		t.maxBatch.Store(n)
-	}
-	for _, r := range recs {
+	t.durable.Store(t.seq)
+	t.last = synced{seq: t.seq, hash: t.hash, size: t.size, sinceCk: t.sinceCk, fileName: t.fileName}
+	for _, r := range t.unsynced {
 		if r.done != nil {
 			close(r.done)
 		}
 	}
+	clear(t.unsynced)
+	t.unsynced = t.unsynced[:0]
 	select {
 	case t.notify <- struct{}{}:
 	default:
@@ -151,11 +189,11 @@ func (t *Trail) writeBatch(batch []*Record) {
 	if t.size >= t.opts.MaxFileBytes {
 		t.f.Close()
 		t.f, t.fileName, t.size = nil, "", 0 // the next line starts a new file
+		t.last.fileName, t.last.size = "", 0
 	}
 }
 
-// appendCheckpoint appends a signed checkpoint event (t.mu held or the
-// writer's own call).
+// appendCheckpoint appends a signed checkpoint event.
 func (t *Trail) appendCheckpoint(buf []byte) ([]byte, error) {
 	ev := Event{V: Version, Seq: t.seq + 1, TS: FormatTime(t.opts.Now()), Instance: t.opts.Instance, Action: ActionCheckpoint, Prev: t.hash}
 	sig, err := t.opts.Signer.Sign(CheckpointMessage(ev.Instance, ev.Seq, ev.Prev))
@@ -171,16 +209,30 @@ func (t *Trail) appendCheckpoint(buf []byte) ([]byte, error) {
 	return append(buf, '\n'), nil
 }
 
-// fail records a failed batch.
-func (t *Trail) fail(err error, recs []*Record) {
+// fail rolls the trail back to its last fsync after a failed write or
+// fsync: the file is cut back, the records written since then are
+// unwritten, their waiters get the sink error, and the others are kept
+// for the retry.
+func (t *Trail) fail(err error) {
 	t.failures.Add(1)
 	t.lastErr.Store(&err)
 	if !t.failed.Swap(true) {
 		t.log.Error("audit trail cannot be written; PHI statements are refused (strict) until it can", "dir", t.opts.Dir, "mode", t.opts.Mode, "err", err)
 	}
+	if t.f != nil && t.fileName != t.last.fileName {
+		// A file opened since the last fsync: it goes, unsynced lines and all.
+		name := t.fileName
+		t.f.Close()
+		t.f = nil
+		os.Remove(filepath.Join(t.opts.Dir, name))
+	}
+	t.seq, t.hash, t.size, t.sinceCk, t.fileName = t.last.seq, t.last.hash, t.last.size, t.last.sinceCk, t.last.fileName
+	if t.f != nil {
+		t.cutBack()
+	}
 	perr := t.sinkError()
 	t.mu.Lock()
-	for _, r := range recs {
+	for _, r := range t.unsynced {
 		r.ev.Seq, r.ev.Prev, r.ev.Hash = 0, "", ""
 		if r.done != nil {
 			r.state, r.err = stateFailed, perr
@@ -195,50 +247,50 @@ func (t *Trail) fail(err error, recs []*Record) {
 		}
 	}
 	t.mu.Unlock()
+	clear(t.unsynced)
+	t.unsynced = t.unsynced[:0]
 }
 
-// writeDurable appends buf to the current file (opening a new one where
-// needed) and fsyncs it; on error the file is cut back to its size
-// before.
-func (t *Trail) writeDurable(buf []byte) error {
+// write appends buf to the current file, opening a new one where needed.
+func (t *Trail) write(buf []byte) error {
 	if t.f == nil {
 		if err := t.openFile(t.seq - countLines(buf) + 1); err != nil {
 			return err
 		}
 	}
 	if len(buf) == 0 {
-		// A probe of a failed sink: can the file be synced again?
-		if err := t.fault("sync"); err != nil {
-			return err
-		}
-		return t.f.Sync()
+		return nil
 	}
 	if err := t.fault("write"); err != nil {
-		return t.cutBack(err)
+		return err
 	}
-	if _, err := t.f.Write(buf); err != nil {
-		return t.cutBack(err)
+	n, err := t.f.Write(buf)
+	t.size += int64(n)
+	return err
+}
+
+// sync fsyncs the current file.
+func (t *Trail) sync() error {
+	if err := t.fault("sync"); err != nil {
+		return err
 	}
 	start := time.Now()
-	if err := t.fault("sync"); err != nil {
-		return t.cutBack(err)
-	}
 	if err := t.f.Sync(); err != nil {
-		return t.cutBack(err)
+		return err
 	}
-	d := time.Since(start).Nanoseconds()
+	t.lastSync = time.Now()
+	d := t.lastSync.Sub(start).Nanoseconds()
 	t.syncNanos.Add(d)
 	if d > t.maxSync.Load() {
 		t.maxSync.Store(d)
 	}
-	t.size += int64(len(buf))
 	return nil
 }
 
-// cutBack truncates the file to its last durable size after a failed
-// write; if that fails too, the file is closed and the next write
-// reopens (and cuts) it.
-func (t *Trail) cutBack(err error) error {
+// cutBack truncates the file to its last durable size after a failure;
+// if that fails too, the file is closed and the next write reopens (and
+// cuts) it.
+func (t *Trail) cutBack() {
 	if terr := t.f.Truncate(t.size); terr != nil {
 		t.f.Close()
 		t.f = nil
@@ -246,7 +298,6 @@ func (t *Trail) cutBack(err error) error {
 		t.f.Close()
 		t.f = nil
 	}
-	return err
 }
 
 func countLines(buf []byte) uint64 {
@@ -389,7 +440,7 @@ func (t *Trail) recover() (*bool, error) {
 		}
 		ev, err := Parse(lastLine)
 		if err != nil {
-			return nil, fmt.Errorf("audit: the trail's last event (%s) is damaged: %v; run phiproxy audit verify, move the damaged trail aside and restart", last.Path, err)
+			return nil, fmt.Errorf("audit: the trail's last event (%s) is damaged: %v; run phiproxy audit verify, move the damaged trail aside and restart: %w", last.Path, err, errDamaged)
 		}
 		if err := os.Truncate(last.Path, end); err != nil {
 			return nil, fmt.Errorf("audit: %v", err)
@@ -436,7 +487,7 @@ func scanTail(path string) (end int64, last []byte, prevAction string, err error
 			prevAction = a.Action
 		}
 	}
-	if last != nil && len(last) > MaxLineBytes {
+	if len(last) > MaxLineBytes {
 		return 0, nil, "", errors.New("line longer than 1 MiB")
 	}
 	return end, last, prevAction, nil

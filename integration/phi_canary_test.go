@@ -2,6 +2,7 @@ package integration
 
 import (
 	"bytes"
+	"context"
 	"crypto/rand"
 	"encoding/binary"
 	"encoding/hex"
@@ -9,6 +10,7 @@ import (
 	"io/fs"
 	"math/big"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -117,6 +119,44 @@ func TestPHICanaryNeverReachesDiskOrLogs(t *testing.T) {
 	}
 	assertCiphertext(t, 9000, 9099)
 
+	// What reaches the audit trail (beside the config, the default
+	// audit.file.dir): a refusal, a server error that echoes ciphertext (a
+	// unique violation on a deterministic column: PostgreSQL's DETAIL
+	// holds the key), parameters (node-postgres, psycopg, JDBC above),
+	// COPY both ways, and a sqlcommenter tag that is not allow-listed.
+	c0 := canaries[0]
+	commentCanary := "CANARY-COMMENT-" + c0.ssn
+	ctx := t.Context()
+	direct := phiDirect(t)
+	if _, err := direct.Exec(ctx, "CREATE UNIQUE INDEX canary_visits_ssn ON visits (patient_ssn)"); err != nil {
+		t.Fatal(err)
+	}
+	defer direct.Exec(context.Background(), "DROP INDEX IF EXISTS canary_visits_ssn")
+	for _, step := range []struct{ sql, code string }{
+		{fmt.Sprintf("/*patient='%s',device_id='ward-3'*/ SELECT ssn FROM patients WHERE ssn = '%s'", commentCanary, c0.ssn), ""},
+		{fmt.Sprintf("SELECT ssn FROM patients WHERE ssn LIKE '%s%%'", c0.ssn), "0A000"},
+		{fmt.Sprintf("INSERT INTO visits (id, patient_ssn) VALUES (9998, '%s')", c0.ssn), "23505"},
+		{fmt.Sprintf("COPY (SELECT ssn, diagnosis FROM patients WHERE ssn = '%s') TO STDOUT", c0.ssn), ""},
+		{"COPY visits (id, patient_ssn) FROM STDIN", ""},
+	} {
+		var out string
+		var err error
+		if strings.HasPrefix(step.sql, "COPY visits") {
+			out, err = psqlStdin(t, dsn, fmt.Sprintf("9997\t%s\n\\.\n", c0.ssn+"-COPYIN"), "-c", step.sql)
+		} else {
+			out, err = psql(t, dsn, "-A", "-t", "-q", "-v", "VERBOSITY=verbose", "-c", step.sql)
+		}
+		if step.code == "" && err != nil {
+			t.Fatalf("%s: %v\n%s", step.sql, err, out)
+		}
+		if step.code != "" && (err == nil || !strings.Contains(out, step.code)) {
+			t.Fatalf("%s: want %s, got %v\n%s", step.sql, step.code, err, out)
+		}
+		if strings.Contains(out, "\\x") {
+			t.Fatalf("%s: ciphertext reached the client:\n%s", step.sql, out)
+		}
+	}
+
 	// Controls: a value in a non-PHI column, written through the proxy,
 	// must be found on disk; an application_name must be found in the
 	// proxy's log. Without them a scan that reads nothing would pass.
@@ -138,6 +178,11 @@ func TestPHICanaryNeverReachesDiskOrLogs(t *testing.T) {
 	needles["psql secret (default: deny)"] = []byte(canaries[0].diag + "-SECRET")
 	needles["control: non-PHI column"] = []byte(control)
 	needles["control: application_name"] = []byte(appName)
+	needles["comment tag (not allow-listed)"] = []byte(commentCanary)
+	needles["COPY FROM value"] = []byte(c0.ssn + "-COPYIN")
+	// An audit event of the canary workload must be in what the proxy
+	// wrote: else the scan of the trail proves nothing.
+	needles["control: audit event"] = []byte(`"columns":["public.patients.diagnosis","public.patients.dob","public.patients.mrn","public.patients.secret","public.patients.ssn"]`)
 
 	clusterHits, files, size := scanTree(t, e.cluster.Dir, needles)
 	proxyHits, pfiles, _ := scanTree(t, filepath.Dir(p.config), needles)
@@ -149,11 +194,16 @@ func TestPHICanaryNeverReachesDiskOrLogs(t *testing.T) {
 	if files == 0 || len(clusterHits["control: non-PHI column"]) == 0 {
 		t.Fatalf("control: the value written to a non-PHI column was not found under %s: the scan is broken", e.cluster.Dir)
 	}
+	if len(proxyHits["control: audit event"]) == 0 {
+		t.Fatalf("control: no audit event of the canary workload under %s: the trail is not written or not scanned", filepath.Dir(p.config))
+	}
 	if len(proxyHits["control: application_name"]) == 0 {
 		t.Fatalf("control: the application_name was not found in the proxy's output: the scan is broken")
 	}
 	for k, where := range clusterHits {
-		if !strings.HasPrefix(k, "control") {
+		// The comment is the application's text: PostgreSQL gets and may log
+		// it as sent; only the proxy's own records must not hold it.
+		if !strings.HasPrefix(k, "control") && !strings.HasPrefix(k, "comment") {
 			t.Errorf("canary %s found in PostgreSQL's files: %v", k, where)
 		}
 	}
@@ -208,4 +258,16 @@ func scanBytes(name string, b []byte, needles map[string][]byte) map[string][]st
 		}
 	}
 	return hits
+}
+
+// psqlStdin runs psql with stdin (a COPY FROM STDIN's data).
+func psqlStdin(t *testing.T, conninfo, stdin string, args ...string) (string, error) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, filepath.Join(fixture.cluster.BinDir, "psql"), append([]string{"-X", "-v", "ON_ERROR_STOP=1", "-d", conninfo}, args...)...)
+	cmd.Env = append(os.Environ(), "PGCONNECT_TIMEOUT=10")
+	cmd.Stdin = strings.NewReader(stdin)
+	out, err := cmd.CombinedOutput()
+	return string(out), err
 }

@@ -31,7 +31,7 @@ func (a *analyzer) value(n *pg.Node, target *PHIColumn, sc *scope, write bool) e
 	case *pg.Node_ParamRef:
 		return a.phiParam(x.ParamRef, target, false, write, "")
 	case *pg.Node_TypeCast:
-		return a.castValue(x.TypeCast, target, write)
+		return a.castValue(x.TypeCast, target, sc, write)
 	case *pg.Node_SetToDefault:
 		if write {
 			return nil
@@ -132,7 +132,7 @@ func (a *analyzer) castMod(tn *pg.TypeName, base string) (string, bool) {
 	return base + "(" + strings.Join(mods, ",") + ")", true
 }
 
-func (a *analyzer) castValue(tc *pg.TypeCast, target *PHIColumn, write bool) error {
+func (a *analyzer) castValue(tc *pg.TypeCast, target *PHIColumn, sc *scope, write bool) error {
 	t := castTarget(tc.TypeName)
 	mod, ok := a.castMod(tc.TypeName, t)
 	if !ok {
@@ -170,6 +170,12 @@ func (a *analyzer) castValue(tc *pg.TypeCast, target *PHIColumn, write bool) err
 		}
 		a.st.Edits = append(a.st.Edits, Edit{Offset: tl, Length: end - tl, Text: "bytea"})
 		return a.phiParam(x.ParamRef, target, false, write, mod)
+	case *pg.Node_CaseExpr:
+		if write {
+			return a.castBranches(tc, target, mod, func() error { return a.caseValue(x.CaseExpr, target, sc) })
+		}
+	case *pg.Node_CoalesceExpr:
+		return a.castBranches(tc, target, mod, func() error { return a.coalesceValue(x.CoalesceExpr, target, sc, write) })
 	}
 	return a.refuseCol(target, tc.Location, "comparison with a cast expression", hintValue)
 }

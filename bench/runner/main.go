@@ -42,6 +42,9 @@ type target struct {
 	port int
 	db   string
 	pid  int // the proxy's process, 0 for direct
+	// admin is the proxy's admin API (base URL and token file) for the
+	// audit series of the phi targets; "" for none.
+	admin, token string
 }
 
 type result struct {
@@ -51,6 +54,9 @@ type result struct {
 	// target goes through and of the PostgreSQL server (postmaster and
 	// backends), measured around the pgbench run.
 	proxyUS, pgUS float64
+	// The audit trail's group commits during the run (phi targets with a
+	// trail): events and batches written, seconds in fsync.
+	auditEvents, auditBatches, auditFsync float64
 }
 
 func main() {
@@ -64,6 +70,8 @@ func main() {
 	workload := flag.String("workload", "relay", "relay (pgbench -S) or phi (bench/phi.sql on PHI columns)")
 	rows := flag.Int("rows", 10000, "patients rows (phi workload)")
 	script := flag.String("script", "bench/phi.sql", "pgbench script (phi workload)")
+	pgDurable := flag.Bool("pg-durable", false, "run PostgreSQL with fsync and synchronous_commit on (default off: the test clusters' setting)")
+	auditModes := flag.String("audit", "strict", "audit modes of the phi target (phi workload): any of off,best_effort,strict; each is its own proxy")
 	floor := flag.String("floor", "", "internal: run a floor relay (goroutine|epoll|epoll-raw) and nothing else")
 	floorListen := flag.String("floor-listen", "", "internal: the floor relay's address")
 	floorUpstream := flag.String("floor-upstream", "", "internal: the floor relay's upstream")
@@ -80,7 +88,7 @@ func main() {
 	case "relay":
 		err = run(ctx, *phiproxy, *duration, *scale, *repeat, strings.Split(*modes, ","), strings.Split(*clients, ","), strings.Split(*targetsFlag, ","))
 	case "phi":
-		err = runPHI(ctx, *phiproxy, *script, *duration, *rows, *repeat, strings.Split(*modes, ","), strings.Split(*clients, ","))
+		err = runPHI(ctx, *phiproxy, *script, *duration, *rows, *repeat, strings.Split(*modes, ","), strings.Split(*clients, ","), strings.Split(*auditModes, ","), *pgDurable)
 	default:
 		err = fmt.Errorf("-workload %q is not relay or phi", *workload)
 	}
@@ -96,7 +104,7 @@ func run(ctx context.Context, phiproxyBin string, dur time.Duration, scale, repe
 	for _, w := range which {
 		want[w] = true
 	}
-	c, work, stop, err := startBenchCluster(ctx)
+	c, work, stop, err := startBenchCluster(ctx, false)
 	if err != nil {
 		return err
 	}
@@ -253,7 +261,20 @@ func median(rs []result) result {
 		latencyMS: field(func(r result) float64 { return r.latencyMS }),
 		proxyUS:   field(func(r result) float64 { return r.proxyUS }),
 		pgUS:      field(func(r result) float64 { return r.pgUS }),
+		// Sums over the rounds: the ratios (events per batch, fsync per
+		// batch) are of all of them.
+		auditEvents:  sum(rs, func(r result) float64 { return r.auditEvents }),
+		auditBatches: sum(rs, func(r result) float64 { return r.auditBatches }),
+		auditFsync:   sum(rs, func(r result) float64 { return r.auditFsync }),
 	}
+}
+
+func sum(rs []result, f func(result) float64) float64 {
+	t := 0.0
+	for _, r := range rs {
+		t += f(r)
+	}
+	return t
 }
 
 func mid(v []float64) float64 {
@@ -383,8 +404,13 @@ pidfile = %s/pgbouncer.pid
 // startBenchCluster starts the benchmarks' cluster with the bench role
 // and makes a work directory the cluster's processes can read; stop
 // removes the directory and stops the cluster.
-func startBenchCluster(ctx context.Context) (c *pgcluster.Cluster, work string, stop func(), err error) {
-	c, err = pgcluster.Start(ctx, pgcluster.Options{NoTLS: true, Conf: []string{"max_connections = 60"}})
+func startBenchCluster(ctx context.Context, pgDurable bool) (c *pgcluster.Cluster, work string, stop func(), err error) {
+	conf := []string{"max_connections = 60"}
+	if pgDurable {
+		// PostgreSQL as in production: every commit is flushed to disk.
+		conf = append(conf, "fsync = on", "synchronous_commit = on", "full_page_writes = on")
+	}
+	c, err = pgcluster.Start(ctx, pgcluster.Options{NoTLS: true, Conf: conf})
 	if err != nil {
 		return nil, "", nil, err
 	}

@@ -6,6 +6,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"text/tabwriter"
@@ -86,7 +87,7 @@ func execAsBench(ctx context.Context, c *pgcluster.Cluster, db string, stmts ...
 // writeProxyConfig writes dir/phiproxy.yaml for a proxy on port in front of
 // c, with the catalog in db; with phi it adds the phi: section and creates
 // its keys (a file KEK in dir).
-func writeProxyConfig(ctx context.Context, dir string, port int, c *pgcluster.Cluster, db string, phi bool) (string, error) {
+func writeProxyConfig(ctx context.Context, dir string, port int, c *pgcluster.Cluster, db string, phi bool, opts ...string) (string, error) {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return "", err
 	}
@@ -97,6 +98,10 @@ keys: {dir: keys, kek: "file:kek.json"}
 `, port, c.Addr(), c.SuperUser, c.Addr(), db)
 	if phi {
 		text += phiColumns
+	}
+	// opts are extra top-level YAML lines (audit:, admin:).
+	for _, o := range opts {
+		text += o + "\n"
 	}
 	path := filepath.Join(dir, "phiproxy.yaml")
 	if err := os.WriteFile(path, []byte(text), 0o600); err != nil {
@@ -151,8 +156,8 @@ func loadPHIRows(ctx context.Context, dsn string, rows int) error {
 	return err
 }
 
-func runPHI(ctx context.Context, phiproxyBin, script string, dur time.Duration, rows, repeat int, modes, clients []string) error {
-	c, work, stop, err := startBenchCluster(ctx)
+func runPHI(ctx context.Context, phiproxyBin, script string, dur time.Duration, rows, repeat int, modes, clients, auditModes []string, pgDurable bool) error {
+	c, work, stop, err := startBenchCluster(ctx, pgDurable)
 	if err != nil {
 		return err
 	}
@@ -166,12 +171,32 @@ func runPHI(ctx context.Context, phiproxyBin, script string, dur time.Duration, 
 	}
 
 	targets := []target{{name: "direct", port: c.Port, db: plainDB}}
-	for _, t := range []target{{name: "pass", db: plainDB}, {name: "phi", db: phiDB}} {
+	proxies := []target{{name: "pass", db: plainDB}}
+	for _, a := range auditModes {
+		proxies = append(proxies, target{name: auditTarget(a), db: phiDB})
+	}
+	firstPHI := ""
+	for _, t := range proxies {
 		port, err := pgcluster.FreePort()
 		if err != nil {
 			return err
 		}
-		cfg, err := writeProxyConfig(ctx, filepath.Join(work, t.name), port, c, t.db, t.name == "phi")
+		var extra []string
+		if t.db == phiDB && firstPHI != "" {
+			// The same keys as the first phi target: they share bench_phi.
+			if err := copyKeys(firstPHI, filepath.Join(work, t.name)); err != nil {
+				return err
+			}
+		}
+		if t.db == phiDB && firstPHI == "" {
+			firstPHI = filepath.Join(work, t.name)
+		}
+		if t.db == phiDB {
+			if extra, t.admin, t.token, err = auditOptions(filepath.Join(work, t.name), strings.TrimPrefix(strings.TrimPrefix(t.name, "phi"), "-")); err != nil {
+				return err
+			}
+		}
+		cfg, err := writeProxyConfig(ctx, filepath.Join(work, t.name), port, c, t.db, t.db == phiDB, extra...)
 		if err != nil {
 			return err
 		}
@@ -206,9 +231,13 @@ func runPHI(ctx context.Context, phiproxyBin, script string, dur time.Duration, 
 		if t.name == "cipher" {
 			sc = cipherScript
 		}
-		return cpu.run(t, func() (result, error) {
+		before := scrapeAudit(t)
+		r, err := cpu.run(t, func() (result, error) {
 			return runPgbench(ctx, pgbench, env, t.port, t.db, m, cl, dur, "-f", sc, "-D", "rows="+strconv.Itoa(rows))
 		})
+		after := scrapeAudit(t)
+		r.auditEvents, r.auditBatches, r.auditFsync = after[0]-before[0], after[1]-before[1], after[2]-before[2]
+		return r, err
 	})
 	if err != nil {
 		return err
@@ -217,16 +246,23 @@ func runPHI(ctx context.Context, phiproxyBin, script string, dur time.Duration, 
 	for k, rs := range runs {
 		results[k] = median(rs)
 	}
+	main := auditTarget(auditModes[0])
+	if slices.Contains(auditModes, "strict") {
+		main = "phi"
+	}
 	tw := tabwriter.NewWriter(os.Stdout, 0, 0, 1, ' ', tabwriter.Debug)
 	fmt.Fprintf(tw, "mode\tclients\tdirect TPS\tpass TPS\tphi TPS\tcipher TPS\tdirect ms\tpass ms\tphi ms\tphi/pass\tphi/direct\tproxy CPU µs/tx pass\tphi\tPostgreSQL CPU µs/tx direct\tcipher\tpass\tphi\t\n")
 	for _, m := range modes {
 		for _, cl := range clients {
-			d, p, x, e := results[cellKey("direct", m, cl)], results[cellKey("pass", m, cl)], results[cellKey("phi", m, cl)], results[cellKey("cipher", m, cl)]
+			d, p, x, e := results[cellKey("direct", m, cl)], results[cellKey("pass", m, cl)], results[cellKey(main, m, cl)], results[cellKey("cipher", m, cl)]
 			fmt.Fprintf(tw, "%s\t%s\t%.0f\t%.0f\t%.0f\t%.0f\t%.3f\t%.3f\t%.3f\t%.2f\t%.2f\t%.0f\t%.0f\t%.0f\t%.0f\t%.0f\t%.0f\t\n", m, cl, d.tps, p.tps, x.tps, e.tps, d.latencyMS, p.latencyMS, x.latencyMS, x.tps/p.tps, x.tps/d.tps,
 				p.proxyUS, x.proxyUS, d.pgUS, e.pgUS, p.pgUS, x.pgUS)
 		}
 	}
-	return tw.Flush()
+	if err := tw.Flush(); err != nil {
+		return err
+	}
+	return auditTable(results, auditModes, modes, clients)
 }
 
 // startProxyProcess runs `phiproxy serve --config cfg` until stop.

@@ -14,6 +14,7 @@ import (
 
 	"github.com/spf13/pflag"
 
+	"github.com/phiproxy/phiproxy/audit"
 	"github.com/phiproxy/phiproxy/config"
 	"github.com/phiproxy/phiproxy/crypto"
 )
@@ -252,7 +253,7 @@ func keysRotate(ctx context.Context, env *cmdEnv, k *keysCmd) error {
 	}
 	fmt.Fprintf(env.stdout, "%s: new primary key id %d; older keys keep decrypting\n", ref, id)
 	fmt.Fprintln(env.stdout, "Send SIGHUP to running proxies so they encrypt with it; `phiproxy reencrypt` moves existing values to it.")
-	return nil
+	return recordAudit(ctx, env, k.cfg, audit.ActionKeyRotated, fmt.Sprintf("%s: new primary key id %d (phiproxy keys rotate)", ref, id))
 }
 
 func keysRetire(ctx context.Context, env *cmdEnv, k *keysCmd) error {
@@ -284,7 +285,7 @@ func keysRetire(ctx context.Context, env *cmdEnv, k *keysCmd) error {
 		fmt.Fprintln(env.stdout, "WARNING: --force: values still under this key are now unreadable (crypto-shredded) once no backup of the old keyset file remains.")
 	}
 	fmt.Fprintln(env.stdout, "Send SIGHUP to running proxies; delete or expire keyset backups that still hold the key to complete the shredding.")
-	return nil
+	return recordAudit(ctx, env, k.cfg, audit.ActionKeyRetired, fmt.Sprintf("%s: retired key id %d (phiproxy keys retire, force=%v)", ref, id, k.force))
 }
 
 // listRow is one key of `keys list`; with --json it is printed as is.

@@ -10,6 +10,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/phiproxy/phiproxy/audit"
 	"github.com/phiproxy/phiproxy/config"
 	"github.com/phiproxy/phiproxy/crypto"
 )
@@ -125,6 +126,13 @@ func TestKeysLifecycle(t *testing.T) {
 	out = mustKeys(t, "rotate", "--column", "public.visits.patient_ssn", "--config", cfg)
 	if !strings.Contains(out, "key public.patients.ssn: new primary key id") {
 		t.Fatalf("rotate output:\n%s", out)
+	}
+	// The rotation is in the audit trail (no proxy holds it here).
+	if !strings.Contains(out, "audit: key_rotated recorded in") {
+		t.Fatalf("rotate output:\n%s", out)
+	}
+	if b, err := os.ReadFile(filepath.Join(dir, "audit", audit.FileName(1))); err != nil || !bytes.Contains(b, []byte(`"action":"key_rotated"`)) || !bytes.Contains(b, []byte(`"detail":"key public.patients.ssn: new primary key id`)) {
+		t.Fatalf("audit trail after rotate: %v\n%s", err, b)
 	}
 	rows := listKeys(t, cfg)
 	if got := strings.Join(statuses(rows, "public.patients.ssn"), ","); got != "enabled,primary" {

@@ -51,6 +51,7 @@ func (e runtimeError) Unwrap() error { return e.err }
 func commands() map[string]command {
 	return map[string]command{
 		"serve":   {"run the proxy (SIGHUP reloads, SIGTERM drains)", runServe},
+		"audit":   {"the audit trail: verify|search|export|tail", runAudit},
 		"demo":    {"throwaway PostgreSQL + phiproxy in front of it; prints connection strings", runDemo},
 		"keys":    {"manage keysets: init|create|rotate|list|retire|export-public", runKeys},
 		"overlay": {"catalog overlay for introspection: install|status", runOverlay},

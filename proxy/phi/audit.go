@@ -53,18 +53,29 @@ func (a *Auditor) Admit(*proxy.SessionInfo, *rewrite.Statement) error {
 	return nil
 }
 
+// Announce implements Announcer: the event of an execution that may
+// release rows is handed to the writer before the statement is sent, so
+// its fsync overlaps the server's work; Start then waits for it.
+func (a *Auditor) Announce(ex *Execution) {
+	ex.audit, ex.auditErr = a.trail.Record(ex.Session.Context(), a.event(ex), a.trail.Mode() == audit.ModeStrict)
+}
+
 // Start implements Observer.
 func (a *Auditor) Start(ex *Execution) error {
-	ev := a.event(ex)
 	ctx := ex.Session.Context()
 	strict := a.trail.Mode() == audit.ModeStrict
-	rec, err := a.trail.Record(ctx, ev, strict)
-	if err != nil {
-		return err
+	if ex.auditErr != nil {
+		return ex.auditErr
 	}
-	ex.audit = rec
+	if ex.audit == nil {
+		rec, err := a.trail.Record(ctx, a.event(ex), strict)
+		if err != nil {
+			return err
+		}
+		ex.audit = rec
+	}
 	if strict {
-		return rec.Wait(ctx)
+		return ex.audit.Wait(ctx)
 	}
 	return nil
 }
@@ -73,8 +84,20 @@ func (a *Auditor) Start(ex *Execution) error {
 func (a *Auditor) End(ex *Execution) {
 	rows := ex.Rows
 	if ex.audit != nil {
-		a.trail.Complete(ex.Session.Context(), ex.audit, rows, ex.SQLSTATE)
+		reason := ""
+		switch {
+		case ex.Skipped:
+			reason, rows = "not run: an earlier statement of its batch failed", 0
+		case ex.Withdrawn:
+			reason, rows = "withdrawn: it ran under another identity; the next event of the session stands for it", 0
+		case ex.Ended:
+			reason = "the session ended before the statement completed; outcome unknown"
+		}
+		a.trail.Complete(ex.Session.Context(), ex.audit, rows, ex.SQLSTATE, reason)
 		return
+	}
+	if ex.auditErr != nil && !ex.Refused && ex.SQLSTATE == "" {
+		ex.SQLSTATE = "58030"
 	}
 	ev := a.event(ex)
 	ev.Rows, ev.Error = &rows, ex.SQLSTATE
@@ -174,6 +197,14 @@ func (f fanout) Start(ex *Execution) error {
 func (f fanout) End(ex *Execution) {
 	for _, o := range f {
 		o.End(ex)
+	}
+}
+
+func (f fanout) Announce(ex *Execution) {
+	for _, o := range f {
+		if a, ok := o.(Announcer); ok {
+			a.Announce(ex)
+		}
 	}
 }
 

@@ -17,6 +17,7 @@ import (
 
 	"github.com/phiproxy/phiproxy/audit"
 	"github.com/phiproxy/phiproxy/config"
+	"github.com/phiproxy/phiproxy/crypto"
 )
 
 // auditCfg is the test config with a trail in a fresh directory.
@@ -348,4 +349,94 @@ func TestAuditConcurrentSessions(t *testing.T) {
 	st := p.phi.Auditor().Trail().Stats()
 	t.Logf("%d events in %d batches (largest %d), fsync mean %v max %v", st.Events, st.Batches, st.MaxBatch,
 		time.Duration(st.SyncNanos/max(st.Batches, 1)), time.Duration(st.MaxSyncNanos))
+}
+
+// A reload is recorded (config_loaded), and a key whose primary changed
+// since (a `phiproxy keys rotate`) as key_rotated.
+func TestAuditRecordsReloadAndRotation(t *testing.T) {
+	ctx := testCtx(t)
+	cfg, dir := auditCfg(t, config.AuditStrict)
+	// The keys in a copy: rotating them must not touch other tests'.
+	keys := filepath.Join(dir, "keys")
+	if err := os.MkdirAll(keys, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	ents, err := os.ReadDir(testCfg.Keys.Dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, e := range ents {
+		b, err := os.ReadFile(filepath.Join(testCfg.Keys.Dir, e.Name()))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(keys, e.Name()), b, 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	cfg.Keys.Dir = keys
+	p := startAudited(t, cfg, dir)
+	st, err := crypto.OpenStore(ctx, cfg.Keys, crypto.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	id, err := st.Rotate(crypto.ColumnKey("public.patients.ssn"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := p.phi.Reload(ctx, cfg); err != nil {
+		t.Fatal(err)
+	}
+	p.phi.Close()
+	var got []string
+	for _, e := range trailEvents(t, cfg.Audit.File.Dir) {
+		if e.Action == audit.ActionKeyRotated || e.Action == audit.ActionConfigLoaded {
+			got = append(got, e.Action+": "+e.Detail)
+		}
+	}
+	want := fmt.Sprintf("key_rotated: key public.patients.ssn: primary key id %d", id)
+	if len(got) != 2 || !strings.HasPrefix(got[0], want) || got[1] != "config_loaded: "+cfg.Path {
+		t.Fatalf("reload events: %q, want %q then config_loaded", got, want)
+	}
+}
+
+// An audit directory that cannot be made at start (its parent is a file):
+// the proxy starts, refuses PHI with 58030, serves the rest, and serves
+// PHI once the directory can be made — no restart.
+func TestAuditUnwritableDirectoryAtStart(t *testing.T) {
+	ctx := testCtx(t)
+	cfg, dir := auditCfg(t, config.AuditStrict)
+	blocker := filepath.Join(dir, "blocker")
+	if err := os.WriteFile(blocker, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cfg.Audit.File.Dir = filepath.Join(blocker, "audit")
+	p := startAudited(t, cfg, dir)
+	c := connect(t, ctx, p.dsn(), pgx.QueryExecModeCacheStatement)
+	var s string
+	if err := c.QueryRow(ctx, "SELECT ssn FROM patients WHERE id = $1", 1).Scan(&s); sqlstate(err) != "58030" {
+		t.Fatalf("PHI read with no audit directory: %v", err)
+	}
+	if err := c.QueryRow(ctx, "SELECT 'ok'").Scan(&s); err != nil {
+		t.Fatalf("non-PHI statement: %v", err)
+	}
+	if err := os.Remove(blocker); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		_, err := c.Exec(ctx, "INSERT INTO patients (id, ssn) VALUES ($1, $2)", 7, "777-77-7777")
+		if err == nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no recovery: %v", err)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	p.phi.Close()
+	evs := statementEvents(trailEvents(t, cfg.Audit.File.Dir))
+	if len(evs) == 0 || evs[len(evs)-1].Action != audit.ActionWrite || evs[len(evs)-1].Error != "" {
+		t.Fatalf("trail after recovery: %v", evs)
+	}
 }

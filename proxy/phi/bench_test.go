@@ -7,6 +7,8 @@ import (
 	"testing"
 
 	"github.com/jackc/pgx/v5"
+
+	"github.com/phiproxy/phiproxy/config"
 )
 
 // BenchmarkPointSelect compares a point select returning two PHI columns
@@ -43,11 +45,26 @@ func BenchmarkPointSelect(b *testing.B) {
 // this process, so allocs/op counts its allocations too: the difference
 // between the two tables is what the PHI layer costs in allocations.
 func BenchmarkWorkload(b *testing.B) {
+	benchWorkload(b, startProxy(b), "patients", "patients_plain")
+}
+
+// BenchmarkAuditWorkload is BenchmarkWorkload on the PHI table with the
+// audit trail in each mode (its CPU cost per transaction; the fsync
+// latency under concurrency is bench/run.sh -audit's business).
+func BenchmarkAuditWorkload(b *testing.B) {
+	for _, mode := range []string{config.AuditOff, config.AuditBestEffort, config.AuditStrict} {
+		b.Run("audit="+mode, func(b *testing.B) {
+			cfg, dir := auditCfg(b, mode)
+			benchWorkload(b, startAudited(b, cfg, dir), "patients")
+		})
+	}
+}
+
+func benchWorkload(b *testing.B, p *testProxy, tables ...string) {
 	const rows = 1000
 	ctx := context.Background()
-	p := startProxy(b)
 	seed := connect(b, ctx, p.dsn(), pgx.QueryExecModeCacheStatement)
-	for _, tbl := range []string{"patients", "patients_plain"} {
+	for _, tbl := range tables {
 		for id := 1; id <= rows; id++ {
 			if _, err := seed.Exec(ctx, "INSERT INTO "+tbl+" (id, ssn, diagnosis) VALUES ($1, $2::text, $3::text)",
 				id, strconv.Itoa(100000000+id), "dx"+strconv.Itoa(id)); err != nil {
@@ -58,7 +75,7 @@ func BenchmarkWorkload(b *testing.B) {
 	next := rows
 	for _, mode := range []pgx.QueryExecMode{pgx.QueryExecModeCacheStatement, pgx.QueryExecModeSimpleProtocol} {
 		conn := connect(b, ctx, p.dsn(), mode)
-		for _, tbl := range []string{"patients", "patients_plain"} {
+		for _, tbl := range tables {
 			b.Run(mode.String()+"/"+tbl, func(b *testing.B) {
 				rng := rand.New(rand.NewPCG(1, 2))
 				var ssn, diag string

@@ -54,9 +54,17 @@ func (s *session) ClientMessage(msg pgproto3.FrontendMessage, out *proxy.Out) er
 		if pt.ps != nil {
 			s.startCopyIn([]*rewrite.Statement{pt.ps.st}, false)
 		}
-		queued, err := s.push(&entry{kind: entryExecute, portal: pt}, out)
+		e := &entry{kind: entryExecute, portal: pt}
+		if !s.isSkipping() {
+			s.announceExecute(e)
+		}
+		queued, err := s.push(e, out)
 		if err != nil {
+			s.skipAnnounced(e, 0)
 			return err
+		}
+		if !queued {
+			s.skipAnnounced(e, 0)
 		}
 		if queued && pt.ps != nil && pt.ps.st != nil {
 			if err := s.batchEffects(pt.ps.st, out); err != nil {
@@ -155,7 +163,9 @@ func (s *session) query(m *pgproto3.Query, out *proxy.Out) error {
 		return s.refuseAt(e, plan.SQL, bad, err, out)
 	}
 	s.startCopyIn(q.stmts, false)
+	s.announceQuery(q)
 	if _, err := s.push(e, out); err != nil {
+		s.skipAnnounced(e, 0)
 		return err
 	}
 	return s.forwardQuery(text, out)

@@ -64,6 +64,116 @@ type Admitter interface {
 	Admit(session *proxy.SessionInfo, st *rewrite.Statement) error
 }
 
+// Announcer is an Observer that hears of an execution that may release
+// rows (a read, a COPY TO, a RETURNING) before its statement is sent to
+// the server (client goroutine), so that work Start must finish — a
+// durable audit write — runs while the server executes it. The same
+// Execution then gets Start and End; one whose statement never ran gets
+// End with Skipped, one announced under an identity a statement pipelined
+// before it changed gets End with Withdrawn (and a new Execution stands
+// for it). Announce is an optimisation: an execution not announced is
+// observed as before.
+type Announcer interface {
+	Announce(ex *Execution)
+}
+
+// announceable says st's execution is announced: it touches PHI and may
+// release rows.
+func announceable(st *rewrite.Statement) bool {
+	return st != nil && st.TouchesPHI && (st.Action == rewrite.ActionRead || st.Action == rewrite.ActionCopyOut || len(st.Results) > 0)
+}
+
+// identitySettled says no cycle that may change the session's identity
+// is in flight, so the identity published now is the one a statement
+// sent now runs under (client goroutine).
+func (s *session) identitySettled() bool {
+	if s.batch != nil {
+		return false
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.pending == 0
+}
+
+// announceQuery announces the executions of q's statements that may
+// release rows, up to the first statement that changes session state
+// (client goroutine, before the Query is queued).
+func (s *session) announceQuery(q *queryRun) {
+	if s.ann == nil || !s.identitySettled() {
+		return
+	}
+	for i, st := range q.stmts {
+		if st.Effects&rewrite.EffectEndUser != 0 || effectful(st) {
+			return
+		}
+		if !announceable(st) {
+			continue
+		}
+		if q.announced == nil {
+			q.announced = make([]*Execution, len(q.stmts))
+		}
+		ex := s.newExecution(st, q.tags, false)
+		s.ann.Announce(ex)
+		q.announced[i] = ex
+	}
+}
+
+// announceExecute announces an Execute's execution (client goroutine,
+// before it is queued).
+func (s *session) announceExecute(e *entry) {
+	ps := e.portal.ps
+	if s.ann == nil || ps == nil || !announceable(ps.st) || !s.identitySettled() {
+		return
+	}
+	e.announced = s.newExecution(ps.st, ps.tags, true)
+	s.ann.Announce(e.announced)
+}
+
+// takeAnnounced returns the announced execution of e's statement, if
+// any, removing it from e (server goroutine).
+func takeAnnounced(e *entry) *Execution {
+	switch e.kind {
+	case entryQuery:
+		if q := e.q; q.idx < len(q.announced) {
+			ex := q.announced[q.idx]
+			q.announced[q.idx] = nil
+			return ex
+		}
+	case entryExecute:
+		ex := e.announced
+		e.announced = nil
+		return ex
+	}
+	return nil
+}
+
+// skipAnnounced ends, as Skipped, the announced executions of e that
+// will not run: a Query's statements from index from on, an Execute's
+// own (server goroutine, or the client goroutine for an entry never
+// queued).
+func (s *session) skipAnnounced(e *entry, from int) {
+	if s.obs == nil {
+		return
+	}
+	var list []*Execution
+	switch e.kind {
+	case entryQuery:
+		if from < len(e.q.announced) {
+			list = e.q.announced[from:]
+		}
+	case entryExecute:
+		list = []*Execution{e.announced}
+		e.announced = nil
+	}
+	for i, ex := range list {
+		if ex != nil {
+			ex.Skipped = true
+			s.obs.End(ex)
+			list[i] = nil
+		}
+	}
+}
+
 // admit asks the Admitter, if any, about a PHI statement.
 func (s *session) admit(st *rewrite.Statement) error {
 	if s.adm == nil || st == nil || !st.TouchesPHI {
@@ -120,8 +230,15 @@ type Execution struct {
 
 	started  bool
 	released int64
-	// audit is the Auditor's record of it, once Started.
-	audit *audit.Record
+	// Skipped: announced, but never run (an earlier statement of its
+	// Query or pipeline failed). Withdrawn: announced under an identity
+	// that was not the one it ran under; another execution stands for it.
+	Skipped, Withdrawn bool
+
+	// audit is the Auditor's record of it, once Announced or Started;
+	// auditErr why Announce could not record it.
+	audit    *audit.Record
+	auditErr error
 }
 
 // stmtOf is the statement the answers to e are for, with its end user
@@ -163,7 +280,16 @@ func (s *session) execution(e *entry) *Execution {
 	if st == nil || !st.TouchesPHI {
 		return nil
 	}
-	s.ex = s.newExecution(st, tag, ext)
+	ex := s.newExecution(st, tag, ext)
+	if ann := takeAnnounced(e); ann != nil {
+		if ann.Identity == ex.Identity {
+			ex = ann
+		} else {
+			ann.Withdrawn = true
+			s.obs.End(ann)
+		}
+	}
+	s.ex = ex
 	return s.ex
 }
 

@@ -198,7 +198,7 @@ func TestObserverSeesTheStatementLifecycle(t *testing.T) {
 		rec.expect(t, "refusals",
 			"end SELECT read public.restricted public.restricted.secret role=app end_user= rows=0 error=42501 refused",
 			"end SELECT read public.restricted public.restricted.secret role=app end_user= extended rows=0 error=42501 refused",
-			"end (unplanned) role=app end_user= rows=0 error=0A000 refused")
+			"end  read public.patients  role=app end_user= rows=0 error=0A000 refused")
 	})
 	t.Run("a server error", func(t *testing.T) {
 		_, err := simple.Exec(ctx, "SELECT ssn, 1/(id-id) FROM patients")

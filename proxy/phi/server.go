@@ -311,6 +311,7 @@ func (s *session) errorResponse(e *entry, m *pgproto3.ErrorResponse, out *proxy.
 	case entryQuery:
 		q := e.q
 		q.failed = true
+		s.skipAnnounced(e, q.idx+1)
 		if q.poison != nil && q.idx == q.poisonAt && m.Code == q.poison.Code.String() && m.Message == poisonMessage {
 			fwd = proxy.ErrorResponse(q.poison)
 			s.observeRefusal(q.refused, q.tags, false, q.poison.Code.String())
@@ -326,18 +327,33 @@ func (s *session) errorResponse(e *entry, m *pgproto3.ErrorResponse, out *proxy.
 		s.observeEntryRefusal(e)
 	} else if e.kind == entryExecute {
 		s.observeEnd(e, Execution{Rows: -1, SQLSTATE: clientCode(m, fwd)})
-	} else if e.kind == entryBind {
-		s.observeBindError(e, clientCode(m, fwd))
 	}
-	s.skipToSync()
+	skipped := s.skipToSync()
+	if e.kind == entryBind && (e.poison == nil || m.Code != e.poisonCode) {
+		// The Bind's Execute, if announced, is the failed execution.
+		if len(skipped) > 0 && skipped[0].kind == entryExecute && skipped[0].portal.ps == e.portal.ps {
+			ex := takeAnnounced(&skipped[0])
+			ex.SQLSTATE = clientCode(m, fwd)
+			s.obs.End(ex)
+		} else {
+			s.observeBindError(e, clientCode(m, fwd))
+		}
+	}
+	for i := range skipped {
+		s.skipAnnounced(&skipped[i], 0)
+	}
 	return forwardError(fwd, out)
 }
 
-// skipToSync drops the expected responses up to the next Sync: after an
+// skipToSync drops the expected responses up to the next Sync and returns
+// the dropped entries that hold an announced execution: after an
 // error the server skips everything until Sync (server goroutine).
-func (s *session) skipToSync() {
+func (s *session) skipToSync() (announced []entry) {
 	s.mu.Lock()
 	for s.fifo.n > 0 && s.fifo.front().kind != entrySync {
+		if f := s.fifo.front(); f.announced != nil {
+			announced = append(announced, *f)
+		}
 		s.fifo.pop()
 	}
 	if s.fifo.n == 0 {
@@ -345,6 +361,7 @@ func (s *session) skipToSync() {
 	}
 	s.mu.Unlock()
 	s.haveHead = false
+	return announced
 }
 
 // track is the bookkeeping of the server's answers that confirm what the
@@ -422,7 +439,9 @@ func (s *session) track(e *entry, msg pgproto3.BackendMessage) {
 		}
 		s.serverError(e)
 		if e.kind != entryQuery && e.kind != entrySync && e.kind != entryFunction {
-			s.skipToSync()
+			for _, f := range s.skipToSync() {
+				s.skipAnnounced(&f, 0)
+			}
 		}
 	}
 }

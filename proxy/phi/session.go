@@ -150,6 +150,9 @@ type entry struct {
 	// refused is the statement the poison stands in for (Parse, Bind),
 	// for the Observer.
 	refused *refusedStmt
+	// announced is the Execute's execution, announced to the Announcer
+	// before it was sent (nil if not).
+	announced *Execution
 }
 
 // refusedStmt is a statement phiproxy refused in the extended protocol:
@@ -216,6 +219,9 @@ func (f *fifo) pop() byte {
 type queryRun struct {
 	stmts []*rewrite.Statement
 	idx   int
+	// announced are the executions of stmts announced before the Query
+	// was sent (nil when none was); taken by the server goroutine.
+	announced []*Execution
 	// poisonAt is the index of the statement replaced by a poison DO
 	// block (-1 if none) and poison our error for it.
 	poisonAt int
@@ -363,7 +369,8 @@ type session struct {
 	// progress and exDone says it already ended (a failure here) while
 	// the server's answers to it still arrive (observe.go).
 	obs    Observer
-	adm    Admitter // obs, when it admits statements too
+	adm    Admitter  // obs, when it admits statements too
+	ann    Announcer // obs, when it hears of executions before they are sent
 	ex     *Execution
 	exDone bool
 
@@ -378,6 +385,7 @@ func newSession(p *Proxy, info *proxy.SessionInfo) *session {
 		stmts: map[string]*prepared{}, confirmed: map[string]*prepared{}, opCycle: map[string]uint64{},
 		portals: map[string]portal{}, wake: make(chan struct{}, 1), ended: info.Context().Done(), obs: p.obs}
 	s.adm, _ = p.obs.(Admitter)
+	s.ann, _ = p.obs.(Announcer)
 	s.published = s.m.identity()
 	info.SetIdentity(s.published)
 	s.m.database = info.Database

@@ -1,0 +1,188 @@
+package audit
+
+import (
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"sort"
+	"strconv"
+	"unicode/utf8"
+)
+
+// appendCanonical appends e's canonical bytes: the JSON object of its
+// fields in contract order, without hash. It writes what encoding/json
+// would (SetEscapeHTML(false)) — the reader decodes it with encoding/json —
+// without reflection, since it runs once per event on the writer.
+func (e *Event) appendCanonical(b []byte) []byte {
+	b = append(b, `{"v":`...)
+	v := e.V
+	if v == 0 {
+		v = Version
+	}
+	b = strconv.AppendInt(b, int64(v), 10)
+	b = append(b, `,"seq":`...)
+	b = strconv.AppendUint(b, e.Seq, 10)
+	b = appendField(b, "ts", e.TS)
+	b = appendField(b, "instance", e.Instance)
+	b = appendField(b, "session", e.Session)
+	b = appendField(b, "db_user", e.DBUser)
+	b = appendList(b, "roles", e.Roles)
+	b = appendField(b, "end_user", e.EndUser)
+	b = appendField(b, "application", e.Application)
+	b = appendField(b, "client", e.Client)
+	b = appendField(b, "database", e.Database)
+	b = append(b, `,"tls":`...)
+	b = strconv.AppendBool(b, e.TLS)
+	b = appendField(b, "action", e.Action)
+	b = appendList(b, "relations", e.Relations)
+	b = appendList(b, "columns", e.Columns)
+	b = appendField(b, "decision", e.Decision)
+	b = appendField(b, "reason", e.Reason)
+	b = appendField(b, "fingerprint", e.Fingerprint)
+	b = appendField(b, "query", e.Query)
+	b = append(b, `,"rows":`...)
+	if e.Rows == nil {
+		b = append(b, "null"...)
+	} else {
+		b = strconv.AppendInt(b, *e.Rows, 10)
+	}
+	b = appendField(b, "error", e.Error)
+	if e.Role != "" {
+		b = appendField(b, "role", e.Role)
+	}
+	if len(e.Context) > 0 {
+		b = append(b, `,"context":{`...)
+		keys := make([]string, 0, len(e.Context))
+		for k := range e.Context {
+			keys = append(keys, k)
+		}
+		sort.Strings(keys)
+		for i, k := range keys {
+			if i > 0 {
+				b = append(b, ',')
+			}
+			b = appendString(b, k)
+			b = append(b, ':')
+			b = appendString(b, e.Context[k])
+		}
+		b = append(b, '}')
+	}
+	if e.Protocol != "" {
+		b = appendField(b, "protocol", e.Protocol)
+	}
+	if e.Ref != 0 {
+		b = append(b, `,"ref":`...)
+		b = strconv.AppendUint(b, e.Ref, 10)
+	}
+	if e.Clean != nil {
+		b = append(b, `,"clean":`...)
+		b = strconv.AppendBool(b, *e.Clean)
+	}
+	if e.Detail != "" {
+		b = appendField(b, "detail", e.Detail)
+	}
+	if e.Signature != "" {
+		b = appendField(b, "signature", e.Signature)
+	}
+	if e.KeyID != 0 {
+		b = append(b, `,"key_id":`...)
+		b = strconv.AppendUint(b, uint64(e.KeyID), 10)
+	}
+	b = appendField(b, "prev", e.Prev)
+	return append(b, '}')
+}
+
+func appendField(b []byte, name, val string) []byte {
+	b = append(b, ',', '"')
+	b = append(b, name...)
+	b = append(b, '"', ':')
+	return appendString(b, val)
+}
+
+func appendList(b []byte, name string, vals []string) []byte {
+	b = append(b, ',', '"')
+	b = append(b, name...)
+	b = append(b, `":[`...)
+	for i, v := range vals {
+		if i > 0 {
+			b = append(b, ',')
+		}
+		b = appendString(b, v)
+	}
+	return append(b, ']')
+}
+
+const hexDigits = "0123456789abcdef"
+
+// appendString appends s as a JSON string, escaped as encoding/json does
+// with SetEscapeHTML(false): control characters, quote, backslash,
+// invalid UTF-8 (as U+FFFD) and U+2028/U+2029.
+func appendString(b []byte, s string) []byte {
+	b = append(b, '"')
+	start := 0
+	for i := 0; i < len(s); {
+		c := s[i]
+		if c < utf8.RuneSelf {
+			if c >= 0x20 && c != '"' && c != '\\' {
+				i++
+				continue
+			}
+			b = append(b, s[start:i]...)
+			switch c {
+			case '"', '\\':
+				b = append(b, '\\', c)
+			case '\n':
+				b = append(b, '\\', 'n')
+			case '\r':
+				b = append(b, '\\', 'r')
+			case '\t':
+				b = append(b, '\\', 't')
+			case '\b':
+				b = append(b, '\\', 'b')
+			case '\f':
+				b = append(b, '\\', 'f')
+			default:
+				b = append(b, '\\', 'u', '0', '0', hexDigits[c>>4], hexDigits[c&0xf])
+			}
+			i++
+			start = i
+			continue
+		}
+		r, size := utf8.DecodeRuneInString(s[i:])
+		if r == utf8.RuneError && size == 1 {
+			b = append(b, s[start:i]...)
+			b = append(b, `\ufffd`...)
+			i += size
+			start = i
+			continue
+		}
+		if r == '\u2028' || r == '\u2029' {
+			b = append(b, s[start:i]...)
+			b = append(b, '\\', 'u', '2', '0', '2', hexDigits[r&0xf])
+			i += size
+			start = i
+			continue
+		}
+		i += size
+	}
+	b = append(b, s[start:]...)
+	return append(b, '"')
+}
+
+// appendLine appends the event's line: canonical bytes with the hash
+// member, and sets e.Hash.
+func (e *Event) appendLine(dst []byte) ([]byte, error) {
+	if len(e.Prev) != 64 {
+		return dst, errors.New("audit: event without prev")
+	}
+	start := len(dst)
+	dst = e.appendCanonical(dst)
+	sum := sha256.Sum256(dst[start:])
+	var h [64]byte
+	hex.Encode(h[:], sum[:])
+	e.Hash = string(h[:])
+	dst = dst[:len(dst)-1]
+	dst = append(dst, `,"hash":"`...)
+	dst = append(dst, h[:]...)
+	return append(dst, `"}`...), nil
+}
