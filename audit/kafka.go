@@ -39,6 +39,7 @@ import (
 type Exporter struct {
 	cfg       *config.AuditKafka
 	instance  string
+	spoolDir  string
 	statePath string
 	durable   func() uint64
 	notify    <-chan struct{}
@@ -88,9 +89,11 @@ const StateFileName = "audit-kafka.json"
 // NewExporter prepares the export of the trail in spoolDir (audit.file.dir)
 // of instance, with its state in stateDir. durable returns the last seq
 // the writer made durable (Trail.Durable) and notify is signalled after
-// each durable batch (Trail.Notify; nil polls every second). The trail
-// must be open already: the state is checked against it. It connects
-// lazily; Run exports.
+// each durable batch (Trail.Notify; nil polls every second). Open the
+// trail first: the state is checked against it (here when the trail has
+// made events durable, else by Run once it has), and a trail that is not
+// the one the state was written for is refused. It connects lazily; Run
+// exports.
 func NewExporter(cfg *config.AuditKafka, spoolDir, stateDir, instance string, durable func() uint64, notify <-chan struct{}, log *slog.Logger) (*Exporter, error) {
 	return newExporter(cfg, spoolDir, stateDir, instance, durable, notify, log)
 }
@@ -121,28 +124,43 @@ func newExporter(cfg *config.AuditKafka, spoolDir, stateDir, instance string, du
 		log.Warn("audit export: the topic changed since the last run; the export continues after the last exported seq, on the new topic",
 			"state", e.statePath, "was", st.Topic, "topic", cfg.Topic, "exported_seq", st.Seq)
 	}
-	if d := durable(); st.Seq > d {
-		return nil, fmt.Errorf("audit export: %s says seq %d was exported, but the trail in %s ends at seq %d: it is not the trail that was exported; move %s away to export this trail from its start",
-			e.statePath, st.Seq, spoolDir, d, e.statePath)
-	}
-	sp, err := openSpool(spoolDir, st.Seq, st.Hash, log)
-	if err != nil {
-		return nil, fmt.Errorf("%w; move %s away to export this trail from its start", err, e.statePath)
-	}
 	opts, err := kafkaOptions(cfg, log)
 	if err != nil {
-		sp.close()
 		return nil, err
+	}
+	e.spoolDir = spoolDir
+	e.acked.Store(st.Seq)
+	e.ackedHash, e.stateSeq = st.Hash, st.Seq
+	// A trail that could not attach its directory yet has made nothing
+	// durable: the spool is opened once it has (by Run).
+	if durable() > 0 {
+		if err := e.openSpool(); err != nil {
+			return nil, err
+		}
 	}
 	cl, err := kgo.NewClient(append(opts, extra...)...)
 	if err != nil {
-		sp.close()
+		e.spool.close()
 		return nil, fmt.Errorf("audit export: Kafka client: %v", err)
 	}
-	e.spool, e.client = sp, cl
-	e.acked.Store(st.Seq)
-	e.ackedHash, e.stateSeq = st.Hash, st.Seq
+	e.client = cl
 	return e, nil
+}
+
+// openSpool positions the spool after the last exported event, checking
+// that the trail is the one the state file was written for.
+func (e *Exporter) openSpool() error {
+	seq := e.acked.Load()
+	if d := e.durable(); seq > d {
+		return fmt.Errorf("audit export: %s says seq %d was exported, but the trail in %s ends at seq %d: it is not the trail that was exported; move %s away to export this trail from its start",
+			e.statePath, seq, e.spoolDir, d, e.statePath)
+	}
+	sp, err := openSpool(e.spoolDir, seq, e.ackedHash, e.log)
+	if err != nil {
+		return fmt.Errorf("%w; move %s away to export this trail from its start", err, e.statePath)
+	}
+	e.spool = sp
+	return nil
 }
 
 // Backlog is how many durable events are not exported yet.
@@ -355,6 +373,14 @@ func (e *Exporter) saveState() {
 // fill reads the next batch of durable lines from the spool.
 func (e *Exporter) fill() error {
 	limit := e.durable()
+	if e.spool == nil {
+		if limit == 0 {
+			return nil
+		}
+		if err := e.openSpool(); err != nil {
+			return err
+		}
+	}
 	size := 0
 	for len(e.pending) < exportBatchRecords && size < exportBatchBytes {
 		line, seq, err := e.spool.Next(limit)

@@ -610,3 +610,56 @@ func TestExportStopsWithinItsGraceWhenBrokersAreAway(t *testing.T) {
 		t.Errorf("exported %d, backlog %d with no broker", e.Exported(), e.Backlog())
 	}
 }
+
+// TestExportWaitsForATrailThatStartsFailed: a trail whose directory
+// cannot be used at start makes nothing durable until it attaches; the
+// exporter starts anyway and checks its state once the trail has.
+func TestExportWaitsForATrailThatStartsFailed(t *testing.T) {
+	c := newCluster(t)
+	cfg := kafkaConfig(c, 10)
+	w := newSpoolWriter(t, filepath.Join(t.TempDir(), "audit"), "px-1")
+	state := t.TempDir()
+	log, logs := testLogger(t)
+	w.write(50)
+	e, err := NewExporter(cfg, w.dir, state, "px-1", w.Durable, w.notify, log)
+	if err != nil {
+		t.Fatal(err)
+	}
+	stop := runExporter(t, e)
+	waitFor(t, "50 events exported", 30*time.Second, func() bool { return e.Exported() == 50 })
+	stop()
+
+	t.Run("the same trail, once attached", func(t *testing.T) {
+		var durable atomic.Uint64 // 0: not attached
+		e, err := NewExporter(cfg, w.dir, state, "px-1", durable.Load, nil, log)
+		if err != nil {
+			t.Fatalf("NewExporter before the trail attached: %v", err)
+		}
+		stop := runExporter(t, e)
+		w.write(20)
+		durable.Store(w.Durable())
+		waitFor(t, "70 events exported", 30*time.Second, func() bool { return e.Exported() == 70 })
+		stop()
+		if dups := checkExported(t, consume(t, c.ListenAddrs(), 70), w.Lines(), "px-1"); dups != 0 {
+			t.Errorf("%d events sent twice", dups)
+		}
+	})
+	t.Run("another trail, once attached, is not exported", func(t *testing.T) {
+		other := newSpoolWriter(t, filepath.Join(t.TempDir(), "audit"), "px-1")
+		var durable atomic.Uint64
+		e, err := NewExporter(cfg, other.dir, state, "px-1", durable.Load, nil, log)
+		if err != nil {
+			t.Fatalf("NewExporter before the trail attached: %v", err)
+		}
+		runExporter(t, e)
+		other.write(100)
+		durable.Store(other.Durable())
+		waitFor(t, "the export to fail", 30*time.Second, func() bool { return e.Stats().Failures > 0 })
+		if pgerr.CodeOf(e.Admit()) != pgerr.IOError {
+			t.Errorf("Admit with another trail's %d events not exported: %v", e.Backlog(), e.Admit())
+		}
+		if !strings.Contains(logs.String(), "not the one that was exported") {
+			t.Errorf("the log does not say why:\n%s", logs.String())
+		}
+	})
+}

@@ -38,8 +38,13 @@ type spool struct {
 // openSpool positions a spool on the line after seq after. When after > 0
 // and hash is not empty, the line at seq after must have that hash: a
 // different one means the trail is not the one the state was written for.
-func openSpool(dir string, after uint64, hash string, log *slog.Logger) (*spool, error) {
+func openSpool(dir string, after uint64, hash string, log *slog.Logger) (_ *spool, err error) {
 	s := &spool{dir: dir, log: log, next: after + 1}
+	defer func() {
+		if err != nil {
+			s.close()
+		}
+	}()
 	segs, err := Segments(dir)
 	if err != nil {
 		if errors.Is(err, os.ErrNotExist) {
@@ -111,7 +116,7 @@ func (s *spool) open(sg Segment) error {
 }
 
 func (s *spool) close() {
-	if s.f != nil {
+	if s != nil && s.f != nil {
 		s.f.Close()
 		s.f = nil
 	}
