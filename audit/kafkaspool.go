@@ -29,10 +29,6 @@ type spool struct {
 	off  int64  // offset in f after the last complete line read
 	next uint64 // seq the next line should carry
 	buf  []byte
-	// held is a line read but not yet returned (its seq was beyond the
-	// limit of the call that read it).
-	held    []byte
-	heldSeq uint64
 }
 
 // openSpool positions a spool on the line after seq after. When after > 0
@@ -89,8 +85,10 @@ func openSpool(dir string, after uint64, hash string, log *slog.Logger) (_ *spoo
 		if seq < after {
 			continue
 		}
-		if seq > after {
-			s.hold(line, seq)
+		if seq > after { // a gap: Next reports it
+			if err := s.unread(line); err != nil {
+				return nil, err
+			}
 			return s, nil
 		}
 		if hash != "" && lineHash(line) != hash {
@@ -122,9 +120,16 @@ func (s *spool) close() {
 	}
 }
 
-func (s *spool) hold(line []byte, seq uint64) {
-	s.held = append(s.held[:0], line...)
-	s.heldSeq = seq
+// unread puts the line readLine just returned back, to be read again
+// later: its seq is beyond what the writer has made durable, and until it
+// has, the bytes may still change (a write the writer cuts back).
+func (s *spool) unread(line []byte) error {
+	s.off -= int64(len(line) + 1)
+	if _, err := s.f.Seek(s.off, io.SeekStart); err != nil {
+		return fmt.Errorf("audit export: %w", err)
+	}
+	s.br.Reset(s.f)
+	return nil
 }
 
 // readLine returns the next complete line of the current file (without
@@ -165,15 +170,6 @@ func (s *spool) readLine() ([]byte, error) {
 // Next returns the next line whose seq is at most limit and that seq, or
 // nil when there is none yet. The line is valid until the next call.
 func (s *spool) Next(limit uint64) ([]byte, uint64, error) {
-	if s.held != nil {
-		if s.heldSeq > limit {
-			return nil, 0, nil
-		}
-		line, seq := s.held, s.heldSeq
-		s.held = nil
-		s.next = seq + 1
-		return line, seq, nil
-	}
 	rotated := false
 	for s.next <= limit {
 		line, err := s.readLine()
@@ -217,10 +213,10 @@ func (s *spool) Next(limit uint64) ([]byte, uint64, error) {
 			continue
 		case seq > s.next:
 			s.log.Error("audit export: the trail has a gap", "file", s.seg.Path, "seq", seq, "expected", s.next)
+			s.next = seq
 		}
 		if seq > limit {
-			s.hold(line, seq)
-			return nil, 0, nil
+			return nil, 0, s.unread(line)
 		}
 		s.next = seq + 1
 		return line, seq, nil

@@ -1,0 +1,105 @@
+package audit
+
+import (
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+// next reads the spool up to limit and returns the seqs it gave.
+func next(t *testing.T, s *spool, limit uint64) []uint64 {
+	t.Helper()
+	var got []uint64
+	for {
+		line, seq, err := s.Next(limit)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if line == nil {
+			return got
+		}
+		if ls, err := lineSeq(line); err != nil || ls != seq {
+			t.Fatalf("Next returned seq %d with a line of seq %d (%v)", seq, ls, err)
+		}
+		got = append(got, seq)
+	}
+}
+
+func seqs(from, to uint64) []uint64 {
+	var out []uint64
+	for i := from; i <= to; i++ {
+		out = append(out, i)
+	}
+	return out
+}
+
+func sameSeqs(a, b []uint64) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for i := range a {
+		if a[i] != b[i] {
+			return false
+		}
+	}
+	return true
+}
+
+func TestSpoolFollowsTheWriter(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "audit")
+	log, logs := testLogger(t)
+	// Opened before the writer made its directory.
+	s, err := openSpool(dir, 0, "", log)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.close()
+	w := newSpoolWriter(t, dir, "px-1")
+	step := func(name string, limit uint64, want []uint64) {
+		t.Helper()
+		if got := next(t, s, limit); !sameSeqs(got, want) {
+			t.Fatalf("%s: Next up to %d gave %v, want %v", name, limit, got, want)
+		}
+	}
+	w.append(5)
+	step("only what is durable", 3, seqs(1, 3))
+	step("the rest once durable", 5, seqs(4, 5))
+	step("nothing new", 5, nil)
+	w.rotate()
+	w.append(3)
+	w.rotate()
+	w.append(2)
+	step("across two rotations", 10, seqs(6, 10))
+
+	line := w.line()
+	if _, err := w.file().Write(line[:10]); err != nil {
+		t.Fatal(err)
+	}
+	step("a line being written", 11, nil)
+	if _, err := w.file().Write(append(line[10:], '\n')); err != nil {
+		t.Fatal(err)
+	}
+	step("the line once complete", 11, []uint64{11})
+
+	w.seq++ // 12 is missing
+	w.append(2)
+	step("a gap, beyond what is durable", 12, nil)
+	step("after the gap", 14, seqs(13, 14))
+	if !strings.Contains(logs.String(), "the trail has a gap") {
+		t.Errorf("the gap is not logged:\n%s", logs.String())
+	}
+
+	// Reopened after seq 7, the spool continues at 8 and checks 7's hash.
+	lines := w.Lines()
+	s2, err := openSpool(dir, 7, lineHash(lines[6]), log)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s2.close()
+	if got := next(t, s2, 11); !sameSeqs(got, seqs(8, 11)) {
+		t.Fatalf("reopened after 7: %v", got)
+	}
+	if _, err := openSpool(dir, 7, lineHash(lines[5]), log); err == nil || !strings.Contains(err.Error(), "has another hash") {
+		t.Fatalf("reopened after 7 with 6's hash: %v", err)
+	}
+}
