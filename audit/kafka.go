@@ -381,6 +381,9 @@ func (e *Exporter) fill() error {
 			return err
 		}
 	}
+	if err := e.spool.rewind(); err != nil {
+		return err
+	}
 	size := 0
 	for len(e.pending) < exportBatchRecords && size < exportBatchBytes {
 		line, seq, err := e.spool.Next(limit)

@@ -120,16 +120,26 @@ func (s *spool) close() {
 	}
 }
 
-// unread puts the line readLine just returned back, to be read again
-// later: its seq is beyond what the writer has made durable, and until it
-// has, the bytes may still change (a write the writer cuts back).
-func (s *spool) unread(line []byte) error {
-	s.off -= int64(len(line) + 1)
+// rewind drops what the reader buffered beyond the last line returned:
+// bytes past what the writer had made durable may since have been cut
+// back and written again. Call it before each sweep of Next.
+func (s *spool) rewind() error {
+	if s.f == nil {
+		return nil
+	}
 	if _, err := s.f.Seek(s.off, io.SeekStart); err != nil {
 		return fmt.Errorf("audit export: %w", err)
 	}
 	s.br.Reset(s.f)
 	return nil
+}
+
+// unread puts the line readLine just returned back, to be read again
+// later: its seq is beyond what the writer has made durable, and until it
+// has, the bytes may still change (a write the writer cuts back).
+func (s *spool) unread(line []byte) error {
+	s.off -= int64(len(line) + 1)
+	return s.rewind()
 }
 
 // readLine returns the next complete line of the current file (without
@@ -155,10 +165,7 @@ func (s *spool) readLine() ([]byte, error) {
 		case io.EOF:
 			if len(s.buf) > 0 {
 				// Read it again once it is complete.
-				if _, err := s.f.Seek(s.off, io.SeekStart); err != nil {
-					return nil, fmt.Errorf("audit export: %w", err)
-				}
-				s.br.Reset(s.f)
+				return nil, s.rewind()
 			}
 			return nil, nil
 		default:
@@ -169,6 +176,8 @@ func (s *spool) readLine() ([]byte, error) {
 
 // Next returns the next line whose seq is at most limit and that seq, or
 // nil when there is none yet. The line is valid until the next call.
+// Only lines up to limit are consumed; call rewind before a sweep with a
+// new limit.
 func (s *spool) Next(limit uint64) ([]byte, uint64, error) {
 	rotated := false
 	for s.next <= limit {

@@ -1,27 +1,41 @@
 package audit
 
 import (
+	"bytes"
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 )
 
-// next reads the spool up to limit and returns the seqs it gave.
+// next reads the spool up to limit (one sweep, as the exporter's fill)
+// and returns the seqs it gave.
 func next(t *testing.T, s *spool, limit uint64) []uint64 {
 	t.Helper()
+	got, _ := nextLines(t, s, limit)
+	return got
+}
+
+func nextLines(t *testing.T, s *spool, limit uint64) ([]uint64, [][]byte) {
+	t.Helper()
+	if err := s.rewind(); err != nil {
+		t.Fatal(err)
+	}
 	var got []uint64
+	var lines [][]byte
 	for {
 		line, seq, err := s.Next(limit)
 		if err != nil {
 			t.Fatal(err)
 		}
 		if line == nil {
-			return got
+			return got, lines
 		}
 		if ls, err := lineSeq(line); err != nil || ls != seq {
 			t.Fatalf("Next returned seq %d with a line of seq %d (%v)", seq, ls, err)
 		}
 		got = append(got, seq)
+		lines = append(lines, append([]byte(nil), line...))
 	}
 }
 
@@ -76,21 +90,44 @@ func TestSpoolFollowsTheWriter(t *testing.T) {
 		t.Fatal(err)
 	}
 	step("a line being written", 11, nil)
+	// Line 11 is completed, and 12 and 13 are written but not durable:
+	// reading 11 buffers them. The writer's fsync fails, it cuts them
+	// back and writes them again (here with other bytes).
 	if _, err := w.file().Write(append(line[10:], '\n')); err != nil {
 		t.Fatal(err)
 	}
-	step("the line once complete", 11, []uint64{11})
-
-	w.seq++ // 12 is missing
+	w.lines = append(w.lines, line)
 	w.append(2)
-	step("a gap, beyond what is durable", 12, nil)
-	step("after the gap", 14, seqs(13, 14))
+	step("the line once complete", 11, []uint64{11})
+	fi, err := w.file().Stat()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := w.file().Truncate(fi.Size() - int64(len(w.lines[11])+len(w.lines[12])+2)); err != nil {
+		t.Fatal(err)
+	}
+	old := w.lines[11]
+	w.seq, w.prev, w.lines = 11, lineHash(w.lines[10]), w.lines[:11]
+	time.Sleep(10 * time.Microsecond) // another ts
+	w.append(2)
+	if bytes.Equal(old, w.lines[11]) {
+		t.Fatal("the rewritten line 12 is the same as the one cut back")
+	}
+	got, lines := nextLines(t, s, 13)
+	if !sameSeqs(got, seqs(12, 13)) || !bytes.Equal(lines[0], w.lines[11]) || !bytes.Equal(lines[1], w.lines[12]) {
+		t.Fatalf("after the cut back: %v\n%s\nwant\n%s", got, bytes.Join(lines, []byte("\n")), bytes.Join(w.lines[11:], []byte("\n")))
+	}
+
+	w.seq++ // 14 is missing
+	w.append(2)
+	step("a gap, beyond what is durable", 14, nil)
+	step("after the gap", 16, seqs(15, 16))
 	if !strings.Contains(logs.String(), "the trail has a gap") {
 		t.Errorf("the gap is not logged:\n%s", logs.String())
 	}
 
 	// Reopened after seq 7, the spool continues at 8 and checks 7's hash.
-	lines := w.Lines()
+	lines = w.Lines()
 	s2, err := openSpool(dir, 7, lineHash(lines[6]), log)
 	if err != nil {
 		t.Fatal(err)
