@@ -85,18 +85,9 @@ func exitCode(env *cmdEnv, err error) int {
 }
 
 func run(ctx context.Context, env *cmdEnv, args []string) error {
-	cmds := commands()
-	if len(args) == 0 || args[0] == "-h" || args[0] == "--help" || args[0] == "help" {
-		printUsage(env.stdout, cmds)
-		if len(args) == 0 {
-			return usagef("missing subcommand")
-		}
-		return nil
-	}
-	c, ok := cmds[args[0]]
-	if !ok {
-		printUsage(env.stderr, cmds)
-		return usagef("unknown subcommand %q", args[0])
+	c, err := pick(env, args, commands(), printUsage, "", "subcommand")
+	if err != nil || c == nil {
+		return err
 	}
 	return c.run(ctx, env, args[1:])
 }
