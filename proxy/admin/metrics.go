@@ -245,3 +245,26 @@ func (m *Metrics) WatchAudit(stats func() audit.Stats, up func() bool) {
 		return 0
 	}))
 }
+
+// WatchKafka adds the Kafka export's series, read at each scrape: the
+// backlog (durable events not acknowledged by the brokers), the last seq
+// acknowledged, records sent, failed batches, and whether a batch has
+// waited for the brokers longer than 10 s.
+func (m *Metrics) WatchKafka(stats func() audit.ExportStats) {
+	gauge := func(name, help string, f func(audit.ExportStats) float64) {
+		m.reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: name, Help: help}, func() float64 { return f(stats()) }))
+	}
+	counter := func(name, help string, f func(audit.ExportStats) float64) {
+		m.reg.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{Name: name, Help: help}, func() float64 { return f(stats()) }))
+	}
+	gauge("phiproxy_audit_kafka_backlog_events", "Durable audit events not yet acknowledged by Kafka (past audit.kafka.max_backlog PHI is refused).", func(s audit.ExportStats) float64 { return float64(s.Backlog) })
+	gauge("phiproxy_audit_kafka_exported_seq", "The last audit seq Kafka acknowledged.", func(s audit.ExportStats) float64 { return float64(s.Exported) })
+	gauge("phiproxy_audit_kafka_stalled", "1 while a batch has waited for Kafka's acknowledgement longer than 10 s.", func(s audit.ExportStats) float64 {
+		if s.Stalled {
+			return 1
+		}
+		return 0
+	})
+	counter("phiproxy_audit_kafka_records_total", "Audit records Kafka acknowledged.", func(s audit.ExportStats) float64 { return float64(s.Records) })
+	counter("phiproxy_audit_kafka_failures_total", "Batches to Kafka that failed and were sent again.", func(s audit.ExportStats) float64 { return float64(s.Failures) })
+}
