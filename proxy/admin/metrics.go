@@ -29,6 +29,22 @@ type Metrics struct {
 	// refusalCodes are the refusals' counters of the fixed SQLSTATE set.
 	refusalCodes map[string]prometheus.Counter
 	reloads      *prometheus.CounterVec
+	// plan and crypto are the PHI path's latency histograms.
+	plan   prometheus.Histogram
+	crypto [2]prometheus.Histogram // by phi.CryptoOp
+}
+
+// latencyBuckets run from 1 µs to about 260 ms, ×4 each.
+var latencyBuckets = prometheus.ExponentialBuckets(1e-6, 4, 10)
+
+// ObservePlan implements phi.Timer.
+func (m *Metrics) ObservePlan(d time.Duration) { m.plan.Observe(d.Seconds()) }
+
+// ObserveCrypto implements phi.Timer.
+func (m *Metrics) ObserveCrypto(op phi.CryptoOp, d time.Duration) {
+	if int(op) < len(m.crypto) {
+		m.crypto[op].Observe(d.Seconds())
+	}
 }
 
 // actions are the statement label values: rewrite.Action's, "other"
@@ -88,7 +104,14 @@ func NewMetrics(status func() phi.Status) *Metrics {
 	}, []string{"result"})
 	m.reloads.WithLabelValues("ok")
 	m.reloads.WithLabelValues("error")
-	m.reg.MustRegister(active, total, stmts, m.refusals, m.reloads,
+	m.plan = prometheus.NewHistogram(prometheus.HistogramOpts{
+		Name: "phiproxy_plan_seconds", Help: "Time to plan a statement text on the PHI path (plan-cache hits included).", Buckets: latencyBuckets,
+	})
+	crypto := prometheus.NewHistogramVec(prometheus.HistogramOpts{
+		Name: "phiproxy_crypto_seconds", Help: "Time to encrypt (a Query's literals, a Bind's parameters, a COPY FROM chunk) or decrypt (a DataRow, a COPY TO chunk) the PHI values of one message.", Buckets: latencyBuckets,
+	}, []string{"op"})
+	m.crypto = [2]prometheus.Histogram{crypto.WithLabelValues("encrypt").(prometheus.Histogram), crypto.WithLabelValues("decrypt").(prometheus.Histogram)}
+	m.reg.MustRegister(active, total, stmts, m.refusals, m.reloads, m.plan, crypto,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	if status != nil {
 		m.reg.MustRegister(newStatusCollector(status))

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"sort"
+	"time"
 	"unicode/utf8"
 
 	"github.com/phiproxy/phiproxy/audit"
@@ -220,6 +221,22 @@ func (f fanout) Start(ex *Execution) error {
 func (f fanout) End(ex *Execution) {
 	for _, o := range f {
 		o.End(ex)
+	}
+}
+
+func (f fanout) ObservePlan(d time.Duration) {
+	for _, o := range f {
+		if t, ok := o.(Timer); ok {
+			t.ObservePlan(d)
+		}
+	}
+}
+
+func (f fanout) ObserveCrypto(op CryptoOp, d time.Duration) {
+	for _, o := range f {
+		if t, ok := o.(Timer); ok {
+			t.ObserveCrypto(op, d)
+		}
 	}
 }
 

@@ -4,6 +4,7 @@ import (
 	"encoding/hex"
 	"slices"
 	"strings"
+	"time"
 
 	"github.com/jackc/pgx/v5/pgproto3"
 
@@ -111,7 +112,7 @@ func (s *session) query(m *pgproto3.Query, out *proxy.Out) error {
 	if err == nil {
 		var sess rewrite.Session
 		if sess, err = s.planSession(&snap, m.String, out); err == nil {
-			plan, err = snap.planner.Plan(m.String, sess)
+			plan, err = s.plan(snap, m.String, sess)
 		}
 	}
 	if err != nil {
@@ -158,9 +159,16 @@ func (s *session) query(m *pgproto3.Query, out *proxy.Out) error {
 		// In order: an EXECUTE sees a PREPARE earlier in the string.
 		s.stmtEffects(st)
 	}
+	var t0 time.Time
+	if s.tm != nil {
+		t0 = time.Now()
+	}
 	text, bad, err := s.render(plan.SQL, q.stmts, len(q.stmts))
 	if err != nil {
 		return s.refuseAt(e, plan.SQL, bad, err, out)
+	}
+	if s.tm != nil {
+		s.tm.ObserveCrypto(CryptoEncrypt, time.Since(t0))
 	}
 	s.startCopyIn(q.stmts, false)
 	s.announceQuery(q)
@@ -315,7 +323,7 @@ func (s *session) parse(m *pgproto3.Parse, out *proxy.Out) error {
 	if err == nil {
 		var sess rewrite.Session
 		if sess, err = s.planSession(&snap, m.Query, out); err == nil {
-			plan, err = snap.planner.Plan(m.Query, sess)
+			plan, err = s.plan(snap, m.Query, sess)
 		}
 	}
 	if err == nil && !plan.PassThrough && len(plan.Statements) > 1 {
@@ -455,7 +463,14 @@ func (s *session) bind(m *pgproto3.Bind, out *proxy.Out) error {
 			e.portal.formats = slices.Clone(m.ResultFormatCodes) // see portalX
 		}
 		if len(ps.st.Params) > 0 && len(m.Parameters) > 0 {
+			var t0 time.Time
+			if s.tm != nil {
+				t0 = time.Now()
+			}
 			b, err := s.encryptParams(ps, m)
+			if s.tm != nil {
+				s.tm.ObserveCrypto(CryptoEncrypt, time.Since(t0))
+			}
 			if err != nil {
 				return s.poison(e, &pgproto3.Bind{DestinationPortal: m.DestinationPortal, PreparedStatement: poisonStatement}, "26000", err, out, nil)
 			}

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/jackc/pgx/v5/pgproto3"
 
@@ -411,7 +412,14 @@ func (s *session) copyInMessage(msg pgproto3.FrontendMessage, out *proxy.Out) er
 	}
 	switch m := msg.(type) {
 	case *pgproto3.CopyData:
+		var t0 time.Time
+		if s.tm != nil {
+			t0 = time.Now()
+		}
 		b, err := ci.x.feed(m.Data, false)
+		if s.tm != nil {
+			s.tm.ObserveCrypto(CryptoEncrypt, time.Since(t0))
+		}
 		if err != nil {
 			return s.failCopyIn(err, out)
 		}
@@ -530,7 +538,14 @@ func (s *session) copyOutData(m *pgproto3.CopyData, final bool, out *proxy.Out) 
 		s.cout = nil
 		return s.fail(lockdownError(), out)
 	}
+	var t0 time.Time
+	if s.tm != nil {
+		t0 = time.Now()
+	}
 	b, err := s.cout.feed(m.Data, final)
+	if s.tm != nil {
+		s.tm.ObserveCrypto(CryptoDecrypt, time.Since(t0))
+	}
 	if err != nil {
 		s.cout = nil
 		return s.fail(asRefusal(err), out)

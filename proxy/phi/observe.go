@@ -3,6 +3,7 @@ package phi
 import (
 	"bytes"
 	"strconv"
+	"time"
 
 	"github.com/jackc/pgx/v5/pgproto3"
 
@@ -75,6 +76,36 @@ type Admitter interface {
 // observed as before.
 type Announcer interface {
 	Announce(ex *Execution)
+}
+
+// Timer is an Observer that also takes the PHI path's latencies:
+// planning a statement text (a plan-cache hit included) and encrypting or
+// decrypting the PHI values of one message (a Query's literals, a Bind's
+// parameters, a DataRow, a COPY chunk). Both run on the session's
+// goroutines; keep them cheap.
+type Timer interface {
+	ObservePlan(d time.Duration)
+	ObserveCrypto(op CryptoOp, d time.Duration)
+}
+
+// CryptoOp is what a crypto latency measures.
+type CryptoOp uint8
+
+// CryptoOps.
+const (
+	CryptoEncrypt CryptoOp = iota
+	CryptoDecrypt
+)
+
+// plan plans sql, timed for the Timer.
+func (s *session) plan(snap *snapshot, sql string, sess rewrite.Session) (*rewrite.Plan, error) {
+	if s.tm == nil {
+		return snap.planner.Plan(sql, sess)
+	}
+	t0 := time.Now()
+	p, err := snap.planner.Plan(sql, sess)
+	s.tm.ObservePlan(time.Since(t0))
+	return p, err
 }
 
 // announceable says st's execution is announced: it touches PHI and may

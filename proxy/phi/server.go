@@ -3,6 +3,7 @@ package phi
 import (
 	"fmt"
 	"slices"
+	"time"
 
 	"github.com/jackc/pgx/v5/pgproto3"
 
@@ -269,7 +270,7 @@ func (s *session) dataRow(e *entry, m *pgproto3.DataRow, out *proxy.Out) error {
 		if q := e.q; q.idx < len(q.stmts) && q.stmts[q.idx].Tag == "EXPLAIN" {
 			return s.explainRow(m, out)
 		}
-		return s.row(s.queryRowX(e.q), nil, s.qtypes, m, out)
+		return s.timedRow(s.queryRowX(e.q), nil, s.qtypes, m, out)
 	case entryExecute:
 		if e.portal.ps != nil && e.portal.ps.st != nil && e.portal.ps.st.Tag == "EXPLAIN" {
 			return s.explainRow(m, out)
@@ -282,9 +283,20 @@ func (s *session) dataRow(e *entry, m *pgproto3.DataRow, out *proxy.Out) error {
 		if err != nil {
 			return s.fail(err, out)
 		}
-		return s.row(x, names, executeTypes(e), m, out)
+		return s.timedRow(x, names, executeTypes(e), m, out)
 	}
 	return s.row(nil, nil, nil, m, out)
+}
+
+// timedRow is row, timed for the Timer when the row has PHI to decrypt.
+func (s *session) timedRow(x *rowX, names []string, types []uint32, m *pgproto3.DataRow, out *proxy.Out) error {
+	if s.tm == nil || x == nil {
+		return s.row(x, names, types, m, out)
+	}
+	t0 := time.Now()
+	err := s.row(x, names, types, m, out)
+	s.tm.ObserveCrypto(CryptoDecrypt, time.Since(t0))
+	return err
 }
 
 // fail ends the current statement with err: the client gets err, and

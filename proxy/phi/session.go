@@ -371,6 +371,7 @@ type session struct {
 	obs    Observer
 	adm    Admitter  // obs, when it admits statements too
 	ann    Announcer // obs, when it hears of executions before they are sent
+	tm     Timer     // obs, when it takes latencies
 	ex     *Execution
 	exDone bool
 
@@ -386,6 +387,7 @@ func newSession(p *Proxy, info *proxy.SessionInfo) *session {
 		portals: map[string]portal{}, wake: make(chan struct{}, 1), ended: info.Context().Done(), obs: p.obs}
 	s.adm, _ = p.obs.(Admitter)
 	s.ann, _ = p.obs.(Announcer)
+	s.tm, _ = p.obs.(Timer)
 	s.published = s.m.identity()
 	info.SetIdentity(s.published)
 	s.m.database = info.Database
