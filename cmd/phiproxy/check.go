@@ -91,6 +91,11 @@ func checkDatabase(ctx context.Context, dsn string, in check.Input) ([]check.Fin
 	cc := pc.ConnConfig
 	cc.RuntimeParams["default_transaction_read_only"] = "on"
 	cc.RuntimeParams["application_name"] = "phiproxy check"
+	// A table locked by DDL (phiproxy encrypt's swap, say) or a sample
+	// that scans far for non-NULL values makes that column's sample a
+	// sample_failed finding instead of a hang.
+	cc.RuntimeParams["lock_timeout"] = "5s"
+	cc.RuntimeParams["statement_timeout"] = "60s"
 	conn, err := pgx.ConnectConfig(ctx, cc)
 	if err != nil {
 		return nil, fmt.Errorf("check: connecting: %w", err)
