@@ -148,10 +148,13 @@ func (r *run) sample(ctx context.Context, col config.Column, bytea bool) error {
 	if !bytea {
 		err = r.q.QueryRow(ctx, fmt.Sprintf(`SELECT count(*) FROM (SELECT 1 FROM %s WHERE %s IS NOT NULL LIMIT $1) s`, rel, c),
 			r.in.SampleSize).Scan(&total)
+		if err != nil && !isPgError(err) {
+			err = fmt.Errorf("check: reading the values of %s: %w", col.Ident(), err)
+		}
 		plain = total
 	} else {
 		prefix := envelopePrefix()
-		err = collect(ctx, r.q, "", fmt.Sprintf(`SELECT CASE WHEN pg_catalog.substr(v, 1, %d) = $2 AND pg_catalog.length(v) >= %d
+		err = collect(ctx, r.q, "the values of "+col.Ident(), fmt.Sprintf(`SELECT CASE WHEN pg_catalog.substr(v, 1, %d) = $2 AND pg_catalog.length(v) >= %d
     THEN ('x' || pg_catalog.encode(pg_catalog.substr(v, %d, 4), 'hex'))::bit(32)::int4 END, count(*)
 FROM (SELECT %s AS v FROM %s WHERE %s IS NOT NULL LIMIT $1) s GROUP BY 1`, len(prefix), crypto.MinEnvelopeLen, len(prefix)+1, c, rel, c),
 			[]any{r.in.SampleSize, prefix}, func(rows pgx.Rows) error {
@@ -170,15 +173,14 @@ FROM (SELECT %s AS v FROM %s WHERE %s IS NOT NULL LIMIT $1) s GROUP BY 1`, len(p
 			})
 	}
 	if err != nil {
-		var pgErr *pgconn.PgError
-		if errors.As(err, &pgErr) {
+		if pgErr := (*pgconn.PgError)(nil); errors.As(err, &pgErr) {
 			// Permission denied, a timeout: the rest of the check stands.
 			r.add(Warning, KindSampleFailed, "column "+col.Ident(),
 				fmt.Sprintf("could not sample its values: SQLSTATE %s: %s", pgErr.Code, pgErr.Message),
 				"run phiproxy check with --dsn as a role that may read the table")
 			return nil
 		}
-		return fmt.Errorf("check: sampling %s: %w", col.Ident(), err)
+		return err
 	}
 	if plain > 0 {
 		r.add(Error, KindColumnPlaintext, "column "+col.Ident(),
@@ -268,4 +270,9 @@ func (r *run) envelopeConstraint(ctx context.Context, col config.Column, num int
 		"has no envelope CHECK constraint: plaintext written around the proxy is accepted",
 		add)
 	return "", false
+}
+
+func isPgError(err error) bool {
+	var pgErr *pgconn.PgError
+	return errors.As(err, &pgErr)
 }

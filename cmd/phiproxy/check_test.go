@@ -251,6 +251,21 @@ func TestCheckFindsEachSeededProblemAndNothingOnACleanSchema(t *testing.T) {
 			"warning values_old_key column public.patients.ssn",
 			"warning view_reads_phi view public.v_ssn",
 		}
+		// check only reads: the catalog is the same afterwards.
+		shape := func() string {
+			var s string
+			if err := conn.QueryRow(ctx, `SELECT (SELECT count(*) FROM pg_class) || '/' || (SELECT count(*) FROM pg_constraint) || '/' ||
+  (SELECT count(*) FROM pg_event_trigger) || '/' || (SELECT count(*) FROM pg_namespace) || '/' || (SELECT count(*) FROM patients)`).Scan(&s); err != nil {
+				t.Fatal(err)
+			}
+			return s
+		}
+		before := shape()
+		defer func() {
+			if after := shape(); after != before {
+				t.Errorf("check changed the database: %s, then %s", before, after)
+			}
+		}()
 		rep, code := checkJSON(t, cfg)
 		var got []string
 		for _, f := range rep.Findings {
@@ -368,6 +383,26 @@ CREATE POLICY by_tenant ON patients USING (tenant = 1);
 		out, code := checkRun(t, "--config", cfg)
 		if code != 0 || !strings.HasPrefix(out, "no findings") {
 			t.Fatalf("exit %d:\n%s", code, out)
+		}
+
+		// --dsn: a role that may read the catalog but not the tables gets
+		// sample_failed for each column, and nothing else changes.
+		if _, err := conn.Exec(ctx, "CREATE ROLE cat_only LOGIN PASSWORD 'cat-pw'"); err != nil {
+			t.Fatal(err)
+		}
+		out, code = checkRun(t, "--config", cfg, "--format", "json", "--dsn", c.DSN("cat_only", "cat-pw", "clean", "sslmode=disable"))
+		if err := json.Unmarshal([]byte(out), &rep); err != nil {
+			t.Fatal(err)
+		}
+		var objs []string
+		for _, f := range rep.Findings {
+			if f.Kind != check.KindSampleFailed || !strings.Contains(f.Finding, "SQLSTATE 42501") {
+				t.Errorf("as cat_only: %+v", f)
+			}
+			objs = append(objs, f.Object)
+		}
+		if code != 1 || len(objs) != 4 {
+			t.Fatalf("as cat_only: exit %d, %v", code, objs)
 		}
 
 		// Keys that cannot be read are a finding; so is the foreign key
