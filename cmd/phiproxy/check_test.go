@@ -69,9 +69,6 @@ func checkJSON(t *testing.T, cfg string) (check.Report, int) {
 // package has no shared one) and points PGPASSFILE at its superuser.
 func checkCluster(t *testing.T) *pgcluster.Cluster {
 	t.Helper()
-	if testing.Short() {
-		t.Skip("starts PostgreSQL")
-	}
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	c, err := pgcluster.Start(ctx, pgcluster.Options{NoTLS: true})
