@@ -59,6 +59,8 @@ const (
 	KindIndexExpression    = "index_expression_on_phi"
 	KindIndexOrdering      = "index_ordering_on_phi"
 	KindCheckOnPHI         = "check_on_phi"
+	KindDefaultOnPHI       = "default_on_phi"
+	KindGeneratedFromPHI   = "generated_from_phi"
 	KindPartitionKey       = "partition_key_on_phi"
 	KindForeignKey         = "foreign_key_on_phi"
 	KindKeysUnreadable     = "keys_unreadable"
@@ -120,7 +122,7 @@ func Run(ctx context.Context, q Querier, cat *config.Catalog, in Input) ([]Findi
 	r.index()
 	for _, step := range []func(context.Context) error{
 		r.columns, r.keysets, r.relationDependents, r.functions, r.triggers, r.rules, r.policies,
-		r.indexes, r.partitionKeys, r.foreignKeys,
+		r.defaults, r.indexes, r.partitionKeys, r.foreignKeys,
 	} {
 		if err := step(ctx); err != nil {
 			return nil, err

@@ -160,3 +160,46 @@ WHERE contype = 'f' AND (conrelid = ANY($1) OR confrelid = ANY($1)) ORDER BY con
 		return nil
 	})
 }
+
+// defaults reports column defaults on PHI columns (a row inserted without
+// the column gets the default as written: plaintext, refused by the
+// envelope CHECK or stored as is) and generated columns computed from PHI
+// columns (computed from ciphertext).
+func (r *run) defaults(ctx context.Context) error {
+	return collect(ctx, r.q, "column defaults", `SELECT d.adrelid, d.adnum, a.attname::text, a.attgenerated <> '', pg_catalog.pg_get_expr(d.adbin, d.adrelid),
+  ARRAY(SELECT p.refobjsubid::int2 FROM pg_catalog.pg_depend p
+    WHERE p.classid = 'pg_catalog.pg_attrdef'::pg_catalog.regclass AND p.objid = d.oid
+      AND p.refclassid = 'pg_catalog.pg_class'::pg_catalog.regclass AND p.refobjid = d.adrelid AND p.refobjsubid > 0)
+FROM pg_catalog.pg_attrdef d
+JOIN pg_catalog.pg_attribute a ON a.attrelid = d.adrelid AND a.attnum = d.adnum
+WHERE d.adrelid = ANY($1) ORDER BY d.adrelid, d.adnum`, []any{r.tableOIDs}, func(rows pgx.Rows) error {
+		var rel uint32
+		var num int16
+		var name, expr string
+		var generated bool
+		var deps []int16
+		if err := rows.Scan(&rel, &num, &name, &generated, &expr, &deps); err != nil {
+			return err
+		}
+		obj := fmt.Sprintf("column %s.%s", r.relName(rel), name)
+		alter := fmt.Sprintf("ALTER TABLE %s ALTER COLUMN %s", r.quotedRel(rel), pgx.Identifier{name}.Sanitize())
+		if col, ok := r.phi(rel, num); ok && !generated {
+			r.add(Error, KindDefaultOnPHI, "column "+col.Ident(),
+				"has a DEFAULT: a row inserted without the column gets it as written, plaintext (refused by the envelope CHECK, or stored)",
+				alter+" DROP DEFAULT (let the application send the value through the proxy)")
+			return nil
+		}
+		var phi []string
+		for _, n := range deps {
+			if col, ok := r.phi(rel, n); ok && n != num {
+				phi = append(phi, col.Name)
+			}
+		}
+		if generated && len(phi) > 0 {
+			r.add(Warning, KindGeneratedFromPHI, obj,
+				fmt.Sprintf("is generated from PHI column %s: it is computed from ciphertext", strings.Join(phi, ", ")),
+				alter+" DROP EXPRESSION, or drop the column; compute it in the application")
+		}
+		return nil
+	})
+}

@@ -146,7 +146,11 @@ func encryptFor(t *testing.T, cfgPath, key, plaintext string) []byte {
 // The seeded schema holds one of each problem check finds; the comment on
 // each line names the finding it causes.
 const seededSchema = `
-CREATE TABLE patients (id int PRIMARY KEY, name text, ssn bytea, diagnosis bytea, dob bytea, mrn text, email bytea, tenant int);
+CREATE TABLE patients (id int PRIMARY KEY, name text, ssn bytea, diagnosis bytea, dob bytea, mrn text, email bytea, tenant int,
+  ssn_len int GENERATED ALWAYS AS (length(ssn)) STORED,           -- generated_from_phi
+  name_len int GENERATED ALWAYS AS (length(name)) STORED);        -- fine
+ALTER TABLE patients ALTER COLUMN email SET DEFAULT '\x00';      -- default_on_phi
+ALTER TABLE patients ALTER COLUMN tenant SET DEFAULT 1;          -- fine
 CREATE UNIQUE INDEX patients_ssn_key ON patients (ssn);                -- fine: equality on a deterministic column
 CREATE INDEX patients_dx_idx ON patients (diagnosis);                  -- index_on_randomized
 CREATE INDEX patients_ssn_hex_idx ON patients (encode(ssn, 'hex'));    -- index_expression_on_phi
@@ -226,6 +230,7 @@ func TestCheckFindsEachSeededProblemAndNothingOnACleanSchema(t *testing.T) {
 			"error constraint_missing column public.labs.result",
 			"error constraint_missing column public.patients.diagnosis",
 			"error constraint_missing column public.visits.patient_ssn",
+			"error default_on_phi column public.patients.email",
 			"error foreign_key_on_phi foreign key visits_patient_ssn_fkey on public.visits",
 			"error keyset_missing keyset visit_ssn",
 			"error policy_reads_phi policy own_ssn on public.patients",
@@ -236,6 +241,7 @@ func TestCheckFindsEachSeededProblemAndNothingOnACleanSchema(t *testing.T) {
 			"warning constraint_old_form column public.patients.dob",
 			"warning event_trigger_missing event trigger phiproxy_catalog_ddl",
 			"warning function_reads_phi function public.find_patient(bytea)",
+			"warning generated_from_phi column public.patients.ssn_len",
 			"warning index_expression_on_phi index public.patients_ssn_hex_idx",
 			"warning index_on_randomized index public.patients_dx_idx",
 			"warning index_ordering_on_phi index public.patients_ssn_brin",
@@ -284,7 +290,7 @@ func TestCheckFindsEachSeededProblemAndNothingOnACleanSchema(t *testing.T) {
 		if code != 1 {
 			t.Errorf("exit %d, want 1", code)
 		}
-		if rep.Summary != (check.Summary{Errors: 13, Warnings: 15}) {
+		if rep.Summary != (check.Summary{Errors: 14, Warnings: 16}) {
 			t.Errorf("summary %+v", rep.Summary)
 		}
 		for _, f := range rep.Findings {
@@ -311,7 +317,7 @@ func TestCheckFindsEachSeededProblemAndNothingOnACleanSchema(t *testing.T) {
 		table, code := checkRun(t, "--config", cfg)
 		lines := strings.Split(strings.TrimSpace(table), "\n")
 		if code != 1 || !regexp.MustCompile(`^SEVERITY\s+OBJECT\s+FINDING\s+FIX$`).MatchString(lines[0]) ||
-			len(lines) != len(want)+3 || lines[len(lines)-1] != "13 errors, 15 warnings" {
+			len(lines) != len(want)+3 || lines[len(lines)-1] != "14 errors, 16 warnings" {
 			t.Fatalf("table (exit %d):\n%s", code, table)
 		}
 		col := strings.Index(lines[0], "OBJECT")
