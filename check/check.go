@@ -146,6 +146,12 @@ type run struct {
 	tables map[uint32]*config.Relation
 	// tableOIDs are their OIDs, for queries.
 	tableOIDs []uint32
+	// children maps each partition or inheritance child of a PHI table
+	// (at any depth) to that PHI table; withChildren is tableOIDs and
+	// the children's OIDs, for the objects one can create on a child
+	// (triggers, rules, indexes, policies, foreign keys).
+	children     map[uint32]*config.Relation
+	withChildren []uint32
 	// keys maps a key name to its keyset (a loaded one).
 	keys map[string]crypto.KeysetInfo
 }
@@ -164,6 +170,17 @@ func (r *run) index() {
 		}
 	}
 	sort.Slice(r.tableOIDs, func(i, j int) bool { return r.tableOIDs[i] < r.tableOIDs[j] })
+	r.children = map[uint32]*config.Relation{}
+	r.withChildren = append([]uint32(nil), r.tableOIDs...)
+	for _, rel := range r.cat.Relations() {
+		if _, ok := r.tables[rel.OID]; ok {
+			continue
+		}
+		if root := r.phiAncestor(rel, 0); root != nil {
+			r.children[rel.OID] = root
+			r.withChildren = append(r.withChildren, rel.OID)
+		}
+	}
 	r.keys = map[string]crypto.KeysetInfo{}
 	for _, ks := range r.in.Keysets {
 		if !ks.Ref.IsSigning() {
@@ -172,9 +189,48 @@ func (r *run) index() {
 	}
 }
 
-// phi returns the PHI column at (rel, attnum).
+// phiAncestor returns the PHI table rel is a partition or child of.
+func (r *run) phiAncestor(rel *config.Relation, depth int) *config.Relation {
+	if depth > 64 {
+		return nil
+	}
+	for _, p := range rel.Parents {
+		if t, ok := r.tables[p]; ok {
+			return t
+		}
+		if pr, ok := r.cat.RelationByOID(p); ok {
+			if t := r.phiAncestor(pr, depth+1); t != nil {
+				return t
+			}
+		}
+	}
+	return nil
+}
+
+// phi returns the PHI column at (rel, attnum): a configured column, or
+// the column of a partition or child of a PHI table that has a PHI
+// column's name (a child's attnums may differ from its parent's).
 func (r *run) phi(rel uint32, num int16) (config.Column, bool) {
-	return r.cat.PHIColumn(config.ColumnRef{RelOID: rel, Num: num})
+	if col, ok := r.cat.PHIColumn(config.ColumnRef{RelOID: rel, Num: num}); ok {
+		return col, true
+	}
+	root, ok := r.children[rel]
+	if !ok {
+		return config.Column{}, false
+	}
+	child, _ := r.cat.RelationByOID(rel)
+	a, ok := child.ColumnByNum(num)
+	if !ok {
+		return config.Column{}, false
+	}
+	return r.cfg.Column(root.Schema, root.Name, a.Name)
+}
+
+// onPHITable reports whether rel is a PHI table or a child of one.
+func (r *run) onPHITable(rel uint32) bool {
+	_, t := r.tables[rel]
+	_, c := r.children[rel]
+	return t || c
 }
 
 // relName is a relation's identity by OID, or its OID when the snapshot

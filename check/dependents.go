@@ -116,7 +116,7 @@ func qualified(schema, sig string) string {
 func (r *run) triggers(ctx context.Context) error {
 	return collect(ctx, r.q, "triggers", `SELECT t.tgname::text, t.tgrelid, t.tgfoid::pg_catalog.regprocedure::text
 FROM pg_catalog.pg_trigger t WHERE NOT t.tgisinternal AND t.tgparentid = 0 AND t.tgrelid = ANY($1)
-ORDER BY t.tgrelid, t.tgname`, []any{r.tableOIDs}, func(rows pgx.Rows) error {
+ORDER BY t.tgrelid, t.tgname`, []any{r.withChildren}, func(rows pgx.Rows) error {
 		var name, fn string
 		var rel uint32
 		if err := rows.Scan(&name, &rel, &fn); err != nil {
@@ -169,7 +169,7 @@ WHERE w.rulename <> '_RETURN' ORDER BY w.ev_class, w.rulename`, nil, func(rows p
 	}
 	for _, oid := range order {
 		ru := rules[oid]
-		_, onPHI := r.tables[ru.rel]
+		onPHI := r.onPHITable(ru.rel)
 		if !onPHI && len(ru.reads) == 0 {
 			continue
 		}

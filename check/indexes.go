@@ -26,7 +26,7 @@ FROM pg_catalog.pg_index i
 JOIN pg_catalog.pg_class c ON c.oid = i.indexrelid
 JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
 JOIN pg_catalog.pg_am am ON am.oid = c.relam
-WHERE i.indrelid = ANY($1) ORDER BY n.nspname, c.relname`, []any{r.tableOIDs}, func(rows pgx.Rows) error {
+WHERE i.indrelid = ANY($1) AND NOT c.relispartition ORDER BY n.nspname, c.relname`, []any{r.withChildren}, func(rows pgx.Rows) error {
 		var rel uint32
 		var schema, name, am string
 		var key, deps []int16
@@ -85,7 +85,7 @@ WHERE i.indrelid = ANY($1) ORDER BY n.nspname, c.relname`, []any{r.tableOIDs}, f
 // ciphertext scatters equal values.
 func (r *run) partitionKeys(ctx context.Context) error {
 	return collect(ctx, r.q, "partition keys", `SELECT partrelid, partstrat::text, partattrs::int2[] FROM pg_catalog.pg_partitioned_table WHERE partrelid = ANY($1) ORDER BY partrelid`,
-		[]any{r.tableOIDs}, func(rows pgx.Rows) error {
+		[]any{r.withChildren}, func(rows pgx.Rows) error {
 			var rel uint32
 			var strat string
 			var attrs []int16
@@ -114,7 +114,7 @@ func (r *run) partitionKeys(ctx context.Context) error {
 // different keys (equal values encrypt differently), or randomized ones.
 func (r *run) foreignKeys(ctx context.Context) error {
 	return collect(ctx, r.q, "foreign keys", `SELECT conname::text, conrelid, conkey, confrelid, confkey FROM pg_catalog.pg_constraint
-WHERE contype = 'f' AND (conrelid = ANY($1) OR confrelid = ANY($1)) ORDER BY conrelid, conname`, []any{r.tableOIDs}, func(rows pgx.Rows) error {
+WHERE contype = 'f' AND conparentid = 0 AND (conrelid = ANY($1) OR confrelid = ANY($1)) ORDER BY conrelid, conname`, []any{r.withChildren}, func(rows pgx.Rows) error {
 		var name string
 		var rel, frel uint32
 		var key, fkey []int16
