@@ -23,24 +23,33 @@ deps-pg:
 	fi
 
 # deps-system adds what the tests and the benchmark drive — PgBouncer,
-# psycopg, pgjdbc with a JDK, node-postgres — but only what is missing: a
+# psycopg, pgjdbc with a JDK, node-postgres, and the ORM suite's stacks
+# (integration/orm: Debian's SQLAlchemy, Django, psycopg2, ActiveRecord,
+# ruby-pg and Hibernate 3.6; Sequelize, knex, TypeORM and MikroORM from npm) — but only what is missing: a
 # machine that has them is left alone. The psycopg tests run Debian's
 # /usr/bin/python3, whatever python3 is on PATH.
 deps-system: deps-pg
 	@missing=""; \
 	command -v pgbouncer >/dev/null 2>&1 || [ -x /usr/sbin/pgbouncer ] || missing="$$missing pgbouncer"; \
 	/usr/bin/python3 -c 'import psycopg' >/dev/null 2>&1 || missing="$$missing python3-psycopg"; \
+	/usr/bin/python3 -c 'import psycopg2' >/dev/null 2>&1 || missing="$$missing python3-psycopg2"; \
+	/usr/bin/python3 -c 'import sqlalchemy' >/dev/null 2>&1 || missing="$$missing python3-sqlalchemy"; \
+	/usr/bin/python3 -c 'import django' >/dev/null 2>&1 || missing="$$missing python3-django"; \
+	ruby -e 'require "active_record"; require "pg"' >/dev/null 2>&1 || missing="$$missing ruby-activerecord ruby-pg"; \
 	command -v node >/dev/null 2>&1 && command -v npm >/dev/null 2>&1 || missing="$$missing nodejs npm"; \
 	[ -f /usr/share/java/postgresql.jar ] || missing="$$missing libpostgresql-jdbc-java"; \
 	command -v javac >/dev/null 2>&1 || missing="$$missing default-jdk-headless"; \
+	[ -f /usr/share/java/hibernate-core.jar ] && [ -f /usr/share/java/javassist.jar ] || missing="$$missing libhibernate3-java libjavassist-java"; \
 	if [ -n "$$missing" ]; then \
 		echo "installing:$$missing"; \
 		export DEBIAN_FRONTEND=noninteractive; \
 		$(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
 	fi
-	@if [ -f integration/clients/node/package.json ] && [ ! -d integration/clients/node/node_modules/pg ]; then \
-		cd integration/clients/node && npm ci --no-audit --no-fund --silent; \
-	fi
+	@for d in integration/clients/node integration/orm/node; do \
+		if [ -f $$d/package.json ] && ! [ $$d/node_modules/.package-lock.json -nt $$d/package-lock.json ]; then \
+			(cd $$d && npm ci --no-audit --no-fund --silent) || exit 1; \
+		fi; \
+	done
 
 deps-go:
 	$(GO) mod download

@@ -27,9 +27,15 @@ const (
 	ActionKeyRotated   = "key_rotated"
 	ActionKeyRetired   = "key_retired"
 	ActionConfigLoaded = "config_loaded"
-	ActionStart        = "start"
-	ActionStop         = "stop"
-	ActionCheckpoint   = "checkpoint"
+	// ActionConfigRejected: a reload whose config did not load; the
+	// running one was kept (Detail says why).
+	ActionConfigRejected = "config_rejected"
+	// ActionLogoff: the proxy ended an idle session (automatic logoff,
+	// 57P05 or 25P03 in error).
+	ActionLogoff     = "logoff"
+	ActionStart      = "start"
+	ActionStop       = "stop"
+	ActionCheckpoint = "checkpoint"
 	// ActionCompletion is the outcome (rows, error) of an event written
 	// before its statement completed; Ref is that event's seq.
 	ActionCompletion = "completion"

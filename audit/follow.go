@@ -75,6 +75,11 @@ func (f *Follower) Poll(fn func(l *Line) error) error {
 		if err != nil || !ok {
 			return err
 		}
+		// A newer file exists, so this one is finished: read it once more
+		// for what was written between the read above and the listing.
+		if partial, err = f.readFile(fn); err != nil {
+			return err
+		}
 		// Rotation moved on: what is left of this file will never be
 		// completed.
 		if len(partial) > 0 {

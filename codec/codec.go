@@ -220,10 +220,24 @@ func isSpace(b byte) bool {
 	return b == ' ' || b == '\t' || b == '\n' || b == '\r' || b == '\v' || b == '\f'
 }
 
-func trimSpace(s []byte) []byte {
+// skipSpace returns s without its leading white space.
+func skipSpace(s []byte) []byte {
 	for len(s) > 0 && isSpace(s[0]) {
 		s = s[1:]
 	}
+	return s
+}
+
+// cutSign returns s without one leading sign, and whether it was '-'.
+func cutSign(s []byte) ([]byte, bool) {
+	if len(s) > 0 && (s[0] == '+' || s[0] == '-') {
+		return s[1:], s[0] == '-'
+	}
+	return s, false
+}
+
+func trimSpace(s []byte) []byte {
+	s = skipSpace(s)
 	for len(s) > 0 && isSpace(s[len(s)-1]) {
 		s = s[:len(s)-1]
 	}

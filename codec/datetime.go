@@ -120,9 +120,7 @@ func parseCivil(src []byte, typ string) (civil, error) {
 				}
 			}
 			// Zone.
-			for len(s) > 0 && isSpace(s[0]) {
-				s = s[1:]
-			}
+			s = skipSpace(s)
 			switch {
 			case len(s) > 0 && (s[0] == 'Z' || s[0] == 'z') && (len(s) == 1 || isSpace(s[1])):
 				c.hasZone = true

@@ -23,14 +23,8 @@ func TestMain(m *testing.M) { os.Exit(shared.Run(m)) }
 
 func serverConn(t *testing.T, params ...string) *pgx.Conn {
 	t.Helper()
-	ctx := context.Background()
 	c := shared.Get(t)
-	conn, err := pgx.Connect(ctx, c.DSN(c.SuperUser, c.SuperPassword, "postgres", append([]string{"sslmode=disable"}, params...)...))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { conn.Close(context.Background()) })
-	return conn
+	return testenv.Connect(t, context.Background(), c.DSN(c.SuperUser, c.SuperPassword, "postgres", append([]string{"sslmode=disable"}, params...)...), nil)
 }
 
 // diffInputs are tricky inputs per type; every one is sent to PostgreSQL.

@@ -83,10 +83,7 @@ func hasPrefixFold(s []byte, w string) bool {
 }
 
 func parseNumeric(src []byte) (decimal, error) {
-	s := src
-	for len(s) > 0 && isSpace(s[0]) {
-		s = s[1:]
-	}
+	s := skipSpace(src)
 	var d decimal
 	specials := []struct {
 		word string
@@ -102,10 +99,7 @@ func parseNumeric(src []byte) (decimal, error) {
 			return d, nil
 		}
 	}
-	if len(s) > 0 && (s[0] == '+' || s[0] == '-') {
-		d.neg = s[0] == '-'
-		s = s[1:]
-	}
+	s, d.neg = cutSign(s)
 	haveDP := false
 	if len(s) > 0 && s[0] == '.' {
 		haveDP = true
@@ -136,15 +130,7 @@ func parseNumeric(src []byte) (decimal, error) {
 	if len(s) > 0 && (s[0] == 'e' || s[0] == 'E') {
 		s = s[1:]
 		// strtol: optional whitespace and sign, then at least one digit.
-		t := s
-		for len(t) > 0 && isSpace(t[0]) {
-			t = t[1:]
-		}
-		eneg := false
-		if len(t) > 0 && (t[0] == '+' || t[0] == '-') {
-			eneg = t[0] == '-'
-			t = t[1:]
-		}
+		t, eneg := cutSign(skipSpace(s))
 		if len(t) == 0 || !isDigit(t[0]) {
 			return d, syntaxErr("numeric")
 		}

@@ -51,15 +51,7 @@ func parseInt(src []byte, bits int, typ string) (int64, error) {
 	if err := checkText(src); err != nil {
 		return 0, err
 	}
-	s := src
-	for len(s) > 0 && isSpace(s[0]) {
-		s = s[1:]
-	}
-	neg := false
-	if len(s) > 0 && (s[0] == '-' || s[0] == '+') {
-		neg = s[0] == '-'
-		s = s[1:]
-	}
+	s, neg := cutSign(skipSpace(src))
 	if len(s) == 0 || !isDigit(s[0]) {
 		return 0, syntaxErr(typ)
 	}
@@ -74,10 +66,7 @@ func parseInt(src []byte, bits int, typ string) (int64, error) {
 		v = v*10 - d
 		s = s[1:]
 	}
-	for len(s) > 0 && isSpace(s[0]) {
-		s = s[1:]
-	}
-	if len(s) != 0 {
+	if len(skipSpace(s)) != 0 {
 		return 0, syntaxErr(typ)
 	}
 	if !neg {

@@ -30,17 +30,7 @@ func testCipher(t testing.TB, mode string) *crypto.Cipher {
 		t.Fatal(err)
 	}
 	ctx := context.Background()
-	if _, err := crypto.InitFileKEK(filepath.Join(dir, "kek.json")); err != nil {
-		t.Fatal(err)
-	}
-	st, err := crypto.OpenStore(ctx, cfg.Keys, crypto.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := st.Create(crypto.ColumnKey("public.t.c"), mode); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := st.Create(crypto.SigningKey(), ""); err != nil {
+	if err := crypto.InitKeys(ctx, cfg, crypto.Options{}); err != nil {
 		t.Fatal(err)
 	}
 	ring, err := crypto.Open(ctx, cfg, crypto.Options{})

@@ -51,80 +51,73 @@ const userSchemas = `n.nspname NOT IN ('pg_catalog', 'information_schema')
   AND n.nspname NOT LIKE 'pg\_toast%' AND n.nspname NOT LIKE 'pg\_temp\_%'`
 
 func (c *Catalog) loadRelations(ctx context.Context, q Querier) error {
-	rows, err := q.Query(ctx, `SELECT c.oid, n.nspname, c.relname, c.relkind::text
+	var rel Relation
+	var kind string
+	err := eachRow(ctx, q, "relations", `SELECT c.oid, n.nspname, c.relname, c.relkind::text
 FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
-WHERE c.relkind IN ('r', 'v', 'm', 'p', 'f') AND `+userSchemas)
+WHERE c.relkind IN ('r', 'v', 'm', 'p', 'f') AND `+userSchemas,
+		[]any{&rel.OID, &rel.Schema, &rel.Name, &kind}, func() error {
+			r := &Relation{OID: rel.OID, Schema: rel.Schema, Name: rel.Name, Kind: RelKind(kind[0]), byName: map[string]int{}}
+			c.rels[r.OID] = r
+			c.byName[r.Ident()] = r.OID
+			return nil
+		})
 	if err != nil {
-		return catalogErr("relations", err)
-	}
-	for rows.Next() {
-		r := &Relation{byName: map[string]int{}}
-		var kind string
-		if err := rows.Scan(&r.OID, &r.Schema, &r.Name, &kind); err != nil {
-			rows.Close()
-			return catalogErr("relations", err)
-		}
-		r.Kind = RelKind(kind[0])
-		c.rels[r.OID] = r
-		c.byName[r.Ident()] = r.OID
-	}
-	if err := rows.Err(); err != nil {
-		return catalogErr("relations", err)
+		return err
 	}
 
-	rows, err = q.Query(ctx, `SELECT a.attrelid, a.attnum, a.attname, a.atttypid, pg_catalog.format_type(a.atttypid, a.atttypmod)
+	var oid uint32
+	var a Attribute
+	err = eachRow(ctx, q, "columns", `SELECT a.attrelid, a.attnum, a.attname, a.atttypid, pg_catalog.format_type(a.atttypid, a.atttypmod)
 FROM pg_catalog.pg_attribute a
 JOIN pg_catalog.pg_class c ON c.oid = a.attrelid
 JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
 WHERE a.attnum > 0 AND NOT a.attisdropped AND c.relkind IN ('r', 'v', 'm', 'p', 'f') AND `+userSchemas+`
-ORDER BY a.attrelid, a.attnum`)
+ORDER BY a.attrelid, a.attnum`,
+		[]any{&oid, &a.Num, &a.Name, &a.TypeOID, &a.TypeName}, func() error {
+			if r, ok := c.rels[oid]; ok { // else created between the two queries
+				r.byName[a.Name] = len(r.Columns)
+				r.Columns = append(r.Columns, a)
+			}
+			return nil
+		})
 	if err != nil {
-		return catalogErr("columns", err)
-	}
-	for rows.Next() {
-		var rel uint32
-		var a Attribute
-		if err := rows.Scan(&rel, &a.Num, &a.Name, &a.TypeOID, &a.TypeName); err != nil {
-			rows.Close()
-			return catalogErr("columns", err)
-		}
-		r, ok := c.rels[rel]
-		if !ok {
-			continue // created between the two queries
-		}
-		r.byName[a.Name] = len(r.Columns)
-		r.Columns = append(r.Columns, a)
-	}
-	if err := rows.Err(); err != nil {
-		return catalogErr("columns", err)
+		return err
 	}
 
 	if err := c.loadKeys(ctx, q); err != nil {
 		return err
 	}
 
-	rows, err = q.Query(ctx, `SELECT inhrelid, inhparent FROM pg_catalog.pg_inherits ORDER BY inhrelid, inhseqno`)
+	var child, parent uint32
+	return eachRow(ctx, q, "inheritance", `SELECT inhrelid, inhparent FROM pg_catalog.pg_inherits ORDER BY inhrelid, inhseqno`,
+		[]any{&child, &parent}, func() error {
+			if r, ok := c.rels[child]; ok {
+				r.Parents = append(r.Parents, parent)
+			}
+			return nil
+		})
+}
+
+// eachRow runs sql (with args) through q, scans each row into scans and
+// then calls fn; the rows are closed whatever happens. A failure is a
+// catalogErr naming what was being loaded.
+func eachRow(ctx context.Context, q Querier, what, sql string, scans []any, fn func() error, args ...any) error {
+	rows, err := q.Query(ctx, sql, args...)
 	if err != nil {
-		return catalogErr("inheritance", err)
+		return catalogErr(what, err)
 	}
-	for rows.Next() {
-		var child, parent uint32
-		if err := rows.Scan(&child, &parent); err != nil {
-			rows.Close()
-			return catalogErr("inheritance", err)
-		}
-		if r, ok := c.rels[child]; ok {
-			r.Parents = append(r.Parents, parent)
-		}
-	}
-	return catalogErr("inheritance", rows.Err())
+	_, err = pgx.ForEachRow(rows, scans, fn)
+	return catalogErr(what, err)
 }
 
 // loadKeys reads each relation's keys (Relation.Keys). A partitioned
 // table's unique index covers all its partitions; a plain table's does not
 // cover its inheritance children, so such a table gets none.
 func (c *Catalog) loadKeys(ctx context.Context, q Querier) error {
-	rows, err := q.Query(ctx, `SELECT i.indrelid, k.attnums
+	var rel uint32
+	var key []int16
+	return eachRow(ctx, q, "keys", `SELECT i.indrelid, k.attnums
 FROM pg_catalog.pg_index i
 JOIN pg_catalog.pg_class c ON c.oid = i.indrelid
 JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
@@ -136,46 +129,31 @@ WHERE (i.indisprimary OR i.indisunique) AND i.indisvalid AND i.indimmediate
   AND i.indpred IS NULL AND i.indexprs IS NULL AND k.notnull
   AND cardinality(k.attnums) = i.indnkeyatts
   AND NOT (c.relkind = 'r' AND c.relhassubclass) AND `+userSchemas+`
-ORDER BY i.indrelid, i.indisprimary DESC, i.indexrelid`)
-	if err != nil {
-		return catalogErr("keys", err)
-	}
-	for rows.Next() {
-		var rel uint32
-		var key []int16
-		if err := rows.Scan(&rel, &key); err != nil {
-			rows.Close()
-			return catalogErr("keys", err)
-		}
-		if r, ok := c.rels[rel]; ok {
-			r.Keys = append(r.Keys, key)
-		}
-	}
-	return catalogErr("keys", rows.Err())
+ORDER BY i.indrelid, i.indisprimary DESC, i.indexrelid`,
+		[]any{&rel, &key}, func() error {
+			if r, ok := c.rels[rel]; ok {
+				r.Keys = append(r.Keys, key)
+			}
+			return nil
+		})
 }
 
 func (c *Catalog) loadViewDeps(ctx context.Context, q Querier) error {
-	rows, err := q.Query(ctx, `SELECT DISTINCT r.ev_class, d.refobjid, d.refobjsubid
+	var view, ref uint32
+	var sub int32
+	err := eachRow(ctx, q, "view dependencies", `SELECT DISTINCT r.ev_class, d.refobjid, d.refobjsubid
 FROM pg_catalog.pg_depend d JOIN pg_catalog.pg_rewrite r ON r.oid = d.objid
 WHERE d.classid = 'pg_catalog.pg_rewrite'::regclass AND d.refclassid = 'pg_catalog.pg_class'::regclass
   AND d.refobjid <> r.ev_class
-ORDER BY 1, 2, 3`)
+ORDER BY 1, 2, 3`,
+		[]any{&view, &ref, &sub}, func() error {
+			if r, ok := c.rels[view]; ok {
+				r.DependsOn = append(r.DependsOn, ColumnRef{ref, int16(sub)})
+			}
+			return nil
+		})
 	if err != nil {
-		return catalogErr("view dependencies", err)
-	}
-	for rows.Next() {
-		var view, ref uint32
-		var sub int32
-		if err := rows.Scan(&view, &ref, &sub); err != nil {
-			rows.Close()
-			return catalogErr("view dependencies", err)
-		}
-		if r, ok := c.rels[view]; ok {
-			r.DependsOn = append(r.DependsOn, ColumnRef{ref, int16(sub)})
-		}
-	}
-	if err := rows.Err(); err != nil {
-		return catalogErr("view dependencies", err)
+		return err
 	}
 	// Close over views of views. Dependencies between views form a DAG
 	// (PostgreSQL forbids cycles), but guard against it anyway.
@@ -248,68 +226,54 @@ func (c *Catalog) loadFunctions(ctx context.Context, q Querier) error {
 		touch map[uint32]bool
 	}
 	fns := map[uint32]*fn{}
-	rows, err := q.Query(ctx, `SELECT p.oid, n.nspname, p.proname, COALESCE(p.prosrc, '')
+	var f Function
+	var src string
+	err := eachRow(ctx, q, "functions", `SELECT p.oid, n.nspname, p.proname, COALESCE(p.prosrc, '')
 FROM pg_catalog.pg_proc p
 JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace
 JOIN pg_catalog.pg_language l ON l.oid = p.prolang
-WHERE l.lanname NOT IN ('internal', 'c') AND `+userSchemas)
-	if err != nil {
-		return catalogErr("functions", err)
-	}
-	for rows.Next() {
-		var f fn
-		var src string
-		if err := rows.Scan(&f.OID, &f.Schema, &f.Name, &src); err != nil {
-			rows.Close()
-			return catalogErr("functions", err)
-		}
-		src = strings.ToLower(src)
-		for oid, r := range phiRels {
-			if containsWord(src, strings.ToLower(r.Name)) {
-				if f.touch == nil {
-					f.touch = map[uint32]bool{}
+WHERE l.lanname NOT IN ('internal', 'c') AND `+userSchemas,
+		[]any{&f.OID, &f.Schema, &f.Name, &src}, func() error {
+			src := strings.ToLower(src)
+			var touch map[uint32]bool
+			for oid, r := range phiRels {
+				if containsWord(src, strings.ToLower(r.Name)) {
+					if touch == nil {
+						touch = map[uint32]bool{}
+					}
+					touch[oid] = true
 				}
-				f.touch[oid] = true
 			}
-		}
-		if f.touch != nil {
-			g := f
-			fns[f.OID] = &g
-		}
-	}
-	if err := rows.Err(); err != nil {
-		return catalogErr("functions", err)
+			if touch != nil {
+				fns[f.OID] = &fn{Function: f, touch: touch}
+			}
+			return nil
+		})
+	if err != nil {
+		return err
 	}
 	// SQL-standard bodies (BEGIN ATOMIC / RETURN) have an empty prosrc but
 	// recorded dependencies.
-	rows, err = q.Query(ctx, `SELECT DISTINCT p.oid, n.nspname, p.proname, d.refobjid
+	var ref uint32
+	err = eachRow(ctx, q, "function dependencies", `SELECT DISTINCT p.oid, n.nspname, p.proname, d.refobjid
 FROM pg_catalog.pg_depend d
 JOIN pg_catalog.pg_proc p ON p.oid = d.objid
 JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace
-WHERE d.classid = 'pg_catalog.pg_proc'::regclass AND d.refclassid = 'pg_catalog.pg_class'::regclass`)
+WHERE d.classid = 'pg_catalog.pg_proc'::regclass AND d.refclassid = 'pg_catalog.pg_class'::regclass`,
+		[]any{&f.OID, &f.Schema, &f.Name, &ref}, func() error {
+			if _, ok := phiRels[ref]; !ok {
+				return nil
+			}
+			g, ok := fns[f.OID]
+			if !ok {
+				g = &fn{Function: f, touch: map[uint32]bool{}}
+				fns[f.OID] = g
+			}
+			g.touch[ref] = true
+			return nil
+		})
 	if err != nil {
-		return catalogErr("function dependencies", err)
-	}
-	for rows.Next() {
-		var f fn
-		var ref uint32
-		if err := rows.Scan(&f.OID, &f.Schema, &f.Name, &ref); err != nil {
-			rows.Close()
-			return catalogErr("function dependencies", err)
-		}
-		if _, ok := phiRels[ref]; !ok {
-			continue
-		}
-		g, ok := fns[f.OID]
-		if !ok {
-			g = &f
-			g.touch = map[uint32]bool{}
-			fns[f.OID] = g
-		}
-		g.touch[ref] = true
-	}
-	if err := rows.Err(); err != nil {
-		return catalogErr("function dependencies", err)
+		return err
 	}
 	for _, f := range fns {
 		out := f.Function
@@ -360,44 +324,25 @@ func catalogErr(what string, err error) error {
 // (pg_db_role_setting is a shared catalog: visible from any database).
 func (c *Catalog) loadSearchPaths(ctx context.Context, q Querier) error {
 	c.searchPaths = map[[2]string]string{}
-	rows, err := q.Query(ctx, `SELECT coalesce(r.rolname, ''), coalesce(d.datname, ''), s.setconfig
+	var role, db string
+	var settings []string
+	err := eachRow(ctx, q, "role and database settings", `SELECT coalesce(r.rolname, ''), coalesce(d.datname, ''), s.setconfig
 FROM pg_catalog.pg_db_role_setting s
 LEFT JOIN pg_catalog.pg_roles r ON r.oid = s.setrole
-LEFT JOIN pg_catalog.pg_database d ON d.oid = s.setdatabase`)
-	if err != nil {
-		return catalogErr("role and database settings", err)
-	}
-	defer rows.Close()
-	for rows.Next() {
-		var role, db string
-		var settings []string
-		if err := rows.Scan(&role, &db, &settings); err != nil {
-			return catalogErr("role and database settings", err)
-		}
-		for _, kv := range settings {
-			if v, ok := strings.CutPrefix(kv, "search_path="); ok {
-				c.searchPaths[[2]string{role, db}] = v
+LEFT JOIN pg_catalog.pg_database d ON d.oid = s.setdatabase`,
+		[]any{&role, &db, &settings}, func() error {
+			for _, kv := range settings {
+				if v, ok := strings.CutPrefix(kv, "search_path="); ok {
+					c.searchPaths[[2]string{role, db}] = v
+				}
 			}
-		}
-	}
-	if err := rows.Err(); err != nil {
-		return catalogErr("role and database settings", err)
-	}
-	rows.Close()
-	srv, err := q.Query(ctx, `SELECT reset_val FROM pg_catalog.pg_settings WHERE name = 'search_path'`)
+			return nil
+		})
 	if err != nil {
-		return catalogErr("the server's search_path", err)
+		return err
 	}
-	defer srv.Close()
-	for srv.Next() {
-		if err := srv.Scan(&c.serverSearchPath); err != nil {
-			return catalogErr("the server's search_path", err)
-		}
-	}
-	if err := srv.Err(); err != nil {
-		return catalogErr("the server's search_path", err)
-	}
-	return nil
+	return eachRow(ctx, q, "the server's search_path", `SELECT reset_val FROM pg_catalog.pg_settings WHERE name = 'search_path'`,
+		[]any{&c.serverSearchPath}, func() error { return nil })
 }
 
 // RoleMemberships returns every role the role named role is a member of,

@@ -11,8 +11,8 @@ import (
 
 // The catalog overlay (docs/sql-support.md, "Catalog introspection"): views
 // in schema OverlaySchema through which catalog reads see each PHI column
-// with its logical type. This file builds its DDL; proxy/phi installs and
-// checks it over the catalog connection.
+// with its logical type, and no envelope constraint. This file builds its
+// DDL; proxy/phi installs and checks it over the catalog connection.
 
 // Catalog overlay modes (catalog_overlay in the config file).
 const (
@@ -34,7 +34,7 @@ const OverlaySchema = "phiproxy_overlay"
 
 // overlayVersion changes whenever the overlay's DDL does, so that an
 // overlay installed by another phiproxy version is replaced.
-const overlayVersion = 1
+const overlayVersion = 2
 
 // OverlayEntry is one PHI column as the overlay presents it: the column
 // (attrelid, attnum) and its logical type's OID and atttypmod.
@@ -89,10 +89,11 @@ func OverlayMarker(serverVersionNum int) string {
 }
 
 // OverlayStatusSQL reads server_version_num, the markers of the overlay's
-// two views (NULL when missing) and the database.
+// three views (NULL when missing) and the database.
 const OverlayStatusSQL = `SELECT pg_catalog.current_setting('server_version_num')::int4,
   pg_catalog.obj_description(pg_catalog.to_regclass('` + OverlaySchema + `.pg_attribute'), 'pg_class'),
   pg_catalog.obj_description(pg_catalog.to_regclass('` + OverlaySchema + `.columns'), 'pg_class'),
+  pg_catalog.obj_description(pg_catalog.to_regclass('` + OverlaySchema + `.pg_constraint'), 'pg_class'),
   pg_catalog.current_database()::text`
 
 // OverlayEntriesSQL reads the overlay's rows, sorted as OverlayEntries.
@@ -152,7 +153,7 @@ func OverlayDDL(attrs []string, columnsDef, marker string) []string {
 		"CREATE SCHEMA IF NOT EXISTS " + s,
 		"CREATE TABLE IF NOT EXISTS " + s + `.phi_columns (attrelid pg_catalog.oid NOT NULL, attnum pg_catalog.int2 NOT NULL,
   atttypid pg_catalog.oid NOT NULL, atttypmod pg_catalog.int4 NOT NULL, PRIMARY KEY (attrelid, attnum))`,
-		"DROP VIEW IF EXISTS " + s + ".columns, " + s + ".pg_attribute",
+		"DROP VIEW IF EXISTS " + s + ".columns, " + s + ".pg_attribute, " + s + ".pg_constraint",
 		"DROP FUNCTION IF EXISTS " + OverlayFunction,
 		// A SQL-standard body is bound at creation (no search_path at run
 		// time) and is inlined into the caller's plan: a read by attrelid
@@ -173,10 +174,20 @@ END`,
 		// the catalogs as its owner and filters rows by the caller's
 		// privileges itself.
 		"CREATE VIEW " + s + ".columns AS " + columnsDef,
+		// pg_constraint without the envelope CHECK constraints phiproxy
+		// encrypt installs on the PHI columns (crypto.EnvelopeCheckSQL): a
+		// schema diff (TypeORM synchronize, MikroORM's schema generator)
+		// would otherwise plan to drop what the plaintext twin does not
+		// have. They stay in force; only reads through phiproxy skip them.
+		"CREATE VIEW " + s + `.pg_constraint WITH (security_invoker = true) AS SELECT c.* FROM pg_catalog.pg_constraint c
+WHERE NOT (c.contype = 'c' AND c.conname OPERATOR(pg_catalog.~~) 'phiproxy\_%\_envelope'
+  AND pg_catalog.cardinality(c.conkey) = 1
+  AND EXISTS (SELECT FROM ` + s + `.phi_columns o WHERE o.attrelid = c.conrelid AND o.attnum = c.conkey[1]))`,
 		"COMMENT ON VIEW " + s + ".pg_attribute IS " + quoted,
 		"COMMENT ON VIEW " + s + ".columns IS " + quoted,
+		"COMMENT ON VIEW " + s + ".pg_constraint IS " + quoted,
 		"GRANT USAGE ON SCHEMA " + s + " TO PUBLIC",
-		"GRANT SELECT ON " + s + ".phi_columns, " + s + ".pg_attribute, " + s + ".columns TO PUBLIC",
+		"GRANT SELECT ON " + s + ".phi_columns, " + s + ".pg_attribute, " + s + ".columns, " + s + ".pg_constraint TO PUBLIC",
 	}
 }
 

@@ -415,30 +415,31 @@ func Parse(data []byte, path string) (*Config, error) {
 			v.errf([]string{"limits", "max_connections"}, "limits.max_connections must be 0 (no cap) or a positive number of connections")
 		}
 		c.Limits.MaxConnections = r.Limits.MaxConnections
-		for _, d := range []struct {
-			key string
-			val string
-			dst *time.Duration
-		}{{"drain_timeout", r.Limits.DrainTimeout, &c.Limits.DrainTimeout}, {"connect_timeout", r.Limits.ConnectTimeout, &c.Limits.ConnectTimeout}} {
-			if d.val == "" {
-				continue
+		// drain and connect take a Go duration; the idle timeouts also
+		// take PostgreSQL's spelling (ParseTimeout), as the server's own
+		// settings of the same names do.
+		positive := func(s string) (time.Duration, error) {
+			d, err := time.ParseDuration(s)
+			if err != nil || d <= 0 {
+				return 0, fmt.Errorf("%q is not a positive duration such as 30s", s)
 			}
-			dur, err := time.ParseDuration(d.val)
-			if err != nil || dur <= 0 {
-				v.errf([]string{"limits", d.key}, "limits.%s %q is not a positive duration such as 30s", d.key, d.val)
-				continue
-			}
-			*d.dst = dur
+			return d, nil
 		}
 		for _, d := range []struct {
-			key string
-			val string
-			dst *time.Duration
-		}{{"idle_session_timeout", r.Limits.IdleSession, &c.Limits.IdleSessionTimeout}, {"idle_in_transaction_timeout", r.Limits.IdleInTx, &c.Limits.IdleInTransactionTimeout}} {
+			key   string
+			val   string
+			parse func(string) (time.Duration, error)
+			dst   *time.Duration
+		}{
+			{"drain_timeout", r.Limits.DrainTimeout, positive, &c.Limits.DrainTimeout},
+			{"connect_timeout", r.Limits.ConnectTimeout, positive, &c.Limits.ConnectTimeout},
+			{"idle_session_timeout", r.Limits.IdleSession, ParseTimeout, &c.Limits.IdleSessionTimeout},
+			{"idle_in_transaction_timeout", r.Limits.IdleInTx, ParseTimeout, &c.Limits.IdleInTransactionTimeout},
+		} {
 			if d.val == "" {
 				continue
 			}
-			dur, err := ParseTimeout(d.val)
+			dur, err := d.parse(d.val)
 			if err != nil {
 				v.errf([]string{"limits", d.key}, "limits.%s: %v", d.key, err)
 				continue

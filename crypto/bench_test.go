@@ -10,8 +10,7 @@ import (
 // wraps (same keyset, same associated data) in one run. docs/performance.md
 // records the table.
 func BenchmarkCipher(b *testing.B) {
-	cfg, _ := setup(b, testPHI)
-	kr := openRing(b, cfg)
+	kr, _ := testRing(b)
 	for _, mode := range []string{"randomized", "deterministic"} {
 		key := "public.patients.diagnosis"
 		if mode == "deterministic" {
@@ -26,76 +25,42 @@ func BenchmarkCipher(b *testing.B) {
 		}
 		for _, size := range []int{16, 256, 4096} {
 			pt := bytes.Repeat([]byte{'x'}, size)
-			env, err := c.Encrypt(pt)
-			if err != nil {
-				b.Fatal(err)
-			}
+			env := mustEncrypt(b, c, pt)
 			raw := env[HeaderLen:]
-			name := fmt.Sprintf("%s/%dB", mode, size)
-			b.Run(name+"/encrypt/tink", func(b *testing.B) {
-				b.ReportAllocs()
-				b.SetBytes(int64(size))
-				for b.Loop() {
-					if _, err := rawEnc(pt); err != nil {
-						b.Fatal(err)
-					}
-				}
-			})
-			b.Run(name+"/encrypt/phiproxy", func(b *testing.B) {
-				b.ReportAllocs()
-				b.SetBytes(int64(size))
-				for b.Loop() {
-					if _, err := c.Encrypt(pt); err != nil {
-						b.Fatal(err)
-					}
-				}
-			})
-			b.Run(name+"/append-encrypt/phiproxy", func(b *testing.B) {
-				b.ReportAllocs()
-				b.SetBytes(int64(size))
-				buf := make([]byte, 0, 2*size+64)
-				for b.Loop() {
-					if _, err := c.AppendEncrypt(buf[:0], pt); err != nil {
-						b.Fatal(err)
-					}
-				}
-			})
-			b.Run(name+"/decrypt/tink", func(b *testing.B) {
-				b.ReportAllocs()
-				b.SetBytes(int64(size))
-				for b.Loop() {
-					if _, err := rawDec(raw); err != nil {
-						b.Fatal(err)
-					}
-				}
-			})
-			b.Run(name+"/decrypt/phiproxy", func(b *testing.B) {
-				b.ReportAllocs()
-				b.SetBytes(int64(size))
-				for b.Loop() {
-					if _, err := c.Decrypt(env); err != nil {
-						b.Fatal(err)
-					}
-				}
-			})
-			// What an AppendDecrypt(dst, envelope) would cost: Tink has no
-			// API that decrypts into a caller's buffer (AES-GCM and AES-SIV
-			// both return a fresh slice), so it could only be Decrypt plus a
-			// copy into dst: never fewer allocations, always more bytes
-			// moved. This is why Cipher has no AppendDecrypt (see
-			// Cipher.Decrypt).
-			b.Run(name+"/append-decrypt/decrypt+copy", func(b *testing.B) {
-				b.ReportAllocs()
-				b.SetBytes(int64(size))
-				buf := make([]byte, 0, size+64)
-				for b.Loop() {
+			encBuf := make([]byte, 0, 2*size+64)
+			decBuf := make([]byte, 0, size+64)
+			ops := []struct {
+				name string
+				op   func() error
+			}{
+				{"encrypt/tink", func() error { _, err := rawEnc(pt); return err }},
+				{"encrypt/phiproxy", func() error { _, err := c.Encrypt(pt); return err }},
+				{"append-encrypt/phiproxy", func() error { _, err := c.AppendEncrypt(encBuf[:0], pt); return err }},
+				{"decrypt/tink", func() error { _, err := rawDec(raw); return err }},
+				{"decrypt/phiproxy", func() error { _, err := c.Decrypt(env); return err }},
+				// What an AppendDecrypt(dst, envelope) would cost: Tink has
+				// no API that decrypts into a caller's buffer (AES-GCM and
+				// AES-SIV both return a fresh slice), so it could only be
+				// Decrypt plus a copy into dst: never fewer allocations,
+				// always more bytes moved. This is why Cipher has no
+				// AppendDecrypt (see Cipher.Decrypt).
+				{"append-decrypt/decrypt+copy", func() error {
 					pt, err := c.Decrypt(env)
-					if err != nil {
-						b.Fatal(err)
+					decBuf = append(decBuf[:0], pt...)
+					return err
+				}},
+			}
+			for _, o := range ops {
+				b.Run(fmt.Sprintf("%s/%dB/%s", mode, size, o.name), func(b *testing.B) {
+					b.ReportAllocs()
+					b.SetBytes(int64(size))
+					for b.Loop() {
+						if err := o.op(); err != nil {
+							b.Fatal(err)
+						}
 					}
-					buf = append(buf[:0], pt...)
-				}
-			})
+				})
+			}
 		}
 	}
 }
@@ -103,8 +68,7 @@ func BenchmarkCipher(b *testing.B) {
 // BenchmarkKeyringLookup is the per-value cost of going through the
 // Keyring (atomic load + map lookup) rather than holding a *Cipher.
 func BenchmarkKeyringLookup(b *testing.B) {
-	cfg, _ := setup(b, testPHI)
-	kr := openRing(b, cfg)
+	kr, _ := testRing(b)
 	b.ReportAllocs()
 	for b.Loop() {
 		if _, err := kr.Cipher("public.patients.ssn"); err != nil {

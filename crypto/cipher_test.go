@@ -13,8 +13,7 @@ import (
 )
 
 func TestRoundTrip(t *testing.T) {
-	cfg, _ := setup(t, testPHI)
-	kr := openRing(t, cfg)
+	kr, _ := testRing(t)
 	sizes := []struct {
 		name string
 		n    int
@@ -32,10 +31,7 @@ func TestRoundTrip(t *testing.T) {
 					t.Fatalf("mode %s, want %s", c.Mode(), k.mode)
 				}
 				pt := bytes.Repeat([]byte{0xa5}, sz.n)
-				env, err := c.Encrypt(pt)
-				if err != nil {
-					t.Fatal(err)
-				}
+				env := mustEncrypt(t, c, pt)
 				if !IsEnvelope(env) {
 					t.Fatalf("Encrypt output % x… is not an envelope", env[:min(len(env), 8)])
 				}
@@ -62,14 +58,6 @@ func TestDeterministicEquality(t *testing.T) {
 	kr := openRing(t, cfg)
 	det := mustCipher(t, kr, "public.patients.ssn")
 	rnd := mustCipher(t, kr, "public.patients.diagnosis")
-	enc := func(c *Cipher, s string) []byte {
-		t.Helper()
-		e, err := c.Encrypt([]byte(s))
-		if err != nil {
-			t.Fatal(err)
-		}
-		return e
-	}
 	tests := []struct {
 		name      string
 		c         *Cipher
@@ -83,7 +71,7 @@ func TestDeterministicEquality(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			if got := bytes.Equal(enc(tt.c, tt.a), enc(tt.c, tt.b)); got != tt.wantEqual {
+			if got := bytes.Equal(mustEncrypt(t, tt.c, []byte(tt.a)), mustEncrypt(t, tt.c, []byte(tt.b))); got != tt.wantEqual {
 				t.Fatalf("equal = %v, want %v", got, tt.wantEqual)
 			}
 		})
@@ -136,23 +124,14 @@ func TestDecryptFailures(t *testing.T) {
 	}
 
 	tamper := func(i int) []byte {
-		env, err := ssn.Encrypt(secret)
-		if err != nil {
-			t.Fatal(err)
-		}
+		env := mustEncrypt(t, ssn, secret)
 		if i < 0 {
 			i += len(env)
 		}
 		env[i] ^= 0x01
 		return env
 	}
-	encWith := func(c *Cipher) []byte {
-		env, err := c.Encrypt(secret)
-		if err != nil {
-			t.Fatal(err)
-		}
-		return env
-	}
+	encWith := func(c *Cipher) []byte { return mustEncrypt(t, c, secret) }
 	tests := []struct {
 		name   string
 		c      *Cipher
@@ -205,8 +184,7 @@ func mustKEK(t testing.TB, uri string) tink.AEAD {
 }
 
 func TestKeyringUnknownKeyName(t *testing.T) {
-	cfg, _ := setup(t, testPHI)
-	kr := openRing(t, cfg)
+	kr, _ := testRing(t)
 	if got := strings.Join(kr.KeyNames(), ","); got != "public.patients.diagnosis,public.patients.ssn,visit notes/v1" {
 		t.Fatalf("KeyNames = %s", got)
 	}

@@ -11,8 +11,7 @@ import (
 // fuzzCiphers makes one deterministic and one randomized cipher per fuzz
 // target (keyset generation is too slow to do per input).
 func fuzzCiphers(f *testing.F) (det, rnd *Cipher) {
-	cfg, _ := setup(f, testPHI)
-	kr := openRing(f, cfg)
+	kr, _ := testRing(f)
 	return mustCipher(f, kr, "public.patients.ssn"), mustCipher(f, kr, "public.patients.diagnosis")
 }
 
@@ -24,11 +23,7 @@ func fuzzEncrypt(t *testing.T, det, rnd *Cipher, deterministic bool, x []byte) (
 	if deterministic {
 		c = det
 	}
-	env, err := c.Encrypt(x)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return c, env
+	return c, mustEncrypt(t, c, x)
 }
 
 // FuzzRoundTrip: Decrypt(Encrypt(x)) == x in both modes, and the

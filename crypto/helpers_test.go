@@ -64,12 +64,7 @@ func setup(t testing.TB, phi string) (*config.Config, *Store) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	for name, cols := range cfg.KeyNames() {
-		if _, err := st.Create(ColumnKey(name), cols[0].Mode); err != nil {
-			t.Fatal(err)
-		}
-	}
-	if _, err := st.Create(SigningKey(), ""); err != nil {
+	if err := st.CreateAll(cfg, nil); err != nil {
 		t.Fatal(err)
 	}
 	return cfg, st
@@ -91,4 +86,20 @@ func mustCipher(t testing.TB, kr *Keyring, name string) *Cipher {
 		t.Fatal(err)
 	}
 	return c
+}
+
+// testRing is setup with testPHI and the keyring that opens its keys.
+func testRing(t testing.TB) (*Keyring, *Store) {
+	t.Helper()
+	cfg, st := setup(t, testPHI)
+	return openRing(t, cfg), st
+}
+
+func mustEncrypt(t testing.TB, c *Cipher, plaintext []byte) []byte {
+	t.Helper()
+	env, err := c.Encrypt(plaintext)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return env
 }

@@ -12,31 +12,27 @@ import (
 
 // byteaEscape is PostgreSQL's byteaout with bytea_output = 'escape'.
 func byteaEscape(b []byte) string {
-	var s strings.Builder
-	for _, c := range b {
-		switch {
-		case c == '\\':
-			s.WriteString(`\\`)
-		case c >= 0x20 && c <= 0x7e:
-			s.WriteByte(c)
-		default:
-			fmt.Fprintf(&s, `\%03o`, c)
-		}
-	}
-	return s.String()
+	return escapeOctal(b, func(c byte) bool { return c >= 0x20 && c <= 0x7e })
 }
 
 // encodeEscape is PostgreSQL's encode(…, 'escape').
 func encodeEscape(b []byte) string {
+	return escapeOctal(b, func(c byte) bool { return c != 0 && c < 0x80 })
+}
+
+// escapeOctal doubles backslashes, keeps the bytes verbatim says and
+// writes every other byte as \ooo: the two escape spellings differ only
+// in which bytes they keep.
+func escapeOctal(b []byte, verbatim func(byte) bool) string {
 	var s strings.Builder
 	for _, c := range b {
 		switch {
 		case c == '\\':
 			s.WriteString(`\\`)
-		case c == 0 || c >= 0x80:
-			fmt.Fprintf(&s, `\%03o`, c)
-		default:
+		case verbatim(c):
 			s.WriteByte(c)
+		default:
+			fmt.Fprintf(&s, `\%03o`, c)
 		}
 	}
 	return s.String()

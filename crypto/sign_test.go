@@ -10,8 +10,7 @@ import (
 )
 
 func TestSignAndVerify(t *testing.T) {
-	cfg, st := setup(t, testPHI)
-	kr := openRing(t, cfg)
+	kr, st := testRing(t)
 	s, err := kr.Signer()
 	if err != nil {
 		t.Fatal(err)

@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"sort"
+	"strings"
 	"syscall"
 	"time"
 
@@ -178,6 +179,49 @@ func (s *Store) Create(r Ref, mode string) (created bool, err error) {
 		return false, err
 	}
 	return true, nil
+}
+
+// CreateAll creates every missing keyset cfg needs, as `phiproxy keys
+// create` does: one per column key name (config.KeyNames), with the mode
+// of its columns, in name order, then the audit-signing keyset. seen,
+// when not nil, is told of each in turn (cols is nil for the signing
+// keyset) and whether it was created rather than kept.
+func (s *Store) CreateAll(cfg *config.Config, seen func(r Ref, cols []config.Column, created bool)) error {
+	names := cfg.KeyNames()
+	sorted := make([]string, 0, len(names))
+	for n := range names {
+		sorted = append(sorted, n)
+	}
+	sort.Strings(sorted)
+	create := func(r Ref, cols []config.Column, mode string) error {
+		created, err := s.Create(r, mode)
+		if err == nil && seen != nil {
+			seen(r, cols, created)
+		}
+		return err
+	}
+	for _, n := range sorted {
+		if err := create(ColumnKey(n), names[n], names[n][0].Mode); err != nil {
+			return err
+		}
+	}
+	return create(SigningKey(), nil, "")
+}
+
+// InitKeys creates, quietly, what `phiproxy keys init` creates for cfg:
+// the KEK file when the KEK is a file: KEK that does not exist yet, then
+// every missing keyset (Store.CreateAll). What exists is kept.
+func InitKeys(ctx context.Context, cfg *config.Config, opts Options) error {
+	if path, ok := strings.CutPrefix(cfg.Keys.KEK, "file:"); ok {
+		if _, err := InitFileKEK(path); err != nil {
+			return err
+		}
+	}
+	st, err := OpenStore(ctx, cfg.Keys, opts)
+	if err != nil {
+		return err
+	}
+	return st.CreateAll(cfg, nil)
 }
 
 // Load reads one keyset and describes it.

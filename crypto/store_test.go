@@ -23,13 +23,9 @@ import (
 func TestRotateKeepsOldValuesReadable(t *testing.T) {
 	for _, key := range []string{"public.patients.ssn", "public.patients.diagnosis"} {
 		t.Run(key, func(t *testing.T) {
-			cfg, st := setup(t, testPHI)
-			kr := openRing(t, cfg)
+			kr, st := testRing(t)
 			before := mustCipher(t, kr, key)
-			old, err := before.Encrypt([]byte("before rotation"))
-			if err != nil {
-				t.Fatal(err)
-			}
+			old := mustEncrypt(t, before, []byte("before rotation"))
 			newID, err := st.Rotate(ColumnKey(key))
 			if err != nil {
 				t.Fatal(err)
@@ -48,10 +44,7 @@ func TestRotateKeepsOldValuesReadable(t *testing.T) {
 			if after.PrimaryKeyID() != newID {
 				t.Fatalf("primary after reload %d, want %d", after.PrimaryKeyID(), newID)
 			}
-			fresh, err := after.Encrypt([]byte("after rotation"))
-			if err != nil {
-				t.Fatal(err)
-			}
+			fresh := mustEncrypt(t, after, []byte("after rotation"))
 			if id, _ := EnvelopeKeyID(fresh); id != newID {
 				t.Fatalf("new value under key id %d, want %d", id, newID)
 			}
@@ -70,8 +63,7 @@ func TestRotateKeepsOldValuesReadable(t *testing.T) {
 }
 
 func TestRetire(t *testing.T) {
-	cfg, st := setup(t, testPHI)
-	kr := openRing(t, cfg)
+	kr, st := testRing(t)
 	key := "public.patients.ssn"
 	oldID := mustCipher(t, kr, key).PrimaryKeyID()
 	old, _ := kr.Encrypt(key, []byte("123-45-6789"))
@@ -373,8 +365,7 @@ func TestList(t *testing.T) {
 }
 
 func TestConcurrentUseDuringReload(t *testing.T) {
-	cfg, st := setup(t, testPHI)
-	kr := openRing(t, cfg)
+	kr, st := testRing(t)
 	var wg sync.WaitGroup
 	stop := make(chan struct{})
 	errs := make(chan error, 8)
@@ -448,4 +439,40 @@ func writeDoc(t *testing.T, path string, doc fileDoc) {
 		t.Fatal(err)
 	}
 	write(t, path, data)
+}
+
+// TestInitKeys: InitKeys makes the KEK file and every keyset of the
+// config, the signing keyset included, and a second run keeps them all.
+func TestInitKeys(t *testing.T) {
+	ctx := context.Background()
+	cfg := writeConfig(t, t.TempDir(), "", testPHI)
+	refs := []Ref{SigningKey(), ColumnKey("public.patients.ssn"), ColumnKey("public.patients.diagnosis"), ColumnKey("visit notes/v1")}
+	primaries := func() []uint32 {
+		t.Helper()
+		st, err := OpenStore(ctx, cfg.Keys, Options{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		var ids []uint32
+		for _, r := range refs {
+			ki, err := st.Load(r)
+			if err != nil {
+				t.Fatalf("%s: %v", r, err)
+			}
+			ids = append(ids, ki.Primary())
+		}
+		return ids
+	}
+	if err := InitKeys(ctx, cfg, Options{}); err != nil {
+		t.Fatal(err)
+	}
+	first := primaries()
+	if err := InitKeys(ctx, cfg, Options{}); err != nil {
+		t.Fatal(err)
+	}
+	for i, id := range primaries() {
+		if id != first[i] {
+			t.Fatalf("a second InitKeys replaced %s (primary %d, was %d)", refs[i], id, first[i])
+		}
+	}
 }

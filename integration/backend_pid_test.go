@@ -7,7 +7,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/phiproxy/phiproxy/internal/testenv"
@@ -25,12 +24,7 @@ func TestBackendPIDThroughPHIProxy(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
 	dsn := e.dsn(p.addr(), "app", "app-pw", phiDB, "sslmode=require")
-	cfg := testenv.CancelingConfig(t, dsn)
-	conn, err := pgx.ConnectConfig(ctx, cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close(ctx)
+	conn := testenv.Connect(t, ctx, dsn, testenv.CancelOnExpiry)
 
 	var backend uint32
 	if err := conn.QueryRow(ctx, "SELECT pg_backend_pid()").Scan(&backend); err != nil {
@@ -67,11 +61,7 @@ func TestBackendPIDThroughPHIProxy(t *testing.T) {
 	}
 
 	// pg_terminate_backend(conn.PID()) from another session ends this one.
-	other, err := pgx.Connect(ctx, dsn)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer other.Close(ctx)
+	other := testenv.Connect(t, ctx, dsn, nil)
 	var ok bool
 	if err := other.QueryRow(ctx, "SELECT pg_terminate_backend($1)", conn.PgConn().PID()).Scan(&ok); err != nil || !ok {
 		t.Fatalf("pg_terminate_backend = %v, %v", ok, err)

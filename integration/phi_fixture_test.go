@@ -16,6 +16,7 @@ import (
 
 	"github.com/phiproxy/phiproxy/config"
 	"github.com/phiproxy/phiproxy/crypto"
+	"github.com/phiproxy/phiproxy/internal/testenv"
 )
 
 // The PHI fixture: database phi owned by app, the encrypted schema, its
@@ -147,12 +148,7 @@ func phiDirect(t *testing.T) *pgx.Conn {
 	e := fixture
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
-	conn, err := pgx.Connect(ctx, e.dsn(e.cluster.Addr(), "app", "app-pw", phiDB))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { conn.Close(context.Background()) })
-	return conn
+	return testenv.Connect(t, ctx, e.dsn(e.cluster.Addr(), "app", "app-pw", phiDB), nil)
 }
 
 // assertCiphertext checks, around the proxy, that the rows with ids in

@@ -96,12 +96,7 @@ func TestNotifySelfPID(t *testing.T) {
 	if _, err := conn.Exec(ctx, "NOTIFY selfpid, 'hello'"); err != nil {
 		t.Fatal(err)
 	}
-	wctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-	defer cancel()
-	n, err := conn.WaitForNotification(wctx)
-	if err != nil {
-		t.Fatal(err)
-	}
+	n := awaitNotification(t, ctx, conn)
 	if n.PID != conn.PgConn().PID() || n.Payload != "hello" {
 		t.Fatalf("notification from PID %d (%q); the session's PID is %d", n.PID, n.Payload, conn.PgConn().PID())
 	}
@@ -189,26 +184,28 @@ func TestCancelByContextThroughProxy(t *testing.T) {
 	for _, m := range cancelModes() {
 		t.Run(m.name, func(t *testing.T) {
 			p := startProxy(t, proxyConfig(t, "", m.auth, m.upstream))
-			cfg := testenv.CancelingConfig(t, p.dsn())
-			conn, err := pgx.ConnectConfig(ctx, cfg)
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer conn.Close(ctx)
-			qctx, cancel := context.WithTimeout(ctx, 300*time.Millisecond)
-			defer cancel()
-			start := time.Now()
-			if _, err := conn.Exec(qctx, "SELECT pg_sleep(10)"); sqlstate(err) != "57014" {
-				t.Fatalf("got %v, want SQLSTATE 57014", err)
-			}
-			if d := time.Since(start); d > 3*time.Second {
-				t.Fatalf("cancel took %v", d)
-			}
+			conn := connect(t, ctx, p.dsn(), testenv.CancelOnExpiry)
+			sleepCanceled(t, ctx, conn, 300*time.Millisecond)
 			var one int
 			if err := conn.QueryRow(ctx, "SELECT 1").Scan(&one); err != nil {
 				t.Fatalf("the session after the cancel: %v", err)
 			}
 		})
+	}
+}
+
+// sleepCanceled runs pg_sleep(10) on conn under a timeout of after and
+// fails t unless the query is canceled (57014) within 3 s.
+func sleepCanceled(t *testing.T, ctx context.Context, conn *pgx.Conn, after time.Duration) {
+	t.Helper()
+	qctx, cancel := context.WithTimeout(ctx, after)
+	defer cancel()
+	start := time.Now()
+	if _, err := conn.Exec(qctx, "SELECT pg_sleep(10)"); sqlstate(err) != "57014" {
+		t.Fatalf("got %v, want SQLSTATE 57014", err)
+	}
+	if d := time.Since(start); d > 3*time.Second {
+		t.Fatalf("cancel took %v", d)
 	}
 }
 

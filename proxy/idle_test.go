@@ -165,11 +165,7 @@ func waitBackendsGone(t *testing.T, ctx context.Context, app string) {
 
 func TestIdleInTransactionTimeout(t *testing.T) {
 	ctx := testCtx(t)
-	direct := connect(t, ctx, directDSN())
-	if _, err := direct.Exec(ctx, "CREATE TABLE IF NOT EXISTS idle_logoff (v text)"); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _, _ = direct.Exec(context.Background(), "DROP TABLE IF EXISTS idle_logoff") })
+	direct := scratchTable(t, ctx, "idle_logoff")
 	// Only the in-transaction timeout is set: outside a transaction the
 	// session may idle.
 	p := idleProxy(t, []string{"idle_in_transaction_timeout"})
@@ -200,11 +196,7 @@ func TestIdleInTransactionTimeout(t *testing.T) {
 
 func TestIdleTimeoutSparesBusySessions(t *testing.T) {
 	ctx := testCtx(t)
-	direct := connect(t, ctx, directDSN())
-	if _, err := direct.Exec(ctx, "CREATE TABLE IF NOT EXISTS idle_copy (v text)"); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _, _ = direct.Exec(context.Background(), "DROP TABLE IF EXISTS idle_copy") })
+	scratchTable(t, ctx, "idle_copy")
 	p := idleProxy(t, []string{"idle_session_timeout", "idle_in_transaction_timeout"})
 	// Each case keeps the session busy for longer than the timeout, then
 	// lets it idle: it must survive the first part and not the second.

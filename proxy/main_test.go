@@ -123,9 +123,27 @@ func directDSN(params ...string) string {
 	return testCluster.DSN(appUser, appPassword, appDB, append([]string{"sslmode=disable"}, params...)...)
 }
 
-func connect(t testing.TB, ctx context.Context, dsn string) *pgx.Conn {
+// connect connects to dsn, each of configure applied to its config, until
+// the test ends.
+func connect(t testing.TB, ctx context.Context, dsn string, configure ...func(*pgx.ConnConfig)) *pgx.Conn {
 	t.Helper()
-	return testenv.Connect(t, ctx, dsn, nil)
+	return testenv.Connect(t, ctx, dsn, func(cc *pgx.ConnConfig) {
+		for _, f := range configure {
+			f(cc)
+		}
+	})
+}
+
+// scratchTable creates the table name (v text) for the test, dropped when
+// it ends, and returns the direct connection that made it.
+func scratchTable(t *testing.T, ctx context.Context, name string) *pgx.Conn {
+	t.Helper()
+	direct := connect(t, ctx, directDSN())
+	if _, err := direct.Exec(ctx, "CREATE TABLE IF NOT EXISTS "+name+" (v text)"); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _, _ = direct.Exec(context.Background(), "DROP TABLE IF EXISTS "+name) })
+	return direct
 }
 
 func testCtx(t testing.TB) context.Context { return testenv.Context(t, 30*time.Second) }

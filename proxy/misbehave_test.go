@@ -3,7 +3,6 @@ package proxy
 import (
 	"context"
 	"crypto/md5"
-	"encoding/binary"
 	"encoding/hex"
 	"errors"
 	"net"
@@ -38,14 +37,6 @@ func scriptedUpstream(t *testing.T, script func(c net.Conn, be *pgproto3.Backend
 	return ln.Addr().String()
 }
 
-// rawMessage frames body as a backend message of type typ; fields are
-// written NUL-terminated, as in an ErrorResponse, when asked.
-func rawMessage(typ byte, body []byte) []byte {
-	m := append([]byte{typ}, 0, 0, 0, 0)
-	binary.BigEndian.PutUint32(m[1:], uint32(len(body)+4))
-	return append(m, body...)
-}
-
 // errorBody is an ErrorResponse body with the given fields (a field type
 // byte and its value each), without a C field unless one is given.
 func errorBody(fields ...string) []byte {
@@ -59,9 +50,9 @@ func errorBody(fields ...string) []byte {
 // loggedIn answers a login as a trusting server does.
 func loggedIn(c net.Conn) error {
 	var out []byte
-	out = append(out, rawMessage('R', []byte{0, 0, 0, 0})...)
-	out = append(out, rawMessage('K', []byte{0, 0, 0, 7, 1, 2, 3, 4})...)
-	out = append(out, rawMessage('Z', []byte{'I'})...)
+	out = append(out, frame('R', []byte{0, 0, 0, 0})...)
+	out = append(out, frame('K', []byte{0, 0, 0, 7, 1, 2, 3, 4})...)
+	out = append(out, frame('Z', []byte{'I'})...)
 	_, err := c.Write(out)
 	return err
 }
@@ -104,7 +95,7 @@ func TestUpstreamErrorWithoutSQLSTATEDuringLogin(t *testing.T) {
 		{"fields without terminator", []byte("SFATAL"), "08006", []string{"terminate"}},
 	} {
 		up := scriptedUpstream(t, func(c net.Conn, be *pgproto3.Backend) {
-			_, _ = c.Write(rawMessage('E', tc.body))
+			_, _ = c.Write(frame('E', tc.body))
 		})
 		verifier := &auth.Verifier{Role: appUser, Secret: md5Secret(appUser, appPassword), CanLogin: true}
 		for _, mode := range tc.modes {
@@ -140,10 +131,10 @@ func TestUpstreamErrorWithoutSQLSTATEAfterLogin(t *testing.T) {
 				continue
 			}
 			if n == 0 {
-				_, _ = c.Write(append(rawMessage('E', errorBody("S", "ERROR", "M", "no code")), rawMessage('Z', []byte{'I'})...))
+				_, _ = c.Write(append(frame('E', errorBody("S", "ERROR", "M", "no code")), frame('Z', []byte{'I'})...))
 				continue
 			}
-			_, _ = c.Write(rawMessage('E', errorBody("S", "FATAL", "V", "FATAL", "M", "no code either")))
+			_, _ = c.Write(frame('E', errorBody("S", "FATAL", "V", "FATAL", "M", "no code either")))
 			return
 		}
 	})

@@ -47,6 +47,7 @@ func tcpPair(t *testing.T) (a, b *net.TCPConn) {
 	return a, b
 }
 
+// frame frames body as a message of type typ (either direction).
 func frame(typ byte, body []byte) []byte {
 	b := make([]byte, 5, 5+len(body))
 	b[0] = typ

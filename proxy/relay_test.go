@@ -137,16 +137,9 @@ func TestNoticeAndNotify(t *testing.T) {
 	ctx := testCtx(t)
 	p := startProxy(t, proxyConfig(t, testCluster.Addr()))
 	var notices []string
-	cfg, err := pgx.ParseConfig(p.dsn())
-	if err != nil {
-		t.Fatal(err)
-	}
-	cfg.OnNotice = func(_ *pgconn.PgConn, n *pgconn.Notice) { notices = append(notices, n.Severity+":"+n.Message) }
-	listener, err := pgx.ConnectConfig(ctx, cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer listener.Close(ctx)
+	listener := connect(t, ctx, p.dsn(), func(cc *pgx.ConnConfig) {
+		cc.OnNotice = func(_ *pgconn.PgConn, n *pgconn.Notice) { notices = append(notices, n.Severity+":"+n.Message) }
+	})
 	if _, err := listener.Exec(ctx, "DO $$BEGIN RAISE NOTICE 'hello %', 42; END$$"); err != nil {
 		t.Fatal(err)
 	}
@@ -168,15 +161,22 @@ func TestNoticeAndNotify(t *testing.T) {
 			t.Error(err)
 		}
 	}()
-	wctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-	defer cancel()
-	n, err := listener.WaitForNotification(wctx)
-	if err != nil {
-		t.Fatal(err)
-	}
+	n := awaitNotification(t, ctx, listener)
 	if n.Channel != "chan1" || n.Payload != "payload" {
 		t.Fatalf("notification %+v", n)
 	}
+}
+
+// awaitNotification waits at most 5 s for a notification on conn.
+func awaitNotification(t *testing.T, ctx context.Context, conn *pgx.Conn) *pgconn.Notification {
+	t.Helper()
+	wctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	n, err := conn.WaitForNotification(wctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return n
 }
 
 func TestFunctionCall(t *testing.T) {

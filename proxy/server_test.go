@@ -181,7 +181,7 @@ func acceptChild(t *testing.T) {
 				return
 			}
 			if _, ok := msg.(*pgproto3.Query); ok {
-				_, _ = c.Write(append(rawMessage('C', []byte("SELECT 0\x00")), rawMessage('Z', []byte{'I'})...))
+				_, _ = c.Write(append(frame('C', []byte("SELECT 0\x00")), frame('Z', []byte{'I'})...))
 			}
 		}
 	})

@@ -90,6 +90,88 @@ func (a *analyzer) branch(n *pg.Node, target *PHIColumn, sc *scope, write bool, 
 	return a.refuseCol(target, location(n), "comparison with an expression ("+describeShort(n)+") in "+what, hintValue)
 }
 
+// castBranches handles a CASE or COALESCE (analyzed by branches) cast to
+// the PHI column target's logical type as a whole, as Django's bulk_update
+// writes on PostgreSQL (with the model field's type: varchar(N) for a
+// CharField):
+//
+//	SET notes = CAST(CASE WHEN (id = 6) THEN 'a' WHEN (id = 9) THEN 'b' ELSE NULL END AS text)
+//
+// Every branch is then ciphertext for the column (or NULL), so the cast
+// becomes a cast to bytea. A type modifier (varchar(11)) is applied by
+// PostgreSQL to whichever branch is selected: phiproxy applies it to each
+// literal and parameter branch before encrypting, as it does for a cast
+// written around the value itself. A branch it cannot apply it to — a
+// column (ciphertext), a parameter also used outside the cast, a branch
+// with a modifier of its own — is refused, as is a cast to another type.
+func (a *analyzer) castBranches(tc *pg.TypeCast, target *PHIColumn, mod string, branches func() error) error {
+	t := castTarget(tc.TypeName)
+	if t == "bytea" {
+		return a.refuseBytea(target, tc.Location)
+	}
+	if !compatibleCast(t, target.Type) {
+		return a.refuseCol(target, tc.Location, "a cast to "+t, "cast it to "+target.Type+", or leave the cast out")
+	}
+	tl := int(tc.TypeName.Location)
+	end := typeNameEnd(a.sql, tl)
+	if end < 0 || tl < int(location(tc.Arg)) {
+		return a.refuseCol(target, tc.Location, "this form of cast", "leave the cast out")
+	}
+	slots, known := len(a.st.Slots), make(map[int]bool, len(a.params))
+	for n := range a.params {
+		known[n] = true
+	}
+	if err := branches(); err != nil {
+		return err
+	}
+	if mod != "" {
+		if err := a.modBranches(tc, target, mod, slots, known); err != nil {
+			return err
+		}
+	}
+	a.st.Edits = append(a.st.Edits, Edit{Offset: tl, Length: end - tl, Text: "bytea"})
+	return nil
+}
+
+// modBranches applies the type modifier mod of a cast around a CASE or
+// COALESCE to the slots (from index slots on) and parameters (those not in
+// known) its branches added.
+func (a *analyzer) modBranches(tc *pg.TypeCast, target *PHIColumn, mod string, slots int, known map[int]bool) error {
+	refuse := func(loc int32) error {
+		return a.refuseCol(target, loc, "a cast with a type modifier around CASE or COALESCE with this branch",
+			"write each branch as a literal or a parameter used only there, or leave the modifier out")
+	}
+	var nodes []*pg.Node
+	switch x := tc.Arg.Node.(type) {
+	case *pg.Node_CaseExpr:
+		for _, n := range x.CaseExpr.Args {
+			nodes = append(nodes, n.GetCaseWhen().GetResult())
+		}
+		nodes = append(nodes, x.CaseExpr.Defresult)
+	case *pg.Node_CoalesceExpr:
+		nodes = x.CoalesceExpr.Args
+	}
+	for _, n := range nodes {
+		switch x := n.GetNode().(type) {
+		case *pg.Node_ColumnRef, *pg.Node_TypeCast:
+			return refuse(location(n))
+		case *pg.Node_ParamRef:
+			if known[int(x.ParamRef.Number)] {
+				return refuse(location(n))
+			}
+		}
+	}
+	for i := slots; i < len(a.st.Slots); i++ {
+		a.st.Slots[i].Cast = mod
+	}
+	for n, p := range a.params {
+		if !known[n] {
+			p.Cast = mod
+		}
+	}
+	return nil
+}
+
 // nullTest is $n IS [NOT] NULL, or $n::T IS [NOT] NULL; or, with lit
 // set, the same test on a literal.
 type nullTest struct {

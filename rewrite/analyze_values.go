@@ -22,16 +22,11 @@ func (a *analyzer) value(n *pg.Node, target *PHIColumn, sc *scope, write bool) e
 		if c.GetBsval() != nil {
 			return a.refuseCol(target, c.Location, "a bit-string literal", hintValue)
 		}
-		end := literalEnd(a.sql, int(c.Location))
-		if end < 0 {
-			return a.refuseCol(target, c.Location, "this form of literal", "write the value as a plain literal, such as '…' or 42")
-		}
-		a.st.Slots = append(a.st.Slots, Slot{Offset: int(c.Location), Length: end - int(c.Location), Text: constText(n), Assign: write, Column: *target})
-		return nil
+		return a.constSlot(n, c, target, Slot{Assign: write})
 	case *pg.Node_ParamRef:
 		return a.phiParam(x.ParamRef, target, false, write, "")
 	case *pg.Node_TypeCast:
-		return a.castValue(x.TypeCast, target, write)
+		return a.castValue(x.TypeCast, target, sc, write)
 	case *pg.Node_SetToDefault:
 		if write {
 			return nil
@@ -132,7 +127,7 @@ func (a *analyzer) castMod(tn *pg.TypeName, base string) (string, bool) {
 	return base + "(" + strings.Join(mods, ",") + ")", true
 }
 
-func (a *analyzer) castValue(tc *pg.TypeCast, target *PHIColumn, write bool) error {
+func (a *analyzer) castValue(tc *pg.TypeCast, target *PHIColumn, sc *scope, write bool) error {
 	t := castTarget(tc.TypeName)
 	mod, ok := a.castMod(tc.TypeName, t)
 	if !ok {
@@ -170,6 +165,12 @@ func (a *analyzer) castValue(tc *pg.TypeCast, target *PHIColumn, write bool) err
 		}
 		a.st.Edits = append(a.st.Edits, Edit{Offset: tl, Length: end - tl, Text: "bytea"})
 		return a.phiParam(x.ParamRef, target, false, write, mod)
+	case *pg.Node_CaseExpr:
+		if write {
+			return a.castBranches(tc, target, mod, func() error { return a.caseValue(x.CaseExpr, target, sc) })
+		}
+	case *pg.Node_CoalesceExpr:
+		return a.castBranches(tc, target, mod, func() error { return a.coalesceValue(x.CoalesceExpr, target, sc, write) })
 	}
 	return a.refuseCol(target, tc.Location, "comparison with a cast expression", hintValue)
 }
@@ -202,6 +203,19 @@ func compatibleCast(cast, logical string) bool {
 		return cast == "text" || cast == "varchar"
 	}
 	return false
+}
+
+// constSlot adds the literal c (the node n) as a slot for target, the
+// slot's flags as in s; a literal whose extent cannot be found in the text
+// is refused.
+func (a *analyzer) constSlot(n *pg.Node, c *pg.A_Const, target *PHIColumn, s Slot) error {
+	end := literalEnd(a.sql, int(c.Location))
+	if end < 0 {
+		return a.refuseCol(target, c.Location, "this form of literal", "write the value as a plain literal, such as '…' or 42")
+	}
+	s.Offset, s.Length, s.Text, s.Column = int(c.Location), end-int(c.Location), constText(n), *target
+	a.st.Slots = append(a.st.Slots, s)
+	return nil
 }
 
 // castExtent returns the byte range of a cast around a literal: 'x'::T,
@@ -250,12 +264,7 @@ func (a *analyzer) arrayValue(n *pg.Node, target *PHIColumn, sc *scope, loc int3
 		if c.GetSval() == nil {
 			return a.refuseCol(target, c.Location, "= ANY with a literal that is not an array", hintArray)
 		}
-		end := literalEnd(a.sql, int(c.Location))
-		if end < 0 {
-			return a.refuseCol(target, c.Location, "this form of literal", "write the value as a plain literal, such as '…' or 42")
-		}
-		a.st.Slots = append(a.st.Slots, Slot{Offset: int(c.Location), Length: end - int(c.Location), Text: constText(n), Array: true, Column: *target})
-		return nil
+		return a.constSlot(n, c, target, Slot{Array: true})
 	case *pg.Node_TypeCast:
 		if tn := x.TypeCast.TypeName; tn != nil && len(tn.ArrayBounds) > 0 {
 			return a.arrayCast(x.TypeCast, target, sc)

@@ -21,28 +21,35 @@ func asPgErr(err error) *pgerr.Error { return pgerr.As(err) }
 //
 // Regenerate expectations with -rewrite and review the diff.
 func TestDataDriven(t *testing.T) {
-	files, err := filepath.Glob("testdata/plan/*")
+	runPlanFiles(t, "testdata/plan/*", func(t *testing.T, d *datadriven.TestData, cols *Columns, cat *MemCatalog) string {
+		if d.Cmd != "plan" {
+			d.Fatalf(t, "unknown directive %s", d.Cmd)
+		}
+		p := NewPlanner(cols, cat, nil)
+		pl, err := p.Plan(d.Input, sessionFromArgs(t, d))
+		checkPlanInvariants(t, p, d.Input, pl, err)
+		return describePlan(pl, err)
+	})
+}
+
+// runPlanFiles runs each datadriven file glob names, starting on the
+// standard schema: a schema directive replaces the schema (input in the
+// schema language), every other directive is do's, given the schema in
+// force.
+func runPlanFiles(t *testing.T, glob string, do func(t *testing.T, d *datadriven.TestData, cols *Columns, cat *MemCatalog) string) {
+	files, err := filepath.Glob(glob)
 	if err != nil || len(files) == 0 {
 		t.Fatalf("no test files: %v", err)
 	}
 	for _, f := range files {
 		t.Run(filepath.Base(f), func(t *testing.T) {
 			cols, cat := loadSchema(t, standardSchema(t))
-			p := NewPlanner(cols, cat, nil)
 			datadriven.RunTest(t, f, func(t *testing.T, d *datadriven.TestData) string {
-				switch d.Cmd {
-				case "schema":
+				if d.Cmd == "schema" {
 					cols, cat = loadSchema(t, d.Input)
-					p = NewPlanner(cols, cat, nil)
 					return ""
-				case "plan":
-					sess := sessionFromArgs(t, d)
-					pl, err := p.Plan(d.Input, sess)
-					checkPlanInvariants(t, p, d.Input, pl, err)
-					return describePlan(pl, err)
 				}
-				d.Fatalf(t, "unknown directive %s", d.Cmd)
-				return ""
+				return do(t, d, cols, cat)
 			})
 		})
 	}

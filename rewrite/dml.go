@@ -236,7 +236,10 @@ func (a *analyzer) dmlScope(with *pg.WithClause, rel *pg.RangeVar, from []*pg.No
 	return sc, target, nil
 }
 
-func (a *analyzer) copy(cp *pg.CopyStmt) error {
+// CopyOptions reads the direction, the format (text unless given) and
+// the other options of a COPY statement as Copy holds them: names in
+// lower case, values as text.
+func CopyOptions(cp *pg.CopyStmt) *Copy {
 	c := &Copy{In: cp.IsFrom, Format: "text", Options: map[string]string{}}
 	for _, o := range cp.Options {
 		d := o.GetDefElem()
@@ -253,6 +256,11 @@ func (a *analyzer) copy(cp *pg.CopyStmt) error {
 		}
 		c.Options[strings.ToLower(d.Defname)] = v
 	}
+	return c
+}
+
+func (a *analyzer) copy(cp *pg.CopyStmt) error {
+	c := CopyOptions(cp)
 	var out []colInfo
 	if cp.Relation != nil {
 		sc := &scope{}

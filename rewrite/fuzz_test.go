@@ -68,16 +68,23 @@ func mustRead(t testing.TB, f string) string {
 // TestUpdateCorpus writes the committed seed corpus when run with
 // -update-corpus.
 func TestUpdateCorpus(t *testing.T) {
+	writeCorpus(t, "FuzzPlan", func(_ int, s string) string {
+		return fmt.Sprintf("go test fuzz v1\nstring(%q)\n", s)
+	})
+}
+
+// writeCorpus writes, with -update-corpus, one seed file of
+// testdata/fuzz/<target> per corpusInputs entry, its body made by body.
+func writeCorpus(t *testing.T, target string, body func(i int, s string) string) {
 	if !*updateCorpus {
 		return
 	}
-	dir := "testdata/fuzz/FuzzPlan"
+	dir := filepath.Join("testdata/fuzz", target)
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		t.Fatal(err)
 	}
 	for i, s := range corpusInputs(t) {
-		body := fmt.Sprintf("go test fuzz v1\nstring(%q)\n", s)
-		if err := os.WriteFile(filepath.Join(dir, fmt.Sprintf("seed%03d", i)), []byte(body), 0o644); err != nil {
+		if err := os.WriteFile(filepath.Join(dir, fmt.Sprintf("seed%03d", i)), []byte(body(i, s)), 0o644); err != nil {
 			t.Fatal(err)
 		}
 	}

@@ -16,8 +16,10 @@ import (
 // pg_attribute with exactly pg_catalog.pg_attribute's rows and columns in
 // which each configured PHI column has its logical type (atttypid,
 // atttypmod and the type's length, alignment, storage and collation), and
-// a view columns that is information_schema.columns over that overlay. In
-// every SELECT it plans, a reference to pg_catalog.pg_attribute or
+// a view columns that is information_schema.columns over that overlay, and
+// a view pg_constraint without the envelope CHECK constraints of the PHI
+// columns (which a plaintext twin does not have). In every SELECT it plans,
+// a reference to pg_catalog.pg_attribute, pg_catalog.pg_constraint or
 // information_schema.columns is replaced with the overlay's view, as pin.go
 // schema-qualifies relation names: an Edit of the name's bytes, so the rest
 // of the text is sent as written. format_type(a.atttypid, a.atttypmod) and
@@ -49,11 +51,12 @@ type overlayTarget struct {
 var overlayTargets = []overlayTarget{
 	{"pg_catalog", "pg_attribute", "pg_attribute"},
 	{"information_schema", "columns", "columns"},
+	{"pg_catalog", "pg_constraint", "pg_constraint"},
 }
 
 // overlayWords join the pre-check when the overlay is on: a text without
-// one of them reads neither relation (U& escapes are parsed anyway).
-var overlayWords = []string{"pg_attribute", "information_schema"}
+// one of them reads no overlay target (U& escapes are parsed anyway).
+var overlayWords = []string{"pg_attribute", "information_schema", "pg_constraint"}
 
 // overlayEdits adds to st the edits that send the catalog reads of its
 // SELECT n (or of the SELECT a DECLARE … CURSOR runs) to the overlay.

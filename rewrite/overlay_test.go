@@ -1,7 +1,6 @@
 package rewrite
 
 import (
-	"path/filepath"
 	"reflect"
 	"strings"
 	"testing"
@@ -18,37 +17,24 @@ const (
 // TestOverlayDataDriven runs testdata/overlay/* with the catalog overlay
 // on (directives as in TestDataDriven; plan-off plans without it).
 func TestOverlayDataDriven(t *testing.T) {
-	files, err := filepath.Glob("testdata/overlay/*")
-	if err != nil || len(files) == 0 {
-		t.Fatalf("no test files: %v", err)
-	}
-	for _, f := range files {
-		t.Run(filepath.Base(f), func(t *testing.T) {
-			cols, cat := loadSchema(t, standardSchema(t))
-			datadriven.RunTest(t, f, func(t *testing.T, d *datadriven.TestData) string {
-				switch d.Cmd {
-				case "schema":
-					cols, cat = loadSchema(t, d.Input)
-					return ""
-				case "plan", "plan-off":
-					var opts []PlannerOption
-					if d.Cmd == "plan" {
-						opts = append(opts, WithCatalogOverlay(testOverlaySchema, testOverlayDB))
-					}
-					p := NewPlanner(cols, cat, nil, opts...)
-					sess := sessionFromArgs(t, d)
-					if sess.Database == "" {
-						sess.Database = testOverlayDB
-					}
-					pl, err := p.Plan(d.Input, sess)
-					checkPlanInvariants(t, p, d.Input, pl, err)
-					return describePlan(pl, err)
-				}
-				d.Fatalf(t, "unknown directive %s", d.Cmd)
-				return ""
-			})
-		})
-	}
+	runPlanFiles(t, "testdata/overlay/*", func(t *testing.T, d *datadriven.TestData, cols *Columns, cat *MemCatalog) string {
+		var opts []PlannerOption
+		switch d.Cmd {
+		case "plan":
+			opts = append(opts, WithCatalogOverlay(testOverlaySchema, testOverlayDB))
+		case "plan-off":
+		default:
+			d.Fatalf(t, "unknown directive %s", d.Cmd)
+		}
+		p := NewPlanner(cols, cat, nil, opts...)
+		sess := sessionFromArgs(t, d)
+		if sess.Database == "" {
+			sess.Database = testOverlayDB
+		}
+		pl, err := p.Plan(d.Input, sess)
+		checkPlanInvariants(t, p, d.Input, pl, err)
+		return describePlan(pl, err)
+	})
 }
 
 // With the overlay on, text that names neither pg_attribute nor

@@ -105,11 +105,7 @@ func (p *Planner) sequelizeFindOrCreate(sql string, tree *pg.ParseResult, sess S
 	if !seqBodyMatches(tree.Stmts[0].Stmt.GetCreateFunctionStmt(), body) {
 		return nil, nil
 	}
-	ins, ok := strings.CutPrefix(body, seqBodyHead)
-	if !ok {
-		return nil, nil
-	}
-	ins, ok = strings.CutSuffix(ins, seqBodyTail)
+	ins, ok := cutBetween(body, seqBodyHead, seqBodyTail)
 	if !ok {
 		return nil, nil
 	}
@@ -163,11 +159,7 @@ func (p *Planner) sequelizeFindOrCreate(sql string, tree *pg.ParseResult, sess S
 		byName[r.Columns[res.Position].Name] = res.Column
 	}
 	sel, _ := stmtText(sql, tree.Stmts[1])
-	list, ok := strings.CutPrefix(sel, seqSelHead)
-	if !ok {
-		return nil, nil
-	}
-	list, ok = strings.CutSuffix(list, seqSelTail)
+	list, ok := cutBetween(sel, seqSelHead, seqSelTail)
 	if !ok {
 		return nil, nil
 	}
@@ -294,4 +286,14 @@ func (fc *findOrCreate) applySelect(st *Statement) {
 	st.Columns = fc.insert.Columns
 	st.Results = fc.results
 	st.Redact = []int{fc.exception}
+}
+
+// cutBetween returns s without the prefix head and the suffix tail, and
+// whether s has both.
+func cutBetween(s, head, tail string) (string, bool) {
+	mid, ok := strings.CutPrefix(s, head)
+	if !ok {
+		return "", false
+	}
+	return strings.CutSuffix(mid, tail)
 }

@@ -206,19 +206,9 @@ func FuzzShapeCache(f *testing.F) {
 // TestUpdateShapeCorpus writes the committed FuzzShapeCache seed corpus
 // when run with -update-corpus.
 func TestUpdateShapeCorpus(t *testing.T) {
-	if !*updateCorpus {
-		return
-	}
-	dir := "testdata/fuzz/FuzzShapeCache"
-	if err := os.MkdirAll(dir, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	for i, s := range corpusInputs(t) {
-		body := fmt.Sprintf("go test fuzz v1\nstring(%q)\nbyte(%q)\n", s, byte(i%7))
-		if err := os.WriteFile(filepath.Join(dir, fmt.Sprintf("seed%03d", i)), []byte(body), 0o644); err != nil {
-			t.Fatal(err)
-		}
-	}
+	writeCorpus(t, "FuzzShapeCache", func(i int, s string) string {
+		return fmt.Sprintf("go test fuzz v1\nstring(%q)\nbyte(%q)\n", s, byte(i%7))
+	})
 }
 
 func TestShapeOf(t *testing.T) {

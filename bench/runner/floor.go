@@ -42,15 +42,8 @@ func startFloor(ctx context.Context, kind, upstream string) (port, pid int, stop
 	}
 	cmd := exec.CommandContext(ctx, self, "-floor", kind, "-floor-listen", "127.0.0.1:"+strconv.Itoa(port), "-floor-upstream", upstream)
 	cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
-	if err := cmd.Start(); err != nil {
-		return 0, 0, nil, err
-	}
-	stop = func() { cmd.Process.Kill(); cmd.Wait() }
-	if err := waitPort(ctx, port); err != nil {
-		stop()
-		return 0, 0, nil, err
-	}
-	return port, cmd.Process.Pid, stop, nil
+	pid, stop, err = startListening(ctx, "floor "+kind, cmd, port, os.Kill, "")
+	return port, pid, stop, err
 }
 
 // serveFloor runs a floor relay until killed.

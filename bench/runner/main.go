@@ -167,20 +167,8 @@ func startPhiproxy(ctx context.Context, work, phiproxyBin string, c *pgcluster.C
 upstream: {address: %s, sslmode: disable}
 catalog_dsn: postgres://%s@%s/postgres?sslmode=disable
 `, pxPort, c.Addr(), c.SuperUser, c.Addr())), 0o600)
-	px := exec.CommandContext(ctx, phiproxyBin, "serve", "--config", cfgPath)
-	px.Env = append(os.Environ(), "PGPASSFILE="+pgpass)
-	pxLog, _ := os.Create(filepath.Join(work, "phiproxy.log"))
-	px.Stdout, px.Stderr = pxLog, pxLog
-	if err := px.Start(); err != nil {
-		return 0, 0, nil, err
-	}
-	stop = func() { px.Process.Signal(syscall.SIGTERM); px.Wait() }
-	if err := waitPort(ctx, pxPort); err != nil {
-		stop()
-		b, _ := os.ReadFile(filepath.Join(work, "phiproxy.log"))
-		return 0, 0, nil, fmt.Errorf("phiproxy: %v\n%s", err, b)
-	}
-	return pxPort, px.Process.Pid, stop, nil
+	pid, stop, err = startProxyProcess(ctx, phiproxyBin, cfgPath, pgpass, pxPort)
+	return pxPort, pid, stop, err
 }
 
 // measure runs every cell repeat times, rounds interleaved so that a
@@ -328,6 +316,26 @@ func runPgbench(ctx context.Context, pgbench string, env []string, port int, db,
 	return r, nil
 }
 
+// startListening starts cmd and waits until it listens on port; stop
+// sends it sig and waits for it to exit. If it never listens it is
+// stopped, and the error names it and holds its log (at logPath, if it
+// keeps one).
+func startListening(ctx context.Context, name string, cmd *exec.Cmd, port int, sig os.Signal, logPath string) (pid int, stop func(), err error) {
+	if err := cmd.Start(); err != nil {
+		return 0, nil, err
+	}
+	stop = func() { cmd.Process.Signal(sig); cmd.Wait() }
+	if err := waitPort(ctx, port); err != nil {
+		stop()
+		var log []byte
+		if logPath != "" {
+			log, _ = os.ReadFile(logPath)
+		}
+		return 0, nil, fmt.Errorf("%s: %v\n%s", name, err, log)
+	}
+	return cmd.Process.Pid, stop, nil
+}
+
 func waitPort(ctx context.Context, port int) error {
 	deadline := time.Now().Add(15 * time.Second)
 	for time.Now().Before(deadline) {
@@ -389,16 +397,8 @@ pidfile = %s/pgbouncer.pid
 		cmd.SysProcAttr.Credential = &syscall.Credential{Uid: uint32(uid), Gid: uint32(gid)}
 	}
 	cmd.Stdout, cmd.Stderr = io.Discard, io.Discard
-	if err := cmd.Start(); err != nil {
-		return 0, 0, nil, err
-	}
-	stop = func() { cmd.Process.Signal(syscall.SIGINT); cmd.Wait() }
-	if err := waitPort(ctx, port); err != nil {
-		stop()
-		b, _ := os.ReadFile(filepath.Join(dir, "pgbouncer.log"))
-		return 0, 0, nil, fmt.Errorf("pgbouncer: %v\n%s", err, b)
-	}
-	return port, cmd.Process.Pid, stop, nil
+	pid, stop, err = startListening(ctx, "pgbouncer", cmd, port, syscall.SIGINT, filepath.Join(dir, "pgbouncer.log"))
+	return port, pid, stop, err
 }
 
 // startBenchCluster starts the benchmarks' cluster with the bench role

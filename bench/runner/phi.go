@@ -114,19 +114,7 @@ keys: {dir: keys, kek: "file:kek.json"}
 	if err != nil {
 		return "", err
 	}
-	if _, err := crypto.InitFileKEK(strings.TrimPrefix(cfg.Keys.KEK, "file:")); err != nil {
-		return "", err
-	}
-	st, err := crypto.OpenStore(ctx, cfg.Keys, crypto.Options{})
-	if err != nil {
-		return "", err
-	}
-	for name, cols := range cfg.KeyNames() {
-		if _, err := st.Create(crypto.ColumnKey(name), cols[0].Mode); err != nil {
-			return "", err
-		}
-	}
-	if _, err := st.Create(crypto.SigningKey(), ""); err != nil {
+	if err := crypto.InitKeys(ctx, cfg, crypto.Options{}); err != nil {
 		return "", err
 	}
 	return path, nil
@@ -275,15 +263,10 @@ func startProxyProcess(ctx context.Context, bin, cfg, pgpass string, port int) (
 		return 0, nil, err
 	}
 	px.Stdout, px.Stderr = log, log
-	if err := px.Start(); err != nil {
+	pid, stopProcess, err := startListening(ctx, "phiproxy", px, port, os.Interrupt, logPath)
+	if err != nil {
 		log.Close()
 		return 0, nil, err
 	}
-	stop = func() { px.Process.Signal(os.Interrupt); px.Wait(); log.Close() }
-	if err := waitPort(ctx, port); err != nil {
-		stop()
-		b, _ := os.ReadFile(logPath)
-		return 0, nil, fmt.Errorf("phiproxy: %v\n%s", err, b)
-	}
-	return px.Process.Pid, stop, nil
+	return pid, func() { stopProcess(); log.Close() }, nil
 }

@@ -33,7 +33,7 @@ func recordAudit(ctx context.Context, env *cmdEnv, cfg *config.Config, action, d
 		Signer: signer, HeadFile: filepath.Join(cfg.StateDir, "audit-head.json"), Version: "phiproxy " + version + " (cli)",
 	})
 	if errors.Is(err, audit.ErrLocked) {
-		fmt.Fprintln(env.stdout, "audit: a running phiproxy holds the trail; it records the change when SIGHUP reloads its keys")
+		fmt.Fprintln(env.stdout, "audit: a running phiproxy holds the trail; it records the change itself when it sees it (a key rotation at its next SIGHUP)")
 		return nil
 	}
 	if err != nil {

@@ -3,7 +3,6 @@ package main
 import (
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"io"
 	"sort"
@@ -97,19 +96,11 @@ func keysUsage(w io.Writer, actions map[string]keysAction) {
 // runKeys dispatches `phiproxy keys ACTION`.
 func runKeys(ctx context.Context, env *cmdEnv, args []string) error {
 	actions := keysActions()
-	if len(args) == 0 || args[0] == "-h" || args[0] == "--help" || args[0] == "help" {
-		keysUsage(env.stdout, actions)
-		if len(args) == 0 {
-			return usagef("keys: missing action")
-		}
-		return nil
+	a, err := pick(env, args, actions, keysUsage, "keys: ", "action")
+	if err != nil || a == nil {
+		return err
 	}
 	name := args[0]
-	a, ok := actions[name]
-	if !ok {
-		keysUsage(env.stderr, actions)
-		return usagef("keys: unknown action %q", name)
-	}
 	k := &keysCmd{}
 	fs := pflag.NewFlagSet("keys "+name, pflag.ContinueOnError)
 	fs.SetOutput(env.stderr)
@@ -121,21 +112,9 @@ func runKeys(ctx context.Context, env *cmdEnv, args []string) error {
 		fmt.Fprintf(env.stderr, "usage: phiproxy keys %s --config FILE %s\n\n%s\n\n", name, a.usage, a.summary)
 		fs.PrintDefaults()
 	}
-	if err := fs.Parse(args[1:]); err != nil {
-		if errors.Is(err, pflag.ErrHelp) {
-			return nil
-		}
-		return usageError{err}
-	}
-	if fs.NArg() > 0 {
-		return usagef("keys %s takes no arguments, got %q", name, fs.Args())
-	}
-	if k.cfgPath == "" {
-		return usagef("keys %s: --config FILE is required", name)
-	}
-	cfg, err := config.Load(k.cfgPath)
-	if err != nil {
-		return usageError{err}
+	cfg, err := parseConfigFlags(fs, args[1:], "keys "+name, &k.cfgPath)
+	if cfg == nil {
+		return err // nil after --help
 	}
 	k.cfg = cfg
 	return a.run(ctx, env, k)
@@ -199,33 +178,20 @@ func keysCreate(ctx context.Context, env *cmdEnv, k *keysCmd) error {
 	if err != nil {
 		return err
 	}
-	names := k.cfg.KeyNames()
-	sorted := make([]string, 0, len(names))
-	for n := range names {
-		sorted = append(sorted, n)
-	}
-	sort.Strings(sorted)
-	for _, n := range sorted {
-		cols := names[n]
-		created, err := st.Create(crypto.ColumnKey(n), cols[0].Mode)
-		if err != nil {
-			return err
-		}
+	err = st.CreateAll(k.cfg, func(r crypto.Ref, cols []config.Column, created bool) {
 		verb := "exists"
 		if created {
 			verb = "created"
 		}
-		fmt.Fprintf(env.stdout, "key %s (%s, %s): %s\n", n, cols[0].Mode, columnList(cols), verb)
-	}
-	created, err := st.Create(crypto.SigningKey(), "")
+		if r.IsSigning() {
+			fmt.Fprintf(env.stdout, "audit-signing keyset (ed25519): %s\n", verb)
+		} else {
+			fmt.Fprintf(env.stdout, "key %s (%s, %s): %s\n", r.Name(), cols[0].Mode, columnList(cols), verb)
+		}
+	})
 	if err != nil {
 		return err
 	}
-	verb := "exists"
-	if created {
-		verb = "created"
-	}
-	fmt.Fprintf(env.stdout, "audit-signing keyset (ed25519): %s\n", verb)
 	fmt.Fprintf(env.stdout, "keys dir: %s\n", st.Dir())
 	return nil
 }

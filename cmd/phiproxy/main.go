@@ -50,13 +50,14 @@ func (e runtimeError) Unwrap() error { return e.err }
 
 func commands() map[string]command {
 	return map[string]command{
-		"serve":   {"run the proxy (SIGHUP reloads, SIGTERM drains)", runServe},
-		"audit":   {"the audit trail: verify|search|export|tail", runAudit},
-		"check":   {"compare the config and keys with the live schema; exit 1 on findings", runCheck},
-		"demo":    {"throwaway PostgreSQL + phiproxy in front of it; prints connection strings", runDemo},
-		"keys":    {"manage keysets: init|create|rotate|list|retire|export-public", runKeys},
-		"overlay": {"catalog overlay for introspection: install|status", runOverlay},
-		"version": {"print the version", runVersion},
+		"serve":    {"run the proxy (SIGHUP reloads, SIGTERM drains)", runServe},
+		"audit":    {"the audit trail: verify|search|export|tail", runAudit},
+		"check":    {"compare the config and keys with the live schema; exit 1 on findings", runCheck},
+		"demo":     {"throwaway PostgreSQL + phiproxy in front of it; prints connection strings", runDemo},
+		"keys":     {"manage keysets: init|create|rotate|list|retire|export-public", runKeys},
+		"lockdown": {"stop all plaintext PHI on every instance: on|off|status", runLockdown},
+		"overlay":  {"catalog overlay for introspection: install|status", runOverlay},
+		"version":  {"print the version", runVersion},
 	}
 }
 
@@ -86,18 +87,9 @@ func exitCode(env *cmdEnv, err error) int {
 }
 
 func run(ctx context.Context, env *cmdEnv, args []string) error {
-	cmds := commands()
-	if len(args) == 0 || args[0] == "-h" || args[0] == "--help" || args[0] == "help" {
-		printUsage(env.stdout, cmds)
-		if len(args) == 0 {
-			return usagef("missing subcommand")
-		}
-		return nil
-	}
-	c, ok := cmds[args[0]]
-	if !ok {
-		printUsage(env.stderr, cmds)
-		return usagef("unknown subcommand %q", args[0])
+	c, err := pick(env, args, commands(), printUsage, "", "subcommand")
+	if err != nil || c == nil {
+		return err
 	}
 	return c.run(ctx, env, args[1:])
 }

@@ -35,21 +35,9 @@ func runOverlay(ctx context.Context, env *cmdEnv, args []string) error {
 	fs.StringVar(&cfgPath, "config", "", "config file (YAML), required")
 	fs.StringVar(&dsn, "dsn", "", "connect with this DSN instead of catalog_dsn (a role that may create the schema)")
 	fs.Usage = func() { usage(); fs.PrintDefaults() }
-	if err := fs.Parse(args[1:]); err != nil {
-		if errors.Is(err, pflag.ErrHelp) {
-			return nil
-		}
-		return usageError{err}
-	}
-	if fs.NArg() > 0 {
-		return usagef("overlay %s takes no arguments, got %q", action, fs.Args())
-	}
-	if cfgPath == "" {
-		return usagef("overlay %s: --config FILE is required", action)
-	}
-	cfg, err := config.Load(cfgPath)
-	if err != nil {
-		return usageError{err}
+	cfg, err := parseConfigFlags(fs, args[1:], "overlay "+action, &cfgPath)
+	if cfg == nil {
+		return err // nil after --help
 	}
 	st, err := phi.Overlay(ctx, cfg, dsn, action == "install")
 	if err != nil {

@@ -15,6 +15,7 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/spf13/pflag"
 
+	"github.com/phiproxy/phiproxy/audit"
 	"github.com/phiproxy/phiproxy/config"
 	"github.com/phiproxy/phiproxy/proxy"
 	"github.com/phiproxy/phiproxy/proxy/admin"
@@ -58,6 +59,14 @@ func runServe(ctx context.Context, env *cmdEnv, args []string) error {
 	var metrics *admin.Metrics
 	phiOpts := []phi.Option{phi.WithLogger(log), phi.WithAudit(cfg.Audit, filepath.Join(cfg.StateDir, "audit-head.json"), "phiproxy "+version)}
 	warnAuditOff(log, cfg)
+	// The Kafka export stops after the trail has closed (deferred first,
+	// it runs last): the stop event and final checkpoint get shipped.
+	var stopExport func()
+	defer func() {
+		if stopExport != nil {
+			stopExport()
+		}
+	}()
 	var px *phi.Proxy
 	if cfg.Admin != nil {
 		metrics = admin.NewMetrics(func() phi.Status { return px.Status() })
@@ -80,6 +89,22 @@ func runServe(ctx context.Context, env *cmdEnv, args []string) error {
 		if metrics != nil {
 			metrics.WatchAudit(a.Trail().Stats, func() bool { return a.Trail().Err() == nil })
 		}
+		if k := cfg.Audit.Kafka; k != nil {
+			tr := a.Trail()
+			exp, err := audit.NewExporter(k, cfg.Audit.File.Dir, cfg.StateDir, cfg.Audit.Instance, tr.Durable, tr.Notify(), log)
+			if err != nil {
+				return usageError{err}
+			}
+			// Past audit.kafka.max_backlog PHI is refused (58030).
+			a.AddGate(exp.Admit)
+			ectx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+			done := make(chan struct{})
+			go func() { defer close(done); _ = exp.Run(ectx) }()
+			stopExport = func() { cancel(); <-done; _ = exp.Close() }
+			if metrics != nil {
+				metrics.WatchKafka(exp.Stats)
+			}
+		}
 	}
 	// Read once, whatever auth.mode says now (a reload may switch it to
 	// terminate): unknown roles keep their mock salt across reloads and
@@ -100,7 +125,7 @@ func runServe(ctx context.Context, env *cmdEnv, args []string) error {
 	if cfg.Admin != nil {
 		// The admin section is read at start (SIGHUP re-reads only the
 		// token file): changing it needs a restart.
-		adm, err = admin.New(cfg.Admin, metrics, admin.Readiness{Upstream: cfg.Upstream.Address, Status: px.Status, CatalogMaxAge: cfg.Admin.CatalogMaxAge, Audit: auditReady}, log)
+		adm, err = admin.New(cfg.Admin, metrics, admin.Readiness{Upstream: cfg.Upstream.Address, Status: px.Status, CatalogMaxAge: cfg.Admin.CatalogMaxAge, Audit: auditReady, Lockdown: px}, log)
 		if err != nil {
 			return usageError{err}
 		}
@@ -149,12 +174,21 @@ func runServe(ctx context.Context, env *cmdEnv, args []string) error {
 				if metrics != nil {
 					metrics.Reloaded(err)
 				}
+				if adm != nil {
+					adm.Reloaded(err)
+				}
+				if a := px.Auditor(); a != nil {
+					_ = a.Record(audit.ActionConfigRejected, *cfgPath+": "+err.Error())
+				}
 				log.Error("config reload failed; keeping the running config", "config", *cfgPath, "err", err)
 				continue
 			}
+			if adm != nil {
+				adm.Reloaded(nil)
+			}
 			log.Info("config reloaded", "config", *cfgPath)
 			warnAuditOff(log, next)
-			if next.Audit.Mode != cfg.Audit.Mode || next.Audit.File != cfg.Audit.File {
+			if next.Audit.Mode != cfg.Audit.Mode || next.Audit.File != cfg.Audit.File || (next.Audit.Kafka == nil) != (cfg.Audit.Kafka == nil) {
 				log.Warn("audit settings changed: they take effect at the next restart", "running", cfg.Audit.String())
 			}
 			if adm != nil {

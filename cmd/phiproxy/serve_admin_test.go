@@ -9,7 +9,6 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 )
@@ -61,8 +60,7 @@ func TestServeAdminAPI(t *testing.T) {
 	if err := os.WriteFile(tokenPath, []byte("tok-456\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	syscall.Kill(os.Getpid(), syscall.SIGHUP)
-	waitLog("config reloaded")
+	srv.reload("config reloaded")
 	deadline := time.Now().Add(5 * time.Second)
 	for {
 		code, body := get("/metrics", "tok-456")

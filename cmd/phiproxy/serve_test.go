@@ -17,13 +17,7 @@ import (
 )
 
 func TestServeUsage(t *testing.T) {
-	env := &cmdEnv{stdout: &bytes.Buffer{}, stderr: &bytes.Buffer{}}
-	for _, args := range [][]string{nil, {"--config"}, {"--config", "x.yaml", "extra"}, {"--nope"}} {
-		var u usageError
-		if err := runServe(context.Background(), env, args); !errors.As(err, &u) {
-			t.Errorf("runServe(%q) = %v, want a usage error", args, err)
-		}
-	}
+	env := wantUsageErrors(t, runServe, nil, []string{"--config"}, []string{"--config", "x.yaml", "extra"}, []string{"--nope"})
 	bad := filepath.Join(t.TempDir(), "bad.yaml")
 	os.WriteFile(bad, []byte("listen: 127.0.0.1:0\nbogus: 1\n"), 0o600)
 	var u usageError
@@ -60,11 +54,9 @@ func TestServeRunsReloadsAndDrains(t *testing.T) {
 	c.Close()
 
 	write(good + "# edited\n")
-	syscall.Kill(os.Getpid(), syscall.SIGHUP)
-	waitLog("config reloaded")
+	srv.reload("config reloaded")
 	write("listen: [\n")
-	syscall.Kill(os.Getpid(), syscall.SIGHUP)
-	waitLog("config reload failed; keeping the running config")
+	srv.reload("config reload failed; keeping the running config")
 
 	srv.stop()
 	waitLog("stopped")
@@ -196,6 +188,14 @@ func (s *serving) waitLog(msg string) map[string]any {
 	}
 	s.t.Fatalf("no %q in the log:\n%s", msg, s.stderr.String())
 	return nil
+}
+
+// reload sends the process SIGHUP, as an operator does to make serve
+// re-read its config, and waits for the log record msg.
+func (s *serving) reload(msg string) map[string]any {
+	s.t.Helper()
+	syscall.Kill(os.Getpid(), syscall.SIGHUP)
+	return s.waitLog(msg)
 }
 
 // stop cancels serve and fails the test unless it returns nil within 10s.

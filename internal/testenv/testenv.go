@@ -65,17 +65,11 @@ func Serve(t testing.TB, srv Server, ended func(error)) string {
 	return ln.Addr().String()
 }
 
-// CancelingConfig parses dsn into a config whose connections cancel a
-// query on context expiry with a CancelRequest, as libpq-based clients do
-// (pgx's default is to close the connection).
-func CancelingConfig(t testing.TB, dsn string) *pgx.ConnConfig {
-	t.Helper()
-	cfg, err := pgx.ParseConfig(dsn)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cfg.BuildContextWatcherHandler = func(pc *pgconn.PgConn) ctxwatch.Handler {
+// CancelOnExpiry configures connections to cancel a query on context
+// expiry with a CancelRequest, as libpq-based clients do (pgx's default
+// is to close the connection): Connect(t, ctx, dsn, CancelOnExpiry).
+func CancelOnExpiry(cc *pgx.ConnConfig) {
+	cc.BuildContextWatcherHandler = func(pc *pgconn.PgConn) ctxwatch.Handler {
 		return &pgconn.CancelRequestContextWatcherHandler{Conn: pc, DeadlineDelay: 5 * time.Second}
 	}
-	return cfg
 }

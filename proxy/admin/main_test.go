@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
-	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -75,17 +74,8 @@ func startPHIEnv() (*phiEnv, error) {
 	if e.cfg, err = config.Load(path); err != nil {
 		return fail(err)
 	}
-	if _, err := crypto.InitFileKEK(strings.TrimPrefix(e.cfg.Keys.KEK, "file:")); err != nil {
+	if err := crypto.InitKeys(ctx, e.cfg, crypto.Options{}); err != nil {
 		return fail(err)
-	}
-	st, err := crypto.OpenStore(ctx, e.cfg.Keys, crypto.Options{})
-	if err != nil {
-		return fail(err)
-	}
-	for name, cols := range e.cfg.KeyNames() {
-		if _, err := st.Create(crypto.ColumnKey(name), cols[0].Mode); err != nil {
-			return fail(err)
-		}
 	}
 	conn, err := pgx.Connect(ctx, c.DSN(testenv.AppUser, testenv.AppPassword, testenv.AppDB, "sslmode=disable"))
 	if err != nil {

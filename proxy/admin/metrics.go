@@ -167,8 +167,8 @@ func (m *Metrics) Reloaded(err error) {
 
 // statusCollector reads phi.Proxy.Status once per scrape.
 type statusCollector struct {
-	status                                      func() phi.Status
-	catalogVersion, catalogAge, keys, planCache *prometheus.Desc
+	status                                              func() phi.Status
+	catalogVersion, catalogAge, keys, planCache, locked *prometheus.Desc
 }
 
 func newStatusCollector(status func() phi.Status) *statusCollector {
@@ -177,6 +177,7 @@ func newStatusCollector(status func() phi.Status) *statusCollector {
 		catalogVersion: prometheus.NewDesc("phiproxy_catalog_version", "Version of the catalog snapshot in use (moves on at each snapshot phiproxy builds).", nil, nil),
 		catalogAge:     prometheus.NewDesc("phiproxy_catalog_age_seconds", "Seconds since the catalog was last read successfully.", nil, nil),
 		keys:           prometheus.NewDesc("phiproxy_keys_loaded", "1 when the column keys are loaded (PHI configured), else 0.", nil, nil),
+		locked:         prometheus.NewDesc("phiproxy_lockdown", "1 while lockdown is on (no plaintext PHI served), else 0.", nil, nil),
 		planCache:      prometheus.NewDesc("phiproxy_plan_cache_lookups_total", "Plan-cache lookups, by tier (text: the exact statement text; shape: its literal shape, looked up on a text miss for text that names PHI) and result.", []string{"tier", "result"}, nil),
 	}
 }
@@ -186,6 +187,7 @@ func (c *statusCollector) Describe(ch chan<- *prometheus.Desc) {
 	ch <- c.catalogAge
 	ch <- c.keys
 	ch <- c.planCache
+	ch <- c.locked
 }
 
 func (c *statusCollector) Collect(ch chan<- prometheus.Metric) {
@@ -195,6 +197,11 @@ func (c *statusCollector) Collect(ch chan<- prometheus.Metric) {
 		keys = 1
 	}
 	ch <- prometheus.MustNewConstMetric(c.keys, prometheus.GaugeValue, keys)
+	locked := 0.0
+	if st.Locked {
+		locked = 1
+	}
+	ch <- prometheus.MustNewConstMetric(c.locked, prometheus.GaugeValue, locked)
 	if !st.PHI {
 		return // pure pass-through: no catalog snapshot, no planner
 	}
@@ -237,4 +244,27 @@ func (m *Metrics) WatchAudit(stats func() audit.Stats, up func() bool) {
 		}
 		return 0
 	}))
+}
+
+// WatchKafka adds the Kafka export's series, read at each scrape: the
+// backlog (durable events not acknowledged by the brokers), the last seq
+// acknowledged, records sent, failed batches, and whether a batch has
+// waited for the brokers longer than 10 s.
+func (m *Metrics) WatchKafka(stats func() audit.ExportStats) {
+	gauge := func(name, help string, f func(audit.ExportStats) float64) {
+		m.reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: name, Help: help}, func() float64 { return f(stats()) }))
+	}
+	counter := func(name, help string, f func(audit.ExportStats) float64) {
+		m.reg.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{Name: name, Help: help}, func() float64 { return f(stats()) }))
+	}
+	gauge("phiproxy_audit_kafka_backlog_events", "Durable audit events not yet acknowledged by Kafka (past audit.kafka.max_backlog PHI is refused).", func(s audit.ExportStats) float64 { return float64(s.Backlog) })
+	gauge("phiproxy_audit_kafka_exported_seq", "The last audit seq Kafka acknowledged.", func(s audit.ExportStats) float64 { return float64(s.Exported) })
+	gauge("phiproxy_audit_kafka_stalled", "1 while a batch has waited for Kafka's acknowledgement longer than 10 s.", func(s audit.ExportStats) float64 {
+		if s.Stalled {
+			return 1
+		}
+		return 0
+	})
+	counter("phiproxy_audit_kafka_records_total", "Audit records Kafka acknowledged.", func(s audit.ExportStats) float64 { return float64(s.Records) })
+	counter("phiproxy_audit_kafka_failures_total", "Batches to Kafka that failed and were sent again.", func(s audit.ExportStats) float64 { return float64(s.Failures) })
 }

@@ -29,6 +29,19 @@ type Server struct {
 	// draining: the proxy is shutting down; /readyz says so (a load
 	// balancer stops sending new clients).
 	draining atomic.Bool
+	// reload is the outcome of the last SIGHUP reload ("" before any).
+	reload atomic.Pointer[string]
+}
+
+// Reloaded records the outcome of a SIGHUP reload for /readyz: a
+// rejected config is shown (the instance stays ready: it runs the
+// previous config) until a reload succeeds.
+func (s *Server) Reloaded(err error) {
+	msg := "ok"
+	if err != nil {
+		msg = "warning: the last reload was rejected at " + time.Now().UTC().Format(time.RFC3339) + "; running the previous config: " + err.Error()
+	}
+	s.reload.Store(&msg)
 }
 
 // Readiness is what /readyz checks.
@@ -43,6 +56,8 @@ type Readiness struct {
 	CatalogMaxAge time.Duration
 	// DialTimeout bounds the upstream dial (default 2s).
 	DialTimeout time.Duration
+	// Lockdown is the switch (phi.Proxy); nil: /lockdown answers 404.
+	Lockdown Lockdown
 	// Audit is nil while PHI may be served: the audit trail writes (strict
 	// mode) and the Kafka export keeps up (phi.Auditor.Admit); nil: not
 	// checked (no trail).
@@ -78,6 +93,10 @@ func New(cfg *config.Admin, metrics *Metrics, ready Readiness, log *slog.Logger)
 	}
 	// Anything else needs the token too: without it, even "not found"
 	// says nothing about what is served.
+	if ready.Lockdown != nil {
+		mux.Handle("GET /lockdown", s.authorized(http.HandlerFunc(s.lockdownGet)))
+		mux.Handle("POST /lockdown", s.authorized(http.HandlerFunc(s.lockdownPost)))
+	}
 	mux.Handle("/", s.authorized(http.NotFoundHandler()))
 	s.http = &http.Server{
 		Handler:           mux,
@@ -187,6 +206,9 @@ func (s *Server) check(ctx context.Context) readiness {
 	} else {
 		c.Close()
 		res.Checks["upstream"] = "ok"
+	}
+	if r := s.reload.Load(); r != nil {
+		res.Checks["reload"] = *r
 	}
 	if s.ready.Audit != nil {
 		if err := s.ready.Audit(); err != nil {

@@ -23,32 +23,47 @@ func LoadToken(path string) (Token, error) {
 	return loadToken(path, os.Getuid())
 }
 
+// ReadToken returns the token itself, after the same checks as
+// LoadToken: for a client of the admin API (phiproxy lockdown).
+func ReadToken(path string) (string, error) {
+	b, err := readToken(path, os.Getuid())
+	return string(b), err
+}
+
 func loadToken(path string, uid int) (Token, error) {
+	b, err := readToken(path, uid)
+	if err != nil {
+		return Token{}, err
+	}
+	return Token{sha256.Sum256(b)}, nil
+}
+
+func readToken(path string, uid int) ([]byte, error) {
 	fi, err := os.Stat(path)
 	if err != nil {
 		if errors.Is(err, fs.ErrNotExist) {
-			return Token{}, fmt.Errorf("admin token file %s does not exist; write a long random token into it (for example: openssl rand -hex 32 > %s; chmod 600 %s)", path, path, path)
+			return nil, fmt.Errorf("admin token file %s does not exist; write a long random token into it (for example: openssl rand -hex 32 > %s; chmod 600 %s)", path, path, path)
 		}
-		return Token{}, fmt.Errorf("admin token file: %w", err)
+		return nil, fmt.Errorf("admin token file: %w", err)
 	}
 	if !fi.Mode().IsRegular() {
-		return Token{}, fmt.Errorf("admin token file %s is not a regular file", path)
+		return nil, fmt.Errorf("admin token file %s is not a regular file", path)
 	}
 	if perm := fi.Mode().Perm(); perm&0o077 != 0 {
-		return Token{}, fmt.Errorf("admin token file %s has mode %04o: refusing a token that group or others can access; run chmod 600 %s", path, perm, path)
+		return nil, fmt.Errorf("admin token file %s has mode %04o: refusing a token that group or others can access; run chmod 600 %s", path, perm, path)
 	}
 	if st, ok := fi.Sys().(*syscall.Stat_t); !ok || int(st.Uid) != uid {
-		return Token{}, fmt.Errorf("admin token file %s is not owned by the user running phiproxy (uid %d); chown it to that user", path, uid)
+		return nil, fmt.Errorf("admin token file %s is not owned by the user running phiproxy (uid %d); chown it to that user", path, uid)
 	}
 	b, err := os.ReadFile(path)
 	if err != nil {
-		return Token{}, fmt.Errorf("admin token file: %w", err)
+		return nil, fmt.Errorf("admin token file: %w", err)
 	}
 	b = bytes.TrimSpace(b)
 	if len(b) == 0 {
-		return Token{}, fmt.Errorf("admin token file %s is empty", path)
+		return nil, fmt.Errorf("admin token file %s is empty", path)
 	}
-	return Token{sha256.Sum256(b)}, nil
+	return b, nil
 }
 
 // matches reports whether presented is the token, in constant time.

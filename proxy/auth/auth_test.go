@@ -160,12 +160,18 @@ func normalize(s string, ports ...int) string {
 	return strings.TrimSpace(s)
 }
 
+// outcomeConninfo is the libpq conninfo of an attempt psqlOutcome and
+// pgxOutcome make.
+func outcomeConninfo(port int, user, password, sslmode, cb string) string {
+	return fmt.Sprintf("host=127.0.0.1 port=%d user=%s password=%s dbname=postgres sslmode=%s sslrootcert=%s channel_binding=%s",
+		port, user, password, sslmode, cluster.CA.CertFile, cb)
+}
+
 func psqlOutcome(t *testing.T, port int, user, password, sslmode, cb string) string {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	conninfo := fmt.Sprintf("host=127.0.0.1 port=%d user=%s password=%s dbname=postgres sslmode=%s sslrootcert=%s channel_binding=%s connect_timeout=10",
-		port, user, password, sslmode, cluster.CA.CertFile, cb)
+	conninfo := outcomeConninfo(port, user, password, sslmode, cb) + " connect_timeout=10"
 	cmd := exec.CommandContext(ctx, "psql", conninfo, "-XAtqc", "SELECT current_user")
 	cmd.Env = append(os.Environ(), "PGPASSFILE=/dev/null", "PGSERVICEFILE=/dev/null")
 	var stdout, stderr bytes.Buffer
@@ -180,8 +186,7 @@ func pgxOutcome(t *testing.T, port int, user, password, sslmode, cb string) stri
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	conninfo := fmt.Sprintf("host=127.0.0.1 port=%d user=%s password=%s dbname=postgres sslmode=%s sslrootcert=%s channel_binding=%s",
-		port, user, password, sslmode, cluster.CA.CertFile, cb)
+	conninfo := outcomeConninfo(port, user, password, sslmode, cb)
 	conn, err := pgconn.Connect(ctx, conninfo)
 	if err != nil {
 		var pe *pgconn.PgError

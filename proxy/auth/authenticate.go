@@ -143,13 +143,9 @@ func scram(be *pgproto3.Backend, x *serverExchange) (*Credentials, error) {
 	if err := sendAuth(be, &pgproto3.AuthenticationSASL{AuthMechanisms: mechs}, pgproto3.AuthTypeSASL); err != nil {
 		return nil, err
 	}
-	msg, err := receive(be, "SASL response")
+	init, err := receive[*pgproto3.SASLInitialResponse](be, "SASL response")
 	if err != nil {
 		return nil, err
-	}
-	init, ok := msg.(*pgproto3.SASLInitialResponse)
-	if !ok {
-		return nil, unexpected("SASL response", msg)
 	}
 	switch {
 	case init.AuthMechanism == mechSCRAMPlus && x.cbData != nil:
@@ -165,12 +161,9 @@ func scram(be *pgproto3.Backend, x *serverExchange) (*Credentials, error) {
 	if err := sendAuth(be, &pgproto3.AuthenticationSASLContinue{Data: []byte(serverFirst)}, pgproto3.AuthTypeSASLContinue); err != nil {
 		return nil, err
 	}
-	if msg, err = receive(be, "SASL response"); err != nil {
+	resp, err := receive[*pgproto3.SASLResponse](be, "SASL response")
+	if err != nil {
 		return nil, err
-	}
-	resp, ok := msg.(*pgproto3.SASLResponse)
-	if !ok {
-		return nil, unexpected("SASL response", msg)
 	}
 	serverFinal, keys, err := x.handleClientFinal(string(resp.Data))
 	if err != nil {
@@ -188,13 +181,9 @@ func (a *Authenticator) md5(be *pgproto3.Backend, user, secret string) (*Credent
 	if err := sendAuth(be, &pgproto3.AuthenticationMD5Password{Salt: salt}, pgproto3.AuthTypeMD5Password); err != nil {
 		return nil, err
 	}
-	msg, err := receive(be, "password response")
+	pw, err := receive[*pgproto3.PasswordMessage](be, "password response")
 	if err != nil {
 		return nil, err
-	}
-	pw, ok := msg.(*pgproto3.PasswordMessage)
-	if !ok {
-		return nil, unexpected("password response", msg)
 	}
 	if pw.Password == "" {
 		return nil, pgerr.Fatal(pgerr.InvalidPassword, "empty password returned by client")
@@ -223,18 +212,24 @@ func sendAuth(be *pgproto3.Backend, msg pgproto3.BackendMessage, authType uint32
 	return nil
 }
 
-func receive(be *pgproto3.Backend, want string) (pgproto3.FrontendMessage, error) {
+// receive reads the client's answer, want, which must be a T.
+func receive[T pgproto3.FrontendMessage](be *pgproto3.Backend, want string) (T, error) {
+	var none T
 	msg, err := be.Receive()
 	if err != nil {
 		if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) {
-			return nil, fmt.Errorf("%w: %w", ErrClientGone, err)
+			return none, fmt.Errorf("%w: %w", ErrClientGone, err)
 		}
-		return nil, fmt.Errorf("auth: receive %s: %w", want, err)
+		return none, fmt.Errorf("auth: receive %s: %w", want, err)
 	}
 	if _, ok := msg.(*pgproto3.Terminate); ok {
-		return nil, ErrClientGone
+		return none, ErrClientGone
 	}
-	return msg, nil
+	m, ok := msg.(T)
+	if !ok {
+		return none, unexpected(want, msg)
+	}
+	return m, nil
 }
 
 // unexpected is PostgreSQL's error for a message of the wrong type during

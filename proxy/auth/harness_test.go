@@ -12,9 +12,9 @@ import (
 	"testing"
 	"time"
 
-	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgproto3"
 
+	"github.com/phiproxy/phiproxy/internal/testenv"
 	"github.com/phiproxy/phiproxy/pgerr"
 )
 
@@ -23,11 +23,7 @@ import (
 func catalogLookup(t *testing.T, query string) LookupFunc {
 	t.Helper()
 	ctx := context.Background()
-	conn, err := pgx.Connect(ctx, cluster.DSN(catalogRole, catalogPassword, "postgres", "sslmode=disable"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { conn.Close(context.Background()) })
+	conn := testenv.Connect(t, ctx, cluster.DSN(catalogRole, catalogPassword, "postgres", "sslmode=disable"), nil)
 	var mu sync.Mutex // a *pgx.Conn serves one query at a time
 	lookup := QueryLookup(conn, query)
 	return func(ctx context.Context, role string) (*Verifier, error) {

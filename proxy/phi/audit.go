@@ -9,6 +9,7 @@ import (
 	"github.com/phiproxy/phiproxy/audit"
 	"github.com/phiproxy/phiproxy/config"
 	"github.com/phiproxy/phiproxy/crypto"
+	"github.com/phiproxy/phiproxy/pgerr"
 	"github.com/phiproxy/phiproxy/proxy"
 	"github.com/phiproxy/phiproxy/rewrite"
 )
@@ -105,6 +106,28 @@ func (a *Auditor) End(ex *Execution) {
 	// refusal, a write whose result is a tag). The queue is bounded: in
 	// strict mode a full one slows this session down.
 	_, _ = a.trail.Record(ex.Session.Context(), ev, false)
+}
+
+// SessionEnd implements SessionObserver: an automatic logoff (idle
+// session or idle-in-transaction timeout) is an event of the session.
+func (a *Auditor) SessionEnd(s *proxy.SessionInfo, err error) {
+	pe := pgerr.As(err)
+	if pe == nil || (pe.Code != pgerr.IdleSessionTimeout && pe.Code != pgerr.IdleInTransactionTimeout) {
+		return
+	}
+	ev := &audit.Event{
+		Session: s.ID, DBUser: s.User, Roles: s.Roles, Application: s.ApplicationName, Database: s.Database, TLS: s.TLS,
+		Action: audit.ActionLogoff, Error: pe.Code.String(), Reason: "automatic logoff: " + pe.Message,
+	}
+	if s.ClientAddr != nil {
+		ev.Client = s.ClientAddr.String()
+	}
+	id := s.Identity()
+	ev.EndUser = id.EndUser
+	if id.Role != "" && id.Role != s.User {
+		ev.Role = id.Role
+	}
+	_, _ = a.trail.Record(context.Background(), ev, false)
 }
 
 // event builds ex's event: names, never values.

@@ -440,3 +440,32 @@ func TestAuditUnwritableDirectoryAtStart(t *testing.T) {
 		t.Fatalf("trail after recovery: %v", evs)
 	}
 }
+
+// Automatic logoff is audited: the session, who, and the SQLSTATE.
+func TestAuditRecordsAutomaticLogoff(t *testing.T) {
+	ctx := testCtx(t)
+	cfg, dir := auditCfg(t, config.AuditStrict)
+	cfg.Limits.IdleSessionTimeout = 200 * time.Millisecond
+	p := startAudited(t, cfg, dir)
+	c := connect(t, ctx, p.dsn("application_name=idle-app"), pgx.QueryExecModeSimpleProtocol)
+	mustExec(t, ctx, c, "SET phiproxy.end_user = 'dr.idle'")
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		var logoff *audit.Event
+		for _, e := range trailEvents(t, cfg.Audit.File.Dir) {
+			if e.Action == audit.ActionLogoff {
+				logoff = e
+			}
+		}
+		if logoff != nil {
+			if logoff.Error != "57P05" || logoff.DBUser != appUser || logoff.EndUser != "dr.idle" || logoff.Application != "idle-app" || logoff.Session == "" {
+				t.Fatalf("logoff event: %+v", logoff)
+			}
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("no logoff event")
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}

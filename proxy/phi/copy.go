@@ -499,6 +499,9 @@ func (s *session) copyOutStart(e *entry, m *pgproto3.CopyOutResponse, out *proxy
 		}
 		return out.ForwardUnchanged()
 	}
+	if s.p.Locked() {
+		return s.fail(lockdownError(), out)
+	}
 	x, err := s.newCopyStream(st)
 	if err != nil {
 		return s.fail(asRefusal(err), out)
@@ -523,6 +526,10 @@ func (s *session) copyOutStart(e *entry, m *pgproto3.CopyOutResponse, out *proxy
 // copyOutData transforms a CopyData of a COPY TO on a PHI relation
 // (server goroutine).
 func (s *session) copyOutData(m *pgproto3.CopyData, final bool, out *proxy.Out) error {
+	if s.p.Locked() {
+		s.cout = nil
+		return s.fail(lockdownError(), out)
+	}
 	b, err := s.cout.feed(m.Data, final)
 	if err != nil {
 		s.cout = nil

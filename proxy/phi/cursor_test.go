@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"reflect"
-	"strings"
 	"testing"
 	"time"
 
@@ -20,19 +19,18 @@ import (
 // same statements on the plaintext twin, in every pgx mode (FETCH through
 // the simple protocol and through Parse/Bind/Describe/Execute).
 
-// ctwin is twin for statements that may not name the table: %[1]s in
-// sql stands for patients through phiproxy and patients_plain directly.
-func ctwin(t *testing.T, via, direct *pgx.Conn, sql string, args ...any) [][]string {
-	t.Helper()
-	return twinText(t, via, direct, sql, func(patients, _ string) string {
-		return strings.ReplaceAll(sql, "%[1]s", patients)
-	}, args...)
-}
-
 // cursorFixture inserts five rows on both sides (ids base+1..base+5).
 func cursorFixture(t *testing.T, via, direct *pgx.Conn, base int) {
 	t.Helper()
 	ormFixture(t, via, direct, base)
+}
+
+// cursorTwins is simpleTwins with cursorFixture's rows on both sides.
+func cursorTwins(t *testing.T) (ctx context.Context, via, direct *pgx.Conn) {
+	t.Helper()
+	ctx, via, direct = simpleTwins(t)
+	cursorFixture(t, via, direct, 0)
+	return ctx, via, direct
 }
 
 // fetchAll fetches c n rows at a time on both sides until it is empty and
@@ -41,7 +39,7 @@ func fetchAll(t *testing.T, via, direct *pgx.Conn, cursor string, n int) [][]str
 	t.Helper()
 	var all [][]string
 	for i := 0; i < 20; i++ {
-		got := ctwin(t, via, direct, fmt.Sprintf("FETCH FORWARD %d FROM %s", n, cursor))
+		got := twin(t, via, direct, fmt.Sprintf("FETCH FORWARD %d FROM %s", n, cursor))
 		if len(got) == 0 {
 			return all
 		}
@@ -94,24 +92,24 @@ func TestCursorDjangoIterator(t *testing.T) {
 	p := startProxy(t)
 	fixtureModes(t, ctx, p, cursorFixture, func(t *testing.T, _ int, via, direct *pgx.Conn, base int) {
 		name := `"_django_curs_140_sync_1"`
-		ctwin(t, via, direct, `DECLARE `+name+` NO SCROLL CURSOR WITH HOLD FOR SELECT id, ssn, diagnosis, dob, mrn FROM %[1]s WHERE id > `+fmt.Sprint(base)+` AND id < `+fmt.Sprint(base+100)+` ORDER BY id`)
+		twin(t, via, direct, `DECLARE `+name+` NO SCROLL CURSOR WITH HOLD FOR SELECT id, ssn, diagnosis, dob, mrn FROM %[1]s WHERE id > `+fmt.Sprint(base)+` AND id < `+fmt.Sprint(base+100)+` ORDER BY id`)
 		rows := fetchAll(t, via, direct, name, 2)
 		if len(rows) != 5 || rows[0][1] != "111-11-1111" || rows[0][2] != "flu" {
 			t.Fatalf("rows: %v", rows)
 		}
-		ctwin(t, via, direct, "CLOSE "+name)
+		twin(t, via, direct, "CLOSE "+name)
 		// A literal bound for a PHI column in the cursor's query is
 		// encrypted; psycopg 3 sends the value as a parameter.
-		ctwin(t, via, direct, `DECLARE c CURSOR WITH HOLD FOR SELECT id, ssn FROM %[1]s WHERE ssn = '111-11-1111' AND id > `+fmt.Sprint(base)+` ORDER BY id`)
+		twin(t, via, direct, `DECLARE c CURSOR WITH HOLD FOR SELECT id, ssn FROM %[1]s WHERE ssn = '111-11-1111' AND id > `+fmt.Sprint(base)+` ORDER BY id`)
 		if got := fetchAll(t, via, direct, "c", 1); len(got) != 2 {
 			t.Fatalf("rows: %v", got)
 		}
-		ctwin(t, via, direct, "CLOSE c")
-		ctwin(t, via, direct, `DECLARE c CURSOR WITH HOLD FOR SELECT id, ssn FROM %[1]s WHERE ssn = $1 AND id > $2 ORDER BY id`, "222-22-2222", base)
+		twin(t, via, direct, "CLOSE c")
+		twin(t, via, direct, `DECLARE c CURSOR WITH HOLD FOR SELECT id, ssn FROM %[1]s WHERE ssn = $1 AND id > $2 ORDER BY id`, "222-22-2222", base)
 		if got := fetchAll(t, via, direct, "c", 2); len(got) != 1 || got[0][1] != "222-22-2222" {
 			t.Fatalf("rows: %v", got)
 		}
-		ctwin(t, via, direct, "CLOSE c")
+		twin(t, via, direct, "CLOSE c")
 		_, err := via.Exec(ctx, "CLOSE c")
 		expectCode(t, err, "34000", "CLOSE of a closed cursor")
 	})
@@ -128,13 +126,13 @@ func TestCursorInTransaction(t *testing.T) {
 		for _, c := range []*pgx.Conn{via, direct} {
 			mustExec(t, ctx, c, "BEGIN")
 		}
-		ctwin(t, via, direct, `DECLARE c SCROLL CURSOR FOR SELECT name, ssn, diagnosis, dob FROM %[1]s WHERE id > `+fmt.Sprint(base)+` ORDER BY id`)
-		ctwin(t, via, direct, "FETCH 2 FROM c")
-		ctwin(t, via, direct, "MOVE FORWARD 1 IN c")
-		ctwin(t, via, direct, "FETCH NEXT FROM c")
-		ctwin(t, via, direct, "FETCH PRIOR FROM c")
-		ctwin(t, via, direct, "MOVE ABSOLUTE 0 IN c")
-		if got := ctwin(t, via, direct, "FETCH ALL IN c"); len(got) != 5 {
+		twin(t, via, direct, `DECLARE c SCROLL CURSOR FOR SELECT name, ssn, diagnosis, dob FROM %[1]s WHERE id > `+fmt.Sprint(base)+` ORDER BY id`)
+		twin(t, via, direct, "FETCH 2 FROM c")
+		twin(t, via, direct, "MOVE FORWARD 1 IN c")
+		twin(t, via, direct, "FETCH NEXT FROM c")
+		twin(t, via, direct, "FETCH PRIOR FROM c")
+		twin(t, via, direct, "MOVE ABSOLUTE 0 IN c")
+		if got := twin(t, via, direct, "FETCH ALL IN c"); len(got) != 5 {
 			t.Fatalf("FETCH ALL: %v", got)
 		}
 		for _, c := range []*pgx.Conn{via, direct} {
@@ -152,15 +150,21 @@ func TestCursorWithHold(t *testing.T) {
 	ctx := testCtx(t)
 	p := startProxy(t)
 	direct := connect(t, ctx, directDSN(), pgx.QueryExecModeSimpleProtocol)
-	both := func(t *testing.T, via *pgx.Conn, sql string) {
+	both := func(t *testing.T, via *pgx.Conn, sqls ...string) {
 		t.Helper()
-		for _, c := range []*pgx.Conn{via, direct} {
-			mustExec(t, ctx, c, sql)
+		for _, sql := range sqls {
+			for _, c := range []*pgx.Conn{via, direct} {
+				mustExec(t, ctx, c, sql)
+			}
 		}
 	}
 	declare := func(t *testing.T, via *pgx.Conn, base int) {
 		t.Helper()
-		ctwin(t, via, direct, `DECLARE h CURSOR WITH HOLD FOR SELECT id, ssn, mrn FROM %[1]s WHERE id > `+fmt.Sprint(base)+` ORDER BY id`)
+		twin(t, via, direct, `DECLARE h CURSOR WITH HOLD FOR SELECT id, ssn, mrn FROM %[1]s WHERE id > `+fmt.Sprint(base)+` ORDER BY id`)
+	}
+	gone := func(t *testing.T, via *pgx.Conn) {
+		t.Helper()
+		expectForgotten(t, ctx, via, "h", "FETCH of a dropped cursor")
 	}
 	for mi, mode := range modes {
 		t.Run(mode.String(), func(t *testing.T) {
@@ -170,43 +174,39 @@ func TestCursorWithHold(t *testing.T) {
 
 			both(t, via, "BEGIN")
 			declare(t, via, base)
-			ctwin(t, via, direct, "FETCH 1 FROM h")
+			twin(t, via, direct, "FETCH 1 FROM h")
 			both(t, via, "COMMIT")
-			ctwin(t, via, direct, "FETCH 1 FROM h")
+			twin(t, via, direct, "FETCH 1 FROM h")
 			both(t, via, "BEGIN")
-			ctwin(t, via, direct, "FETCH 1 FROM h")
+			twin(t, via, direct, "FETCH 1 FROM h")
 			both(t, via, "ROLLBACK")
-			if got := ctwin(t, via, direct, "FETCH ALL FROM h"); len(got) == 0 {
+			if got := twin(t, via, direct, "FETCH ALL FROM h"); len(got) == 0 {
 				t.Fatal("the held cursor lost its rows")
 			}
 			both(t, via, "CLOSE h")
 
 			both(t, via, "BEGIN")
 			declare(t, via, base)
-			ctwin(t, via, direct, "FETCH 1 FROM h")
+			twin(t, via, direct, "FETCH 1 FROM h")
 			both(t, via, "ROLLBACK")
-			expectForgotten(t, ctx, via, "h", "FETCH of a dropped cursor")
+			gone(t, via)
 
-			both(t, via, "BEGIN")
-			both(t, via, "SAVEPOINT s1")
+			both(t, via, "BEGIN", "SAVEPOINT s1")
 			declare(t, via, base)
-			both(t, via, "ROLLBACK TO SAVEPOINT s1")
-			both(t, via, "COMMIT")
-			expectForgotten(t, ctx, via, "h", "FETCH of a dropped cursor")
+			both(t, via, "ROLLBACK TO SAVEPOINT s1", "COMMIT")
+			gone(t, via)
 
-			both(t, via, "BEGIN")
-			both(t, via, "SAVEPOINT s1")
+			both(t, via, "BEGIN", "SAVEPOINT s1")
 			declare(t, via, base)
-			both(t, via, "RELEASE SAVEPOINT s1")
-			both(t, via, "COMMIT")
-			ctwin(t, via, direct, "FETCH 2 FROM h")
+			both(t, via, "RELEASE SAVEPOINT s1", "COMMIT")
+			twin(t, via, direct, "FETCH 2 FROM h")
 			both(t, via, "CLOSE ALL")
-			expectForgotten(t, ctx, via, "h", "FETCH of a dropped cursor")
+			gone(t, via)
 
 			declare(t, via, base)
-			ctwin(t, via, direct, "FETCH 2 FROM h")
+			twin(t, via, direct, "FETCH 2 FROM h")
 			both(t, via, "DISCARD ALL")
-			expectForgotten(t, ctx, via, "h", "FETCH of a dropped cursor")
+			gone(t, via)
 		})
 	}
 }
@@ -261,11 +261,7 @@ func twinResults(t *testing.T, via, direct *pgx.Conn, sql string) ([][]int16, []
 // rows in binary, so PHI values are decrypted into their logical type's
 // binary form (compared byte for byte with the twin's).
 func TestCursorBinary(t *testing.T) {
-	ctx := testCtx(t)
-	p := startProxy(t)
-	direct := connect(t, ctx, directDSN(), pgx.QueryExecModeSimpleProtocol)
-	via := connect(t, ctx, p.dsn(), pgx.QueryExecModeSimpleProtocol)
-	cursorFixture(t, via, direct, 0)
+	_, via, direct := cursorTwins(t)
 	formats, rows := twinResults(t, via, direct, `BEGIN; DECLARE b BINARY CURSOR FOR SELECT id, name, ssn, diagnosis, dob, mrn FROM %[1]s ORDER BY id; FETCH 2 FROM b; MOVE 1 IN b; FETCH ALL FROM b; COMMIT`)
 	if !reflect.DeepEqual(formats[2], []int16{1, 1, 1, 1, 1, 1}) || len(rows[2]) != 2 || rows[2][1][2] != "222-22-2222" || len(rows[4]) != 2 {
 		t.Fatalf("formats %v rows %q", formats, rows)
@@ -275,11 +271,7 @@ func TestCursorBinary(t *testing.T) {
 // TestCursorOneString: DECLARE and FETCH in one query string (an implicit
 // transaction block), and a FETCH of a cursor the string closed before.
 func TestCursorOneString(t *testing.T) {
-	ctx := testCtx(t)
-	p := startProxy(t)
-	direct := connect(t, ctx, directDSN(), pgx.QueryExecModeSimpleProtocol)
-	via := connect(t, ctx, p.dsn(), pgx.QueryExecModeSimpleProtocol)
-	cursorFixture(t, via, direct, 0)
+	ctx, via, direct := cursorTwins(t)
 	_, rows := twinResults(t, via, direct, `DECLARE c CURSOR FOR SELECT id, ssn, dob FROM %[1]s ORDER BY id; MOVE 1 IN c; FETCH 2 FROM c`)
 	if len(rows[2]) != 2 || rows[2][0][1] != "222-22-2222" || rows[2][0][2] != "1975-12-31" {
 		t.Fatalf("rows: %q", rows)
@@ -297,11 +289,7 @@ func TestCursorOneString(t *testing.T) {
 // cursor: PostgreSQL finds the cursor when the FETCH executes, and so
 // must the decryption (Parse, Bind and Execute of the prepared FETCH).
 func TestCursorFetchBoundAtExecute(t *testing.T) {
-	ctx := testCtx(t)
-	p := startProxy(t)
-	direct := connect(t, ctx, directDSN(), pgx.QueryExecModeSimpleProtocol)
-	via := connect(t, ctx, p.dsn(), pgx.QueryExecModeSimpleProtocol)
-	cursorFixture(t, via, direct, 0)
+	ctx, via, _ := cursorTwins(t)
 	pc := via.PgConn()
 	mustExec(t, ctx, via, "BEGIN")
 	mustExec(t, ctx, via, "DECLARE c CURSOR FOR SELECT ssn, id FROM patients ORDER BY id")
@@ -356,9 +344,7 @@ func syncOne(t *testing.T, via *pgx.Conn, msg pgproto3.FrontendMessage, what str
 // (cursors and portals share one namespace): PHI columns are described
 // with their logical types.
 func TestCursorDescribePortal(t *testing.T) {
-	ctx := testCtx(t)
-	p := startProxy(t)
-	via := connect(t, ctx, p.dsn(), pgx.QueryExecModeSimpleProtocol)
+	ctx, via := proxied(t, pgx.QueryExecModeSimpleProtocol)
 	mustExec(t, ctx, via, "BEGIN")
 	mustExec(t, ctx, via, "DECLARE c CURSOR FOR SELECT id, ssn, dob, mrn FROM patients")
 	var oids []uint32
@@ -420,9 +406,7 @@ func TestCursorRefused(t *testing.T) {
 // TestCursorProtocolClose: an extended-protocol Close of a portal closes
 // the SQL cursor of that name (one namespace): phiproxy forgets it too.
 func TestCursorProtocolClose(t *testing.T) {
-	ctx := testCtx(t)
-	p := startProxy(t)
-	via := connect(t, ctx, p.dsn(), pgx.QueryExecModeSimpleProtocol)
+	ctx, via := proxied(t, pgx.QueryExecModeSimpleProtocol)
 	mustExec(t, ctx, via, "INSERT INTO patients (id, ssn) VALUES (1, '111-11-1111')")
 	mustExec(t, ctx, via, "BEGIN")
 	mustExec(t, ctx, via, "DECLARE c CURSOR FOR SELECT id, ssn FROM patients")

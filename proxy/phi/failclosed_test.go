@@ -25,11 +25,7 @@ import (
 // schema of its own name holding another plain patients table.
 func fcFixture(t *testing.T, ctx context.Context) *pgx.Conn {
 	t.Helper()
-	super, err := pgx.Connect(ctx, testCluster.DSN(testCluster.SuperUser, testCluster.SuperPassword, appDB, "sslmode=disable"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { super.Close(context.Background()) })
+	super := superConn(t, ctx)
 	plain := `(id int4 PRIMARY KEY, name text, ssn text, diagnosis text, dob date, mrn int8, active bool DEFAULT true, blob bytea)`
 	for _, q := range []string{
 		`DROP SCHEMA IF EXISTS fc CASCADE`,
@@ -119,6 +115,26 @@ func mustSimple(t *testing.T, ctx context.Context, c *pgx.Conn, sqls ...string) 
 	}
 }
 
+// encryptedBy runs sqlf (with %s for a canary tagged tag) through c and
+// fails t unless row id holds the canary in public.patients, that is
+// encrypted, and the server never logged it.
+func encryptedBy(t *testing.T, ctx context.Context, super, c *pgx.Conn, id int, tag, sqlf string) {
+	t.Helper()
+	v := canary(t, tag)
+	mustSimple(t, ctx, c, fmt.Sprintf(sqlf, v))
+	wentTo(t, ctx, super, c, id, v, "public")
+	assertNotLogged(t, v)
+}
+
+// mustFailWith runs sql in the simple protocol and fails t unless it
+// fails with SQLSTATE code.
+func mustFailWith(t *testing.T, ctx context.Context, c *pgx.Conn, sql, code string) {
+	t.Helper()
+	if err := simple(ctx, c, sql); sqlstate(err) != code {
+		t.Fatalf("%s: got %v, want SQLSTATE %s", sql, err, code)
+	}
+}
+
 // wentTo fails t unless the row id with ssn v is in schema want's
 // patients (whereIs).
 func wentTo(t *testing.T, ctx context.Context, super, c *pgx.Conn, id int, v, want string) {
@@ -140,6 +156,11 @@ func TestFailClosedSessionState(t *testing.T) {
 	insert := func(id int, v string) string {
 		return fmt.Sprintf("insert into patients (id, ssn) values (%d, '%s')", id, v)
 	}
+	// encrypted inserts a canary tagged tag as row id (encryptedBy).
+	encrypted := func(t *testing.T, c *pgx.Conn, id int, tag string) {
+		t.Helper()
+		encryptedBy(t, ctx, super, c, id, tag, insert(id, "%s"))
+	}
 
 	t.Run("1: a SET earlier in the same string", func(t *testing.T) {
 		c := open(t, "fc, public")
@@ -151,13 +172,8 @@ func TestFailClosedSessionState(t *testing.T) {
 
 	t.Run("2 and 8: a SET rolled back with its failed implicit transaction", func(t *testing.T) {
 		c := open(t, "public")
-		if err := simple(ctx, c, "set search_path = fc, public; select 1/0"); sqlstate(err) != "22012" {
-			t.Fatalf("got %v", err)
-		}
-		v := canary(t, "2")
-		mustSimple(t, ctx, c, insert(102, v))
-		wentTo(t, ctx, super, c, 102, v, "public")
-		assertNotLogged(t, v)
+		mustFailWith(t, ctx, c, "set search_path = fc, public; select 1/0", "22012")
+		encrypted(t, c, 102, "2")
 	})
 
 	t.Run("2 in a pipeline: a batch that fails rolls its SET back", func(t *testing.T) {
@@ -180,21 +196,14 @@ func TestFailClosedSessionState(t *testing.T) {
 		for _, q := range []string{"BEGIN", "SET search_path = fc, public", "SELECT 1/0", "COMMIT"} {
 			_ = simple(ctx, c, q)
 		}
-		v := canary(t, "3")
-		mustSimple(t, ctx, c, insert(103, v))
-		wentTo(t, ctx, super, c, 103, v, "public")
-		assertNotLogged(t, v)
+		encrypted(t, c, 103, "3")
 	})
 
 	t.Run("3 in one string", func(t *testing.T) {
 		c := open(t, "public")
-		if err := simple(ctx, c, "BEGIN; SET search_path = fc, public; SELECT 1/0; COMMIT;"); sqlstate(err) != "22012" {
-			t.Fatalf("got %v", err)
-		}
+		mustFailWith(t, ctx, c, "BEGIN; SET search_path = fc, public; SELECT 1/0; COMMIT;", "22012")
 		mustSimple(t, ctx, c, "COMMIT")
-		v := canary(t, "3s")
-		mustSimple(t, ctx, c, insert(203, v))
-		wentTo(t, ctx, super, c, 203, v, "public")
+		encrypted(t, c, 203, "3s")
 	})
 
 	t.Run("4: ROLLBACK TO SAVEPOINT undoes the SET", func(t *testing.T) {
@@ -210,18 +219,13 @@ func TestFailClosedSessionState(t *testing.T) {
 	t.Run("SET LOCAL ends with its transaction", func(t *testing.T) {
 		c := open(t, "public")
 		mustSimple(t, ctx, c, "BEGIN", "SET LOCAL search_path = fc, public", "COMMIT")
-		v := canary(t, "local")
-		mustSimple(t, ctx, c, insert(105, v))
-		wentTo(t, ctx, super, c, 105, v, "public")
+		encrypted(t, c, 105, "local")
 	})
 
 	t.Run("5: a computed set_config is read back from the server", func(t *testing.T) {
 		c := open(t, "fc, public")
 		mustSimple(t, ctx, c, "select set_config('search'||'_path', 'public', false)")
-		v := canary(t, "5")
-		mustSimple(t, ctx, c, insert(106, v))
-		wentTo(t, ctx, super, c, 106, v, "public")
-		assertNotLogged(t, v)
+		encrypted(t, c, 106, "5")
 		// And the other way: the plain table, in the clear, as intended.
 		mustSimple(t, ctx, c, "select set_config('search'||'_path', 'fc, public', false)")
 		mustSimple(t, ctx, c, insert(107, "plain-107"))
@@ -234,23 +238,16 @@ func TestFailClosedSessionState(t *testing.T) {
 		mustSimple(t, ctx, c, insert(108, "plain-108"))
 		wentTo(t, ctx, super, c, 108, "plain-108", "fc_r2")
 		mustSimple(t, ctx, c, "RESET ROLE")
-		v := canary(t, "6")
-		mustSimple(t, ctx, c, insert(109, v))
-		wentTo(t, ctx, super, c, 109, v, "public")
-		assertNotLogged(t, v)
+		encrypted(t, c, 109, "6")
 	})
 
 	t.Run("7: DDL in the same string, in an open transaction, and committed", func(t *testing.T) {
 		c := open(t, "fc, public")
 		v := canary(t, "7")
-		if err := simple(ctx, c, "drop table fc.patients; "+insert(110, v)); sqlstate(err) != "0A000" {
-			t.Fatalf("DDL then DML in one string: got %v, want 0A000", err)
-		}
+		mustFailWith(t, ctx, c, "drop table fc.patients; "+insert(110, v), "0A000")
 		mustSimple(t, ctx, c, "BEGIN")
 		mustSimple(t, ctx, c, "drop table fc.patients")
-		if err := simple(ctx, c, insert(110, v)); sqlstate(err) != "0A000" {
-			t.Fatalf("DML after uncommitted DDL: got %v, want 0A000", err)
-		}
+		mustFailWith(t, ctx, c, insert(110, v), "0A000")
 		mustSimple(t, ctx, c, "ROLLBACK")
 		// Committed: the next statement waits for the catalog refresh.
 		mustSimple(t, ctx, c, "drop table fc.patients")
@@ -279,25 +276,15 @@ func TestFailClosedPreparedStatements(t *testing.T) {
 	t.Run("15: a DISCARD ALL the server refused keeps the statement", func(t *testing.T) {
 		mustSimple(t, ctx, c, "PREPARE ins15(int, text) AS INSERT INTO patients (id, ssn) VALUES ($1, $2)")
 		mustSimple(t, ctx, c, "BEGIN")
-		if err := simple(ctx, c, "DISCARD ALL"); sqlstate(err) != "25001" {
-			t.Fatalf("DISCARD ALL in a transaction: %v", err)
-		}
+		mustFailWith(t, ctx, c, "DISCARD ALL", "25001")
 		mustSimple(t, ctx, c, "ROLLBACK")
-		v := canary(t, "15")
-		mustSimple(t, ctx, c, fmt.Sprintf("EXECUTE ins15(115, '%s')", v))
-		wentTo(t, ctx, super, c, 115, v, "public")
-		assertNotLogged(t, v)
+		encryptedBy(t, ctx, super, c, 115, "15", "EXECUTE ins15(115, '%s')")
 	})
 
 	t.Run("15: a duplicate PREPARE that fails keeps the first", func(t *testing.T) {
 		mustSimple(t, ctx, c, "PREPARE ins16(int, text) AS INSERT INTO public.patients (id, ssn) VALUES ($1, $2)")
-		if err := simple(ctx, c, "PREPARE ins16(int, text) AS INSERT INTO fc.patients (id, ssn) VALUES ($1, $2)"); sqlstate(err) != "42P05" {
-			t.Fatalf("duplicate PREPARE: %v", err)
-		}
-		v := canary(t, "15b")
-		mustSimple(t, ctx, c, fmt.Sprintf("EXECUTE ins16(116, '%s')", v))
-		wentTo(t, ctx, super, c, 116, v, "public")
-		assertNotLogged(t, v)
+		mustFailWith(t, ctx, c, "PREPARE ins16(int, text) AS INSERT INTO fc.patients (id, ssn) VALUES ($1, $2)", "42P05")
+		encryptedBy(t, ctx, super, c, 116, "15b", "EXECUTE ins16(116, '%s')")
 	})
 
 	t.Run("15: SQL PREPARE then protocol Bind, protocol Parse then SQL EXECUTE", func(t *testing.T) {
@@ -319,9 +306,7 @@ func TestFailClosedPreparedStatements(t *testing.T) {
 
 	t.Run("15: EXECUTE of a name the proxy does not know is refused", func(t *testing.T) {
 		v := canary(t, "15e")
-		if err := simple(ctx, c, fmt.Sprintf("EXECUTE nosuch(119, '%s')", v)); sqlstate(err) != "26000" {
-			t.Fatalf("got %v, want 26000", err)
-		}
+		mustFailWith(t, ctx, c, fmt.Sprintf("EXECUTE nosuch(119, '%s')", v), "26000")
 		assertNotLogged(t, v)
 	})
 
@@ -477,17 +462,12 @@ func TestFailClosedTempTablesGuardsAndNestedExecute(t *testing.T) {
 		}
 		// Dropped, the name means the PHI table again.
 		mustSimple(t, ctx, c, "DROP TABLE patients")
-		v := canary(t, "18")
-		mustSimple(t, ctx, c, fmt.Sprintf("insert into patients (id, ssn) values (182, '%s')", v))
-		wentTo(t, ctx, super, c, 182, v, "public")
-		assertNotLogged(t, v)
+		encryptedBy(t, ctx, super, c, 182, "18", "insert into patients (id, ssn) values (182, '%s')")
 	})
 
 	t.Run("18: a temporary table created in a transaction that rolls back", func(t *testing.T) {
 		mustSimple(t, ctx, c, "BEGIN", "CREATE TEMP TABLE patients (id int, ssn text)", "ROLLBACK")
-		v := canary(t, "18b")
-		mustSimple(t, ctx, c, fmt.Sprintf("insert into patients (id, ssn) values (183, '%s')", v))
-		wentTo(t, ctx, super, c, 183, v, "public")
+		encryptedBy(t, ctx, super, c, 183, "18b", "insert into patients (id, ssn) values (183, '%s')")
 	})
 
 	t.Run("9: the envelope CHECK cannot be dropped through the proxy", func(t *testing.T) {
@@ -495,9 +475,7 @@ func TestFailClosedTempTablesGuardsAndNestedExecute(t *testing.T) {
 			"ALTER TABLE patients DROP CONSTRAINT phiproxy_ssn_envelope",
 			"ALTER TABLE public.patients RENAME CONSTRAINT phiproxy_ssn_envelope TO x",
 		} {
-			if err := simple(ctx, c, q); sqlstate(err) != "42501" {
-				t.Fatalf("%s: got %v, want 42501", q, err)
-			}
+			mustFailWith(t, ctx, c, q, "42501")
 		}
 		var n int
 		if err := super.QueryRow(ctx, "SELECT count(*) FROM pg_constraint WHERE conname = 'phiproxy_ssn_envelope'").Scan(&n); err != nil || n != 1 {
@@ -551,23 +529,17 @@ func TestFailClosedViewCreatedThroughTheProxy(t *testing.T) {
 
 	v := canary(t, "view1")
 	mustSimple(t, ctx, c, "CREATE VIEW leaky1 AS SELECT ssn FROM patients")
-	if err := simple(ctx, c, fmt.Sprintf("SELECT ssn FROM leaky1 WHERE ssn = '%s'", v)); sqlstate(err) != "0A000" {
-		t.Fatalf("after a committed CREATE VIEW: got %v, want 0A000", err)
-	}
+	mustFailWith(t, ctx, c, fmt.Sprintf("SELECT ssn FROM leaky1 WHERE ssn = '%s'", v), "0A000")
 	assertNotLogged(t, v)
 
 	w := canary(t, "view2")
-	if err := simple(ctx, c, fmt.Sprintf("create view leaky2 as select ssn from patients; select ssn from leaky2 where ssn = '%s'", w)); sqlstate(err) != "0A000" {
-		t.Fatalf("in one string: got %v, want 0A000", err)
-	}
+	mustFailWith(t, ctx, c, fmt.Sprintf("create view leaky2 as select ssn from patients; select ssn from leaky2 where ssn = '%s'", w), "0A000")
 	assertNotLogged(t, w)
 
 	x := canary(t, "view3")
 	mustSimple(t, ctx, c, "BEGIN")
 	mustSimple(t, ctx, c, "CREATE VIEW leaky3 AS SELECT ssn FROM patients")
-	if err := simple(ctx, c, fmt.Sprintf("SELECT ssn FROM leaky3 WHERE ssn = '%s'", x)); sqlstate(err) != "0A000" {
-		t.Fatalf("in the view's transaction: got %v, want 0A000", err)
-	}
+	mustFailWith(t, ctx, c, fmt.Sprintf("SELECT ssn FROM leaky3 WHERE ssn = '%s'", x), "0A000")
 	mustSimple(t, ctx, c, "ROLLBACK")
 	assertNotLogged(t, x)
 }

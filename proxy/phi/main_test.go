@@ -112,61 +112,49 @@ func runTests(m *testing.M) int {
 		return 1
 	}
 	defer os.RemoveAll(dir)
-	doc := "listen: 127.0.0.1:0\n" +
-		"upstream: {address: " + c.Addr() + ", sslmode: disable}\n" +
-		"catalog_dsn: postgres://" + c.SuperUser + "@" + c.Addr() + "/" + appDB + "?sslmode=disable\n" +
-		"keys: {dir: keys/, kek: \"file:kek.json\"}\n" + phiYAML()
-	path := filepath.Join(dir, "phiproxy.yaml")
-	if err := os.WriteFile(path, []byte(doc), 0o600); err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		return 1
-	}
-	cfg, err := config.Load(path)
+	cfg, err := setupPHI(ctx, c, dir, phiYAML(), schemaSQL())
 	if err != nil {
-		fmt.Fprintln(os.Stderr, "phi tests: config:", err)
+		fmt.Fprintln(os.Stderr, "phi tests:", err)
 		return 1
 	}
-	if err := makeKeys(ctx, cfg); err != nil {
-		fmt.Fprintln(os.Stderr, "phi tests: keys:", err)
-		return 1
-	}
-	conn, err := pgx.Connect(ctx, c.DSN(appUser, appPassword, appDB, "sslmode=disable"))
-	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		return 1
-	}
-	stmts := []string{schemaSQL()}
-	for _, col := range cfg.Columns() {
-		stmts = append(stmts, crypto.EnvelopeCheckSQL(col))
-	}
-	for _, s := range stmts {
-		if _, err := conn.Exec(ctx, s); err != nil {
-			fmt.Fprintln(os.Stderr, "phi tests: schema:", err)
-			return 1
-		}
-	}
-	conn.Close(ctx)
 	testCluster, testCfg = c, cfg
 	return m.Run()
 }
 
-// makeKeys creates the file KEK and every column keyset of cfg, as
-// `phiproxy keys init` does.
-func makeKeys(ctx context.Context, cfg *config.Config) error {
-	if _, err := crypto.InitFileKEK(strings.TrimPrefix(cfg.Keys.KEK, "file:")); err != nil {
-		return err
+// setupPHI writes into dir a config for a proxy in front of c with the
+// phi: section phi, loads it and makes its keys (crypto.InitKeys); then it runs,
+// as app, each statement of schema and the envelope CHECK of every PHI
+// column.
+func setupPHI(ctx context.Context, c *pgcluster.Cluster, dir, phi string, schema ...string) (*config.Config, error) {
+	doc := "listen: 127.0.0.1:0\n" +
+		"upstream: {address: " + c.Addr() + ", sslmode: disable}\n" +
+		"catalog_dsn: postgres://" + c.SuperUser + "@" + c.Addr() + "/" + appDB + "?sslmode=disable\n" +
+		"keys: {dir: keys/, kek: \"file:kek.json\"}\n" + phi
+	path := filepath.Join(dir, "phiproxy.yaml")
+	if err := os.WriteFile(path, []byte(doc), 0o600); err != nil {
+		return nil, err
 	}
-	st, err := crypto.OpenStore(ctx, cfg.Keys, crypto.Options{})
+	cfg, err := config.Load(path)
 	if err != nil {
-		return err
+		return nil, fmt.Errorf("config: %w", err)
 	}
-	for name, cols := range cfg.KeyNames() {
-		if _, err := st.Create(crypto.ColumnKey(name), cols[0].Mode); err != nil {
-			return err
+	if err := crypto.InitKeys(ctx, cfg, crypto.Options{}); err != nil {
+		return nil, fmt.Errorf("keys: %w", err)
+	}
+	conn, err := pgx.Connect(ctx, c.DSN(appUser, appPassword, appDB, "sslmode=disable"))
+	if err != nil {
+		return nil, err
+	}
+	defer conn.Close(ctx)
+	for _, col := range cfg.Columns() {
+		schema = append(schema, crypto.EnvelopeCheckSQL(col))
+	}
+	for _, s := range schema {
+		if _, err := conn.Exec(ctx, s); err != nil {
+			return nil, fmt.Errorf("schema: %s: %w", s, err)
 		}
 	}
-	_, err = st.Create(crypto.SigningKey(), "")
-	return err
+	return cfg, nil
 }
 
 type testProxy struct {
@@ -217,6 +205,22 @@ func serveProxy(t testing.TB, ctx context.Context, cfg *config.Config, opts ...O
 	return &testProxy{phi: p, addr: addr, logs: logs}
 }
 
+// proxied starts a proxy (startProxy) and returns a test context and a
+// connection through it in mode.
+func proxied(t *testing.T, mode pgx.QueryExecMode) (context.Context, *pgx.Conn) {
+	t.Helper()
+	ctx := testCtx(t)
+	return ctx, connect(t, ctx, startProxy(t).dsn(), mode)
+}
+
+// simpleTwins starts a proxy and returns a test context, a
+// simple-protocol connection through it and one direct.
+func simpleTwins(t *testing.T) (ctx context.Context, via, direct *pgx.Conn) {
+	t.Helper()
+	ctx, via = proxied(t, pgx.QueryExecModeSimpleProtocol)
+	return ctx, via, connect(t, ctx, directDSN(), pgx.QueryExecModeSimpleProtocol)
+}
+
 func (p *testProxy) dsn(params ...string) string {
 	return testenv.AppDSN(p.addr, params...)
 }
@@ -225,9 +229,22 @@ func directDSN() string {
 	return testCluster.DSN(appUser, appPassword, appDB, "sslmode=disable")
 }
 
-func connect(t testing.TB, ctx context.Context, dsn string, mode pgx.QueryExecMode) *pgx.Conn {
+// connect connects to dsn in mode, each of configure applied to its
+// config, until the test ends.
+func connect(t testing.TB, ctx context.Context, dsn string, mode pgx.QueryExecMode, configure ...func(*pgx.ConnConfig)) *pgx.Conn {
 	t.Helper()
-	return testenv.Connect(t, ctx, dsn, func(cc *pgx.ConnConfig) { cc.DefaultQueryExecMode = mode })
+	return testenv.Connect(t, ctx, dsn, func(cc *pgx.ConnConfig) {
+		cc.DefaultQueryExecMode = mode
+		for _, f := range configure {
+			f(cc)
+		}
+	})
+}
+
+// superConn connects to the app database as the cluster's superuser.
+func superConn(t testing.TB, ctx context.Context) *pgx.Conn {
+	t.Helper()
+	return connect(t, ctx, testCluster.DSN(testCluster.SuperUser, testCluster.SuperPassword, appDB, "sslmode=disable"), pgx.QueryExecModeCacheStatement)
 }
 
 func testCtx(t testing.TB) context.Context { return testenv.Context(t, 60*time.Second) }

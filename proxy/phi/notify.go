@@ -7,9 +7,11 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/phiproxy/phiproxy/config"
+	"github.com/phiproxy/phiproxy/policy"
 )
 
 // Keeping the catalog current with DDL done elsewhere (a DBA, a migration
@@ -90,7 +92,7 @@ func (p *Proxy) watchCatalog() {
 			conn = nil
 		}
 		if conn == nil {
-			c, err := listenCatalog(p.bg, cfg.CatalogDSN)
+			c, err := listenCatalog(p.bg, cfg.CatalogDSN, p.lockdownSignal)
 			if err != nil {
 				if !failing && p.bg.Err() == nil {
 					p.log.Warn("catalog LISTEN connection failed; retrying", "err", err)
@@ -156,18 +158,32 @@ func (p *Proxy) sleep(d time.Duration) {
 	}
 }
 
-// listenCatalog opens the dedicated LISTEN connection.
-func listenCatalog(ctx context.Context, dsn string) (*pgx.Conn, error) {
+// listenCatalog opens the dedicated LISTEN connection: catalog changes,
+// and the lockdown switch (lockdown is called for each of its NOTIFYs).
+func listenCatalog(ctx context.Context, dsn string, lockdown func()) (*pgx.Conn, error) {
 	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
-	conn, err := catalogConnect(ctx, dsn)
+	cfg, err := pgxpool.ParseConfig(dsn)
 	if err != nil {
 		return nil, err
 	}
-	if _, err := conn.Exec(ctx, "LISTEN "+config.CatalogChannel); err != nil {
-		_ = conn.Close(context.Background())
+	cfg.ConnConfig.OnNotification = func(_ *pgconn.PgConn, n *pgconn.Notification) {
+		if n.Channel == policy.LockdownChannel {
+			lockdown()
+		}
+	}
+	conn, err := pgx.ConnectConfig(ctx, cfg.ConnConfig)
+	if err != nil {
 		return nil, err
 	}
+	for _, ch := range []string{config.CatalogChannel, policy.LockdownChannel} {
+		if _, err := conn.Exec(ctx, "LISTEN "+ch); err != nil {
+			_ = conn.Close(context.Background())
+			return nil, err
+		}
+	}
+	// Whatever was switched while this connection was down.
+	lockdown()
 	return conn, nil
 }
 

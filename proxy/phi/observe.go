@@ -176,7 +176,13 @@ func (s *session) skipAnnounced(e *entry, from int) {
 
 // admit asks the Admitter, if any, about a PHI statement.
 func (s *session) admit(st *rewrite.Statement) error {
-	if s.adm == nil || st == nil || !st.TouchesPHI {
+	if st == nil || !st.TouchesPHI {
+		return nil
+	}
+	if decrypts(st) && s.p.Locked() {
+		return lockdownError()
+	}
+	if s.adm == nil {
 		return nil
 	}
 	return s.adm.Admit(s.info, st)

@@ -288,16 +288,24 @@ func (f writerFunc) Write(b []byte) (int, error) { f(b); return len(b), nil }
 // receiveUntilReady reads until ReadyForQuery, failing on an error.
 func receiveUntilReady(t *testing.T, fe *pgproto3.Frontend) []pgproto3.BackendMessage {
 	t.Helper()
+	return receiveUntil(t, fe, func(m pgproto3.BackendMessage) bool { _, ok := m.(*pgproto3.ReadyForQuery); return ok })
+}
+
+// receiveUntil reads until a message until accepts (until sees each one
+// as it arrives), failing on an error; it returns the messages before
+// that one. pgproto3 reuses a message of a type for the next one.
+func receiveUntil(t *testing.T, fe *pgproto3.Frontend, until func(pgproto3.BackendMessage) bool) []pgproto3.BackendMessage {
+	t.Helper()
 	var got []pgproto3.BackendMessage
 	for {
 		msg, err := fe.Receive()
 		if err != nil {
 			t.Fatal(err)
 		}
-		switch m := msg.(type) {
-		case *pgproto3.ErrorResponse:
+		if m, ok := msg.(*pgproto3.ErrorResponse); ok {
 			t.Fatalf("error %s: %s", m.Code, m.Message)
-		case *pgproto3.ReadyForQuery:
+		}
+		if until(msg) {
 			return got
 		}
 		got = append(got, msg)
@@ -320,21 +328,12 @@ func TestBumpDecisionEpochRebuildsAnOpenPortal(t *testing.T) {
 	}
 	var got []string
 	read := func(until func(pgproto3.BackendMessage) bool) {
-		for {
-			msg, err := fe.Receive()
-			if err != nil {
-				t.Fatal(err)
-			}
-			switch m := msg.(type) {
-			case *pgproto3.DataRow:
+		receiveUntil(t, fe, func(msg pgproto3.BackendMessage) bool {
+			if m, ok := msg.(*pgproto3.DataRow); ok {
 				got = append(got, string(m.Values[0]))
-			case *pgproto3.ErrorResponse:
-				t.Fatalf("error %s: %s", m.Code, m.Message)
 			}
-			if until(msg) {
-				return
-			}
-		}
+			return until(msg)
+		})
 	}
 	read(func(m pgproto3.BackendMessage) bool { _, ok := m.(*pgproto3.PortalSuspended); return ok })
 	// A policy reload or a lockdown between two Executes of the portal.

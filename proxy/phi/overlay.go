@@ -14,7 +14,7 @@ import (
 
 // The catalog overlay (docs/sql-support.md, "Catalog introspection"). On
 // every snapshot load the proxy checks that the overlay in the database is
-// current for the config and the catalog it just read: both views carry
+// current for the config and the catalog it just read: its views carry
 // the marker of this phiproxy's overlay and of the server's version, and
 // the PHI map holds exactly the configured bytea columns with their
 // logical types. Only then does the planner send catalog reads to it.
@@ -44,13 +44,15 @@ type OverlayStatus struct {
 func CheckOverlay(ctx context.Context, conn *pgx.Conn, cfg *config.Config, cat *config.Catalog) (OverlayStatus, error) {
 	st := OverlayStatus{Want: config.OverlayEntries(cfg, cat)}
 	var ver int
-	var m1, m2 *string
-	if err := conn.QueryRow(ctx, config.OverlayStatusSQL).Scan(&ver, &m1, &m2, &st.Database); err != nil {
+	var m1, m2, m3 *string
+	if err := conn.QueryRow(ctx, config.OverlayStatusSQL).Scan(&ver, &m1, &m2, &m3, &st.Database); err != nil {
 		return st, fmt.Errorf("catalog overlay status: %w", err)
 	}
 	marker := config.OverlayMarker(ver)
-	if m1 == nil || m2 == nil || *m1 != marker || *m2 != marker {
-		return st, nil
+	for _, m := range []*string{m1, m2, m3} {
+		if m == nil || *m != marker {
+			return st, nil
+		}
 	}
 	st.Installed = true
 	rows, err := conn.Query(ctx, config.OverlayEntriesSQL)

@@ -15,6 +15,7 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"github.com/phiproxy/phiproxy/config"
+	"github.com/phiproxy/phiproxy/crypto"
 )
 
 // Catalog introspection (issue 17, item 1): the queries ORMs and drivers
@@ -80,6 +81,10 @@ var introspectionQueries = []struct{ name, sql string }{
         `},
 	// typeorm src/driver/postgres/PostgresQueryRunner.ts, loadTables.
 	{"TypeORM loadTables", `SELECT columns.*, pg_catalog.col_description(('"' || table_catalog || '"."' || table_schema || '"."' || table_name || '"')::regclass::oid, ordinal_position) AS description, ('"' || "udt_schema" || '"."' || "udt_name" || '"')::"regtype" AS "regtype", pg_catalog.format_type("col_attr"."atttypid", "col_attr"."atttypmod") AS "format_type" FROM "information_schema"."columns" LEFT JOIN "pg_catalog"."pg_attribute" AS "col_attr" ON "col_attr"."attname" = "columns"."column_name" AND "col_attr"."attrelid" = ( SELECT "cls"."oid" FROM "pg_catalog"."pg_class" AS "cls" LEFT JOIN "pg_catalog"."pg_namespace" AS "ns" ON "ns"."oid" = "cls"."relnamespace" WHERE "cls"."relname" = "columns"."table_name" AND "ns"."nspname" = "columns"."table_schema" ) WHERE ("table_schema" = 'public' AND "table_name" = 'TBL') ORDER BY ordinal_position`},
+	// typeorm PostgresQueryRunner.ts, loadTables' constraints: the
+	// envelope CHECK constraints are not there, as on the twin.
+	{"TypeORM constraints", `SELECT "ns"."nspname" AS "table_schema", "t"."relname" AS "table_name", "cnst"."conname" AS "constraint_name", pg_get_constraintdef("cnst"."oid") AS "expression", CASE "cnst"."contype" WHEN 'p' THEN 'PRIMARY' WHEN 'u' THEN 'UNIQUE' WHEN 'c' THEN 'CHECK' WHEN 'x' THEN 'EXCLUDE' END AS "constraint_type", "a"."attname" AS "column_name" FROM "pg_constraint" "cnst" INNER JOIN "pg_class" "t" ON "t"."oid" = "cnst"."conrelid" INNER JOIN "pg_namespace" "ns" ON "ns"."oid" = "cnst"."connamespace" LEFT JOIN "pg_attribute" "a" ON "a"."attrelid" = "cnst"."conrelid" AND "a"."attnum" = ANY ("cnst"."conkey") WHERE "t"."relkind" IN ('r', 'p') AND (("ns"."nspname" = 'public' AND "t"."relname" = 'TBL')) ORDER BY 3, 6`},
+	{"pg_constraint by conrelid", `SELECT conname, contype, pg_catalog.pg_get_constraintdef(oid, true) FROM pg_catalog.pg_constraint WHERE conrelid = 'TBLOID' ORDER BY 1`},
 	// mikro-orm packages/knex/src/dialects/postgresql (getColumns).
 	{"MikroORM getColumns", `select column_name, column_default, is_nullable, udt_name, coalesce(datetime_precision, character_maximum_length) length, numeric_precision, numeric_scale, data_type, is_identity, identity_generation, generation_expression, pg_catalog.col_description(pgc.oid, cols.ordinal_position::int) column_comment from information_schema.columns cols join pg_class pgc on cols.table_name = pgc.relname join pg_attribute pga on pgc.oid = pga.attrelid and cols.column_name = pga.attname where table_schema = 'public' and table_name = 'TBL' order by ordinal_position`},
 	// psql describe.c, describeOneTableDetails (PostgreSQL 15), as \d+ sends it.
@@ -215,7 +220,8 @@ func TestCatalogIntrospectionPsql(t *testing.T) {
 // TestCatalogOverlayExact: the overlay's views return exactly the rows of
 // pg_attribute and information_schema.columns (read by the application
 // role, so privileges filter both alike); only the rows of the configured
-// PHI columns differ, and in them only the columns the type decides.
+// PHI columns differ, and in them only the columns the type decides. Its
+// pg_constraint is pg_constraint without the envelope constraints.
 func TestCatalogOverlayExact(t *testing.T) {
 	ctx := testCtx(t)
 	startProxy(t)
@@ -248,6 +254,27 @@ func TestCatalogOverlayExact(t *testing.T) {
 		if n := count("SELECT count(*) FROM (" + q + ") d"); n != phi {
 			t.Errorf("%d rows differ, want the %d PHI columns: %s", n, phi, q)
 		}
+	}
+	// pg_constraint: the same rows but for the PHI columns' envelope
+	// constraints (main_test.go installs one on each).
+	var hidden []string
+	rows, err := c.Query(ctx, `SELECT conname::text FROM (SELECT oid, conname FROM pg_catalog.pg_constraint EXCEPT ALL SELECT oid, conname FROM phiproxy_overlay.pg_constraint) d ORDER BY 1`)
+	if err == nil {
+		hidden, err = pgx.CollectRows(rows, pgx.RowTo[string])
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	var envelopes []string
+	for _, col := range testCfg.Columns() {
+		envelopes = append(envelopes, crypto.EnvelopeCheckName(col))
+	}
+	sortStrings(envelopes)
+	if !reflect.DeepEqual(hidden, envelopes) {
+		t.Errorf("the overlay's pg_constraint leaves out %q, want the envelope constraints %q", hidden, envelopes)
+	}
+	if n := count(`SELECT count(*) FROM (SELECT * FROM phiproxy_overlay.pg_constraint EXCEPT ALL SELECT * FROM pg_catalog.pg_constraint) d`); n != 0 {
+		t.Errorf("the overlay's pg_constraint has %d rows pg_constraint does not", n)
 	}
 	// information_schema.columns: the same rows but for the PHI columns.
 	const isc = `SELECT * FROM information_schema.columns`

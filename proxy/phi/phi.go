@@ -52,6 +52,11 @@ type Proxy struct {
 
 	// obs sees the statement lifecycle (observe.go); nil: nothing does.
 	obs Observer
+	// lock is the lockdown switch (lockdown.go); lockMu orders its
+	// changes, lockWake wakes its watcher.
+	lock     atomic.Pointer[lockState]
+	lockMu   sync.Mutex
+	lockWake chan struct{}
 	// auditCfg is WithAudit's; auditor writes the trail (audit.go).
 	auditCfg *auditSetup
 	auditor  *Auditor
@@ -95,7 +100,7 @@ const PlanCacheSize = 4096
 // error naming the config line). With no PHI columns configured it returns
 // a Proxy whose Factory is nil: sessions are pure pass-through.
 func New(ctx context.Context, cfg *config.Config, opts ...Option) (*Proxy, error) {
-	p := &Proxy{log: slog.Default(), cryptoO: crypto.Options{Env: crypto.EnvFromOS()}, cache: rewrite.NewCache(PlanCacheSize)}
+	p := &Proxy{log: slog.Default(), cryptoO: crypto.Options{Env: crypto.EnvFromOS()}, cache: rewrite.NewCache(PlanCacheSize), lockWake: make(chan struct{}, 1)}
 	for _, o := range opts {
 		o(p)
 	}
@@ -122,8 +127,12 @@ func New(ctx context.Context, cfg *config.Config, opts ...Option) (*Proxy, error
 		return nil, err
 	}
 	p.cur.Store(s)
-	p.wg.Add(1)
+	if err := p.refreshLockdown(ctx, "start"); err != nil {
+		p.log.Warn("lockdown state not read from the database at start; state_dir's applies", "err", err)
+	}
+	p.wg.Add(2)
 	go p.watchCatalog()
+	go p.watchLockdown()
 	return p, nil
 }
 

@@ -2,9 +2,7 @@ package phi
 
 import (
 	"bytes"
-	"context"
 	"fmt"
-	"reflect"
 	"strings"
 	"testing"
 	"time"
@@ -24,24 +22,6 @@ type patient struct {
 }
 
 func ptr[T any](v T) *T { return &v }
-
-// scanPatients reads id, name, ssn, diagnosis, dob, mrn rows.
-func scanPatients(t *testing.T, c *pgx.Conn, ctx context.Context, sql string, args ...any) []patient {
-	t.Helper()
-	rows, err := c.Query(ctx, sql, args...)
-	if err != nil {
-		t.Fatal(err)
-	}
-	out, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (patient, error) {
-		var p patient
-		err := r.Scan(&p.ID, &p.Name, &p.SSN, &p.Diagnosis, &p.DOB, &p.MRN)
-		return p, err
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	return out
-}
 
 func TestRoundTripEveryMode(t *testing.T) {
 	ctx := testCtx(t)
@@ -75,11 +55,9 @@ func TestRoundTripEveryMode(t *testing.T) {
 			if _, err := direct.Exec(ctx, fmt.Sprintf(lit, "patients_plain")); err != nil {
 				t.Fatal(err)
 			}
-			q := "SELECT id, name, ssn, diagnosis, dob, mrn FROM %s WHERE id BETWEEN $1 AND $2 ORDER BY id"
-			got := scanPatients(t, conn, ctx, fmt.Sprintf(q, "patients"), base, base+99)
-			want := scanPatients(t, direct, ctx, fmt.Sprintf(q, "patients_plain"), base, base+99)
-			if !reflect.DeepEqual(got, want) || len(got) != 4 {
-				t.Fatalf("through phiproxy:\n%+v\ndirect:\n%+v", got, want)
+			q := "SELECT id, name, ssn, diagnosis, dob, mrn FROM %[1]s WHERE id BETWEEN $1 AND $2 ORDER BY id"
+			if got := twin(t, conn, direct, q, base, base+99); len(got) != 4 {
+				t.Fatalf("through phiproxy: %q, want 4 rows", got)
 			}
 			// Equality on deterministic columns: parameter, literal, IN, =
 			// ANY. With QueryExecModeSimpleProtocol pgx sends a slice as a
@@ -90,22 +68,20 @@ func TestRoundTripEveryMode(t *testing.T) {
 				args  []any
 				empty bool // the twin returns no rows either
 			}{
-				{"SELECT id, name, ssn, diagnosis, dob, mrn FROM %s WHERE ssn = $1 AND id > $2", []any{"123-45-6789", base}, false},
-				{"SELECT id, name, ssn, diagnosis, dob, mrn FROM %s WHERE ssn = '987-65-4321' AND id > $1", []any{base}, false},
-				{"SELECT id, name, ssn, diagnosis, dob, mrn FROM %s WHERE ssn IN ('123-45-6789', '555-55-5555') AND id > $1 ORDER BY id", []any{base}, false},
-				{"SELECT id, name, ssn, diagnosis, dob, mrn FROM %s WHERE ssn = ANY($1) AND id > $2 ORDER BY id", []any{[]string{"123-45-6789", "987-65-4321"}, base}, false},
-				{"SELECT id, name, ssn, diagnosis, dob, mrn FROM %s WHERE ssn = ANY($1::text[]) AND id > $2 ORDER BY id", []any{[]*string{ptr("555-55-5555"), nil, ptr("not-there")}, base}, false},
-				{"SELECT id, name, ssn, diagnosis, dob, mrn FROM %s WHERE ssn = ANY($1) AND id > $2", []any{[]string{}, base}, true},
-				{"SELECT id, name, ssn, diagnosis, dob, mrn FROM %s WHERE ssn <> ALL($1) AND id > $2 ORDER BY id", []any{[]string{"123-45-6789", "it's {odd}, \\\"quoted\""}, base}, false},
-				{"SELECT id, name, ssn, diagnosis, dob, mrn FROM %s WHERE mrn = ANY($1) AND id > $2 ORDER BY id", []any{[]int64{42, 12, -1}, base}, false},
-				{"SELECT id, name, ssn, diagnosis, dob, mrn FROM %s WHERE ssn = ANY('{123-45-6789,\"555-55-5555\"}') AND id > $1 ORDER BY id", []any{base}, false},
-				{"SELECT id, name, ssn, diagnosis, dob, mrn FROM %s WHERE mrn = $1 AND id > $2", []any{int64(42), base}, false},
-				{"SELECT id, name, ssn, diagnosis, dob, mrn FROM %s WHERE mrn = 12 AND id > $1", []any{base}, false},
+				{"SELECT id, name, ssn, diagnosis, dob, mrn FROM %[1]s WHERE ssn = $1 AND id > $2", []any{"123-45-6789", base}, false},
+				{"SELECT id, name, ssn, diagnosis, dob, mrn FROM %[1]s WHERE ssn = '987-65-4321' AND id > $1", []any{base}, false},
+				{"SELECT id, name, ssn, diagnosis, dob, mrn FROM %[1]s WHERE ssn IN ('123-45-6789', '555-55-5555') AND id > $1 ORDER BY id", []any{base}, false},
+				{"SELECT id, name, ssn, diagnosis, dob, mrn FROM %[1]s WHERE ssn = ANY($1) AND id > $2 ORDER BY id", []any{[]string{"123-45-6789", "987-65-4321"}, base}, false},
+				{"SELECT id, name, ssn, diagnosis, dob, mrn FROM %[1]s WHERE ssn = ANY($1::text[]) AND id > $2 ORDER BY id", []any{[]*string{ptr("555-55-5555"), nil, ptr("not-there")}, base}, false},
+				{"SELECT id, name, ssn, diagnosis, dob, mrn FROM %[1]s WHERE ssn = ANY($1) AND id > $2", []any{[]string{}, base}, true},
+				{"SELECT id, name, ssn, diagnosis, dob, mrn FROM %[1]s WHERE ssn <> ALL($1) AND id > $2 ORDER BY id", []any{[]string{"123-45-6789", "it's {odd}, \\\"quoted\""}, base}, false},
+				{"SELECT id, name, ssn, diagnosis, dob, mrn FROM %[1]s WHERE mrn = ANY($1) AND id > $2 ORDER BY id", []any{[]int64{42, 12, -1}, base}, false},
+				{"SELECT id, name, ssn, diagnosis, dob, mrn FROM %[1]s WHERE ssn = ANY('{123-45-6789,\"555-55-5555\"}') AND id > $1 ORDER BY id", []any{base}, false},
+				{"SELECT id, name, ssn, diagnosis, dob, mrn FROM %[1]s WHERE mrn = $1 AND id > $2", []any{int64(42), base}, false},
+				{"SELECT id, name, ssn, diagnosis, dob, mrn FROM %[1]s WHERE mrn = 12 AND id > $1", []any{base}, false},
 			} {
-				got := scanPatients(t, conn, ctx, fmt.Sprintf(c.sql, "patients"), c.args...)
-				want := scanPatients(t, direct, ctx, fmt.Sprintf(c.sql, "patients_plain"), c.args...)
-				if !reflect.DeepEqual(got, want) || (len(got) == 0) != c.empty {
-					t.Fatalf("%s:\nthrough phiproxy: %+v\ndirect: %+v", c.sql, got, want)
+				if got := twin(t, conn, direct, c.sql, c.args...); (len(got) == 0) != c.empty {
+					t.Fatalf("%s: %q", c.sql, got)
 				}
 			}
 			// Update and delete by deterministic value.
@@ -120,10 +96,8 @@ func TestRoundTripEveryMode(t *testing.T) {
 					t.Fatal(err)
 				}
 			}
-			got = scanPatients(t, conn, ctx, fmt.Sprintf(q, "patients"), base, base+99)
-			want = scanPatients(t, direct, ctx, fmt.Sprintf(q, "patients_plain"), base, base+99)
-			if !reflect.DeepEqual(got, want) || len(got) != 3 {
-				t.Fatalf("after update/delete, through phiproxy:\n%+v\ndirect:\n%+v", got, want)
+			if got := twin(t, conn, direct, q, base, base+99); len(got) != 3 {
+				t.Fatalf("after update/delete, through phiproxy: %q, want 3 rows", got)
 			}
 		})
 	}

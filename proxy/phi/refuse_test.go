@@ -23,10 +23,28 @@ func expectCode(t *testing.T, err error, code, what string) {
 	}
 }
 
+// stillWorks fails t unless c still answers a query on a PHI column of
+// patients.
 func stillWorks(t *testing.T, ctx context.Context, c *pgx.Conn) {
 	t.Helper()
+	stillAnswers(t, ctx, c, "SELECT count(*) FROM patients WHERE ssn = $1", "000-00-0000")
+}
+
+// wantCount fails t unless query, a count, gives want on c; what says
+// what a wrong count means.
+func wantCount(t *testing.T, ctx context.Context, c *pgx.Conn, want int, what, query string, args ...any) {
+	t.Helper()
 	var n int
-	if err := c.QueryRow(ctx, "SELECT count(*) FROM patients WHERE ssn = $1", "000-00-0000").Scan(&n); err != nil {
+	if err := c.QueryRow(ctx, query, args...).Scan(&n); err != nil || n != want {
+		t.Fatalf("%s: %d %v", what, n, err)
+	}
+}
+
+// stillAnswers fails t unless c answers query, a count, after a refusal.
+func stillAnswers(t *testing.T, ctx context.Context, c *pgx.Conn, query string, args ...any) {
+	t.Helper()
+	var n int
+	if err := c.QueryRow(ctx, query, args...).Scan(&n); err != nil {
 		t.Fatalf("session after a refusal: %v", err)
 	}
 }
@@ -73,10 +91,7 @@ func TestRefusals(t *testing.T) {
 			_, err = conn.Exec(ctx, "SELECT 1")
 			expectCode(t, err, "25P02", "after a refusal in a transaction")
 			mustExec(t, ctx, conn, "ROLLBACK")
-			var n int
-			if err := conn.QueryRow(ctx, "SELECT count(*) FROM blobs WHERE id = 424242").Scan(&n); err != nil || n != 0 {
-				t.Fatalf("the transaction was not rolled back: %d %v", n, err)
-			}
+			wantCount(t, ctx, conn, 0, "the transaction was not rolled back", "SELECT count(*) FROM blobs WHERE id = 424242")
 			stillWorks(t, ctx, conn)
 
 			// A bad parameter inside a transaction.
@@ -101,17 +116,12 @@ func TestRefusals(t *testing.T) {
 }
 
 func TestRefusalInMultiStatementQuery(t *testing.T) {
-	ctx := testCtx(t)
-	p := startProxy(t)
-	conn := connect(t, ctx, p.dsn(), pgx.QueryExecModeSimpleProtocol)
+	ctx, conn := proxied(t, pgx.QueryExecModeSimpleProtocol)
 	// The statements before the refused one run in the implicit
 	// transaction and are rolled back, as with a server error.
 	_, err := conn.PgConn().Exec(ctx, "INSERT INTO blobs (id) VALUES (515151); SELECT ssn FROM patients ORDER BY ssn; INSERT INTO blobs (id) VALUES (515152)").ReadAll()
 	expectCode(t, err, "0A000", "refused second statement")
-	var n int
-	if err := conn.QueryRow(ctx, "SELECT count(*) FROM blobs WHERE id IN (515151, 515152)").Scan(&n); err != nil || n != 0 {
-		t.Fatalf("statements around the refusal took effect: %d %v", n, err)
-	}
+	wantCount(t, ctx, conn, 0, "statements around the refusal took effect", "SELECT count(*) FROM blobs WHERE id IN (515151, 515152)")
 	// A refused literal in a later statement of an explicit transaction.
 	_, err = conn.PgConn().Exec(ctx, "BEGIN; INSERT INTO blobs (id) VALUES (515153); INSERT INTO patients (id, dob) VALUES (515153, 'never')").ReadAll()
 	expectCode(t, err, "22007", "bad date literal")

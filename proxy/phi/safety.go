@@ -258,30 +258,11 @@ func copyOutFormat(sql string, idx int) (copyFormat, bool) {
 	if cs == nil || cs.IsFrom {
 		return copyFormat{}, false
 	}
-	c := &rewrite.Copy{Format: "text", Options: map[string]string{}}
-	for _, o := range cs.Options {
-		d := o.GetDefElem()
-		if d == nil {
-			continue
-		}
-		v := ""
-		if d.Arg != nil {
-			switch a := d.Arg.Node.(type) {
-			case *pg.Node_String_:
-				v = a.String_.Sval
-			case *pg.Node_Integer:
-				v = strconv.Itoa(int(a.Integer.Ival))
-			case *pg.Node_Boolean:
-				v = strconv.FormatBool(a.Boolean.Boolval)
-			case *pg.Node_Float:
-				v = a.Float.Fval
-			}
-		}
-		name := strings.ToLower(d.Defname)
-		switch name {
-		case "format":
-			c.Format = strings.ToLower(v)
-		case "delimiter", "null", "quote", "escape", "header":
+	// Only what shapes a row: the other options are the server's to judge.
+	all := rewrite.CopyOptions(cs)
+	c := &rewrite.Copy{Format: all.Format, Options: map[string]string{}}
+	for _, name := range []string{"delimiter", "null", "quote", "escape", "header"} {
+		if v, ok := all.Options[name]; ok {
 			c.Options[name] = v
 		}
 	}

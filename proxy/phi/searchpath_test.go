@@ -11,11 +11,7 @@ import (
 // (no encryption), exactly as PostgreSQL resolves the name.
 func TestSearchPathStartsWhereThePostgreSQLSessionStarts(t *testing.T) {
 	ctx := testCtx(t)
-	super, err := pgx.Connect(ctx, testCluster.DSN(testCluster.SuperUser, testCluster.SuperPassword, appDB, "sslmode=disable"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer super.Close(ctx)
+	super := superConn(t, ctx)
 	mustExec(t, ctx, super, `DROP SCHEMA IF EXISTS shadow CASCADE`)
 	mustExec(t, ctx, super, `DO $$BEGIN IF EXISTS (SELECT FROM pg_roles WHERE rolname = 'sp_role') THEN EXECUTE 'DROP OWNED BY sp_role'; END IF; END$$`)
 	mustExec(t, ctx, super, `DROP ROLE IF EXISTS sp_role`)

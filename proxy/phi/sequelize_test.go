@@ -68,10 +68,7 @@ func textResults(res []*pgconn.Result) [][][]string {
 // detail comes back with the key's envelope redacted, never the
 // ciphertext; the server log never holds the plaintext.
 func TestORMFindOrCreateSequelize(t *testing.T) {
-	ctx := testCtx(t)
-	p := startProxy(t)
-	direct := connect(t, ctx, directDSN(), pgx.QueryExecModeSimpleProtocol)
-	via := connect(t, ctx, p.dsn(), pgx.QueryExecModeSimpleProtocol)
+	ctx, via, direct := simpleTwins(t)
 	mustExec(t, ctx, direct, "TRUNCATE sq_patients, sq_patients_plain RESTART IDENTITY")
 
 	const (

@@ -38,6 +38,9 @@ type rowX struct {
 	// redact are the statement's Redact columns: envelopes in them are
 	// replaced by <encrypted> rather than refused.
 	redact []int
+	// locked: built while lockdown was on; it decrypts nothing, a row
+	// through it fails the statement.
+	locked bool
 }
 
 func (x *rowX) redacts(i int) bool {
@@ -59,7 +62,7 @@ func (s *session) newRowX(results []rewrite.Result, format func(int) int16) *row
 	for _, r := range results {
 		n = max(n, r.Position+1)
 	}
-	x := &rowX{cols: make([]*colX, n), epoch: s.p.epoch.Load(), results: results}
+	x := &rowX{cols: make([]*colX, n), epoch: s.p.epoch.Load(), results: results, locked: s.p.Locked()}
 	for _, r := range results {
 		c, _ := s.p.keys.Cipher(r.Column.Key)
 		x.cols[r.Position] = &colX{col: r.Column, cipher: c, format: format(r.Position),
@@ -642,6 +645,9 @@ func (s *session) rowDescription(e *entry, m *pgproto3.RowDescription, out *prox
 // row decrypts the PHI fields of a DataRow into the client's format and
 // applies the safety net to every other field.
 func (s *session) row(x *rowX, names []string, types []uint32, m *pgproto3.DataRow, out *proxy.Out) error {
+	if x != nil && x.locked {
+		return s.fail(lockdownError(), out)
+	}
 	buf := s.sbuf[:0]
 	offs := s.soffs[:0]
 	cdSet := false

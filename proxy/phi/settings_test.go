@@ -43,18 +43,9 @@ func mustText(t *testing.T, ctx context.Context, c *pgx.Conn, sql string) []stri
 // parameter options (as libpq's PGOPTIONS would send it).
 func connectWithOptions(t *testing.T, ctx context.Context, dsn, options string) *pgx.Conn {
 	t.Helper()
-	cc, err := pgx.ParseConfig(dsn)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cc.DefaultQueryExecMode = pgx.QueryExecModeSimpleProtocol
-	cc.RuntimeParams["options"] = options
-	conn, err := pgx.ConnectConfig(ctx, cc)
-	if err != nil {
-		t.Fatalf("connect: %v", err)
-	}
-	t.Cleanup(func() { conn.Close(context.Background()) })
-	return conn
+	return connect(t, ctx, dsn, pgx.QueryExecModeSimpleProtocol, func(cc *pgx.ConnConfig) {
+		cc.RuntimeParams["options"] = options
+	})
 }
 
 func TestSessionSettings(t *testing.T) {

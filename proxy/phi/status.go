@@ -22,13 +22,15 @@ type Status struct {
 	CatalogRead time.Time
 	// PlanCache counts the plan cache's lookups.
 	PlanCache rewrite.CacheStats
+	// Locked: lockdown is on.
+	Locked bool
 }
 
 // Status returns the Proxy's status. Safe for concurrent use; cheap
 // enough for every scrape.
 func (p *Proxy) Status() Status {
 	s := p.cur.Load()
-	st := Status{PHI: len(s.cfg.PHI) > 0, KeysLoaded: p.keys != nil, PlanCache: p.cache.Stats()}
+	st := Status{PHI: len(s.cfg.PHI) > 0, KeysLoaded: p.keys != nil, PlanCache: p.cache.Stats(), Locked: p.Locked()}
 	if s.cat != nil {
 		st.CatalogVersion = s.cat.Version
 	}

@@ -167,10 +167,7 @@ func TestBatchLargeValuesAndPrepare(t *testing.T) {
 				_, err := br.Exec()
 				expectCode(t, err, "0A000", "refused statement in a batch")
 				br.Close()
-				var n int
-				if err := conn.QueryRow(ctx, "SELECT count(*) FROM blobs WHERE id = 616161").Scan(&n); err != nil || n != 0 {
-					t.Fatalf("batch not rolled back: %d %v", n, err)
-				}
+				wantCount(t, ctx, conn, 0, "batch not rolled back", "SELECT count(*) FROM blobs WHERE id = 616161")
 			}
 			stillWorks(t, ctx, conn)
 			// The big value by literal, too.
@@ -209,9 +206,7 @@ func TestBatchLargeValuesAndPrepare(t *testing.T) {
 // a row limit, PortalSuspended, a second Execute, Describe of a portal and
 // a statement, Close, and an error that skips to Sync.
 func TestRowLimitedExecute(t *testing.T) {
-	ctx := testCtx(t)
-	p := startProxy(t)
-	conn := connect(t, ctx, p.dsn(), pgx.QueryExecModeCacheStatement)
+	ctx, conn := proxied(t, pgx.QueryExecModeCacheStatement)
 	for i := 0; i < 5; i++ {
 		mustExec(t, ctx, conn, "INSERT INTO visits (id, patient_ssn) VALUES ($1, $2)", 80000+i, fmt.Sprintf("ssn-%d", i))
 	}

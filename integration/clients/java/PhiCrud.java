@@ -65,12 +65,7 @@ public class PhiCrud {
         String ins = "INSERT INTO " + p + " (" + cols + ") VALUES (?, ?, ?, ?, ?, ?)";
         PreparedStatement ps = c.prepareStatement(ins);
         // One row at a time: setString, setDate, setLong, setObject.
-        ps.setInt(1, base + 1);
-        ps.setString(2, "jdbc-1");
-        ps.setString(3, ssn(base, 1));
-        ps.setString(4, "flu");
-        ps.setDate(5, Date.valueOf("1980-01-02"));
-        ps.setLong(6, 4242L);
+        bindRow(ps, base + 1, "jdbc-1", ssn(base, 1), "flu", "1980-01-02", 4242L);
         System.out.println("insert: " + ps.executeUpdate());
         ps.setInt(1, base + 2);
         ps.setString(2, "jdbc-2");
@@ -154,12 +149,7 @@ public class PhiCrud {
         // A transaction with a batch, rolled back.
         c.setAutoCommit(false);
         PreparedStatement tx = c.prepareStatement(ins);
-        tx.setInt(1, base + 50);
-        tx.setString(2, "jdbc-tx");
-        tx.setString(3, ssn(base, 50));
-        tx.setString(4, "tx");
-        tx.setDate(5, Date.valueOf("2001-01-01"));
-        tx.setLong(6, 50L);
+        bindRow(tx, base + 50, "jdbc-tx", ssn(base, 50), "tx", "2001-01-01", 50L);
         tx.addBatch();
         System.out.println("tx batch: " + Arrays.toString(tx.executeBatch()));
         c.rollback();
@@ -172,6 +162,17 @@ public class PhiCrud {
         }
     }
 
+    // bindRow binds a patients row (id, name, ssn, diagnosis, dob, mrn)
+    // with setInt, setString, setDate and setLong.
+    static void bindRow(PreparedStatement ps, int id, String name, String ssn, String diagnosis, String dob, long mrn) throws SQLException {
+        ps.setInt(1, id);
+        ps.setString(2, name);
+        ps.setString(3, ssn);
+        ps.setString(4, diagnosis);
+        ps.setDate(5, Date.valueOf(dob));
+        ps.setLong(6, mrn);
+    }
+
     static String ssn(int base, int i) {
         return base + "-00-000" + i;
     }
@@ -179,12 +180,7 @@ public class PhiCrud {
     static void canary(Connection c, String[] a) throws SQLException {
         int id = Integer.parseInt(a[0]);
         PreparedStatement ps = c.prepareStatement("INSERT INTO patients (id, name, ssn, diagnosis, dob, mrn) VALUES (?, ?, ?, ?, ?, ?)");
-        ps.setInt(1, id);
-        ps.setString(2, "canary-jdbc");
-        ps.setString(3, a[1]);
-        ps.setString(4, a[2]);
-        ps.setDate(5, Date.valueOf(a[3]));
-        ps.setLong(6, Long.parseLong(a[4]));
+        bindRow(ps, id, "canary-jdbc", a[1], a[2], a[3], Long.parseLong(a[4]));
         ps.addBatch();
         ps.executeBatch();
         PreparedStatement vi = c.prepareStatement("INSERT INTO visits (id, patient_ssn) VALUES (?, ?)");

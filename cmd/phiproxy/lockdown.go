@@ -1,0 +1,188 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/user"
+	"strings"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/spf13/pflag"
+
+	"github.com/phiproxy/phiproxy/audit"
+	"github.com/phiproxy/phiproxy/config"
+	"github.com/phiproxy/phiproxy/policy"
+	"github.com/phiproxy/phiproxy/proxy/admin"
+	"github.com/phiproxy/phiproxy/proxy/phi"
+)
+
+// runLockdown is `phiproxy lockdown on|off|status --config FILE
+// [--reason TEXT]` (DESIGN §7). With an admin: section it asks the
+// instance of the config through its admin API, which switches itself,
+// state_dir and the database (every instance sharing it follows within
+// a second, through NOTIFY). Without one, it writes the database's
+// switch and state_dir itself, and audits the switch when no proxy holds
+// the trail (running proxies record what they see).
+func runLockdown(ctx context.Context, env *cmdEnv, args []string) error {
+	usage := func() {
+		fmt.Fprintln(env.stderr, "usage: phiproxy lockdown on|off|status --config FILE [--reason TEXT]\n\n"+
+			"  on      serve no plaintext PHI on every instance sharing the database (--reason required)\n"+
+			"  off     serve PHI again (--reason required)\n"+
+			"  status  print the switch as the instance sees it (state_dir and the database)")
+	}
+	if len(args) == 0 || (args[0] != "on" && args[0] != "off" && args[0] != "status") {
+		usage()
+		if len(args) > 0 && (args[0] == "-h" || args[0] == "--help" || args[0] == "help") {
+			return nil
+		}
+		return usagef("lockdown: want on, off or status")
+	}
+	action := args[0]
+	var cfgPath, reason string
+	fs := pflag.NewFlagSet("lockdown "+action, pflag.ContinueOnError)
+	fs.SetOutput(env.stderr)
+	fs.StringVar(&cfgPath, "config", "", "config file (YAML), required")
+	if action != "status" {
+		fs.StringVar(&reason, "reason", "", "why (recorded in the audit trail), required")
+	}
+	fs.Usage = func() { usage(); fs.PrintDefaults() }
+	cfg, err := parseConfigFlags(fs, args[1:], "lockdown "+action, &cfgPath)
+	if cfg == nil {
+		return err
+	}
+	if action != "status" {
+		if err := policy.CheckReason(reason); err != nil {
+			return usageError{err}
+		}
+	}
+	var st phi.LockdownStatus
+	if cfg.Admin != nil {
+		st, err = lockdownViaAdmin(ctx, cfg, action, reason)
+	} else {
+		st, err = lockdownDirect(ctx, env, cfg, action, reason)
+	}
+	if err != nil {
+		return runtimeError{err}
+	}
+	printLockdown(env.stdout, st)
+	return nil
+}
+
+// operator names who runs the command.
+func operator() string {
+	if u, err := user.Current(); err == nil {
+		return u.Username
+	}
+	return "unknown"
+}
+
+// lockdownViaAdmin asks the config's instance through its admin API.
+func lockdownViaAdmin(ctx context.Context, cfg *config.Config, action, reason string) (phi.LockdownStatus, error) {
+	var st phi.LockdownStatus
+	tok, err := admin.ReadToken(cfg.Admin.TokenFile)
+	if err != nil {
+		return st, err
+	}
+	client := &http.Client{Timeout: 30 * time.Second}
+	scheme := "http"
+	if cfg.Admin.Cert != "" {
+		// The admin certificate is its own trust anchor here.
+		pem, err := os.ReadFile(cfg.Admin.Cert)
+		if err != nil {
+			return st, err
+		}
+		roots := x509.NewCertPool()
+		roots.AppendCertsFromPEM(pem)
+		host, _, _ := net.SplitHostPort(cfg.Admin.Listen)
+		client.Transport = &http.Transport{TLSClientConfig: &tls.Config{RootCAs: roots, ServerName: host, MinVersion: tls.VersionTLS12}}
+		scheme = "https"
+	}
+	url := scheme + "://" + cfg.Admin.Listen + "/lockdown"
+	method, body := http.MethodGet, []byte(nil)
+	if action != "status" {
+		method = http.MethodPost
+		body, _ = json.Marshal(admin.LockdownRequest{On: action == "on", Reason: reason, By: operator()})
+	}
+	req, err := http.NewRequestWithContext(ctx, method, url, bytes.NewReader(body))
+	if err != nil {
+		return st, err
+	}
+	req.Header.Set("Authorization", "Bearer "+tok)
+	req.Header.Set("Content-Type", "application/json")
+	resp, err := client.Do(req)
+	if err != nil {
+		return st, fmt.Errorf("admin API at %s: %w (is phiproxy serve running?)", cfg.Admin.Listen, err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
+	if resp.StatusCode != http.StatusOK {
+		return st, fmt.Errorf("admin API: %s: %s", resp.Status, strings.TrimSpace(string(b)))
+	}
+	return st, json.Unmarshal(b, &st)
+}
+
+// lockdownDirect reads or writes the switch in state_dir and the database.
+func lockdownDirect(ctx context.Context, env *cmdEnv, cfg *config.Config, action, reason string) (phi.LockdownStatus, error) {
+	var st phi.LockdownStatus
+	pc, err := pgxpool.ParseConfig(cfg.CatalogDSN)
+	if err != nil {
+		return st, err
+	}
+	conn, err := pgx.ConnectConfig(ctx, pc.ConnConfig)
+	if err != nil {
+		return st, fmt.Errorf("catalog_dsn: %w", err)
+	}
+	defer conn.Close(context.Background())
+	if action != "status" {
+		l := policy.Lockdown{On: action == "on", Reason: reason, By: operator() + " (phiproxy lockdown)", Since: time.Now().UTC()}
+		if err := policy.WriteLockdownDB(ctx, conn, l); err != nil {
+			return st, err
+		}
+		if err := policy.WriteLockdownFile(cfg.StateDir, l); err != nil {
+			return st, err
+		}
+		if err := recordAudit(ctx, env, cfg, audit.ActionLockdown, l.Describe("cli")); err != nil {
+			return st, err
+		}
+	}
+	if st.File, err = policy.ReadLockdownFile(cfg.StateDir); err != nil {
+		return st, err
+	}
+	if st.Database, err = policy.ReadLockdownDB(ctx, conn); err != nil {
+		return st, err
+	}
+	st.Locked = st.File.On || st.Database.On
+	return st, nil
+}
+
+func printLockdown(w io.Writer, st phi.LockdownStatus) {
+	state := "OFF: PHI is served"
+	if st.Locked {
+		state = "ON: no plaintext PHI is served"
+	}
+	fmt.Fprintf(w, "lockdown %s\n", state)
+	for _, s := range []struct {
+		where string
+		l     policy.Lockdown
+	}{{"state_dir", st.File}, {"database", st.Database}} {
+		if s.l.Since.IsZero() {
+			fmt.Fprintf(w, "  %-9s  never switched\n", s.where)
+			continue
+		}
+		on := "off"
+		if s.l.On {
+			on = "on"
+		}
+		fmt.Fprintf(w, "  %-9s  %-3s since %s by %s: %s\n", s.where, on, s.l.Since.Format(time.RFC3339), s.l.By, s.l.Reason)
+	}
+}
