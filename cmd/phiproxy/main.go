@@ -52,6 +52,7 @@ func commands() map[string]command {
 	return map[string]command{
 		"serve":    {"run the proxy (SIGHUP reloads, SIGTERM drains)", runServe},
 		"audit":    {"the audit trail: verify|search|export|tail", runAudit},
+		"check":    {"compare the config and keys with the live schema; exit 1 on findings", runCheck},
 		"demo":     {"throwaway PostgreSQL + phiproxy in front of it; prints connection strings", runDemo},
 		"keys":     {"manage keysets: init|create|rotate|list|retire|export-public", runKeys},
 		"lockdown": {"stop all plaintext PHI on every instance: on|off|status", runLockdown},
