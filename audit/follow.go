@@ -67,8 +67,7 @@ func NewFollower(dir string, from Segment) *Follower {
 // order, across files. The Line is valid during the call.
 func (f *Follower) Poll(fn func(l *Line) error) error {
 	for {
-		partial, err := f.readFile(fn)
-		if err != nil {
+		if _, err := f.readFile(fn); err != nil {
 			return err
 		}
 		next, ok, err := f.nextSegment()
@@ -77,7 +76,8 @@ func (f *Follower) Poll(fn func(l *Line) error) error {
 		}
 		// A newer file exists, so this one is finished: read it once more
 		// for what was written between the read above and the listing.
-		if partial, err = f.readFile(fn); err != nil {
+		partial, err := f.readFile(fn)
+		if err != nil {
 			return err
 		}
 		// Rotation moved on: what is left of this file will never be
