@@ -3,6 +3,8 @@ package config
 import (
 	"sort"
 	"strings"
+
+	"github.com/phiproxy/phiproxy/policy"
 )
 
 // Column is one PHI column.
@@ -19,9 +21,12 @@ type Column struct {
 	// Key is the key name; by default the column's own identity. It is also
 	// the associated data of every ciphertext of the column.
 	Key string
-	// Default is the read access when no rule matches: plaintext or deny
-	// (masking and rules arrive with the policy engine).
+	// Default is the read access when no rule matches, as written:
+	// plaintext, mask:last4, mask:year, mask:redact or deny.
 	Default string
+	// Policy is the column's read and write rules, default and
+	// break-glass, validated (DESIGN §7).
+	Policy policy.Column
 	// Line is where the column is declared in the config file.
 	Line int
 }

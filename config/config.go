@@ -209,12 +209,13 @@ type raw struct {
 }
 
 type rawColumn struct {
-	Type    string      `yaml:"type"`
-	Mode    string      `yaml:"mode"`
-	Key     string      `yaml:"key"`
-	Default string      `yaml:"default"`
-	Read    []yaml.Node `yaml:"read"`
-	Write   []yaml.Node `yaml:"write"`
+	Type       string         `yaml:"type"`
+	Mode       string         `yaml:"mode"`
+	Key        string         `yaml:"key"`
+	Default    string         `yaml:"default"`
+	Read       []yaml.Node    `yaml:"read"`
+	Write      []yaml.Node    `yaml:"write"`
+	BreakGlass *rawBreakGlass `yaml:"break_glass"`
 }
 
 // Load reads and validates the config file at path.
@@ -240,13 +241,23 @@ func Parse(data []byte, path string) (*Config, error) {
 	var r raw
 	dec := yaml.NewDecoder(bytes.NewReader(data))
 	dec.KnownFields(true)
+	var typeErrs []string
 	if err := dec.Decode(&r); err != nil {
-		return nil, fmt.Errorf("%s: %w", name, err)
+		// Unknown keys and wrong types do not stop the decoding: report
+		// them in YAML's words with every other problem of the file.
+		var te *yaml.TypeError
+		if !errors.As(err, &te) {
+			return nil, fmt.Errorf("%s: %w", name, err)
+		}
+		typeErrs = te.Errors
 	}
 	var root yaml.Node
 	_ = yaml.Unmarshal(data, &root)
 
 	v := &validator{file: name, root: &root}
+	for _, e := range typeErrs {
+		v.errs = append(v.errs, yamlError(name, e))
+	}
 	c := &Config{Path: path}
 	dir := c.Dir()
 	resolve := func(p string) string {
@@ -482,19 +493,7 @@ func Parse(data []byte, path string) (*Config, error) {
 			if col.Default == "" {
 				col.Default = AccessDeny
 			}
-			switch {
-			case col.Default == AccessPlaintext || col.Default == AccessDeny:
-			case strings.HasPrefix(col.Default, "mask:"):
-				v.errf(append(path, "default"), "phi column %s: default %q: masking is not supported by this version yet; use plaintext or deny", col.Ident(), col.Default)
-			default:
-				v.errf(append(path, "default"), "phi column %s: default %q is not one of plaintext, deny", col.Ident(), col.Default)
-			}
-			if len(rc.Read) > 0 {
-				v.errf(append(path, "read"), "phi column %s: read rules are not supported by this version yet; only default applies", col.Ident())
-			}
-			if len(rc.Write) > 0 {
-				v.errf(append(path, "write"), "phi column %s: write rules are not supported by this version yet", col.Ident())
-			}
+			col.Policy = v.columnPolicy(&col, rc, path)
 			m[colName] = col
 		}
 		c.PHI[rel] = m
