@@ -89,8 +89,8 @@ func TestLoadErrorsNameTheLine(t *testing.T) {
 		doc  string
 		want []string
 	}{
-		{"unknown top-level key", minimal + "listne: x\n", []string{"line 4", "listne"}},
-		{"unknown column key", minimal + "phi:\n  public.p:\n    ssn: {type: text, mode: randomized, colour: red}\n", []string{"line 6", "colour"}},
+		{"unknown top-level key", minimal + "listne: x\n", []string{":4:", `unknown key "listne" (did you mean "listen"?)`}},
+		{"unknown column key", minimal + "phi:\n  public.p:\n    ssn: {type: text, mode: randomized, colour: red}\n", []string{":6:", `unknown key "colour"`}},
 		{"unknown type", minimal + "phi:\n  public.p:\n    ssn: {type: blob, mode: randomized}\n", []string{":6:", "type \"blob\""}},
 		{"unknown mode", minimal + "phi:\n  public.p:\n    ssn: {type: text, mode: fast}\n", []string{":6:", "mode \"fast\""}},
 		{"a typo and another problem, all at once, in YAML's words", minimal + "limits: {max_connections: lots}\nphi:\n  public.p:\n    dob: {type: date, mode: randomized, defualt: mask:year}\n", []string{":4: the text \"lots\" where the config wants a whole number", `:7: unknown key "defualt" (did you mean "default"?)`}},
