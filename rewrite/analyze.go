@@ -20,6 +20,8 @@ type analyzer struct {
 	st          *Statement
 	rels        map[string]bool
 	cols        map[string]bool
+	preds       map[string]bool // Statement.Predicates
+	writes      map[string]bool // Statement.Writes
 	params      map[int]*Param
 	plainParams map[int]int32
 	actions     []Action
@@ -56,6 +58,14 @@ func (a *analyzer) finish() {
 	for c := range a.cols {
 		st.Columns = append(st.Columns, c)
 	}
+	for c := range a.preds {
+		st.Predicates = append(st.Predicates, c)
+	}
+	for c := range a.writes {
+		st.Writes = append(st.Writes, c)
+	}
+	sort.Strings(st.Predicates)
+	sort.Strings(st.Writes)
 	sort.Strings(st.Relations)
 	sort.Strings(st.Columns)
 	for _, p := range a.params {

@@ -197,6 +197,9 @@ func (a *analyzer) distinct(out []colInfo) error {
 		if c.phi.Mode == Randomized {
 			return a.refuseCol(c.phi, -1, "SELECT DISTINCT", hintGroupRandomized)
 		}
+		if err := a.requireDet(c.phi, -1, "SELECT DISTINCT"); err != nil { // a predicate for policy
+			return err
+		}
 	}
 	return nil
 }

@@ -285,7 +285,7 @@ func (a *analyzer) groupItem(n *pg.Node, sc *scope, what string, keyed bool) err
 	if phi.Mode == Randomized {
 		return a.refuseCol(phi, location(n), what, hintGroupRandomized)
 	}
-	return nil
+	return a.requireDet(phi, location(n), what) // a predicate for policy
 }
 
 func (a *analyzer) targetList(list []*pg.Node, sc *scope, targets []*PHIColumn) ([]colInfo, error) {

@@ -13,6 +13,9 @@ import (
 // (write=true) the PHI column target.
 func (a *analyzer) value(n *pg.Node, target *PHIColumn, sc *scope, write bool) error {
 	a.use(target)
+	if write {
+		a.wrote(target)
+	}
 	switch x := n.Node.(type) {
 	case *pg.Node_AConst:
 		c := x.AConst

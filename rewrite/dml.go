@@ -68,6 +68,9 @@ func (a *analyzer) insertOut(ins *pg.InsertStmt, parent *scope) ([]colInfo, erro
 			if i < len(targets) {
 				t = targets[i]
 			}
+			if t != nil {
+				a.wrote(t)
+			}
 			switch {
 			case c.written:
 			case t != nil && c.phi == nil:

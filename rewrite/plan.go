@@ -84,6 +84,13 @@ type Statement struct {
 	// the PHI relations and columns the statement reaches, sorted.
 	Relations []string
 	Columns   []string
+	// Predicates are the PHI columns (identities, sorted) the statement
+	// compares, joins, groups or counts distinct on — where a role that
+	// may not read a column in plaintext could probe it; Writes those it
+	// assigns (INSERT, UPDATE SET, ON CONFLICT DO UPDATE, INSERT …
+	// SELECT). Policy decides on both.
+	Predicates []string
+	Writes     []string
 	// audit computes Normalized and Fingerprint on first use: they cost
 	// two more passes of libpg_query, paid once per cached plan and only
 	// for statements that are audited.
@@ -389,6 +396,7 @@ func BindExecute(exec, prepared *Statement) (*Statement, error) {
 	out.Action = prepared.Action
 	out.Relations = prepared.Relations
 	out.Columns = prepared.Columns
+	out.Predicates, out.Writes = prepared.Predicates, prepared.Writes
 	out.Results = prepared.Results
 	if exec.Execute.Explain {
 		out.Results = nil

@@ -409,7 +409,19 @@ func (a *analyzer) requireDet(phi *PHIColumn, loc int32, what string) error {
 	if phi.Mode != Deterministic {
 		return a.refuseCol(phi, loc, what, hintRandomized)
 	}
+	if a.preds == nil {
+		a.preds = map[string]bool{}
+	}
+	a.preds[phi.Ident] = true
 	return nil
+}
+
+// wrote records a PHI column the statement assigns.
+func (a *analyzer) wrote(phi *PHIColumn) {
+	if a.writes == nil {
+		a.writes = map[string]bool{}
+	}
+	a.writes[phi.Ident] = true
 }
 
 func sameKey(x, y *PHIColumn) bool {

@@ -136,6 +136,7 @@ func (p *Planner) sequelizeFindOrCreate(sql string, tree *pg.ParseResult, sess S
 	}
 	fc := &findOrCreate{insert: &Statement{
 		TouchesPHI: true, Action: st.Action, Relations: st.Relations, Columns: st.Columns,
+		Predicates: st.Predicates, Writes: st.Writes,
 	}}
 	typeOff := fnOff + len(seqFuncHead)
 	// Pin the row type to the INSERT's relation, as pinning does for the
@@ -277,6 +278,7 @@ func seqInsertOnly(ins, schema, rel string) bool {
 func (fc *findOrCreate) apply(st *Statement) {
 	in := fc.insert
 	st.TouchesPHI, st.Action, st.Relations, st.Columns = true, in.Action, in.Relations, in.Columns
+	st.Predicates, st.Writes = in.Predicates, in.Writes
 	st.Slots, st.Edits = in.Slots, in.Edits
 }
 
