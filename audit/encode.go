@@ -47,6 +47,9 @@ func (e *Event) appendCanonical(b []byte) []byte {
 		b = strconv.AppendInt(b, *e.Rows, 10)
 	}
 	b = appendField(b, "error", e.Error)
+	if e.BreakGlass {
+		b = append(b, `,"break_glass":true`...)
+	}
 	if e.Role != "" {
 		b = appendField(b, "role", e.Role)
 	}

@@ -84,6 +84,9 @@ type Event struct {
 	Rows  *int64 `json:"rows"`
 	Error string `json:"error"`
 
+	// BreakGlass: plaintext served only through the session's
+	// break-glass (the reason holds its text).
+	BreakGlass bool `json:"break_glass,omitempty"`
 	// Role is the current role (after SET ROLE) when it is not DBUser.
 	Role string `json:"role,omitempty"`
 	// Context holds the allow-listed sqlcommenter tags (audit.context_tags).

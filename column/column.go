@@ -2,6 +2,7 @@ package column
 
 import (
 	"encoding/hex"
+	"github.com/phiproxy/phiproxy/policy"
 	"slices"
 
 	"github.com/phiproxy/phiproxy/codec"
@@ -19,6 +20,9 @@ type Column struct {
 	// Cipher is the column's key; nil when the keyring has none, and then
 	// every call fails.
 	Cipher *crypto.Cipher
+	// Mask, when it is one, is applied to the decrypted value before it
+	// is encoded for the client (AppendOpen): the policy's decision.
+	Mask policy.Access
 }
 
 // Input says how a value to seal arrives.
@@ -46,6 +50,7 @@ type Encoder struct {
 	ends  []int    // their ends in env, -1 for NULL
 	elems [][]byte // SealArray's result
 	hex   []byte   // DecodeStored's result
+	mask  []byte   // a masked plaintext of the current call: cleared before it returns
 }
 
 // AppendSeal canonicalises src (a value of col in in's form, not NULL),
@@ -180,6 +185,12 @@ func (e *Encoder) AppendOpen(dst []byte, col Column, format int16, envelope []by
 	pt, err := col.Cipher.Decrypt(envelope)
 	if err != nil {
 		return dst, err
+	}
+	if col.Mask.Masked() {
+		m := policy.AppendMask(e.mask[:0], col.Mask, col.Type, pt)
+		clear(pt)
+		pt, e.mask = m, m[:0]
+		defer clear(m)
 	}
 	out, err := e.Codec.AppendEncode(dst, col.Type, format, pt)
 	clear(pt)

@@ -34,6 +34,11 @@ func effects(st *Statement, n *pg.Node, sql string) {
 			if v.Kind == pg.VariableSetKind_VAR_SET_VALUE && len(v.Args) == 1 {
 				st.SetEndUser = constText(v.Args[0])
 			}
+		case "phiproxy.break_glass":
+			st.Effects |= EffectBreakGlass
+			if v.Kind == pg.VariableSetKind_VAR_SET_VALUE && len(v.Args) == 1 {
+				st.SetBreakGlass = constText(v.Args[0])
+			}
 		case "role":
 			st.Effects |= EffectRole
 			switch {
@@ -54,7 +59,7 @@ func effects(st *Statement, n *pg.Node, sql string) {
 			if v.Kind == pg.VariableSetKind_VAR_RESET_ALL {
 				// RESET ALL leaves role and session_authorization alone
 				// (GUC_NO_RESET_ALL).
-				st.Effects |= EffectSearchPath | EffectEndUser
+				st.Effects |= EffectSearchPath | EffectEndUser | EffectBreakGlass
 				st.PathReset = true
 			}
 		}
@@ -75,7 +80,7 @@ func effects(st *Statement, n *pg.Node, sql string) {
 		st.Effects |= EffectDiscard
 		switch x.DiscardStmt.Target {
 		case pg.DiscardMode_DISCARD_ALL:
-			st.Effects |= EffectSearchPath | EffectDeallocate | EffectRole | EffectEndUser
+			st.Effects |= EffectSearchPath | EffectDeallocate | EffectRole | EffectEndUser | EffectBreakGlass
 			st.PathReset, st.TempClear = true, true
 			st.CloseAll = true
 		case pg.DiscardMode_DISCARD_TEMP:

@@ -154,6 +154,9 @@ type Statement struct {
 	Chain     bool
 	// SetEndUser is the value of SET phiproxy.end_user.
 	SetEndUser string
+	// SetBreakGlass is the reason of SET phiproxy.break_glass ("" for
+	// RESET and the like: break-glass ends).
+	SetBreakGlass string
 	// Prepare is set for SQL-level PREPARE: the Statement's Params and
 	// Results describe the prepared statement.
 	Prepare string
@@ -227,9 +230,11 @@ const (
 	EffectRole
 	// EffectLocal: the SET is LOCAL (undone at transaction end).
 	EffectLocal
+	// EffectBreakGlass: SET phiproxy.break_glass (Statement.SetBreakGlass).
+	EffectBreakGlass
 )
 
-var effectNames = []string{"search_path", "catalog", "prepare", "execute", "deallocate", "transaction", "discard", "end_user", "role", "local"}
+var effectNames = []string{"search_path", "catalog", "prepare", "execute", "deallocate", "transaction", "discard", "end_user", "role", "local", "break_glass"}
 
 func (e Effect) String() string {
 	var parts []string

@@ -156,9 +156,12 @@ func (a *Auditor) event(ex *Execution) *audit.Event {
 	if ev.Action == "" {
 		ev.Action = audit.ActionDenied
 	}
+	if ex.Decision != "" {
+		ev.Decision, ev.Reason, ev.BreakGlass = ex.Decision, ex.Reason, ex.BreakGlass
+	}
 	switch {
 	case ex.Refused:
-		ev.Decision, ev.Reason = audit.DecisionDenied, "refused by phiproxy"
+		ev.Decision, ev.Reason = audit.DecisionDenied, "refused by phiproxy: "+bound(ex.Why, 300)
 	case ex.Ended:
 		ev.Reason = "the session ended before the statement completed; outcome unknown"
 	}

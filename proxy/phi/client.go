@@ -150,12 +150,25 @@ func (s *session) query(m *pgproto3.Query, out *proxy.Out) error {
 			err = s.admit(st)
 		}
 		if err == nil {
+			err = breakGlassReason(st)
+		}
+		var dec *decision
+		if err == nil {
+			dec, err = s.decide(snap, st)
+		}
+		if err == nil {
 			err = copyInAlone(q.stmts, i)
 		}
 		if err != nil {
 			return s.refuseAt(e, plan.SQL, i, err, out)
 		}
 		q.stmts[i] = st
+		if dec != nil {
+			if q.decisions == nil {
+				q.decisions = make([]*decision, len(q.stmts))
+			}
+			q.decisions[i] = dec
+		}
 		// In order: an EXECUTE sees a PREPARE earlier in the string.
 		s.stmtEffects(st)
 	}
@@ -455,6 +468,9 @@ func (s *session) bind(m *pgproto3.Bind, out *proxy.Out) error {
 		if err == nil {
 			err = s.admit(ps.st)
 		}
+		if err == nil {
+			e.portal.dec, err = s.decide(s.p.cur.Load(), ps.st)
+		}
 		if err != nil {
 			return s.poison(e, &pgproto3.Bind{DestinationPortal: m.DestinationPortal, PreparedStatement: poisonStatement}, "26000", err, out, nil)
 		}
@@ -501,10 +517,11 @@ func (s *session) resultX(ps *prepared, formats []int16) *rowX {
 	if len(ps.st.Results) == 0 {
 		return nil
 	}
-	if ps.lastX != nil && ps.lastX.epoch == s.p.epoch.Load() && equalFormats(ps.lastFormats, formats) {
+	masks := s.masksFor(s.p.cur.Load(), ps.st.Results)
+	if ps.lastX != nil && ps.lastX.epoch == s.p.epoch.Load() && equalFormats(ps.lastFormats, formats) && sameMasks(ps.lastX.masks, masks) {
 		return ps.lastX
 	}
-	x := s.newRowX(ps.st.Results, func(i int) int16 { return formatAt(formats, i) })
+	x := s.newRowX(ps.st.Results, func(i int) int16 { return formatAt(formats, i) }, masks)
 	ps.lastFormats = append(ps.lastFormats[:0], formats...)
 	ps.lastX = x
 	return x

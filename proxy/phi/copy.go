@@ -2,6 +2,7 @@ package phi
 
 import (
 	"bytes"
+	"github.com/phiproxy/phiproxy/policy"
 	"strconv"
 	"strings"
 	"time"
@@ -71,13 +72,15 @@ type copyField struct {
 	name   string
 	col    *rewrite.PHIColumn // nil: not PHI, passed through
 	cipher *crypto.Cipher     // nil for a PHI column whose key is not loaded
+	// mask is the policy's access for COPY TO (Plaintext for COPY FROM).
+	mask policy.Access
 	// csv only.
 	forceQuote, forceNotNull, forceNull bool
 }
 
 // sealColumn is the encoder's view of a PHI field's column.
 func (f *copyField) sealColumn() column.Column {
-	return column.Column{Ident: f.col.Ident, Type: f.col.Type, Cipher: f.cipher}
+	return column.Column{Ident: f.col.Ident, Type: f.col.Type, Cipher: f.cipher, Mask: f.mask}
 }
 
 // copyInput is how a COPY FROM field arrives: in the stream's format,
@@ -225,6 +228,16 @@ func (s *session) newCopyStream(st *rewrite.Statement) (*copyStream, error) {
 		}
 		if sf.Column != nil {
 			fld.cipher, _ = s.p.keys.Cipher(sf.Column.Key)
+			fld.mask = policy.Plaintext
+			if !st.Copy.In {
+				// Decided again here (server goroutine): the COPY was
+				// admitted before it was sent; a decision that turned to
+				// deny since fails it.
+				f := s.facts()
+				if fld.mask = colPolicy(s.p.cur.Load(), sf.Column.Ident).ReadDecision(&f).Access; fld.mask == policy.Deny {
+					return nil, pgerr.Newf(pgerr.InsufficientPrivilege, "permission denied for column %s", sf.Column.Ident)
+				}
+			}
 		}
 		c.fields = append(c.fields, fld)
 	}

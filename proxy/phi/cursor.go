@@ -2,6 +2,7 @@ package phi
 
 import (
 	"github.com/jackc/pgx/v5/pgproto3"
+	"github.com/phiproxy/phiproxy/policy"
 
 	"github.com/phiproxy/phiproxy/pgerr"
 	"github.com/phiproxy/phiproxy/rewrite"
@@ -128,8 +129,11 @@ func (s *session) cursorResults(st *rewrite.Statement, text func(int) bool) ([]r
 		return nil, nil
 	}
 	// The policy and the settings may have changed since the DECLARE.
-	if err := denied(s.p.cur.Load(), decl); err != nil {
-		return nil, asRefusal(err)
+	for i, a := range s.masksFor(s.p.cur.Load(), decl.Results) {
+		if a == policy.Deny {
+			return nil, pgerr.Newf(pgerr.InsufficientPrivilege, "permission denied for column %s", decl.Results[i].Column.Ident).
+				WithHint("phiproxy policy: your role may not read this PHI column; leave it out of the cursor's select list")
+		}
 	}
 	if err := s.settingsRefusal(decl, text); err != nil {
 		return nil, asRefusal(err)
@@ -149,7 +153,7 @@ func (s *session) cursorX(name string, fields []pgproto3.FieldDescription) *rowX
 			return fields[i].Format
 		}
 		return 0
-	})
+	}, s.masksFor(s.p.cur.Load(), decl.Results))
 }
 
 // fieldText reports text format for the output positions of a
@@ -171,6 +175,6 @@ func (s *session) cursorPortalX(pt *portal) (*rowX, *pgerr.Error) {
 	if err != nil {
 		return nil, err
 	}
-	pt.x = s.newRowX(results, func(i int) int16 { return formatAt(pt.formats, i) })
+	pt.x = s.newRowX(results, func(i int) int16 { return formatAt(pt.formats, i) }, s.masksFor(s.p.cur.Load(), results))
 	return pt.x, nil
 }

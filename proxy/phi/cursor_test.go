@@ -3,6 +3,7 @@ package phi
 import (
 	"context"
 	"fmt"
+	"github.com/phiproxy/phiproxy/policy"
 	"reflect"
 	"testing"
 	"time"
@@ -438,7 +439,7 @@ func TestCursorPolicyAtFetch(t *testing.T) {
 		deny.PHI[rel] = map[string]config.Column{}
 		for name, col := range cols {
 			if col.Ident() == "public.patients.ssn" {
-				col.Default = config.AccessDeny
+				col.Default, col.Policy.Default = config.AccessDeny, policy.Deny
 			}
 			deny.PHI[rel][name] = col
 		}

@@ -23,12 +23,14 @@ func (s *session) fresh(x *rowX) *rowX {
 	if x == nil || x.epoch == s.p.epoch.Load() {
 		return x
 	}
+	// The portal finishes under the policy decision it started with
+	// (x.masks); lockdown is checked anew (newRowX).
 	return s.newRowX(x.results, func(i int) int16 {
 		if c := x.at(i); c != nil {
 			return c.format
 		}
 		return codec.TextFormat
-	})
+	}, x.masks)
 }
 
 // portalX is the result transform of an Execute's portal (for a FETCH, of

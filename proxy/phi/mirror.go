@@ -14,11 +14,14 @@ type names struct {
 	user    string // current_user: what "$user" means
 	temp    string // the session's temporary relations (rewrite.Session.Temp)
 	endUser string // phiproxy.end_user
+	// breakGlass is phiproxy.break_glass: the reason of the session's
+	// break-glass, "" when none.
+	breakGlass string
 }
 
 // resolving is n without what does not change what a name means.
 func (n names) resolving() names {
-	n.endUser = ""
+	n.endUser, n.breakGlass = "", ""
 	return n
 }
 
@@ -141,6 +144,9 @@ func (m *mirror) completed(st *rewrite.Statement, tag string) {
 		// the session's starting value; so does SET to '' (rewrite does
 		// not tell the two apart, and both are usually "").
 		set(func(n *names) *string { return &n.endUser }, st.SetEndUser, m.resetEndUser)
+	}
+	if st.Effects&rewrite.EffectBreakGlass != 0 {
+		set(func(n *names) *string { return &n.breakGlass }, st.SetBreakGlass, "")
 	}
 	if st.TempClear {
 		m.eff.temp, m.sess.temp = "", ""

@@ -144,6 +144,9 @@ func (s *session) announceQuery(q *queryRun) {
 			q.announced = make([]*Execution, len(q.stmts))
 		}
 		ex := s.newExecution(st, q.tags, false)
+		if i < len(q.decisions) {
+			ex.setDecision(q.decisions[i])
+		}
 		s.ann.Announce(ex)
 		q.announced[i] = ex
 	}
@@ -157,7 +160,28 @@ func (s *session) announceExecute(e *entry) {
 		return
 	}
 	e.announced = s.newExecution(ps.st, ps.tags, true)
+	e.announced.setDecision(e.portal.dec)
 	s.ann.Announce(e.announced)
+}
+
+// setDecision records the policy's decision d (nil: none) in ex.
+func (ex *Execution) setDecision(d *decision) {
+	if d != nil {
+		ex.Decision, ex.Reason, ex.BreakGlass = d.Outcome, d.Reason, d.BreakGlass
+	}
+}
+
+// decisionOf is the policy's decision on e's statement.
+func decisionOf(e *entry) *decision {
+	switch e.kind {
+	case entryQuery:
+		if q := e.q; q.idx < len(q.decisions) {
+			return q.decisions[q.idx]
+		}
+	case entryExecute:
+		return e.portal.dec
+	}
+	return nil
 }
 
 // takeAnnounced returns the announced execution of e's statement, if
@@ -267,6 +291,16 @@ type Execution struct {
 
 	started  bool
 	released int64
+	// Decision, Reason and BreakGlass are the policy's decision on it
+	// (allowed or masked, the rules that decided, plaintext through
+	// break-glass); "" when no decision was made (a refusal).
+	Decision, Reason string
+	BreakGlass       bool
+
+	// Why is phiproxy's refusal message for a Refused execution (it names
+	// relations, columns and rules, never a value).
+	Why string
+
 	// Skipped: announced, but never run (an earlier statement of its
 	// Query or pipeline failed). Withdrawn: announced under an identity
 	// that was not the one it ran under; another execution stands for it.
@@ -318,6 +352,7 @@ func (s *session) execution(e *entry) *Execution {
 		return nil
 	}
 	ex := s.newExecution(st, tag, ext)
+	ex.setDecision(decisionOf(e))
 	if ann := takeAnnounced(e); ann != nil {
 		if ann.Identity == ex.Identity {
 			ex = ann
@@ -416,7 +451,8 @@ func (s *session) observeEnd(e *entry, ex Execution) {
 
 // observeRefusal reports a statement phiproxy refused, when the
 // refusal's error reaches the client (server goroutine).
-func (s *session) observeRefusal(st *rewrite.Statement, tags textTags, extended bool, code string) {
+func (s *session) observeRefusal(st *rewrite.Statement, tags textTags, extended bool, refusal *pgerr.Error) {
+	code := refusal.Code.String()
 	if s.obs == nil {
 		return
 	}
@@ -424,7 +460,7 @@ func (s *session) observeRefusal(st *rewrite.Statement, tags textTags, extended 
 		s.observeEnd(nil, Execution{Rows: -1, SQLSTATE: code})
 	}
 	ex := s.newExecution(st, tags, extended)
-	ex.Refused, ex.SQLSTATE = true, code
+	ex.Refused, ex.SQLSTATE, ex.Why = true, code, refusal.Message
 	s.obs.End(ex)
 }
 
@@ -454,7 +490,7 @@ func (s *session) observeEntryRefusal(e *entry) {
 	if e.refused != nil {
 		r = *e.refused
 	}
-	s.observeRefusal(r.st, r.tags, true, e.poison.Code.String())
+	s.observeRefusal(r.st, r.tags, true, e.poison)
 }
 
 // clientCode is the SQLSTATE the client gets for the server's error m:
@@ -474,6 +510,25 @@ func (s *session) publishIdentity() {
 		s.published = id
 		s.info.SetIdentity(id)
 	}
+	// Break-glass starts when the server confirms the SET (its TTL runs
+	// from then) and ends with RESET, a rollback of the SET, or the
+	// session.
+	if bg := s.m.eff.breakGlass; bg != s.bgReason {
+		s.bgReason = bg
+		since := int64(0)
+		if bg != "" {
+			since = s.p.clock().UnixNano()
+		}
+		s.bgSince.Store(since)
+	}
+}
+
+// breakGlassSince is when the session's break-glass began (zero: none).
+func (s *session) breakGlassSince() time.Time {
+	if ns := s.bgSince.Load(); ns != 0 {
+		return time.Unix(0, ns)
+	}
+	return time.Time{}
 }
 
 // tagRows is the row count of a CommandComplete tag (its last word when
@@ -517,7 +572,7 @@ func (s *session) SessionEnd(err error) {
 				q.idx++
 			}
 			if q.poison != nil && q.idx == q.poisonAt {
-				s.observeRefusal(q.refused, q.tags, false, q.poison.Code.String())
+				s.observeRefusal(q.refused, q.tags, false, q.poison)
 			}
 		case entryExecute:
 			s.observeEnd(e, Execution{Rows: -1, Ended: true})

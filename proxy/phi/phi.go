@@ -52,6 +52,8 @@ type Proxy struct {
 
 	// obs sees the statement lifecycle (observe.go); nil: nothing does.
 	obs Observer
+	// now is the policy's clock (WithClock; nil: time.Now).
+	now func() time.Time
 	// lock is the lockdown switch (lockdown.go); lockMu orders its
 	// changes, lockWake wakes its watcher.
 	lock     atomic.Pointer[lockState]

@@ -2,6 +2,7 @@ package phi
 
 import (
 	"fmt"
+	"github.com/phiproxy/phiproxy/policy"
 	"slices"
 	"time"
 
@@ -26,6 +27,10 @@ type colX struct {
 	oid    uint32
 	size   int16
 	typmod int32
+	// mask is the policy's access: Plaintext, a mask, or Deny (a row
+	// through it fails the statement: the decision changed after the
+	// statement was admitted).
+	mask policy.Access
 }
 
 // rowX is the result transform of a statement: cols[i] is the transform
@@ -42,6 +47,8 @@ type rowX struct {
 	// locked: built while lockdown was on; it decrypts nothing, a row
 	// through it fails the statement.
 	locked bool
+	// masks are the policy's accesses of results it was built with.
+	masks []policy.Access
 }
 
 func (x *rowX) redacts(i int) bool {
@@ -55,7 +62,7 @@ func (x *rowX) at(i int) *colX {
 	return x.cols[i]
 }
 
-func (s *session) newRowX(results []rewrite.Result, format func(int) int16) *rowX {
+func (s *session) newRowX(results []rewrite.Result, format func(int) int16, masks []policy.Access) *rowX {
 	if len(results) == 0 {
 		return nil
 	}
@@ -63,10 +70,14 @@ func (s *session) newRowX(results []rewrite.Result, format func(int) int16) *row
 	for _, r := range results {
 		n = max(n, r.Position+1)
 	}
-	x := &rowX{cols: make([]*colX, n), epoch: s.p.epoch.Load(), results: results, locked: s.p.Locked()}
-	for _, r := range results {
+	x := &rowX{cols: make([]*colX, n), epoch: s.p.epoch.Load(), results: results, locked: s.p.Locked(), masks: masks}
+	for i, r := range results {
 		c, _ := s.p.keys.Cipher(r.Column.Key)
-		x.cols[r.Position] = &colX{col: r.Column, cipher: c, format: format(r.Position),
+		mask := policy.Plaintext
+		if i < len(masks) {
+			mask = masks[i]
+		}
+		x.cols[r.Position] = &colX{col: r.Column, cipher: c, format: format(r.Position), mask: mask,
 			oid: codec.OID(r.Column.Type), size: typeSize(r.Column.Type), typmod: codec.Typmod(r.Column.Type)}
 	}
 	return x
@@ -86,13 +97,14 @@ func (s *session) queryX(results []rewrite.Result, fields []pgproto3.FieldDescri
 		}
 		return codec.TextFormat
 	}
+	masks := s.masksFor(s.p.cur.Load(), results)
 	for i := range s.queryXs {
 		c := &s.queryXs[i]
-		if c.x != nil && len(c.results) == len(results) && &c.results[0] == &results[0] && s.current(c.x, format) {
+		if c.x != nil && len(c.results) == len(results) && &c.results[0] == &results[0] && s.current(c.x, format) && sameMasks(c.x.masks, masks) {
 			return c.x
 		}
 	}
-	x := s.newRowX(results, format)
+	x := s.newRowX(results, format, masks)
 	s.queryXs[s.queryXNext] = cachedX{results: results, x: x}
 	s.queryXNext = (s.queryXNext + 1) % len(s.queryXs)
 	return x
@@ -329,7 +341,7 @@ func (s *session) errorResponse(e *entry, m *pgproto3.ErrorResponse, out *proxy.
 		s.skipAnnounced(e, q.idx+1)
 		if q.poison != nil && q.idx == q.poisonAt && m.Code == q.poison.Code.String() && m.Message == poisonMessage {
 			fwd = proxy.ErrorResponse(q.poison)
-			s.observeRefusal(q.refused, q.tags, false, q.poison.Code.String())
+			s.observeRefusal(q.refused, q.tags, false, q.poison)
 		} else {
 			s.observeEnd(e, Execution{Rows: -1, SQLSTATE: clientCode(m, fwd)})
 		}
@@ -603,7 +615,7 @@ func (s *session) rowDescription(e *entry, m *pgproto3.RowDescription, out *prox
 						return s.fail(err, out)
 					}
 				}
-				x = s.newRowX(results, func(int) int16 { return codec.TextFormat })
+				x = s.newRowX(results, func(int) int16 { return codec.TextFormat }, nil)
 				names := make([]string, len(m.Fields))
 				for i, f := range m.Fields {
 					names[i] = string(f.Name)
@@ -693,7 +705,11 @@ func (s *session) row(x *rowX, names []string, types []uint32, m *pgproto3.DataR
 			s.dec.Codec, cdSet = s.codec(), true
 		}
 		start := len(buf)
-		buf, err = s.dec.AppendOpen(buf, column.Column{Ident: c.col.Ident, Type: c.col.Type, Cipher: c.cipher}, c.format, ct)
+		if c.mask == policy.Deny {
+			clear(buf)
+			return s.fail(pgerr.Newf(pgerr.InsufficientPrivilege, "permission denied for column %s: the policy no longer lets your role read it", c.col.Ident), out)
+		}
+		buf, err = s.dec.AppendOpen(buf, column.Column{Ident: c.col.Ident, Type: c.col.Type, Cipher: c.cipher, Mask: c.mask}, c.format, ct)
 		if err != nil {
 			clear(buf)
 			return s.fail(decryptErr(c.col.Ident), out)

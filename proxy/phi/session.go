@@ -222,6 +222,8 @@ type queryRun struct {
 	// announced are the executions of stmts announced before the Query
 	// was sent (nil when none was); taken by the server goroutine.
 	announced []*Execution
+	// decisions are the policy's decisions on stmts (nil: none made).
+	decisions []*decision
 	// poisonAt is the index of the statement replaced by a poison DO
 	// block (-1 if none) and poison our error for it.
 	poisonAt int
@@ -271,6 +273,8 @@ type portal struct {
 	// fetchDone says it was.
 	formats   []int16
 	fetchDone bool
+	// dec is the policy's decision at Bind (for the audit trail).
+	dec *decision
 }
 
 // session is one client session's Interceptor.
@@ -378,6 +382,11 @@ type session struct {
 	// published is the identity last published in info (server
 	// goroutine, s.mu held).
 	published proxy.Identity
+	// bgReason is the break-glass reason last seen in the mirror (server
+	// goroutine); bgSince when it began (unix ns, 0: none), read by the
+	// client goroutine's policy decisions.
+	bgReason string
+	bgSince  atomic.Int64
 }
 
 func newSession(p *Proxy, info *proxy.SessionInfo) *session {
@@ -517,32 +526,7 @@ const poisonParse = "phiproxy refused"
 // naming it fails with 26000.
 const poisonStatement = "phiproxy\x01refused"
 
-// denied returns the 42501 refusal if st would return plaintext of a
-// column whose policy denies reading it.
-func denied(snap *snapshot, st *rewrite.Statement) error {
-	for _, r := range st.Results {
-		if c, ok := snap.cols[r.Column.Ident]; ok && c.Default == config.AccessDeny {
-			return pgerr.Newf(pgerr.InsufficientPrivilege, "permission denied for column %s", r.Column.Ident).
-				WithHint("phiproxy policy: reading this PHI column is denied; leave it out of the select list")
-		}
-	}
-	if st.Copy != nil && !st.Copy.In {
-		for _, f := range st.Copy.Fields {
-			if f.Column != nil {
-				if c, ok := snap.cols[f.Column.Ident]; ok && c.Default == config.AccessDeny {
-					return pgerr.Newf(pgerr.InsufficientPrivilege, "permission denied for column %s", f.Column.Ident).
-						WithHint("phiproxy policy: reading this PHI column is denied; leave it out of the COPY column list")
-				}
-			}
-		}
-	}
-	return nil
-}
-
 // checkStatement applies the per-statement policy and support checks.
-func (s *session) checkStatement(snap *snapshot, st *rewrite.Statement) error {
-	if err := copyCheck(st); err != nil {
-		return err
-	}
-	return denied(snap, st)
+func (s *session) checkStatement(_ *snapshot, st *rewrite.Statement) error {
+	return copyCheck(st)
 }

@@ -154,7 +154,7 @@ func unknownState(after string) *pgerr.Error {
 // current and session users, and the session's temporary relations (one
 // row each, or one row with NULL); and the end user (NULL when
 // phiproxy.end_user was never set).
-const probeQuery = `SELECT pg_catalog.current_setting('search_path'), current_user::text, session_user::text, c.relname::text, pg_catalog.current_setting('phiproxy.end_user', true) FROM (VALUES (1)) v LEFT JOIN pg_catalog.pg_class c ON c.relnamespace = pg_catalog.pg_my_temp_schema() AND c.relkind IN ('r', 'v', 'm', 'p', 'f', 'S')`
+const probeQuery = `SELECT pg_catalog.current_setting('search_path'), current_user::text, session_user::text, c.relname::text, pg_catalog.current_setting('phiproxy.end_user', true), pg_catalog.current_setting('phiproxy.break_glass', true) FROM (VALUES (1)) v LEFT JOIN pg_catalog.pg_class c ON c.relnamespace = pg_catalog.pg_my_temp_schema() AND c.relkind IN ('r', 'v', 'm', 'p', 'f', 'S')`
 
 // probeResult is what a probe read.
 type probeResult struct {
@@ -197,7 +197,7 @@ func (s *session) runProbe(out *proxy.Out) error {
 func (s *session) probeMessage(msg pgproto3.BackendMessage) {
 	switch m := msg.(type) {
 	case *pgproto3.DataRow:
-		if len(m.Values) != 5 {
+		if len(m.Values) != 6 {
 			s.probeAcc.err = true
 			return
 		}
@@ -205,6 +205,7 @@ func (s *session) probeMessage(msg pgproto3.BackendMessage) {
 		s.probeAcc.n.user = string(m.Values[1])
 		s.probeAcc.sessionUser = string(m.Values[2])
 		s.probeAcc.n.endUser = string(m.Values[4])
+		s.probeAcc.n.breakGlass = string(m.Values[5])
 		if m.Values[3] != nil {
 			s.probeAcc.n.temp = rewrite.TempWith(s.probeAcc.n.temp, string(m.Values[3]))
 		}
