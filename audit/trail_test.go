@@ -14,43 +14,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/tink-crypto/tink-go/v2/keyset"
-	"github.com/tink-crypto/tink-go/v2/signature"
-	"github.com/tink-crypto/tink-go/v2/tink"
-
 	"github.com/phiproxy/phiproxy/pgerr"
 )
-
-// trailSigner is an in-memory Ed25519 Tink signer and its verifier.
-type trailSigner struct {
-	tink.Signer
-	v  tink.Verifier
-	id uint32
-}
-
-func (s *trailSigner) KeyID() uint32 { return s.id }
-
-func newTrailSigner(t testing.TB) *trailSigner {
-	t.Helper()
-	h, err := keyset.NewHandle(signature.ED25519KeyTemplate())
-	if err != nil {
-		t.Fatal(err)
-	}
-	s, err := signature.NewSigner(h)
-	if err != nil {
-		t.Fatal(err)
-	}
-	pub, err := h.Public()
-	if err != nil {
-		t.Fatal(err)
-	}
-	v, err := signature.NewVerifier(pub)
-	if err != nil {
-		t.Fatal(err)
-	}
-	p, _ := h.Primary()
-	return &trailSigner{Signer: s, v: v, id: p.KeyID()}
-}
 
 func openTrail(t testing.TB, dir string, sig *trailSigner, mod func(*Options)) *Trail {
 	t.Helper()
@@ -91,7 +56,7 @@ func readChain(t testing.TB, dir string, sig *trailSigner) []*Event {
 		}
 		if ev.Action == ActionCheckpoint {
 			s, _ := base64.StdEncoding.DecodeString(ev.Signature)
-			if err := sig.v.Verify(s, CheckpointMessage(ev.Instance, ev.Seq, ev.Prev)); err != nil {
+			if err := sig.verifier.Verify(s, CheckpointMessage(ev.Instance, ev.Seq, ev.Prev)); err != nil {
 				t.Fatalf("checkpoint %d: %v", ev.Seq, err)
 			}
 		}
