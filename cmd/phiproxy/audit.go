@@ -24,12 +24,7 @@ import (
 const headFileName = "audit-head.json"
 
 // auditAction is one `phiproxy audit` action.
-type auditAction struct {
-	summary string
-	usage   string
-	flags   func(fs *pflag.FlagSet, a *auditCmd)
-	run     func(ctx context.Context, env *cmdEnv, a *auditCmd) error
-}
+type auditAction = action[auditCmd]
 
 // auditCmd holds the parsed flags of every action.
 type auditCmd struct {
@@ -119,38 +114,18 @@ func runAudit(ctx context.Context, env *cmdEnv, args []string) error {
 }
 
 func runAuditWith(ctx context.Context, env *cmdEnv, args []string, a *auditCmd) error {
-	actions := auditActions()
-	if len(args) == 0 || args[0] == "-h" || args[0] == "--help" || args[0] == "help" {
-		auditUsage(env.stdout, actions)
-		if len(args) == 0 {
-			return usagef("audit: missing action")
-		}
-		return nil
+	act, err := pick(env, args, auditActions(), auditUsage, "audit: ", "action")
+	if err != nil || act == nil {
+		return err
 	}
 	name := args[0]
-	act, ok := actions[name]
-	if !ok {
-		auditUsage(env.stderr, actions)
-		return usagef("audit: unknown action %q", name)
-	}
-	fs := pflag.NewFlagSet("audit "+name, pflag.ContinueOnError)
-	fs.SetOutput(env.stderr)
-	fs.StringVar(&a.cfgPath, "config", "", "config file: audit.file.dir, state_dir and the keyset")
-	fs.StringVar(&a.dir, "dir", "", "the trail's directory (instead of, or overriding, the config's audit.file.dir)")
-	fs.StringVar(&a.publicKey, "public-key", "", "public audit-signing keyset from `phiproxy keys export-public` (verify)")
-	act.flags(fs, a)
-	fs.Usage = func() {
-		fmt.Fprintf(env.stderr, "usage: phiproxy audit %s (--config FILE | --dir DIR) %s\n\n%s\n\n", name, act.usage, act.summary)
-		fs.PrintDefaults()
-	}
-	if err := fs.Parse(args[1:]); err != nil {
-		if errors.Is(err, pflag.ErrHelp) {
-			return nil
-		}
-		return usageError{err}
-	}
-	if fs.NArg() > 0 {
-		return usagef("audit %s takes no arguments, got %q", name, fs.Args())
+	fs := act.flagSet(env, "audit", name, "(--config FILE | --dir DIR)", a, func(fs *pflag.FlagSet) {
+		fs.StringVar(&a.cfgPath, "config", "", "config file: audit.file.dir, state_dir and the keyset")
+		fs.StringVar(&a.dir, "dir", "", "the trail's directory (instead of, or overriding, the config's audit.file.dir)")
+		fs.StringVar(&a.publicKey, "public-key", "", "public audit-signing keyset from `phiproxy keys export-public` (verify)")
+	})
+	if ok, err := parseFlags(fs, args[1:], "audit "+name); !ok {
+		return err
 	}
 	if a.cfgPath == "" && a.dir == "" {
 		return usagef("audit %s: give --config FILE or --dir DIR", name)

@@ -10,13 +10,13 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/phiproxy/phiproxy/audit"
 	"github.com/phiproxy/phiproxy/config"
 	"github.com/phiproxy/phiproxy/crypto"
+	"github.com/phiproxy/phiproxy/internal/testenv"
 )
 
 // auditRun runs `phiproxy audit ARGS` and returns stdout, stderr and the
@@ -329,24 +329,6 @@ func TestParseWhen(t *testing.T) {
 	}
 }
 
-// syncBuffer is a bytes.Buffer safe for a writer and a reader goroutine.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
 func TestAuditTail(t *testing.T) {
 	cfgPath, cfg, w := auditFixture(t, 20)
 	all := trailLines(t, cfg.Audit.File.Dir)
@@ -361,7 +343,7 @@ func TestAuditTail(t *testing.T) {
 
 	// -f prints new events, across a rotation, until the context ends.
 	ctx, cancel := context.WithCancel(context.Background())
-	var buf syncBuffer
+	var buf testenv.Buffer
 	done := make(chan error, 1)
 	go func() {
 		env := &cmdEnv{stdout: &buf, stderr: &buf}

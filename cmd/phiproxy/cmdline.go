@@ -1,7 +1,9 @@
 package main
 
 import (
+	"context"
 	"errors"
+	"fmt"
 	"io"
 
 	"github.com/spf13/pflag"
@@ -29,18 +31,54 @@ func pick[T any](env *cmdEnv, args []string, m map[string]T, usage func(io.Write
 	return &v, nil
 }
 
+// action is one action of a command with actions (`phiproxy keys
+// rotate`, `phiproxy audit verify`); C holds the parsed flags of every
+// action of the command.
+type action[C any] struct {
+	summary string
+	usage   string // the action's flags, after the command's own
+	flags   func(fs *pflag.FlagSet, c *C)
+	run     func(ctx context.Context, env *cmdEnv, c *C) error
+}
+
+// flagSet returns the flag set of `phiproxy cmd name`, with the command's
+// own flags (common), then the action's; its usage is
+// "usage: phiproxy cmd name synopsis usage", the summary and the defaults.
+func (a *action[C]) flagSet(env *cmdEnv, cmd, name, synopsis string, c *C, common func(*pflag.FlagSet)) *pflag.FlagSet {
+	fs := pflag.NewFlagSet(cmd+" "+name, pflag.ContinueOnError)
+	fs.SetOutput(env.stderr)
+	common(fs)
+	if a.flags != nil {
+		a.flags(fs, c)
+	}
+	fs.Usage = func() {
+		fmt.Fprintf(env.stderr, "usage: phiproxy %s %s %s %s\n\n%s\n\n", cmd, name, synopsis, a.usage, a.summary)
+		fs.PrintDefaults()
+	}
+	return fs
+}
+
+// parseFlags parses the flags of the command what, which takes no
+// arguments. It returns false and no error after --help.
+func parseFlags(fs *pflag.FlagSet, args []string, what string) (bool, error) {
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, pflag.ErrHelp) {
+			return false, nil
+		}
+		return false, usageError{err}
+	}
+	if fs.NArg() > 0 {
+		return false, usagef("%s takes no arguments, got %q", what, fs.Args())
+	}
+	return true, nil
+}
+
 // parseConfigFlags parses the flags of the command what (fs, whose
 // --config flag fills *cfgPath), which takes no arguments, and loads the
 // config. It returns a nil config and a nil error after --help.
 func parseConfigFlags(fs *pflag.FlagSet, args []string, what string, cfgPath *string) (*config.Config, error) {
-	if err := fs.Parse(args); err != nil {
-		if errors.Is(err, pflag.ErrHelp) {
-			return nil, nil
-		}
-		return nil, usageError{err}
-	}
-	if fs.NArg() > 0 {
-		return nil, usagef("%s takes no arguments, got %q", what, fs.Args())
+	if ok, err := parseFlags(fs, args, what); !ok {
+		return nil, err
 	}
 	if *cfgPath == "" {
 		return nil, usagef("%s: --config FILE is required", what)

@@ -19,12 +19,7 @@ import (
 )
 
 // keysAction is one `phiproxy keys` action.
-type keysAction struct {
-	summary string
-	usage   string // flags after --config FILE
-	run     func(ctx context.Context, env *cmdEnv, k *keysCmd) error
-	flags   func(fs *pflag.FlagSet, k *keysCmd)
-}
+type keysAction = action[keysCmd]
 
 // keysCmd holds the parsed flags of every action.
 type keysCmd struct {
@@ -102,16 +97,9 @@ func runKeys(ctx context.Context, env *cmdEnv, args []string) error {
 	}
 	name := args[0]
 	k := &keysCmd{}
-	fs := pflag.NewFlagSet("keys "+name, pflag.ContinueOnError)
-	fs.SetOutput(env.stderr)
-	fs.StringVar(&k.cfgPath, "config", "", "config file (YAML), required")
-	if a.flags != nil {
-		a.flags(fs, k)
-	}
-	fs.Usage = func() {
-		fmt.Fprintf(env.stderr, "usage: phiproxy keys %s --config FILE %s\n\n%s\n\n", name, a.usage, a.summary)
-		fs.PrintDefaults()
-	}
+	fs := a.flagSet(env, "keys", name, "--config FILE", k, func(fs *pflag.FlagSet) {
+		fs.StringVar(&k.cfgPath, "config", "", "config file (YAML), required")
+	})
 	cfg, err := parseConfigFlags(fs, args[1:], "keys "+name, &k.cfgPath)
 	if cfg == nil {
 		return err // nil after --help
