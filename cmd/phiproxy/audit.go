@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"io/fs"
 	"net/netip"
 	"os"
@@ -102,19 +101,15 @@ func auditActions() map[string]auditAction {
 	}
 }
 
-func auditUsage(w io.Writer, actions map[string]auditAction) {
-	fmt.Fprintln(w, "usage: phiproxy audit <action> (--config FILE | --dir DIR [--public-key FILE]) [flags]\n\nactions:")
-	printSummaries(w, 7, actions, func(a auditAction) string { return a.summary })
-	fmt.Fprintln(w, "\nWithout the keyset: --dir DIR --public-key FILE (from `phiproxy keys export-public`).\nSee docs/audit.md.")
-}
-
 // runAudit dispatches `phiproxy audit ACTION`.
 func runAudit(ctx context.Context, env *cmdEnv, args []string) error {
 	return runAuditWith(ctx, env, args, &auditCmd{now: time.Now, poll: 200 * time.Millisecond, settle: 500 * time.Millisecond})
 }
 
 func runAuditWith(ctx context.Context, env *cmdEnv, args []string, a *auditCmd) error {
-	act, err := pick(env, args, auditActions(), auditUsage, "audit: ", "action")
+	usage := actionsUsage[auditCmd]("usage: phiproxy audit <action> (--config FILE | --dir DIR [--public-key FILE]) [flags]",
+		"Without the keyset: --dir DIR --public-key FILE (from `phiproxy keys export-public`).\nSee docs/audit.md.")
+	act, err := pick(env, args, auditActions(), usage, "audit: ", "action")
 	if err != nil || act == nil {
 		return err
 	}

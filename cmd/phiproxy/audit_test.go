@@ -19,15 +19,10 @@ import (
 	"github.com/phiproxy/phiproxy/internal/testenv"
 )
 
-// auditRun runs `phiproxy audit ARGS` and returns stdout, stderr and the
-// exit code.
+// auditRun runs `phiproxy audit ARGS`.
 func auditRun(t *testing.T, args ...string) (string, string, int) {
 	t.Helper()
-	var out, errb bytes.Buffer
-	env := &cmdEnv{stdout: &out, stderr: &errb}
-	err := run(context.Background(), env, append([]string{"audit"}, args...))
-	code := exitCode(env, err)
-	return out.String(), errb.String(), code
+	return cmdRun(t, append([]string{"audit"}, args...)...)
 }
 
 // trailWriter writes a trail as the proxy's writer does (chained lines,

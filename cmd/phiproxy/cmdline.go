@@ -58,6 +58,20 @@ func (a *action[C]) flagSet(env *cmdEnv, cmd, name, synopsis string, c *C, commo
 	return fs
 }
 
+// actionsUsage returns the usage printer of a command with actions: the
+// synopsis, the actions with their summaries, then notes.
+func actionsUsage[C any](synopsis, notes string) func(io.Writer, map[string]action[C]) {
+	return func(w io.Writer, m map[string]action[C]) {
+		width := 0
+		for name := range m {
+			width = max(width, len(name)+1)
+		}
+		fmt.Fprintln(w, synopsis+"\n\nactions:")
+		printSummaries(w, width, m, func(a action[C]) string { return a.summary })
+		fmt.Fprintln(w, "\n"+notes)
+	}
+}
+
 // parseFlags parses the flags of the command what, which takes no
 // arguments. It returns false and no error after --help.
 func parseFlags(fs *pflag.FlagSet, args []string, what string) (bool, error) {

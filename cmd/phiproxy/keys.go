@@ -82,16 +82,11 @@ func keysActions() map[string]keysAction {
 	}
 }
 
-func keysUsage(w io.Writer, actions map[string]keysAction) {
-	fmt.Fprintln(w, "usage: phiproxy keys <action> --config FILE [flags]\n\nactions:")
-	printSummaries(w, 14, actions, func(a keysAction) string { return a.summary })
-	fmt.Fprintln(w, "\nEnvironment: VAULT_TOKEN (and optionally VAULT_CACERT) for an hcvault:// KEK.\nSee docs/keys.md.")
-}
-
 // runKeys dispatches `phiproxy keys ACTION`.
 func runKeys(ctx context.Context, env *cmdEnv, args []string) error {
-	actions := keysActions()
-	a, err := pick(env, args, actions, keysUsage, "keys: ", "action")
+	usage := actionsUsage[keysCmd]("usage: phiproxy keys <action> --config FILE [flags]",
+		"Environment: VAULT_TOKEN (and optionally VAULT_CACERT) for an hcvault:// KEK.\nSee docs/keys.md.")
+	a, err := pick(env, args, keysActions(), usage, "keys: ", "action")
 	if err != nil || a == nil {
 		return err
 	}
