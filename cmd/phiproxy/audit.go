@@ -43,6 +43,21 @@ type auditCmd struct {
 	filter                                       audit.Filter
 }
 
+func auditCommand() *actions[auditCmd] {
+	return &actions[auditCmd]{
+		name:     "audit",
+		head:     "usage: phiproxy audit <action> (--config FILE | --dir DIR [--public-key FILE]) [flags]",
+		notes:    "Without the keyset: --dir DIR --public-key FILE (from `phiproxy keys export-public`).\nSee docs/audit.md.",
+		synopsis: "(--config FILE | --dir DIR)",
+		flags: func(fs *pflag.FlagSet, a *auditCmd) {
+			fs.StringVar(&a.cfgPath, "config", "", "config file: audit.file.dir, state_dir and the keyset")
+			fs.StringVar(&a.dir, "dir", "", "the trail's directory (instead of, or overriding, the config's audit.file.dir)")
+			fs.StringVar(&a.publicKey, "public-key", "", "public audit-signing keyset from `phiproxy keys export-public` (verify)")
+		},
+		actions: auditActions(),
+	}
+}
+
 func auditActions() map[string]auditAction {
 	filters := func(fs *pflag.FlagSet, a *auditCmd) {
 		fs.StringVar(&a.since, "since", "", "events at or after: RFC 3339 time, a date (UTC), or how long ago (168h, 7d)")
@@ -107,18 +122,11 @@ func runAudit(ctx context.Context, env *cmdEnv, args []string) error {
 }
 
 func runAuditWith(ctx context.Context, env *cmdEnv, args []string, a *auditCmd) error {
-	usage := actionsUsage[auditCmd]("usage: phiproxy audit <action> (--config FILE | --dir DIR [--public-key FILE]) [flags]",
-		"Without the keyset: --dir DIR --public-key FILE (from `phiproxy keys export-public`).\nSee docs/audit.md.")
-	act, err := pick(env, args, auditActions(), usage, "audit: ", "action")
-	if err != nil || act == nil {
-		return err
+	act, fs, err := auditCommand().pick(env, args, a)
+	if act == nil {
+		return err // nil after --help
 	}
 	name := args[0]
-	fs := act.flagSet(env, "audit", name, "(--config FILE | --dir DIR)", a, func(fs *pflag.FlagSet) {
-		fs.StringVar(&a.cfgPath, "config", "", "config file: audit.file.dir, state_dir and the keyset")
-		fs.StringVar(&a.dir, "dir", "", "the trail's directory (instead of, or overriding, the config's audit.file.dir)")
-		fs.StringVar(&a.publicKey, "public-key", "", "public audit-signing keyset from `phiproxy keys export-public` (verify)")
-	})
 	if ok, err := parseFlags(fs, args[1:], "audit "+name); !ok {
 		return err
 	}

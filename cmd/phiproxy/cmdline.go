@@ -41,35 +41,50 @@ type action[C any] struct {
 	run     func(ctx context.Context, env *cmdEnv, c *C) error
 }
 
-// flagSet returns the flag set of `phiproxy cmd name`, with the command's
-// own flags (common), then the action's; its usage is
-// "usage: phiproxy cmd name synopsis usage", the summary and the defaults.
-func (a *action[C]) flagSet(env *cmdEnv, cmd, name, synopsis string, c *C, common func(*pflag.FlagSet)) *pflag.FlagSet {
-	fs := pflag.NewFlagSet(cmd+" "+name, pflag.ContinueOnError)
+// actions describes a command with actions: `phiproxy name ACTION
+// [flags]`.
+type actions[C any] struct {
+	name     string
+	head     string                        // the command's usage line
+	notes    string                        // what its usage says after the list of actions
+	synopsis string                        // the command's own flags, in an action's usage line
+	flags    func(fs *pflag.FlagSet, c *C) // the command's own flags
+	actions  map[string]action[C]
+}
+
+// pick returns the action args[0] names and its flag set (the command's
+// flags, then the action's), not parsed yet. It prints the command's usage
+// and returns a nil action after -h, --help or help (no error), without an
+// action or with an unknown one (a usage error).
+func (cmd *actions[C]) pick(env *cmdEnv, args []string, c *C) (*action[C], *pflag.FlagSet, error) {
+	a, err := pick(env, args, cmd.actions, cmd.usage, cmd.name+": ", "action")
+	if err != nil || a == nil {
+		return nil, nil, err
+	}
+	name := args[0]
+	fs := pflag.NewFlagSet(cmd.name+" "+name, pflag.ContinueOnError)
 	fs.SetOutput(env.stderr)
-	common(fs)
+	cmd.flags(fs, c)
 	if a.flags != nil {
 		a.flags(fs, c)
 	}
 	fs.Usage = func() {
-		fmt.Fprintf(env.stderr, "usage: phiproxy %s %s %s %s\n\n%s\n\n", cmd, name, synopsis, a.usage, a.summary)
+		fmt.Fprintf(env.stderr, "usage: phiproxy %s %s %s %s\n\n%s\n\n", cmd.name, name, cmd.synopsis, a.usage, a.summary)
 		fs.PrintDefaults()
 	}
-	return fs
+	return a, fs, nil
 }
 
-// actionsUsage returns the usage printer of a command with actions: the
-// synopsis, the actions with their summaries, then notes.
-func actionsUsage[C any](synopsis, notes string) func(io.Writer, map[string]action[C]) {
-	return func(w io.Writer, m map[string]action[C]) {
-		width := 0
-		for name := range m {
-			width = max(width, len(name)+1)
-		}
-		fmt.Fprintln(w, synopsis+"\n\nactions:")
-		printSummaries(w, width, m, func(a action[C]) string { return a.summary })
-		fmt.Fprintln(w, "\n"+notes)
+// usage prints the command's usage line, its actions with their summaries,
+// then its notes.
+func (cmd *actions[C]) usage(w io.Writer, m map[string]action[C]) {
+	width := 0
+	for name := range m {
+		width = max(width, len(name)+1)
 	}
+	fmt.Fprintln(w, cmd.head+"\n\nactions:")
+	printSummaries(w, width, m, func(a action[C]) string { return a.summary })
+	fmt.Fprintln(w, "\n"+cmd.notes)
 }
 
 // parseFlags parses the flags of the command what, which takes no

@@ -35,6 +35,19 @@ type keysCmd struct {
 	cfg *config.Config
 }
 
+func keysCommand() *actions[keysCmd] {
+	return &actions[keysCmd]{
+		name:     "keys",
+		head:     "usage: phiproxy keys <action> --config FILE [flags]",
+		notes:    "Environment: VAULT_TOKEN (and optionally VAULT_CACERT) for an hcvault:// KEK.\nSee docs/keys.md.",
+		synopsis: "--config FILE",
+		flags: func(fs *pflag.FlagSet, k *keysCmd) {
+			fs.StringVar(&k.cfgPath, "config", "", "config file (YAML), required")
+		},
+		actions: keysActions(),
+	}
+}
+
 func keysActions() map[string]keysAction {
 	target := func(fs *pflag.FlagSet, k *keysCmd) {
 		fs.StringVar(&k.key, "key", "", "key name (a column's key: setting, by default schema.table.column)")
@@ -84,17 +97,12 @@ func keysActions() map[string]keysAction {
 
 // runKeys dispatches `phiproxy keys ACTION`.
 func runKeys(ctx context.Context, env *cmdEnv, args []string) error {
-	usage := actionsUsage[keysCmd]("usage: phiproxy keys <action> --config FILE [flags]",
-		"Environment: VAULT_TOKEN (and optionally VAULT_CACERT) for an hcvault:// KEK.\nSee docs/keys.md.")
-	a, err := pick(env, args, keysActions(), usage, "keys: ", "action")
-	if err != nil || a == nil {
-		return err
+	k := &keysCmd{}
+	a, fs, err := keysCommand().pick(env, args, k)
+	if a == nil {
+		return err // nil after --help
 	}
 	name := args[0]
-	k := &keysCmd{}
-	fs := a.flagSet(env, "keys", name, "--config FILE", k, func(fs *pflag.FlagSet) {
-		fs.StringVar(&k.cfgPath, "config", "", "config file (YAML), required")
-	})
 	cfg, err := parseConfigFlags(fs, args[1:], "keys "+name, &k.cfgPath)
 	if cfg == nil {
 		return err // nil after --help
