@@ -69,6 +69,26 @@ func readChain(t testing.TB, dir string, sig *trailSigner) []*Event {
 	return out
 }
 
+// waitRecord records ev as a read's event (the statement waits for it)
+// and waits until it is durable.
+func waitRecord(ctx context.Context, tr *Trail, ev *Event) (*Record, error) {
+	r, err := tr.Record(ctx, ev, true)
+	if err == nil {
+		err = r.Wait(ctx)
+	}
+	return r, err
+}
+
+// mustRecord is waitRecord, failing t on an error.
+func mustRecord(t testing.TB, ctx context.Context, tr *Trail, ev *Event) *Record {
+	t.Helper()
+	r, err := waitRecord(ctx, tr, ev)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return r
+}
+
 func actions(evs []*Event) string {
 	var b []string
 	for _, e := range evs {
@@ -83,13 +103,7 @@ func TestTrailChainCheckpointsRestart(t *testing.T) {
 	tr := openTrail(t, dir, sig, func(o *Options) { o.CheckpointEvery = 3 })
 	ctx := context.Background()
 	for i := 0; i < 4; i++ {
-		r, err := tr.Record(ctx, &Event{Action: ActionRead, Session: "s1", Query: "SELECT ssn FROM patients WHERE id = $1"}, true)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := r.Wait(ctx); err != nil {
-			t.Fatal(err)
-		}
+		r := mustRecord(t, ctx, tr, &Event{Action: ActionRead, Session: "s1", Query: "SELECT ssn FROM patients WHERE id = $1"})
 		tr.Complete(ctx, r, 1, "", "")
 	}
 	if err := tr.Close(); err != nil {
@@ -198,13 +212,7 @@ func TestTrailRotation(t *testing.T) {
 	tr := openTrail(t, dir, sig, func(o *Options) { o.MaxFileBytes = 4096 })
 	ctx := context.Background()
 	for i := 0; i < 100; i++ {
-		r, err := tr.Record(ctx, &Event{Action: ActionWrite, Query: "INSERT INTO patients (ssn) VALUES ($1)"}, true)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := r.Wait(ctx); err != nil {
-			t.Fatal(err)
-		}
+		mustRecord(t, ctx, tr, &Event{Action: ActionWrite, Query: "INSERT INTO patients (ssn) VALUES ($1)"})
 	}
 	tr.Close()
 	segs, _ := Segments(dir)
@@ -248,10 +256,7 @@ func TestTrailFailureAndRecovery(t *testing.T) {
 		t.Fatal(err)
 	}
 	failing.Store(true)
-	r, err := tr.Record(ctx, &Event{Action: ActionRead}, true)
-	if err == nil {
-		err = r.Wait(ctx)
-	}
+	_, err := waitRecord(ctx, tr, &Event{Action: ActionRead})
 	var pe *pgerr.Error
 	if !errors.As(err, &pe) || pe.Code != pgerr.IOError {
 		t.Fatalf("wait on a failing sink: %v", err)
@@ -276,8 +281,7 @@ func TestTrailFailureAndRecovery(t *testing.T) {
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
-	r, err = tr.Record(ctx, &Event{Action: ActionRead}, true)
-	if err != nil || r.Wait(ctx) != nil {
+	if _, err := waitRecord(ctx, tr, &Event{Action: ActionRead}); err != nil {
 		t.Fatalf("after recovery: %v", err)
 	}
 	tr.Close()
@@ -424,10 +428,7 @@ func TestTrailLazySync(t *testing.T) {
 	}
 	time.Sleep(20 * time.Millisecond)
 	failing.Store(true)
-	r, err := tr.Record(ctx, &Event{Action: ActionRead}, true)
-	if err == nil {
-		err = r.Wait(ctx)
-	}
+	_, err := waitRecord(ctx, tr, &Event{Action: ActionRead})
 	if err == nil {
 		t.Fatal("a read's event was acknowledged while fsync fails")
 	}

@@ -79,6 +79,22 @@ func rechain(t testing.TB, dir string, from uint64, change func(*Event)) {
 	}
 }
 
+// cutFrom returns a tampering that cuts the lines from seq on off the
+// trail, whole.
+func cutFrom(seq uint64) func(*testing.T, string, *trailSigner) {
+	return func(t *testing.T, dir string, _ *trailSigner) {
+		path, i := locate(t, dir, seq)
+		writeLines(t, path, readLines(t, path)[:i])
+	}
+}
+
+// removeFile returns a tampering that removes the file starting at seq.
+func removeFile(seq uint64) func(*testing.T, string, *trailSigner) {
+	return func(t *testing.T, dir string, _ *trailSigner) {
+		os.Remove(filepath.Join(dir, FileName(seq)))
+	}
+}
+
 func verify(t testing.TB, dir string, opts VerifyOptions) *VerifyReport {
 	t.Helper()
 	rep, err := Verify(segments(t, dir), opts)
@@ -242,44 +258,32 @@ func TestVerifyTampering(t *testing.T) {
 			seq: 49, file: FileName(41), line: 9, what: "cut off mid-line",
 		},
 		{
-			name: "whole lines cut off a cleanly stopped trail, caught through the head file",
-			with: head,
-			tamper: func(t *testing.T, dir string, _ *trailSigner) {
-				path, i := locate(t, dir, 46)
-				writeLines(t, path, readLines(t, path)[:i])
-			},
-			seq: 49, what: "the trail ends at seq 45 but the head file's checkpoint",
+			name:   "whole lines cut off a cleanly stopped trail, caught through the head file",
+			with:   head,
+			tamper: cutFrom(46),
+			seq:    49, what: "the trail ends at seq 45 but the head file's checkpoint",
 		},
 		{
-			name: "whole lines cut off a cleanly stopped trail, caught through --state",
-			with: state,
-			tamper: func(t *testing.T, dir string, _ *trailSigner) {
-				path, i := locate(t, dir, 46)
-				writeLines(t, path, readLines(t, path)[:i])
-			},
-			seq: 49, what: "the trail ends at seq 45 but the checkpoint verified on",
+			name:   "whole lines cut off a cleanly stopped trail, caught through --state",
+			with:   state,
+			tamper: cutFrom(46),
+			seq:    49, what: "the trail ends at seq 45 but the checkpoint verified on",
 		},
 		{
-			name: "a rotated file removed",
-			tamper: func(t *testing.T, dir string, _ *trailSigner) {
-				os.Remove(filepath.Join(dir, FileName(21)))
-			},
-			seq: 21, file: FileName(31), line: 1, what: "the file holding seq 21..30 is missing",
+			name:   "a rotated file removed",
+			tamper: removeFile(21),
+			seq:    21, file: FileName(31), line: 1, what: "the file holding seq 21..30 is missing",
 		},
 		{
-			name: "the first file removed",
-			tamper: func(t *testing.T, dir string, _ *trailSigner) {
-				os.Remove(filepath.Join(dir, FileName(1)))
-			},
-			seq: 11, file: FileName(11), line: 1, what: "starts at seq 11, not 1",
+			name:   "the first file removed",
+			tamper: removeFile(1),
+			seq:    11, file: FileName(11), line: 1, what: "starts at seq 11, not 1",
 		},
 		{
-			name: "the last file removed, caught through the head file",
-			with: head,
-			tamper: func(t *testing.T, dir string, _ *trailSigner) {
-				os.Remove(filepath.Join(dir, FileName(41)))
-			},
-			seq: 49, what: "ends at seq 40",
+			name:   "the last file removed, caught through the head file",
+			with:   head,
+			tamper: removeFile(41),
+			seq:    49, what: "ends at seq 40",
 		},
 		{
 			name: "a rotated file emptied",
@@ -415,14 +419,8 @@ func TestVerifyTrailWrittenByTheWriter(t *testing.T) {
 	for run := range 2 {
 		tr := openTrail(t, dir, sig, func(o *Options) { o.CheckpointEvery = 7; o.MaxFileBytes = 2048 })
 		for i := range 12 {
-			r, err := tr.Record(ctx, &Event{Action: ActionRead, Session: fmt.Sprintf("s%d", run), DBUser: "alice",
-				Columns: []string{"public.patients.ssn"}, Decision: DecisionAllowed, Query: "SELECT ssn FROM patients WHERE id = $1"}, true)
-			if err != nil {
-				t.Fatal(err)
-			}
-			if err := r.Wait(ctx); err != nil {
-				t.Fatal(err)
-			}
+			r := mustRecord(t, ctx, tr, &Event{Action: ActionRead, Session: fmt.Sprintf("s%d", run), DBUser: "alice",
+				Columns: []string{"public.patients.ssn"}, Decision: DecisionAllowed, Query: "SELECT ssn FROM patients WHERE id = $1"})
 			tr.Complete(ctx, r, int64(i), "", "")
 		}
 		if err := tr.Close(); err != nil {
