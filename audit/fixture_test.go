@@ -2,7 +2,6 @@ package audit
 
 import (
 	"bytes"
-	"encoding/base64"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -107,11 +106,9 @@ func (tt *testTrail) write(ev Event) *Event {
 		ev.Instance = tt.instance
 	}
 	if ev.Action == ActionCheckpoint {
-		sig, err := tt.key.Sign(CheckpointMessage(ev.Instance, ev.Seq, ev.Prev))
-		if err != nil {
+		if err := ev.Sign(tt.key); err != nil {
 			tt.t.Fatal(err)
 		}
-		ev.Signature, ev.KeyID = base64.StdEncoding.EncodeToString(sig), tt.key.KeyID()
 	}
 	line, err := ev.Marshal()
 	if err != nil {

@@ -3,7 +3,6 @@ package audit
 import (
 	"bytes"
 	"context"
-	"encoding/base64"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -318,8 +317,7 @@ func TestVerifyTampering(t *testing.T) {
 				other := newTrailSigner(t)
 				editLine(t, dir, 9, func(b []byte) []byte {
 					return rehash(t, b, func(e *Event) {
-						sig, _ := other.Sign(CheckpointMessage(e.Instance, e.Seq, e.Prev))
-						e.Signature, e.KeyID = base64.StdEncoding.EncodeToString(sig), other.KeyID()
+						e.Sign(other)
 					})
 				})
 			},

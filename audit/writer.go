@@ -2,7 +2,6 @@ package audit
 
 import (
 	"bufio"
-	"encoding/base64"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -198,12 +197,11 @@ func (t *Trail) writeBatch(batch []*Record, force bool) {
 // appendCheckpoint appends a signed checkpoint event.
 func (t *Trail) appendCheckpoint(buf []byte) ([]byte, error) {
 	ev := Event{V: Version, Seq: t.seq + 1, TS: FormatTime(t.opts.Now()), Instance: t.opts.Instance, Action: ActionCheckpoint, Prev: t.hash}
-	sig, err := t.opts.Signer.Sign(CheckpointMessage(ev.Instance, ev.Seq, ev.Prev))
-	if err != nil {
+	if err := ev.Sign(t.opts.Signer); err != nil {
 		return buf, err
 	}
-	ev.Signature, ev.KeyID = base64.StdEncoding.EncodeToString(sig), t.opts.Signer.KeyID()
-	if buf, err = ev.AppendLine(buf); err != nil {
+	buf, err := ev.AppendLine(buf)
+	if err != nil {
 		return buf, err
 	}
 	t.seq, t.hash, t.sinceCk = ev.Seq, ev.Hash, 0

@@ -3,7 +3,6 @@ package main
 import (
 	"bytes"
 	"context"
-	"encoding/base64"
 	"encoding/csv"
 	"encoding/json"
 	"fmt"
@@ -56,11 +55,9 @@ func (w *trailWriter) write(ev audit.Event) *audit.Event {
 	w.ts = w.ts.Add(time.Minute)
 	ev.Seq, ev.Prev, ev.TS, ev.Instance = w.seq, w.prev, audit.FormatTime(w.ts), "px-1"
 	if ev.Action == audit.ActionCheckpoint {
-		sig, err := w.signer.Sign(audit.CheckpointMessage(ev.Instance, ev.Seq, ev.Prev))
-		if err != nil {
+		if err := ev.Sign(w.signer); err != nil {
 			w.t.Fatal(err)
 		}
-		ev.Signature, ev.KeyID = base64.StdEncoding.EncodeToString(sig), w.signer.KeyID()
 	}
 	line, err := ev.Marshal()
 	if err != nil {
