@@ -30,6 +30,14 @@ func openTrail(t testing.TB, dir string, sig *trailSigner, mod func(*Options)) *
 	return tr
 }
 
+// newTrail opens a Trail in a new directory with a new signer.
+func newTrail(t testing.TB, mod func(*Options)) (*Trail, string, *trailSigner) {
+	t.Helper()
+	dir := filepath.Join(t.TempDir(), "audit")
+	sig := newTrailSigner(t)
+	return openTrail(t, dir, sig, mod), dir, sig
+}
+
 // readChain reads every event of the trail in dir and checks the chain
 // (seq, prev, hash, checkpoint signatures) as a verifier would.
 func readChain(t testing.TB, dir string, sig *trailSigner) []*Event {
@@ -98,9 +106,7 @@ func actions(evs []*Event) string {
 }
 
 func TestTrailChainCheckpointsRestart(t *testing.T) {
-	dir := filepath.Join(t.TempDir(), "audit")
-	sig := newTrailSigner(t)
-	tr := openTrail(t, dir, sig, func(o *Options) { o.CheckpointEvery = 3 })
+	tr, dir, sig := newTrail(t, func(o *Options) { o.CheckpointEvery = 3 })
 	ctx := context.Background()
 	for i := 0; i < 4; i++ {
 		r := mustRecord(t, ctx, tr, &Event{Action: ActionRead, Session: "s1", Query: "SELECT ssn FROM patients WHERE id = $1"})
@@ -207,9 +213,7 @@ func truncateAfter(t testing.TB, path, a string) {
 }
 
 func TestTrailRotation(t *testing.T) {
-	dir := filepath.Join(t.TempDir(), "audit")
-	sig := newTrailSigner(t)
-	tr := openTrail(t, dir, sig, func(o *Options) { o.MaxFileBytes = 4096 })
+	tr, dir, sig := newTrail(t, func(o *Options) { o.MaxFileBytes = 4096 })
 	ctx := context.Background()
 	for i := 0; i < 100; i++ {
 		mustRecord(t, ctx, tr, &Event{Action: ActionWrite, Query: "INSERT INTO patients (ssn) VALUES ($1)"})
@@ -326,9 +330,7 @@ func TestTrailBestEffort(t *testing.T) {
 
 // 16 writers × 1000 events: every event once, in one unbroken chain.
 func TestTrailConcurrent(t *testing.T) {
-	dir := filepath.Join(t.TempDir(), "audit")
-	sig := newTrailSigner(t)
-	tr := openTrail(t, dir, sig, func(o *Options) { o.MaxFileBytes = 1 << 20 })
+	tr, dir, sig := newTrail(t, func(o *Options) { o.MaxFileBytes = 1 << 20 })
 	var wg sync.WaitGroup
 	for w := 0; w < 16; w++ {
 		wg.Add(1)
@@ -373,9 +375,7 @@ func TestTrailConcurrent(t *testing.T) {
 }
 
 func TestTrailDirectoryLocked(t *testing.T) {
-	dir := filepath.Join(t.TempDir(), "audit")
-	sig := newTrailSigner(t)
-	tr := openTrail(t, dir, sig, nil)
+	tr, dir, sig := newTrail(t, nil)
 	defer tr.Close()
 	if _, err := Open(Options{Dir: dir, Instance: "other", Signer: sig}); err == nil || !strings.Contains(err.Error(), "in use") {
 		t.Fatalf("second writer on one directory: %v", err)
