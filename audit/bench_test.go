@@ -2,7 +2,6 @@ package audit
 
 import (
 	"context"
-	"path/filepath"
 	"testing"
 )
 
@@ -16,7 +15,7 @@ func BenchmarkTrailRecord(b *testing.B) {
 			name = "wait"
 		}
 		b.Run(name, func(b *testing.B) {
-			tr := openTrail(b, filepath.Join(b.TempDir(), "audit"), newTrailSigner(b), nil)
+			tr, _, _ := newTrail(b, nil)
 			defer tr.Close()
 			ev := benchEvent()
 			ctx := context.Background()

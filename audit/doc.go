@@ -19,7 +19,7 @@
 // event). The chain continues across files. Every
 // checkpoint_every events, checkpoint_interval and at a clean stop the
 // writer appends a checkpoint event whose signature (Tink Ed25519, base64)
-// is over CheckpointMessage(instance, seq, prev).
+// is over CheckpointMessage(instance, seq, prev) (Event.Sign makes it).
 //
 // # Reading a trail back
 //

@@ -22,37 +22,26 @@ func (e *Event) appendCanonical(b []byte) []byte {
 	b = strconv.AppendInt(b, int64(v), 10)
 	b = append(b, `,"seq":`...)
 	b = strconv.AppendUint(b, e.Seq, 10)
-	b = appendField(b, "ts", e.TS)
-	b = appendField(b, "instance", e.Instance)
-	b = appendField(b, "session", e.Session)
-	b = appendField(b, "db_user", e.DBUser)
+	b = appendMembers(b, member{"ts", e.TS}, member{"instance", e.Instance}, member{"session", e.Session}, member{"db_user", e.DBUser})
 	b = appendList(b, "roles", e.Roles)
-	b = appendField(b, "end_user", e.EndUser)
-	b = appendField(b, "application", e.Application)
-	b = appendField(b, "client", e.Client)
-	b = appendField(b, "database", e.Database)
+	b = appendMembers(b, member{"end_user", e.EndUser}, member{"application", e.Application}, member{"client", e.Client}, member{"database", e.Database})
 	b = append(b, `,"tls":`...)
 	b = strconv.AppendBool(b, e.TLS)
-	b = appendField(b, "action", e.Action)
+	b = appendMembers(b, member{"action", e.Action})
 	b = appendList(b, "relations", e.Relations)
 	b = appendList(b, "columns", e.Columns)
-	b = appendField(b, "decision", e.Decision)
-	b = appendField(b, "reason", e.Reason)
-	b = appendField(b, "fingerprint", e.Fingerprint)
-	b = appendField(b, "query", e.Query)
+	b = appendMembers(b, member{"decision", e.Decision}, member{"reason", e.Reason}, member{"fingerprint", e.Fingerprint}, member{"query", e.Query})
 	b = append(b, `,"rows":`...)
 	if e.Rows == nil {
 		b = append(b, "null"...)
 	} else {
 		b = strconv.AppendInt(b, *e.Rows, 10)
 	}
-	b = appendField(b, "error", e.Error)
+	b = appendMembers(b, member{"error", e.Error})
 	if e.BreakGlass {
 		b = append(b, `,"break_glass":true`...)
 	}
-	if e.Role != "" {
-		b = appendField(b, "role", e.Role)
-	}
+	b = appendSet(b, member{"role", e.Role})
 	if len(e.Context) > 0 {
 		b = append(b, `,"context":{`...)
 		keys := make([]string, 0, len(e.Context))
@@ -70,9 +59,7 @@ func (e *Event) appendCanonical(b []byte) []byte {
 		}
 		b = append(b, '}')
 	}
-	if e.Protocol != "" {
-		b = appendField(b, "protocol", e.Protocol)
-	}
+	b = appendSet(b, member{"protocol", e.Protocol})
 	if e.Ref != 0 {
 		b = append(b, `,"ref":`...)
 		b = strconv.AppendUint(b, e.Ref, 10)
@@ -81,25 +68,38 @@ func (e *Event) appendCanonical(b []byte) []byte {
 		b = append(b, `,"clean":`...)
 		b = strconv.AppendBool(b, *e.Clean)
 	}
-	if e.Detail != "" {
-		b = appendField(b, "detail", e.Detail)
-	}
-	if e.Signature != "" {
-		b = appendField(b, "signature", e.Signature)
-	}
+	b = appendSet(b, member{"detail", e.Detail}, member{"signature", e.Signature})
 	if e.KeyID != 0 {
 		b = append(b, `,"key_id":`...)
 		b = strconv.AppendUint(b, uint64(e.KeyID), 10)
 	}
-	b = appendField(b, "prev", e.Prev)
+	b = appendMembers(b, member{"prev", e.Prev})
 	return append(b, '}')
 }
 
-func appendField(b []byte, name, val string) []byte {
-	b = append(b, ',', '"')
-	b = append(b, name...)
-	b = append(b, '"', ':')
-	return appendString(b, val)
+// member is one string member of the canonical object, in contract order.
+type member struct{ name, val string }
+
+// appendMembers appends each member as `,"name":"val"`.
+func appendMembers(b []byte, ms ...member) []byte {
+	for _, m := range ms {
+		b = append(b, ',', '"')
+		b = append(b, m.name...)
+		b = append(b, '"', ':')
+		b = appendString(b, m.val)
+	}
+	return b
+}
+
+// appendSet appends the members whose value is set: the optional ones
+// (omitempty in Event's JSON tags).
+func appendSet(b []byte, ms ...member) []byte {
+	for _, m := range ms {
+		if m.val != "" {
+			b = appendMembers(b, m)
+		}
+	}
+	return b
 }
 
 func appendList(b []byte, name string, vals []string) []byte {

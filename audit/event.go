@@ -3,6 +3,7 @@ package audit
 import (
 	"bytes"
 	"crypto/sha256"
+	"encoding/base64"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
@@ -172,6 +173,18 @@ func (e *Event) Time() (time.Time, error) { return time.Parse(TimeFormat, e.TS) 
 
 // FormatTime formats t as ts.
 func FormatTime(t time.Time) string { return t.UTC().Format(TimeFormat) }
+
+// Sign signs the checkpoint e (instance, seq and prev set) with s: it sets
+// Signature and KeyID. The Trail's writer signs its checkpoints with it;
+// so can a tool or a test that writes a trail of its own.
+func (e *Event) Sign(s Signer) error {
+	sig, err := s.Sign(CheckpointMessage(e.Instance, e.Seq, e.Prev))
+	if err != nil {
+		return err
+	}
+	e.Signature, e.KeyID = base64.StdEncoding.EncodeToString(sig), s.KeyID()
+	return nil
+}
 
 // CheckpointMessage is what a checkpoint's signature signs: the instance,
 // the checkpoint's seq and its prev (the hash of the event before it),

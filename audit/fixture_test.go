@@ -2,7 +2,6 @@ package audit
 
 import (
 	"bytes"
-	"encoding/base64"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -14,14 +13,17 @@ import (
 	"github.com/tink-crypto/tink-go/v2/tink"
 )
 
-// testKey is an in-memory Ed25519 keyset, as `keys create` makes.
-type testKey struct {
-	signer   tink.Signer
+// trailSigner is an in-memory Ed25519 Tink keyset, as `keys create`
+// makes: the trail's Signer and the verifier that checks it.
+type trailSigner struct {
+	tink.Signer
 	verifier tink.Verifier
-	keyID    uint32
+	id       uint32
 }
 
-func newTestKey(t testing.TB) *testKey {
+func (s *trailSigner) KeyID() uint32 { return s.id }
+
+func newTrailSigner(t testing.TB) *trailSigner {
 	t.Helper()
 	h, err := keyset.NewHandle(signature.ED25519KeyTemplate())
 	if err != nil {
@@ -39,7 +41,8 @@ func newTestKey(t testing.TB) *testKey {
 	if err != nil {
 		t.Fatal(err)
 	}
-	return &testKey{signer: s, verifier: v, keyID: h.KeysetInfo().GetPrimaryKeyId()}
+	p, _ := h.Primary()
+	return &trailSigner{Signer: s, verifier: v, id: p.KeyID()}
 }
 
 // testTrail writes a trail the way the Trail does (chained lines, signed
@@ -48,7 +51,7 @@ func newTestKey(t testing.TB) *testKey {
 type testTrail struct {
 	t        testing.TB
 	dir      string
-	key      *testKey
+	key      *trailSigner
 	instance string
 	perFile  int // lines per file
 	ckEvery  int // a checkpoint after this many events
@@ -62,7 +65,7 @@ type testTrail struct {
 	head    *Head
 }
 
-func newTestTrail(t testing.TB, dir string, key *testKey, perFile, ckEvery int) *testTrail {
+func newTestTrail(t testing.TB, dir string, key *trailSigner, perFile, ckEvery int) *testTrail {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		t.Fatal(err)
 	}
@@ -103,11 +106,9 @@ func (tt *testTrail) write(ev Event) *Event {
 		ev.Instance = tt.instance
 	}
 	if ev.Action == ActionCheckpoint {
-		sig, err := tt.key.signer.Sign(CheckpointMessage(ev.Instance, ev.Seq, ev.Prev))
-		if err != nil {
+		if err := ev.Sign(tt.key); err != nil {
 			tt.t.Fatal(err)
 		}
-		ev.Signature, ev.KeyID = base64.StdEncoding.EncodeToString(sig), tt.key.keyID
 	}
 	line, err := ev.Marshal()
 	if err != nil {
@@ -164,7 +165,7 @@ func statement(i int) Event {
 
 // sampleTrail writes a cleanly stopped trail of n statements (with a
 // start event, a completion record and checkpoints) in dir.
-func sampleTrail(t testing.TB, dir string, key *testKey, n, perFile, ckEvery int) *testTrail {
+func sampleTrail(t testing.TB, dir string, key *trailSigner, n, perFile, ckEvery int) *testTrail {
 	tt := newTestTrail(t, dir, key, perFile, ckEvery)
 	tt.add(Event{Action: ActionStart, Detail: "test"})
 	for i := 0; i < n; i++ {

@@ -32,7 +32,7 @@ func search(t testing.TB, dir string, f Filter) ([]Event, ScanStats) {
 }
 
 func TestSearchFilters(t *testing.T) {
-	key := newTestKey(t)
+	key := newTrailSigner(t)
 	dir := t.TempDir()
 	tt := sampleTrail(t, dir, key, sampleN, samplePerFile, sampleCkEvery)
 	_ = tt
@@ -89,7 +89,7 @@ func TestSearchFilters(t *testing.T) {
 }
 
 func TestSearchSkipsUnreadableLines(t *testing.T) {
-	key := newTestKey(t)
+	key := newTrailSigner(t)
 	dir := t.TempDir()
 	sampleTrail(t, dir, key, sampleN, samplePerFile, sampleCkEvery)
 	editLine(t, dir, 2, func(b []byte) []byte { return b[10:] })
@@ -103,7 +103,7 @@ func TestSearchSkipsUnreadableLines(t *testing.T) {
 }
 
 func TestTailAndFollow(t *testing.T) {
-	key := newTestKey(t)
+	key := newTrailSigner(t)
 	dir := t.TempDir()
 	tt := newTestTrail(t, dir, key, samplePerFile, 0)
 	for i := range 25 {

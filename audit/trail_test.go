@@ -14,43 +14,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/tink-crypto/tink-go/v2/keyset"
-	"github.com/tink-crypto/tink-go/v2/signature"
-	"github.com/tink-crypto/tink-go/v2/tink"
-
 	"github.com/phiproxy/phiproxy/pgerr"
 )
-
-// trailSigner is an in-memory Ed25519 Tink signer and its verifier.
-type trailSigner struct {
-	tink.Signer
-	v  tink.Verifier
-	id uint32
-}
-
-func (s *trailSigner) KeyID() uint32 { return s.id }
-
-func newTrailSigner(t testing.TB) *trailSigner {
-	t.Helper()
-	h, err := keyset.NewHandle(signature.ED25519KeyTemplate())
-	if err != nil {
-		t.Fatal(err)
-	}
-	s, err := signature.NewSigner(h)
-	if err != nil {
-		t.Fatal(err)
-	}
-	pub, err := h.Public()
-	if err != nil {
-		t.Fatal(err)
-	}
-	v, err := signature.NewVerifier(pub)
-	if err != nil {
-		t.Fatal(err)
-	}
-	p, _ := h.Primary()
-	return &trailSigner{Signer: s, v: v, id: p.KeyID()}
-}
 
 func openTrail(t testing.TB, dir string, sig *trailSigner, mod func(*Options)) *Trail {
 	t.Helper()
@@ -63,6 +28,14 @@ func openTrail(t testing.TB, dir string, sig *trailSigner, mod func(*Options)) *
 		t.Fatal(err)
 	}
 	return tr
+}
+
+// newTrail opens a Trail in a new directory with a new signer.
+func newTrail(t testing.TB, mod func(*Options)) (*Trail, string, *trailSigner) {
+	t.Helper()
+	dir := filepath.Join(t.TempDir(), "audit")
+	sig := newTrailSigner(t)
+	return openTrail(t, dir, sig, mod), dir, sig
 }
 
 // readChain reads every event of the trail in dir and checks the chain
@@ -91,7 +64,7 @@ func readChain(t testing.TB, dir string, sig *trailSigner) []*Event {
 		}
 		if ev.Action == ActionCheckpoint {
 			s, _ := base64.StdEncoding.DecodeString(ev.Signature)
-			if err := sig.v.Verify(s, CheckpointMessage(ev.Instance, ev.Seq, ev.Prev)); err != nil {
+			if err := sig.verifier.Verify(s, CheckpointMessage(ev.Instance, ev.Seq, ev.Prev)); err != nil {
 				t.Fatalf("checkpoint %d: %v", ev.Seq, err)
 			}
 		}
@@ -104,6 +77,26 @@ func readChain(t testing.TB, dir string, sig *trailSigner) []*Event {
 	return out
 }
 
+// waitRecord records ev as a read's event (the statement waits for it)
+// and waits until it is durable.
+func waitRecord(ctx context.Context, tr *Trail, ev *Event) (*Record, error) {
+	r, err := tr.Record(ctx, ev, true)
+	if err == nil {
+		err = r.Wait(ctx)
+	}
+	return r, err
+}
+
+// mustRecord is waitRecord, failing t on an error.
+func mustRecord(t testing.TB, ctx context.Context, tr *Trail, ev *Event) *Record {
+	t.Helper()
+	r, err := waitRecord(ctx, tr, ev)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return r
+}
+
 func actions(evs []*Event) string {
 	var b []string
 	for _, e := range evs {
@@ -113,18 +106,10 @@ func actions(evs []*Event) string {
 }
 
 func TestTrailChainCheckpointsRestart(t *testing.T) {
-	dir := filepath.Join(t.TempDir(), "audit")
-	sig := newTrailSigner(t)
-	tr := openTrail(t, dir, sig, func(o *Options) { o.CheckpointEvery = 3 })
+	tr, dir, sig := newTrail(t, func(o *Options) { o.CheckpointEvery = 3 })
 	ctx := context.Background()
 	for i := 0; i < 4; i++ {
-		r, err := tr.Record(ctx, &Event{Action: ActionRead, Session: "s1", Query: "SELECT ssn FROM patients WHERE id = $1"}, true)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := r.Wait(ctx); err != nil {
-			t.Fatal(err)
-		}
+		r := mustRecord(t, ctx, tr, &Event{Action: ActionRead, Session: "s1", Query: "SELECT ssn FROM patients WHERE id = $1"})
 		tr.Complete(ctx, r, 1, "", "")
 	}
 	if err := tr.Close(); err != nil {
@@ -228,18 +213,10 @@ func truncateAfter(t testing.TB, path, a string) {
 }
 
 func TestTrailRotation(t *testing.T) {
-	dir := filepath.Join(t.TempDir(), "audit")
-	sig := newTrailSigner(t)
-	tr := openTrail(t, dir, sig, func(o *Options) { o.MaxFileBytes = 4096 })
+	tr, dir, sig := newTrail(t, func(o *Options) { o.MaxFileBytes = 4096 })
 	ctx := context.Background()
 	for i := 0; i < 100; i++ {
-		r, err := tr.Record(ctx, &Event{Action: ActionWrite, Query: "INSERT INTO patients (ssn) VALUES ($1)"}, true)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := r.Wait(ctx); err != nil {
-			t.Fatal(err)
-		}
+		mustRecord(t, ctx, tr, &Event{Action: ActionWrite, Query: "INSERT INTO patients (ssn) VALUES ($1)"})
 	}
 	tr.Close()
 	segs, _ := Segments(dir)
@@ -283,10 +260,7 @@ func TestTrailFailureAndRecovery(t *testing.T) {
 		t.Fatal(err)
 	}
 	failing.Store(true)
-	r, err := tr.Record(ctx, &Event{Action: ActionRead}, true)
-	if err == nil {
-		err = r.Wait(ctx)
-	}
+	_, err := waitRecord(ctx, tr, &Event{Action: ActionRead})
 	var pe *pgerr.Error
 	if !errors.As(err, &pe) || pe.Code != pgerr.IOError {
 		t.Fatalf("wait on a failing sink: %v", err)
@@ -311,8 +285,7 @@ func TestTrailFailureAndRecovery(t *testing.T) {
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
-	r, err = tr.Record(ctx, &Event{Action: ActionRead}, true)
-	if err != nil || r.Wait(ctx) != nil {
+	if _, err := waitRecord(ctx, tr, &Event{Action: ActionRead}); err != nil {
 		t.Fatalf("after recovery: %v", err)
 	}
 	tr.Close()
@@ -357,9 +330,7 @@ func TestTrailBestEffort(t *testing.T) {
 
 // 16 writers × 1000 events: every event once, in one unbroken chain.
 func TestTrailConcurrent(t *testing.T) {
-	dir := filepath.Join(t.TempDir(), "audit")
-	sig := newTrailSigner(t)
-	tr := openTrail(t, dir, sig, func(o *Options) { o.MaxFileBytes = 1 << 20 })
+	tr, dir, sig := newTrail(t, func(o *Options) { o.MaxFileBytes = 1 << 20 })
 	var wg sync.WaitGroup
 	for w := 0; w < 16; w++ {
 		wg.Add(1)
@@ -404,9 +375,7 @@ func TestTrailConcurrent(t *testing.T) {
 }
 
 func TestTrailDirectoryLocked(t *testing.T) {
-	dir := filepath.Join(t.TempDir(), "audit")
-	sig := newTrailSigner(t)
-	tr := openTrail(t, dir, sig, nil)
+	tr, dir, sig := newTrail(t, nil)
 	defer tr.Close()
 	if _, err := Open(Options{Dir: dir, Instance: "other", Signer: sig}); err == nil || !strings.Contains(err.Error(), "in use") {
 		t.Fatalf("second writer on one directory: %v", err)
@@ -459,10 +428,7 @@ func TestTrailLazySync(t *testing.T) {
 	}
 	time.Sleep(20 * time.Millisecond)
 	failing.Store(true)
-	r, err := tr.Record(ctx, &Event{Action: ActionRead}, true)
-	if err == nil {
-		err = r.Wait(ctx)
-	}
+	_, err := waitRecord(ctx, tr, &Event{Action: ActionRead})
 	if err == nil {
 		t.Fatal("a read's event was acknowledged while fsync fails")
 	}

@@ -3,7 +3,6 @@ package audit
 import (
 	"bytes"
 	"context"
-	"encoding/base64"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -51,6 +50,50 @@ func rehash(t testing.TB, line []byte, change func(*Event)) []byte {
 	return append(out, '\n')
 }
 
+// rechain lets change alter every event from seq from onward and re-hashes
+// the chain from there: each later line's prev is the new hash before it,
+// so only a checkpoint signature can tell.
+func rechain(t testing.TB, dir string, from uint64, change func(*Event)) {
+	t.Helper()
+	prev := ""
+	for _, s := range segments(t, dir) {
+		lines := readLines(t, s.Path)
+		for i, l := range lines {
+			if len(l) == 0 {
+				continue
+			}
+			if ev, _ := Parse(l); ev.Seq < from {
+				continue
+			}
+			lines[i] = rehash(t, l, func(e *Event) {
+				change(e)
+				if e.Seq > from {
+					e.Prev = prev
+				}
+			})
+			ev, _ := Parse(lines[i])
+			prev = ev.Hash
+		}
+		writeLines(t, s.Path, lines)
+	}
+}
+
+// cutFrom returns a tampering that cuts the lines from seq on off the
+// trail, whole.
+func cutFrom(seq uint64) func(*testing.T, string, *trailSigner) {
+	return func(t *testing.T, dir string, _ *trailSigner) {
+		path, i := locate(t, dir, seq)
+		writeLines(t, path, readLines(t, path)[:i])
+	}
+}
+
+// removeFile returns a tampering that removes the file starting at seq.
+func removeFile(seq uint64) func(*testing.T, string, *trailSigner) {
+	return func(t *testing.T, dir string, _ *trailSigner) {
+		os.Remove(filepath.Join(dir, FileName(seq)))
+	}
+}
+
 func verify(t testing.TB, dir string, opts VerifyOptions) *VerifyReport {
 	t.Helper()
 	rep, err := Verify(segments(t, dir), opts)
@@ -67,7 +110,7 @@ const (
 )
 
 func TestVerifyIntactTrail(t *testing.T) {
-	key := newTestKey(t)
+	key := newTrailSigner(t)
 	dir := t.TempDir()
 	tt := sampleTrail(t, dir, key, sampleN, samplePerFile, sampleCkEvery)
 	state := filepath.Join(t.TempDir(), "verify.json")
@@ -110,7 +153,7 @@ func TestVerifyIntactTrail(t *testing.T) {
 }
 
 func TestVerifyUnsealedTailIsNotAProblem(t *testing.T) {
-	key := newTestKey(t)
+	key := newTrailSigner(t)
 	dir := t.TempDir()
 	tt := newTestTrail(t, dir, key, 100, 10)
 	tt.add(Event{Action: ActionStart})
@@ -139,7 +182,7 @@ func TestVerifyTampering(t *testing.T) {
 	cases := []struct {
 		name   string
 		with   anchors
-		tamper func(t *testing.T, dir string, key *testKey)
+		tamper func(t *testing.T, dir string, key *trailSigner)
 		seq    uint64
 		file   string // base name; "" = not tied to a file
 		line   int
@@ -147,65 +190,47 @@ func TestVerifyTampering(t *testing.T) {
 	}{
 		{
 			name: "a byte flipped in a value",
-			tamper: func(t *testing.T, dir string, _ *testKey) {
+			tamper: func(t *testing.T, dir string, _ *trailSigner) {
 				editLine(t, dir, 14, func(b []byte) []byte { return bytes.Replace(b, []byte(`"psql"`), []byte(`"psqm"`), 1) })
 			},
 			seq: 14, file: FileName(11), line: 4, what: "hash does not match",
 		},
 		{
 			name: "a byte flipped in the seq",
-			tamper: func(t *testing.T, dir string, _ *testKey) {
+			tamper: func(t *testing.T, dir string, _ *trailSigner) {
 				editLine(t, dir, 23, func(b []byte) []byte { return bytes.Replace(b, []byte(`"seq":23`), []byte(`"seq":33`), 1) })
 			},
 			seq: 23, file: FileName(21), line: 3, what: "hash does not match",
 		},
 		{
 			name: "a byte flipped so that the line no longer parses",
-			tamper: func(t *testing.T, dir string, _ *testKey) {
+			tamper: func(t *testing.T, dir string, _ *trailSigner) {
 				editLine(t, dir, 5, func(b []byte) []byte { b[0] = '['; return b })
 			},
 			seq: 5, file: FileName(1), line: 5, what: "malformed line",
 		},
 		{
 			name: "a field edited and the line re-hashed",
-			tamper: func(t *testing.T, dir string, _ *testKey) {
+			tamper: func(t *testing.T, dir string, _ *trailSigner) {
 				editLine(t, dir, 14, func(b []byte) []byte { return rehash(t, b, func(e *Event) { e.DBUser = "mallory" }) })
 			},
 			seq: 15, file: FileName(11), line: 5, what: "prev does not match the hash of seq 14",
 		},
 		{
 			name: "a field edited and the rest of the chain re-hashed",
-			tamper: func(t *testing.T, dir string, _ *testKey) {
-				prev := ""
-				for _, s := range segments(t, dir) {
-					lines := readLines(t, s.Path)
-					for i, l := range lines {
-						if len(l) == 0 {
-							continue
-						}
-						ev, _ := Parse(l)
-						if ev.Seq < 14 {
-							continue
-						}
-						lines[i] = rehash(t, l, func(e *Event) {
-							if e.Seq == 14 {
-								e.DBUser = "mallory"
-							} else {
-								e.Prev = prev
-							}
-						})
-						ev, _ = Parse(lines[i])
-						prev = ev.Hash
+			tamper: func(t *testing.T, dir string, _ *trailSigner) {
+				rechain(t, dir, 14, func(e *Event) {
+					if e.Seq == 14 {
+						e.DBUser = "mallory"
 					}
-					writeLines(t, s.Path, lines)
-				}
+				})
 			},
 			// The checkpoint after seq 14 is the first place where it shows.
 			seq: 18, file: FileName(11), line: 8, what: "signature does not verify",
 		},
 		{
 			name: "a line deleted",
-			tamper: func(t *testing.T, dir string, _ *testKey) {
+			tamper: func(t *testing.T, dir string, _ *trailSigner) {
 				path, i := locate(t, dir, 27)
 				lines := readLines(t, path)
 				writeLines(t, path, append(lines[:i:i], lines[i+1:]...))
@@ -214,7 +239,7 @@ func TestVerifyTampering(t *testing.T) {
 		},
 		{
 			name: "two lines swapped",
-			tamper: func(t *testing.T, dir string, _ *testKey) {
+			tamper: func(t *testing.T, dir string, _ *trailSigner) {
 				path, i := locate(t, dir, 32)
 				lines := readLines(t, path)
 				lines[i], lines[i+1] = lines[i+1], lines[i]
@@ -224,7 +249,7 @@ func TestVerifyTampering(t *testing.T) {
 		},
 		{
 			name: "the tail truncated mid-line",
-			tamper: func(t *testing.T, dir string, _ *testKey) {
+			tamper: func(t *testing.T, dir string, _ *trailSigner) {
 				path := filepath.Join(dir, FileName(41))
 				b, _ := os.ReadFile(path)
 				os.WriteFile(path, b[:len(b)-40], 0o600)
@@ -232,55 +257,43 @@ func TestVerifyTampering(t *testing.T) {
 			seq: 49, file: FileName(41), line: 9, what: "cut off mid-line",
 		},
 		{
-			name: "whole lines cut off a cleanly stopped trail, caught through the head file",
-			with: head,
-			tamper: func(t *testing.T, dir string, _ *testKey) {
-				path, i := locate(t, dir, 46)
-				writeLines(t, path, readLines(t, path)[:i])
-			},
-			seq: 49, what: "the trail ends at seq 45 but the head file's checkpoint",
+			name:   "whole lines cut off a cleanly stopped trail, caught through the head file",
+			with:   head,
+			tamper: cutFrom(46),
+			seq:    49, what: "the trail ends at seq 45 but the head file's checkpoint",
 		},
 		{
-			name: "whole lines cut off a cleanly stopped trail, caught through --state",
-			with: state,
-			tamper: func(t *testing.T, dir string, _ *testKey) {
-				path, i := locate(t, dir, 46)
-				writeLines(t, path, readLines(t, path)[:i])
-			},
-			seq: 49, what: "the trail ends at seq 45 but the checkpoint verified on",
+			name:   "whole lines cut off a cleanly stopped trail, caught through --state",
+			with:   state,
+			tamper: cutFrom(46),
+			seq:    49, what: "the trail ends at seq 45 but the checkpoint verified on",
 		},
 		{
-			name: "a rotated file removed",
-			tamper: func(t *testing.T, dir string, _ *testKey) {
-				os.Remove(filepath.Join(dir, FileName(21)))
-			},
-			seq: 21, file: FileName(31), line: 1, what: "the file holding seq 21..30 is missing",
+			name:   "a rotated file removed",
+			tamper: removeFile(21),
+			seq:    21, file: FileName(31), line: 1, what: "the file holding seq 21..30 is missing",
 		},
 		{
-			name: "the first file removed",
-			tamper: func(t *testing.T, dir string, _ *testKey) {
-				os.Remove(filepath.Join(dir, FileName(1)))
-			},
-			seq: 11, file: FileName(11), line: 1, what: "starts at seq 11, not 1",
+			name:   "the first file removed",
+			tamper: removeFile(1),
+			seq:    11, file: FileName(11), line: 1, what: "starts at seq 11, not 1",
 		},
 		{
-			name: "the last file removed, caught through the head file",
-			with: head,
-			tamper: func(t *testing.T, dir string, _ *testKey) {
-				os.Remove(filepath.Join(dir, FileName(41)))
-			},
-			seq: 49, what: "ends at seq 40",
+			name:   "the last file removed, caught through the head file",
+			with:   head,
+			tamper: removeFile(41),
+			seq:    49, what: "ends at seq 40",
 		},
 		{
 			name: "a rotated file emptied",
-			tamper: func(t *testing.T, dir string, _ *testKey) {
+			tamper: func(t *testing.T, dir string, _ *trailSigner) {
 				os.WriteFile(filepath.Join(dir, FileName(21)), nil, 0o600)
 			},
 			seq: 21, file: FileName(21), what: "the file is empty",
 		},
 		{
 			name: "a file renamed",
-			tamper: func(t *testing.T, dir string, _ *testKey) {
+			tamper: func(t *testing.T, dir string, _ *trailSigner) {
 				os.Rename(filepath.Join(dir, FileName(21)), filepath.Join(dir, FileName(22)))
 			},
 			seq: 21, file: FileName(22), line: 1, what: "name says it starts at seq 22",
@@ -288,7 +301,7 @@ func TestVerifyTampering(t *testing.T) {
 		{
 			name: "the trail replaced by a shorter valid-looking one, caught with --state",
 			with: state,
-			tamper: func(t *testing.T, dir string, key *testKey) {
+			tamper: func(t *testing.T, dir string, key *trailSigner) {
 				segs := segments(t, dir)
 				for _, s := range segs {
 					os.Remove(s.Path)
@@ -300,12 +313,11 @@ func TestVerifyTampering(t *testing.T) {
 		},
 		{
 			name: "a checkpoint signed by another key",
-			tamper: func(t *testing.T, dir string, _ *testKey) {
-				other := newTestKey(t)
+			tamper: func(t *testing.T, dir string, _ *trailSigner) {
+				other := newTrailSigner(t)
 				editLine(t, dir, 9, func(b []byte) []byte {
 					return rehash(t, b, func(e *Event) {
-						sig, _ := other.signer.Sign(CheckpointMessage(e.Instance, e.Seq, e.Prev))
-						e.Signature, e.KeyID = base64.StdEncoding.EncodeToString(sig), other.keyID
+						e.Sign(other)
 					})
 				})
 			},
@@ -313,38 +325,19 @@ func TestVerifyTampering(t *testing.T) {
 		},
 		{
 			name: "a completion pointing forward",
-			tamper: func(t *testing.T, dir string, _ *testKey) {
-				prev := ""
-				for _, s := range segments(t, dir) {
-					lines := readLines(t, s.Path)
-					for i, l := range lines {
-						if len(l) == 0 {
-							continue
-						}
-						ev, _ := Parse(l)
-						if ev.Seq < 6 {
-							continue
-						}
-						lines[i] = rehash(t, l, func(e *Event) {
-							if e.Action == ActionCompletion {
-								e.Ref = 40
-							}
-							if e.Seq > 6 {
-								e.Prev = prev
-							}
-						})
-						ev, _ = Parse(lines[i])
-						prev = ev.Hash
+			tamper: func(t *testing.T, dir string, _ *trailSigner) {
+				rechain(t, dir, 6, func(e *Event) {
+					if e.Action == ActionCompletion {
+						e.Ref = 40
 					}
-					writeLines(t, s.Path, lines)
-				}
+				})
 			},
 			seq: 6, file: FileName(1), line: 6, what: "completion refers to seq 40",
 		},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
-			key := newTestKey(t)
+			key := newTrailSigner(t)
 			dir := t.TempDir()
 			tt := sampleTrail(t, dir, key, sampleN, samplePerFile, sampleCkEvery)
 			opts := VerifyOptions{Verifier: key.verifier}
@@ -381,7 +374,7 @@ func TestVerifyTampering(t *testing.T) {
 // bound to the checkpoint verified before), refused without one; the state
 // moves forward as the trail grows.
 func TestVerifyStateAnchorsAPrunedTrail(t *testing.T) {
-	key := newTestKey(t)
+	key := newTrailSigner(t)
 	dir := t.TempDir()
 	tt := newTestTrail(t, dir, key, samplePerFile, sampleCkEvery)
 	tt.add(Event{Action: ActionStart})
@@ -424,14 +417,8 @@ func TestVerifyTrailWrittenByTheWriter(t *testing.T) {
 	for run := range 2 {
 		tr := openTrail(t, dir, sig, func(o *Options) { o.CheckpointEvery = 7; o.MaxFileBytes = 2048 })
 		for i := range 12 {
-			r, err := tr.Record(ctx, &Event{Action: ActionRead, Session: fmt.Sprintf("s%d", run), DBUser: "alice",
-				Columns: []string{"public.patients.ssn"}, Decision: DecisionAllowed, Query: "SELECT ssn FROM patients WHERE id = $1"}, true)
-			if err != nil {
-				t.Fatal(err)
-			}
-			if err := r.Wait(ctx); err != nil {
-				t.Fatal(err)
-			}
+			r := mustRecord(t, ctx, tr, &Event{Action: ActionRead, Session: fmt.Sprintf("s%d", run), DBUser: "alice",
+				Columns: []string{"public.patients.ssn"}, Decision: DecisionAllowed, Query: "SELECT ssn FROM patients WHERE id = $1"})
 			tr.Complete(ctx, r, int64(i), "", "")
 		}
 		if err := tr.Close(); err != nil {
@@ -447,7 +434,7 @@ func TestVerifyTrailWrittenByTheWriter(t *testing.T) {
 		t.Fatal(err)
 	}
 	state := filepath.Join(t.TempDir(), "verify.json")
-	opts := VerifyOptions{Verifier: sig.v, Head: head, StateFile: state, Instance: "px-test"}
+	opts := VerifyOptions{Verifier: sig.verifier, Head: head, StateFile: state, Instance: "px-test"}
 	rep := verify(t, dir, opts)
 	if !rep.OK() || rep.LastSeq != head.Seq || rep.Unsealed != 0 || rep.Checkpoints < 4 || rep.Files != len(segs) {
 		t.Fatalf("the writer's trail: %+v", rep)
@@ -463,8 +450,8 @@ func TestVerifyTrailWrittenByTheWriter(t *testing.T) {
 	last := segs[len(segs)-1].Path
 	truncateAfter(t, last, ActionCompletion)
 	for name, o := range map[string]VerifyOptions{
-		"head":  {Verifier: sig.v, Head: head},
-		"state": {Verifier: sig.v, StateFile: state},
+		"head":  {Verifier: sig.verifier, Head: head},
+		"state": {Verifier: sig.verifier, StateFile: state},
 	} {
 		rep := verify(t, dir, o)
 		if rep.OK() || rep.Problems[0].Seq != head.Seq || !strings.Contains(rep.Problems[0].What, "truncated") {
@@ -477,7 +464,7 @@ func TestVerifyTrailWrittenByTheWriter(t *testing.T) {
 // file anywhere, is detected (with the head file for cuts), and the first
 // problem names a seq that exists in the trail.
 func FuzzVerifyDetectsAnyChange(f *testing.F) {
-	key := newTestKey(f)
+	key := newTrailSigner(f)
 	src := f.TempDir()
 	tt := sampleTrail(f, src, key, 12, 6, 4)
 	var files [][]byte

@@ -2,7 +2,6 @@ package audit
 
 import (
 	"bufio"
-	"encoding/base64"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -10,6 +9,8 @@ import (
 	"os"
 	"path/filepath"
 	"time"
+
+	"github.com/phiproxy/phiproxy/internal/atomicfile"
 )
 
 // run is the writer goroutine.
@@ -196,12 +197,11 @@ func (t *Trail) writeBatch(batch []*Record, force bool) {
 // appendCheckpoint appends a signed checkpoint event.
 func (t *Trail) appendCheckpoint(buf []byte) ([]byte, error) {
 	ev := Event{V: Version, Seq: t.seq + 1, TS: FormatTime(t.opts.Now()), Instance: t.opts.Instance, Action: ActionCheckpoint, Prev: t.hash}
-	sig, err := t.opts.Signer.Sign(CheckpointMessage(ev.Instance, ev.Seq, ev.Prev))
-	if err != nil {
+	if err := ev.Sign(t.opts.Signer); err != nil {
 		return buf, err
 	}
-	ev.Signature, ev.KeyID = base64.StdEncoding.EncodeToString(sig), t.opts.Signer.KeyID()
-	if buf, err = ev.AppendLine(buf); err != nil {
+	buf, err := ev.AppendLine(buf)
+	if err != nil {
 		return buf, err
 	}
 	t.seq, t.hash, t.sinceCk = ev.Seq, ev.Hash, 0
@@ -344,22 +344,13 @@ func (t *Trail) openFile(first uint64) error {
 		return err
 	}
 	if t.fileName == "" {
-		if err := syncDir(t.opts.Dir); err != nil {
+		if err := atomicfile.SyncDir(t.opts.Dir); err != nil {
 			f.Close()
 			return err
 		}
 	}
 	t.f, t.fileName = f, name
 	return nil
-}
-
-func syncDir(dir string) error {
-	d, err := os.Open(dir)
-	if err != nil {
-		return err
-	}
-	defer d.Close()
-	return d.Sync()
 }
 
 // Head is the content of the head file: the last checkpoint written.
@@ -386,33 +377,10 @@ func ReadHead(path string) (*Head, error) {
 
 func (t *Trail) writeHead() error {
 	b, _ := json.Marshal(Head{Instance: t.opts.Instance, Seq: t.seq, Hash: t.hash, File: t.fileName, TS: FormatTime(t.opts.Now())})
-	return writeFileAtomic(t.opts.HeadFile, append(b, '\n'))
-}
-
-// writeFileAtomic writes a 0600 file through a temporary file and a
-// rename.
-func writeFileAtomic(path string, b []byte) error {
-	dir := filepath.Dir(path)
-	if err := os.MkdirAll(dir, 0o700); err != nil {
+	if err := os.MkdirAll(filepath.Dir(t.opts.HeadFile), 0o700); err != nil {
 		return err
 	}
-	tmp, err := os.CreateTemp(dir, "."+filepath.Base(path)+".*")
-	if err != nil {
-		return err
-	}
-	defer os.Remove(tmp.Name())
-	if _, err := tmp.Write(b); err != nil {
-		tmp.Close()
-		return err
-	}
-	if err := tmp.Sync(); err != nil {
-		tmp.Close()
-		return err
-	}
-	if err := tmp.Close(); err != nil {
-		return err
-	}
-	return os.Rename(tmp.Name(), path)
+	return atomicfile.Write(t.opts.HeadFile, append(b, '\n'), 0o600)
 }
 
 // recover finds where the trail ends: the last complete line of the last

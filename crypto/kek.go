@@ -22,6 +22,8 @@ import (
 	"github.com/tink-crypto/tink-go/v2/insecurecleartextkeyset"
 	"github.com/tink-crypto/tink-go/v2/keyset"
 	"github.com/tink-crypto/tink-go/v2/tink"
+
+	"github.com/phiproxy/phiproxy/internal/atomicfile"
 )
 
 // KEK is the key-encryption key every keyset file is encrypted under: a
@@ -137,14 +139,14 @@ func InitFileKEK(path string) (created bool, err error) {
 	}
 	// Link, not rename, so that two concurrent inits cannot both win.
 	tmp := path + ".tmp"
-	if err := writeFileAtomic(tmp, []byte(buf.String())); err != nil {
+	if err := atomicfile.Write(tmp, []byte(buf.String()), 0o600); err != nil {
 		return false, fmt.Errorf("KEK file: %w", err)
 	}
 	defer os.Remove(tmp)
 	if err := os.Link(tmp, path); err != nil {
 		return false, fmt.Errorf("KEK file: %w", err)
 	}
-	if err := syncDir(filepath.Dir(path)); err != nil {
+	if err := atomicfile.SyncDir(filepath.Dir(path)); err != nil {
 		return false, fmt.Errorf("KEK file: %w", err)
 	}
 	return true, nil

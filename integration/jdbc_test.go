@@ -6,40 +6,29 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 )
 
 const jdbcJar = "/usr/share/java/postgresql.jar"
 
-var (
-	javaOnce sync.Once
-	javaDir  string
-	javaErr  error
-)
+var javaClasses perRun[string]
 
 // compileJava compiles every Java program in clients/java once per package
-// run.
+// run and returns the directory of the classes.
 func compileJava(t *testing.T) string {
 	t.Helper()
-	javaOnce.Do(func() {
-		javaDir = filepath.Join(fixture.work, "java")
+	return javaClasses.get(t, "javac (is default-jdk-headless / libpostgresql-jdbc-java installed? make test installs them)", func() (string, error) {
+		dir := filepath.Join(fixture.work, "java")
 		srcs, err := filepath.Glob("clients/java/*.java")
 		if err != nil || len(srcs) == 0 {
-			javaErr, javaDir = fmt.Errorf("no Java sources in clients/java: %v", err), ""
-			return
+			return "", fmt.Errorf("no Java sources in clients/java: %v", err)
 		}
-		out, err := exec.Command("javac", append([]string{"-d", javaDir, "-cp", jdbcJar}, srcs...)...).CombinedOutput()
-		if err != nil {
-			javaErr = err
-			javaDir = string(out)
+		if out, err := exec.Command("javac", append([]string{"-d", dir, "-cp", jdbcJar}, srcs...)...).CombinedOutput(); err != nil {
+			return "", fmt.Errorf("%v\n%s", err, out)
 		}
+		return dir, nil
 	})
-	if javaErr != nil {
-		t.Fatalf("javac (is default-jdk-headless / libpostgresql-jdbc-java installed? make test installs them): %v\n%s", javaErr, javaDir)
-	}
-	return javaDir
 }
 
 func jdbc(t *testing.T, class string, args ...string) string {

@@ -1,11 +1,11 @@
 package integration
 
 import (
+	"fmt"
 	"net/url"
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 )
 
@@ -18,33 +18,24 @@ var hibernateJars = []string{
 	"antlr", "commons-collections3", "dom4j", "javassist", "slf4j-api", "slf4j-nop", "postgresql",
 }
 
-var (
-	hibernateOnce sync.Once
-	hibernateCP   string
-	hibernateErr  error
-)
+var hibernateClasses perRun[string]
 
+// hibernateClasspath compiles HibernateCrud once per package run and
+// returns the classpath that runs it.
 func hibernateClasspath(t *testing.T) string {
 	t.Helper()
-	hibernateOnce.Do(func() {
+	return hibernateClasses.get(t, "javac HibernateCrud (is libhibernate3-java installed? make test installs it)", func() (string, error) {
 		var jars []string
 		for _, j := range hibernateJars {
 			jars = append(jars, filepath.Join("/usr/share/java", j+".jar"))
 		}
 		dir := filepath.Join(fixture.work, "hibernate")
 		cp := strings.Join(jars, ":")
-		out, err := exec.Command("javac", "-d", dir, "-cp", cp, "orm/java/HibernateCrud.java").CombinedOutput()
-		if err != nil {
-			hibernateErr = err
-			hibernateCP = string(out)
-			return
+		if out, err := exec.Command("javac", "-d", dir, "-cp", cp, "orm/java/HibernateCrud.java").CombinedOutput(); err != nil {
+			return "", fmt.Errorf("%v\n%s", err, out)
 		}
-		hibernateCP = dir + ":" + cp
+		return dir + ":" + cp, nil
 	})
-	if hibernateErr != nil {
-		t.Fatalf("javac HibernateCrud (is libhibernate3-java installed? make test installs it): %v\n%s", hibernateErr, hibernateCP)
-	}
-	return hibernateCP
 }
 
 func runHibernate(t *testing.T, dsn string, phi bool) string {

@@ -4,19 +4,15 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"os"
-	"os/exec"
 	"path/filepath"
 	"sort"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/jackc/pgx/v5"
 
 	"github.com/phiproxy/phiproxy/config"
-	"github.com/phiproxy/phiproxy/crypto"
 )
 
 // The ORM suite (issue 17, item 8): each stack — an ORM or a driver used
@@ -57,23 +53,14 @@ CREATE TABLE visits (
 );
 `
 
+// ormColumns are the PHI columns of the stacks' proxies.
 var ormColumns = []config.Column{
-	{Schema: "public", Table: "patients", Name: "ssn", Type: "text", Mode: config.ModeDeterministic},
-	{Schema: "public", Table: "patients", Name: "diagnosis", Type: "text", Mode: config.ModeRandomized},
-	{Schema: "public", Table: "patients", Name: "notes", Type: "text", Mode: config.ModeRandomized},
-	{Schema: "public", Table: "patients", Name: "dob", Type: "date", Mode: config.ModeRandomized},
-	{Schema: "public", Table: "visits", Name: "patient_ssn", Type: "text", Mode: config.ModeDeterministic},
+	{Schema: "public", Table: "patients", Name: "ssn", Type: "text", Mode: config.ModeDeterministic, Default: config.AccessPlaintext},
+	{Schema: "public", Table: "patients", Name: "diagnosis", Type: "text", Mode: config.ModeRandomized, Default: config.AccessPlaintext},
+	{Schema: "public", Table: "patients", Name: "notes", Type: "text", Mode: config.ModeRandomized, Default: config.AccessPlaintext},
+	{Schema: "public", Table: "patients", Name: "dob", Type: "date", Mode: config.ModeRandomized, Default: config.AccessPlaintext},
+	{Schema: "public", Table: "visits", Name: "patient_ssn", Type: "text", Mode: config.ModeDeterministic, Key: "public.patients.ssn", Default: config.AccessPlaintext},
 }
-
-const ormPHISection = `phi:
-  public.patients:
-    ssn:       {type: text, mode: deterministic, default: plaintext}
-    diagnosis: {type: text, mode: randomized, default: plaintext}
-    notes:     {type: text, mode: randomized, default: plaintext}
-    dob:       {type: date, mode: randomized, default: plaintext}
-  public.visits:
-    patient_ssn: {type: text, mode: deterministic, key: public.patients.ssn, default: plaintext}
-`
 
 const (
 	ormTemplate      = "orm_template"
@@ -84,19 +71,11 @@ type ormEnv struct {
 	extra string // keys: and phi: for the stacks' proxies
 }
 
-var (
-	ormOnce sync.Once
-	ormFix  *ormEnv
-	ormErr  error
-)
+var ormShared perRun[*ormEnv]
 
 func ormFixture(t *testing.T) *ormEnv {
 	t.Helper()
-	ormOnce.Do(func() { ormFix, ormErr = buildORMFixture() })
-	if ormErr != nil {
-		t.Fatalf("ORM fixture: %v", ormErr)
-	}
-	return ormFix
+	return ormShared.get(t, "ORM fixture", buildORMFixture)
 }
 
 // buildORMFixture makes the two template databases and the keys.
@@ -104,12 +83,8 @@ func buildORMFixture() (*ormEnv, error) {
 	e := fixture
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	enc := []string{fmt.Sprintf(ormSchema, "bytea", "bytea")}
-	for _, c := range ormColumns {
-		enc = append(enc, crypto.EnvelopeCheckSQL(c))
-	}
 	for db, ddl := range map[string][]string{
-		ormTemplate:      enc,
+		ormTemplate:      withEnvelopeChecks(fmt.Sprintf(ormSchema, "bytea", "bytea"), ormColumns),
 		ormPlainTemplate: {fmt.Sprintf(ormSchema, "text", "date")},
 	} {
 		if err := e.cluster.Exec(ctx, "CREATE DATABASE "+db+" OWNER app"); err != nil {
@@ -119,41 +94,8 @@ func buildORMFixture() (*ormEnv, error) {
 			return nil, err
 		}
 	}
-	dir := filepath.Join(e.work, "orm-keys")
-	if err := os.MkdirAll(dir, 0o700); err != nil {
-		return nil, err
-	}
-	f := &ormEnv{extra: fmt.Sprintf("keys: {dir: %s, kek: \"file://%s\"}\n", filepath.Join(dir, "keysets"), filepath.Join(dir, "kek.json")) + ormPHISection}
-	cfg := filepath.Join(dir, "phiproxy.yaml")
-	head := fmt.Sprintf("listen: 127.0.0.1:1\nupstream: {address: %s, sslmode: disable}\ncatalog_dsn: postgres://%s@%s/%s?sslmode=disable\ncatalog_overlay: off\n",
-		e.cluster.Addr(), e.cluster.SuperUser, e.cluster.Addr(), ormTemplate)
-	if err := os.WriteFile(cfg, []byte(head+f.extra), 0o600); err != nil {
-		return nil, err
-	}
-	for _, action := range []string{"init", "create"} {
-		out, err := exec.CommandContext(ctx, e.binary, "keys", action, "--config", cfg).CombinedOutput()
-		if err != nil {
-			return nil, fmt.Errorf("phiproxy keys %s: %v\n%s", action, err, out)
-		}
-	}
-	return f, nil
-}
-
-// execAsApp runs ddl in database db as the superuser with SET ROLE app,
-// so that app owns what it makes.
-func execAsApp(ctx context.Context, db string, ddl []string) error {
-	e := fixture
-	conn, err := pgx.Connect(ctx, e.cluster.DSN(e.cluster.SuperUser, e.cluster.SuperPassword, db, "sslmode=disable"))
-	if err != nil {
-		return err
-	}
-	defer conn.Close(ctx)
-	for _, q := range append(append([]string{"SET ROLE app"}, ddl...), "RESET ROLE") {
-		if _, err := conn.Exec(ctx, q, pgx.QueryExecModeSimpleProtocol); err != nil {
-			return fmt.Errorf("%s: %w", q, err)
-		}
-	}
-	return nil
+	extra, err := createKeys(ctx, filepath.Join(e.work, "orm-keys"), ormTemplate, phiSection(ormColumns), "catalog_overlay: off\n")
+	return &ormEnv{extra: extra}, err
 }
 
 // ormStack is one ORM or driver in the suite.

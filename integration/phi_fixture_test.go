@@ -37,27 +37,33 @@ CREATE TABLE patients_plain (id serial PRIMARY KEY, name text, ssn text, diagnos
 CREATE TABLE visits_plain (id serial PRIMARY KEY, patient_ssn text, visited_on date);
 `
 
-// phiColumns are the configured PHI columns, as the phi: section declares
-// them.
+// phiColumns are the configured PHI columns: the fixture's phi: section.
 var phiColumns = []config.Column{
-	{Schema: "public", Table: "patients", Name: "ssn", Type: "text", Mode: config.ModeDeterministic},
-	{Schema: "public", Table: "patients", Name: "diagnosis", Type: "text", Mode: config.ModeRandomized},
-	{Schema: "public", Table: "patients", Name: "dob", Type: "date", Mode: config.ModeRandomized},
-	{Schema: "public", Table: "patients", Name: "mrn", Type: "int8", Mode: config.ModeDeterministic},
-	{Schema: "public", Table: "patients", Name: "secret", Type: "text", Mode: config.ModeRandomized},
-	{Schema: "public", Table: "visits", Name: "patient_ssn", Type: "text", Mode: config.ModeDeterministic},
+	{Schema: "public", Table: "patients", Name: "ssn", Type: "text", Mode: config.ModeDeterministic, Default: config.AccessPlaintext},
+	{Schema: "public", Table: "patients", Name: "diagnosis", Type: "text", Mode: config.ModeRandomized, Default: config.AccessPlaintext},
+	{Schema: "public", Table: "patients", Name: "dob", Type: "date", Mode: config.ModeRandomized, Default: config.AccessPlaintext},
+	{Schema: "public", Table: "patients", Name: "mrn", Type: "int8", Mode: config.ModeDeterministic, Default: config.AccessPlaintext},
+	{Schema: "public", Table: "patients", Name: "secret", Type: "text", Mode: config.ModeRandomized, Default: config.AccessDeny},
+	{Schema: "public", Table: "visits", Name: "patient_ssn", Type: "text", Mode: config.ModeDeterministic, Key: "public.patients.ssn", Default: config.AccessPlaintext},
 }
 
-const phiSection = `phi:
-  public.patients:
-    ssn:       {type: text, mode: deterministic, default: plaintext}
-    diagnosis: {type: text, mode: randomized, default: plaintext}
-    dob:       {type: date, mode: randomized, default: plaintext}
-    mrn:       {type: int8, mode: deterministic, default: plaintext}
-    secret:    {type: text, mode: randomized, default: deny}
-  public.visits:
-    patient_ssn: {type: text, mode: deterministic, key: public.patients.ssn, default: plaintext}
-`
+// phiSection returns the phi: section of a config that declares cols
+// (listed relation by relation).
+func phiSection(cols []config.Column) string {
+	var b strings.Builder
+	b.WriteString("phi:\n")
+	for i, c := range cols {
+		if i == 0 || c.Relation() != cols[i-1].Relation() {
+			fmt.Fprintf(&b, "  %s:\n", c.Relation())
+		}
+		fmt.Fprintf(&b, "    %s: {type: %s, mode: %s", c.Name, c.Type, c.Mode)
+		if c.Key != "" {
+			fmt.Fprintf(&b, ", key: %s", c.Key)
+		}
+		fmt.Fprintf(&b, ", default: %s}\n", c.Default)
+	}
+	return b.String()
+}
 
 type phiEnv struct {
 	// extra is the YAML appended to the proxy config: keys and phi.
@@ -66,19 +72,12 @@ type phiEnv struct {
 	keysDir string
 }
 
-var (
-	phiOnce sync.Once
-	phiFix  *phiEnv
-	phiErr  error
-)
+var phiShared perRun[*phiEnv]
 
 // phiFixture builds the PHI fixture on first use.
 func phiFixture(t *testing.T) *phiEnv {
 	t.Helper()
-	phiOnce.Do(func() { phiFix, phiErr = buildPHIFixture() })
-	if phiErr != nil {
-		t.Fatalf("PHI fixture: %v", phiErr)
-	}
+	f := phiShared.get(t, "PHI fixture", buildPHIFixture)
 	// Each test starts from empty tables, so tests neither depend on each
 	// other's rows nor collide when the package runs with -count > 1.
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
@@ -87,7 +86,7 @@ func phiFixture(t *testing.T) *phiEnv {
 	if _, err := conn.Exec(ctx, "TRUNCATE patients, visits, patients_plain, visits_plain RESTART IDENTITY"); err != nil {
 		t.Fatalf("PHI fixture: %v", err)
 	}
-	return phiFix
+	return f
 }
 
 func buildPHIFixture() (*phiEnv, error) {
@@ -97,42 +96,84 @@ func buildPHIFixture() (*phiEnv, error) {
 	if err := e.cluster.Exec(ctx, "CREATE DATABASE "+phiDB+" OWNER app"); err != nil {
 		return nil, err
 	}
-	conn, err := pgx.Connect(ctx, e.cluster.DSN(e.cluster.SuperUser, e.cluster.SuperPassword, phiDB, "sslmode=disable"))
-	if err != nil {
+	if err := execAsApp(ctx, phiDB, withEnvelopeChecks(phiSchema, phiColumns)); err != nil {
 		return nil, err
 	}
-	defer conn.Close(ctx)
-	ddl := []string{"SET ROLE app", phiSchema}
-	for _, c := range phiColumns {
+	f := &phiEnv{keysDir: filepath.Join(e.work, "phi-keys")}
+	var err error
+	f.extra, err = createKeys(ctx, f.keysDir, phiDB, phiSection(phiColumns), "")
+	return f, err
+}
+
+// perRun is what a package run builds once, on first use (a fixture, a
+// compiled program); if building it failed, every test that needs it
+// fails with the error.
+type perRun[T any] struct {
+	once sync.Once
+	v    T
+	err  error
+}
+
+func (p *perRun[T]) get(t *testing.T, what string, build func() (T, error)) T {
+	t.Helper()
+	p.once.Do(func() { p.v, p.err = build() })
+	if p.err != nil {
+		t.Fatalf("%s: %v", what, p.err)
+	}
+	return p.v
+}
+
+// withEnvelopeChecks returns schema followed by the CHECK constraint that
+// lets only envelopes into each of cols.
+func withEnvelopeChecks(schema string, cols []config.Column) []string {
+	ddl := []string{schema}
+	for _, c := range cols {
 		ddl = append(ddl, crypto.EnvelopeCheckSQL(c))
 	}
-	ddl = append(ddl, "RESET ROLE")
-	for _, q := range ddl {
+	return ddl
+}
+
+// execAsApp runs ddl in database db as the superuser with SET ROLE app,
+// so that app owns what it makes.
+func execAsApp(ctx context.Context, db string, ddl []string) error {
+	e := fixture
+	conn, err := pgx.Connect(ctx, e.cluster.DSN(e.cluster.SuperUser, e.cluster.SuperPassword, db, "sslmode=disable"))
+	if err != nil {
+		return err
+	}
+	defer conn.Close(ctx)
+	for _, q := range append(append([]string{"SET ROLE app"}, ddl...), "RESET ROLE") {
 		if _, err := conn.Exec(ctx, q, pgx.QueryExecModeSimpleProtocol); err != nil {
-			return nil, fmt.Errorf("%s: %w", q, err)
+			return fmt.Errorf("%s: %w", q, err)
 		}
 	}
+	return nil
+}
 
-	f := &phiEnv{keysDir: filepath.Join(e.work, "phi-keys")}
-	if err := os.MkdirAll(f.keysDir, 0o700); err != nil {
-		return nil, err
+// createKeys makes, in dir, a KEK and the keysets of the phi: section phi
+// with the real `phiproxy keys` CLI, whose config reads the catalog from
+// database catalogDB (with the top-level settings added), and returns the
+// keys: and phi: sections for a proxy's config.
+func createKeys(ctx context.Context, dir, catalogDB, phi, settings string) (string, error) {
+	e := fixture
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return "", err
 	}
-	keys := fmt.Sprintf("keys: {dir: %s, kek: \"file://%s\"}\n", filepath.Join(f.keysDir, "keysets"), filepath.Join(f.keysDir, "kek.json"))
-	f.extra = keys + phiSection
+	extra := fmt.Sprintf("keys: {dir: %s, kek: \"file://%s\"}\n", filepath.Join(dir, "keysets"), filepath.Join(dir, "kek.json")) + phi
 	// The keys CLI reads the same keys: and phi: sections as the proxy.
-	cfg := filepath.Join(f.keysDir, "phiproxy.yaml")
+	cfg := filepath.Join(dir, "phiproxy.yaml")
 	head := fmt.Sprintf("listen: 127.0.0.1:1\nupstream: {address: %s, sslmode: disable}\ncatalog_dsn: postgres://%s@%s/%s?sslmode=disable\n",
-		e.cluster.Addr(), e.cluster.SuperUser, e.cluster.Addr(), phiDB)
-	if err := os.WriteFile(cfg, []byte(head+f.extra), 0o600); err != nil {
-		return nil, err
+		e.cluster.Addr(), e.cluster.SuperUser, e.cluster.Addr(), catalogDB)
+	if err := os.WriteFile(cfg, []byte(head+settings+extra), 0o600); err != nil {
+		return "", err
 	}
 	for _, action := range []string{"init", "create"} {
 		out, err := exec.CommandContext(ctx, e.binary, "keys", action, "--config", cfg).CombinedOutput()
 		if err != nil {
-			return nil, fmt.Errorf("phiproxy keys %s: %v\n%s", action, err, out)
+			return "", fmt.Errorf("phiproxy keys %s: %v\n%s", action, err, out)
 		}
 	}
-	return f, nil
+	return extra, nil
 }
 
 // startPHIProxy runs phiproxy serve with the fixture's keys and phi: map.

@@ -106,15 +106,11 @@ func (a *analyzer) branch(n *pg.Node, target *PHIColumn, sc *scope, write bool, 
 // with a modifier of its own — is refused, as is a cast to another type.
 func (a *analyzer) castBranches(tc *pg.TypeCast, target *PHIColumn, mod string, branches func() error) error {
 	t := castTarget(tc.TypeName)
-	if t == "bytea" {
-		return a.refuseBytea(target, tc.Location)
+	if err := a.checkCast(target, tc.Location, t, "a cast to "+t, "cast it to "+target.Type+", or leave the cast out"); err != nil {
+		return err
 	}
-	if !compatibleCast(t, target.Type) {
-		return a.refuseCol(target, tc.Location, "a cast to "+t, "cast it to "+target.Type+", or leave the cast out")
-	}
-	tl := int(tc.TypeName.Location)
-	end := typeNameEnd(a.sql, tl)
-	if end < 0 || tl < int(location(tc.Arg)) {
+	tl, end := a.postfixType(tc)
+	if tl < 0 {
 		return a.refuseCol(target, tc.Location, "this form of cast", "leave the cast out")
 	}
 	slots, known := len(a.st.Slots), make(map[int]bool, len(a.params))

@@ -142,11 +142,8 @@ func (a *analyzer) castValue(tc *pg.TypeCast, target *PHIColumn, sc *scope, writ
 		if x.AConst.Isnull {
 			return a.castNull(tc, target)
 		}
-		if t == "bytea" {
-			return a.refuseBytea(target, tc.Location)
-		}
-		if !compatibleCast(t, target.Type) {
-			return a.refuseCol(target, tc.Location, "a cast to "+t, "cast the literal to "+target.Type+", or write it without a cast")
+		if err := a.checkCast(target, tc.Location, t, "a cast to "+t, "cast the literal to "+target.Type+", or write it without a cast"); err != nil {
+			return err
 		}
 		start, end := a.castExtent(tc)
 		if start < 0 {
@@ -155,15 +152,11 @@ func (a *analyzer) castValue(tc *pg.TypeCast, target *PHIColumn, sc *scope, writ
 		a.st.Slots = append(a.st.Slots, Slot{Offset: start, Length: end - start, Text: constText(inner), Assign: write, Cast: mod, Column: *target})
 		return nil
 	case *pg.Node_ParamRef:
-		if t == "bytea" {
-			return a.refuseBytea(target, tc.Location)
+		if err := a.checkCast(target, tc.Location, t, "a cast to "+t, "cast the parameter to "+target.Type+", or leave the cast out"); err != nil {
+			return err
 		}
-		if !compatibleCast(t, target.Type) {
-			return a.refuseCol(target, tc.Location, "a cast to "+t, "cast the parameter to "+target.Type+", or leave the cast out")
-		}
-		tl := int(tc.TypeName.Location)
-		end := typeNameEnd(a.sql, tl)
-		if end < 0 || tl < int(x.ParamRef.Location) {
+		tl, end := a.postfixType(tc)
+		if tl < 0 {
 			return a.refuseCol(target, tc.Location, "this form of cast", "leave the cast out")
 		}
 		a.st.Edits = append(a.st.Edits, Edit{Offset: tl, Length: end - tl, Text: "bytea"})
@@ -187,13 +180,38 @@ func (a *analyzer) castNull(tc *pg.TypeCast, target *PHIColumn) error {
 	if !compatibleCast(castTarget(tc.TypeName), target.Type) {
 		return nil
 	}
-	tl := int(tc.TypeName.Location)
-	end := typeNameEnd(a.sql, tl)
-	if end < 0 || tl < int(location(tc.Arg)) {
+	tl, end := a.postfixType(tc)
+	if tl < 0 {
 		return nil
 	}
 	a.st.Edits = append(a.st.Edits, Edit{Offset: tl, Length: end - tl, Text: "bytea"})
 	return nil
+}
+
+// checkCast refuses a cast to t written around a value bound for the PHI
+// column target: to bytea (the ciphertext's type), or to a type other than
+// the column's logical type; what names the cast in the refusal, hint says
+// what works.
+func (a *analyzer) checkCast(target *PHIColumn, loc int32, t, what, hint string) error {
+	if t == "bytea" {
+		return a.refuseBytea(target, loc)
+	}
+	if !compatibleCast(t, target.Type) {
+		return a.refuseCol(target, loc, what, hint)
+	}
+	return nil
+}
+
+// postfixType returns where tc's type name starts and ends in the
+// statement when the cast is written after its value (value::type), the
+// span an edit to bytea replaces; -1, -1 for another form.
+func (a *analyzer) postfixType(tc *pg.TypeCast) (int, int) {
+	tl := int(tc.TypeName.Location)
+	end := typeNameEnd(a.sql, tl)
+	if end < 0 || tl < int(location(tc.Arg)) {
+		return -1, -1
+	}
+	return tl, end
 }
 
 func compatibleCast(cast, logical string) bool {
@@ -304,11 +322,8 @@ func (a *analyzer) arrayCast(tc *pg.TypeCast, target *PHIColumn, sc *scope) erro
 	if end < 0 || a.sql[end-1] != ']' {
 		return a.refuseCol(target, tc.Location, "this form of array cast", "write the array type as "+target.Type+"[]")
 	}
-	if elem == "bytea" {
-		return a.refuseBytea(target, tc.Location)
-	}
-	if !compatibleCast(elem, target.Type) {
-		return a.refuseCol(target, tc.Location, "a cast to "+elem+"[]", "cast the array to "+target.Type+"[], or write it without a cast")
+	if err := a.checkCast(target, tc.Location, elem, "a cast to "+elem+"[]", "cast the array to "+target.Type+"[], or write it without a cast"); err != nil {
+		return err
 	}
 	mod, ok := a.castMod(tc.TypeName, elem)
 	if !ok {

@@ -3,17 +3,16 @@ package main
 import (
 	"context"
 	"fmt"
-	"math/rand/v2"
 	"net"
 	"os"
 	"path/filepath"
 	"runtime/pprof"
-	"strconv"
 	"testing"
 
 	"github.com/jackc/pgx/v5"
 
 	"github.com/phiproxy/phiproxy/config"
+	"github.com/phiproxy/phiproxy/internal/testenv"
 	"github.com/phiproxy/phiproxy/pgcluster"
 	"github.com/phiproxy/phiproxy/proxy"
 	"github.com/phiproxy/phiproxy/proxy/phi"
@@ -83,45 +82,23 @@ func BenchmarkPHIWorkload(b *testing.B) {
 	if err := loadPHIRows(ctx, dsn, rows); err != nil {
 		b.Fatal(err)
 	}
+	w := testenv.NewPHIWorkload("patients", rows)
 	for _, mode := range []struct {
 		name string
 		mode pgx.QueryExecMode
 	}{{"prepared", pgx.QueryExecModeCacheStatement}, {"simple", pgx.QueryExecModeSimpleProtocol}} {
-		b.Run(mode.name, func(b *testing.B) { phiWorkload(b, dsn, rows, mode.mode) })
+		b.Run(mode.name, func(b *testing.B) { phiWorkload(b, dsn, w, mode.mode) })
 	}
 }
 
 // phiWorkload runs the four statements in a loop on one connection; with
 // the simple protocol pgx inlines the values, as pgbench -M simple does.
-func phiWorkload(b *testing.B, dsn string, rows int, mode pgx.QueryExecMode) {
+func phiWorkload(b *testing.B, dsn string, w *testenv.PHIWorkload, mode pgx.QueryExecMode) {
 	ctx := context.Background()
-	cc, err := pgx.ParseConfig(dsn)
-	if err != nil {
-		b.Fatal(err)
-	}
-	cc.DefaultQueryExecMode = mode
-	conn, err := pgx.ConnectConfig(ctx, cc)
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer conn.Close(ctx)
-	rng := rand.New(rand.NewPCG(1, 2))
-	var ssn, diag string
-	var id int
+	conn := testenv.Connect(b, ctx, dsn, func(cc *pgx.ConnConfig) { cc.DefaultQueryExecMode = mode })
 	b.ReportAllocs()
 	for b.Loop() {
-		pid := 1 + rng.IntN(rows)
-		dx := strconv.Itoa(1 + rng.IntN(1000000))
-		if err := conn.QueryRow(ctx, "SELECT ssn, diagnosis FROM patients WHERE id = $1", pid).Scan(&ssn, &diag); err != nil {
-			b.Fatal(err)
-		}
-		if err := conn.QueryRow(ctx, "SELECT id, diagnosis FROM patients WHERE ssn = $1::text", strconv.Itoa(100000000+1+rng.IntN(rows))).Scan(&id, &diag); err != nil {
-			b.Fatal(err)
-		}
-		if _, err := conn.Exec(ctx, "INSERT INTO patients (ssn, diagnosis) VALUES ($1::text, $2::text)", strconv.Itoa(200000000+rng.IntN(100000000)), dx); err != nil {
-			b.Fatal(err)
-		}
-		if _, err := conn.Exec(ctx, "UPDATE patients SET diagnosis = $1::text WHERE id = $2", dx, pid); err != nil {
+		if err := w.Run(ctx, conn); err != nil {
 			b.Fatal(err)
 		}
 	}

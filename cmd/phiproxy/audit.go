@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"io/fs"
 	"net/netip"
 	"os"
@@ -24,12 +23,7 @@ import (
 const headFileName = "audit-head.json"
 
 // auditAction is one `phiproxy audit` action.
-type auditAction struct {
-	summary string
-	usage   string
-	flags   func(fs *pflag.FlagSet, a *auditCmd)
-	run     func(ctx context.Context, env *cmdEnv, a *auditCmd) error
-}
+type auditAction = action[auditCmd]
 
 // auditCmd holds the parsed flags of every action.
 type auditCmd struct {
@@ -47,6 +41,21 @@ type auditCmd struct {
 	poll, settle                                 time.Duration
 	cfg                                          *config.Config
 	filter                                       audit.Filter
+}
+
+func auditCommand() *actions[auditCmd] {
+	return &actions[auditCmd]{
+		name:     "audit",
+		head:     "usage: phiproxy audit <action> (--config FILE | --dir DIR [--public-key FILE]) [flags]",
+		notes:    "Without the keyset: --dir DIR --public-key FILE (from `phiproxy keys export-public`).\nSee docs/audit.md.",
+		synopsis: "(--config FILE | --dir DIR)",
+		flags: func(fs *pflag.FlagSet, a *auditCmd) {
+			fs.StringVar(&a.cfgPath, "config", "", "config file: audit.file.dir, state_dir and the keyset")
+			fs.StringVar(&a.dir, "dir", "", "the trail's directory (instead of, or overriding, the config's audit.file.dir)")
+			fs.StringVar(&a.publicKey, "public-key", "", "public audit-signing keyset from `phiproxy keys export-public` (verify)")
+		},
+		actions: auditActions(),
+	}
 }
 
 func auditActions() map[string]auditAction {
@@ -107,50 +116,19 @@ func auditActions() map[string]auditAction {
 	}
 }
 
-func auditUsage(w io.Writer, actions map[string]auditAction) {
-	fmt.Fprintln(w, "usage: phiproxy audit <action> (--config FILE | --dir DIR [--public-key FILE]) [flags]\n\nactions:")
-	printSummaries(w, 7, actions, func(a auditAction) string { return a.summary })
-	fmt.Fprintln(w, "\nWithout the keyset: --dir DIR --public-key FILE (from `phiproxy keys export-public`).\nSee docs/audit.md.")
-}
-
 // runAudit dispatches `phiproxy audit ACTION`.
 func runAudit(ctx context.Context, env *cmdEnv, args []string) error {
 	return runAuditWith(ctx, env, args, &auditCmd{now: time.Now, poll: 200 * time.Millisecond, settle: 500 * time.Millisecond})
 }
 
 func runAuditWith(ctx context.Context, env *cmdEnv, args []string, a *auditCmd) error {
-	actions := auditActions()
-	if len(args) == 0 || args[0] == "-h" || args[0] == "--help" || args[0] == "help" {
-		auditUsage(env.stdout, actions)
-		if len(args) == 0 {
-			return usagef("audit: missing action")
-		}
-		return nil
+	act, fs, err := auditCommand().pick(env, args, a)
+	if act == nil {
+		return err // nil after --help
 	}
 	name := args[0]
-	act, ok := actions[name]
-	if !ok {
-		auditUsage(env.stderr, actions)
-		return usagef("audit: unknown action %q", name)
-	}
-	fs := pflag.NewFlagSet("audit "+name, pflag.ContinueOnError)
-	fs.SetOutput(env.stderr)
-	fs.StringVar(&a.cfgPath, "config", "", "config file: audit.file.dir, state_dir and the keyset")
-	fs.StringVar(&a.dir, "dir", "", "the trail's directory (instead of, or overriding, the config's audit.file.dir)")
-	fs.StringVar(&a.publicKey, "public-key", "", "public audit-signing keyset from `phiproxy keys export-public` (verify)")
-	act.flags(fs, a)
-	fs.Usage = func() {
-		fmt.Fprintf(env.stderr, "usage: phiproxy audit %s (--config FILE | --dir DIR) %s\n\n%s\n\n", name, act.usage, act.summary)
-		fs.PrintDefaults()
-	}
-	if err := fs.Parse(args[1:]); err != nil {
-		if errors.Is(err, pflag.ErrHelp) {
-			return nil
-		}
-		return usageError{err}
-	}
-	if fs.NArg() > 0 {
-		return usagef("audit %s takes no arguments, got %q", name, fs.Args())
+	if ok, err := parseFlags(fs, args[1:], "audit "+name); !ok {
+		return err
 	}
 	if a.cfgPath == "" && a.dir == "" {
 		return usagef("audit %s: give --config FILE or --dir DIR", name)

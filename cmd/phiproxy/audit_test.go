@@ -3,31 +3,25 @@ package main
 import (
 	"bytes"
 	"context"
-	"encoding/base64"
 	"encoding/csv"
 	"encoding/json"
 	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/phiproxy/phiproxy/audit"
 	"github.com/phiproxy/phiproxy/config"
 	"github.com/phiproxy/phiproxy/crypto"
+	"github.com/phiproxy/phiproxy/internal/testenv"
 )
 
-// auditRun runs `phiproxy audit ARGS` and returns stdout, stderr and the
-// exit code.
+// auditRun runs `phiproxy audit ARGS`.
 func auditRun(t *testing.T, args ...string) (string, string, int) {
 	t.Helper()
-	var out, errb bytes.Buffer
-	env := &cmdEnv{stdout: &out, stderr: &errb}
-	err := run(context.Background(), env, append([]string{"audit"}, args...))
-	code := exitCode(env, err)
-	return out.String(), errb.String(), code
+	return cmdRun(t, append([]string{"audit"}, args...)...)
 }
 
 // trailWriter writes a trail as the proxy's writer does (chained lines,
@@ -61,11 +55,9 @@ func (w *trailWriter) write(ev audit.Event) *audit.Event {
 	w.ts = w.ts.Add(time.Minute)
 	ev.Seq, ev.Prev, ev.TS, ev.Instance = w.seq, w.prev, audit.FormatTime(w.ts), "px-1"
 	if ev.Action == audit.ActionCheckpoint {
-		sig, err := w.signer.Sign(audit.CheckpointMessage(ev.Instance, ev.Seq, ev.Prev))
-		if err != nil {
+		if err := ev.Sign(w.signer); err != nil {
 			w.t.Fatal(err)
 		}
-		ev.Signature, ev.KeyID = base64.StdEncoding.EncodeToString(sig), w.signer.KeyID()
 	}
 	line, err := ev.Marshal()
 	if err != nil {
@@ -329,24 +321,6 @@ func TestParseWhen(t *testing.T) {
 	}
 }
 
-// syncBuffer is a bytes.Buffer safe for a writer and a reader goroutine.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
 func TestAuditTail(t *testing.T) {
 	cfgPath, cfg, w := auditFixture(t, 20)
 	all := trailLines(t, cfg.Audit.File.Dir)
@@ -361,7 +335,7 @@ func TestAuditTail(t *testing.T) {
 
 	// -f prints new events, across a rotation, until the context ends.
 	ctx, cancel := context.WithCancel(context.Background())
-	var buf syncBuffer
+	var buf testenv.Buffer
 	done := make(chan error, 1)
 	go func() {
 		env := &cmdEnv{stdout: &buf, stderr: &buf}

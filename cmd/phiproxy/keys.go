@@ -19,12 +19,7 @@ import (
 )
 
 // keysAction is one `phiproxy keys` action.
-type keysAction struct {
-	summary string
-	usage   string // flags after --config FILE
-	run     func(ctx context.Context, env *cmdEnv, k *keysCmd) error
-	flags   func(fs *pflag.FlagSet, k *keysCmd)
-}
+type keysAction = action[keysCmd]
 
 // keysCmd holds the parsed flags of every action.
 type keysCmd struct {
@@ -38,6 +33,19 @@ type keysCmd struct {
 	json          bool
 
 	cfg *config.Config
+}
+
+func keysCommand() *actions[keysCmd] {
+	return &actions[keysCmd]{
+		name:     "keys",
+		head:     "usage: phiproxy keys <action> --config FILE [flags]",
+		notes:    "Environment: VAULT_TOKEN (and optionally VAULT_CACERT) for an hcvault:// KEK.\nSee docs/keys.md.",
+		synopsis: "--config FILE",
+		flags: func(fs *pflag.FlagSet, k *keysCmd) {
+			fs.StringVar(&k.cfgPath, "config", "", "config file (YAML), required")
+		},
+		actions: keysActions(),
+	}
 }
 
 func keysActions() map[string]keysAction {
@@ -87,31 +95,14 @@ func keysActions() map[string]keysAction {
 	}
 }
 
-func keysUsage(w io.Writer, actions map[string]keysAction) {
-	fmt.Fprintln(w, "usage: phiproxy keys <action> --config FILE [flags]\n\nactions:")
-	printSummaries(w, 14, actions, func(a keysAction) string { return a.summary })
-	fmt.Fprintln(w, "\nEnvironment: VAULT_TOKEN (and optionally VAULT_CACERT) for an hcvault:// KEK.\nSee docs/keys.md.")
-}
-
 // runKeys dispatches `phiproxy keys ACTION`.
 func runKeys(ctx context.Context, env *cmdEnv, args []string) error {
-	actions := keysActions()
-	a, err := pick(env, args, actions, keysUsage, "keys: ", "action")
-	if err != nil || a == nil {
-		return err
+	k := &keysCmd{}
+	a, fs, err := keysCommand().pick(env, args, k)
+	if a == nil {
+		return err // nil after --help
 	}
 	name := args[0]
-	k := &keysCmd{}
-	fs := pflag.NewFlagSet("keys "+name, pflag.ContinueOnError)
-	fs.SetOutput(env.stderr)
-	fs.StringVar(&k.cfgPath, "config", "", "config file (YAML), required")
-	if a.flags != nil {
-		a.flags(fs, k)
-	}
-	fs.Usage = func() {
-		fmt.Fprintf(env.stderr, "usage: phiproxy keys %s --config FILE %s\n\n%s\n\n", name, a.usage, a.summary)
-		fs.PrintDefaults()
-	}
 	cfg, err := parseConfigFlags(fs, args[1:], "keys "+name, &k.cfgPath)
 	if cfg == nil {
 		return err // nil after --help

@@ -27,15 +27,20 @@ phi:
     patient_ssn: {type: text, mode: deterministic, key: public.patients.ssn}
 `
 
-// keysRun runs `phiproxy keys ARGS` and returns stdout, stderr and the
-// process exit code.
-func keysRun(t *testing.T, args ...string) (string, string, int) {
+// cmdRun runs `phiproxy ARGS` and returns stdout, stderr and the process
+// exit code.
+func cmdRun(t *testing.T, args ...string) (string, string, int) {
 	t.Helper()
 	var out, errb bytes.Buffer
 	env := &cmdEnv{stdout: &out, stderr: &errb}
-	err := run(context.Background(), env, append([]string{"keys"}, args...))
-	code := exitCode(env, err)
+	code := exitCode(env, run(context.Background(), env, args)) // prints the error
 	return out.String(), errb.String(), code
+}
+
+// keysRun runs `phiproxy keys ARGS`.
+func keysRun(t *testing.T, args ...string) (string, string, int) {
+	t.Helper()
+	return cmdRun(t, append([]string{"keys"}, args...)...)
 }
 
 func keysConfig(t *testing.T) (dir, cfgPath string) {

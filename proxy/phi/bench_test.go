@@ -2,13 +2,13 @@ package phi
 
 import (
 	"context"
-	"math/rand/v2"
 	"strconv"
 	"testing"
 
 	"github.com/jackc/pgx/v5"
 
 	"github.com/phiproxy/phiproxy/config"
+	"github.com/phiproxy/phiproxy/internal/testenv"
 )
 
 // BenchmarkPointSelect compares a point select returning two PHI columns
@@ -72,29 +72,17 @@ func benchWorkload(b *testing.B, p *testProxy, tables ...string) {
 			}
 		}
 	}
-	next := rows
+	workloads := map[string]*testenv.PHIWorkload{}
+	for _, tbl := range tables {
+		workloads[tbl] = testenv.NewPHIWorkload(tbl, rows)
+	}
 	for _, mode := range []pgx.QueryExecMode{pgx.QueryExecModeCacheStatement, pgx.QueryExecModeSimpleProtocol} {
 		conn := connect(b, ctx, p.dsn(), mode)
 		for _, tbl := range tables {
 			b.Run(mode.String()+"/"+tbl, func(b *testing.B) {
-				rng := rand.New(rand.NewPCG(1, 2))
-				var ssn, diag string
-				var id int
 				b.ReportAllocs()
 				for b.Loop() {
-					pid := 1 + rng.IntN(rows)
-					dx := strconv.Itoa(1 + rng.IntN(1000000))
-					next++
-					if err := conn.QueryRow(ctx, "SELECT ssn, diagnosis FROM "+tbl+" WHERE id = $1", pid).Scan(&ssn, &diag); err != nil {
-						b.Fatal(err)
-					}
-					if err := conn.QueryRow(ctx, "SELECT id, diagnosis FROM "+tbl+" WHERE ssn = $1::text", strconv.Itoa(100000000+pid)).Scan(&id, &diag); err != nil {
-						b.Fatal(err)
-					}
-					if _, err := conn.Exec(ctx, "INSERT INTO "+tbl+" (id, ssn, diagnosis) VALUES ($1, $2::text, $3::text)", next, strconv.Itoa(200000000+next), dx); err != nil {
-						b.Fatal(err)
-					}
-					if _, err := conn.Exec(ctx, "UPDATE "+tbl+" SET diagnosis = $1::text WHERE id = $2", dx, pid); err != nil {
+					if err := workloads[tbl].Run(ctx, conn); err != nil {
 						b.Fatal(err)
 					}
 				}

@@ -212,18 +212,15 @@ func TestCopyBinaryStream(t *testing.T) {
 	const canary = "canary-binary-7a1f"
 	one := func(id int32, text string, int4 []byte) []byte {
 		b := binary.BigEndian.AppendUint16(nil, uint16(len(typeCols)+1))
-		b = binary.BigEndian.AppendUint32(b, 4)
-		b = binary.BigEndian.AppendUint32(b, uint32(id))
+		b = appendField(b, binary.BigEndian.AppendUint32(nil, uint32(id)))
 		for _, c := range typeCols {
 			switch c.name {
 			case "t_text":
-				b = binary.BigEndian.AppendUint32(b, uint32(len(text)))
-				b = append(b, text...)
+				b = appendField(b, []byte(text))
 			case "t_int4":
-				b = binary.BigEndian.AppendUint32(b, uint32(len(int4)))
-				b = append(b, int4...)
+				b = appendField(b, int4)
 			default:
-				b = binary.BigEndian.AppendUint32(b, 0xffffffff)
+				b = appendField(b, nil)
 			}
 		}
 		return b
@@ -287,15 +284,20 @@ func binaryStream(tuples ...[3][]byte) []byte {
 	for _, tu := range tuples {
 		b = binary.BigEndian.AppendUint16(b, 3)
 		for _, f := range tu {
-			if f == nil {
-				b = binary.BigEndian.AppendUint32(b, 0xffffffff)
-				continue
-			}
-			b = binary.BigEndian.AppendUint32(b, uint32(len(f)))
-			b = append(b, f...)
+			b = appendField(b, f)
 		}
 	}
 	return binary.BigEndian.AppendUint16(b, 0xffff)
+}
+
+// appendField appends a binary COPY field: its length and bytes, or -1
+// for NULL (nil).
+func appendField(b, f []byte) []byte {
+	if f == nil {
+		return binary.BigEndian.AppendUint32(b, 0xffffffff)
+	}
+	b = binary.BigEndian.AppendUint32(b, uint32(len(f)))
+	return append(b, f...)
 }
 
 var binaryFormat = copyFormat{binary: true}
