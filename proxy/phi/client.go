@@ -127,6 +127,11 @@ func (s *session) query(m *pgproto3.Query, out *proxy.Out) error {
 		e.effectful = e.effectful || effectful(st)
 		e.nameDDL = e.nameDDL || st.NameDDL
 	}
+	for _, st := range plan.Statements {
+		if err := breakGlassReason(st); err != nil {
+			return s.refuseQuery(e, "", err, out)
+		}
+	}
 	if plan.PassThrough {
 		q.stmts = plan.Statements
 		for _, st := range plan.Statements {
@@ -148,9 +153,6 @@ func (s *session) query(m *pgproto3.Query, out *proxy.Out) error {
 		}
 		if err == nil {
 			err = s.admit(st)
-		}
-		if err == nil {
-			err = breakGlassReason(st)
 		}
 		var dec *decision
 		if err == nil {

@@ -528,5 +528,8 @@ const poisonStatement = "phiproxy\x01refused"
 
 // checkStatement applies the per-statement policy and support checks.
 func (s *session) checkStatement(_ *snapshot, st *rewrite.Statement) error {
+	if err := breakGlassReason(st); err != nil {
+		return err
+	}
 	return copyCheck(st)
 }
