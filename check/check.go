@@ -69,6 +69,7 @@ const (
 	KindOverlayMissing     = "overlay_missing"
 	KindOverlayStale       = "overlay_stale"
 	KindOverlayUnavailable = "overlay_unknown"
+	KindRoleMissing        = "role_missing"
 )
 
 // Querier is what Run needs of a connection (*pgx.Conn has it); it only
@@ -122,7 +123,7 @@ func Run(ctx context.Context, q Querier, cat *config.Catalog, in Input) ([]Findi
 	r.index()
 	for _, step := range []func(context.Context) error{
 		r.columns, r.keysets, r.relationDependents, r.functions, r.triggers, r.rules, r.policies,
-		r.defaults, r.indexes, r.partitionKeys, r.foreignKeys,
+		r.defaults, r.indexes, r.partitionKeys, r.foreignKeys, r.policyRoles,
 	} {
 		if err := step(ctx); err != nil {
 			return nil, err

@@ -3,9 +3,12 @@ package check
 import (
 	"context"
 	"fmt"
+	"slices"
 	"sort"
+	"strings"
 
 	"github.com/phiproxy/phiproxy/config"
+	"github.com/phiproxy/phiproxy/policy"
 )
 
 // keysets reports keysets the phi map needs that keys.dir lacks, or that
@@ -69,4 +72,59 @@ func (r *run) catalogNotification() {
 		r.add(Warning, KindOverlayStale, obj,
 			"stale: its PHI map differs from the config and the catalog, so the proxy does not use it", fix)
 	}
+}
+
+// policyRoles warns about roles the policy rules name that the database
+// does not have: such a rule can never match (a typo, or a role not
+// created yet).
+func (r *run) policyRoles(ctx context.Context) error {
+	where := map[string][]string{}
+	for _, col := range r.cfg.Columns() {
+		p := col.Policy
+		var roles []string
+		for _, rule := range append(append([]policy.Rule{}, p.Read...), p.Write...) {
+			roles = append(roles, rule.Roles...)
+		}
+		if p.BreakGlass != nil {
+			roles = append(roles, p.BreakGlass.Roles...)
+		}
+		for _, role := range roles {
+			if !slices.Contains(where[role], col.Ident()) {
+				where[role] = append(where[role], col.Ident())
+			}
+		}
+	}
+	if len(where) == 0 {
+		return nil
+	}
+	names := make([]string, 0, len(where))
+	for n := range where {
+		names = append(names, n)
+	}
+	sort.Strings(names)
+	rows, err := r.q.Query(ctx, "SELECT rolname::text FROM pg_catalog.pg_roles WHERE rolname = ANY($1)", names)
+	if err != nil {
+		return fmt.Errorf("roles: %w", err)
+	}
+	exists := map[string]bool{}
+	for rows.Next() {
+		var n string
+		if err := rows.Scan(&n); err != nil {
+			rows.Close()
+			return err
+		}
+		exists[n] = true
+	}
+	rows.Close()
+	if err := rows.Err(); err != nil {
+		return err
+	}
+	for _, n := range names {
+		if !exists[n] {
+			r.add(Warning, KindRoleMissing, "role "+n,
+				fmt.Sprintf("named in the policy of %s but not a role of the database: those rules never match", strings.Join(where[n], ", ")),
+				"create the role, or fix its name in the phi: section")
+		}
+	}
+	return nil
 }

@@ -188,7 +188,7 @@ const seededPHI = `phi:
     dob:       {type: date, mode: randomized}
     mrn:       {type: int8, mode: deterministic}
     email:     {type: text, mode: randomized}
-    nickname:  {type: text, mode: randomized}
+    nickname:  {type: text, mode: randomized, read: [{roles: [no_such_role_xyz], access: plaintext}]}
   public.labs:
     result: {type: text, mode: randomized}
   public.ghosts:
@@ -253,6 +253,7 @@ func TestCheckFindsEachSeededProblemAndNothingOnACleanSchema(t *testing.T) {
 			"warning overlay_missing catalog overlay phiproxy_overlay",
 			"warning partition_key_on_phi table public.labs",
 			"warning procedure_reads_phi procedure public.purge_patients()",
+			"warning role_missing role no_such_role_xyz",
 			"warning rule_on_phi rule log_delete on public.patients",
 			"warning trigger_on_phi_table trigger labs_touch on public.labs_2024",
 			"warning trigger_on_phi_table trigger patients_touch on public.patients",
@@ -295,7 +296,7 @@ func TestCheckFindsEachSeededProblemAndNothingOnACleanSchema(t *testing.T) {
 		if code != 1 {
 			t.Errorf("exit %d, want 1", code)
 		}
-		if rep.Summary != (check.Summary{Errors: 14, Warnings: 18}) {
+		if rep.Summary != (check.Summary{Errors: 14, Warnings: 19}) {
 			t.Errorf("summary %+v", rep.Summary)
 		}
 		for _, f := range rep.Findings {
@@ -322,7 +323,7 @@ func TestCheckFindsEachSeededProblemAndNothingOnACleanSchema(t *testing.T) {
 		table, code := checkRun(t, "--config", cfg)
 		lines := strings.Split(strings.TrimSpace(table), "\n")
 		if code != 1 || !regexp.MustCompile(`^SEVERITY\s+OBJECT\s+FINDING\s+FIX$`).MatchString(lines[0]) ||
-			len(lines) != len(want)+3 || lines[len(lines)-1] != "14 errors, 18 warnings" {
+			len(lines) != len(want)+3 || lines[len(lines)-1] != "14 errors, 19 warnings" {
 			t.Fatalf("table (exit %d):\n%s", code, table)
 		}
 		col := strings.Index(lines[0], "OBJECT")
