@@ -38,6 +38,15 @@ const (
 	phiDB   = "bench_phi"
 )
 
+// phiPolicyColumns is phiColumns with a two-rule read policy the bench
+// role matches at its second rule (-audit …,policy): the cost of
+// deciding per statement.
+const phiPolicyColumns = `phi:
+  public.patients:
+    ssn:       {type: text, mode: deterministic, default: deny, read: [{roles: [pg_monitor], access: mask:last4}, {roles: [bench], access: plaintext}]}
+    diagnosis: {type: text, mode: randomized, default: deny, read: [{roles: [pg_monitor], access: mask:redact}, {roles: [bench], access: plaintext}]}
+`
+
 // phiColumns is the phi: section for bench_phi's patients table.
 const phiColumns = `phi:
   public.patients:
@@ -87,7 +96,7 @@ func execAsBench(ctx context.Context, c *pgcluster.Cluster, db string, stmts ...
 // writeProxyConfig writes dir/phiproxy.yaml for a proxy on port in front of
 // c, with the catalog in db; with phi it adds the phi: section and creates
 // its keys (a file KEK in dir).
-func writeProxyConfig(ctx context.Context, dir string, port int, c *pgcluster.Cluster, db string, phi bool, opts ...string) (string, error) {
+func writeProxyConfig(ctx context.Context, dir string, port int, c *pgcluster.Cluster, db string, phi string, opts ...string) (string, error) {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return "", err
 	}
@@ -96,9 +105,7 @@ upstream: {address: %s, sslmode: disable}
 catalog_dsn: postgres://%s@%s/%s?sslmode=disable
 keys: {dir: keys, kek: "file:kek.json"}
 `, port, c.Addr(), c.SuperUser, c.Addr(), db)
-	if phi {
-		text += phiColumns
-	}
+	text += phi
 	// opts are extra top-level YAML lines (audit:, admin:).
 	for _, o := range opts {
 		text += o + "\n"
@@ -107,7 +114,7 @@ keys: {dir: keys, kek: "file:kek.json"}
 	if err := os.WriteFile(path, []byte(text), 0o600); err != nil {
 		return "", err
 	}
-	if !phi {
+	if phi == "" {
 		return path, nil
 	}
 	cfg, err := config.Load(path)
@@ -179,12 +186,19 @@ func runPHI(ctx context.Context, phiproxyBin, script string, dur time.Duration, 
 		if t.db == phiDB && firstPHI == "" {
 			firstPHI = filepath.Join(work, t.name)
 		}
+		section := ""
 		if t.db == phiDB {
-			if extra, t.admin, t.token, err = auditOptions(filepath.Join(work, t.name), strings.TrimPrefix(strings.TrimPrefix(t.name, "phi"), "-")); err != nil {
+			mode := strings.TrimPrefix(strings.TrimPrefix(t.name, "phi"), "-")
+			section = phiColumns
+			if mode == "policy" {
+				// The policy's cost: audit off, as phi-off, and two rules.
+				mode, section = "off", phiPolicyColumns
+			}
+			if extra, t.admin, t.token, err = auditOptions(filepath.Join(work, t.name), mode); err != nil {
 				return err
 			}
 		}
-		cfg, err := writeProxyConfig(ctx, filepath.Join(work, t.name), port, c, t.db, t.db == phiDB, extra...)
+		cfg, err := writeProxyConfig(ctx, filepath.Join(work, t.name), port, c, t.db, section, extra...)
 		if err != nil {
 			return err
 		}

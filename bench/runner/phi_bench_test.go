@@ -58,7 +58,7 @@ func BenchmarkPHIWorkload(b *testing.B) {
 		b.Fatal(err)
 	}
 	port := ln.Addr().(*net.TCPAddr).Port
-	cfgPath, err := writeProxyConfig(ctx, filepath.Join(work, "phi"), port, c, phiDB, true)
+	cfgPath, err := writeProxyConfig(ctx, filepath.Join(work, "phi"), port, c, phiDB, phiColumns)
 	if err != nil {
 		b.Fatal(err)
 	}
