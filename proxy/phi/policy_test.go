@@ -47,6 +47,7 @@ func mustWindow(t *testing.T, s string) policy.Window {
 // public.patients (as DESIGN §7's example).
 func policyCfg(t *testing.T) (*config.Config, string) {
 	cfg, dir := auditCfg(t, config.AuditStrict)
+	cfg.StateDir = dir + "/state"
 	clinic, _ := policy.ParsePrefix("10.0.0.0/8")
 	day := mustWindow(t, "Mon-Fri 08:00-18:00 America/New_York")
 	pols := map[string]policy.Column{
@@ -167,6 +168,17 @@ func TestPolicyDecidesPerRole(t *testing.T) {
 	mustExec(t, ctx, eve, "SET phiproxy.break_glass = 'patient unconscious in ER bay 3'")
 	if got, code := read(eve, "SELECT ssn FROM patients WHERE id = 1"); got != "123-45-6789" || code != "" {
 		t.Fatalf("ER with break-glass: %q %s", got, code)
+	}
+	// Lockdown overrides break-glass.
+	if err := p.phi.SetLockdown(ctx, true, "drill during break-glass", "test"); err != nil {
+		t.Fatal(err)
+	}
+	_, code := read(eve, "SELECT ssn FROM patients WHERE id = 1")
+	if err := p.phi.SetLockdown(ctx, false, "drill over", "test"); err != nil {
+		t.Fatal(err)
+	}
+	if code != "42501" {
+		t.Fatalf("break-glass under lockdown: %s", code)
 	}
 	now.Store(monday10.Add(61 * time.Minute).UnixNano())
 	if _, code := read(eve, "SELECT ssn FROM patients WHERE id = 1"); code != "42501" {
