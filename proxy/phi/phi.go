@@ -52,6 +52,8 @@ type Proxy struct {
 
 	// obs sees the statement lifecycle (observe.go); nil: nothing does.
 	obs Observer
+	// sessions are the live sessions (*session), for refreshRoles.
+	sessions sync.Map
 	// now is the policy's clock (WithClock; nil: time.Now).
 	now func() time.Time
 	// lock is the lockdown switch (lockdown.go); lockMu orders its
@@ -235,6 +237,9 @@ func (p *Proxy) Reload(ctx context.Context, cfg *config.Config) error {
 		return fmt.Errorf("phi: keys: %w", err)
 	}
 	p.cur.Store(s)
+	if err := p.refreshRoles(ctx, cfg.CatalogDSN); err != nil {
+		p.log.Warn("role memberships not refreshed at reload; sessions keep their login's", "err", err)
+	}
 	p.BumpDecisionEpoch()
 	p.auditReload(cfg, before)
 	return nil

@@ -1,12 +1,16 @@
 package phi
 
 import (
+	"context"
+	"fmt"
 	"net"
 	"net/netip"
 	"slices"
+	"sort"
 	"strings"
 	"time"
 
+	"github.com/phiproxy/phiproxy/config"
 	"github.com/phiproxy/phiproxy/pgerr"
 	"github.com/phiproxy/phiproxy/policy"
 	"github.com/phiproxy/phiproxy/rewrite"
@@ -26,6 +30,34 @@ import (
 // read (tests; default time.Now).
 func WithClock(now func() time.Time) Option { return func(p *Proxy) { p.now = now } }
 
+// refreshRoles re-reads the role memberships of every live session's
+// user (at a reload, p.mu held), so that a GRANT or REVOKE applies from
+// each session's next statement.
+func (p *Proxy) refreshRoles(ctx context.Context, dsn string) error {
+	byUser := map[string][]*session{}
+	p.sessions.Range(func(k, _ any) bool {
+		s := k.(*session)
+		byUser[s.info.User] = append(byUser[s.info.User], s)
+		return true
+	})
+	for user, ss := range byUser {
+		pc, err := p.catalogConn(ctx, dsn)
+		if err != nil {
+			return err
+		}
+		roles, err := config.RoleMemberships(ctx, pc.Conn(), user)
+		pc.Release()
+		if err != nil {
+			return fmt.Errorf("role memberships of %s: %w", user, err)
+		}
+		sort.Strings(roles)
+		for _, s := range ss {
+			s.roles.Store(&roles)
+		}
+	}
+	return nil
+}
+
 // decision is the policy's verdict on one execution, for the audit trail.
 type decision struct {
 	// Outcome is allowed or masked; Reason names the rules that decided
@@ -36,7 +68,7 @@ type decision struct {
 
 // facts are the session's facts for a decision now.
 func (s *session) facts() policy.Facts {
-	f := policy.Facts{Roles: s.info.Roles, Now: s.p.clock(), BreakGlassSince: s.breakGlassSince()}
+	f := policy.Facts{Roles: *s.roles.Load(), Now: s.p.clock(), BreakGlassSince: s.breakGlassSince()}
 	if a, ok := s.info.ClientAddr.(*net.TCPAddr); ok {
 		if ip, ok := netip.AddrFromSlice(a.IP); ok {
 			f.Client = ip.Unmap()

@@ -149,6 +149,26 @@ func TestPolicyDecidesPerRole(t *testing.T) {
 			t.Errorf("%s billing write: %v", mode, err)
 		}
 	}
+	// A REVOKE applies from the session's next statement after a reload.
+	{
+		bob := as("pol_bob", pgx.QueryExecModeCacheStatement)
+		super := connect(t, ctx, testCfg.CatalogDSN, pgx.QueryExecModeExec)
+		mustExec(t, ctx, super, "REVOKE pol_billing FROM pol_bob")
+		defer mustExec(t, context.Background(), super, "GRANT pol_billing TO pol_bob")
+		if got, _ := read(bob, "SELECT ssn FROM patients WHERE id = 1"); got != "***-**-6789" {
+			t.Fatalf("billing before the reload: %q", got)
+		}
+		if err := p.phi.Reload(ctx, cfg); err != nil {
+			t.Fatal(err)
+		}
+		if _, code := read(bob, "SELECT ssn FROM patients WHERE id = 1"); code != "42501" {
+			t.Fatalf("billing revoked, after the reload: %s", code)
+		}
+		mustExec(t, ctx, super, "GRANT pol_billing TO pol_bob")
+		if err := p.phi.Reload(ctx, cfg); err != nil {
+			t.Fatal(err)
+		}
+	}
 	// COPY TO as billing: masked.
 	bob := as("pol_bob", pgx.QueryExecModeSimpleProtocol)
 	var buf bytes.Buffer

@@ -387,6 +387,10 @@ type session struct {
 	// client goroutine's policy decisions.
 	bgReason string
 	bgSince  atomic.Int64
+	// roles are the session user's role memberships for policy: the
+	// login's (info.Roles), refreshed at each reload (a REVOKE applies
+	// from the session's next statement after SIGHUP).
+	roles atomic.Pointer[[]string]
 }
 
 func newSession(p *Proxy, info *proxy.SessionInfo) *session {
@@ -398,6 +402,9 @@ func newSession(p *Proxy, info *proxy.SessionInfo) *session {
 	s.ann, _ = p.obs.(Announcer)
 	s.tm, _ = p.obs.(Timer)
 	s.published = s.m.identity()
+	roles := info.Roles
+	s.roles.Store(&roles)
+	p.sessions.Store(s, struct{}{})
 	info.SetIdentity(s.published)
 	s.m.database = info.Database
 	s.params.Store(newSettings(info.ServerParameters))
