@@ -42,16 +42,9 @@ func newTrail(t testing.TB, mod func(*Options)) (*Trail, string, *trailSigner) {
 // (seq, prev, hash, checkpoint signatures) as a verifier would.
 func readChain(t testing.TB, dir string, sig *trailSigner) []*Event {
 	t.Helper()
-	segs, err := Segments(dir)
-	if err != nil {
-		t.Fatal(err)
-	}
-	r := NewReader(segs)
-	defer r.Close()
 	var out []*Event
 	prev, seq := ZeroHash, uint64(0)
-	for r.Next() {
-		l := r.Line()
+	for _, l := range trailRecords(t, dir) {
 		if l.Partial {
 			t.Fatalf("%s:%d: partial line", l.File, l.No)
 		}
@@ -70,9 +63,6 @@ func readChain(t testing.TB, dir string, sig *trailSigner) []*Event {
 		}
 		prev, seq = ev.Hash, ev.Seq
 		out = append(out, ev)
-	}
-	if err := r.Err(); err != nil {
-		t.Fatal(err)
 	}
 	return out
 }
