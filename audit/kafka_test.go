@@ -167,12 +167,8 @@ func runExporter(t *testing.T, e *Exporter) (stop func()) {
 
 func waitFor(t *testing.T, what string, d time.Duration, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(d)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %v waiting for %s", d, what)
-		}
-		time.Sleep(10 * time.Millisecond)
+	if !testenv.Eventually(d, 10*time.Millisecond, cond) {
+		t.Fatalf("timed out after %v waiting for %s", d, what)
 	}
 }
 
