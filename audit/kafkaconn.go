@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	"crypto/tls"
-	"crypto/x509"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -22,6 +21,7 @@ import (
 
 	"github.com/phiproxy/phiproxy/config"
 	"github.com/phiproxy/phiproxy/internal/atomicfile"
+	"github.com/phiproxy/phiproxy/internal/certpool"
 )
 
 // exportLinger is how long the producer waits to fill a batch: the
@@ -81,13 +81,9 @@ func kafkaOptions(cfg *config.AuditKafka, log *slog.Logger) ([]kgo.Opt, error) {
 func kafkaTLS(c *config.AuditKafkaTLS) (*tls.Config, error) {
 	tc := &tls.Config{MinVersion: tls.VersionTLS12, ServerName: c.ServerName}
 	if c.CA != "" {
-		pem, err := os.ReadFile(c.CA)
+		pool, err := certpool.Load(c.CA)
 		if err != nil {
 			return nil, fmt.Errorf("audit export: audit.kafka.tls.ca: %w", err)
-		}
-		pool := x509.NewCertPool()
-		if !pool.AppendCertsFromPEM(pem) {
-			return nil, fmt.Errorf("audit export: audit.kafka.tls.ca %s holds no PEM certificate", c.CA)
 		}
 		tc.RootCAs = pool
 	}

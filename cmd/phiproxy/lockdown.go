@@ -4,13 +4,11 @@ import (
 	"bytes"
 	"context"
 	"crypto/tls"
-	"crypto/x509"
 	"encoding/json"
 	"fmt"
 	"io"
 	"net"
 	"net/http"
-	"os"
 	"os/user"
 	"strings"
 	"time"
@@ -21,6 +19,7 @@ import (
 
 	"github.com/phiproxy/phiproxy/audit"
 	"github.com/phiproxy/phiproxy/config"
+	"github.com/phiproxy/phiproxy/internal/certpool"
 	"github.com/phiproxy/phiproxy/policy"
 	"github.com/phiproxy/phiproxy/proxy/admin"
 	"github.com/phiproxy/phiproxy/proxy/phi"
@@ -114,12 +113,10 @@ func lockdownViaAdmin(ctx context.Context, cfg *config.Config, action, reason st
 	scheme := "http"
 	if cfg.Admin.Cert != "" {
 		// The admin certificate is its own trust anchor here.
-		pem, err := os.ReadFile(cfg.Admin.Cert)
+		roots, err := certpool.Load(cfg.Admin.Cert)
 		if err != nil {
-			return st, err
+			return st, fmt.Errorf("admin.cert: %w", err)
 		}
-		roots := x509.NewCertPool()
-		roots.AppendCertsFromPEM(pem)
 		host, _, _ := net.SplitHostPort(cfg.Admin.Listen)
 		client.Transport = &http.Transport{TLSClientConfig: &tls.Config{RootCAs: roots, ServerName: host, MinVersion: tls.VersionTLS12}}
 		scheme = "https"
