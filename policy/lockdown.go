@@ -11,6 +11,8 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+
+	"github.com/phiproxy/phiproxy/internal/atomicfile"
 )
 
 // Lockdown is the switch's state: on, why, who asked, when. An instance is
@@ -61,29 +63,13 @@ func ReadLockdownFile(stateDir string) (Lockdown, error) {
 	return l, nil
 }
 
-// WriteLockdownFile writes the state file (0600, atomically).
+// WriteLockdownFile writes the state file (0600, atomically and durably).
 func WriteLockdownFile(stateDir string, l Lockdown) error {
 	if err := os.MkdirAll(stateDir, 0o700); err != nil {
 		return err
 	}
 	b, _ := json.MarshalIndent(l, "", "  ")
-	tmp, err := os.CreateTemp(stateDir, "."+LockdownFile+".*")
-	if err != nil {
-		return err
-	}
-	defer os.Remove(tmp.Name())
-	if _, err := tmp.Write(append(b, '\n')); err != nil {
-		tmp.Close()
-		return err
-	}
-	if err := tmp.Sync(); err != nil {
-		tmp.Close()
-		return err
-	}
-	if err := tmp.Close(); err != nil {
-		return err
-	}
-	return os.Rename(tmp.Name(), filepath.Join(stateDir, LockdownFile))
+	return atomicfile.Write(filepath.Join(stateDir, LockdownFile), append(b, '\n'), 0o600)
 }
 
 // lockdownDDL creates the table (one row) that carries the switch in the

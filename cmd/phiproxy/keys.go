@@ -37,13 +37,9 @@ type keysCmd struct {
 
 func keysCommand() *actions[keysCmd] {
 	return &actions[keysCmd]{
-		name:     "keys",
-		head:     "usage: phiproxy keys <action> --config FILE [flags]",
-		notes:    "Environment: VAULT_TOKEN (and optionally VAULT_CACERT) for an hcvault:// KEK.\nSee docs/keys.md.",
-		synopsis: "--config FILE",
-		flags: func(fs *pflag.FlagSet, k *keysCmd) {
-			fs.StringVar(&k.cfgPath, "config", "", "config file (YAML), required")
-		},
+		name:    "keys",
+		head:    "usage: phiproxy keys <action> --config FILE [flags]",
+		notes:   "Environment: VAULT_TOKEN (and optionally VAULT_CACERT) for an hcvault:// KEK.\nSee docs/keys.md.",
 		actions: keysActions(),
 	}
 }
@@ -98,17 +94,7 @@ func keysActions() map[string]keysAction {
 // runKeys dispatches `phiproxy keys ACTION`.
 func runKeys(ctx context.Context, env *cmdEnv, args []string) error {
 	k := &keysCmd{}
-	a, fs, err := keysCommand().pick(env, args, k)
-	if a == nil {
-		return err // nil after --help
-	}
-	name := args[0]
-	cfg, err := parseConfigFlags(fs, args[1:], "keys "+name, &k.cfgPath)
-	if cfg == nil {
-		return err // nil after --help
-	}
-	k.cfg = cfg
-	return a.run(ctx, env, k)
+	return keysCommand().runConfigured(ctx, env, args, k, &k.cfgPath, &k.cfg)
 }
 
 func (k *keysCmd) store(ctx context.Context) (*crypto.Store, error) {
