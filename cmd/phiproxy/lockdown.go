@@ -159,20 +159,20 @@ func lockdownDirect(ctx context.Context, env *cmdEnv, cfg *config.Config, action
 	defer conn.Close(context.Background())
 	if action != "status" {
 		l := policy.Lockdown{On: action == "on", Reason: reason, By: operator() + " (phiproxy lockdown)", Since: time.Now().UTC()}
-		if err := policy.WriteLockdownDB(ctx, conn, l); err != nil {
+		if err := phi.WriteLockdownDB(ctx, conn, l); err != nil {
 			return st, err
 		}
-		if err := policy.WriteLockdownFile(cfg.StateDir, l); err != nil {
+		if err := phi.WriteLockdownFile(cfg.StateDir, l); err != nil {
 			return st, err
 		}
 		if err := recordAudit(ctx, env, cfg, audit.ActionLockdown, l.Describe("cli")); err != nil {
 			return st, err
 		}
 	}
-	if st.File, err = policy.ReadLockdownFile(cfg.StateDir); err != nil {
+	if st.File, err = phi.ReadLockdownFile(cfg.StateDir); err != nil {
 		return st, err
 	}
-	if st.Database, err = policy.ReadLockdownDB(ctx, conn); err != nil {
+	if st.Database, err = phi.ReadLockdownDB(ctx, conn); err != nil {
 		return st, err
 	}
 	st.Locked = st.File.On || st.Database.On

@@ -1,10 +1,12 @@
-package policy
+package phi
 
 import (
 	"os"
 	"path/filepath"
 	"testing"
 	"time"
+
+	"github.com/phiproxy/phiproxy/policy"
 )
 
 func TestLockdownFileRoundTrip(t *testing.T) {
@@ -12,7 +14,7 @@ func TestLockdownFileRoundTrip(t *testing.T) {
 	if l, err := ReadLockdownFile(dir); err != nil || l.On {
 		t.Fatalf("no state file: %+v, %v; want off", l, err)
 	}
-	want := Lockdown{On: true, Reason: "suspected breach", By: "ops", Since: time.Date(2026, 12, 6, 7, 0, 0, 0, time.UTC)}
+	want := policy.Lockdown{On: true, Reason: "suspected breach", By: "ops", Since: time.Date(2026, 12, 6, 7, 0, 0, 0, time.UTC)}
 	if err := WriteLockdownFile(dir, want); err != nil {
 		t.Fatal(err)
 	}
@@ -20,7 +22,7 @@ func TestLockdownFileRoundTrip(t *testing.T) {
 	if err != nil || got != want {
 		t.Fatalf("read back %+v, %v; want %+v", got, err, want)
 	}
-	fi, err := os.Stat(filepath.Join(dir, LockdownFile))
+	fi, err := os.Stat(filepath.Join(dir, policy.LockdownFile))
 	if err != nil {
 		t.Fatal(err)
 	}
