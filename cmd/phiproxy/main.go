@@ -50,12 +50,15 @@ func (e runtimeError) Unwrap() error { return e.err }
 
 func commands() map[string]command {
 	return map[string]command{
-		"serve":   {"run the proxy (SIGHUP reloads, SIGTERM drains)", runServe},
-		"audit":   {"the audit trail: verify|search|export|tail", runAudit},
-		"demo":    {"throwaway PostgreSQL + phiproxy in front of it; prints connection strings", runDemo},
-		"keys":    {"manage keysets: init|create|rotate|list|retire|export-public", runKeys},
-		"overlay": {"catalog overlay for introspection: install|status", runOverlay},
-		"version": {"print the version", runVersion},
+		"serve":     {"run the proxy (SIGHUP reloads, SIGTERM drains)", runServe},
+		"audit":     {"the audit trail: verify|search|export|tail", runAudit},
+		"demo":      {"throwaway PostgreSQL + phiproxy in front of it; prints connection strings", runDemo},
+		"encrypt":   {"encrypt existing plaintext of PHI columns online (resumable)", runEncrypt},
+		"decrypt":   {"turn an encrypted column back into plaintext (--i-understand-this-writes-plaintext)", runDecrypt},
+		"reencrypt": {"after keys rotate: rewrite values to the primary key, online", runReencrypt},
+		"keys":      {"manage keysets: init|create|rotate|list|retire|export-public", runKeys},
+		"overlay":   {"catalog overlay for introspection: install|status", runOverlay},
+		"version":   {"print the version", runVersion},
 	}
 }
 
