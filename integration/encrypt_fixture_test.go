@@ -189,6 +189,8 @@ type writer struct {
 	done   chan struct{}
 	writes int
 	errs   []error
+	// refused are the operations the server refused, with the error.
+	refused []string
 }
 
 func startWriter(t *testing.T, f *encFixture, dsn string, maxID int64) *writer {
@@ -243,6 +245,7 @@ func startWriter(t *testing.T, f *encFixture, dsn string, maxID int64) *writer {
 					return
 				}
 				off[op] = true
+				w.refused = append(w.refused, fmt.Sprintf("op %d: %v", op, err))
 				continue
 			}
 			w.writes++

@@ -1,0 +1,150 @@
+package integration
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+// primaryKeyID returns the primary key id of key name from `keys list`.
+func (f *encFixture) primaryKeyID(t *testing.T, name string) uint32 {
+	t.Helper()
+	out := f.mustRun(t, "keys", "list", "--json")
+	dec := json.NewDecoder(strings.NewReader(out))
+	for dec.More() {
+		var r struct {
+			Key    string `json:"key"`
+			KeyID  uint32 `json:"key_id"`
+			Status string `json:"status"`
+		}
+		if err := dec.Decode(&r); err != nil {
+			t.Fatal(err)
+		}
+		if r.Key == name && r.Status == "primary" {
+			return r.KeyID
+		}
+	}
+	t.Fatalf("no primary key for %s:\n%s", name, out)
+	return 0
+}
+
+// TestRotateReencryptRetire: after `keys rotate`, reads through the proxy
+// stay correct; `keys retire --confirm-unused` refuses while values under
+// the old key remain; `reencrypt` moves every value to the new key while a
+// writer works through the proxy; then retire succeeds and reads are still
+// correct after the proxy reloads without the old key.
+func TestRotateReencryptRetire(t *testing.T) {
+	f := newEncFixture(t, "enc_rotate", 1500)
+	f.mustRun(t, "encrypt", "--column", "public.people.ssn", "--column", "public.people.dob")
+	p := startProxy(t, proxyOpts{catalogDB: f.db, extra: f.section})
+	dsn := fixture.dsn(p.addr(), "app", "app-pw", f.db)
+	read := connectT(t, dsn)
+	f.checkPeople(t, read)
+
+	old := f.primaryKeyID(t, "public.people.ssn")
+	f.mustRun(t, "keys", "rotate", "--column", "public.people.ssn")
+	next := f.primaryKeyID(t, "public.people.ssn")
+	reload(t, p, "")
+	f.checkPeople(t, read)
+
+	oldID := fmt.Sprint(old)
+	retire := []string{"keys", "retire", "--column", "public.people.ssn", "--key-id", oldID, "--confirm-unused"}
+	out, st := f.run(t, nil, retire...)
+	if st.ExitCode() != 1 || !strings.Contains(out, "still encrypted under key id "+oldID) || !strings.Contains(out, "public.people.ssn: 1500") {
+		t.Fatalf("retire while 1500 values use the old key: exit %d\n%s", st.ExitCode(), out)
+	}
+	f.checkPeople(t, read)
+
+	w := startWriter(t, f, dsn, 1500)
+	out = f.mustRun(t, "reencrypt", "--column", "public.people.ssn", "--batch-size", "300", "--rate", "3000")
+	w.finish(t)
+	if len(w.refused) > 0 || w.writes == 0 {
+		t.Fatalf("writer through the proxy during reencrypt: %d writes, refused %v", w.writes, w.refused)
+	}
+	if !strings.Contains(out, fmt.Sprintf("every value is under primary key id %d", next)) || !strings.Contains(out, "audit: reencrypt recorded") {
+		t.Fatalf("reencrypt output:\n%s", out)
+	}
+	f.checkPeople(t, read)
+	var under int
+	err := encDirect(t, f).QueryRow(context.Background(), "SELECT count(*) FROM people WHERE substring(ssn from 1 for 8) <> $1",
+		fmt.Appendf(nil, "PH\x01\x01%c%c%c%c", byte(next>>24), byte(next>>16), byte(next>>8), byte(next))).Scan(&under)
+	if err != nil || under != 0 {
+		t.Fatalf("values not under the new key %d: %d (%v)", next, under, err)
+	}
+
+	out = f.mustRun(t, retire...)
+	if !strings.Contains(out, "no value of public.people.ssn uses key id "+oldID) || !strings.Contains(out, "retired key id "+oldID) {
+		t.Fatalf("retire output:\n%s", out)
+	}
+	reload(t, p, "")
+	f.checkPeople(t, read)
+	// Nothing left to do: reencrypt is idempotent.
+	if out := f.mustRun(t, "reencrypt"); !strings.Contains(out, "public.people.ssn: every value is under primary key") {
+		t.Fatalf("second reencrypt:\n%s", out)
+	}
+}
+
+// TestDecryptReversesEncrypt turns the encrypted columns back into
+// plaintext of their logical types, and refuses without the flag.
+func TestDecryptReversesEncrypt(t *testing.T) {
+	f := newEncFixture(t, "enc_decrypt", 1200)
+	f.mustRun(t, "encrypt", "--column", "public.people.ssn", "--column", "public.people.dob")
+	args := []string{"decrypt", "--column", "public.people.ssn", "--column", "public.people.dob", "--batch-size", "250"}
+	if out, st := f.run(t, nil, args...); st.ExitCode() != 2 || !strings.Contains(out, "--i-understand-this-writes-plaintext") {
+		t.Fatalf("decrypt without the flag: exit %d\n%s", st.ExitCode(), out)
+	}
+	args = append(args, "--i-understand-this-writes-plaintext")
+	out, st := f.run(t, []string{"PHIPROXY_ENCRYPT_CRASH_AT=backfill:2"}, args...)
+	if !killed(st) {
+		t.Fatalf("decrypt was not killed at backfill:2: %v\n%s", st, out)
+	}
+	out = f.mustRun(t, args...)
+	if !strings.Contains(out, "public.people.ssn: decrypted") || !strings.Contains(out, "audit: decrypt recorded") {
+		t.Fatalf("decrypt output:\n%s", out)
+	}
+	direct := encDirect(t, f)
+	f.checkPeople(t, direct) // text and date again, read around any proxy
+	var types string
+	var checks int
+	err := direct.QueryRow(context.Background(), `SELECT string_agg(format_type(atttypid, atttypmod) || CASE WHEN attnotnull THEN ' not null' ELSE '' END, ',' ORDER BY attname),
+  (SELECT count(*) FROM pg_constraint WHERE conrelid = 'people'::regclass AND contype = 'c')
+FROM pg_attribute WHERE attrelid = 'people'::regclass AND attname IN ('ssn', 'dob')`).Scan(&types, &checks)
+	if err != nil || types != "date,text not null" || checks != 0 {
+		t.Fatalf("after decrypt: types %q, %d CHECK constraints (%v)", types, checks, err)
+	}
+	if out := f.mustRun(t, args...); strings.Count(out, "already decrypted") != 2 {
+		t.Fatalf("second decrypt:\n%s", out)
+	}
+}
+
+// TestEncryptRefusesATableWithoutPrimaryKey: batches are primary-key
+// ranges, so a table without one is refused with a clear message and
+// left as it was.
+func TestEncryptRefusesATableWithoutPrimaryKey(t *testing.T) {
+	f := newEncFixture(t, "enc_nopk", 10)
+	direct := encDirect(t, f)
+	if _, err := direct.Exec(context.Background(), "CREATE TABLE notes (body text); INSERT INTO notes VALUES ('a'), ('b')"); err != nil {
+		t.Fatal(err)
+	}
+	cfg, err := os.ReadFile(f.cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.cfg = filepath.Join(filepath.Dir(f.cfg), "nopk.yaml")
+	if err := os.WriteFile(f.cfg, append(cfg, "  public.notes:\n    body: {type: text, mode: randomized}\n"...), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	f.mustRun(t, "keys", "create")
+	out, st := f.run(t, nil, "encrypt", "--column", "public.notes.body")
+	if st.ExitCode() != 1 || !strings.Contains(out, "public.notes has no primary key") {
+		t.Fatalf("encrypt of a table without a primary key: exit %d\n%s", st.ExitCode(), out)
+	}
+	var cols int
+	if err := direct.QueryRow(context.Background(), "SELECT count(*) FROM pg_attribute WHERE attrelid = 'notes'::regclass AND attnum > 0").Scan(&cols); err != nil || cols != 1 {
+		t.Fatalf("notes changed: %d columns (%v)", cols, err)
+	}
+}
