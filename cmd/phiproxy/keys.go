@@ -37,6 +37,7 @@ type keysCmd struct {
 	force         bool
 	confirmUnused bool
 	json          bool
+	to            string
 
 	cfg *config.Config
 }
@@ -80,6 +81,14 @@ func keysActions() map[string]keysAction {
 				fs.BoolVar(&k.force, "force", false, "retire even though values may still use the key: they are destroyed")
 			},
 			run: keysRetire,
+		},
+		"rewrap": {
+			summary: "re-encrypt every keyset file under a new KEK (file or Vault); resumable",
+			usage:   "--to KEK_URI",
+			flags: func(fs *pflag.FlagSet, k *keysCmd) {
+				fs.StringVar(&k.to, "to", "", "the new KEK: file:PATH (created if missing; relative to the config file) or hcvault://HOST/MOUNT/keys/NAME")
+			},
+			run: keysRewrap,
 		},
 		"export-public": {
 			summary: "print the public audit-signing keyset (Tink JSON) for auditors",
