@@ -148,3 +148,35 @@ func TestEncryptRefusesATableWithoutPrimaryKey(t *testing.T) {
 		t.Fatalf("notes changed: %d columns (%v)", cols, err)
 	}
 }
+
+// TestEncryptStopsAtAValueOfTheWrongType: a text column configured as
+// date holding something that is not a date stops the run with an error
+// that names the column and the row's primary key, never the value; once
+// the row is fixed the rerun finishes.
+func TestEncryptStopsAtAValueOfTheWrongType(t *testing.T) {
+	f := newEncFixture(t, "enc_badvalue", 10)
+	direct := encDirect(t, f)
+	ctx := context.Background()
+	if _, err := direct.Exec(ctx, "CREATE TABLE visits (id int PRIMARY KEY, seen text); INSERT INTO visits SELECT i, '2020-01-0' || i FROM generate_series(1, 9) i; UPDATE visits SET seen = 'CANARY-not-a-date' WHERE id = 7"); err != nil {
+		t.Fatal(err)
+	}
+	cfg, err := os.ReadFile(f.cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.cfg = filepath.Join(filepath.Dir(f.cfg), "visits.yaml")
+	if err := os.WriteFile(f.cfg, append(cfg, "  public.visits:\n    seen: {type: date, mode: randomized}\n"...), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	f.mustRun(t, "keys", "create")
+	out, st := f.run(t, nil, "encrypt", "--column", "public.visits.seen", "--batch-size", "4")
+	if st.ExitCode() != 1 || !strings.Contains(out, "public.visits.seen") || !strings.Contains(out, `row ("id") = (7)`) || strings.Contains(out, "CANARY") {
+		t.Fatalf("encrypt of a bad value: exit %d\n%s", st.ExitCode(), out)
+	}
+	if _, err := direct.Exec(ctx, "UPDATE visits SET seen = '2020-01-07' WHERE id = 7"); err != nil {
+		t.Fatal(err)
+	}
+	if out := f.mustRun(t, "encrypt", "--column", "public.visits.seen", "--batch-size", "4"); !strings.Contains(out, "public.visits.seen: encrypted") {
+		t.Fatalf("rerun after the fix:\n%s", out)
+	}
+}

@@ -3,7 +3,9 @@ package integration
 import (
 	"context"
 	"fmt"
+	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 )
@@ -19,12 +21,17 @@ import (
 // written, and after VACUUM FULL and CHECKPOINT no plaintext SSN is left in
 // the database's files (the non-PHI note column is the scan's control).
 func TestEncryptOnlineResumesAfterKills(t *testing.T) {
-	const rows = 3000
+	// PHIPROXY_ENCRYPT_TEST_ROWS sizes the table (the 1 M rows is
+	// a manual run; make test keeps it small).
+	rows := 3000
+	if v, err := strconv.Atoi(os.Getenv("PHIPROXY_ENCRYPT_TEST_ROWS")); err == nil && v > 0 {
+		rows = v
+	}
 	f := newEncFixture(t, "enc_online", rows)
 	p := startProxy(t, proxyOpts{catalogDB: f.db})
-	w := startWriter(t, f, fixture.dsn(p.addr(), "app", "app-pw", f.db), rows)
+	w := startWriter(t, f, fixture.dsn(p.addr(), "app", "app-pw", f.db), int64(rows))
 
-	args := []string{"encrypt", "--column", "public.people.ssn", "--column", "public.people.dob", "--batch-size", "200", "--rate", "4000"}
+	args := []string{"encrypt", "--column", "public.people.ssn", "--column", "public.people.dob", "--batch-size", "200", "--rate", strconv.Itoa(max(4000, rows/2))}
 	for _, point := range []string{"setup", "backfill-read:2", "backfill:3", "catchup", "swap", "swapped"} {
 		out, st := f.run(t, []string{"PHIPROXY_ENCRYPT_CRASH_AT=" + point}, args...)
 		if !killed(st) {

@@ -79,7 +79,13 @@ func (p *pass) run(ctx context.Context, conn Conn, o *Options, prog *progress, p
 			v, err := p.convert(raw[n+1])
 			if err != nil {
 				rows.Close()
-				return total, err
+				// The primary key (never a PHI column) tells the DBA which
+				// row to look at; the error names the column, never the value.
+				key := make([]string, n)
+				for i := range key {
+					key[i] = keys[i][len(keys[i])-1]
+				}
+				return total, fmt.Errorf("row (%s) = (%s): %w", t.pkList(""), strings.Join(key, ", "), err)
 			}
 			vals = append(vals, v)
 		}

@@ -28,22 +28,23 @@ type Conn interface {
 // finds it; a name over PostgreSQL's 63 bytes is shortened and suffixed
 // with a hash of the column's identity.
 func ShadowName(col config.Column, suffix string) string {
-	return shortName(col, col.Name+"__phiproxy_"+suffix, col.Name, "__phiproxy_"+suffix)
+	return shortName(col, 63, col.Name+"__phiproxy_"+suffix, col.Name, "__phiproxy_"+suffix)
 }
 
-// triggerName is the name of the trigger (and of its function) that
-// clears the shadow column when the column changes.
+// triggerName is the name of the function and of the UPDATE trigger that
+// clear the shadow column when the column changes; the INSERT trigger
+// adds "_i", for which it leaves room.
 func triggerName(col config.Column, suffix string) string {
-	return shortName(col, "phiproxy_"+suffix+"_"+col.Table+"_"+col.Name, "phiproxy_"+suffix+"_"+col.Name, "")
+	return shortName(col, 61, "phiproxy_"+suffix+"_"+col.Table+"_"+col.Name, "phiproxy_"+suffix+"_"+col.Name, "")
 }
 
-func shortName(col config.Column, full, base, tail string) string {
-	if len(full) <= 63 {
+func shortName(col config.Column, limit int, full, base, tail string) string {
+	if len(full) <= limit {
 		return full
 	}
 	sum := sha256.Sum256([]byte(col.Ident()))
 	suffix := "_" + hex.EncodeToString(sum[:4]) + tail
-	base = base[:min(len(base), 63-len(suffix))]
+	base = base[:min(len(base), limit-len(suffix))]
 	for !utf8.ValidString(base) {
 		base = base[:len(base)-1]
 	}
