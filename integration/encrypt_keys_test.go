@@ -8,6 +8,8 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/phiproxy/phiproxy/crypto"
 )
 
 // primaryKeyID returns the primary key id of key name from `keys list`.
@@ -71,7 +73,7 @@ func TestRotateReencryptRetire(t *testing.T) {
 	f.checkPeople(t, read)
 	var under int
 	err := encDirect(t, f).QueryRow(context.Background(), "SELECT count(*) FROM people WHERE substring(ssn from 1 for 8) <> $1",
-		fmt.Appendf(nil, "PH\x01\x01%c%c%c%c", byte(next>>24), byte(next>>16), byte(next>>8), byte(next))).Scan(&under)
+		crypto.KeyPrefix(next)).Scan(&under)
 	if err != nil || under != 0 {
 		t.Fatalf("values not under the new key %d: %d (%v)", next, under, err)
 	}
