@@ -1,13 +1,16 @@
 package integration
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/phiproxy/phiproxy/crypto"
 )
@@ -181,4 +184,62 @@ func TestEncryptStopsAtAValueOfTheWrongType(t *testing.T) {
 	if out := f.mustRun(t, "encrypt", "--column", "public.visits.seen", "--batch-size", "4"); !strings.Contains(out, "public.visits.seen: encrypted") {
 		t.Fatalf("rerun after the fix:\n%s", out)
 	}
+}
+
+// TestEncryptSecondColumnWhileProxyServesTheFirst is the usual adoption
+// of one more column: the proxy already encrypts people.dob and serves a
+// writer that updates ssn (plaintext to it) and dob; `encrypt` of ssn is
+// interrupted with SIGINT and rerun; then the proxy takes the new phi map
+// at SIGHUP and every row reads back as last written.
+func TestEncryptSecondColumnWhileProxyServesTheFirst(t *testing.T) {
+	const rows = 2000
+	f := newEncFixture(t, "enc_second", rows)
+	f.mustRun(t, "encrypt", "--column", "public.people.dob")
+	dobOnly := strings.Replace(f.section, "    ssn: {type: text, mode: deterministic, default: plaintext}\n", "", 1)
+	if dobOnly == f.section {
+		t.Fatal("BUG: the ssn line is not in the section")
+	}
+	p := startProxy(t, proxyOpts{catalogDB: f.db, extra: dobOnly})
+	dsn := fixture.dsn(p.addr(), "app", "app-pw", f.db)
+	w := startWriter(t, f, dsn, rows)
+
+	cmd := exec.Command(fixture.binary, "encrypt", "--column", "public.people.ssn", "--batch-size", "100", "--rate", "1000", "--config", f.cfg)
+	cmd.Env = append(os.Environ(), "PGPASSFILE="+fixture.pgpass)
+	var out bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &out
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(700 * time.Millisecond)
+	cmd.Process.Signal(os.Interrupt)
+	if err := cmd.Wait(); err == nil || cmd.ProcessState.ExitCode() != 1 || !strings.Contains(out.String(), "context canceled") {
+		t.Fatalf("encrypt after SIGINT: %v\n%s", err, out.String())
+	}
+	res := f.mustRun(t, "encrypt", "--column", "public.people.ssn", "--batch-size", "100")
+	if !strings.Contains(res, "resuming") || !strings.Contains(res, "public.people.ssn: swapped") {
+		t.Fatalf("rerun after SIGINT:\n%s", res)
+	}
+	time.Sleep(100 * time.Millisecond) // the writer meets the swapped column
+	w.finish(t)
+	if w.writes < 50 {
+		t.Fatalf("the writer committed only %d writes", w.writes)
+	}
+	t.Logf("writer: %d writes, refused after the swap: %v", w.writes, w.refused)
+	for _, r := range w.refused {
+		if !strings.HasPrefix(r, "op 0") && !strings.HasPrefix(r, "op 2") {
+			t.Fatalf("the proxy refused a write of the encrypted column: %s", r)
+		}
+	}
+	os.WriteFile(p.config, []byte(strings.Replace(mustRead(t, p.config), dobOnly, f.section, 1)), 0o600)
+	reload(t, p, "")
+	f.checkPeople(t, connectT(t, dsn))
+}
+
+func mustRead(t *testing.T, path string) string {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(b)
 }
