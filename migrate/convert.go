@@ -214,6 +214,9 @@ func run(ctx context.Context, conn *pgx.Conn, col config.Column, c *conversion, 
 		return res, err
 	}
 	prog.finish()
+	if err := pendingIndex(ctx, conn, t, fmt.Sprintf("%s IS NULL AND %s IS NOT NULL", qshadow, qcol), trig+"_p", shadow, &o); err != nil {
+		return res, err
+	}
 	// Catch up with what the application wrote meanwhile, until a pass
 	// finds little enough to do under the swap's lock.
 	batches = 0
@@ -393,4 +396,39 @@ func ensureCheck(ctx context.Context, conn *pgx.Conn, col config.Column, out io.
 	}
 	fmt.Fprintf(out, "%s: validated CHECK constraint %s: every value is an envelope\n", col.Ident(), name)
 	return nil
+}
+
+// pendingIndex builds, once the backfill is done, a partial index of the
+// rows still to convert (CREATE INDEX CONCURRENTLY: no lock against
+// writes), so that each catch-up pass, and the last one under the swap's
+// lock, reads only those rows instead of the whole table. It depends on
+// the column, so the swap's DROP COLUMN drops it. An invalid index left
+// by an interrupted build is dropped and built again. ANALYZE of the
+// shadow column alone (never of the plaintext one, whose sample values
+// would land in pg_statistic) lets the planner see how few rows qualify.
+func pendingIndex(ctx context.Context, conn *pgx.Conn, t *table, pending, name, shadow string, o *Options) error {
+	qname := pgx.Identifier{t.col.Schema, name}.Sanitize()
+	var valid *bool
+	err := conn.QueryRow(ctx, `SELECT i.indisvalid FROM pg_catalog.pg_index i JOIN pg_catalog.pg_class c ON c.oid = i.indexrelid
+WHERE i.indrelid = $1::regclass AND c.relname = $2`, t.rel, name).Scan(&valid)
+	if err != nil && !errors.Is(err, pgx.ErrNoRows) {
+		return err
+	}
+	if valid != nil && !*valid {
+		if _, err := conn.Exec(ctx, "DROP INDEX CONCURRENTLY IF EXISTS "+qname); err != nil {
+			return fmt.Errorf("%s: dropping the invalid index %s: %w", t.col.Ident(), name, err)
+		}
+		valid = nil
+	}
+	if valid == nil {
+		start := time.Now()
+		q := fmt.Sprintf("CREATE INDEX CONCURRENTLY %s ON %s (%s) WHERE %s",
+			pgx.Identifier{name}.Sanitize(), t.rel, t.pkList(""), pending)
+		if _, err := conn.Exec(ctx, q); err != nil {
+			return fmt.Errorf("%s: building the index of rows to catch up: %w", t.col.Ident(), err)
+		}
+		o.printf("%s: indexed the rows left to catch up (%s)", t.col.Ident(), time.Since(start).Round(time.Millisecond))
+	}
+	_, err = conn.Exec(ctx, fmt.Sprintf("ANALYZE %s (%s)", t.rel, pgx.Identifier{shadow}.Sanitize()))
+	return err
 }
