@@ -407,6 +407,9 @@ func ensureCheck(ctx context.Context, conn *pgx.Conn, col config.Column, out io.
 // shadow column alone (never of the plaintext one, whose sample values
 // would land in pg_statistic) lets the planner see how few rows qualify.
 func pendingIndex(ctx context.Context, conn *pgx.Conn, t *table, pending, name, shadow string, o *Options) error {
+	if t.partitioned {
+		return nil // no concurrent build on a partitioned table: the passes read it all
+	}
 	qname := pgx.Identifier{t.col.Schema, name}.Sanitize()
 	var valid *bool
 	err := conn.QueryRow(ctx, `SELECT i.indisvalid FROM pg_catalog.pg_index i JOIN pg_catalog.pg_class c ON c.oid = i.indexrelid

@@ -62,6 +62,8 @@ type table struct {
 	// notNull whether it is NOT NULL.
 	colType string
 	notNull bool
+	// partitioned: CREATE INDEX CONCURRENTLY is not possible on it.
+	partitioned bool
 }
 
 func (t *table) ident(name string) string { return pgx.Identifier{name}.Sanitize() }
@@ -82,6 +84,7 @@ WHERE n.nspname = $1 AND c.relname = $2`, col.Schema, col.Table).Scan(&kind)
 	if kind != "r" && kind != "p" {
 		return nil, fmt.Errorf("%s is not a table (relkind %s)", col.Relation(), kind)
 	}
+	t.partitioned = kind == "p"
 	rows, err := conn.Query(ctx, `SELECT a.attname, pg_catalog.format_type(a.atttypid, a.atttypmod)
 FROM pg_catalog.pg_index i JOIN pg_catalog.pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ANY(i.indkey)
 WHERE i.indrelid = $1::regclass AND i.indisprimary
