@@ -56,7 +56,7 @@ func commands() map[string]command {
 		"encrypt":   {"encrypt existing plaintext of PHI columns online (resumable)", runEncrypt},
 		"decrypt":   {"turn an encrypted column back into plaintext (--i-understand-this-writes-plaintext)", runDecrypt},
 		"reencrypt": {"after keys rotate: rewrite values to the primary key, online", runReencrypt},
-		"keys":      {"manage keysets: init|create|rotate|list|retire|export-public", runKeys},
+		"keys":      {"manage keysets: init|create|rotate|list|retire|rewrap|export-public", runKeys},
 		"overlay":   {"catalog overlay for introspection: install|status", runOverlay},
 		"version":   {"print the version", runVersion},
 	}
@@ -106,7 +106,7 @@ func run(ctx context.Context, env *cmdEnv, args []string) error {
 
 func printUsage(w io.Writer, cmds map[string]command) {
 	fmt.Fprintln(w, "usage: phiproxy <command> [flags]\n\ncommands:")
-	printSummaries(w, 8, cmds, func(c command) string { return c.summary })
+	printSummaries(w, 9, cmds, func(c command) string { return c.summary })
 }
 
 // printSummaries lists the names of m in order, each with its summary in
