@@ -47,6 +47,17 @@ func TestEncryptOnlineResumesAfterKills(t *testing.T) {
 			t.Errorf("final run lacks %q", want)
 		}
 	}
+	// The trail has what encrypt did, searchable by column.
+	if ev := f.mustRun(t, "audit", "search", "--action", "encrypt", "--column", "public.people.dob", "--format", "json"); strings.Count(ev, `"action":"encrypt"`) != 1 ||
+		!strings.Contains(ev, `"relations":["public.people"]`) || strings.Contains(ev, "SSN-") {
+		t.Errorf("audit search for the encrypt event of public.people.dob:\n%s", ev)
+	}
+	// ssn was swapped by the run killed after its swap: the rerun that
+	// validated it recorded it.
+	if ev := f.mustRun(t, "audit", "search", "--action", "encrypt", "--column", "public.people.ssn", "--format", "json"); strings.Count(ev, `"action":"encrypt"`) != 1 ||
+		!strings.Contains(ev, "completed what an interrupted run left") {
+		t.Errorf("audit search for the encrypt event of public.people.ssn:\n%s", ev)
+	}
 	w.finish(t)
 	if w.writes < 50 {
 		t.Fatalf("the writer committed only %d writes during the run", w.writes)

@@ -70,8 +70,10 @@ func (o *Options) printf(format string, args ...any) {
 type Result struct {
 	// Rows is the number of values converted.
 	Rows int64
-	// Already is set when the column was converted before this run.
-	Already bool
+	// Already is set when the column was converted before this run;
+	// Completed then says that this run finished what an interrupted one
+	// left (it added or validated the CHECK constraint).
+	Already, Completed bool
 	// Elapsed is the run's duration; Rate its rows per second.
 	Elapsed time.Duration
 }
@@ -88,15 +90,15 @@ func (r Result) Rate() float64 {
 type conversion struct {
 	verb       string
 	suffix     string
-	shadowType string                          // SQL type of the shadow column
-	done       func(colType string) bool       // the column is already converted
-	src        string                          // SQL of the value read (alias t)
-	valType    string                          // array type of the converted values
-	cast       string                          // appended to v.val in SET
-	convert    func(src []byte) (any, error)   // one value
-	ignore     string                          // a dependent the swap may drop
-	after      func(tx pgx.Tx) error           // DDL in the swap transaction
-	finish     func(ctx context.Context) error // after the swap committed (and on an already converted column)
+	shadowType string                                  // SQL type of the shadow column
+	done       func(colType string) bool               // the column is already converted
+	src        string                                  // SQL of the value read (alias t)
+	valType    string                                  // array type of the converted values
+	cast       string                                  // appended to v.val in SET
+	convert    func(src []byte) (any, error)           // one value
+	ignore     string                                  // a dependent the swap may drop
+	after      func(tx pgx.Tx) error                   // DDL in the swap transaction
+	finish     func(ctx context.Context) (bool, error) // after the swap committed (and on an already converted column); whether it changed something
 }
 
 // Encrypt converts col from plaintext to envelopes under cipher, online
@@ -117,7 +119,7 @@ func Encrypt(ctx context.Context, conn *pgx.Conn, col config.Column, cipher *cry
 			return err
 		},
 	}
-	c.finish = func(ctx context.Context) error { return ensureCheck(ctx, conn, col, o.Out) }
+	c.finish = func(ctx context.Context) (bool, error) { return ensureCheck(ctx, conn, col, o.Out) }
 	return run(ctx, conn, col, c, o)
 }
 
@@ -141,7 +143,7 @@ func Decrypt(ctx context.Context, conn *pgx.Conn, col config.Column, cipher *cry
 		},
 		ignore: crypto.EnvelopeCheckName(col),
 		after:  func(pgx.Tx) error { return nil },
-		finish: func(context.Context) error { return nil },
+		finish: func(context.Context) (bool, error) { return false, nil },
 	}
 	return run(ctx, conn, col, c, o)
 }
@@ -182,10 +184,11 @@ func run(ctx context.Context, conn *pgx.Conn, col config.Column, c *conversion, 
 				col.Ident(), c.verb, shadow, t.rel, pgx.Identifier{shadow}.Sanitize())
 		}
 		o.printf("%s: already %sed (type %s)", col.Ident(), c.verb, t.colType)
-		if err := c.finish(ctx); err != nil {
+		changed, err := c.finish(ctx)
+		if err != nil {
 			return Result{}, err
 		}
-		return Result{Already: true, Elapsed: time.Since(start)}, nil
+		return Result{Already: true, Completed: changed, Elapsed: time.Since(start)}, nil
 	}
 	qcol, qshadow := pgx.Identifier{col.Name}.Sanitize(), pgx.Identifier{shadow}.Sanitize()
 	if shadowType == "" {
@@ -239,7 +242,7 @@ func run(ctx context.Context, conn *pgx.Conn, col config.Column, c *conversion, 
 		return res, err
 	}
 	o.crashAt("swapped")
-	if err := c.finish(ctx); err != nil {
+	if _, err := c.finish(ctx); err != nil {
 		return res, err
 	}
 	res.Elapsed = time.Since(start)
@@ -376,26 +379,26 @@ func withLock(ctx context.Context, conn *pgx.Conn, o *Options, what string, fn f
 
 // ensureCheck adds the envelope CHECK constraint if it is missing and
 // validates it if it is not yet validated.
-func ensureCheck(ctx context.Context, conn *pgx.Conn, col config.Column, out io.Writer) error {
+func ensureCheck(ctx context.Context, conn *pgx.Conn, col config.Column, out io.Writer) (bool, error) {
 	rel := pgx.Identifier{col.Schema, col.Table}.Sanitize()
 	name := crypto.EnvelopeCheckName(col)
 	var validated bool
 	err := conn.QueryRow(ctx, `SELECT convalidated FROM pg_catalog.pg_constraint WHERE conrelid = $1::regclass AND conname = $2 AND contype = 'c'`, rel, name).Scan(&validated)
 	if errors.Is(err, pgx.ErrNoRows) {
 		if _, err := conn.Exec(ctx, crypto.EnvelopeCheckSQL(col)); err != nil {
-			return fmt.Errorf("%s: adding the envelope CHECK constraint: %w", col.Ident(), err)
+			return false, fmt.Errorf("%s: adding the envelope CHECK constraint: %w", col.Ident(), err)
 		}
 		fmt.Fprintf(out, "%s: added CHECK constraint %s\n", col.Ident(), name)
 	} else if err != nil {
-		return err
+		return false, err
 	} else if validated {
-		return nil
+		return false, nil
 	}
 	if _, err := conn.Exec(ctx, crypto.EnvelopeValidateSQL(col)); err != nil {
-		return fmt.Errorf("%s: validating the envelope CHECK constraint (a value is not a phiproxy envelope): %w", col.Ident(), err)
+		return true, fmt.Errorf("%s: validating the envelope CHECK constraint (a value is not a phiproxy envelope): %w", col.Ident(), err)
 	}
 	fmt.Fprintf(out, "%s: validated CHECK constraint %s: every value is an envelope\n", col.Ident(), name)
-	return nil
+	return true, nil
 }
 
 // pendingIndex builds, once the backfill is done, a partial index of the

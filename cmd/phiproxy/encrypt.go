@@ -162,14 +162,20 @@ func (m *migrateCmd) run(ctx context.Context, env *cmdEnv, fn migrateFunc, actio
 		if err != nil {
 			return runtimeError{fmt.Errorf("%s %s: %w", m.name, col.Ident(), err)}
 		}
-		if res.Already {
+		if res.Already && !res.Completed {
 			continue
 		}
 		detail := fmt.Sprintf("%s: %s %d values in %s (phiproxy %s)", col.Ident(), verb, res.Rows, res.Elapsed.Round(time.Millisecond), m.name)
+		if res.Already {
+			// An interrupted run swapped the column but was killed before
+			// it validated and recorded it.
+			detail = fmt.Sprintf("%s: %s (completed what an interrupted run left: the envelope constraint is validated) (phiproxy %s)", col.Ident(), verb, m.name)
+		}
 		if m.name == "reencrypt" {
 			detail = fmt.Sprintf("%s: %s %d values to primary key id %d (phiproxy reencrypt)", col.Ident(), verb, res.Rows, cipher.PrimaryKeyID())
 		}
-		if err := recordAudit(ctx, env, m.cfg, action, detail); err != nil {
+		ev := &audit.Event{Action: action, Detail: detail, Relations: []string{col.Relation()}, Columns: []string{col.Ident()}}
+		if err := recordAuditEvent(ctx, env, m.cfg, ev); err != nil {
 			return err
 		}
 	}
