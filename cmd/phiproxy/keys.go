@@ -31,6 +31,7 @@ type keysCmd struct {
 	force         bool
 	confirmUnused bool
 	json          bool
+	to            string
 
 	cfg *config.Config
 }
@@ -79,10 +80,18 @@ func keysActions() map[string]keysAction {
 			flags: func(fs *pflag.FlagSet, k *keysCmd) {
 				target(fs, k)
 				fs.StringVar(&k.keyID, "key-id", "", "id of the key to retire, as keys list shows it")
-				fs.BoolVar(&k.confirmUnused, "confirm-unused", false, "affirm that no value uses the key any more (checked as docs/keys.md shows)")
+				fs.BoolVar(&k.confirmUnused, "confirm-unused", false, "retire once the database confirms that no value uses the key any more")
 				fs.BoolVar(&k.force, "force", false, "retire even though values may still use the key: they are destroyed")
 			},
 			run: keysRetire,
+		},
+		"rewrap": {
+			summary: "re-encrypt every keyset file under a new KEK (file or Vault); resumable",
+			usage:   "--to KEK_URI",
+			flags: func(fs *pflag.FlagSet, k *keysCmd) {
+				fs.StringVar(&k.to, "to", "", "the new KEK: file:PATH (created if missing; relative to the config file) or hcvault://HOST/MOUNT/keys/NAME")
+			},
+			run: keysRewrap,
 		},
 		"export-public": {
 			summary: "print the public audit-signing keyset (Tink JSON) for auditors",
@@ -215,6 +224,11 @@ func keysRetire(ctx context.Context, env *cmdEnv, k *keysCmd) error {
 		return usagef("keys retire: retiring key id %d of %s makes every value still encrypted under it unreadable, for good.\n"+
 			"Re-encrypt the data first and check that no value uses the key (docs/keys.md shows the query), then pass --confirm-unused;\n"+
 			"pass --force to destroy the values that may remain (crypto-shredding)", id, ref)
+	}
+	if !k.force && !ref.IsSigning() {
+		if err := checkUnused(ctx, env, k.cfg, ref, uint32(id)); err != nil {
+			return err
+		}
 	}
 	st, err := k.store(ctx)
 	if err != nil {
