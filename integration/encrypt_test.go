@@ -91,6 +91,18 @@ func TestEncryptOnlineResumesAfterKills(t *testing.T) {
 	p = startProxy(t, proxyOpts{catalogDB: f.db, extra: f.section})
 	f.checkPeople(t, connectT(t, fixture.dsn(p.addr(), "app", "app-pw", f.db)))
 
+	// check finds nothing wrong with the encrypted columns: bytea, no
+	// plaintext in its sample, the envelope constraints in their form.
+	out, _ = f.run(t, nil, "check", "--format", "json")
+	for _, kind := range []string{"column_not_bytea", "column_plaintext", "constraint_missing", "constraint_old_form", "values_unknown_key", "keyset_missing"} {
+		if strings.Contains(out, `"kind":"`+kind+`"`) {
+			t.Errorf("phiproxy check after encrypt reports %s:\n%s", kind, out)
+		}
+	}
+	if !strings.Contains(out, `"findings"`) {
+		t.Fatalf("phiproxy check output:\n%s", out)
+	}
+
 	// No plaintext SSN in the database's files once dead tuples are gone.
 	super := connectT(t, fixture.cluster.DSN(fixture.cluster.SuperUser, fixture.cluster.SuperPassword, f.db, "sslmode=disable"))
 	for _, q := range []string{"VACUUM FULL people", "VACUUM FULL pg_catalog.pg_statistic", "CHECKPOINT"} {
