@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/phiproxy/phiproxy/policy"
 	"log/slog"
 	"sync"
 	"sync/atomic"
@@ -76,8 +77,10 @@ type snapshot struct {
 	cfg     *config.Config
 	cat     *config.Catalog
 	planner *rewrite.Planner
-	// cols is the PHI column map by "schema.table.column".
-	cols map[string]config.Column
+	// cols is the PHI column map by "schema.table.column"; policies their
+	// policies (pointers: a decision copies nothing).
+	cols     map[string]config.Column
+	policies map[string]*policy.Column
 	// database is the catalog's database: the one the PHI map is about.
 	database string
 	// overlay is the database whose catalog overlay the planner uses, ""
@@ -326,10 +329,11 @@ func (p *Proxy) load(ctx context.Context, cfg *config.Config) (*snapshot, error)
 	if err := cat.Check(cfg); err != nil {
 		return nil, fmt.Errorf("phi: the config does not match the database:\n%w", err)
 	}
-	s := &snapshot{cfg: cfg, cat: cat, cols: map[string]config.Column{}, database: conn.Config().Database}
+	s := &snapshot{cfg: cfg, cat: cat, cols: map[string]config.Column{}, policies: map[string]*policy.Column{}, database: conn.Config().Database}
 	var rcols []rewrite.Column
 	for _, c := range cfg.Columns() {
 		s.cols[c.Ident()] = c
+		s.policies[c.Ident()] = &c.Policy
 		rcols = append(rcols, rewrite.Column{Schema: c.Schema, Table: c.Table, Name: c.Name, Type: c.Type, Mode: c.Mode, Key: c.Key})
 	}
 	cols, err := rewrite.NewColumns(rcols)

@@ -1,6 +1,7 @@
 package phi
 
 import (
+	"github.com/phiproxy/phiproxy/policy"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -391,6 +392,9 @@ type session struct {
 	// login's (info.Roles), refreshed at each reload (a REVOKE applies
 	// from the session's next statement after SIGHUP).
 	roles atomic.Pointer[[]string]
+	// masksClient and masksServer are masksFor's scratch, one per
+	// goroutine.
+	masksClient, masksServer []policy.Access
 }
 
 func newSession(p *Proxy, info *proxy.SessionInfo) *session {
