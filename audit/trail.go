@@ -320,8 +320,12 @@ func (t *Trail) Complete(ctx context.Context, r *Record, rows int64, sqlstate, r
 	switch r.state {
 	case stateQueued:
 		r.ev.Rows, r.ev.Error = &rows, sqlstate
-		if reason != "" {
+		switch {
+		case reason == "":
+		case r.ev.Reason == "":
 			r.ev.Reason = reason
+		default:
+			r.ev.Reason += "; " + reason
 		}
 		t.mu.Unlock()
 		return
