@@ -56,6 +56,7 @@ func commands() map[string]command {
 		"demo":     {"throwaway PostgreSQL + phiproxy in front of it; prints connection strings", runDemo},
 		"keys":     {"manage keysets: init|create|rotate|list|retire|export-public", runKeys},
 		"lockdown": {"stop all plaintext PHI on every instance: on|off|status", runLockdown},
+		"observe":  {"report what enforcement would do on columns in enforce: observe; exit 1 if refusals", runObserve},
 		"overlay":  {"catalog overlay for introspection: install|status", runOverlay},
 		"version":  {"print the version", runVersion},
 	}
