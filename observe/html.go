@@ -46,6 +46,7 @@ table { border-collapse: collapse; width: 100%; margin-top: .5em; }
 th, td { text-align: left; vertical-align: top; padding: .45em .6em; border-bottom: 1px solid #e3e7eb; }
 th { background: #f3f5f7; font-weight: 600; }
 code { font: 13px/1.4 ui-monospace, "SFMono-Regular", Menlo, Consolas, monospace; white-space: pre-wrap; word-break: break-word; }
+td.col code { white-space: nowrap; }
 .state { font-weight: 600; color: #c62828; white-space: nowrap; }
 .ok { color: #2e7d32; font-weight: 600; }
 .hint { color: #1d4f91; }
@@ -75,14 +76,14 @@ will fail with the error shown, until the application is changed as the hint say
 <h2>Would be refused ({{len .Refused}})</h2>
 {{if .Refused}}<table id="refused">
 <tr><th>Column</th><th>Count</th><th>Applications</th><th>Statement</th><th>Error it would get</th></tr>
-{{range .Refused}}<tr><td><code>{{.Column}}</code></td><td>{{.Count}}</td><td>{{join .Applications ", "}}<div class="muted">{{join .DBUsers ", "}}</div></td>
+{{range .Refused}}<tr><td class="col"><code>{{.Column}}</code></td><td>{{.Count}}</td><td>{{join .Applications ", "}}<div class="muted">{{join .DBUsers ", "}}</div></td>
 <td><code>{{.Query}}</code><div class="muted">fingerprint {{.Fingerprint}} · first {{.FirstSeen}} · last {{.LastSeen}}</div></td>
 <td><span class="state">{{.SQLSTATE}}</span> {{.Message}}{{if .Hint}}<div class="hint">Hint: {{.Hint}}</div>{{end}}</td></tr>
 {{end}}</table>{{else}}<p class="ok">Nothing observed would be refused.</p>{{end}}
 <h2>Would work ({{len .Works}})</h2>
 {{if .Works}}<table id="works">
 <tr><th>Column</th><th>Count</th><th>Applications</th><th>Statement</th><th>How phiproxy would run it</th></tr>
-{{range .Works}}<tr><td><code>{{.Column}}</code></td><td>{{.Count}}</td><td>{{join .Applications ", "}}<div class="muted">{{join .DBUsers ", "}}</div></td>
+{{range .Works}}<tr><td class="col"><code>{{.Column}}</code></td><td>{{.Count}}</td><td>{{join .Applications ", "}}<div class="muted">{{join .DBUsers ", "}}</div></td>
 <td><code>{{.Query}}</code><div class="muted">fingerprint {{.Fingerprint}} · first {{.FirstSeen}} · last {{.LastSeen}}</div></td>
 <td class="ok">{{.How}}</td></tr>
 {{end}}</table>{{else}}<p class="muted">No statement on an observed column would work unchanged yet.</p>{{end}}

@@ -98,7 +98,8 @@ func (s *session) watchText(snap *snapshot, sql string, sess rewrite.Session) []
 			return nil
 		}
 		return []observe.Record{{
-			Fingerprint: st.Fingerprint(), Query: st.Normalized(), Action: string(st.Action), Relations: st.Relations,
+			// The whole text's: without the trailing semicolon psql sends.
+			Fingerprint: st.Fingerprint(), Query: strings.TrimRight(strings.TrimSpace(st.Normalized()), "; \t\n"), Action: string(st.Action), Relations: st.Relations,
 			Columns: cols, Verdict: observe.Refused, SQLSTATE: pe.Code.String(), Message: pe.Message, Hint: pe.Hint,
 		}}
 	}

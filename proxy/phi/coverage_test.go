@@ -3,6 +3,7 @@ package phi
 import (
 	"bytes"
 	"context"
+	"errors"
 	"os"
 	"path/filepath"
 	"strings"
@@ -10,6 +11,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/phiproxy/phiproxy/audit"
 	"github.com/phiproxy/phiproxy/config"
@@ -151,6 +153,23 @@ func TestObserveForwardsUnchangedAndRecordsVerdicts(t *testing.T) {
 	}
 	if r := byQuery[`SELECT ssn FROM patients_plain ORDER BY ssn`]; !strings.Contains(r.Hint, "order") || strings.Join(r.Columns, ",") != "public.patients_plain.ssn" {
 		t.Errorf("ORDER BY refusal: %+v", r)
+	}
+	// A would-refuse is the refusal enforcement gives: the same statement
+	// on the enforced twin (patients: same columns, types and modes, as
+	// bytea) is refused with the same SQLSTATE, message and hint.
+	for q, twin := range map[string]string{
+		`SELECT ssn FROM patients_plain ORDER BY ssn`:                       `SELECT ssn FROM patients ORDER BY ssn`,
+		`SELECT id FROM patients_plain WHERE diagnosis LIKE $1 ORDER BY id`: `SELECT id FROM patients WHERE diagnosis LIKE 'canary-dx%' ORDER BY id`,
+	} {
+		_, err := simple.Exec(ctx, twin)
+		var pe *pgconn.PgError
+		if !errors.As(err, &pe) {
+			t.Fatalf("%s on the enforced twin: %v", twin, err)
+		}
+		r := byQuery[q]
+		if pe.Code != r.SQLSTATE || pe.Hint != r.Hint || strings.ReplaceAll(r.Message, "patients_plain", "patients") != pe.Message {
+			t.Errorf("%s reported as %s %q %q; enforced: %s %q %q", q, r.SQLSTATE, r.Message, r.Hint, pe.Code, pe.Message, pe.Hint)
+		}
 	}
 	if r := byQuery[`SELECT ssn, dob FROM patients_plain WHERE ssn = $1`]; r.Count != 3 || strings.Join(r.Params, ",") != "$1 public.patients_plain.ssn" || len(r.Results) != 2 {
 		t.Errorf("extended statement: %+v", r)
