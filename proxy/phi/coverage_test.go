@@ -116,6 +116,15 @@ func TestObserveForwardsUnchangedAndRecordsVerdicts(t *testing.T) {
 		t.Fatalf("the enforced column of the mixed workload is not ciphertext: %q", got)
 	}
 
+	// COPY in both directions on an observed relation: unchanged.
+	if n, err := ext.CopyFrom(ctx, pgx.Identifier{"patients_plain"}, []string{"id", "name", "ssn"}, pgx.CopyFromRows([][]any{{3, "Cy", "canary-ssn-3"}})); err != nil || n != 1 {
+		t.Fatalf("COPY FROM: %d %v", n, err)
+	}
+	var copied bytes.Buffer
+	if _, err := simple.PgConn().CopyTo(ctx, &copied, "COPY (SELECT ssn FROM patients_plain WHERE id = 3) TO STDOUT"); err != nil || copied.String() != "canary-ssn-3\n" {
+		t.Fatalf("COPY TO: %q %v", copied.String(), err)
+	}
+
 	p.phi.FlushCoverage()
 	path := filepath.Join(cfg.StateDir, observe.FileName)
 	f, err := observe.ReadFile(path)
@@ -134,6 +143,8 @@ func TestObserveForwardsUnchangedAndRecordsVerdicts(t *testing.T) {
 		`SELECT * FROM patients_plain WHERE ssn = $1`:                                               observe.Works,
 		`SELECT ssn, dob FROM patients_plain WHERE ssn = $1`:                                        observe.Works,
 		`SELECT p.ssn, q.ssn FROM patients p JOIN patients_plain q ON q.id = p.id WHERE p.ssn = $1`: observe.Works,
+		`copy "patients_plain" ( "id", "name", "ssn" ) from stdin binary`:                           observe.Works,
+		`COPY (SELECT ssn FROM patients_plain WHERE id = $1) TO STDOUT`:                             observe.Works,
 	}
 	for q, v := range want {
 		r, ok := byQuery[q]
