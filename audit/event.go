@@ -40,6 +40,11 @@ const (
 	// ActionCompletion is the outcome (rows, error) of an event written
 	// before its statement completed; Ref is that event's seq.
 	ActionCompletion = "completion"
+	// ActionEncrypt, ActionReencrypt and ActionDecrypt record what
+	// `phiproxy encrypt`, `reencrypt` and `decrypt` did to a column.
+	ActionEncrypt   = "encrypt"
+	ActionReencrypt = "reencrypt"
+	ActionDecrypt   = "decrypt"
 	// ActionObserve: the first time an instance saw a statement shape on
 	// a column in enforce: observe (forwarded unchanged); Reason says
 	// whether enforcement would run or refuse it.

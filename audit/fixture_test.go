@@ -206,3 +206,21 @@ func segments(t testing.TB, dir string) []Segment {
 	}
 	return segs
 }
+
+// trailRecords reads every line of the trail in dir, each with its own copy
+// of the bytes.
+func trailRecords(t testing.TB, dir string) []Line {
+	t.Helper()
+	r := NewReader(segments(t, dir))
+	defer r.Close()
+	var out []Line
+	for r.Next() {
+		l := *r.Line()
+		l.Bytes = append([]byte(nil), l.Bytes...)
+		out = append(out, l)
+	}
+	if err := r.Err(); err != nil {
+		t.Fatal(err)
+	}
+	return out
+}

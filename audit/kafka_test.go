@@ -167,12 +167,8 @@ func runExporter(t *testing.T, e *Exporter) (stop func()) {
 
 func waitFor(t *testing.T, what string, d time.Duration, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(d)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %v waiting for %s", d, what)
-		}
-		time.Sleep(10 * time.Millisecond)
+	if !testenv.Eventually(d, 10*time.Millisecond, cond) {
+		t.Fatalf("timed out after %v waiting for %s", d, what)
 	}
 }
 
@@ -259,6 +255,65 @@ func newCluster(t *testing.T, opts ...kfake.Opt) *kfake.Cluster {
 
 func kafkaConfig(c *kfake.Cluster, maxBacklog int64) *config.AuditKafka {
 	return &config.AuditKafka{Brokers: c.ListenAddrs(), Topic: testTopic, MaxBacklog: maxBacklog, ClientID: "phiproxy-test"}
+}
+
+// awayExporter is an exporter, with a max_backlog of 5, of a new trail to
+// a broker that nothing listens on.
+func awayExporter(t *testing.T) (*Exporter, *spoolWriter) {
+	t.Helper()
+	w := newSpoolWriter(t, filepath.Join(t.TempDir(), "audit"), "px-1")
+	cfg := &config.AuditKafka{Brokers: []string{fmt.Sprintf("127.0.0.1:%d", freePort(t))}, Topic: testTopic, MaxBacklog: 5}
+	log, _ := testLogger(t)
+	e, err := NewExporter(cfg, w.dir, t.TempDir(), "px-1", w.Durable, w.notify, log)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return e, w
+}
+
+// exportRig is what most export tests start from: a cluster, the trail of
+// instance px-1 and the exporter's state directory.
+type exportRig struct {
+	c     *kfake.Cluster
+	cfg   *config.AuditKafka
+	w     *spoolWriter
+	state string
+	log   *slog.Logger
+	logs  *testenv.Buffer
+}
+
+func newExportRig(t *testing.T, maxBacklog int64, opts ...kfake.Opt) *exportRig {
+	c := newCluster(t, opts...)
+	log, logs := testLogger(t)
+	return &exportRig{
+		c:     c,
+		cfg:   kafkaConfig(c, maxBacklog),
+		w:     newSpoolWriter(t, filepath.Join(t.TempDir(), "audit"), "px-1"),
+		state: t.TempDir(),
+		log:   log,
+		logs:  logs,
+	}
+}
+
+// exporter opens an exporter of the rig's trail on the rig's state.
+func (r *exportRig) exporter(t *testing.T, opts ...kgo.Opt) *Exporter {
+	t.Helper()
+	e, err := newExporter(r.cfg, r.w.dir, r.state, "px-1", r.w.Durable, r.w.notify, r.log, opts...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return e
+}
+
+// exportFirst writes n events and exports them with an exporter that is
+// stopped once it has: the state a restarted proxy finds.
+func (r *exportRig) exportFirst(t *testing.T, n int) {
+	t.Helper()
+	r.w.write(n)
+	e := r.exporter(t)
+	stop := runExporter(t, e)
+	waitFor(t, fmt.Sprintf("%d events exported", n), 30*time.Second, func() bool { return e.Exported() == uint64(n) })
+	stop()
 }
 
 func TestExportSendsEachDurableLineInOrder(t *testing.T) {
@@ -349,15 +404,9 @@ func TestExportSurvivesBrokerOutage(t *testing.T) {
 func testBrokerOutage(t *testing.T, restart bool) {
 	port, data := freePort(t), t.TempDir()
 	opts := []kfake.Opt{kfake.Ports(port), kfake.DataDir(data)}
-	c := newCluster(t, opts...)
-	cfg := kafkaConfig(c, 50)
-	w := newSpoolWriter(t, filepath.Join(t.TempDir(), "audit"), "px-1")
-	state := t.TempDir()
-	log, _ := testLogger(t)
-	e, err := newExporter(cfg, w.dir, state, "px-1", w.Durable, w.notify, log, fastRetries()...)
-	if err != nil {
-		t.Fatal(err)
-	}
+	r := newExportRig(t, 50, opts...)
+	w := r.w
+	e := r.exporter(t, fastRetries()...)
 	e.shutdownGrace = 200 * time.Millisecond
 	stop := runExporter(t, e)
 
@@ -376,10 +425,10 @@ func testBrokerOutage(t *testing.T, restart bool) {
 		}
 	}()
 	waitFor(t, "some events exported", 30*time.Second, func() bool { return e.Exported() >= 100 })
-	c.Close()
+	r.c.Close()
 	waitFor(t, "a backlog past max_backlog", 30*time.Second, func() bool { return e.Backlog() > 50 })
 	exported := e.Exported()
-	err = e.Admit()
+	err := e.Admit()
 	if pgerr.CodeOf(err) != pgerr.IOError {
 		t.Fatalf("Admit with a backlog of %d past max_backlog 50: %v, want a 58030 refusal", e.Backlog(), err)
 	}
@@ -399,9 +448,7 @@ func testBrokerOutage(t *testing.T, restart bool) {
 		if d := time.Since(start); d > 3*time.Second {
 			t.Errorf("the exporter took %v to stop during the outage (grace 200ms)", d)
 		}
-		if e, err = newExporter(cfg, w.dir, state, "px-1", w.Durable, w.notify, log, fastRetries()...); err != nil {
-			t.Fatal(err)
-		}
+		e = r.exporter(t, fastRetries()...)
 		if e.Exported() != exported {
 			t.Fatalf("the new exporter starts after seq %d, the old one had exported %d", e.Exported(), exported)
 		}
@@ -419,71 +466,53 @@ func testBrokerOutage(t *testing.T, restart bool) {
 }
 
 func TestExportResumesAfterRestart(t *testing.T) {
-	c := newCluster(t)
-	cfg := kafkaConfig(c, 1000)
-	w := newSpoolWriter(t, filepath.Join(t.TempDir(), "audit"), "px-1")
-	state := t.TempDir()
-	log, _ := testLogger(t)
-	w.write(100)
-	e, err := NewExporter(cfg, w.dir, state, "px-1", w.Durable, w.notify, log)
-	if err != nil {
-		t.Fatal(err)
-	}
-	stop := runExporter(t, e)
-	waitFor(t, "100 events exported", 30*time.Second, func() bool { return e.Exported() == 100 })
-	stop()
+	r := newExportRig(t, 1000)
+	w := r.w
+	r.exportFirst(t, 100)
 
 	// Events written while no exporter runs, across a rotation.
 	w.write(30)
 	w.rotate()
 	w.write(70)
-	e2, err := NewExporter(cfg, w.dir, state, "px-1", w.Durable, w.notify, log)
-	if err != nil {
-		t.Fatal(err)
-	}
+	e2 := r.exporter(t)
 	if e2.Exported() != 100 || e2.Backlog() != 100 {
 		t.Fatalf("restarted exporter: exported %d, backlog %d; want 100, 100", e2.Exported(), e2.Backlog())
 	}
 	runExporter(t, e2)
 	waitFor(t, "200 events exported", 30*time.Second, func() bool { return e2.Exported() == 200 })
-	recs := consume(t, c.ListenAddrs(), 200)
+	recs := consume(t, r.c.ListenAddrs(), 200)
 	if dups := checkExported(t, recs, w.Lines(), "px-1"); dups != 0 {
 		t.Errorf("%d events sent twice across a clean restart", dups)
 	}
 
-	t.Run("a different trail is refused", func(t *testing.T) {
-		other := newSpoolWriter(t, filepath.Join(t.TempDir(), "audit"), "px-2")
-		other.write(250)
-		_, err := NewExporter(cfg, other.dir, state, "px-1", other.Durable, other.notify, log)
-		if err == nil || !strings.Contains(err.Error(), "not the one that was exported") {
-			t.Fatalf("NewExporter on another trail with the state of this one: %v", err)
-		}
-	})
-	t.Run("a shorter trail is refused", func(t *testing.T) {
-		other := newSpoolWriter(t, filepath.Join(t.TempDir(), "audit"), "px-1")
-		other.write(20)
-		_, err := NewExporter(cfg, other.dir, state, "px-1", other.Durable, other.notify, log)
-		if err == nil || !strings.Contains(err.Error(), "ends at seq 20") {
-			t.Fatalf("NewExporter on a trail shorter than the state: %v", err)
-		}
-	})
+	for _, tc := range []struct {
+		name, instance string
+		events         int
+		want           string
+	}{
+		{"a different trail is refused", "px-2", 250, "not the one that was exported"},
+		{"a shorter trail is refused", "px-1", 20, "ends at seq 20"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			other := newSpoolWriter(t, filepath.Join(t.TempDir(), "audit"), tc.instance)
+			other.write(tc.events)
+			_, err := NewExporter(r.cfg, other.dir, r.state, "px-1", other.Durable, other.notify, r.log)
+			if err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("NewExporter on a trail of %s with %d events, with the state of px-1's 200: %v", tc.instance, tc.events, err)
+			}
+		})
+	}
 }
 
 func TestExportAdmit(t *testing.T) {
-	w := newSpoolWriter(t, filepath.Join(t.TempDir(), "audit"), "px-1")
-	cfg := &config.AuditKafka{Brokers: []string{fmt.Sprintf("127.0.0.1:%d", freePort(t))}, Topic: testTopic, MaxBacklog: 5}
-	log, _ := testLogger(t)
-	e, err := NewExporter(cfg, w.dir, t.TempDir(), "px-1", w.Durable, w.notify, log)
-	if err != nil {
-		t.Fatal(err)
-	}
+	e, w := awayExporter(t)
 	defer e.Close()
 	w.write(5)
 	if err := e.Admit(); err != nil {
 		t.Fatalf("Admit at a backlog of max_backlog: %v", err)
 	}
 	w.write(1)
-	err = e.Admit()
+	err := e.Admit()
 	pe := pgerr.As(err)
 	if pe == nil || pe.Code != pgerr.IOError || e.Backlog() != 6 {
 		t.Fatalf("Admit at a backlog of %d over 5: %v", e.Backlog(), err)
@@ -516,31 +545,18 @@ func TestLineSeq(t *testing.T) {
 }
 
 func TestExportSendsAgainWhatWasNotRecorded(t *testing.T) {
-	c := newCluster(t)
-	cfg := kafkaConfig(c, 1000)
-	w := newSpoolWriter(t, filepath.Join(t.TempDir(), "audit"), "px-1")
-	state := t.TempDir()
-	log, _ := testLogger(t)
-	w.write(100)
-	e, err := NewExporter(cfg, w.dir, state, "px-1", w.Durable, w.notify, log)
-	if err != nil {
-		t.Fatal(err)
-	}
-	stop := runExporter(t, e)
-	waitFor(t, "100 events exported", 30*time.Second, func() bool { return e.Exported() == 100 })
-	stop()
+	r := newExportRig(t, 1000)
+	w := r.w
+	r.exportFirst(t, 100)
 	// A crash after the brokers acknowledged 51..100 but before the
 	// state file said so.
-	if err := writeExportState(filepath.Join(state, StateFileName), exportState{Topic: testTopic, Instance: "px-1", Seq: 50, Hash: lineHash(w.Lines()[49])}); err != nil {
+	if err := writeExportState(filepath.Join(r.state, StateFileName), exportState{Topic: testTopic, Instance: "px-1", Seq: 50, Hash: lineHash(w.Lines()[49])}); err != nil {
 		t.Fatal(err)
 	}
-	e2, err := NewExporter(cfg, w.dir, state, "px-1", w.Durable, w.notify, log)
-	if err != nil {
-		t.Fatal(err)
-	}
+	e2 := r.exporter(t)
 	runExporter(t, e2)
 	waitFor(t, "100 events exported again", 30*time.Second, func() bool { return e2.Exported() == 100 })
-	if dups := checkExported(t, consume(t, c.ListenAddrs(), 150), w.Lines(), "px-1"); dups != 50 {
+	if dups := checkExported(t, consume(t, r.c.ListenAddrs(), 150), w.Lines(), "px-1"); dups != 50 {
 		t.Errorf("%d repeated events, want 50 (51..100 sent again)", dups)
 	}
 }
@@ -590,13 +606,7 @@ func TestExportRetriesAFailedBatch(t *testing.T) {
 }
 
 func TestExportStopsWithinItsGraceWhenBrokersAreAway(t *testing.T) {
-	w := newSpoolWriter(t, filepath.Join(t.TempDir(), "audit"), "px-1")
-	cfg := &config.AuditKafka{Brokers: []string{fmt.Sprintf("127.0.0.1:%d", freePort(t))}, Topic: testTopic, MaxBacklog: 5}
-	log, _ := testLogger(t)
-	e, err := NewExporter(cfg, w.dir, t.TempDir(), "px-1", w.Durable, w.notify, log)
-	if err != nil {
-		t.Fatal(err)
-	}
+	e, w := awayExporter(t)
 	e.shutdownGrace = 300 * time.Millisecond
 	stop := runExporter(t, e)
 	w.write(10)
@@ -615,19 +625,9 @@ func TestExportStopsWithinItsGraceWhenBrokersAreAway(t *testing.T) {
 // cannot be used at start makes nothing durable until it attaches; the
 // exporter starts anyway and checks its state once the trail has.
 func TestExportWaitsForATrailThatStartsFailed(t *testing.T) {
-	c := newCluster(t)
-	cfg := kafkaConfig(c, 10)
-	w := newSpoolWriter(t, filepath.Join(t.TempDir(), "audit"), "px-1")
-	state := t.TempDir()
-	log, logs := testLogger(t)
-	w.write(50)
-	e, err := NewExporter(cfg, w.dir, state, "px-1", w.Durable, w.notify, log)
-	if err != nil {
-		t.Fatal(err)
-	}
-	stop := runExporter(t, e)
-	waitFor(t, "50 events exported", 30*time.Second, func() bool { return e.Exported() == 50 })
-	stop()
+	r := newExportRig(t, 10)
+	c, cfg, w, state, log, logs := r.c, r.cfg, r.w, r.state, r.log, r.logs
+	r.exportFirst(t, 50)
 
 	t.Run("the same trail, once attached", func(t *testing.T) {
 		var durable atomic.Uint64 // 0: not attached

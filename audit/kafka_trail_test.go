@@ -9,19 +9,9 @@ import (
 
 // trailLines reads every line of the trail in dir.
 func trailLines(t *testing.T, dir string) [][]byte {
-	t.Helper()
-	segs, err := Segments(dir)
-	if err != nil {
-		t.Fatal(err)
-	}
-	r := NewReader(segs)
-	defer r.Close()
 	var out [][]byte
-	for r.Next() {
-		out = append(out, append([]byte(nil), r.Line().Bytes...))
-	}
-	if err := r.Err(); err != nil {
-		t.Fatal(err)
+	for _, l := range trailRecords(t, dir) {
+		out = append(out, l.Bytes)
 	}
 	return out
 }

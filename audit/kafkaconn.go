@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	"crypto/tls"
-	"crypto/x509"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -21,6 +20,8 @@ import (
 	"github.com/twmb/franz-go/pkg/sasl/scram"
 
 	"github.com/phiproxy/phiproxy/config"
+	"github.com/phiproxy/phiproxy/internal/atomicfile"
+	"github.com/phiproxy/phiproxy/internal/certpool"
 )
 
 // exportLinger is how long the producer waits to fill a batch: the
@@ -80,13 +81,9 @@ func kafkaOptions(cfg *config.AuditKafka, log *slog.Logger) ([]kgo.Opt, error) {
 func kafkaTLS(c *config.AuditKafkaTLS) (*tls.Config, error) {
 	tc := &tls.Config{MinVersion: tls.VersionTLS12, ServerName: c.ServerName}
 	if c.CA != "" {
-		pem, err := os.ReadFile(c.CA)
+		pool, err := certpool.Load(c.CA)
 		if err != nil {
 			return nil, fmt.Errorf("audit export: audit.kafka.tls.ca: %w", err)
-		}
-		pool := x509.NewCertPool()
-		if !pool.AppendCertsFromPEM(pem) {
-			return nil, fmt.Errorf("audit export: audit.kafka.tls.ca %s holds no PEM certificate", c.CA)
 		}
 		tc.RootCAs = pool
 	}
@@ -162,35 +159,10 @@ func writeExportState(path string, st exportState) error {
 	if err != nil {
 		return err
 	}
-	dir := filepath.Dir(path)
-	if err := os.MkdirAll(dir, 0o700); err != nil {
+	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
 		return err
 	}
-	tmp, err := os.CreateTemp(dir, ".audit-kafka-*.tmp")
-	if err != nil {
-		return err
-	}
-	defer os.Remove(tmp.Name())
-	if _, err := tmp.Write(append(b, '\n')); err != nil {
-		tmp.Close()
-		return err
-	}
-	if err := tmp.Sync(); err != nil {
-		tmp.Close()
-		return err
-	}
-	if err := tmp.Close(); err != nil {
-		return err
-	}
-	if err := os.Rename(tmp.Name(), path); err != nil {
-		return err
-	}
-	d, err := os.Open(dir)
-	if err != nil {
-		return err
-	}
-	defer d.Close()
-	return d.Sync()
+	return atomicfile.Write(path, append(b, '\n'), 0o600)
 }
 
 // kgoLogger passes franz-go's warnings and errors (a refused connection,

@@ -1,15 +1,7 @@
 package audit
 
 import (
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/tls"
-	"crypto/x509"
-	"crypto/x509/pkix"
-	"encoding/pem"
-	"math/big"
-	"net"
 	"os"
 	"path/filepath"
 	"strings"
@@ -22,6 +14,7 @@ import (
 	"github.com/twmb/franz-go/pkg/sasl/scram"
 
 	"github.com/phiproxy/phiproxy/config"
+	"github.com/phiproxy/phiproxy/pgcluster"
 )
 
 func writeFile(t *testing.T, path, content string, mode os.FileMode) string {
@@ -59,41 +52,27 @@ func TestExportSCRAM(t *testing.T) {
 	exportFew(t, c, cfg, kgo.SASL(scram.Auth{User: "audit", Pass: "correct horse"}.AsSha256Mechanism()))
 }
 
-// selfSigned is a certificate for kafka.test and 127.0.0.1 that is its
-// own CA, and its PEM.
-func selfSigned(t *testing.T) (tls.Certificate, []byte) {
-	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tmpl := &x509.Certificate{
-		SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "kafka.test"},
-		DNSNames: []string{"kafka.test"}, IPAddresses: []net.IP{net.ParseIP("127.0.0.1")},
-		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
-		IsCA: true, BasicConstraintsValid: true,
-		KeyUsage:    x509.KeyUsageDigitalSignature | x509.KeyUsageCertSign,
-		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key}, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})
-}
-
 func TestExportTLSAndPlain(t *testing.T) {
-	cert, caPEM := selfSigned(t)
+	dir := t.TempDir()
+	ca, err := pgcluster.NewCA(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	certFile, keyFile, err := ca.Issue("kafka.test", "127.0.0.1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	cert, err := tls.LoadX509KeyPair(certFile, keyFile)
+	if err != nil {
+		t.Fatal(err)
+	}
 	c := newCluster(t, kfake.TLS(&tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}),
 		kfake.EnableSASL(), kfake.Superuser("PLAIN", "audit", "correct horse"))
-	dir := t.TempDir()
 	cfg := kafkaConfig(c, 100)
-	cfg.TLS = &config.AuditKafkaTLS{CA: writeFile(t, filepath.Join(dir, "ca.pem"), string(caPEM), 0o644), ServerName: "kafka.test"}
+	cfg.TLS = &config.AuditKafkaTLS{CA: ca.CertFile, ServerName: "kafka.test"}
 	cfg.SASL = &config.AuditKafkaSASL{Mechanism: "plain", Username: "audit",
 		PasswordFile: writeFile(t, filepath.Join(dir, "pw"), "correct horse", 0o600)}
-	pool := x509.NewCertPool()
-	pool.AppendCertsFromPEM(caPEM)
-	exportFew(t, c, cfg, kgo.DialTLSConfig(&tls.Config{RootCAs: pool, ServerName: "kafka.test", MinVersion: tls.VersionTLS12}),
+	exportFew(t, c, cfg, kgo.DialTLSConfig(&tls.Config{RootCAs: ca.Pool(), ServerName: "kafka.test", MinVersion: tls.VersionTLS12}),
 		kgo.SASL(plain.Auth{User: "audit", Pass: "correct horse"}.AsMechanism()))
 }
 

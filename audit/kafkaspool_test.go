@@ -3,6 +3,7 @@ package audit
 import (
 	"bytes"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -47,18 +48,6 @@ func seqs(from, to uint64) []uint64 {
 	return out
 }
 
-func sameSeqs(a, b []uint64) bool {
-	if len(a) != len(b) {
-		return false
-	}
-	for i := range a {
-		if a[i] != b[i] {
-			return false
-		}
-	}
-	return true
-}
-
 func TestSpoolFollowsTheWriter(t *testing.T) {
 	dir := filepath.Join(t.TempDir(), "audit")
 	log, logs := testLogger(t)
@@ -71,7 +60,7 @@ func TestSpoolFollowsTheWriter(t *testing.T) {
 	w := newSpoolWriter(t, dir, "px-1")
 	step := func(name string, limit uint64, want []uint64) {
 		t.Helper()
-		if got := next(t, s, limit); !sameSeqs(got, want) {
+		if got := next(t, s, limit); !slices.Equal(got, want) {
 			t.Fatalf("%s: Next up to %d gave %v, want %v", name, limit, got, want)
 		}
 	}
@@ -114,7 +103,7 @@ func TestSpoolFollowsTheWriter(t *testing.T) {
 		t.Fatal("the rewritten line 12 is the same as the one cut back")
 	}
 	got, lines := nextLines(t, s, 13)
-	if !sameSeqs(got, seqs(12, 13)) || !bytes.Equal(lines[0], w.lines[11]) || !bytes.Equal(lines[1], w.lines[12]) {
+	if !slices.Equal(got, seqs(12, 13)) || !bytes.Equal(lines[0], w.lines[11]) || !bytes.Equal(lines[1], w.lines[12]) {
 		t.Fatalf("after the cut back: %v\n%s\nwant\n%s", got, bytes.Join(lines, []byte("\n")), bytes.Join(w.lines[11:], []byte("\n")))
 	}
 
@@ -133,7 +122,7 @@ func TestSpoolFollowsTheWriter(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer s2.close()
-	if got := next(t, s2, 11); !sameSeqs(got, seqs(8, 11)) {
+	if got := next(t, s2, 11); !slices.Equal(got, seqs(8, 11)) {
 		t.Fatalf("reopened after 7: %v", got)
 	}
 	if _, err := openSpool(dir, 7, lineHash(lines[5]), log); err == nil || !strings.Contains(err.Error(), "has another hash") {

@@ -126,6 +126,10 @@ type Trail struct {
 	unsynced []*Record
 	last     synced
 	lastSync time.Time
+	// prealloc is how far the current file's blocks are reserved;
+	// noPrealloc: the file system refused (preallocate).
+	prealloc   int64
+	noPrealloc bool
 
 	events, batches, lost, failures atomic.Int64
 	syncNanos, maxSync, maxBatch    atomic.Int64

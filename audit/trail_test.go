@@ -14,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/phiproxy/phiproxy/internal/testenv"
 	"github.com/phiproxy/phiproxy/pgerr"
 )
 
@@ -42,16 +43,9 @@ func newTrail(t testing.TB, mod func(*Options)) (*Trail, string, *trailSigner) {
 // (seq, prev, hash, checkpoint signatures) as a verifier would.
 func readChain(t testing.TB, dir string, sig *trailSigner) []*Event {
 	t.Helper()
-	segs, err := Segments(dir)
-	if err != nil {
-		t.Fatal(err)
-	}
-	r := NewReader(segs)
-	defer r.Close()
 	var out []*Event
 	prev, seq := ZeroHash, uint64(0)
-	for r.Next() {
-		l := r.Line()
+	for _, l := range trailRecords(t, dir) {
 		if l.Partial {
 			t.Fatalf("%s:%d: partial line", l.File, l.No)
 		}
@@ -70,9 +64,6 @@ func readChain(t testing.TB, dir string, sig *trailSigner) []*Event {
 		}
 		prev, seq = ev.Hash, ev.Seq
 		out = append(out, ev)
-	}
-	if err := r.Err(); err != nil {
-		t.Fatal(err)
 	}
 	return out
 }
@@ -278,12 +269,8 @@ func TestTrailFailureAndRecovery(t *testing.T) {
 	}
 	time.Sleep(100 * time.Millisecond)
 	failing.Store(false)
-	deadline := time.Now().Add(5 * time.Second)
-	for tr.Admit() != nil {
-		if time.Now().After(deadline) {
-			t.Fatal("no recovery")
-		}
-		time.Sleep(10 * time.Millisecond)
+	if !testenv.Eventually(5*time.Second, 10*time.Millisecond, func() bool { return tr.Admit() == nil }) {
+		t.Fatal("no recovery")
 	}
 	if _, err := waitRecord(ctx, tr, &Event{Action: ActionRead}); err != nil {
 		t.Fatalf("after recovery: %v", err)
@@ -414,12 +401,8 @@ func TestTrailLazySync(t *testing.T) {
 	if n := syncs.Load() - before; n > 1 {
 		t.Fatalf("%d fsyncs for 50 events nobody waits for", n)
 	}
-	deadline := time.Now().Add(2 * time.Second)
-	for tr.Durable() < base+50 {
-		if time.Now().After(deadline) {
-			t.Fatalf("durable %d, want %d within SyncInterval", tr.Durable(), base+50)
-		}
-		time.Sleep(10 * time.Millisecond)
+	if !testenv.Eventually(2*time.Second, 10*time.Millisecond, func() bool { return tr.Durable() >= base+50 }) {
+		t.Fatalf("durable %d, want %d within SyncInterval", tr.Durable(), base+50)
 	}
 	// Written but not synced when the fsync fails: rolled back, kept, and
 	// written again.
@@ -465,12 +448,8 @@ func TestTrailStartsFailedAndAttachesLater(t *testing.T) {
 	if err := os.Remove(blocker); err != nil {
 		t.Fatal(err)
 	}
-	deadline := time.Now().Add(5 * time.Second)
-	for tr.Admit() != nil {
-		if time.Now().After(deadline) {
-			t.Fatalf("no recovery: %v", tr.Err())
-		}
-		time.Sleep(10 * time.Millisecond)
+	if !testenv.Eventually(5*time.Second, 10*time.Millisecond, func() bool { return tr.Admit() == nil }) {
+		t.Fatalf("no recovery: %v", tr.Err())
 	}
 	tr.Close()
 	if got := actions(readChain(t, dir, sig)); got != "start write stop checkpoint" {

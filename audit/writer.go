@@ -8,6 +8,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"syscall"
 	"time"
 
 	"github.com/phiproxy/phiproxy/internal/atomicfile"
@@ -72,6 +73,7 @@ func (t *Trail) shutdown(batch []*Record) {
 		t.closeErr = fmt.Errorf("audit: closing the trail: %v (%d events not written)", t.Err(), len(t.retained))
 	}
 	if t.f != nil {
+		_ = t.f.Truncate(t.size) // give back the blocks reserved past the end
 		t.f.Close()
 		t.f = nil
 	}
@@ -188,6 +190,7 @@ func (t *Trail) writeBatch(batch []*Record, force bool) {
 		}
 	}
 	if t.size >= t.opts.MaxFileBytes {
+		_ = t.f.Truncate(t.size) // give back the blocks reserved past the end
 		t.f.Close()
 		t.f, t.fileName, t.size = nil, "", 0 // the next line starts a new file
 		t.last.fileName, t.last.size = "", 0
@@ -264,9 +267,30 @@ func (t *Trail) write(buf []byte) error {
 	if err := t.fault("write"); err != nil {
 		return err
 	}
+	t.preallocate(t.size + int64(len(buf)))
 	n, err := t.f.Write(buf)
 	t.size += int64(n)
 	return err
+}
+
+// preallocChunk is how far ahead of the file's end blocks are reserved.
+const preallocChunk = 1 << 20
+
+// preallocate reserves disk blocks beyond the file's end, up to past end
+// (fallocate with KEEP_SIZE: the file's size does not change, readers see
+// nothing), so that an append does not allocate blocks and its fdatasync
+// has less metadata to commit. A file system without fallocate is fine:
+// the appends allocate as before.
+func (t *Trail) preallocate(end int64) {
+	if end <= t.prealloc || t.noPrealloc {
+		return
+	}
+	size := max(end, t.prealloc) - t.prealloc + preallocChunk
+	if err := syscall.Fallocate(int(t.f.Fd()), 0x01 /* FALLOC_FL_KEEP_SIZE */, t.prealloc, size); err != nil {
+		t.noPrealloc = true
+		return
+	}
+	t.prealloc += size
 }
 
 // sync fsyncs the current file.
@@ -275,7 +299,9 @@ func (t *Trail) sync() error {
 		return err
 	}
 	start := time.Now()
-	if err := t.f.Sync(); err != nil {
+	// fdatasync: the data and what is needed to read it back (the size),
+	// not the times.
+	if err := syscall.Fdatasync(int(t.f.Fd())); err != nil {
 		return err
 	}
 	t.lastSync = time.Now()
@@ -349,7 +375,7 @@ func (t *Trail) openFile(first uint64) error {
 			return err
 		}
 	}
-	t.f, t.fileName = f, name
+	t.f, t.fileName, t.prealloc = f, name, t.size
 	return nil
 }
 

@@ -3,7 +3,6 @@ package crypto
 import (
 	"context"
 	"crypto/tls"
-	"crypto/x509"
 	"errors"
 	"fmt"
 	"io/fs"
@@ -24,6 +23,7 @@ import (
 	"github.com/tink-crypto/tink-go/v2/tink"
 
 	"github.com/phiproxy/phiproxy/internal/atomicfile"
+	"github.com/phiproxy/phiproxy/internal/certpool"
 )
 
 // KEK is the key-encryption key every keyset file is encrypted under: a
@@ -165,13 +165,9 @@ func openVaultKEK(_ context.Context, uri string, env Env) (tink.AEAD, error) {
 	}
 	tlsCfg := &tls.Config{MinVersion: tls.VersionTLS12}
 	if env.VaultCACert != "" {
-		pem, err := os.ReadFile(env.VaultCACert)
+		pool, err := certpool.Load(env.VaultCACert)
 		if err != nil {
 			return nil, fmt.Errorf("VAULT_CACERT: %w", err)
-		}
-		pool := x509.NewCertPool()
-		if !pool.AppendCertsFromPEM(pem) {
-			return nil, fmt.Errorf("VAULT_CACERT %s holds no PEM certificate", env.VaultCACert)
 		}
 		tlsCfg.RootCAs = pool
 	}

@@ -164,6 +164,7 @@ limits: {drain_timeout: %s}
 		}
 		select {
 		case err := <-p.done:
+			p.done <- err // for the cleanup, which waits for it
 			t.Fatalf("phiproxy exited: %v\n%s", err, p.out.String())
 		default:
 		}

@@ -36,7 +36,7 @@ func TestWindows(t *testing.T) {
 		{"Mon-Fri 08:00-18:00 America/New_York", "2026-12-07 08:00", "America/New_York", true}, // a Monday
 		{"Mon-Fri 08:00-18:00 America/New_York", "2026-12-07 18:00", "America/New_York", false},
 		{"Mon-Fri 08:00-18:00 America/New_York", "2026-12-06 12:00", "America/New_York", false}, // Sunday
-		{"Mon-Fri 08:00-18:00 America/New_York", "2026-12-07 13:00", "UTC", true},                // 08:00 in New York
+		{"Mon-Fri 08:00-18:00 America/New_York", "2026-12-07 13:00", "UTC", true},               // 08:00 in New York
 		{"Mon-Fri 08:00-18:00 America/New_York", "2026-12-07 12:59", "UTC", false},
 		// DST: on 2026-03-08 New York skips 02:00-03:00; 08:00 local is 12:00 UTC after it.
 		{"Sun 08:00-09:00 America/New_York", "2026-03-08 12:00", "UTC", true},
@@ -44,11 +44,11 @@ func TestWindows(t *testing.T) {
 		// On 2026-11-01 01:00-02:00 repeats: both 05:30 and 06:30 UTC are 01:30 local.
 		{"Sun 01:00-02:00 America/New_York", "2026-11-01 05:30", "UTC", true},
 		{"Sun 01:00-02:00 America/New_York", "2026-11-01 06:30", "UTC", true},
-		{"Sun 02:00-03:00 Europe/Berlin", "2026-03-29 01:30", "UTC", false}, // 03:30 CEST
-		{"Sun 02:00-03:00 Europe/Berlin", "2026-10-25 00:30", "UTC", true},  // 02:30 CEST
-		{"Sun 02:00-03:00 Europe/Berlin", "2026-10-25 01:30", "UTC", true},  // 02:30 CET, the repeat
+		{"Sun 02:00-03:00 Europe/Berlin", "2026-03-29 01:30", "UTC", false},         // 03:30 CEST
+		{"Sun 02:00-03:00 Europe/Berlin", "2026-10-25 00:30", "UTC", true},          // 02:30 CEST
+		{"Sun 02:00-03:00 Europe/Berlin", "2026-10-25 01:30", "UTC", true},          // 02:30 CET, the repeat
 		{"Sat-Sun 00:00-24:00 Pacific/Kiritimati", "2026-12-04 10:30", "UTC", true}, // UTC+14: already Saturday
-		{"Fri-Mon 22:00-23:00 Asia/Kolkata", "2026-12-06 16:45", "UTC", true},     // Sunday 22:15 IST (wrapping day range)
+		{"Fri-Mon 22:00-23:00 Asia/Kolkata", "2026-12-06 16:45", "UTC", true},       // Sunday 22:15 IST (wrapping day range)
 		{"Mon,Wed 09:00-10:00 UTC", "2026-12-09 09:59", "UTC", true},
 		{"Mon,Wed 09:00-10:00 UTC", "2026-12-08 09:30", "UTC", false},
 	}

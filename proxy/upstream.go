@@ -9,10 +9,10 @@ import (
 	"fmt"
 	"io"
 	"net"
-	"os"
 	"time"
 
 	"github.com/phiproxy/phiproxy/config"
+	"github.com/phiproxy/phiproxy/internal/certpool"
 	"github.com/phiproxy/phiproxy/pgerr"
 )
 
@@ -62,13 +62,8 @@ func newUpstreamDialer(u config.Upstream, timeout time.Duration) (*upstreamDiale
 	}
 	var pool *x509.CertPool
 	if u.SSLRootCert != "" {
-		pem, err := os.ReadFile(u.SSLRootCert)
-		if err != nil {
+		if pool, err = certpool.Load(u.SSLRootCert); err != nil {
 			return nil, fmt.Errorf("upstream.sslrootcert: %w", err)
-		}
-		pool = x509.NewCertPool()
-		if !pool.AppendCertsFromPEM(pem) {
-			return nil, fmt.Errorf("upstream.sslrootcert %s holds no PEM certificate", u.SSLRootCert)
 		}
 	}
 	if u.SSLCert != "" {

@@ -67,8 +67,10 @@ func main() {
 	clients := flag.String("clients", "1,8", "pgbench -c values")
 	targetsFlag := flag.String("targets", "direct,phiproxy,pgbouncer", "paths to measure (relay workload); also floor-goroutine, floor-epoll, floor-epoll-raw: bare Go byte relays (floor.go, floor_raw.go)")
 	repeat := flag.Int("repeat", 1, "interleaved rounds; the tables show per-cell medians")
-	workload := flag.String("workload", "relay", "relay (pgbench -S) or phi (bench/phi.sql on PHI columns)")
-	rows := flag.Int("rows", 10000, "patients rows (phi workload)")
+	workload := flag.String("workload", "relay", "relay (pgbench -S), phi (bench/phi.sql on PHI columns) or encrypt (phiproxy encrypt rows/s, COPY MB/s)")
+	rows := flag.Int("rows", 10000, "patients rows (phi and encrypt workloads)")
+	copyRows := flag.Int("copy-rows", 200000, "rows per COPY (encrypt workload)")
+	batch := flag.Int("batch-size", 1000, "phiproxy encrypt --batch-size (encrypt workload)")
 	script := flag.String("script", "bench/phi.sql", "pgbench script (phi workload)")
 	pgDurable := flag.Bool("pg-durable", false, "run PostgreSQL with fsync and synchronous_commit on (default off: the test clusters' setting)")
 	auditModes := flag.String("audit", "strict", "audit modes of the phi target (phi workload): any of off,best_effort,strict; each is its own proxy")
@@ -89,8 +91,10 @@ func main() {
 		err = run(ctx, *phiproxy, *duration, *scale, *repeat, strings.Split(*modes, ","), strings.Split(*clients, ","), strings.Split(*targetsFlag, ","))
 	case "phi":
 		err = runPHI(ctx, *phiproxy, *script, *duration, *rows, *repeat, strings.Split(*modes, ","), strings.Split(*clients, ","), strings.Split(*auditModes, ","), *pgDurable)
+	case "encrypt":
+		err = runEncrypt(ctx, *phiproxy, *rows, *copyRows, *batch, *repeat)
 	default:
-		err = fmt.Errorf("-workload %q is not relay or phi", *workload)
+		err = fmt.Errorf("-workload %q is not relay, phi or encrypt", *workload)
 	}
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "bench:", err)

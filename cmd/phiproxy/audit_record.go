@@ -16,6 +16,13 @@ import (
 // records the change itself when SIGHUP makes it load the keys. It says
 // on stdout which of the two happened.
 func recordAudit(ctx context.Context, env *cmdEnv, cfg *config.Config, action, detail string) error {
+	return recordAuditEvent(ctx, env, cfg, &audit.Event{Action: action, Detail: detail})
+}
+
+// recordAuditEvent is recordAudit for an event with more than an action
+// and a detail (the relations and columns encrypt changed).
+func recordAuditEvent(ctx context.Context, env *cmdEnv, cfg *config.Config, ev *audit.Event) error {
+	action := ev.Action
 	if cfg.Audit.Mode == config.AuditOff || len(cfg.PHI) == 0 {
 		return nil
 	}
@@ -39,7 +46,7 @@ func recordAudit(ctx context.Context, env *cmdEnv, cfg *config.Config, action, d
 	if err != nil {
 		return err
 	}
-	r, err := t.Record(ctx, &audit.Event{Action: action, Detail: detail}, true)
+	r, err := t.Record(ctx, ev, true)
 	if err == nil {
 		err = r.Wait(ctx)
 	}

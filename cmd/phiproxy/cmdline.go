@@ -47,8 +47,8 @@ type actions[C any] struct {
 	name     string
 	head     string                        // the command's usage line
 	notes    string                        // what its usage says after the list of actions
-	synopsis string                        // the command's own flags, in an action's usage line
-	flags    func(fs *pflag.FlagSet, c *C) // the command's own flags
+	synopsis string                        // the command's own flags, in an action's usage line (runConfigured: --config FILE)
+	flags    func(fs *pflag.FlagSet, c *C) // the command's own flags (runConfigured adds --config)
 	actions  map[string]action[C]
 }
 
@@ -64,7 +64,9 @@ func (cmd *actions[C]) pick(env *cmdEnv, args []string, c *C) (*action[C], *pfla
 	name := args[0]
 	fs := pflag.NewFlagSet(cmd.name+" "+name, pflag.ContinueOnError)
 	fs.SetOutput(env.stderr)
-	cmd.flags(fs, c)
+	if cmd.flags != nil {
+		cmd.flags(fs, c)
+	}
 	if a.flags != nil {
 		a.flags(fs, c)
 	}
@@ -73,6 +75,26 @@ func (cmd *actions[C]) pick(env *cmdEnv, args []string, c *C) (*action[C], *pfla
 		fs.PrintDefaults()
 	}
 	return a, fs, nil
+}
+
+// runConfigured runs a command whose actions all need --config FILE: it
+// picks the action, parses its flags and --config (into *cfgPath), loads
+// the config into *cfg and runs the action. After --help it returns nil.
+func (cmd *actions[C]) runConfigured(ctx context.Context, env *cmdEnv, args []string, c *C, cfgPath *string, cfg **config.Config) error {
+	if cmd.synopsis == "" {
+		cmd.synopsis = "--config FILE"
+	}
+	a, fs, err := cmd.pick(env, args, c)
+	if a == nil {
+		return err // nil after --help
+	}
+	fs.StringVar(cfgPath, "config", "", "config file (YAML), required")
+	loaded, err := parseConfigFlags(fs, args[1:], cmd.name+" "+args[0], cfgPath)
+	if loaded == nil {
+		return err // nil after --help
+	}
+	*cfg = loaded
+	return a.run(ctx, env, c)
 }
 
 // usage prints the command's usage line, its actions with their summaries,

@@ -31,19 +31,16 @@ type keysCmd struct {
 	force         bool
 	confirmUnused bool
 	json          bool
+	to            string
 
 	cfg *config.Config
 }
 
 func keysCommand() *actions[keysCmd] {
 	return &actions[keysCmd]{
-		name:     "keys",
-		head:     "usage: phiproxy keys <action> --config FILE [flags]",
-		notes:    "Environment: VAULT_TOKEN (and optionally VAULT_CACERT) for an hcvault:// KEK.\nSee docs/keys.md.",
-		synopsis: "--config FILE",
-		flags: func(fs *pflag.FlagSet, k *keysCmd) {
-			fs.StringVar(&k.cfgPath, "config", "", "config file (YAML), required")
-		},
+		name:    "keys",
+		head:    "usage: phiproxy keys <action> --config FILE [flags]",
+		notes:   "Environment: VAULT_TOKEN (and optionally VAULT_CACERT) for an hcvault:// KEK.\nSee docs/keys.md.",
 		actions: keysActions(),
 	}
 }
@@ -83,10 +80,18 @@ func keysActions() map[string]keysAction {
 			flags: func(fs *pflag.FlagSet, k *keysCmd) {
 				target(fs, k)
 				fs.StringVar(&k.keyID, "key-id", "", "id of the key to retire, as keys list shows it")
-				fs.BoolVar(&k.confirmUnused, "confirm-unused", false, "affirm that no value uses the key any more (checked as docs/keys.md shows)")
+				fs.BoolVar(&k.confirmUnused, "confirm-unused", false, "retire once the database confirms that no value uses the key any more")
 				fs.BoolVar(&k.force, "force", false, "retire even though values may still use the key: they are destroyed")
 			},
 			run: keysRetire,
+		},
+		"rewrap": {
+			summary: "re-encrypt every keyset file under a new KEK (file or Vault); resumable",
+			usage:   "--to KEK_URI",
+			flags: func(fs *pflag.FlagSet, k *keysCmd) {
+				fs.StringVar(&k.to, "to", "", "the new KEK: file:PATH (created if missing; relative to the config file) or hcvault://HOST/MOUNT/keys/NAME")
+			},
+			run: keysRewrap,
 		},
 		"export-public": {
 			summary: "print the public audit-signing keyset (Tink JSON) for auditors",
@@ -98,17 +103,7 @@ func keysActions() map[string]keysAction {
 // runKeys dispatches `phiproxy keys ACTION`.
 func runKeys(ctx context.Context, env *cmdEnv, args []string) error {
 	k := &keysCmd{}
-	a, fs, err := keysCommand().pick(env, args, k)
-	if a == nil {
-		return err // nil after --help
-	}
-	name := args[0]
-	cfg, err := parseConfigFlags(fs, args[1:], "keys "+name, &k.cfgPath)
-	if cfg == nil {
-		return err // nil after --help
-	}
-	k.cfg = cfg
-	return a.run(ctx, env, k)
+	return keysCommand().runConfigured(ctx, env, args, k, &k.cfgPath, &k.cfg)
 }
 
 func (k *keysCmd) store(ctx context.Context) (*crypto.Store, error) {
@@ -229,6 +224,11 @@ func keysRetire(ctx context.Context, env *cmdEnv, k *keysCmd) error {
 		return usagef("keys retire: retiring key id %d of %s makes every value still encrypted under it unreadable, for good.\n"+
 			"Re-encrypt the data first and check that no value uses the key (docs/keys.md shows the query), then pass --confirm-unused;\n"+
 			"pass --force to destroy the values that may remain (crypto-shredding)", id, ref)
+	}
+	if !k.force && !ref.IsSigning() {
+		if err := checkUnused(ctx, env, k.cfg, ref, uint32(id)); err != nil {
+			return err
+		}
 	}
 	st, err := k.store(ctx)
 	if err != nil {

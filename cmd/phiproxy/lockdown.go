@@ -4,13 +4,11 @@ import (
 	"bytes"
 	"context"
 	"crypto/tls"
-	"crypto/x509"
 	"encoding/json"
 	"fmt"
 	"io"
 	"net"
 	"net/http"
-	"os"
 	"os/user"
 	"strings"
 	"time"
@@ -21,10 +19,45 @@ import (
 
 	"github.com/phiproxy/phiproxy/audit"
 	"github.com/phiproxy/phiproxy/config"
+	"github.com/phiproxy/phiproxy/internal/certpool"
 	"github.com/phiproxy/phiproxy/policy"
 	"github.com/phiproxy/phiproxy/proxy/admin"
 	"github.com/phiproxy/phiproxy/proxy/phi"
 )
+
+// lockdownCmd holds the parsed flags of `phiproxy lockdown`.
+type lockdownCmd struct {
+	cfgPath, reason string
+	cfg             *config.Config
+}
+
+func lockdownCommand() *actions[lockdownCmd] {
+	reason := func(fs *pflag.FlagSet, l *lockdownCmd) {
+		fs.StringVar(&l.reason, "reason", "", "why (recorded in the audit trail), required")
+	}
+	to := func(action string) func(context.Context, *cmdEnv, *lockdownCmd) error {
+		return func(ctx context.Context, env *cmdEnv, l *lockdownCmd) error { return l.run(ctx, env, action) }
+	}
+	return &actions[lockdownCmd]{
+		name:  "lockdown",
+		head:  "usage: phiproxy lockdown on|off|status --config FILE [--reason TEXT]",
+		notes: "See docs/operations.md.",
+		actions: map[string]action[lockdownCmd]{
+			"on": {
+				summary: "serve no plaintext PHI on every instance sharing the database (--reason required)",
+				usage:   "--reason TEXT", flags: reason, run: to("on"),
+			},
+			"off": {
+				summary: "serve PHI again (--reason required)",
+				usage:   "--reason TEXT", flags: reason, run: to("off"),
+			},
+			"status": {
+				summary: "print the switch as the instance sees it (state_dir and the database)",
+				run:     to("status"),
+			},
+		},
+	}
+}
 
 // runLockdown is `phiproxy lockdown on|off|status --config FILE
 // [--reason TEXT]` (DESIGN §7). With an admin: section it asks the
@@ -34,38 +67,21 @@ import (
 // switch and state_dir itself, and audits the switch when no proxy holds
 // the trail (running proxies record what they see).
 func runLockdown(ctx context.Context, env *cmdEnv, args []string) error {
-	usage := func() {
-		fmt.Fprintln(env.stderr, "usage: phiproxy lockdown on|off|status --config FILE [--reason TEXT]\n\n"+
-			"  on      serve no plaintext PHI on every instance sharing the database (--reason required)\n"+
-			"  off     serve PHI again (--reason required)\n"+
-			"  status  print the switch as the instance sees it (state_dir and the database)")
-	}
-	if len(args) == 0 || (args[0] != "on" && args[0] != "off" && args[0] != "status") {
-		usage()
-		if len(args) > 0 && (args[0] == "-h" || args[0] == "--help" || args[0] == "help") {
-			return nil
-		}
-		return usagef("lockdown: want on, off or status")
-	}
-	action := args[0]
-	var cfgPath, reason string
-	fs := pflag.NewFlagSet("lockdown "+action, pflag.ContinueOnError)
-	fs.SetOutput(env.stderr)
-	fs.StringVar(&cfgPath, "config", "", "config file (YAML), required")
-	if action != "status" {
-		fs.StringVar(&reason, "reason", "", "why (recorded in the audit trail), required")
-	}
-	fs.Usage = func() { usage(); fs.PrintDefaults() }
-	cfg, err := parseConfigFlags(fs, args[1:], "lockdown "+action, &cfgPath)
-	if cfg == nil {
-		return err
-	}
+	l := &lockdownCmd{}
+	return lockdownCommand().runConfigured(ctx, env, args, l, &l.cfgPath, &l.cfg)
+}
+
+func (l *lockdownCmd) run(ctx context.Context, env *cmdEnv, action string) error {
+	cfg, reason := l.cfg, l.reason
 	if action != "status" {
 		if err := policy.CheckReason(reason); err != nil {
 			return usageError{err}
 		}
 	}
-	var st phi.LockdownStatus
+	var (
+		st  phi.LockdownStatus
+		err error
+	)
 	if cfg.Admin != nil {
 		st, err = lockdownViaAdmin(ctx, cfg, action, reason)
 	} else {
@@ -97,12 +113,10 @@ func lockdownViaAdmin(ctx context.Context, cfg *config.Config, action, reason st
 	scheme := "http"
 	if cfg.Admin.Cert != "" {
 		// The admin certificate is its own trust anchor here.
-		pem, err := os.ReadFile(cfg.Admin.Cert)
+		roots, err := certpool.Load(cfg.Admin.Cert)
 		if err != nil {
-			return st, err
+			return st, fmt.Errorf("admin.cert: %w", err)
 		}
-		roots := x509.NewCertPool()
-		roots.AppendCertsFromPEM(pem)
 		host, _, _ := net.SplitHostPort(cfg.Admin.Listen)
 		client.Transport = &http.Transport{TLSClientConfig: &tls.Config{RootCAs: roots, ServerName: host, MinVersion: tls.VersionTLS12}}
 		scheme = "https"
@@ -145,20 +159,20 @@ func lockdownDirect(ctx context.Context, env *cmdEnv, cfg *config.Config, action
 	defer conn.Close(context.Background())
 	if action != "status" {
 		l := policy.Lockdown{On: action == "on", Reason: reason, By: operator() + " (phiproxy lockdown)", Since: time.Now().UTC()}
-		if err := policy.WriteLockdownDB(ctx, conn, l); err != nil {
+		if err := phi.WriteLockdownDB(ctx, conn, l); err != nil {
 			return st, err
 		}
-		if err := policy.WriteLockdownFile(cfg.StateDir, l); err != nil {
+		if err := phi.WriteLockdownFile(cfg.StateDir, l); err != nil {
 			return st, err
 		}
 		if err := recordAudit(ctx, env, cfg, audit.ActionLockdown, l.Describe("cli")); err != nil {
 			return st, err
 		}
 	}
-	if st.File, err = policy.ReadLockdownFile(cfg.StateDir); err != nil {
+	if st.File, err = phi.ReadLockdownFile(cfg.StateDir); err != nil {
 		return st, err
 	}
-	if st.Database, err = policy.ReadLockdownDB(ctx, conn); err != nil {
+	if st.Database, err = phi.ReadLockdownDB(ctx, conn); err != nil {
 		return st, err
 	}
 	st.Locked = st.File.On || st.Database.On

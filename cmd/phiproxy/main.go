@@ -50,15 +50,18 @@ func (e runtimeError) Unwrap() error { return e.err }
 
 func commands() map[string]command {
 	return map[string]command{
-		"serve":    {"run the proxy (SIGHUP reloads, SIGTERM drains)", runServe},
-		"audit":    {"the audit trail: verify|search|export|tail", runAudit},
-		"check":    {"compare the config and keys with the live schema; exit 1 on findings", runCheck},
-		"demo":     {"throwaway PostgreSQL + phiproxy in front of it; prints connection strings", runDemo},
-		"keys":     {"manage keysets: init|create|rotate|list|retire|export-public", runKeys},
-		"lockdown": {"stop all plaintext PHI on every instance: on|off|status", runLockdown},
-		"observe":  {"report what enforcement would do on columns in enforce: observe; exit 1 if refusals", runObserve},
-		"overlay":  {"catalog overlay for introspection: install|status", runOverlay},
-		"version":  {"print the version", runVersion},
+		"serve":     {"run the proxy (SIGHUP reloads, SIGTERM drains)", runServe},
+		"audit":     {"the audit trail: verify|search|export|tail", runAudit},
+		"check":     {"compare the config and keys with the live schema; exit 1 on findings", runCheck},
+		"demo":      {"throwaway PostgreSQL + phiproxy in front of it; prints connection strings", runDemo},
+		"encrypt":   {"encrypt existing plaintext of PHI columns online (resumable)", runEncrypt},
+		"decrypt":   {"turn an encrypted column back into plaintext (--i-understand-this-writes-plaintext)", runDecrypt},
+		"reencrypt": {"after keys rotate: rewrite values to the primary key, online", runReencrypt},
+		"keys":      {"manage keysets: init|create|rotate|list|retire|rewrap|export-public", runKeys},
+		"lockdown":  {"stop all plaintext PHI on every instance: on|off|status", runLockdown},
+		"observe":   {"report what enforcement would do on columns in enforce: observe; exit 1 if refusals", runObserve},
+		"overlay":   {"catalog overlay for introspection: install|status", runOverlay},
+		"version":   {"print the version", runVersion},
 	}
 }
 
@@ -97,7 +100,7 @@ func run(ctx context.Context, env *cmdEnv, args []string) error {
 
 func printUsage(w io.Writer, cmds map[string]command) {
 	fmt.Fprintln(w, "usage: phiproxy <command> [flags]\n\ncommands:")
-	printSummaries(w, 8, cmds, func(c command) string { return c.summary })
+	printSummaries(w, 9, cmds, func(c command) string { return c.summary })
 }
 
 // printSummaries lists the names of m in order, each with its summary in

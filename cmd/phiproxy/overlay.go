@@ -11,35 +11,47 @@ import (
 	"github.com/phiproxy/phiproxy/proxy/phi"
 )
 
+// overlayCmd holds the parsed flags of `phiproxy overlay`.
+type overlayCmd struct {
+	cfgPath, dsn string
+	cfg          *config.Config
+}
+
+func overlayCommand() *actions[overlayCmd] {
+	return &actions[overlayCmd]{
+		name:  "overlay",
+		head:  "usage: phiproxy overlay install|status --config FILE [--dsn DSN]",
+		notes: "See docs/sql-support.md, \"Catalog introspection\".",
+		flags: func(fs *pflag.FlagSet, o *overlayCmd) {
+			fs.StringVar(&o.dsn, "dsn", "", "connect with this DSN instead of catalog_dsn (a role that may create the schema)")
+		},
+		actions: map[string]action[overlayCmd]{
+			"install": {
+				summary: "create or update the catalog overlay (schema " + config.OverlaySchema + ") for the config\n" +
+					"           and the event triggers that announce DDL to every proxy (needs a superuser)",
+				usage: "[--dsn DSN]",
+				run:   func(ctx context.Context, env *cmdEnv, o *overlayCmd) error { return o.run(ctx, env, true) },
+			},
+			"status": {
+				summary: "report whether the overlay is current; exit 1 when it is not",
+				usage:   "[--dsn DSN]",
+				run:     func(ctx context.Context, env *cmdEnv, o *overlayCmd) error { return o.run(ctx, env, false) },
+			},
+		},
+	}
+}
+
 // runOverlay is `phiproxy overlay install|status`: the catalog overlay
 // through which introspection sees PHI columns with their logical types
 // (docs/sql-support.md, "Catalog introspection").
 func runOverlay(ctx context.Context, env *cmdEnv, args []string) error {
-	usage := func() {
-		fmt.Fprintln(env.stderr, "usage: phiproxy overlay install|status --config FILE [--dsn DSN]\n\n"+
-			"  install  create or update the catalog overlay (schema "+config.OverlaySchema+") for the config\n"+
-			"           and the event triggers that announce DDL to every proxy (needs a superuser)\n"+
-			"  status   report whether the overlay is current; exit 1 when it is not")
-	}
-	if len(args) == 0 || (args[0] != "install" && args[0] != "status") {
-		usage()
-		if len(args) > 0 && (args[0] == "-h" || args[0] == "--help" || args[0] == "help") {
-			return nil
-		}
-		return usagef("overlay: want install or status")
-	}
-	action := args[0]
-	var cfgPath, dsn string
-	fs := pflag.NewFlagSet("overlay "+action, pflag.ContinueOnError)
-	fs.SetOutput(env.stderr)
-	fs.StringVar(&cfgPath, "config", "", "config file (YAML), required")
-	fs.StringVar(&dsn, "dsn", "", "connect with this DSN instead of catalog_dsn (a role that may create the schema)")
-	fs.Usage = func() { usage(); fs.PrintDefaults() }
-	cfg, err := parseConfigFlags(fs, args[1:], "overlay "+action, &cfgPath)
-	if cfg == nil {
-		return err // nil after --help
-	}
-	st, err := phi.Overlay(ctx, cfg, dsn, action == "install")
+	o := &overlayCmd{}
+	return overlayCommand().runConfigured(ctx, env, args, o, &o.cfgPath, &o.cfg)
+}
+
+// run reports the overlay's state, after installing it with install.
+func (o *overlayCmd) run(ctx context.Context, env *cmdEnv, install bool) error {
+	st, err := phi.Overlay(ctx, o.cfg, o.dsn, install)
 	if err != nil {
 		return err
 	}

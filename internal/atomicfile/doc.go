@@ -4,5 +4,6 @@
 // directory is synced so that the rename itself is durable.
 //
 // Keyset files (crypto), the audit head file and the verifier's state file
-// (audit) are written through it. It depends on the standard library only.
+// (audit), the Kafka export state (audit) and the lockdown state file
+// (policy) are written through it. It depends on the standard library only.
 package atomicfile

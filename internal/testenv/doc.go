@@ -1,9 +1,9 @@
 // Package testenv holds what the tests of several packages share: a
 // PostgreSQL cluster for a package's TestMain (started at once with the app
 // role, or lazily on first use), pgx connections and servers that end with
-// the test, a buffer a logger or a child process writes while the test
-// reads it, and bench/phi.sql's transaction for the PHI benchmarks
-// (PHIWorkload).
+// the test, polling until a condition holds (Eventually), a buffer a
+// logger or a child process writes while the test reads it, and
+// bench/phi.sql's transaction for the PHI benchmarks (PHIWorkload).
 //
 // Only tests import it (TestOnlyTestsImportIt checks); it depends on the
 // standard library, pgcluster and pgx, so that any package's tests can use

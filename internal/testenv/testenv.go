@@ -73,3 +73,16 @@ func CancelOnExpiry(cc *pgx.ConnConfig) {
 		return &pgconn.CancelRequestContextWatcherHandler{Conn: pc, DeadlineDelay: 5 * time.Second}
 	}
 }
+
+// Eventually polls cond every interval until it holds and reports whether
+// it did within d; cond runs at least once.
+func Eventually(d, interval time.Duration, cond func() bool) bool {
+	deadline := time.Now().Add(d)
+	for !cond() {
+		if time.Now().After(deadline) {
+			return false
+		}
+		time.Sleep(interval)
+	}
+	return true
+}

@@ -6,6 +6,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 )
 
 func TestBufferConcurrentWrites(t *testing.T) {
@@ -49,5 +50,19 @@ func TestOnlyTestsImportIt(t *testing.T) {
 				t.Errorf("%s imports %s outside its tests", pkg, self)
 			}
 		}
+	}
+}
+
+func TestEventually(t *testing.T) {
+	n := 0
+	if !Eventually(time.Second, time.Millisecond, func() bool { n++; return n == 3 }) || n != 3 {
+		t.Errorf("a condition that holds at the third poll: %d polls", n)
+	}
+	start := time.Now()
+	if Eventually(30*time.Millisecond, time.Millisecond, func() bool { return false }) {
+		t.Error("a condition that never holds was reported to hold")
+	}
+	if d := time.Since(start); d < 30*time.Millisecond {
+		t.Errorf("gave up after %v, before 30ms", d)
 	}
 }

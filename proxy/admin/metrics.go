@@ -29,6 +29,10 @@ type Metrics struct {
 	// refusalCodes are the refusals' counters of the fixed SQLSTATE set.
 	refusalCodes map[string]prometheus.Counter
 	reloads      *prometheus.CounterVec
+	// decisions are the policy's, by decision (allowed, masked,
+	// denied); breakGlass counts executions served through break-glass.
+	decisions  [3]prometheus.Counter
+	breakGlass prometheus.Counter
 	// plan and crypto are the PHI path's latency histograms.
 	plan   prometheus.Histogram
 	crypto [2]prometheus.Histogram // by phi.CryptoOp
@@ -111,7 +115,16 @@ func NewMetrics(status func() phi.Status) *Metrics {
 		Name: "phiproxy_crypto_seconds", Help: "Time to encrypt (a Query's literals, a Bind's parameters, a COPY FROM chunk) or decrypt (a DataRow, a COPY TO chunk) the PHI values of one message.", Buckets: latencyBuckets,
 	}, []string{"op"})
 	m.crypto = [2]prometheus.Histogram{crypto.WithLabelValues("encrypt").(prometheus.Histogram), crypto.WithLabelValues("decrypt").(prometheus.Histogram)}
-	m.reg.MustRegister(active, total, stmts, m.refusals, m.reloads, m.plan, crypto,
+	decisions := prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "phiproxy_decisions_total", Help: "Executions of PHI statements by the policy's decision: allowed (plaintext), masked, denied (refused by policy, lockdown or phiproxy).",
+	}, []string{"decision"})
+	for i, d := range []string{"allowed", "masked", "denied"} {
+		m.decisions[i] = decisions.WithLabelValues(d)
+	}
+	m.breakGlass = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "phiproxy_break_glass_statements_total", Help: "Executions that got plaintext only through a session's break-glass.",
+	})
+	m.reg.MustRegister(active, total, stmts, m.refusals, m.reloads, m.plan, crypto, decisions, m.breakGlass,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	if status != nil {
 		m.reg.MustRegister(newStatusCollector(status))
@@ -159,6 +172,17 @@ func (m *Metrics) End(ex *phi.Execution) {
 		o = 1
 	}
 	m.statements[a][o].Inc()
+	d := 0 // allowed
+	switch {
+	case ex.Refused:
+		d = 2
+	case ex.Decision == "masked":
+		d = 1
+	}
+	m.decisions[d].Inc()
+	if ex.BreakGlass {
+		m.breakGlass.Inc()
+	}
 }
 
 // SessionEnd implements phi.SessionObserver (sessions are counted by

@@ -113,6 +113,8 @@ func TestMetricsAfterACanaryWorkload(t *testing.T) {
 		`phiproxy_refusals_total{sqlstate="` + pe.Code + `"} 1`,
 		`phiproxy_keys_loaded 1`,
 		`phiproxy_lockdown 0`,
+		`phiproxy_decisions_total{decision="allowed"} `,
+		`phiproxy_decisions_total{decision="denied"} 1`,
 		`phiproxy_plan_seconds_count `,
 		`phiproxy_crypto_seconds_count{op="encrypt"} `,
 		`phiproxy_crypto_seconds_count{op="decrypt"} `,

@@ -8,6 +8,7 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"github.com/phiproxy/phiproxy/config"
+	"github.com/phiproxy/phiproxy/internal/testenv"
 )
 
 // catalogBound is how soon DDL done directly on the server must be seen
@@ -94,12 +95,8 @@ func TestCatalogOutsideDDL(t *testing.T) {
 // seen polls ok until it holds, failing the test after catalogBound.
 func seen(t *testing.T, ctx context.Context, what string, ok func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(catalogBound)
-	for !ok() {
-		if time.Now().After(deadline) {
-			t.Fatalf("%s done directly on the server was not seen by the proxy within %v", what, catalogBound)
-		}
-		time.Sleep(50 * time.Millisecond)
+	if !testenv.Eventually(catalogBound, 50*time.Millisecond, ok) {
+		t.Fatalf("%s done directly on the server was not seen by the proxy within %v", what, catalogBound)
 	}
 }
 

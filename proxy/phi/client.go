@@ -528,7 +528,7 @@ func (s *session) resultX(ps *prepared, formats []int16) *rowX {
 	if len(ps.st.Results) == 0 {
 		return nil
 	}
-	masks := s.masksFor(s.p.cur.Load(), ps.st.Results)
+	masks := s.masksFor(s.p.cur.Load(), ps.st.Results, &s.masksClient)
 	if ps.lastX != nil && ps.lastX.epoch == s.p.epoch.Load() && equalFormats(ps.lastFormats, formats) && sameMasks(ps.lastX.masks, masks) {
 		return ps.lastX
 	}

@@ -129,7 +129,7 @@ func (s *session) cursorResults(st *rewrite.Statement, text func(int) bool) ([]r
 		return nil, nil
 	}
 	// The policy and the settings may have changed since the DECLARE.
-	for i, a := range s.masksFor(s.p.cur.Load(), decl.Results) {
+	for i, a := range s.masksFor(s.p.cur.Load(), decl.Results, &s.masksServer) {
 		if a == policy.Deny {
 			return nil, pgerr.Newf(pgerr.InsufficientPrivilege, "permission denied for column %s", decl.Results[i].Column.Ident).
 				WithHint("phiproxy policy: your role may not read this PHI column; leave it out of the cursor's select list")
@@ -153,7 +153,7 @@ func (s *session) cursorX(name string, fields []pgproto3.FieldDescription) *rowX
 			return fields[i].Format
 		}
 		return 0
-	}, s.masksFor(s.p.cur.Load(), decl.Results))
+	}, s.masksFor(s.p.cur.Load(), decl.Results, &s.masksServer))
 }
 
 // fieldText reports text format for the output positions of a
@@ -175,6 +175,6 @@ func (s *session) cursorPortalX(pt *portal) (*rowX, *pgerr.Error) {
 	if err != nil {
 		return nil, err
 	}
-	pt.x = s.newRowX(results, func(i int) int16 { return formatAt(pt.formats, i) }, s.masksFor(s.p.cur.Load(), results))
+	pt.x = s.newRowX(results, func(i int) int16 { return formatAt(pt.formats, i) }, s.masksFor(s.p.cur.Load(), results, &s.masksServer))
 	return pt.x, nil
 }

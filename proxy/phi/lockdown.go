@@ -61,7 +61,7 @@ func (p *Proxy) SetLockdown(ctx context.Context, on bool, reason, by string) err
 	}
 	l := policy.Lockdown{On: on, Reason: reason, By: by, Since: time.Now().UTC()}
 	cfg := p.cur.Load().cfg
-	if err := policy.WriteLockdownFile(cfg.StateDir, l); err != nil {
+	if err := WriteLockdownFile(cfg.StateDir, l); err != nil {
 		return fmt.Errorf("lockdown: state_dir: %w", err)
 	}
 	cur := p.lock.Load()
@@ -72,7 +72,7 @@ func (p *Proxy) SetLockdown(ctx context.Context, on bool, reason, by string) err
 	var dbErr error
 	if len(cfg.PHI) > 0 {
 		dbErr = p.withCatalog(ctx, func(ctx context.Context, c catalogQuerier) error {
-			return policy.WriteLockdownDB(ctx, c, l)
+			return WriteLockdownDB(ctx, c, l)
 		})
 		if dbErr == nil {
 			next.db = l
@@ -89,7 +89,7 @@ func (p *Proxy) SetLockdown(ctx context.Context, on bool, reason, by string) err
 // applies it (at start, on NOTIFY, at each catalog refresh).
 func (p *Proxy) refreshLockdown(ctx context.Context, source string) error {
 	cfg := p.cur.Load().cfg
-	file, err := policy.ReadLockdownFile(cfg.StateDir)
+	file, err := ReadLockdownFile(cfg.StateDir)
 	if err != nil {
 		return fmt.Errorf("lockdown: %w", err)
 	}
@@ -99,7 +99,7 @@ func (p *Proxy) refreshLockdown(ctx context.Context, source string) error {
 	}
 	if len(cfg.PHI) > 0 {
 		err = p.withCatalog(ctx, func(ctx context.Context, c catalogQuerier) error {
-			db, err := policy.ReadLockdownDB(ctx, c)
+			db, err := ReadLockdownDB(ctx, c)
 			if err == nil {
 				next.db = db
 			}

@@ -550,6 +550,7 @@ func tagRows(tag []byte) int64 {
 // end, for the Observer, with their outcome unknown; then a
 // SessionObserver sees the session's end.
 func (s *session) SessionEnd(err error) {
+	s.p.sessions.Delete(s)
 	if s.obs == nil {
 		return
 	}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/phiproxy/phiproxy/policy"
 	"log/slog"
 	"sync"
 	"sync/atomic"
@@ -53,6 +54,8 @@ type Proxy struct {
 
 	// obs sees the statement lifecycle (observe.go); nil: nothing does.
 	obs Observer
+	// sessions are the live sessions (*session), for refreshRoles.
+	sessions sync.Map
 	// now is the policy's clock (WithClock; nil: time.Now).
 	now func() time.Time
 	// lock is the lockdown switch (lockdown.go); lockMu orders its
@@ -79,8 +82,10 @@ type snapshot struct {
 	cfg     *config.Config
 	cat     *config.Catalog
 	planner *rewrite.Planner
-	// cols is the PHI column map by "schema.table.column".
-	cols map[string]config.Column
+	// cols is the PHI column map by "schema.table.column"; policies their
+	// policies (pointers: a decision copies nothing).
+	cols     map[string]config.Column
+	policies map[string]*policy.Column
 	// database is the catalog's database: the one the PHI map is about.
 	database string
 	// overlay is the database whose catalog overlay the planner uses, ""
@@ -250,6 +255,9 @@ func (p *Proxy) Reload(ctx context.Context, cfg *config.Config) error {
 		return fmt.Errorf("phi: keys: %w", err)
 	}
 	p.cur.Store(s)
+	if err := p.refreshRoles(ctx, cfg.CatalogDSN); err != nil {
+		p.log.Warn("role memberships not refreshed at reload; sessions keep their login's", "err", err)
+	}
 	p.BumpDecisionEpoch()
 	p.auditReload(cfg, before)
 	return nil
@@ -336,10 +344,11 @@ func (p *Proxy) load(ctx context.Context, cfg *config.Config) (*snapshot, error)
 	if err := cat.Check(cfg); err != nil {
 		return nil, fmt.Errorf("phi: the config does not match the database:\n%w", err)
 	}
-	s := &snapshot{cfg: cfg, cat: cat, cols: map[string]config.Column{}, database: conn.Config().Database, observed: observedIdents(cfg)}
+	s := &snapshot{cfg: cfg, cat: cat, cols: map[string]config.Column{}, policies: map[string]*policy.Column{}, database: conn.Config().Database, observed: observedIdents(cfg)}
 	var rcols, all []rewrite.Column
 	for _, c := range cfg.Columns() {
 		s.cols[c.Ident()] = c
+		s.policies[c.Ident()] = &c.Policy
 		rc := rewrite.Column{Schema: c.Schema, Table: c.Table, Name: c.Name, Type: c.Type, Mode: c.Mode, Key: c.Key}
 		all = append(all, rc)
 		if !c.Observed() {

@@ -1,12 +1,16 @@
 package phi
 
 import (
+	"context"
+	"fmt"
 	"net"
 	"net/netip"
 	"slices"
+	"sort"
 	"strings"
 	"time"
 
+	"github.com/phiproxy/phiproxy/config"
 	"github.com/phiproxy/phiproxy/pgerr"
 	"github.com/phiproxy/phiproxy/policy"
 	"github.com/phiproxy/phiproxy/rewrite"
@@ -26,6 +30,34 @@ import (
 // read (tests; default time.Now).
 func WithClock(now func() time.Time) Option { return func(p *Proxy) { p.now = now } }
 
+// refreshRoles re-reads the role memberships of every live session's
+// user (at a reload, p.mu held), so that a GRANT or REVOKE applies from
+// each session's next statement.
+func (p *Proxy) refreshRoles(ctx context.Context, dsn string) error {
+	byUser := map[string][]*session{}
+	p.sessions.Range(func(k, _ any) bool {
+		s := k.(*session)
+		byUser[s.info.User] = append(byUser[s.info.User], s)
+		return true
+	})
+	for user, ss := range byUser {
+		pc, err := p.catalogConn(ctx, dsn)
+		if err != nil {
+			return err
+		}
+		roles, err := config.RoleMemberships(ctx, pc.Conn(), user)
+		pc.Release()
+		if err != nil {
+			return fmt.Errorf("role memberships of %s: %w", user, err)
+		}
+		sort.Strings(roles)
+		for _, s := range ss {
+			s.roles.Store(&roles)
+		}
+	}
+	return nil
+}
+
 // decision is the policy's verdict on one execution, for the audit trail.
 type decision struct {
 	// Outcome is allowed or masked; Reason names the rules that decided
@@ -36,7 +68,7 @@ type decision struct {
 
 // facts are the session's facts for a decision now.
 func (s *session) facts() policy.Facts {
-	f := policy.Facts{Roles: s.info.Roles, Now: s.p.clock(), BreakGlassSince: s.breakGlassSince()}
+	f := policy.Facts{Roles: *s.roles.Load(), Now: s.p.clock(), BreakGlassSince: s.breakGlassSince()}
 	if a, ok := s.info.ClientAddr.(*net.TCPAddr); ok {
 		if ip, ok := netip.AddrFromSlice(a.IP); ok {
 			f.Client = ip.Unmap()
@@ -56,11 +88,10 @@ func (p *Proxy) clock() time.Time {
 // colPolicy is the policy of a PHI column; a column the snapshot does not
 // know is denied (the zero policy).
 func colPolicy(snap *snapshot, ident string) *policy.Column {
-	c, ok := snap.cols[ident]
-	if !ok {
-		return &policy.Column{}
+	if p := snap.policies[ident]; p != nil {
+		return p
 	}
-	return &c.Policy
+	return &policy.Column{} // deny reads; writes are PostgreSQL's
 }
 
 // decide applies the policy to an execution of st about to be sent.
@@ -69,15 +100,19 @@ func (s *session) decide(snap *snapshot, st *rewrite.Statement) (*decision, erro
 		return nil, nil
 	}
 	f := s.facts()
-	d := &decision{Outcome: "allowed"}
+	d := decision{Outcome: "allowed"}
+	// The reasons are for the audit trail: without an Observer nothing
+	// reads them, and the statement path allocates nothing for them.
+	record := s.obs != nil
 	var reasons []string
-	seen := map[string]bool{}
+	var seen []string
 	note := func(ident string, pd policy.Decision) {
-		if !seen[ident] {
-			seen[ident] = true
-			reasons = append(reasons, shortIdent(ident)+": "+pd.Reason)
-		}
 		d.BreakGlass = d.BreakGlass || pd.BreakGlass
+		if !record || slices.Contains(seen, ident) {
+			return
+		}
+		seen = append(seen, ident)
+		reasons = append(reasons, shortIdent(ident)+": "+pd.Reason)
 	}
 	read := func(ident, what string) error {
 		pd := colPolicy(snap, ident).ReadDecision(&f)
@@ -123,13 +158,17 @@ func (s *session) decide(snap *snapshot, st *rewrite.Statement) (*decision, erro
 			return nil, writeDenied(ident, why)
 		}
 	}
+	if !record {
+		return nil, nil
+	}
 	if d.BreakGlass {
 		reasons = append([]string{"break-glass: " + s.breakGlassText()}, reasons...)
 	}
 	if len(reasons) > 0 {
 		d.Reason = boundReason(strings.Join(reasons, "; "))
 	}
-	return d, nil
+	out := d // only a recorded decision leaves the stack
+	return &out, nil
 }
 
 // breakGlassReason refuses SET phiproxy.break_glass with a reason under
@@ -177,15 +216,20 @@ func boundReason(s string) string {
 // masksFor are the accesses of results now (server or client goroutine
 // where a result transform is built): Plaintext, a mask, or Deny (the
 // transform then fails the statement at its first row).
-func (s *session) masksFor(snap *snapshot, results []rewrite.Result) []policy.Access {
+//
+// The slice is buf, the calling goroutine's scratch (s.masksClient or
+// s.masksServer), valid until its next call: a transform built from it
+// keeps a copy (newRowX).
+func (s *session) masksFor(snap *snapshot, results []rewrite.Result, buf *[]policy.Access) []policy.Access {
 	if len(results) == 0 {
 		return nil
 	}
 	f := s.facts()
-	out := make([]policy.Access, len(results))
+	out := slices.Grow((*buf)[:0], len(results))[:len(results)]
 	for i, r := range results {
 		out[i] = colPolicy(snap, r.Column.Ident).ReadDecision(&f).Access
 	}
+	*buf = out
 	return out
 }
 

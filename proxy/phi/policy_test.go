@@ -47,6 +47,7 @@ func mustWindow(t *testing.T, s string) policy.Window {
 // public.patients (as DESIGN §7's example).
 func policyCfg(t *testing.T) (*config.Config, string) {
 	cfg, dir := auditCfg(t, config.AuditStrict)
+	cfg.StateDir = dir + "/state"
 	clinic, _ := policy.ParsePrefix("10.0.0.0/8")
 	day := mustWindow(t, "Mon-Fri 08:00-18:00 America/New_York")
 	pols := map[string]policy.Column{
@@ -148,6 +149,26 @@ func TestPolicyDecidesPerRole(t *testing.T) {
 			t.Errorf("%s billing write: %v", mode, err)
 		}
 	}
+	// A REVOKE applies from the session's next statement after a reload.
+	{
+		bob := as("pol_bob", pgx.QueryExecModeCacheStatement)
+		super := connect(t, ctx, testCfg.CatalogDSN, pgx.QueryExecModeExec)
+		mustExec(t, ctx, super, "REVOKE pol_billing FROM pol_bob")
+		defer mustExec(t, context.Background(), super, "GRANT pol_billing TO pol_bob")
+		if got, _ := read(bob, "SELECT ssn FROM patients WHERE id = 1"); got != "***-**-6789" {
+			t.Fatalf("billing before the reload: %q", got)
+		}
+		if err := p.phi.Reload(ctx, cfg); err != nil {
+			t.Fatal(err)
+		}
+		if _, code := read(bob, "SELECT ssn FROM patients WHERE id = 1"); code != "42501" {
+			t.Fatalf("billing revoked, after the reload: %s", code)
+		}
+		mustExec(t, ctx, super, "GRANT pol_billing TO pol_bob")
+		if err := p.phi.Reload(ctx, cfg); err != nil {
+			t.Fatal(err)
+		}
+	}
 	// COPY TO as billing: masked.
 	bob := as("pol_bob", pgx.QueryExecModeSimpleProtocol)
 	var buf bytes.Buffer
@@ -167,6 +188,17 @@ func TestPolicyDecidesPerRole(t *testing.T) {
 	mustExec(t, ctx, eve, "SET phiproxy.break_glass = 'patient unconscious in ER bay 3'")
 	if got, code := read(eve, "SELECT ssn FROM patients WHERE id = 1"); got != "123-45-6789" || code != "" {
 		t.Fatalf("ER with break-glass: %q %s", got, code)
+	}
+	// Lockdown overrides break-glass.
+	if err := p.phi.SetLockdown(ctx, true, "drill during break-glass", "test"); err != nil {
+		t.Fatal(err)
+	}
+	_, code := read(eve, "SELECT ssn FROM patients WHERE id = 1")
+	if err := p.phi.SetLockdown(ctx, false, "drill over", "test"); err != nil {
+		t.Fatal(err)
+	}
+	if code != "42501" {
+		t.Fatalf("break-glass under lockdown: %s", code)
 	}
 	now.Store(monday10.Add(61 * time.Minute).UnixNano())
 	if _, code := read(eve, "SELECT ssn FROM patients WHERE id = 1"); code != "42501" {

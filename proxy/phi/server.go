@@ -70,7 +70,7 @@ func (s *session) newRowX(results []rewrite.Result, format func(int) int16, mask
 	for _, r := range results {
 		n = max(n, r.Position+1)
 	}
-	x := &rowX{cols: make([]*colX, n), epoch: s.p.epoch.Load(), results: results, locked: s.p.Locked(), masks: masks}
+	x := &rowX{cols: make([]*colX, n), epoch: s.p.epoch.Load(), results: results, locked: s.p.Locked(), masks: slices.Clone(masks)}
 	for i, r := range results {
 		c, _ := s.p.keys.Cipher(r.Column.Key)
 		mask := policy.Plaintext
@@ -97,7 +97,7 @@ func (s *session) queryX(results []rewrite.Result, fields []pgproto3.FieldDescri
 		}
 		return codec.TextFormat
 	}
-	masks := s.masksFor(s.p.cur.Load(), results)
+	masks := s.masksFor(s.p.cur.Load(), results, &s.masksServer)
 	for i := range s.queryXs {
 		c := &s.queryXs[i]
 		if c.x != nil && len(c.results) == len(results) && &c.results[0] == &results[0] && s.current(c.x, format) && sameMasks(c.x.masks, masks) {

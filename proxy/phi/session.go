@@ -1,6 +1,7 @@
 package phi
 
 import (
+	"github.com/phiproxy/phiproxy/policy"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -390,6 +391,13 @@ type session struct {
 	// client goroutine's policy decisions.
 	bgReason string
 	bgSince  atomic.Int64
+	// roles are the session user's role memberships for policy: the
+	// login's (info.Roles), refreshed at each reload (a REVOKE applies
+	// from the session's next statement after SIGHUP).
+	roles atomic.Pointer[[]string]
+	// masksClient and masksServer are masksFor's scratch, one per
+	// goroutine.
+	masksClient, masksServer []policy.Access
 }
 
 func newSession(p *Proxy, info *proxy.SessionInfo) *session {
@@ -401,6 +409,9 @@ func newSession(p *Proxy, info *proxy.SessionInfo) *session {
 	s.ann, _ = p.obs.(Announcer)
 	s.tm, _ = p.obs.(Timer)
 	s.published = s.m.identity()
+	roles := info.Roles
+	s.roles.Store(&roles)
+	p.sessions.Store(s, struct{}{})
 	info.SetIdentity(s.published)
 	s.m.database = info.Database
 	s.params.Store(newSettings(info.ServerParameters))
