@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/phiproxy/phiproxy/config"
 	"github.com/phiproxy/phiproxy/internal/testenv"
@@ -237,6 +238,38 @@ func TestObserveModeWorkloadAndReport(t *testing.T) {
 		}
 	}
 	observeScreenshot(t, p.config)
+
+	// The next step of adoption: encrypt ssn and switch it to on. The
+	// refusal the report predicted is now the proxy's, word for word.
+	enc := exec.Command(e.binary, "encrypt", "--config", p.config, "--column", "public.patients.ssn")
+	enc.Env = append(os.Environ(), "PGPASSFILE="+e.pgpass)
+	if out, err := enc.CombinedOutput(); err != nil {
+		t.Fatalf("phiproxy encrypt: %v\n%s", err, out)
+	}
+	on := strings.Replace(extra, "ssn:       {type: text, mode: deterministic, enforce: observe,", "ssn:       {type: text, mode: deterministic,", 1)
+	if on == extra {
+		t.Fatal("BUG: ssn not switched on")
+	}
+	p2 := startProxy(t, proxyOpts{extra: on, catalogDB: observeDB})
+	c2 := testenv.Connect(t, ctx, e.dsn(p2.addr(), "app", "app-pw", observeDB), nil)
+	var ssn string
+	if err := c2.QueryRow(ctx, "SELECT ssn FROM patients WHERE ssn = $1", "canary-obs-ssn-2").Scan(&ssn); err != nil || ssn != "canary-obs-ssn-2" {
+		t.Fatalf("ssn after encrypt, through the proxy: %q %v", ssn, err)
+	}
+	if err := testenv.Connect(t, ctx, direct, nil).QueryRow(ctx, "SELECT DISTINCT substr(ssn::text, 1, 8) FROM patients").Scan(&hdr); err != nil || hdr != `\x504801` {
+		t.Fatalf("ssn after encrypt, direct: %q %v", hdr, err)
+	}
+	_, err = c2.Exec(ctx, "SELECT id, ssn FROM patients ORDER BY ssn")
+	var pe *pgconn.PgError
+	var predicted observe.Row
+	for _, r := range rep.Rows {
+		if r.Query == "SELECT id, ssn FROM patients ORDER BY ssn" {
+			predicted = r
+		}
+	}
+	if !errors.As(err, &pe) || pe.Code != predicted.SQLSTATE || pe.Message != predicted.Message || pe.Hint != predicted.Hint {
+		t.Errorf("enforced: %v; the report predicted %s %q %q", err, predicted.SQLSTATE, predicted.Message, predicted.Hint)
+	}
 }
 
 // rawRows returns the raw bytes of every value of q's rows, joined.
