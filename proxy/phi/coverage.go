@@ -3,6 +3,7 @@ package phi
 import (
 	"context"
 	"fmt"
+	"os"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -46,9 +47,19 @@ func observedIdents(cfg *config.Config) map[string]bool {
 // openCoverage opens the coverage store in cfg's state_dir and starts
 // writing it periodically (New; Close writes it a last time).
 func (p *Proxy) openCoverage(cfg *config.Config) error {
-	st, err := observe.Open(filepath.Join(cfg.StateDir, observe.FileName), nil)
+	path := filepath.Join(cfg.StateDir, observe.FileName)
+	st, err := observe.Open(path, nil)
 	if err != nil {
-		return err
+		// Records are no reason not to serve: keep the unreadable file
+		// aside and start counting again.
+		aside := path + ".unreadable-" + time.Now().UTC().Format("20060102T150405Z")
+		p.log.Warn("observe: coverage records unreadable; kept aside, counting starts again", "path", path, "aside", aside, "err", err)
+		if rerr := os.Rename(path, aside); rerr != nil {
+			return fmt.Errorf("phi: %w (and it cannot be moved aside: %v)", err, rerr)
+		}
+		if st, err = observe.Open(path, nil); err != nil {
+			return err
+		}
 	}
 	p.coverage = st
 	p.wg.Add(1)

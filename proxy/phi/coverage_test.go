@@ -222,3 +222,29 @@ func equalRows(a, b [][]byte) bool {
 	}
 	return true
 }
+
+func TestObserveUnreadableRecordsAreKeptAside(t *testing.T) {
+	cfg, dir := observeCfg(t)
+	if err := os.MkdirAll(cfg.StateDir, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	path := filepath.Join(cfg.StateDir, observe.FileName)
+	if err := os.WriteFile(path, []byte("{not json"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	p := startAudited(t, cfg, dir)
+	ctx := testCtx(t)
+	c := connect(t, ctx, p.dsn(), pgx.QueryExecModeSimpleProtocol)
+	if _, err := c.Exec(ctx, "SELECT ssn FROM patients_plain"); err != nil {
+		t.Fatal(err)
+	}
+	p.phi.FlushCoverage()
+	f, err := observe.ReadFile(path)
+	if err != nil || len(f.Records) != 1 {
+		t.Fatalf("records after an unreadable file: %v %+v", err, f)
+	}
+	aside, _ := filepath.Glob(path + ".unreadable-*")
+	if len(aside) != 1 {
+		t.Fatalf("the unreadable file is not kept aside: %v", aside)
+	}
+}
