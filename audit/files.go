@@ -52,6 +52,14 @@ func Segments(dir string) ([]Segment, error) {
 	return out, nil
 }
 
+// atZeros says the next byte is a NUL: the writer zero-fills a file
+// ahead of its last line (Trail.write), so readers stop there. A line
+// never starts with a NUL.
+func atZeros(br *bufio.Reader) bool {
+	b, err := br.Peek(1)
+	return err == nil && b[0] == 0
+}
+
 // MaxLineBytes bounds one line of a trail file when reading.
 const MaxLineBytes = 1 << 20
 
@@ -93,6 +101,11 @@ func (r *Reader) Next() bool {
 			}
 			r.f, r.sc = f, bufio.NewReaderSize(f, 64<<10)
 			r.line = Line{File: r.segs[r.i].Path}
+		}
+		if atZeros(r.sc) {
+			// Space the writer zeroed ahead: the file's data ends here.
+			r.closeFile()
+			continue
 		}
 		b, err := r.readLine()
 		if len(b) > 0 {

@@ -105,6 +105,9 @@ func (f *Follower) readFile(fn func(l *Line) error) (partial []byte, err error) 
 	}
 	r := bufio.NewReaderSize(file, 64<<10)
 	for {
+		if atZeros(r) {
+			return nil, nil // the writer's zeroed space: no more lines yet
+		}
 		f.buf = f.buf[:0]
 		var err error
 		for {

@@ -150,6 +150,9 @@ func (s *spool) readLine() ([]byte, error) {
 		return nil, nil
 	}
 	s.buf = s.buf[:0]
+	if atZeros(s.br) {
+		return nil, s.rewind() // the writer's zeroed space: wait for lines
+	}
 	for {
 		chunk, err := s.br.ReadSlice('\n')
 		s.buf = append(s.buf, chunk...)

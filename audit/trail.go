@@ -126,10 +126,10 @@ type Trail struct {
 	unsynced []*Record
 	last     synced
 	lastSync time.Time
-	// prealloc is how far the current file's blocks are reserved;
-	// noPrealloc: the file system refused (preallocate).
-	prealloc   int64
-	noPrealloc bool
+	// zeroed is how far the current file is zero-filled (zeroAhead);
+	// zeros is the chunk it writes.
+	zeroed int64
+	zeros  []byte
 
 	events, batches, lost, failures atomic.Int64
 	syncNanos, maxSync, maxBatch    atomic.Int64
@@ -320,8 +320,12 @@ func (t *Trail) Complete(ctx context.Context, r *Record, rows int64, sqlstate, r
 	switch r.state {
 	case stateQueued:
 		r.ev.Rows, r.ev.Error = &rows, sqlstate
-		if reason != "" {
+		switch {
+		case reason == "":
+		case r.ev.Reason == "":
 			r.ev.Reason = reason
+		default:
+			r.ev.Reason += "; " + reason
 		}
 		t.mu.Unlock()
 		return

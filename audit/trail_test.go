@@ -456,3 +456,49 @@ func TestTrailStartsFailedAndAttachesLater(t *testing.T) {
 		t.Fatalf("events: %s", got)
 	}
 }
+
+// A file is zero-filled ahead of its last line while the trail runs:
+// readers stop at the zeros, a clean stop cuts them, and after a crash
+// (the directory as a running trail left it) the next start cuts them
+// and continues the chain.
+func TestTrailZeroFilledTail(t *testing.T) {
+	base := t.TempDir()
+	dir := filepath.Join(base, "audit")
+	sig := newTrailSigner(t)
+	tr := openTrail(t, dir, sig, nil)
+	ctx := context.Background()
+	for i := 0; i < 20; i++ {
+		r, err := tr.Record(ctx, &Event{Action: ActionRead}, true)
+		if err != nil || r.Wait(ctx) != nil {
+			t.Fatal(err)
+		}
+	}
+	segs, _ := Segments(dir)
+	fi, err := os.Stat(segs[0].Path)
+	if err != nil || fi.Size() < zeroChunk {
+		t.Fatalf("the running trail's file is not zero-filled ahead: %v %v", fi.Size(), err)
+	}
+	// Readers see the lines, not the zeros.
+	if n := len(readChain(t, dir, sig)); n != 21 {
+		t.Fatalf("%d events read from the running trail, want 21", n)
+	}
+	// A crash: copy the files as they are now and start on the copy.
+	crashed := filepath.Join(base, "crashed")
+	os.MkdirAll(crashed, 0o700)
+	b, _ := os.ReadFile(segs[0].Path)
+	os.WriteFile(filepath.Join(crashed, filepath.Base(segs[0].Path)), b, 0o600)
+	tr.Close()
+	if fi, _ := os.Stat(segs[0].Path); fi.Size() >= zeroChunk {
+		t.Fatalf("a clean stop left the zeros: %d bytes", fi.Size())
+	}
+	tr2 := openTrail(t, crashed, sig, nil)
+	tr2.Close()
+	evs := readChain(t, crashed, sig)
+	last := evs[len(evs)-3] // start, stop, checkpoint of the second run
+	if last.Action != ActionStart || last.Clean == nil || *last.Clean {
+		t.Fatalf("after a crash with a zero-filled tail: %s", actions(evs))
+	}
+	if fi, _ := os.Stat(filepath.Join(crashed, filepath.Base(segs[0].Path))); fi.Size() >= zeroChunk {
+		t.Fatalf("the start after a crash left the zeros: %d bytes", fi.Size())
+	}
+}

@@ -73,7 +73,7 @@ func (t *Trail) shutdown(batch []*Record) {
 		t.closeErr = fmt.Errorf("audit: closing the trail: %v (%d events not written)", t.Err(), len(t.retained))
 	}
 	if t.f != nil {
-		_ = t.f.Truncate(t.size) // give back the blocks reserved past the end
+		_ = t.f.Truncate(t.size) // cut the zeroed space after the last line
 		t.f.Close()
 		t.f = nil
 	}
@@ -190,7 +190,7 @@ func (t *Trail) writeBatch(batch []*Record, force bool) {
 		}
 	}
 	if t.size >= t.opts.MaxFileBytes {
-		_ = t.f.Truncate(t.size) // give back the blocks reserved past the end
+		_ = t.f.Truncate(t.size) // cut the zeroed space after the last line
 		t.f.Close()
 		t.f, t.fileName, t.size = nil, "", 0 // the next line starts a new file
 		t.last.fileName, t.last.size = "", 0
@@ -267,30 +267,38 @@ func (t *Trail) write(buf []byte) error {
 	if err := t.fault("write"); err != nil {
 		return err
 	}
-	t.preallocate(t.size + int64(len(buf)))
-	n, err := t.f.Write(buf)
+	if err := t.zeroAhead(t.size + int64(len(buf))); err != nil {
+		return err
+	}
+	n, err := t.f.WriteAt(buf, t.size)
 	t.size += int64(n)
 	return err
 }
 
-// preallocChunk is how far ahead of the file's end blocks are reserved.
-const preallocChunk = 1 << 20
+// zeroChunk is how far ahead of the last line a file is zero-filled.
+const zeroChunk = 1 << 20
 
-// preallocate reserves disk blocks beyond the file's end, up to past end
-// (fallocate with KEEP_SIZE: the file's size does not change, readers see
-// nothing), so that an append does not allocate blocks and its fdatasync
-// has less metadata to commit. A file system without fallocate is fine:
-// the appends allocate as before.
-func (t *Trail) preallocate(end int64) {
-	if end <= t.prealloc || t.noPrealloc {
-		return
+// zeroAhead makes sure the file holds written zeros up to past end:
+// appends then overwrite blocks that exist, so their fdatasync flushes
+// data alone — no block allocation, no size change, no journal commit —
+// about half the kernel work of an fsync after an append (measured on
+// these VMs). The zeros are made durable once per chunk. Readers stop at
+// a NUL where a line should start; Close and rotation cut the file back to
+// its lines, and so does the next start after a crash.
+func (t *Trail) zeroAhead(end int64) error {
+	for end > t.zeroed {
+		if t.zeros == nil {
+			t.zeros = make([]byte, zeroChunk)
+		}
+		if _, err := t.f.WriteAt(t.zeros, t.zeroed); err != nil {
+			return err
+		}
+		if err := t.f.Sync(); err != nil {
+			return err
+		}
+		t.zeroed += zeroChunk
 	}
-	size := max(end, t.prealloc) - t.prealloc + preallocChunk
-	if err := syscall.Fallocate(int(t.f.Fd()), 0x01 /* FALLOC_FL_KEEP_SIZE */, t.prealloc, size); err != nil {
-		t.noPrealloc = true
-		return
-	}
-	t.prealloc += size
+	return nil
 }
 
 // sync fsyncs the current file.
@@ -317,6 +325,7 @@ func (t *Trail) sync() error {
 // if that fails too, the file is closed and the next write reopens (and
 // cuts) it.
 func (t *Trail) cutBack() {
+	t.zeroed = t.size
 	if terr := t.f.Truncate(t.size); terr != nil {
 		t.f.Close()
 		t.f = nil
@@ -375,7 +384,7 @@ func (t *Trail) openFile(first uint64) error {
 			return err
 		}
 	}
-	t.f, t.fileName, t.prealloc = f, name, t.size
+	t.f, t.fileName, t.zeroed = f, name, t.size
 	return nil
 }
 
@@ -462,6 +471,9 @@ func scanTail(path string) (end int64, last []byte, prevAction string, err error
 	var off int64
 	var prev []byte
 	for {
+		if atZeros(r) {
+			break // zeroed ahead by a run that did not stop cleanly
+		}
 		line, err := r.ReadBytes('\n')
 		if err == io.EOF {
 			break // a partial line (no newline) is dropped

@@ -78,6 +78,9 @@ func statementEvents(evs []*audit.Event) []*audit.Event {
 		case audit.ActionCompletion:
 			if s := bySeq[e.Ref]; s != nil {
 				s.Rows, s.Error = e.Rows, e.Error
+				if e.Reason != "" {
+					s.Reason = strings.TrimPrefix(s.Reason+"; "+e.Reason, "; ")
+				}
 			}
 		default:
 			c := *e
@@ -467,5 +470,53 @@ func TestAuditRecordsAutomaticLogoff(t *testing.T) {
 			t.Fatal("no logoff event")
 		}
 		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// Statements announced before they were sent but never run (an earlier
+// statement of the string or pipeline failed) are recorded as such, with
+// no rows: the trail never claims a read that did not happen.
+func TestAuditAnnouncedButNotRun(t *testing.T) {
+	ctx := testCtx(t)
+	cfg, dir := auditCfg(t, config.AuditStrict)
+	p := startAudited(t, cfg, dir)
+	simple := connect(t, ctx, p.dsn(), pgx.QueryExecModeSimpleProtocol)
+	mustExec(t, ctx, simple, "INSERT INTO patients (id, ssn) VALUES (1, '111-11-1111'), (2, '222-22-2222')")
+	_, err := simple.Exec(ctx, "SELECT ssn FROM patients WHERE id = 1; SELECT ssn FROM patients WHERE id = 1/0; SELECT ssn FROM patients WHERE id = 2")
+	if sqlstate(err) != "22012" {
+		t.Fatalf("the string: %v", err)
+	}
+	// A pipeline: the second Execute is skipped after the first fails.
+	ext := connect(t, ctx, p.dsn(), pgx.QueryExecModeCacheStatement)
+	b := &pgx.Batch{}
+	b.Queue("SELECT ssn FROM patients WHERE id = 1/$1", 0)
+	b.Queue("SELECT ssn FROM patients WHERE id = $1", 2)
+	if err := ext.SendBatch(ctx, b).Close(); sqlstate(err) != "22012" {
+		t.Fatalf("the pipeline: %v", err)
+	}
+	p.phi.Close()
+	var lines []string
+	for _, e := range statementEvents(trailEvents(t, cfg.Audit.File.Dir)) {
+		if e.Action != "read" {
+			continue
+		}
+		rows := "null"
+		if e.Rows != nil {
+			rows = fmt.Sprint(*e.Rows)
+		}
+		lines = append(lines, fmt.Sprintf("%s rows=%s error=%s reason=%s", e.Query, rows, e.Error, e.Reason))
+	}
+	got := strings.Join(lines, "\n")
+	for _, want := range []string{
+		"SELECT ssn FROM patients WHERE id = $1 rows=1 error= reason=patients.ssn: default\n",
+		"SELECT ssn FROM patients WHERE id = $1/$2 rows=0 error=22012",
+		"SELECT ssn FROM patients WHERE id = $1 rows=0 error= reason=patients.ssn: default; not run: an earlier statement of its batch failed",
+	} {
+		if !strings.Contains(got, want) {
+			t.Errorf("no event %q in:\n%s", want, got)
+		}
+	}
+	if strings.Count(got, "not run") != 2 {
+		t.Errorf("want two statements recorded as not run:\n%s", got)
 	}
 }
