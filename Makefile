@@ -23,7 +23,8 @@ deps-pg:
 	fi
 
 # deps-system adds what the tests and the benchmark drive — PgBouncer,
-# psycopg, pgjdbc with a JDK, node-postgres, and the ORM suite's stacks
+# psycopg, pgjdbc with a JDK, node-postgres, Chromium (the observe report's
+# headless rendering), and the ORM suite's stacks
 # (integration/orm: Debian's SQLAlchemy, Django, psycopg2, ActiveRecord,
 # ruby-pg and Hibernate 3.6; Sequelize, knex, TypeORM and MikroORM from npm) — but only what is missing: a
 # machine that has them is left alone. The psycopg tests run Debian's
@@ -31,6 +32,7 @@ deps-pg:
 deps-system: deps-pg
 	@missing=""; \
 	command -v pgbouncer >/dev/null 2>&1 || [ -x /usr/sbin/pgbouncer ] || missing="$$missing pgbouncer"; \
+	command -v chromium >/dev/null 2>&1 || missing="$$missing chromium"; \
 	/usr/bin/python3 -c 'import psycopg' >/dev/null 2>&1 || missing="$$missing python3-psycopg"; \
 	/usr/bin/python3 -c 'import psycopg2' >/dev/null 2>&1 || missing="$$missing python3-psycopg2"; \
 	/usr/bin/python3 -c 'import sqlalchemy' >/dev/null 2>&1 || missing="$$missing python3-sqlalchemy"; \

@@ -45,6 +45,10 @@ const (
 	ActionEncrypt   = "encrypt"
 	ActionReencrypt = "reencrypt"
 	ActionDecrypt   = "decrypt"
+	// ActionObserve: the first time an instance saw a statement shape on
+	// a column in enforce: observe (forwarded unchanged); Reason says
+	// whether enforcement would run or refuse it.
+	ActionObserve = "observe"
 )
 
 // Decisions.

@@ -42,6 +42,7 @@ const (
 	KindRelationNotTable   = "relation_not_table"
 	KindColumnMissing      = "column_missing"
 	KindColumnNotBytea     = "column_not_bytea"
+	KindColumnObserved     = "column_observed"
 	KindColumnPlaintext    = "column_plaintext"
 	KindValuesUnknownKey   = "values_unknown_key"
 	KindValuesOldKey       = "values_old_key"

@@ -65,6 +65,12 @@ FROM pg_catalog.pg_constraint WHERE contype = 'c' AND conrelid = ANY($1) ORDER B
 						pgx.Identifier{col.Schema, col.Table}.Sanitize(), pgx.Identifier{col.Name}.Sanitize(), r.fixCfg))
 				continue
 			}
+			if col.Observed() {
+				r.add(Warning, KindColumnObserved, "column "+col.Ident(),
+					fmt.Sprintf("is in enforce: observe: plaintext %s in the database, unprotected (statements are only planned and reported)", a.TypeName),
+					fmt.Sprintf("phiproxy observe report --config %s; then %s and set enforce: on", r.fixCfg, r.encryptFix(col)))
+				continue
+			}
 			if a.TypeOID != config.ByteaOID {
 				r.add(Error, KindColumnNotBytea, "column "+col.Ident(),
 					fmt.Sprintf("has type %s in the database, not bytea (the proxy does not start; the logical type %s belongs in the config only)", a.TypeName, col.Type),

@@ -271,7 +271,8 @@ func (c *Catalog) Functions() []*Function {
 }
 
 // Check verifies cfg against the snapshot: every configured PHI column must
-// exist in an ordinary or partitioned table and have type bytea. All
+// exist in an ordinary or partitioned table and have type bytea (any type
+// for a column in enforce: observe, which is still plaintext). All
 // problems are returned at once (errors.Join), each as
 // "FILE:LINE: phi column schema.table.column: …".
 func (c *Catalog) Check(cfg *Config) error {
@@ -302,7 +303,7 @@ func (c *Catalog) Check(cfg *Config) error {
 			bad("column %s does not exist in %s", col.Name, col.Relation())
 			continue
 		}
-		if a.TypeOID != ByteaOID {
+		if a.TypeOID != ByteaOID && !col.Observed() {
 			bad("column has type %s in the database; a PHI column must be bytea (it stores ciphertext; the logical type %s is declared in the config)", a.TypeName, col.Type)
 		}
 	}

@@ -27,8 +27,8 @@ func LoadCatalog(ctx context.Context, q Querier, cfg *Config, version uint64) (*
 	if cfg != nil {
 		for _, col := range cfg.Columns() {
 			r, ok := c.Relation(col.Schema, col.Table)
-			if !ok {
-				continue
+			if !ok || col.Observed() {
+				continue // an observed column is plaintext: not PHI here
 			}
 			if a, ok := r.Column(col.Name); ok {
 				c.phi[ColumnRef{r.OID, a.Num}] = col

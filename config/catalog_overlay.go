@@ -58,7 +58,7 @@ func OverlayEntries(cfg *Config, cat *Catalog) []OverlayEntry {
 	var out []OverlayEntry
 	for _, c := range cfg.Columns() {
 		r, ok := cat.Relation(c.Schema, c.Table)
-		if !ok {
+		if !ok || c.Observed() {
 			continue
 		}
 		a, ok := r.Column(c.Name)

@@ -241,6 +241,33 @@ CREATE VIEW v AS SELECT id FROM patients;`)
 	}
 }
 
+func TestCatalogCheckAcceptsObservedPlaintextColumns(t *testing.T) {
+	conn := testDB(t)
+	mustExec(t, conn, `CREATE TABLE patients (id int, ssn text, dob date, mrn text)`)
+	doc := minimal + `phi:
+  public.patients:
+    ssn: {type: text, mode: deterministic, enforce: observe}
+    dob: {type: date, mode: randomized, enforce: observe}
+    mrn: {type: text, mode: randomized}
+`
+	cfg, err := Parse([]byte(doc), "/etc/p.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	cat, err := LoadCatalog(context.Background(), conn, cfg, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = cat.Check(cfg)
+	if err == nil || strings.Contains(err.Error(), "ssn") || strings.Contains(err.Error(), "dob") ||
+		!strings.Contains(err.Error(), "/etc/p.yaml:8: phi column public.patients.mrn: column has type text") {
+		t.Fatalf("only the enforced text column is a problem, got: %v", err)
+	}
+	if es := OverlayEntries(cfg, cat); len(es) != 0 {
+		t.Fatalf("observed columns are not in the overlay: %+v", es)
+	}
+}
+
 func TestRoleMembershipsFollowNestedGroups(t *testing.T) {
 	ctx := context.Background()
 	conn := testDB(t)

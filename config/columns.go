@@ -27,6 +27,10 @@ type Column struct {
 	// Policy is the column's read and write rules, default and
 	// break-glass, validated (DESIGN §7).
 	Policy policy.Column
+	// Enforce is EnforceOn (the default: the column is bytea ciphertext)
+	// or EnforceObserve (still plaintext, of any type: statements are
+	// planned and reported, forwarded unchanged; docs/observe.md).
+	Enforce string
 	// Line is where the column is declared in the config file.
 	Line int
 }
@@ -36,6 +40,16 @@ func (c Column) Ident() string { return c.Schema + "." + c.Table + "." + c.Name 
 
 // Relation is "schema.table".
 func (c Column) Relation() string { return c.Schema + "." + c.Table }
+
+// Observed says the column is in observe mode: plaintext in PostgreSQL,
+// planned and reported but never encrypted, decrypted or refused.
+func (c Column) Observed() bool { return c.Enforce == EnforceObserve }
+
+// Enforcement modes of a PHI column.
+const (
+	EnforceOn      = "on"
+	EnforceObserve = "observe"
+)
 
 // Modes of a PHI column.
 const (

@@ -216,6 +216,7 @@ type rawColumn struct {
 	Read       []yaml.Node    `yaml:"read"`
 	Write      []yaml.Node    `yaml:"write"`
 	BreakGlass *rawBreakGlass `yaml:"break_glass"`
+	Enforce    string         `yaml:"enforce"`
 }
 
 // Load reads and validates the config file at path.
@@ -493,6 +494,13 @@ func Parse(data []byte, path string) (*Config, error) {
 			if col.Default == "" {
 				col.Default = AccessDeny
 			}
+			switch col.Enforce = rc.Enforce; col.Enforce {
+			case "":
+				col.Enforce = EnforceOn
+			case EnforceOn, EnforceObserve:
+			default:
+				v.errf(append(path, "enforce"), "phi column %s: enforce %q is not one of on, observe", col.Ident(), rc.Enforce)
+			}
 			col.Policy = v.columnPolicy(&col, rc, path)
 			m[colName] = col
 		}
@@ -504,6 +512,10 @@ func Parse(data []byte, path string) (*Config, error) {
 			if col.Mode != cols[0].Mode || col.Type != cols[0].Type {
 				v.errAt(col.Line, "phi column %s shares key %s with %s but differs in mode or type (%s %s vs %s %s)",
 					col.Ident(), key, cols[0].Ident(), col.Mode, col.Type, cols[0].Mode, cols[0].Type)
+			}
+			if col.Enforce != cols[0].Enforce {
+				v.errAt(col.Line, "phi column %s shares key %s with %s but differs in enforce (%s vs %s): plaintext cannot be compared with ciphertext",
+					col.Ident(), key, cols[0].Ident(), col.Enforce, cols[0].Enforce)
 			}
 		}
 	}

@@ -105,6 +105,8 @@ func TestLoadErrorsNameTheLine(t *testing.T) {
 		{"break_glass without roles", minimal + "phi:\n  public.p:\n    ssn: {type: text, mode: randomized, break_glass: {ttl: 1h}}\n", []string{":6:", "break_glass needs roles"}},
 		{"shared key must agree", minimal + "phi:\n  public.a:\n    x: {type: text, mode: deterministic, key: k}\n  public.b:\n    y: {type: int4, mode: deterministic, key: k}\n", []string{":8:", "shares key k"}},
 		{"shared key must agree on the modifier", minimal + "phi:\n  public.a:\n    x: {type: \"numeric(5,2)\", mode: deterministic, key: k}\n  public.b:\n    y: {type: \"numeric(6,3)\", mode: deterministic, key: k}\n", []string{":8:", "shares key k"}},
+		{"unknown enforce", minimal + "phi:\n  public.p:\n    ssn: {type: text, mode: randomized, enforce: maybe}\n", []string{":6:", `enforce "maybe" is not one of on, observe`}},
+		{"shared key must agree on enforce", minimal + "phi:\n  public.a:\n    x: {type: text, mode: deterministic, key: k, enforce: observe}\n  public.b:\n    y: {type: text, mode: deterministic, key: k}\n", []string{":8:", "differs in enforce"}},
 		{"varchar length zero", minimal + "phi:\n  public.p:\n    ssn: {type: varchar(0), mode: randomized}\n", []string{":6:", "length must be between 1 and"}},
 		{"scale above precision", minimal + "phi:\n  public.p:\n    n: {type: \"numeric(2,3)\", mode: randomized}\n", []string{":6:", "scale between 0 and the precision"}},
 		{"timestamp precision above 6", minimal + "phi:\n  public.p:\n    t: {type: timestamp(7), mode: randomized}\n", []string{":6:", "precision must be between 0 and 6"}},
@@ -231,6 +233,25 @@ func TestAdmin(t *testing.T) {
 	} {
 		if _, err := Parse([]byte(minimal+doc), "p.yaml"); err == nil || !strings.Contains(err.Error(), want) {
 			t.Errorf("%q: got %v; want an error naming %s", doc, err, want)
+		}
+	}
+}
+
+func TestEnforceDefaultsToOn(t *testing.T) {
+	doc := minimal + `phi:
+  public.patients:
+    ssn: {type: text, mode: deterministic, enforce: observe}
+    dob: {type: date, mode: randomized}
+    mrn: {type: text, mode: randomized, enforce: on}
+`
+	c, err := Parse([]byte(doc), "p.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for name, want := range map[string]string{"ssn": EnforceObserve, "dob": EnforceOn, "mrn": EnforceOn} {
+		col, _ := c.Column("public", "patients", name)
+		if col.Enforce != want || col.Observed() != (want == EnforceObserve) {
+			t.Errorf("%s: enforce %q, want %q", name, col.Enforce, want)
 		}
 	}
 }

@@ -427,4 +427,33 @@ CREATE POLICY by_tenant ON patients USING (tenant = 1);
 			t.Fatalf("without keys: exit %d, %+v", code, rep.Findings)
 		}
 	})
+
+	t.Run("an observed column is a warning, whatever its type", func(t *testing.T) {
+		checkDB(t, c, "observed", `CREATE TABLE patients (id serial PRIMARY KEY, ssn text, dob date, diagnosis bytea);
+INSERT INTO patients (ssn, dob) VALUES ('canary-ssn', '1980-01-02');`)
+		cfg := checkConfig(t, c, t.TempDir(), "observed.yaml", "observed", `phi:
+  public.patients:
+    ssn: {type: text, mode: deterministic, enforce: observe}
+    dob: {type: date, mode: randomized, enforce: observe}
+`)
+		mustRun(t, "keys", "init", "--config", cfg)
+		rep, code := checkJSON(t, cfg)
+		var got []string
+		for _, f := range rep.Findings {
+			if f.Kind == check.KindColumnObserved {
+				got = append(got, f.Object)
+				if !strings.Contains(f.Finding, "unprotected") || !strings.Contains(f.Fix, "phiproxy observe report") || strings.Contains(f.Finding, "canary") {
+					t.Errorf("observed finding: %+v", f)
+				}
+				continue
+			}
+			if f.Severity == check.Error {
+				t.Errorf("an observed plaintext column is not an error: %+v", f)
+			}
+		}
+		sort.Strings(got)
+		if code != 1 || strings.Join(got, " ") != "column public.patients.dob column public.patients.ssn" {
+			t.Fatalf("exit %d, observed findings %v (all: %+v)", code, got, rep.Findings)
+		}
+	})
 }

@@ -59,6 +59,7 @@ func commands() map[string]command {
 		"reencrypt": {"after keys rotate: rewrite values to the primary key, online", runReencrypt},
 		"keys":      {"manage keysets: init|create|rotate|list|retire|rewrap|export-public", runKeys},
 		"lockdown":  {"stop all plaintext PHI on every instance: on|off|status", runLockdown},
+		"observe":   {"report what enforcement would do on columns in enforce: observe; exit 1 if refusals", runObserve},
 		"overlay":   {"catalog overlay for introspection: install|status", runOverlay},
 		"version":   {"print the version", runVersion},
 	}

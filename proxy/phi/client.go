@@ -114,6 +114,9 @@ func (s *session) query(m *pgproto3.Query, out *proxy.Out) error {
 		if sess, err = s.planSession(&snap, m.String, out); err == nil {
 			plan, err = s.plan(snap, m.String, sess)
 		}
+		if err == nil {
+			s.cover(s.watchText(snap, m.String, sess))
+		}
 	}
 	if err != nil {
 		if s.obs != nil {
@@ -340,6 +343,9 @@ func (s *session) parse(m *pgproto3.Parse, out *proxy.Out) error {
 		if sess, err = s.planSession(&snap, m.Query, out); err == nil {
 			plan, err = s.plan(snap, m.Query, sess)
 		}
+		if err == nil {
+			ps.watch = s.watchText(snap, m.Query, sess)
+		}
 	}
 	if err == nil && !plan.PassThrough && len(plan.Statements) > 1 {
 		err = pgerr.New(pgerr.SyntaxError, "cannot insert multiple commands into a prepared statement")
@@ -463,6 +469,9 @@ func (s *session) bind(m *pgproto3.Bind, out *proxy.Out) error {
 		// parameter is sent unencrypted to a statement we do not know.
 		return s.poison(e, &pgproto3.Bind{DestinationPortal: m.DestinationPortal, PreparedStatement: poisonStatement}, "26000",
 			pgerr.Newf(pgerr.InvalidSQLStatementName, "prepared statement %q does not exist", m.PreparedStatement), out, nil)
+	}
+	if ps != nil {
+		s.cover(ps.watch)
 	}
 	fwd := m
 	if ps != nil && ps.st != nil {

@@ -14,6 +14,7 @@ import (
 
 	"github.com/phiproxy/phiproxy/config"
 	"github.com/phiproxy/phiproxy/crypto"
+	"github.com/phiproxy/phiproxy/observe"
 	"github.com/phiproxy/phiproxy/proxy"
 	"github.com/phiproxy/phiproxy/rewrite"
 )
@@ -70,6 +71,10 @@ type Proxy struct {
 	epoch atomic.Uint64
 	// catalogRead is when a catalog snapshot was last read (Unix ns).
 	catalogRead atomic.Int64
+	// coverage keeps observe mode's records (coverage.go); watchCache
+	// is the plan cache of the snapshots' watch planners.
+	coverage   *observe.Store
+	watchCache *rewrite.Cache
 }
 
 // snapshot is everything derived from one config and one catalog.
@@ -86,6 +91,11 @@ type snapshot struct {
 	// overlay is the database whose catalog overlay the planner uses, ""
 	// for none.
 	overlay string
+	// watch plans with every configured column as PHI, observed
+	// included; observed holds the observed columns' identities. Both nil
+	// without observed columns (coverage.go).
+	watch    *rewrite.Planner
+	observed map[string]bool
 }
 
 // Option configures a Proxy.
@@ -107,7 +117,7 @@ const PlanCacheSize = 4096
 // error naming the config line). With no PHI columns configured it returns
 // a Proxy whose Factory is nil: sessions are pure pass-through.
 func New(ctx context.Context, cfg *config.Config, opts ...Option) (*Proxy, error) {
-	p := &Proxy{log: slog.Default(), cryptoO: crypto.Options{Env: crypto.EnvFromOS()}, cache: rewrite.NewCache(PlanCacheSize), lockWake: make(chan struct{}, 1)}
+	p := &Proxy{log: slog.Default(), cryptoO: crypto.Options{Env: crypto.EnvFromOS()}, cache: rewrite.NewCache(PlanCacheSize), watchCache: rewrite.NewCache(PlanCacheSize), lockWake: make(chan struct{}, 1)}
 	for _, o := range opts {
 		o(p)
 	}
@@ -130,6 +140,10 @@ func New(ctx context.Context, cfg *config.Config, opts ...Option) (*Proxy, error
 	}
 	p.keys = keys
 	if err := p.openAudit(); err != nil {
+		p.Close()
+		return nil, err
+	}
+	if err := p.openCoverage(cfg); err != nil {
 		p.Close()
 		return nil, err
 	}
@@ -160,6 +174,7 @@ func (p *Proxy) DecisionEpoch() uint64 { return p.epoch.Load() }
 func (p *Proxy) Close() {
 	p.cancel()
 	p.wg.Wait()
+	p.flushCoverage()
 	if p.auditor != nil {
 		if err := p.auditor.trail.Close(); err != nil {
 			p.log.Error("audit trail not closed cleanly", "err", err)
@@ -329,16 +344,27 @@ func (p *Proxy) load(ctx context.Context, cfg *config.Config) (*snapshot, error)
 	if err := cat.Check(cfg); err != nil {
 		return nil, fmt.Errorf("phi: the config does not match the database:\n%w", err)
 	}
-	s := &snapshot{cfg: cfg, cat: cat, cols: map[string]config.Column{}, policies: map[string]*policy.Column{}, database: conn.Config().Database}
-	var rcols []rewrite.Column
+	s := &snapshot{cfg: cfg, cat: cat, cols: map[string]config.Column{}, policies: map[string]*policy.Column{}, database: conn.Config().Database, observed: observedIdents(cfg)}
+	var rcols, all []rewrite.Column
 	for _, c := range cfg.Columns() {
 		s.cols[c.Ident()] = c
 		s.policies[c.Ident()] = &c.Policy
-		rcols = append(rcols, rewrite.Column{Schema: c.Schema, Table: c.Table, Name: c.Name, Type: c.Type, Mode: c.Mode, Key: c.Key})
+		rc := rewrite.Column{Schema: c.Schema, Table: c.Table, Name: c.Name, Type: c.Type, Mode: c.Mode, Key: c.Key}
+		all = append(all, rc)
+		if !c.Observed() {
+			rcols = append(rcols, rc)
+		}
 	}
 	cols, err := rewrite.NewColumns(rcols)
 	if err != nil {
 		return nil, fmt.Errorf("phi: %w", err)
+	}
+	if s.observed != nil {
+		allCols, err := rewrite.NewColumns(all)
+		if err != nil {
+			return nil, fmt.Errorf("phi: %w", err)
+		}
+		s.watch = rewrite.NewPlanner(allCols, newCatalogAdapter(cat, cfg, s.observed, true), p.watchCache)
 	}
 	var opts []rewrite.PlannerOption
 	p.syncCatalogTrigger(ctx, conn, cfg)
@@ -346,7 +372,7 @@ func (p *Proxy) load(ctx context.Context, cfg *config.Config) (*snapshot, error)
 		s.overlay = db
 		opts = append(opts, rewrite.WithCatalogOverlay(config.OverlaySchema, db))
 	}
-	s.planner = rewrite.NewPlanner(cols, newCatalogAdapter(cat, cfg), p.cache, opts...)
+	s.planner = rewrite.NewPlanner(cols, newCatalogAdapter(cat, cfg, s.observed, false), p.cache, opts...)
 	p.catalogRead.Store(time.Now().UnixNano())
 	return s, nil
 }
@@ -359,7 +385,10 @@ type catalogAdapter struct {
 	deps []rewrite.Dependent
 }
 
-func newCatalogAdapter(cat *config.Catalog, cfg *config.Config) *catalogAdapter {
+// Observed columns are plaintext: for the planner that decides what runs
+// (watch false) a view or function reading only them reads no PHI; for
+// the watch planner they are the bytea they will become.
+func newCatalogAdapter(cat *config.Catalog, cfg *config.Config, observed map[string]bool, watch bool) *catalogAdapter {
 	a := &catalogAdapter{ver: cat.Version, rels: map[string]*rewrite.Relation{}}
 	ident := func(ref config.ColumnRef) string {
 		r, ok := cat.RelationByOID(ref.RelOID)
@@ -375,10 +404,14 @@ func newCatalogAdapter(cat *config.Catalog, cfg *config.Config) *catalogAdapter 
 	for _, r := range cat.Relations() {
 		rr := &rewrite.Relation{OID: r.OID, Schema: r.Schema, Name: r.Name, Kind: rewrite.RelKind(r.Kind), Keys: r.Keys}
 		for _, c := range r.Columns {
-			rr.Columns = append(rr.Columns, rewrite.Attr{Name: c.Name, Num: c.Num, Type: c.TypeName})
+			typ := c.TypeName
+			if watch && observed[r.Ident()+"."+c.Name] {
+				typ = "bytea"
+			}
+			rr.Columns = append(rr.Columns, rewrite.Attr{Name: c.Name, Num: c.Num, Type: typ})
 		}
 		for _, d := range r.PHIDeps {
-			if s := ident(d); s != "" {
+			if s := ident(d); s != "" && (watch || !observed[s]) {
 				rr.PHIDeps = append(rr.PHIDeps, s)
 			}
 		}
@@ -392,13 +425,38 @@ func newCatalogAdapter(cat *config.Catalog, cfg *config.Config) *catalogAdapter 
 		for _, oid := range f.Touches {
 			if r, ok := cat.RelationByOID(oid); ok {
 				for _, c := range cfg.PHI[r.Ident()] {
-					d.Reads = append(d.Reads, c.Ident())
+					if watch || !observed[c.Ident()] {
+						d.Reads = append(d.Reads, c.Ident())
+					}
 				}
 			}
+		}
+		if !watch && touchesObservedOnly(cat, cfg, observed, f.Touches) {
+			continue // plaintext only
 		}
 		a.deps = append(a.deps, d)
 	}
 	return a
+}
+
+// touchesObservedOnly says every relation of oids is a configured table
+// whose PHI columns are all observed.
+func touchesObservedOnly(cat *config.Catalog, cfg *config.Config, observed map[string]bool, oids []uint32) bool {
+	if len(observed) == 0 || len(oids) == 0 {
+		return false
+	}
+	for _, oid := range oids {
+		r, ok := cat.RelationByOID(oid)
+		if !ok || len(cfg.PHI[r.Ident()]) == 0 {
+			return false
+		}
+		for _, c := range cfg.PHI[r.Ident()] {
+			if !observed[c.Ident()] {
+				return false
+			}
+		}
+	}
+	return true
 }
 
 func (a *catalogAdapter) Version() uint64 { return a.ver }

@@ -12,6 +12,7 @@ import (
 	"github.com/phiproxy/phiproxy/codec"
 	"github.com/phiproxy/phiproxy/column"
 	"github.com/phiproxy/phiproxy/config"
+	"github.com/phiproxy/phiproxy/observe"
 	"github.com/phiproxy/phiproxy/pgerr"
 	"github.com/phiproxy/phiproxy/proxy"
 	"github.com/phiproxy/phiproxy/rewrite"
@@ -263,6 +264,8 @@ type prepared struct {
 	sql   string
 	// tags are the text's sqlcommenter tags.
 	tags textTags
+	// watch are observe mode's verdicts on the text, counted per Bind.
+	watch []observe.Record
 }
 
 // portal is an extended-protocol portal.
