@@ -114,7 +114,9 @@ func (p *Planner) MentionsPHI(sql string) bool {
 // one. The error is a *pgerr.Error refusal; the statement must then not be
 // sent.
 func (p *Planner) Plan(sql string, sess Session) (*Plan, error) {
-	if p.cache == nil {
+	if p.cache == nil || !p.cache.cacheable(sql) {
+		// Too long to cache: neither the exact text nor its literal shape
+		// (whose key is as long) would be kept, so neither is looked up.
 		return p.plan(sql, sess)
 	}
 	k := cacheKey{sql: sql, version: p.cat.Version(), sess: sess}
