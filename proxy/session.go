@@ -180,7 +180,15 @@ func (s *session) fail(err error) {
 	// A client that went away is not worth a line; an upstream that did
 	// (its EOF wrapped in a pgerr 08006) is.
 	if pgerr.As(err) != nil || !isClientGone(err) {
-		s.log.Info("connection failed", "err", err, "sqlstate", sqlstateOf(err))
+		log, suppressed := s.srv.failures.note(s.info.ClientAddr, time.Now())
+		if !log {
+			return
+		}
+		attrs := []any{"err", clipErr(err, s.info.User, s.info.Database, s.info.ApplicationName), "sqlstate", sqlstateOf(err)}
+		if suppressed > 0 {
+			attrs = append(attrs, "suppressed", suppressed)
+		}
+		s.log.Info("connection failed", attrs...)
 	}
 }
 
@@ -253,7 +261,7 @@ func (s *session) serve(ctx context.Context) {
 	for _, kv := range p.params {
 		s.info.StartupParameters[kv.key] = kv.value
 	}
-	s.log = s.log.With("user", s.info.User, "database", s.info.Database, "application_name", s.info.ApplicationName, "tls", s.info.TLS)
+	s.log = s.log.With("user", clip(s.info.User), "database", clip(s.info.Database), "application_name", clip(s.info.ApplicationName), "tls", s.info.TLS)
 
 	if p.minor > 0 || len(p.options) > 0 {
 		// Like PostgreSQL: speak 3.0 and name the options not understood.
