@@ -17,6 +17,9 @@ type Cache struct {
 	shards   []cacheShard
 	maxBytes int
 	maxText  int
+	// large is the byte budget of texts over maxText being planned.
+	large      *byteBudget
+	largeBytes int
 }
 
 type cacheKey struct {
@@ -58,10 +61,11 @@ const cacheShards = 16
 // them; texts longer than DefaultCacheMaxText are not cached.
 func NewCache(size int, opts ...CacheOption) *Cache {
 	c := &Cache{seed: maphash.MakeSeed(), shards: make([]cacheShard, cacheShards),
-		maxBytes: DefaultCacheBytes, maxText: DefaultCacheMaxText}
+		maxBytes: DefaultCacheBytes, maxText: DefaultCacheMaxText, largeBytes: DefaultLargePlanBytes}
 	for _, o := range opts {
 		o(c)
 	}
+	c.large = newByteBudget(c.largeBytes)
 	per := (size + cacheShards - 1) / cacheShards
 	if per < 1 {
 		per = 1

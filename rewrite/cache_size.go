@@ -29,6 +29,10 @@ func CacheBytes(n int) CacheOption { return func(c *Cache) { c.maxBytes = n } }
 // CacheMaxText sets the longest SQL text that is cached.
 func CacheMaxText(n int) CacheOption { return func(c *Cache) { c.maxText = n } }
 
+// CacheLargePlanBytes sets the byte budget of long texts planned at once
+// by the sessions sharing the cache (limits.go).
+func CacheLargePlanBytes(n int) CacheOption { return func(c *Cache) { c.largeBytes = n } }
+
 // entryOverhead is charged to every entry: the entry, its map slot, the
 // key's Session strings' headers, the Plan struct.
 const entryOverhead = 256

@@ -55,6 +55,9 @@ type Planner struct {
 	// overlay is the catalog overlay's schema, "" when it is off, and
 	// overlayDB the database that holds it (overlay.go).
 	overlay, overlayDB string
+	// maxPHIText bounds the text of a PHI statement that is planned
+	// (limits.go).
+	maxPHIText int
 }
 
 // sqlRunners are built-in functions that run SQL given as text, so a PHI
@@ -73,7 +76,7 @@ func NewPlanner(cols *Columns, cat Catalog, cache *Cache, opts ...PlannerOption)
 	if cols == nil {
 		cols, _ = NewColumns(nil)
 	}
-	p := &Planner{cols: cols, cat: cat, ix: nameIndex{words: map[string]uint8{}}, funcs: map[string]Dependent{}, pins: map[string]bool{}, cache: cache}
+	p := &Planner{cols: cols, cat: cat, ix: nameIndex{words: map[string]uint8{}}, funcs: map[string]Dependent{}, pins: map[string]bool{}, cache: cache, maxPHIText: DefaultMaxPHIText}
 	for rel := range cols.byRel {
 		p.ix.add(rel[strings.IndexByte(rel, '.')+1:])
 		p.pins[rel[strings.IndexByte(rel, '.')+1:]] = true
@@ -114,7 +117,10 @@ func (p *Planner) MentionsPHI(sql string) bool {
 // one. The error is a *pgerr.Error refusal; the statement must then not be
 // sent.
 func (p *Planner) Plan(sql string, sess Session) (*Plan, error) {
-	if p.cache == nil || !p.cache.cacheable(sql) {
+	if p.cache == nil {
+		return p.plan(sql, sess)
+	}
+	if !p.cache.cacheable(sql) {
 		// Too long to cache: neither the exact text nor its literal shape
 		// (whose key is as long) would be kept, so neither is looked up.
 		return p.plan(sql, sess)
@@ -139,6 +145,15 @@ func (p *Planner) plan(sql string, sess Session) (*Plan, error) {
 	mentions := hits&wordPHI != 0
 	if hits == 0 && !needParse {
 		return &Plan{SQL: sql, PassThrough: true}, nil
+	}
+	if mentions && len(sql) > p.maxPHIText {
+		return nil, p.tooLong(sql)
+	}
+	if p.cache != nil && !p.cache.cacheable(sql) {
+		// A long text is parsed within the byte budget the sessions
+		// sharing the cache have for long texts (limits.go).
+		n := p.cache.large.acquire(len(sql))
+		defer p.cache.large.release(n)
 	}
 	tree, err := pg.Parse(sql)
 	if err != nil {
