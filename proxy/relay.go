@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"errors"
 	"strconv"
 
 	"github.com/jackc/pgx/v5/pgproto3"
@@ -103,6 +104,14 @@ func (p *pump) run() error {
 		}
 		typ, n, err := in.header()
 		if err != nil {
+			var tooLarge *errMessageTooLarge
+			if errors.Is(err, errInvalidLength) || errors.As(err, &tooLarge) {
+				// As PostgreSQL does, the messages before the bad one
+				// are processed; nothing of it is read or sent.
+				if ferr := p.dst.flush(); ferr != nil {
+					return ferr
+				}
+			}
 			return err
 		}
 		if p.fromClient {

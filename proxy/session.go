@@ -12,6 +12,7 @@ import (
 	"log/slog"
 	"net"
 	"os"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -51,6 +52,10 @@ type session struct {
 	inflight []byte
 	// extOpen: extended-protocol messages were sent since the last Sync.
 	extOpen bool
+	// rowFields is 1 + the field count of the RowDescription that the
+	// DataRows now arriving answer, when that is known (a simple Query's
+	// result set); 0 when not (server goroutine only).
+	rowFields int
 	// exitState is the state the session was in when it ended, for logs.
 	exitState State
 
@@ -416,6 +421,10 @@ func (s *session) serverEnded(err error) {
 		s.end(nil) // the client went away
 	case s.clientTerminated.Load() || s.fatalRelayed.Load():
 		s.end(nil) // the upstream closed after Terminate or its own FATAL
+	case pgerr.As(err) != nil:
+		// The upstream broke the protocol (serverSaw): say how.
+		s.log.Warn("invalid message from the upstream server", "err", err)
+		s.end(pgerr.As(err))
 	default:
 		s.log.Warn("lost connection to the upstream server", "err", err)
 		s.end(lostUpstream())
@@ -468,6 +477,7 @@ func (s *session) clientSaw(typ byte) {
 func (s *session) serverSaw(typ byte, n int, body []byte) error {
 	switch typ {
 	case 'Z':
+		s.rowFields = 0
 		if n != 1 || len(body) != 1 {
 			return pgerr.Fatal(pgerr.ProtocolViolation, "invalid ReadyForQuery from the upstream server")
 		}
@@ -483,7 +493,10 @@ func (s *session) serverSaw(typ byte, n int, body []byte) error {
 		s.applyLocked(event{kind: evReady, status: st})
 		s.armIdleLocked()
 		s.stMu.Unlock()
+	case 'T', 'D':
+		return s.checkRowShape(typ, body)
 	case 'E':
+		s.rowFields = 0
 		if body != nil && isFatalError(body) {
 			s.fatalRelayed.Store(true)
 			s.log.Info("upstream ended the session", "sqlstate", errorCode(body).String())
@@ -504,11 +517,46 @@ func (s *session) serverSaw(typ byte, n int, body []byte) error {
 		s.applyLocked(event{kind: evCopyOut})
 		s.stMu.Unlock()
 	case 'C':
+		s.rowFields = 0
 		s.stMu.Lock()
 		if s.cur == StateCopyIn || s.cur == StateCopyOut {
 			s.applyLocked(event{kind: evCopyEnd})
 		}
 		s.stMu.Unlock()
+	}
+	return nil
+}
+
+// checkRowShape checks, within a simple Query's result set, that every
+// DataRow has as many fields as its RowDescription announced: a client
+// library may take a short row at face value, and an Interceptor
+// decrypts by position. (In the extended protocol the description may
+// come from an earlier Describe, or from the statement's; the
+// Interceptor checks those.) A streamed message (body nil) is not
+// checked.
+func (s *session) checkRowShape(typ byte, body []byte) error {
+	if body == nil {
+		if typ == 'T' {
+			s.rowFields = 0
+		}
+		return nil
+	}
+	if len(body) < 2 {
+		return pgerr.Fatal(pgerr.ProtocolViolation, "invalid message from the upstream server: a "+map[byte]string{'T': "RowDescription", 'D': "DataRow"}[typ]+" without its field count")
+	}
+	n := int(binary.BigEndian.Uint16(body))
+	if typ == 'T' {
+		s.stMu.Lock()
+		simple := len(s.inflight) > 0 && s.inflight[0] == 'Q'
+		s.stMu.Unlock()
+		s.rowFields = 0
+		if simple {
+			s.rowFields = n + 1
+		}
+		return nil
+	}
+	if s.rowFields > 0 && n != s.rowFields-1 {
+		return pgerr.Fatal(pgerr.ProtocolViolation, "invalid DataRow from the upstream server: "+strconv.Itoa(n)+" fields where its RowDescription has "+strconv.Itoa(s.rowFields-1))
 	}
 	return nil
 }
