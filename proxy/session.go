@@ -547,7 +547,10 @@ func (s *session) checkRowShape(typ byte, body []byte) error {
 	n := int(binary.BigEndian.Uint16(body))
 	if typ == 'T' {
 		s.stMu.Lock()
-		simple := len(s.inflight) > 0 && s.inflight[0] == 'Q'
+		// A Query's result set, and no extended message is waiting
+		// for its answer ahead of it (a batch without Sync before the
+		// Query: a Describe's row shape may then differ from the rows').
+		simple := len(s.inflight) > 0 && s.inflight[0] == 'Q' && !s.extOpen
 		s.stMu.Unlock()
 		s.rowFields = 0
 		if simple {
