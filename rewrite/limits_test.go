@@ -6,6 +6,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/phiproxy/phiproxy/pgerr"
 )
@@ -93,5 +94,33 @@ func TestLongTextsPlannedWithinSharedBudget(t *testing.T) {
 	cache.large.mu.Unlock()
 	if peak > budget || peak == 0 || used != 0 {
 		t.Fatalf("budget %d: peak %d, still held %d", budget, peak, used)
+	}
+}
+
+// A plan that plans a part of its own text (Sequelize's findOrCreate
+// plans the INSERT inside its function body) takes from the budget of
+// long texts once: the inner planning must not wait for the bytes the
+// outer one holds.
+func TestLongTextBudgetTakenOncePerStatement(t *testing.T) {
+	cols, cat := loadSchema(t, standardSchema(t))
+	long := strings.Repeat("x", 100<<10)
+	const hex = "0123456789abcdef0123456789abcdef"
+	sql := `CREATE OR REPLACE FUNCTION pg_temp.testfunc(OUT response "patients", OUT sequelize_caught_exception text) RETURNS RECORD AS $func_` + hex + `$ BEGIN INSERT INTO "patients" ("id","name","ssn") VALUES (1,'` + long + `','111-22-3333') RETURNING * INTO response; EXCEPTION WHEN unique_violation THEN GET STACKED DIAGNOSTICS sequelize_caught_exception = PG_EXCEPTION_DETAIL; END $func_` + hex + `$ LANGUAGE plpgsql; SELECT (testfunc.response).*, testfunc.sequelize_caught_exception FROM pg_temp.testfunc(); DROP FUNCTION IF EXISTS pg_temp.testfunc();`
+	p := NewPlanner(cols, cat, NewCache(64, CacheLargePlanBytes(150<<10)))
+	done := make(chan error, 1)
+	go func() {
+		pl, err := p.Plan(sql, Session{SearchPath: "public"})
+		if err == nil && len(pl.Statements[0].Slots) != 1 {
+			err = fmt.Errorf("the INSERT in the body was not planned: %d slots", len(pl.Statements[0].Slots))
+		}
+		done <- err
+	}()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(20 * time.Second):
+		t.Fatal("planning waits for the budget it holds itself")
 	}
 }

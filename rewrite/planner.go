@@ -123,7 +123,7 @@ func (p *Planner) Plan(sql string, sess Session) (*Plan, error) {
 	if !p.cache.cacheable(sql) {
 		// Too long to cache: neither the exact text nor its literal shape
 		// (whose key is as long) would be kept, so neither is looked up.
-		return p.plan(sql, sess)
+		return p.planText(sql, sess, true)
 	}
 	k := cacheKey{sql: sql, version: p.cat.Version(), sess: sess}
 	if e, ok := p.cache.get(k); ok {
@@ -141,6 +141,14 @@ func (p *Planner) Plan(sql string, sess Session) (*Plan, error) {
 }
 
 func (p *Planner) plan(sql string, sess Session) (*Plan, error) {
+	return p.planText(sql, sess, false)
+}
+
+// planText plans sql; with budget, a long text that must be parsed is
+// parsed within the cache's byte budget of long texts (limits.go). Only
+// the outermost call takes from the budget: a plan that plans a part of
+// its own text (sequelize.go) must not wait for bytes it holds itself.
+func (p *Planner) planText(sql string, sess Session, budget bool) (*Plan, error) {
 	hits, needParse := p.ix.scan(sql)
 	mentions := hits&wordPHI != 0
 	if hits == 0 && !needParse {
@@ -149,7 +157,7 @@ func (p *Planner) plan(sql string, sess Session) (*Plan, error) {
 	if mentions && len(sql) > p.maxPHIText {
 		return nil, p.tooLong(sql)
 	}
-	if p.cache != nil && !p.cache.cacheable(sql) {
+	if budget && p.cache != nil && !p.cache.cacheable(sql) {
 		// A long text is parsed within the byte budget the sessions
 		// sharing the cache have for long texts (limits.go).
 		n := p.cache.large.acquire(len(sql))
