@@ -81,7 +81,8 @@ demo: deps-pg build
 # What they find lands in the package's testdata/fuzz: commit it as a seed.
 FUZZTIME ?= 60s
 FUZZ_TARGETS = ./proxy:FuzzStartup ./codec:FuzzCanonical ./proxy/phi:FuzzCopyRows \
-	./proxy/phi:FuzzCopyBinary ./rewrite:FuzzPlan ./rewrite:FuzzShapeCache ./rewrite:FuzzNormalize \
+	./proxy/phi:FuzzCopyBinary ./proxy/phi:FuzzClientMessages ./proxy/phi:FuzzServerMessages \
+	./rewrite:FuzzPlan ./rewrite:FuzzShapeCache ./rewrite:FuzzNormalize \
 	./audit:FuzzVerifyDetectsAnyChange ./policy:FuzzParseWindow ./policy:FuzzAccessAndPrefix
 fuzz:
 	@set -e; for t in $(FUZZ_TARGETS); do \

@@ -145,6 +145,9 @@ type Catalog struct {
 	// server's own setting.
 	searchPaths      map[[2]string]string
 	serverSearchPath string
+	// roleDefaults are the ALTER ROLE/DATABASE … SET role defaults (the
+	// session then starts as another current_user), keyed as searchPaths.
+	roleDefaults map[[2]string]bool
 }
 
 // Same reports whether c and o describe the same catalog (their Version
@@ -173,6 +176,18 @@ func (c *Catalog) SearchPath(role, database string) string {
 		return c.serverSearchPath
 	}
 	return `"$user", public`
+}
+
+// SetsRole reports whether a session of role on database starts with a
+// current_user other than role because of an ALTER ROLE/DATABASE … SET
+// role default.
+func (c *Catalog) SetsRole(role, database string) bool {
+	for _, k := range [][2]string{{role, database}, {role, ""}, {"", database}} {
+		if c.roleDefaults[k] {
+			return true
+		}
+	}
+	return false
 }
 
 // Relation returns the relation schema.name. Names are exact (already

@@ -324,6 +324,7 @@ func catalogErr(what string, err error) error {
 // (pg_db_role_setting is a shared catalog: visible from any database).
 func (c *Catalog) loadSearchPaths(ctx context.Context, q Querier) error {
 	c.searchPaths = map[[2]string]string{}
+	c.roleDefaults = map[[2]string]bool{}
 	var role, db string
 	var settings []string
 	err := eachRow(ctx, q, "role and database settings", `SELECT coalesce(r.rolname, ''), coalesce(d.datname, ''), s.setconfig
@@ -334,6 +335,9 @@ LEFT JOIN pg_catalog.pg_database d ON d.oid = s.setdatabase`,
 			for _, kv := range settings {
 				if v, ok := strings.CutPrefix(kv, "search_path="); ok {
 					c.searchPaths[[2]string{role, db}] = v
+				}
+				if strings.HasPrefix(kv, "role=") || strings.HasPrefix(kv, "session_authorization=") {
+					c.roleDefaults[[2]string{role, db}] = true
 				}
 			}
 			return nil

@@ -1,6 +1,11 @@
 package proxy
 
 import (
+	"errors"
+	"strconv"
+
+	"github.com/jackc/pgx/v5/pgproto3"
+
 	"github.com/phiproxy/phiproxy/pgerr"
 )
 
@@ -99,9 +104,25 @@ func (p *pump) run() error {
 		}
 		typ, n, err := in.header()
 		if err != nil {
+			var tooLarge *errMessageTooLarge
+			if errors.Is(err, errInvalidLength) || errors.As(err, &tooLarge) {
+				// As PostgreSQL does, the messages before the bad one
+				// are processed; nothing of it is read or sent.
+				if ferr := p.dst.flush(); ferr != nil {
+					return ferr
+				}
+			}
 			return err
 		}
 		if p.fromClient {
+			if !validFrontendType(typ) {
+				// As PostgreSQL does, but without sending it upstream:
+				// what came before it is relayed, then the session ends.
+				if err := p.dst.flush(); err != nil {
+					return err
+				}
+				return pgerr.Fatal(pgerr.ProtocolViolation, "invalid frontend message type "+strconv.Itoa(int(typ)))
+			}
 			p.s.clientActive() // not idle (see idle.go)
 		}
 		total := 5 + n
@@ -152,6 +173,14 @@ func (s *session) hookClient(typ byte, body []byte) error {
 	if err != nil {
 		return pgerr.Fatal(pgerr.ProtocolViolation, "invalid frontend message").WithCause(err)
 	}
+	if b, ok := msg.(*pgproto3.Bind); ok {
+		// An Interceptor re-encodes a Bind with one format code per
+		// parameter, which would make a malformed one well-formed: the
+		// server must not be the only one to check it.
+		if n, f := len(b.Parameters), len(b.ParameterFormatCodes); f > 1 && f != n {
+			return pgerr.Fatal(pgerr.ProtocolViolation, "bind message has "+strconv.Itoa(f)+" parameter formats but "+strconv.Itoa(n)+" parameters")
+		}
+	}
 	if msg == nil {
 		return writeRaw(s.server, typ, body)
 	}
@@ -178,4 +207,16 @@ func (s *session) hookServer(typ byte, body []byte) error {
 		return &hookError{err}
 	}
 	return nil
+}
+
+// validFrontendType reports whether typ is a message a client may send once
+// the session is established (PostgreSQL's postgres.c accepts these and
+// ends the session with 08P01 on any other).
+func validFrontendType(typ byte) bool {
+	switch typ {
+	case MsgQuery, MsgParse, MsgBind, MsgDescribe, MsgExecute, MsgClose, MsgSync, MsgFlush,
+		MsgFunctionCall, MsgCopyData, MsgCopyDone, MsgCopyFail, MsgTerminate:
+		return true
+	}
+	return false
 }

@@ -41,6 +41,9 @@ type Server struct {
 	conns      sync.WaitGroup
 	// idle is closed (and replaced) whenever the session set becomes empty.
 	idle chan struct{}
+	// failures rate-limits the log lines of failed connections per
+	// client host (logfail.go).
+	failures failureLog
 }
 
 // runtimeConfig is everything derived from one Config; Reload swaps it

@@ -12,6 +12,7 @@ import (
 	"log/slog"
 	"net"
 	"os"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -51,6 +52,10 @@ type session struct {
 	inflight []byte
 	// extOpen: extended-protocol messages were sent since the last Sync.
 	extOpen bool
+	// rowFields is 1 + the field count of the RowDescription that the
+	// DataRows now arriving answer, when that is known (a simple Query's
+	// result set); 0 when not (server goroutine only).
+	rowFields int
 	// exitState is the state the session was in when it ended, for logs.
 	exitState State
 
@@ -180,7 +185,15 @@ func (s *session) fail(err error) {
 	// A client that went away is not worth a line; an upstream that did
 	// (its EOF wrapped in a pgerr 08006) is.
 	if pgerr.As(err) != nil || !isClientGone(err) {
-		s.log.Info("connection failed", "err", err, "sqlstate", sqlstateOf(err))
+		log, suppressed := s.srv.failures.note(s.info.ClientAddr, time.Now())
+		if !log {
+			return
+		}
+		attrs := []any{"err", clipErr(err, s.info.User, s.info.Database, s.info.ApplicationName), "sqlstate", sqlstateOf(err)}
+		if suppressed > 0 {
+			attrs = append(attrs, "suppressed", suppressed)
+		}
+		s.log.Info("connection failed", attrs...)
 	}
 }
 
@@ -253,7 +266,7 @@ func (s *session) serve(ctx context.Context) {
 	for _, kv := range p.params {
 		s.info.StartupParameters[kv.key] = kv.value
 	}
-	s.log = s.log.With("user", s.info.User, "database", s.info.Database, "application_name", s.info.ApplicationName, "tls", s.info.TLS)
+	s.log = s.log.With("user", clip(s.info.User), "database", clip(s.info.Database), "application_name", clip(s.info.ApplicationName), "tls", s.info.TLS)
 
 	if p.minor > 0 || len(p.options) > 0 {
 		// Like PostgreSQL: speak 3.0 and name the options not understood.
@@ -408,6 +421,10 @@ func (s *session) serverEnded(err error) {
 		s.end(nil) // the client went away
 	case s.clientTerminated.Load() || s.fatalRelayed.Load():
 		s.end(nil) // the upstream closed after Terminate or its own FATAL
+	case pgerr.As(err) != nil:
+		// The upstream broke the protocol (serverSaw): say how.
+		s.log.Warn("invalid message from the upstream server", "err", err)
+		s.end(pgerr.As(err))
 	default:
 		s.log.Warn("lost connection to the upstream server", "err", err)
 		s.end(lostUpstream())
@@ -460,6 +477,7 @@ func (s *session) clientSaw(typ byte) {
 func (s *session) serverSaw(typ byte, n int, body []byte) error {
 	switch typ {
 	case 'Z':
+		s.rowFields = 0
 		if n != 1 || len(body) != 1 {
 			return pgerr.Fatal(pgerr.ProtocolViolation, "invalid ReadyForQuery from the upstream server")
 		}
@@ -475,7 +493,10 @@ func (s *session) serverSaw(typ byte, n int, body []byte) error {
 		s.applyLocked(event{kind: evReady, status: st})
 		s.armIdleLocked()
 		s.stMu.Unlock()
+	case 'T', 'D':
+		return s.checkRowShape(typ, body)
 	case 'E':
+		s.rowFields = 0
 		if body != nil && isFatalError(body) {
 			s.fatalRelayed.Store(true)
 			s.log.Info("upstream ended the session", "sqlstate", errorCode(body).String())
@@ -496,11 +517,49 @@ func (s *session) serverSaw(typ byte, n int, body []byte) error {
 		s.applyLocked(event{kind: evCopyOut})
 		s.stMu.Unlock()
 	case 'C':
+		s.rowFields = 0
 		s.stMu.Lock()
 		if s.cur == StateCopyIn || s.cur == StateCopyOut {
 			s.applyLocked(event{kind: evCopyEnd})
 		}
 		s.stMu.Unlock()
+	}
+	return nil
+}
+
+// checkRowShape checks, within a simple Query's result set, that every
+// DataRow has as many fields as its RowDescription announced: a client
+// library may take a short row at face value, and an Interceptor
+// decrypts by position. (In the extended protocol the description may
+// come from an earlier Describe, or from the statement's; the
+// Interceptor checks those.) A streamed message (body nil) is not
+// checked.
+func (s *session) checkRowShape(typ byte, body []byte) error {
+	if body == nil {
+		if typ == 'T' {
+			s.rowFields = 0
+		}
+		return nil
+	}
+	if len(body) < 2 {
+		return pgerr.Fatal(pgerr.ProtocolViolation, "invalid message from the upstream server: a "+map[byte]string{'T': "RowDescription", 'D': "DataRow"}[typ]+" without its field count")
+	}
+	n := int(binary.BigEndian.Uint16(body))
+	if typ == 'T' {
+		s.stMu.Lock()
+		// A Query's result set, and no extended message is waiting
+		// for its answer ahead of it (a batch without Sync before the
+		// Query: a Describe's row shape may then differ from the rows').
+		simple := len(s.inflight) > 0 && s.inflight[0] == 'Q' && !s.extOpen
+		s.stMu.Unlock()
+		s.rowFields = 0
+		if simple {
+			s.rowFields = n + 1
+		}
+		return nil
+	}
+	if s.rowFields > 0 && n != s.rowFields-1 {
+		return pgerr.Fatal(pgerr.ProtocolViolation, "invalid DataRow from the upstream server: "+strconv.Itoa(n)+" fields where its RowDescription has "+strconv.Itoa(s.rowFields-1))
 	}
 	return nil
 }

@@ -9,10 +9,17 @@ import (
 // version and the Session (search_path, users, temporary relations). It is safe for concurrent
 // use by every session; a hit takes one shard lock and allocates nothing.
 // Refusals are cached too. The same LRU holds the literal-shape templates
-// (shape.go), keyed by shape instead of text.
+// (shape.go), keyed by shape instead of text. It is bounded by entries and
+// by estimated bytes (cache_size.go); texts longer than its maxText are
+// never cached.
 type Cache struct {
-	seed   maphash.Seed
-	shards []cacheShard
+	seed     maphash.Seed
+	shards   []cacheShard
+	maxBytes int
+	maxText  int
+	// large is the byte budget of texts over maxText being planned.
+	large      *byteBudget
+	largeBytes int
 }
 
 type cacheKey struct {
@@ -28,16 +35,19 @@ type cacheEntry struct {
 	plan       *Plan
 	err        error
 	tmpl       *shapeTemplate
+	size       int
 	prev, next *cacheEntry
 }
 
 type cacheShard struct {
-	mu    sync.Mutex
-	max   int
-	m     map[cacheKey]*cacheEntry
-	head  cacheEntry // sentinel: head.next is the most recent
-	_     [32]byte   // keep shards' locks on separate cache lines
-	count int
+	mu  sync.Mutex
+	max int
+	// maxBytes bounds bytes, the sum of the entries' size estimates.
+	maxBytes, bytes int
+	m               map[cacheKey]*cacheEntry
+	head            cacheEntry // sentinel: head.next is the most recent
+	_               [32]byte   // keep shards' locks on separate cache lines
+	count           int
 	// Lookups, counted under mu (no atomic on the hot path): hits and
 	// misses of exact-text plans, and of shape templates.
 	hits, misses           uint64
@@ -47,16 +57,24 @@ type cacheShard struct {
 const cacheShards = 16
 
 // NewCache returns a cache holding at most size plans (at least one per
-// shard).
-func NewCache(size int) *Cache {
-	c := &Cache{seed: maphash.MakeSeed(), shards: make([]cacheShard, cacheShards)}
+// shard) and, by default, at most DefaultCacheBytes estimated bytes of
+// them; texts longer than DefaultCacheMaxText are not cached.
+func NewCache(size int, opts ...CacheOption) *Cache {
+	c := &Cache{seed: maphash.MakeSeed(), shards: make([]cacheShard, cacheShards),
+		maxBytes: DefaultCacheBytes, maxText: DefaultCacheMaxText, largeBytes: DefaultLargePlanBytes}
+	for _, o := range opts {
+		o(c)
+	}
+	c.large = newByteBudget(c.largeBytes)
 	per := (size + cacheShards - 1) / cacheShards
 	if per < 1 {
 		per = 1
 	}
+	perBytes := c.maxBytes / cacheShards
 	for i := range c.shards {
 		s := &c.shards[i]
 		s.max = per
+		s.maxBytes = perBytes
 		s.m = make(map[cacheKey]*cacheEntry, per)
 		s.head.next, s.head.prev = &s.head, &s.head
 	}
@@ -99,9 +117,19 @@ func (c *Cache) putShape(k cacheKey, t *shapeTemplate) {
 	c.add(&cacheEntry{key: k, tmpl: t})
 }
 
+// cacheable reports whether a text is short enough to be cached.
+func (c *Cache) cacheable(sql string) bool { return len(sql) <= c.maxText }
+
 func (c *Cache) add(e *cacheEntry) {
 	k := e.key
+	if !c.cacheable(k.sql) {
+		return
+	}
+	e.size = e.bytes()
 	s := c.shard(k)
+	if e.size > s.maxBytes {
+		return
+	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if _, ok := s.m[k]; ok {
@@ -112,13 +140,27 @@ func (c *Cache) add(e *cacheEntry) {
 	s.head.next.prev = e
 	s.head.next = e
 	s.count++
-	for s.count > s.max {
+	s.bytes += e.size
+	for s.count > s.max || s.bytes > s.maxBytes {
 		last := s.head.prev
 		last.prev.next = &s.head
 		s.head.prev = last.prev
 		delete(s.m, last.key)
 		s.count--
+		s.bytes -= last.size
 	}
+}
+
+// Bytes returns the estimated bytes the cached plans and templates hold.
+func (c *Cache) Bytes() int {
+	n := 0
+	for i := range c.shards {
+		s := &c.shards[i]
+		s.mu.Lock()
+		n += s.bytes
+		s.mu.Unlock()
+	}
+	return n
 }
 
 // Len returns the number of cached plans and shape templates.

@@ -55,6 +55,9 @@ type Planner struct {
 	// overlay is the catalog overlay's schema, "" when it is off, and
 	// overlayDB the database that holds it (overlay.go).
 	overlay, overlayDB string
+	// maxPHIText bounds the text of a PHI statement that is planned
+	// (limits.go).
+	maxPHIText int
 }
 
 // sqlRunners are built-in functions that run SQL given as text, so a PHI
@@ -73,7 +76,7 @@ func NewPlanner(cols *Columns, cat Catalog, cache *Cache, opts ...PlannerOption)
 	if cols == nil {
 		cols, _ = NewColumns(nil)
 	}
-	p := &Planner{cols: cols, cat: cat, ix: nameIndex{words: map[string]uint8{}}, funcs: map[string]Dependent{}, pins: map[string]bool{}, cache: cache}
+	p := &Planner{cols: cols, cat: cat, ix: nameIndex{words: map[string]uint8{}}, funcs: map[string]Dependent{}, pins: map[string]bool{}, cache: cache, maxPHIText: DefaultMaxPHIText}
 	for rel := range cols.byRel {
 		p.ix.add(rel[strings.IndexByte(rel, '.')+1:])
 		p.pins[rel[strings.IndexByte(rel, '.')+1:]] = true
@@ -117,6 +120,11 @@ func (p *Planner) Plan(sql string, sess Session) (*Plan, error) {
 	if p.cache == nil {
 		return p.plan(sql, sess)
 	}
+	if !p.cache.cacheable(sql) {
+		// Too long to cache: neither the exact text nor its literal shape
+		// (whose key is as long) would be kept, so neither is looked up.
+		return p.planText(sql, sess, true)
+	}
 	k := cacheKey{sql: sql, version: p.cat.Version(), sess: sess}
 	if e, ok := p.cache.get(k); ok {
 		return e.plan, e.err
@@ -133,10 +141,27 @@ func (p *Planner) Plan(sql string, sess Session) (*Plan, error) {
 }
 
 func (p *Planner) plan(sql string, sess Session) (*Plan, error) {
+	return p.planText(sql, sess, false)
+}
+
+// planText plans sql; with budget, a long text that must be parsed is
+// parsed within the cache's byte budget of long texts (limits.go). Only
+// the outermost call takes from the budget: a plan that plans a part of
+// its own text (sequelize.go) must not wait for bytes it holds itself.
+func (p *Planner) planText(sql string, sess Session, budget bool) (*Plan, error) {
 	hits, needParse := p.ix.scan(sql)
 	mentions := hits&wordPHI != 0
 	if hits == 0 && !needParse {
 		return &Plan{SQL: sql, PassThrough: true}, nil
+	}
+	if mentions && len(sql) > p.maxPHIText {
+		return nil, p.tooLong(sql)
+	}
+	if budget && p.cache != nil && !p.cache.cacheable(sql) {
+		// A long text is parsed within the byte budget the sessions
+		// sharing the cache have for long texts (limits.go).
+		n := p.cache.large.acquire(len(sql))
+		defer p.cache.large.release(n)
 	}
 	tree, err := pg.Parse(sql)
 	if err != nil {

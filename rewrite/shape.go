@@ -428,7 +428,15 @@ type shapeTemplate struct {
 	// decides which statements are analyzed: it may depend on literals.
 	mentions []bool
 	binds    [][]slotBind
+	// work counts the literals newShapeTemplate examined to bind slots
+	// (bounded by shapeWorkBudget).
+	work int
 }
+
+// shapeWorkBudget bounds the literals newShapeTemplate examines for a
+// statement: each literal belongs to at most one slot, so a few times the
+// literal count is generous; past it the text is simply not shape-cached.
+func shapeWorkBudget(lits int) int { return 4*lits + 16 }
 
 // slotBind ties a template slot to the literal that gives its text (lit
 // -1: the slot holds no literal, e.g. TRUE, and keeps its text); neg when
@@ -490,9 +498,15 @@ func (p *Planner) newShapeTemplate(pl *Plan, lits []literal) (*shapeTemplate, bo
 			// or with an ambiguous sign (0) is not shaped.
 			bind := slotBind{lit: -1}
 			found := 0
-			for li, l := range lits {
-				if l.start < s.Offset || l.end > end {
-					continue
+			// lits are sorted and disjoint: those inside the slot are one
+			// run, found by binary search, so the whole loop is linear in
+			// the number of literals (not slots × literals).
+			first := sort.Search(len(lits), func(i int) bool { return lits[i].start >= s.Offset })
+			for li := first; li < len(lits) && lits[li].end <= end; li++ {
+				l := lits[li]
+				t.work++
+				if t.work > shapeWorkBudget(len(lits)) {
+					return nil, false
 				}
 				found++
 				v, ok := literalValue(sql, l)

@@ -47,6 +47,21 @@ func sessionEndUser(info *proxy.SessionInfo) string {
 	return v
 }
 
+// startupSetsRole reports whether the startup packet sets role or
+// session_authorization (as a parameter or in options), which changes
+// current_user from the login user.
+func startupSetsRole(info *proxy.SessionInfo) bool {
+	for _, k := range []string{"role", "session_authorization"} {
+		if _, ok := info.StartupParameters[k]; ok {
+			return true
+		}
+		if _, ok := startupOption(info.StartupParameters["options"], k); ok {
+			return true
+		}
+	}
+	return false
+}
+
 // searchPathOption finds search_path in a startup options string.
 func searchPathOption(opts string) (string, bool) { return startupOption(opts, "search_path") }
 
@@ -408,6 +423,13 @@ func newSession(p *Proxy, info *proxy.SessionInfo) *session {
 	s.adm, _ = p.obs.(Admitter)
 	s.ann, _ = p.obs.(Announcer)
 	s.tm, _ = p.obs.(Timer)
+	if cat := p.cur.Load().cat; startupSetsRole(info) || cat != nil && cat.SetsRole(info.User, info.Database) {
+		// The server decides who current_user is from the startup packet
+		// or a role default (and "$user" in search_path follows it): read
+		// it back before the first statement that names PHI instead of
+		// guessing.
+		s.m.unknown = true
+	}
 	s.published = s.m.identity()
 	roles := info.Roles
 	s.roles.Store(&roles)
