@@ -672,6 +672,11 @@ func (s *session) row(x *rowX, names []string, types []uint32, m *pgproto3.DataR
 	if x != nil && x.locked {
 		return s.fail(lockdownError(), out)
 	}
+	if types != nil && len(m.Values) != len(types) {
+		// A misbehaving upstream: decrypting by position would put a
+		// value in the wrong column.
+		return s.fail(pgerr.Newf(pgerr.ProtocolViolation, "the server sent a row of %d fields for a result of %d columns", len(m.Values), len(types)), out)
+	}
 	buf := s.sbuf[:0]
 	offs := s.soffs[:0]
 	cdSet := false
