@@ -93,8 +93,10 @@ func main() {
 		err = runPHI(ctx, *phiproxy, *script, *duration, *rows, *repeat, strings.Split(*modes, ","), strings.Split(*clients, ","), strings.Split(*auditModes, ","), *pgDurable)
 	case "encrypt":
 		err = runEncrypt(ctx, *phiproxy, *rows, *copyRows, *batch, *repeat)
+	case "soak":
+		err = runSoak(ctx, *phiproxy, *duration, *rows, strings.Split(*clients, ",")[0])
 	default:
-		err = fmt.Errorf("-workload %q is not relay, phi or encrypt", *workload)
+		err = fmt.Errorf("-workload %q is not relay, phi, encrypt or soak", *workload)
 	}
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "bench:", err)
@@ -408,8 +410,8 @@ pidfile = %s/pgbouncer.pid
 // startBenchCluster starts the benchmarks' cluster with the bench role
 // and makes a work directory the cluster's processes can read; stop
 // removes the directory and stops the cluster.
-func startBenchCluster(ctx context.Context, pgDurable bool) (c *pgcluster.Cluster, work string, stop func(), err error) {
-	conf := []string{"max_connections = 60"}
+func startBenchCluster(ctx context.Context, pgDurable bool, extra ...string) (c *pgcluster.Cluster, work string, stop func(), err error) {
+	conf := append([]string{"max_connections = 60"}, extra...)
 	if pgDurable {
 		// PostgreSQL as in production: every commit is flushed to disk.
 		conf = append(conf, "fsync = on", "synchronous_commit = on", "full_page_writes = on")

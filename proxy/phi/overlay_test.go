@@ -352,8 +352,17 @@ func TestCatalogOverlayFailsClosed(t *testing.T) {
 	ctx := testCtx(t)
 	admin := connect(t, ctx, testCluster.DSN(testCluster.SuperUser, testCluster.SuperPassword, appDB, "sslmode=disable"), pgx.QueryExecModeSimpleProtocol)
 	drop := func() { mustExec(t, ctx, admin, "DROP SCHEMA IF EXISTS phiproxy_overlay CASCADE") }
+	// The proxies of each step are closed before the next: one in
+	// install mode that is still running re-installs the overlay when
+	// the DROP's event trigger announces DDL.
+	var served []*testProxy
 	serve := func(mode string) *testProxy {
-		return serveProxy(t, ctx, overlayConfig(t, mode))
+		for _, p := range served {
+			p.phi.Close()
+		}
+		p := serveProxy(t, ctx, overlayConfig(t, mode))
+		served = append(served, p)
+		return p
 	}
 
 	drop()
@@ -391,6 +400,9 @@ func TestCatalogOverlayFailsClosed(t *testing.T) {
 		t.Errorf("catalog_overlay: install over an old overlay: ssn is %s, want text", typ)
 	}
 	// Without the privilege to install, the proxy starts and falls back.
+	for _, p := range served {
+		p.phi.Close()
+	}
 	drop()
 	mustExec(t, ctx, admin, "DROP ROLE IF EXISTS overlay_reader")
 	mustExec(t, ctx, admin, "CREATE ROLE overlay_reader LOGIN PASSWORD 'overlay'")
