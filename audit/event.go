@@ -31,6 +31,9 @@ const (
 	// ActionConfigRejected: a reload whose config did not load; the
 	// running one was kept (Detail says why).
 	ActionConfigRejected = "config_rejected"
+	// ActionCancel: a CancelRequest (Detail: forwarded, or its key named
+	// no session).
+	ActionCancel = "cancel"
 	// ActionLogoff: the proxy ended an idle session (automatic logoff,
 	// 57P05 or 25P03 in error).
 	ActionLogoff     = "logoff"

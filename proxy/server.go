@@ -75,6 +75,7 @@ type options struct {
 	mockSecret     []byte
 	roles          RoleLookup
 	sessionHook    func(*SessionInfo) func()
+	cancelHook     func(client net.Addr, forwarded bool)
 }
 
 // WithLogger sets the logger (default: slog.Default()). Logs carry
@@ -96,6 +97,13 @@ func WithInterceptor(f func(*SessionInfo) Interceptor) Option {
 // ones too. f must not block.
 func WithSessionHook(f func(*SessionInfo) (end func())) Option {
 	return func(o *options) { o.sessionHook = f }
+}
+
+// WithCancelHook is called for each CancelRequest a client sends, with
+// the client's address and whether its key named a session (and the
+// request went upstream): the audit trail records both.
+func WithCancelHook(f func(client net.Addr, forwarded bool)) Option {
+	return func(o *options) { o.cancelHook = f }
 }
 
 // WithStartupTimeout bounds the time a client has from connecting to

@@ -178,9 +178,16 @@ func (s *session) handleCancel(ctx context.Context, req *pgproto3.CancelRequest)
 	if e == nil {
 		// PostgreSQL says nothing to the client either; the log says it.
 		s.log.Info("cancel request with an unknown key ignored")
+		if h := s.srv.opts.cancelHook; h != nil {
+			h(s.info.ClientAddr, false)
+		}
 		return
 	}
-	if err := forwardCancel(ctx, e); err != nil {
+	err := forwardCancel(ctx, e)
+	if h := s.srv.opts.cancelHook; h != nil {
+		h(s.info.ClientAddr, err == nil)
+	}
+	if err != nil {
 		s.log.Warn("cancel request not forwarded", "err", err)
 		return
 	}

@@ -117,6 +117,9 @@ func runServe(ctx context.Context, env *cmdEnv, args []string) error {
 	if metrics != nil {
 		srvOpts = append(srvOpts, proxy.WithSessionHook(metrics.SessionHook))
 	}
+	if a := px.Auditor(); a != nil {
+		srvOpts = append(srvOpts, proxy.WithCancelHook(a.CancelRequest))
+	}
 	srv, err := proxy.New(cfg, srvOpts...)
 	if err != nil {
 		return usageError{err}

@@ -3,6 +3,7 @@ package phi
 import (
 	"context"
 	"fmt"
+	"net"
 	"sort"
 	"time"
 	"unicode/utf8"
@@ -127,6 +128,20 @@ func (a *Auditor) SessionEnd(s *proxy.SessionInfo, err error) {
 	ev.EndUser = id.EndUser
 	if id.Role != "" && id.Role != s.User {
 		ev.Role = id.Role
+	}
+	_, _ = a.trail.Record(context.Background(), ev, false)
+}
+
+// CancelRequest records a client's CancelRequest (proxy.WithCancelHook):
+// forwarded, or with a key that named no session (a guess, or a session
+// already gone).
+func (a *Auditor) CancelRequest(client net.Addr, forwarded bool) {
+	ev := &audit.Event{Action: audit.ActionCancel, Decision: audit.DecisionAllowed, Detail: "forwarded to the session's server"}
+	if !forwarded {
+		ev.Decision, ev.Detail = audit.DecisionDenied, "its key named no session: nothing cancelled"
+	}
+	if client != nil {
+		ev.Client = client.String()
 	}
 	_, _ = a.trail.Record(context.Background(), ev, false)
 }
