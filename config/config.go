@@ -134,6 +134,9 @@ type Limits struct {
 	// MaxConnections caps the client connections served at once; one more
 	// gets FATAL 53300 "sorry, too many clients already". 0: no cap.
 	MaxConnections int
+	// MaxPHIStatementBytes is the longest statement text naming a PHI
+	// relation that is planned (longer: 54000); 0: the default, 4 MiB.
+	MaxPHIStatementBytes int
 	// IdleSessionTimeout ends a session idle outside a transaction with
 	// FATAL 57P05, IdleInTransactionTimeout one idle inside a transaction
 	// block with FATAL 25P03, as PostgreSQL's settings of the same names
@@ -198,6 +201,7 @@ type raw struct {
 		DrainTimeout    string `yaml:"drain_timeout"`
 		ConnectTimeout  string `yaml:"connect_timeout"`
 		MaxConnections  int    `yaml:"max_connections"`
+		MaxPHIStatement int    `yaml:"max_phi_statement_bytes"`
 		IdleSession     string `yaml:"idle_session_timeout"`
 		IdleInTx        string `yaml:"idle_in_transaction_timeout"`
 	} `yaml:"limits"`
@@ -427,6 +431,10 @@ func Parse(data []byte, path string) (*Config, error) {
 			v.errf([]string{"limits", "max_connections"}, "limits.max_connections must be 0 (no cap) or a positive number of connections")
 		}
 		c.Limits.MaxConnections = r.Limits.MaxConnections
+		if r.Limits.MaxPHIStatement < 0 || r.Limits.MaxPHIStatement > 0 && r.Limits.MaxPHIStatement < 1<<10 {
+			v.errf([]string{"limits", "max_phi_statement_bytes"}, "limits.max_phi_statement_bytes must be 0 (the default, 4 MiB) or at least 1024")
+		}
+		c.Limits.MaxPHIStatementBytes = r.Limits.MaxPHIStatement
 		// drain and connect take a Go duration; the idle timeouts also
 		// take PostgreSQL's spelling (ParseTimeout), as the server's own
 		// settings of the same names do.

@@ -520,3 +520,21 @@ func TestAuditAnnouncedButNotRun(t *testing.T) {
 		t.Errorf("want two statements recorded as not run:\n%s", got)
 	}
 }
+
+// limits.max_phi_statement_bytes bounds the statement text naming PHI
+// that is planned: a longer one is refused with 54000 before parsing.
+func TestMaxPHIStatementBytes(t *testing.T) {
+	ctx := testCtx(t)
+	cfg := *testCfg
+	cfg.Limits.MaxPHIStatementBytes = 2048
+	startProxy(t)
+	p := serveProxy(t, ctx, &cfg)
+	c := connect(t, ctx, p.dsn(), pgx.QueryExecModeSimpleProtocol)
+	long := "SELECT ssn FROM patients WHERE id IN (" + strings.Repeat("1,", 1100) + "1)"
+	if _, err := c.Exec(ctx, long); sqlstate(err) != "54000" {
+		t.Fatalf("a %d-byte PHI statement: %v", len(long), err)
+	}
+	if _, err := c.Exec(ctx, "SELECT ssn FROM patients WHERE id IN (1, 2)"); err != nil {
+		t.Fatalf("a short one: %v", err)
+	}
+}

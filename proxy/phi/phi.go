@@ -366,7 +366,7 @@ func (p *Proxy) load(ctx context.Context, cfg *config.Config) (*snapshot, error)
 		}
 		s.watch = rewrite.NewPlanner(allCols, newCatalogAdapter(cat, cfg, s.observed, true), p.watchCache)
 	}
-	var opts []rewrite.PlannerOption
+	opts := []rewrite.PlannerOption{rewrite.WithMaxPHIText(cfg.Limits.MaxPHIStatementBytes)}
 	p.syncCatalogTrigger(ctx, conn, cfg)
 	if db, ok := p.syncOverlay(ctx, conn, cfg, cat); ok {
 		s.overlay = db
