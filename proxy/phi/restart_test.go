@@ -4,10 +4,14 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"strings"
 	"testing"
 	"time"
 
 	"github.com/jackc/pgx/v5"
+
+	"github.com/phiproxy/phiproxy/audit"
+	"github.com/phiproxy/phiproxy/config"
 )
 
 // Issue 18, item 11: the upstream restarts (fast shutdown) while one
@@ -17,7 +21,8 @@ import (
 // work as soon as PostgreSQL is back.
 func TestUpstreamRestartMidTransactionAndCopy(t *testing.T) {
 	ctx := testCtx(t)
-	p := startProxy(t)
+	cfg, dir := auditCfg(t, config.AuditStrict)
+	p := startAudited(t, cfg, dir)
 	inTx := connect(t, ctx, p.dsn(), pgx.QueryExecModeCacheStatement)
 	mustExec(t, ctx, inTx, "BEGIN")
 	mustExec(t, ctx, inTx, "INSERT INTO patients (id, ssn) VALUES ($1, $2)", 7701, "restart-tx")
@@ -88,4 +93,16 @@ func TestUpstreamRestartMidTransactionAndCopy(t *testing.T) {
 		time.Sleep(200 * time.Millisecond)
 	}
 	stillWorks(t, ctx, connect(t, ctx, p.dsn(), pgx.QueryExecModeCacheStatement))
+	// Audited: the COPY the restart cut is an event with its failure
+	// (the SQLSTATE, or the session's end), not a success.
+	p.phi.Close()
+	var copyEv *audit.Event
+	for _, e := range statementEvents(trailEvents(t, cfg.Audit.File.Dir)) {
+		if e.Action == audit.ActionCopyIn {
+			copyEv = e
+		}
+	}
+	if copyEv == nil || (copyEv.Error == "" && !strings.Contains(copyEv.Reason, "session ended")) {
+		t.Fatalf("the COPY's audit event: %+v", copyEv)
+	}
 }
