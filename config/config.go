@@ -409,7 +409,7 @@ func Parse(data []byte, path string) (*Config, error) {
 			c.Keys.Dir = resolve(r.Keys.Dir)
 		}
 		if r.Keys.KEK != "" {
-			kek, err := resolveKEK(r.Keys.KEK, dir)
+			kek, err := ResolveKEK(r.Keys.KEK, dir, "keys.kek")
 			if err != nil {
 				v.errf([]string{"keys", "kek"}, "%v", err)
 			}
@@ -556,18 +556,22 @@ func splitRelation(s string) (schema, table string, ok bool) {
 	return "", "", false
 }
 
-func resolveKEK(kek, dir string) (string, error) {
+// ResolveKEK resolves a KEK URI as keys.kek is resolved: file:REL is
+// relative to dir (the config file's directory), file:///ABS absolute,
+// hcvault://… as written. setting names where the URI came from in
+// errors ("keys.kek", "--to").
+func ResolveKEK(kek, dir, setting string) (string, error) {
 	switch {
 	case strings.HasPrefix(kek, "file://"):
 		p := strings.TrimPrefix(kek, "file://")
 		if !filepath.IsAbs(p) {
-			return "", fmt.Errorf("keys.kek %q: file:// needs an absolute path (file:///ABS); use file:REL for a relative one", kek)
+			return "", fmt.Errorf("%s %q: file:// needs an absolute path (file:///ABS); use file:REL for a relative one", setting, kek)
 		}
 		return "file:" + p, nil
 	case strings.HasPrefix(kek, "file:"):
 		p := strings.TrimPrefix(kek, "file:")
 		if p == "" {
-			return "", fmt.Errorf("keys.kek %q names no file", kek)
+			return "", fmt.Errorf("%s %q names no file", setting, kek)
 		}
 		if !filepath.IsAbs(p) {
 			p = filepath.Join(dir, p)
@@ -576,7 +580,7 @@ func resolveKEK(kek, dir string) (string, error) {
 	case strings.HasPrefix(kek, "hcvault://"):
 		return kek, nil
 	}
-	return "", fmt.Errorf("keys.kek %q is not file:PATH, file:///ABS or hcvault://HOST/transit/keys/NAME", kek)
+	return "", fmt.Errorf("%s %q is not file:PATH, file:///ABS or hcvault://HOST/transit/keys/NAME", setting, kek)
 }
 
 // validator collects problems with their line numbers.

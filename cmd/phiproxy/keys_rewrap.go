@@ -3,10 +3,10 @@ package main
 import (
 	"context"
 	"fmt"
-	"path/filepath"
 	"strings"
 
 	"github.com/phiproxy/phiproxy/audit"
+	"github.com/phiproxy/phiproxy/config"
 	"github.com/phiproxy/phiproxy/crypto"
 )
 
@@ -17,7 +17,7 @@ func keysRewrap(ctx context.Context, env *cmdEnv, k *keysCmd) error {
 	if k.to == "" {
 		return usagef("keys rewrap: --to KEK_URI is required (file:PATH or hcvault://HOST/MOUNT/keys/NAME)")
 	}
-	to, err := resolveKEKURI(k.to, k.cfg.Dir())
+	to, err := config.ResolveKEK(k.to, k.cfg.Dir(), "--to")
 	if err != nil {
 		return usageError{err}
 	}
@@ -50,29 +50,4 @@ func keysRewrap(ctx context.Context, env *cmdEnv, k *keysCmd) error {
 	next.Keys.KEK = to
 	return recordAudit(ctx, env, &next, audit.ActionKeyRotated,
 		fmt.Sprintf("KEK rewrap: %d keysets re-encrypted under %s (phiproxy keys rewrap)", len(res.Rewrapped)+len(res.Already), to))
-}
-
-// resolveKEKURI resolves a KEK as config does: file:REL is relative to
-// the config file's directory.
-func resolveKEKURI(kek, dir string) (string, error) {
-	switch {
-	case strings.HasPrefix(kek, "file://"):
-		p := strings.TrimPrefix(kek, "file://")
-		if !filepath.IsAbs(p) {
-			return "", fmt.Errorf("--to %q: file:// needs an absolute path (file:///ABS); use file:REL for a relative one", kek)
-		}
-		return "file:" + p, nil
-	case strings.HasPrefix(kek, "file:"):
-		p := strings.TrimPrefix(kek, "file:")
-		if p == "" {
-			return "", fmt.Errorf("--to %q names no file", kek)
-		}
-		if !filepath.IsAbs(p) {
-			p = filepath.Join(dir, p)
-		}
-		return "file:" + p, nil
-	case strings.HasPrefix(kek, "hcvault://"):
-		return kek, nil
-	}
-	return "", fmt.Errorf("--to %q is not file:PATH, file:///ABS or hcvault://HOST/transit/keys/NAME", kek)
 }
