@@ -210,16 +210,8 @@ func (p *jparser) string() (string, error) {
 			switch s[1] {
 			case '"', '\\', '/':
 				b.WriteByte(s[1])
-			case 'b':
-				b.WriteByte('\b')
-			case 'f':
-				b.WriteByte('\f')
-			case 'n':
-				b.WriteByte('\n')
-			case 'r':
-				b.WriteByte('\r')
-			case 't':
-				b.WriteByte('\t')
+			case 'b', 'f', 'n', 'r', 't':
+				b.WriteByte("\b\f\n\r\t"[strings.IndexByte("bfnrt", s[1])])
 			case 'u':
 				r, ok := hex4(s[2:])
 				if !ok {

@@ -237,7 +237,7 @@ WHERE l.lanname NOT IN ('internal', 'c') AND `+userSchemas,
 			src := strings.ToLower(src)
 			var touch map[uint32]bool
 			for oid, r := range phiRels {
-				if containsWord(src, strings.ToLower(r.Name)) {
+				if ContainsWord(src, strings.ToLower(r.Name)) {
 					if touch == nil {
 						touch = map[uint32]bool{}
 					}
@@ -289,9 +289,11 @@ WHERE d.classid = 'pg_catalog.pg_proc'::regclass AND d.refclassid = 'pg_catalog.
 	return nil
 }
 
-// containsWord reports whether word occurs in s not surrounded by identifier
-// characters.
-func containsWord(s, word string) bool {
+// ContainsWord reports whether word occurs in s not surrounded by
+// identifier characters (letters, digits, _, $ and bytes of multibyte
+// UTF-8 characters are not a boundary). It is case-sensitive: lower-case
+// both sides for PostgreSQL's folded identifiers.
+func ContainsWord(s, word string) bool {
 	if word == "" {
 		return false
 	}

@@ -30,6 +30,21 @@ func mustExec(t *testing.T, conn *pgx.Conn, sql string) {
 	}
 }
 
+// loadCatalog parses doc (as the file name, for line references) and
+// loads the catalog of conn under it.
+func loadCatalog(t *testing.T, conn *pgx.Conn, doc, name string, version uint64) (*Catalog, *Config) {
+	t.Helper()
+	cfg, err := Parse([]byte(doc), name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cat, err := LoadCatalog(context.Background(), conn, cfg, version)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return cat, cfg
+}
+
 const clinicSchema = `
 CREATE TABLE patients (id int PRIMARY KEY, gone text, name text, ssn bytea, dob bytea, notes text);
 ALTER TABLE patients DROP COLUMN gone;
@@ -60,14 +75,7 @@ func TestCatalogSnapshot(t *testing.T) {
 	ctx := context.Background()
 	conn := testDB(t)
 	mustExec(t, conn, clinicSchema)
-	cfg, err := Parse([]byte(clinicConfig), "/etc/phiproxy.yaml")
-	if err != nil {
-		t.Fatal(err)
-	}
-	cat, err := LoadCatalog(ctx, conn, cfg, 7)
-	if err != nil {
-		t.Fatal(err)
-	}
+	cat, cfg := loadCatalog(t, conn, clinicConfig, "/etc/phiproxy.yaml", 7)
 	if cat.Version != 7 {
 		t.Errorf("version = %d", cat.Version)
 	}
@@ -178,14 +186,7 @@ func TestCatalogPartitionsAreChildrenOfPHITables(t *testing.T) {
 	conn := testDB(t)
 	mustExec(t, conn, `CREATE TABLE patients (id int, ssn bytea) PARTITION BY RANGE (id);
 CREATE TABLE patients_1 PARTITION OF patients FOR VALUES FROM (0) TO (1000);`)
-	cfg, err := Parse([]byte(minimal+"phi:\n  patients:\n    ssn: {type: text, mode: randomized}\n"), "")
-	if err != nil {
-		t.Fatal(err)
-	}
-	cat, err := LoadCatalog(context.Background(), conn, cfg, 1)
-	if err != nil {
-		t.Fatal(err)
-	}
+	cat, cfg := loadCatalog(t, conn, minimal+"phi:\n  patients:\n    ssn: {type: text, mode: randomized}\n", "", 1)
 	if err := cat.Check(cfg); err != nil {
 		t.Errorf("a partitioned table may hold PHI columns: %v", err)
 	}
@@ -210,15 +211,8 @@ CREATE VIEW v AS SELECT id FROM patients;`)
   public.v:
     id: {type: int4, mode: randomized}
 `
-	cfg, err := Parse([]byte(doc), "/etc/p.yaml")
-	if err != nil {
-		t.Fatal(err)
-	}
-	cat, err := LoadCatalog(context.Background(), conn, cfg, 1)
-	if err != nil {
-		t.Fatal(err)
-	}
-	err = cat.Check(cfg)
+	cat, cfg := loadCatalog(t, conn, doc, "/etc/p.yaml", 1)
+	err := cat.Check(cfg)
 	if err == nil {
 		t.Fatal("check passed a schema with missing and non-bytea columns")
 	}
@@ -250,15 +244,8 @@ func TestCatalogCheckAcceptsObservedPlaintextColumns(t *testing.T) {
     dob: {type: date, mode: randomized, enforce: observe}
     mrn: {type: text, mode: randomized}
 `
-	cfg, err := Parse([]byte(doc), "/etc/p.yaml")
-	if err != nil {
-		t.Fatal(err)
-	}
-	cat, err := LoadCatalog(context.Background(), conn, cfg, 1)
-	if err != nil {
-		t.Fatal(err)
-	}
-	err = cat.Check(cfg)
+	cat, cfg := loadCatalog(t, conn, doc, "/etc/p.yaml", 1)
+	err := cat.Check(cfg)
 	if err == nil || strings.Contains(err.Error(), "ssn") || strings.Contains(err.Error(), "dob") ||
 		!strings.Contains(err.Error(), "/etc/p.yaml:8: phi column public.patients.mrn: column has type text") {
 		t.Fatalf("only the enforced text column is a problem, got: %v", err)

@@ -153,26 +153,26 @@ func (c *Cache) add(e *cacheEntry) {
 
 // Bytes returns the estimated bytes the cached plans and templates hold.
 func (c *Cache) Bytes() int {
-	n := 0
-	for i := range c.shards {
-		s := &c.shards[i]
-		s.mu.Lock()
-		n += s.bytes
-		s.mu.Unlock()
-	}
-	return n
+	_, bytes := c.totals()
+	return bytes
 }
 
 // Len returns the number of cached plans and shape templates.
 func (c *Cache) Len() int {
-	n := 0
+	count, _ := c.totals()
+	return count
+}
+
+// totals sums the entries and their estimated bytes over the shards.
+func (c *Cache) totals() (count, bytes int) {
 	for i := range c.shards {
 		s := &c.shards[i]
 		s.mu.Lock()
-		n += s.count
+		count += s.count
+		bytes += s.bytes
 		s.mu.Unlock()
 	}
-	return n
+	return count, bytes
 }
 
 // CacheStats counts a Cache's lookups since it was made. A statement's

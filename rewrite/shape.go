@@ -374,16 +374,8 @@ func unescapeE(s string) (string, bool) {
 		}
 		c = s[i]
 		switch c {
-		case 'b':
-			b.WriteByte('\b')
-		case 'f':
-			b.WriteByte('\f')
-		case 'n':
-			b.WriteByte('\n')
-		case 'r':
-			b.WriteByte('\r')
-		case 't':
-			b.WriteByte('\t')
+		case 'b', 'f', 'n', 'r', 't':
+			b.WriteByte("\b\f\n\r\t"[strings.IndexByte("bfnrt", c)])
 		case 'u', 'U':
 			return "", false
 		case 'x':

@@ -271,12 +271,8 @@ func (c *statusCollector) Collect(ch chan<- prometheus.Metric) {
 // the longest fsync and batch, events lost (best_effort), write
 // failures, the queue's depth and whether the sink writes now.
 func (m *Metrics) WatchAudit(stats func() audit.Stats, up func() bool) {
-	counter := func(name, help string, f func(audit.Stats) float64) {
-		m.reg.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{Name: name, Help: help}, func() float64 { return f(stats()) }))
-	}
-	gauge := func(name, help string, f func(audit.Stats) float64) {
-		m.reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: name, Help: help}, func() float64 { return f(stats()) }))
-	}
+	r := statsSeries[audit.Stats]{m.reg, stats}
+	counter, gauge := r.counter, r.gauge
 	counter("phiproxy_audit_events_total", "Audit events made durable (checkpoints aside).", func(s audit.Stats) float64 { return float64(s.Events) })
 	counter("phiproxy_audit_batches_total", "Group commits: one write and one fsync each.", func(s audit.Stats) float64 { return float64(s.Batches) })
 	counter("phiproxy_audit_fsync_seconds_total", "Time spent in fsync of the audit file.", func(s audit.Stats) float64 { return float64(s.SyncNanos) / 1e9 })
@@ -293,17 +289,28 @@ func (m *Metrics) WatchAudit(stats func() audit.Stats, up func() bool) {
 	}))
 }
 
+// statsSeries registers series computed from one snapshot of S, read at
+// each scrape.
+type statsSeries[S any] struct {
+	reg   *prometheus.Registry
+	stats func() S
+}
+
+func (r statsSeries[S]) counter(name, help string, f func(S) float64) {
+	r.reg.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{Name: name, Help: help}, func() float64 { return f(r.stats()) }))
+}
+
+func (r statsSeries[S]) gauge(name, help string, f func(S) float64) {
+	r.reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: name, Help: help}, func() float64 { return f(r.stats()) }))
+}
+
 // WatchKafka adds the Kafka export's series, read at each scrape: the
 // backlog (durable events not acknowledged by the brokers), the last seq
 // acknowledged, records sent, failed batches, and whether a batch has
 // waited for the brokers longer than 10 s.
 func (m *Metrics) WatchKafka(stats func() audit.ExportStats) {
-	gauge := func(name, help string, f func(audit.ExportStats) float64) {
-		m.reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: name, Help: help}, func() float64 { return f(stats()) }))
-	}
-	counter := func(name, help string, f func(audit.ExportStats) float64) {
-		m.reg.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{Name: name, Help: help}, func() float64 { return f(stats()) }))
-	}
+	r := statsSeries[audit.ExportStats]{m.reg, stats}
+	counter, gauge := r.counter, r.gauge
 	gauge("phiproxy_audit_kafka_backlog_events", "Durable audit events not yet acknowledged by Kafka (past audit.kafka.max_backlog PHI is refused).", func(s audit.ExportStats) float64 { return float64(s.Backlog) })
 	gauge("phiproxy_audit_kafka_exported_seq", "The last audit seq Kafka acknowledged.", func(s audit.ExportStats) float64 { return float64(s.Exported) })
 	gauge("phiproxy_audit_kafka_stalled", "1 while a batch has waited for Kafka's acknowledgement longer than 10 s.", func(s audit.ExportStats) float64 {

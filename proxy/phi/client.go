@@ -10,6 +10,7 @@ import (
 
 	"github.com/phiproxy/phiproxy/codec"
 	"github.com/phiproxy/phiproxy/column"
+	"github.com/phiproxy/phiproxy/observe"
 	"github.com/phiproxy/phiproxy/pgerr"
 	"github.com/phiproxy/phiproxy/proxy"
 	"github.com/phiproxy/phiproxy/rewrite"
@@ -105,18 +106,9 @@ func (s *session) query(m *pgproto3.Query, out *proxy.Out) error {
 	q := &queryRun{poisonAt: -1, sql: m.String}
 	e := &entry{kind: entryQuery, q: q}
 	s.cin = nil
-	// Settings that change how the text reads come first: under them the
-	// planner's own verdict cannot be trusted.
-	err := s.textRefusal(snap, m.String)
-	var plan *rewrite.Plan
+	plan, watch, err := s.planText(&snap, m.String, out)
 	if err == nil {
-		var sess rewrite.Session
-		if sess, err = s.planSession(&snap, m.String, out); err == nil {
-			plan, err = s.plan(snap, m.String, sess)
-		}
-		if err == nil {
-			s.cover(s.watchText(snap, m.String, sess))
-		}
+		s.cover(watch)
 	}
 	if err != nil {
 		if s.obs != nil {
@@ -327,6 +319,26 @@ func (s *session) appendArraySlot(dst []byte, col column.Column, sl *rewrite.Slo
 	return append(dst, "]::bytea[]"...), nil
 }
 
+// planText plans a statement text of a Query or Parse and says what
+// observed columns it touches. Settings that change how the text reads
+// come first: under them the planner's own verdict cannot be trusted.
+// *snap is replaced when planning needs a catalog the session's changes
+// made stale (planSession).
+func (s *session) planText(snap **snapshot, sql string, out *proxy.Out) (*rewrite.Plan, []observe.Record, error) {
+	if err := s.textRefusal(*snap, sql); err != nil {
+		return nil, nil, err
+	}
+	sess, err := s.planSession(snap, sql, out)
+	if err != nil {
+		return nil, nil, err
+	}
+	plan, err := s.plan(*snap, sql, sess)
+	if err != nil {
+		return plan, nil, err
+	}
+	return plan, s.watchText(*snap, sql, sess), nil
+}
+
 // parse handles an extended-protocol Parse.
 func (s *session) parse(m *pgproto3.Parse, out *proxy.Out) error {
 	if s.isSkipping() {
@@ -336,17 +348,8 @@ func (s *session) parse(m *pgproto3.Parse, out *proxy.Out) error {
 	snap := s.p.cur.Load()
 	ps := &prepared{name: m.Name, sql: m.Query}
 	e := &entry{kind: entryParse, ps: ps}
-	err := s.textRefusal(snap, m.Query)
-	var plan *rewrite.Plan
-	if err == nil {
-		var sess rewrite.Session
-		if sess, err = s.planSession(&snap, m.Query, out); err == nil {
-			plan, err = s.plan(snap, m.Query, sess)
-		}
-		if err == nil {
-			ps.watch = s.watchText(snap, m.Query, sess)
-		}
-	}
+	plan, watch, err := s.planText(&snap, m.Query, out)
+	ps.watch = watch
 	if err == nil && !plan.PassThrough && len(plan.Statements) > 1 {
 		err = pgerr.New(pgerr.SyntaxError, "cannot insert multiple commands into a prepared statement")
 	}

@@ -277,6 +277,17 @@ type copyStream struct {
 	ct    []byte // scratch: a ciphertext and its bytea text form
 }
 
+// feed is x.feed, timed for the Timer as op.
+func (s *session) feed(x *copyStream, data []byte, final bool, op CryptoOp) ([]byte, error) {
+	if s.tm == nil {
+		return x.feed(data, final)
+	}
+	t0 := time.Now()
+	b, err := x.feed(data, final)
+	s.tm.ObserveCrypto(op, time.Since(t0))
+	return b, err
+}
+
 // feed transforms data, the next chunk of the COPY stream, and returns
 // the complete rows it finished, transformed (valid until the next call).
 // final says the stream ends after data (CopyDone): a last row without a
@@ -425,14 +436,7 @@ func (s *session) copyInMessage(msg pgproto3.FrontendMessage, out *proxy.Out) er
 	}
 	switch m := msg.(type) {
 	case *pgproto3.CopyData:
-		var t0 time.Time
-		if s.tm != nil {
-			t0 = time.Now()
-		}
-		b, err := ci.x.feed(m.Data, false)
-		if s.tm != nil {
-			s.tm.ObserveCrypto(CryptoEncrypt, time.Since(t0))
-		}
+		b, err := s.feed(ci.x, m.Data, false, CryptoEncrypt)
 		if err != nil {
 			return s.failCopyIn(err, out)
 		}
@@ -551,14 +555,7 @@ func (s *session) copyOutData(m *pgproto3.CopyData, final bool, out *proxy.Out) 
 		s.cout = nil
 		return s.fail(lockdownError(), out)
 	}
-	var t0 time.Time
-	if s.tm != nil {
-		t0 = time.Now()
-	}
-	b, err := s.cout.feed(m.Data, final)
-	if s.tm != nil {
-		s.tm.ObserveCrypto(CryptoDecrypt, time.Since(t0))
-	}
+	b, err := s.feed(s.cout, m.Data, final, CryptoDecrypt)
 	if err != nil {
 		s.cout = nil
 		return s.fail(asRefusal(err), out)

@@ -181,22 +181,7 @@ func refusedColumns(snap *snapshot, st *rewrite.Statement, msg string) []string 
 // mentions says text has name as a word (letters, digits, _ and $ around
 // it are not a boundary), case-insensitively.
 func mentions(text, name string) bool {
-	text, name = strings.ToLower(text), strings.ToLower(name)
-	word := func(b byte) bool {
-		return b == '_' || b == '$' || b >= '0' && b <= '9' || b >= 'a' && b <= 'z' || b >= 0x80
-	}
-	for i := 0; ; {
-		j := strings.Index(text[i:], name)
-		if j < 0 {
-			return false
-		}
-		j += i
-		end := j + len(name)
-		if (j == 0 || !word(text[j-1])) && (end == len(text) || !word(text[end])) {
-			return true
-		}
-		i = j + 1
-	}
+	return config.ContainsWord(strings.ToLower(text), strings.ToLower(name))
 }
 
 // cover counts the verdicts of one execution of a text; a fingerprint
