@@ -117,11 +117,12 @@ func refFromFileName(fn string) (Ref, bool) {
 }
 
 // keysetRefs returns the keysets that have a file in dir, in directory
-// order; other files are not keysets and are passed over.
+// order; other files are not keysets and are passed over. An error is
+// os.ReadDir's.
 func keysetRefs(dir string) ([]Ref, error) {
 	ents, err := os.ReadDir(dir)
 	if err != nil {
-		return nil, fmt.Errorf("keys dir: %w", err)
+		return nil, err
 	}
 	var refs []Ref
 	for _, e := range ents {

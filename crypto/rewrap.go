@@ -37,7 +37,7 @@ func (s *Store) Rewrap(ctx context.Context, toURI string) (RewrapResult, error) 
 	defer unlock()
 	refs, err := keysetRefs(s.dir)
 	if err != nil {
-		return res, err
+		return res, fmt.Errorf("keys dir: %w", err)
 	}
 	same := to.uri == s.kek.uri
 	for _, r := range refs {

@@ -2,7 +2,6 @@ package crypto
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"log/slog"
 	"os"
@@ -326,11 +325,11 @@ func (s *Store) Retire(r Ref, id uint32) error {
 // A missing keys.dir lists nothing.
 func (s *Store) List() ([]KeysetInfo, error) {
 	refs, err := keysetRefs(s.dir)
-	if errors.Is(err, os.ErrNotExist) {
-		return nil, nil
-	}
 	if err != nil {
-		return nil, err
+		if os.IsNotExist(err) {
+			return nil, nil
+		}
+		return nil, fmt.Errorf("keys dir: %w", err)
 	}
 	var out []KeysetInfo
 	for _, r := range refs {
