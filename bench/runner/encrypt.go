@@ -5,11 +5,9 @@ import (
 	"context"
 	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"regexp"
 	"strconv"
-	"strings"
 	"text/tabwriter"
 	"time"
 
@@ -67,18 +65,9 @@ func runEncrypt(ctx context.Context, phiproxyBin string, rows, copyRows, batch, 
 	if err != nil {
 		return err
 	}
-	cli := func(args ...string) (string, error) {
-		cmd := exec.CommandContext(ctx, phiproxyBin, append(args, "--config", cfg)...)
-		cmd.Env = append(os.Environ(), "PGPASSFILE="+pgpass)
-		out, err := cmd.CombinedOutput()
-		if err != nil {
-			return string(out), fmt.Errorf("phiproxy %s: %v\n%s", strings.Join(args, " "), err, out)
-		}
-		return string(out), nil
-	}
 	fmt.Fprintf(os.Stderr, "phiproxy encrypt of %d rows, two columns…\n", rows)
 	start := time.Now()
-	out, err := cli("encrypt", "--column", "public.patients.ssn", "--column", "public.patients.diagnosis", "--batch-size", strconv.Itoa(batch))
+	out, err := runPhiproxy(ctx, phiproxyBin, cfg, pgpass, "encrypt", "--column", "public.patients.ssn", "--column", "public.patients.diagnosis", "--batch-size", strconv.Itoa(batch))
 	elapsed := time.Since(start)
 	if err != nil {
 		return err

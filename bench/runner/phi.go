@@ -281,6 +281,18 @@ func runPHI(ctx context.Context, phiproxyBin, script string, dur time.Duration, 
 	return auditTable(results, auditModes, modes, clients)
 }
 
+// runPhiproxy runs `phiproxy ARGS --config cfg` and returns its output;
+// the error holds the output too.
+func runPhiproxy(ctx context.Context, bin, cfg, pgpass string, args ...string) (string, error) {
+	cmd := exec.CommandContext(ctx, bin, append(args, "--config", cfg)...)
+	cmd.Env = append(os.Environ(), "PGPASSFILE="+pgpass)
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		return string(out), fmt.Errorf("phiproxy %s: %v\n%s", strings.Join(args, " "), err, out)
+	}
+	return string(out), nil
+}
+
 // startProxyProcess runs `phiproxy serve --config cfg` until stop.
 func startProxyProcess(ctx context.Context, bin, cfg, pgpass string, port int) (pid int, stop func(), err error) {
 	px := exec.CommandContext(ctx, bin, "serve", "--config", cfg)

@@ -119,16 +119,16 @@ wait:
 	}
 	stopProxy()
 	stopped = true
-	vout, verr := exec.Command(phiproxyBin, "audit", "verify", "--config", cfg).CombinedOutput()
+	vout, verr := runPhiproxy(ctx, phiproxyBin, cfg, pgpass, "audit", "verify")
 	reads, writes, err := countSoakEvents(filepath.Join(dir, "audit"))
 	if err != nil {
 		return err
 	}
 	fmt.Printf("\ntransactions %d, failed %d; audit events: %d reads, %d writes (want %d each); verify: %s\n",
-		txns, failed, reads, writes, txns, strings.TrimSpace(firstLine(string(vout))))
+		txns, failed, reads, writes, txns, strings.TrimSpace(firstLine(vout)))
 	switch {
 	case verr != nil:
-		return fmt.Errorf("audit verify failed: %v\n%s", verr, vout)
+		return verr
 	case failed != 0:
 		return fmt.Errorf("%d failed transactions", failed)
 	case reads != txns || writes != txns:
