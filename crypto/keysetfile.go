@@ -116,6 +116,23 @@ func refFromFileName(fn string) (Ref, bool) {
 	return r, true
 }
 
+// keysetRefs returns the keysets that have a file in dir, in directory
+// order; other files are not keysets and are passed over. An error is
+// os.ReadDir's.
+func keysetRefs(dir string) ([]Ref, error) {
+	ents, err := os.ReadDir(dir)
+	if err != nil {
+		return nil, err
+	}
+	var refs []Ref
+	for _, e := range ents {
+		if r, ok := refFromFileName(e.Name()); ok && e.Type().IsRegular() {
+			refs = append(refs, r)
+		}
+	}
+	return refs, nil
+}
+
 type fileDoc struct {
 	Format  string          `json:"format"`
 	Purpose string          `json:"purpose"`

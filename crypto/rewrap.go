@@ -3,7 +3,6 @@ package crypto
 import (
 	"context"
 	"fmt"
-	"os"
 )
 
 // RewrapResult names the keysets Rewrap re-encrypted and those it found
@@ -36,16 +35,12 @@ func (s *Store) Rewrap(ctx context.Context, toURI string) (RewrapResult, error) 
 		return res, err
 	}
 	defer unlock()
-	ents, err := os.ReadDir(s.dir)
+	refs, err := keysetRefs(s.dir)
 	if err != nil {
 		return res, fmt.Errorf("keys dir: %w", err)
 	}
 	same := to.uri == s.kek.uri
-	for _, e := range ents {
-		r, ok := refFromFileName(e.Name())
-		if !ok || !e.Type().IsRegular() {
-			continue
-		}
+	for _, r := range refs {
 		l, err := readKeyset(s.dir, r, s.kek.aead)
 		if err != nil {
 			if same {

@@ -324,7 +324,7 @@ func (s *Store) Retire(r Ref, id uint32) error {
 // List describes every keyset file in keys.dir, sorted by purpose and name.
 // A missing keys.dir lists nothing.
 func (s *Store) List() ([]KeysetInfo, error) {
-	ents, err := os.ReadDir(s.dir)
+	refs, err := keysetRefs(s.dir)
 	if err != nil {
 		if os.IsNotExist(err) {
 			return nil, nil
@@ -332,11 +332,7 @@ func (s *Store) List() ([]KeysetInfo, error) {
 		return nil, fmt.Errorf("keys dir: %w", err)
 	}
 	var out []KeysetInfo
-	for _, e := range ents {
-		r, ok := refFromFileName(e.Name())
-		if !ok || !e.Type().IsRegular() {
-			continue
-		}
+	for _, r := range refs {
 		l, err := readKeyset(s.dir, r, s.kek.aead)
 		if err != nil {
 			return out, err

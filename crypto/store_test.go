@@ -362,6 +362,18 @@ func TestList(t *testing.T) {
 	if g := strings.Join(got, " "); g != want {
 		t.Fatalf("List:\n got %s\nwant %s", g, want)
 	}
+	// Files that are not keysets are passed over; a keys.dir that does
+	// not exist yet lists nothing.
+	if err := os.WriteFile(filepath.Join(st.Dir(), "notes.txt"), []byte("x"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if again, err := st.List(); err != nil || len(again) != len(list) {
+		t.Errorf("List with a stray file: %d keysets, %v; want %d", len(again), err, len(list))
+	}
+	none := &Store{dir: filepath.Join(t.TempDir(), "keys"), kek: st.kek}
+	if l, err := none.List(); l != nil || err != nil {
+		t.Errorf("List without keys.dir = %v, %v; want nothing", l, err)
+	}
 }
 
 func TestConcurrentUseDuringReload(t *testing.T) {

@@ -148,29 +148,31 @@ func Decrypt(ctx context.Context, conn *pgx.Conn, col config.Column, cipher *cry
 	return run(ctx, conn, col, c, o)
 }
 
-// session makes the connection's text forms the canonical ones the codec
-// expects (UTC, ISO dates).
-func session(ctx context.Context, conn *pgx.Conn) error {
+// begin readies conn for a migration of col and reads col's table: it
+// makes the session's text forms the canonical ones the codec expects
+// (UTC, ISO dates). The column must exist.
+func begin(ctx context.Context, conn *pgx.Conn, col config.Column) (*table, error) {
 	for _, q := range []string{"SET TimeZone TO 'UTC'", "SET DateStyle TO ISO, YMD", "SET IntervalStyle TO postgres", "SET extra_float_digits TO 3"} {
 		if _, err := conn.Exec(ctx, q); err != nil {
-			return err
+			return nil, err
 		}
 	}
-	return nil
+	t, err := readTable(ctx, conn, col)
+	if err != nil {
+		return nil, err
+	}
+	if t.colType == "" {
+		return nil, fmt.Errorf("column %s does not exist", col.Ident())
+	}
+	return t, nil
 }
 
 func run(ctx context.Context, conn *pgx.Conn, col config.Column, c *conversion, o Options) (Result, error) {
 	o.defaults()
 	start := time.Now()
-	if err := session(ctx, conn); err != nil {
-		return Result{}, err
-	}
-	t, err := readTable(ctx, conn, col)
+	t, err := begin(ctx, conn, col)
 	if err != nil {
 		return Result{}, err
-	}
-	if t.colType == "" {
-		return Result{}, fmt.Errorf("column %s does not exist", col.Ident())
 	}
 	shadow := ShadowName(col, c.suffix)
 	trig := triggerName(col, c.suffix)

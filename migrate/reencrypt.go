@@ -25,10 +25,7 @@ var keyPrefixLen = len(crypto.KeyPrefix(0))
 func Reencrypt(ctx context.Context, conn *pgx.Conn, col config.Column, cipher *crypto.Cipher, o Options) (Result, error) {
 	o.defaults()
 	start := time.Now()
-	if err := session(ctx, conn); err != nil {
-		return Result{}, err
-	}
-	t, err := readTable(ctx, conn, col)
+	t, err := begin(ctx, conn, col)
 	if err != nil {
 		return Result{}, err
 	}

@@ -60,14 +60,19 @@ func auditOptions(dir, mode string) (lines []string, base, token string, err err
 // scrapeAudit reads events, batches and fsync seconds from t's metrics
 // (zeros without a trail).
 func scrapeAudit(t target) [3]float64 {
-	var out [3]float64
 	if t.admin == "" {
-		return out
+		return [3]float64{}
 	}
+	m := scrapeMetrics(t, "phiproxy_audit_events_total", "phiproxy_audit_batches_total", "phiproxy_audit_fsync_seconds_total")
+	return [3]float64{m[0], m[1], m[2]}
+}
+
+// scrapeMetrics reads the named samples from t's metrics (0 if absent).
+func scrapeMetrics(t target, names ...string) []float64 {
+	out := make([]float64, len(names))
 	req, _ := http.NewRequest("GET", t.admin+"/metrics", nil)
 	req.Header.Set("Authorization", "Bearer "+t.token)
-	c := http.Client{Timeout: 5 * time.Second}
-	resp, err := c.Do(req)
+	resp, err := (&http.Client{Timeout: 5 * time.Second}).Do(req)
 	if err != nil {
 		return out
 	}
@@ -78,14 +83,10 @@ func scrapeAudit(t target) [3]float64 {
 		if len(f) != 2 {
 			continue
 		}
-		v, _ := strconv.ParseFloat(f[1], 64)
-		switch f[0] {
-		case "phiproxy_audit_events_total":
-			out[0] = v
-		case "phiproxy_audit_batches_total":
-			out[1] = v
-		case "phiproxy_audit_fsync_seconds_total":
-			out[2] = v
+		for i, n := range names {
+			if f[0] == n {
+				out[i], _ = strconv.ParseFloat(f[1], 64)
+			}
 		}
 	}
 	return out

@@ -5,19 +5,13 @@ import (
 	"context"
 	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"regexp"
 	"strconv"
-	"strings"
 	"text/tabwriter"
 	"time"
 
 	"github.com/jackc/pgx/v5"
-
-	"github.com/phiproxy/phiproxy/config"
-	"github.com/phiproxy/phiproxy/crypto"
-	"github.com/phiproxy/phiproxy/pgcluster"
 )
 
 // The encrypt workload (issue 16's benchmark), in one run:
@@ -55,52 +49,25 @@ func runEncrypt(ctx context.Context, phiproxyBin string, rows, copyRows, batch, 
 		"VACUUM ANALYZE patients",
 		"CREATE TABLE copy_plain (id int PRIMARY KEY, ssn text, diagnosis text)",
 		"CREATE TABLE copy_phi (id int PRIMARY KEY, ssn bytea, diagnosis bytea)",
+		"CREATE TABLE copy_ct (id int PRIMARY KEY, ssn bytea, diagnosis bytea)",
 	}
-	stmts = append(stmts, "CREATE TABLE copy_ct (id int PRIMARY KEY, ssn bytea, diagnosis bytea)")
-	for _, tbl := range []string{"copy_phi", "copy_ct"} {
-		for _, col := range []string{"ssn", "diagnosis"} {
-			stmts = append(stmts, crypto.EnvelopeCheckSQL(config.Column{Schema: "public", Table: tbl, Name: col}))
-		}
-	}
+	stmts = append(stmts, envelopeChecks("copy_phi")...)
+	stmts = append(stmts, envelopeChecks("copy_ct")...)
 	fmt.Fprintf(os.Stderr, "loading %d plaintext rows…\n", rows)
 	if err := execAsBench(ctx, c, encDB, stmts...); err != nil {
 		return err
 	}
-	pgpass, err := c.WritePgpass()
+	pgpass, port, err := proxyEndpoint(c)
 	if err != nil {
 		return err
 	}
-	port, err := pgcluster.FreePort()
+	cfg, err := writeProxyConfig(ctx, filepath.Join(work, "encrypt"), port, c, encDB, encPHIColumns, "audit: {mode: strict}")
 	if err != nil {
-		return err
-	}
-	dir := filepath.Join(work, "encrypt")
-	os.MkdirAll(dir, 0o700)
-	cfg := filepath.Join(dir, "phiproxy.yaml")
-	text := fmt.Sprintf(`listen: 127.0.0.1:%d
-upstream: {address: %s, sslmode: disable}
-catalog_dsn: postgres://%s@%s/%s?sslmode=disable
-keys: {dir: keys, kek: "file:kek.json"}
-audit: {mode: strict}
-`, port, c.Addr(), c.SuperUser, c.Addr(), encDB) + encPHIColumns
-	if err := os.WriteFile(cfg, []byte(text), 0o600); err != nil {
-		return err
-	}
-	cli := func(args ...string) (string, error) {
-		cmd := exec.CommandContext(ctx, phiproxyBin, append(args, "--config", cfg)...)
-		cmd.Env = append(os.Environ(), "PGPASSFILE="+pgpass)
-		out, err := cmd.CombinedOutput()
-		if err != nil {
-			return string(out), fmt.Errorf("phiproxy %s: %v\n%s", strings.Join(args, " "), err, out)
-		}
-		return string(out), nil
-	}
-	if _, err := cli("keys", "init"); err != nil {
 		return err
 	}
 	fmt.Fprintf(os.Stderr, "phiproxy encrypt of %d rows, two columns…\n", rows)
 	start := time.Now()
-	out, err := cli("encrypt", "--column", "public.patients.ssn", "--column", "public.patients.diagnosis", "--batch-size", strconv.Itoa(batch))
+	out, err := runPhiproxy(ctx, phiproxyBin, cfg, pgpass, "encrypt", "--column", "public.patients.ssn", "--column", "public.patients.diagnosis", "--batch-size", strconv.Itoa(batch))
 	elapsed := time.Since(start)
 	if err != nil {
 		return err

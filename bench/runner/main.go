@@ -163,8 +163,7 @@ func run(ctx context.Context, phiproxyBin string, dur time.Duration, scale, repe
 // startPhiproxy runs phiproxy serve with authentication terminated at the
 // proxy (the default) and a plain upstream leg, like the other paths.
 func startPhiproxy(ctx context.Context, work, phiproxyBin string, c *pgcluster.Cluster) (port, pid int, stop func(), err error) {
-	pxPort, _ := pgcluster.FreePort()
-	pgpass, err := c.WritePgpass()
+	pgpass, pxPort, err := proxyEndpoint(c)
 	if err != nil {
 		return 0, 0, nil, err
 	}

@@ -72,10 +72,28 @@ func setupPHIDatabases(ctx context.Context, c *pgcluster.Cluster, rows int) erro
 		return err
 	}
 	stmts := []string{"CREATE TABLE patients (id serial PRIMARY KEY, ssn bytea, diagnosis bytea)", "CREATE INDEX ON patients (ssn)"}
+	return execAsBench(ctx, c, phiDB, append(stmts, envelopeChecks("patients")...)...)
+}
+
+// envelopeChecks are the envelope CHECK constraints of table's two PHI
+// columns, ssn and diagnosis (in schema public).
+func envelopeChecks(table string) []string {
+	var stmts []string
 	for _, col := range []string{"ssn", "diagnosis"} {
-		stmts = append(stmts, crypto.EnvelopeCheckSQL(config.Column{Schema: "public", Table: "patients", Name: col}))
+		stmts = append(stmts, crypto.EnvelopeCheckSQL(config.Column{Schema: "public", Table: table, Name: col}))
 	}
-	return execAsBench(ctx, c, phiDB, stmts...)
+	return stmts
+}
+
+// proxyEndpoint returns what a proxy in front of c needs: the PGPASSFILE
+// with c's superuser password (for its catalog connection) and a free
+// port to listen on.
+func proxyEndpoint(c *pgcluster.Cluster) (pgpass string, port int, err error) {
+	if pgpass, err = c.WritePgpass(); err != nil {
+		return "", 0, err
+	}
+	port, err = pgcluster.FreePort()
+	return pgpass, port, err
 }
 
 // execAsBench runs stmts in db as the bench role.
@@ -160,10 +178,6 @@ func runPHI(ctx context.Context, phiproxyBin, script string, dur time.Duration, 
 	if err := setupPHIDatabases(ctx, c, rows); err != nil {
 		return err
 	}
-	pgpass, err := c.WritePgpass()
-	if err != nil {
-		return err
-	}
 
 	targets := []target{{name: "direct", port: c.Port, db: plainDB}}
 	proxies := []target{{name: "pass", db: plainDB}}
@@ -172,7 +186,7 @@ func runPHI(ctx context.Context, phiproxyBin, script string, dur time.Duration, 
 	}
 	firstPHI := ""
 	for _, t := range proxies {
-		port, err := pgcluster.FreePort()
+		pgpass, port, err := proxyEndpoint(c)
 		if err != nil {
 			return err
 		}
@@ -265,6 +279,18 @@ func runPHI(ctx context.Context, phiproxyBin, script string, dur time.Duration, 
 		return err
 	}
 	return auditTable(results, auditModes, modes, clients)
+}
+
+// runPhiproxy runs `phiproxy ARGS --config cfg` and returns its output;
+// the error holds the output too.
+func runPhiproxy(ctx context.Context, bin, cfg, pgpass string, args ...string) (string, error) {
+	cmd := exec.CommandContext(ctx, bin, append(args, "--config", cfg)...)
+	cmd.Env = append(os.Environ(), "PGPASSFILE="+pgpass)
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		return string(out), fmt.Errorf("phiproxy %s: %v\n%s", strings.Join(args, " "), err, out)
+	}
+	return string(out), nil
 }
 
 // startProxyProcess runs `phiproxy serve --config cfg` until stop.

@@ -1,10 +1,8 @@
 package main
 
 import (
-	"bufio"
 	"context"
 	"fmt"
-	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -14,7 +12,6 @@ import (
 	"time"
 
 	"github.com/phiproxy/phiproxy/audit"
-	"github.com/phiproxy/phiproxy/pgcluster"
 )
 
 // The soak (-workload soak -clients 200 -duration 10m): many sessions
@@ -46,11 +43,7 @@ func runSoak(ctx context.Context, phiproxyBin string, dur time.Duration, rows in
 	if err := setupPHIDatabases(ctx, c, rows); err != nil {
 		return err
 	}
-	pgpass, err := c.WritePgpass()
-	if err != nil {
-		return err
-	}
-	port, err := pgcluster.FreePort()
+	pgpass, port, err := proxyEndpoint(c)
 	if err != nil {
 		return err
 	}
@@ -126,16 +119,16 @@ wait:
 	}
 	stopProxy()
 	stopped = true
-	vout, verr := exec.Command(phiproxyBin, "audit", "verify", "--config", cfg).CombinedOutput()
+	vout, verr := runPhiproxy(ctx, phiproxyBin, cfg, pgpass, "audit", "verify")
 	reads, writes, err := countSoakEvents(filepath.Join(dir, "audit"))
 	if err != nil {
 		return err
 	}
 	fmt.Printf("\ntransactions %d, failed %d; audit events: %d reads, %d writes (want %d each); verify: %s\n",
-		txns, failed, reads, writes, txns, strings.TrimSpace(firstLine(string(vout))))
+		txns, failed, reads, writes, txns, strings.TrimSpace(firstLine(vout)))
 	switch {
 	case verr != nil:
-		return fmt.Errorf("audit verify failed: %v\n%s", verr, vout)
+		return verr
 	case failed != 0:
 		return fmt.Errorf("%d failed transactions", failed)
 	case reads != txns || writes != txns:
@@ -171,29 +164,4 @@ func countSoakEvents(dir string) (reads, writes int64, err error) {
 func firstLine(s string) string {
 	line, _, _ := strings.Cut(s, "\n")
 	return line
-}
-
-// scrapeMetrics reads the named samples from t's metrics (0 if absent).
-func scrapeMetrics(t target, names ...string) []float64 {
-	out := make([]float64, len(names))
-	req, _ := http.NewRequest("GET", t.admin+"/metrics", nil)
-	req.Header.Set("Authorization", "Bearer "+t.token)
-	resp, err := (&http.Client{Timeout: 5 * time.Second}).Do(req)
-	if err != nil {
-		return out
-	}
-	defer resp.Body.Close()
-	sc := bufio.NewScanner(resp.Body)
-	for sc.Scan() {
-		f := strings.Fields(sc.Text())
-		if len(f) != 2 {
-			continue
-		}
-		for i, n := range names {
-			if f[0] == n {
-				out[i], _ = strconv.ParseFloat(f[1], 64)
-			}
-		}
-	}
-	return out
 }

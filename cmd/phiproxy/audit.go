@@ -73,6 +73,14 @@ func auditActions() map[string]auditAction {
 		fs.StringSliceVar(&a.sessions, "session", nil, "session id, or a prefix of it")
 		fs.BoolVar(&a.noCompletions, "no-completions", false, "do not add the completion records of selected events")
 	}
+	// selecting is an action on the events that match the filters: the
+	// filter flags, then its own.
+	selecting := func(summary, usage string, run func(context.Context, *cmdEnv, *auditCmd) error, flags func(*pflag.FlagSet, *auditCmd)) auditAction {
+		return auditAction{summary: summary, usage: usage, run: run, flags: func(fs *pflag.FlagSet, a *auditCmd) {
+			filters(fs, a)
+			flags(fs, a)
+		}}
+	}
 	return map[string]auditAction{
 		"verify": {
 			summary: "check the hash chain, the checkpoint signatures and that nothing is missing; exit 1 if tampered",
@@ -83,36 +91,21 @@ func auditActions() map[string]auditAction {
 			},
 			run: auditVerify,
 		},
-		"search": {
-			summary: "print the events that match filters",
-			usage:   "[filters] [--format table|json|csv]",
-			flags: func(fs *pflag.FlagSet, a *auditCmd) {
-				filters(fs, a)
+		"search": selecting("print the events that match filters", "[filters] [--format table|json|csv]", auditSearch,
+			func(fs *pflag.FlagSet, a *auditCmd) {
 				fs.StringVar(&a.format, "format", "", "table (default on a terminal), json (the event lines as written; default otherwise) or csv")
-			},
-			run: auditSearch,
-		},
-		"export": {
-			summary: "write the events that match filters as JSON lines or CSV",
-			usage:   "[filters] [--format jsonl|csv] [--output FILE]",
-			flags: func(fs *pflag.FlagSet, a *auditCmd) {
-				filters(fs, a)
+			}),
+		"export": selecting("write the events that match filters as JSON lines or CSV", "[filters] [--format jsonl|csv] [--output FILE]", auditExport,
+			func(fs *pflag.FlagSet, a *auditCmd) {
 				fs.StringVar(&a.format, "format", "jsonl", "jsonl (the event lines as written) or csv")
 				fs.StringVar(&a.output, "output", "", "write to FILE (mode 0600) instead of standard output")
-			},
-			run: auditExport,
-		},
-		"tail": {
-			summary: "print the last events; -f follows new ones until interrupted",
-			usage:   "[-n N] [-f] [filters] [--format table|json|csv]",
-			flags: func(fs *pflag.FlagSet, a *auditCmd) {
-				filters(fs, a)
+			}),
+		"tail": selecting("print the last events; -f follows new ones until interrupted", "[-n N] [-f] [filters] [--format table|json|csv]", auditTail,
+			func(fs *pflag.FlagSet, a *auditCmd) {
 				fs.IntVarP(&a.n, "lines", "n", 10, "how many events")
 				fs.BoolVarP(&a.follow, "follow", "f", false, "keep printing new events (and new files) until interrupted")
 				fs.StringVar(&a.format, "format", "", "table (default on a terminal), json or csv")
-			},
-			run: auditTail,
-		},
+			}),
 	}
 }
 

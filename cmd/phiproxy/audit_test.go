@@ -101,14 +101,7 @@ func auditFixture(t *testing.T, n int) (string, *config.Config, *trailWriter) {
 	t.Helper()
 	_, cfgPath := keysConfig(t)
 	mustKeys(t, "init", "--config", cfgPath)
-	cfg, err := config.Load(cfgPath)
-	if err != nil {
-		t.Fatal(err)
-	}
-	kr, err := crypto.Open(context.Background(), cfg, crypto.Options{Env: crypto.EnvFromOS()})
-	if err != nil {
-		t.Fatal(err)
-	}
+	cfg, kr := openKeys(t, cfgPath)
 	signer, err := kr.Signer()
 	if err != nil {
 		t.Fatal(err)

@@ -115,27 +115,10 @@ func checkConfig(t *testing.T, c *pgcluster.Cluster, dir, file, db, rest string)
 	return path
 }
 
-func mustRun(t *testing.T, args ...string) string {
-	t.Helper()
-	var out, errb bytes.Buffer
-	env := &cmdEnv{stdout: &out, stderr: &errb}
-	if err := run(context.Background(), env, args); err != nil {
-		t.Fatalf("phiproxy %s: %v\n%s%s", strings.Join(args, " "), err, out.String(), errb.String())
-	}
-	return out.String()
-}
-
 // encryptFor encrypts plaintext under key with the keysets of cfgPath.
 func encryptFor(t *testing.T, cfgPath, key, plaintext string) []byte {
 	t.Helper()
-	cfg, err := config.Load(cfgPath)
-	if err != nil {
-		t.Fatal(err)
-	}
-	k, err := crypto.Open(context.Background(), cfg, crypto.Options{Env: crypto.EnvFromOS()})
-	if err != nil {
-		t.Fatal(err)
-	}
+	_, k := openKeys(t, cfgPath)
 	env, err := k.Encrypt(key, []byte(plaintext))
 	if err != nil {
 		t.Fatal(err)

@@ -53,13 +53,34 @@ func keysConfig(t *testing.T) (dir, cfgPath string) {
 	return dir, cfgPath
 }
 
-func mustKeys(t *testing.T, args ...string) string {
+// mustRun runs `phiproxy ARGS` and returns stdout; it fails t unless the
+// exit code is 0.
+func mustRun(t *testing.T, args ...string) string {
 	t.Helper()
-	out, errs, code := keysRun(t, args...)
+	out, errs, code := cmdRun(t, args...)
 	if code != 0 {
-		t.Fatalf("keys %s: exit %d\nstdout: %s\nstderr: %s", strings.Join(args, " "), code, out, errs)
+		t.Fatalf("phiproxy %s: exit %d\nstdout: %s\nstderr: %s", strings.Join(args, " "), code, out, errs)
 	}
 	return out
+}
+
+func mustKeys(t *testing.T, args ...string) string {
+	t.Helper()
+	return mustRun(t, append([]string{"keys"}, args...)...)
+}
+
+// openKeys loads the config at cfgPath and opens its keys.
+func openKeys(t *testing.T, cfgPath string) (*config.Config, *crypto.Keyring) {
+	t.Helper()
+	cfg, err := config.Load(cfgPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	kr, err := crypto.Open(context.Background(), cfg, crypto.Options{Env: crypto.EnvFromOS()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return cfg, kr
 }
 
 // listKeys returns `keys list --json` as rows.
@@ -210,14 +231,7 @@ func TestKeysLifecycle(t *testing.T) {
 	if err != nil {
 		t.Fatalf("export-public output is not a public keyset: %v\n%s", err, pub)
 	}
-	c, err := config.Load(cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	kr, err := crypto.Open(context.Background(), c, crypto.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
+	_, kr := openKeys(t, cfg)
 	s, _ := kr.Signer()
 	sig, _ := s.Sign([]byte("checkpoint"))
 	if err := v.Verify(sig, []byte("checkpoint")); err != nil {

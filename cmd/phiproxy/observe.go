@@ -7,27 +7,21 @@ import (
 
 	"github.com/spf13/pflag"
 
+	"github.com/phiproxy/phiproxy/config"
 	"github.com/phiproxy/phiproxy/observe"
 )
 
-// observeCmd holds the flags of `phiproxy observe`.
+// observeCmd holds the parsed flags of `phiproxy observe`.
 type observeCmd struct {
 	cfgPath, format, file string
+	cfg                   *config.Config
 }
 
-// runObserve is `phiproxy observe report --config FILE [--format
-// table|json|csv|html]` (docs/observe.md): the coverage records of the
-// columns in enforce: observe, from state_dir. Exit 1 when any observed
-// statement would be refused, so an application's CI can gate on it.
-func runObserve(ctx context.Context, env *cmdEnv, args []string) error {
-	cmd := &actions[observeCmd]{
-		name:     "observe",
-		head:     "usage: phiproxy observe report --config FILE [--format table|json|csv|html]",
-		notes:    "Exit 0: nothing observed would be refused; 1: something would; 2: usage or config error.\nSee docs/observe.md.",
-		synopsis: "--config FILE",
-		flags: func(fs *pflag.FlagSet, c *observeCmd) {
-			fs.StringVar(&c.cfgPath, "config", "", "config file (YAML), required: the records are in its state_dir")
-		},
+func observeCommand() *actions[observeCmd] {
+	return &actions[observeCmd]{
+		name:  "observe",
+		head:  "usage: phiproxy observe report --config FILE [--format table|json|csv|html]",
+		notes: "Exit 0: nothing observed would be refused; 1: something would; 2: usage or config error.\nSee docs/observe.md.",
 		actions: map[string]action[observeCmd]{
 			"report": {
 				summary: "what enforcement would do with each statement seen on an observed column",
@@ -40,19 +34,15 @@ func runObserve(ctx context.Context, env *cmdEnv, args []string) error {
 			},
 		},
 	}
-	var c observeCmd
-	a, fs, err := cmd.pick(env, args, &c)
-	if err != nil || a == nil {
-		return err
-	}
-	cfg, err := parseConfigFlags(fs, args[1:], "observe "+args[0], &c.cfgPath)
-	if cfg == nil {
-		return err
-	}
-	if c.file == "" {
-		c.file = filepath.Join(cfg.StateDir, observe.FileName)
-	}
-	return a.run(ctx, env, &c)
+}
+
+// runObserve is `phiproxy observe report --config FILE [--format
+// table|json|csv|html]` (docs/observe.md): the coverage records of the
+// columns in enforce: observe, from state_dir. Exit 1 when any observed
+// statement would be refused, so an application's CI can gate on it.
+func runObserve(ctx context.Context, env *cmdEnv, args []string) error {
+	c := &observeCmd{}
+	return observeCommand().runConfigured(ctx, env, args, c, &c.cfgPath, &c.cfg)
 }
 
 func observeReport(_ context.Context, env *cmdEnv, c *observeCmd) error {
@@ -69,7 +59,11 @@ func observeReport(_ context.Context, env *cmdEnv, c *observeCmd) error {
 	default:
 		return usagef("observe report: --format %q is not table, json, csv or html", c.format)
 	}
-	f, err := observe.ReadFile(c.file)
+	file := c.file
+	if file == "" {
+		file = filepath.Join(c.cfg.StateDir, observe.FileName)
+	}
+	f, err := observe.ReadFile(file)
 	if err != nil {
 		return usageError{err}
 	}

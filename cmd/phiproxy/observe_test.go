@@ -1,8 +1,6 @@
 package main
 
 import (
-	"bytes"
-	"context"
 	"os"
 	"path/filepath"
 	"strings"
@@ -24,17 +22,10 @@ func observeConfig(t *testing.T, dir string) string {
 	return path
 }
 
-func runObserveCLI(args ...string) (string, string, int) {
-	var out, errb bytes.Buffer
-	env := &cmdEnv{stdout: &out, stderr: &errb}
-	code := exitCode(env, run(context.Background(), env, args))
-	return out.String(), errb.String(), code
-}
-
 func TestObserveReportExitCodes(t *testing.T) {
 	dir := t.TempDir()
 	cfg := observeConfig(t, dir)
-	if out, errs, code := runObserveCLI("observe", "report", "--config", cfg); code != 0 || !strings.Contains(out, "0 statement shapes seen") {
+	if out, errs, code := cmdRun(t, "observe", "report", "--config", cfg); code != 0 || !strings.Contains(out, "0 statement shapes seen") {
 		t.Fatalf("no records yet: exit %d\n%s%s", code, out, errs)
 	}
 	st, err := observe.Open(filepath.Join(dir, "state", observe.FileName), nil)
@@ -45,7 +36,7 @@ func TestObserveReportExitCodes(t *testing.T) {
 	if err := st.Flush(); err != nil {
 		t.Fatal(err)
 	}
-	if out, errs, code := runObserveCLI("observe", "report", "--config", cfg, "--format", "csv"); code != 0 || !strings.Contains(out, "public.patients.ssn,works") {
+	if out, errs, code := cmdRun(t, "observe", "report", "--config", cfg, "--format", "csv"); code != 0 || !strings.Contains(out, "public.patients.ssn,works") {
 		t.Fatalf("works only: exit %d\n%s%s", code, out, errs)
 	}
 	st.Add(observe.Record{Fingerprint: "bb", Query: "SELECT ssn FROM patients ORDER BY ssn", Columns: []string{"public.patients.ssn"}, Verdict: observe.Refused,
@@ -54,15 +45,15 @@ func TestObserveReportExitCodes(t *testing.T) {
 		t.Fatal(err)
 	}
 	for _, format := range []string{"table", "json", "csv", "html"} {
-		out, errs, code := runObserveCLI("observe", "report", "--config", cfg, "--format", format)
+		out, errs, code := cmdRun(t, "observe", "report", "--config", cfg, "--format", format)
 		if code != 1 || !strings.Contains(out, "ORDER BY ssn") || !strings.Contains(errs, "1 of 2 statement shapes would be refused") {
 			t.Errorf("%s with a refusal: exit %d\n%s%s", format, code, out, errs)
 		}
 	}
-	if _, _, code := runObserveCLI("observe", "report", "--config", cfg, "--format", "pdf"); code != 2 {
+	if _, _, code := cmdRun(t, "observe", "report", "--config", cfg, "--format", "pdf"); code != 2 {
 		t.Errorf("unknown format: exit %d, want 2", code)
 	}
-	if _, _, code := runObserveCLI("observe", "report"); code != 2 {
+	if _, _, code := cmdRun(t, "observe", "report"); code != 2 {
 		t.Errorf("no --config: exit %d, want 2", code)
 	}
 }
