@@ -2,7 +2,6 @@ package proxy
 
 import (
 	"bytes"
-	"context"
 	"encoding/binary"
 	"io"
 	"net"
@@ -41,16 +40,9 @@ func (u *recordingUpstream) got() string {
 
 func newRecordingUpstream(t *testing.T) *recordingUpstream {
 	u := &recordingUpstream{}
-	u.addr = scriptedUpstream(t, func(c net.Conn, be *pgproto3.Backend) {
+	u.addr = testenv.ScriptedServer(t, func(c net.Conn, be *pgproto3.Backend) {
 		u.dials.Add(1)
-		if loggedIn(c) != nil {
-			return
-		}
-		for {
-			msg, err := be.Receive()
-			if err != nil {
-				return
-			}
+		for msg := range trustedSession(c, be) {
 			var typ byte
 			switch m := msg.(type) {
 			case *pgproto3.Query:
@@ -86,22 +78,6 @@ func dataRowBody(vals ...string) []byte {
 		b = append(b, v...)
 	}
 	return b
-}
-
-// hijacked logs in through the proxy and hands over the raw connection.
-func hijacked(t *testing.T, ctx context.Context, dsn string) (net.Conn, *pgproto3.Frontend) {
-	t.Helper()
-	pc, err := pgconn.Connect(ctx, dsn)
-	if err != nil {
-		t.Fatal(err)
-	}
-	hc, err := pc.Hijack()
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { hc.Conn.Close() })
-	_ = hc.Conn.SetDeadline(time.Now().Add(15 * time.Second))
-	return hc.Conn, hc.Frontend
 }
 
 // fatalThenClose reads until the connection ends and returns the last
@@ -145,7 +121,7 @@ func TestBadClientFramesNeverReachUpstream(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			before := up.got()
-			conn, fe := hijacked(t, ctx, p.dsn())
+			conn, fe := testenv.Hijack(t, ctx, p.dsn(), 15*time.Second)
 			if _, err := conn.Write(append(queryFrame("SELECT 1"), tc.in...)); err != nil {
 				t.Fatal(err)
 			}
