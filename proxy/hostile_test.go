@@ -11,7 +11,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgproto3"
 
 	"github.com/phiproxy/phiproxy/internal/testenv"
@@ -244,15 +243,11 @@ func TestUpstreamRowShapeChecked(t *testing.T) {
 	ctx := testCtx(t)
 	up := newRecordingUpstream(t)
 	p := startProxy(t, proxyConfig(t, up.addr, "auth: {mode: relay}"))
-	conn, err := pgconn.Connect(ctx, p.dsn())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close(ctx)
+	conn := pgConnect(t, ctx, p.dsn())
 	if _, err := conn.Exec(ctx, "SELECT 1").ReadAll(); err != nil {
 		t.Fatalf("a well-formed answer: %v", err)
 	}
-	_, err = conn.Exec(ctx, "short row").ReadAll()
+	_, err := conn.Exec(ctx, "short row").ReadAll()
 	if code := sqlstate(err); code != "08P01" || !strings.Contains(err.Error(), "DataRow") {
 		t.Fatalf("got %v, want 08P01 naming the DataRow", err)
 	}
