@@ -6,7 +6,8 @@
 // bench/phi.sql's transaction for the PHI benchmarks (PHIWorkload), and
 // the wire protocol by hand: an accept loop, a scripted fake server for
 // what a real PostgreSQL never answers, a hijacked client connection and
-// a round trip to ReadyForQuery on it (wire.go).
+// a round trip to ReadyForQuery on it (wire.go); and an HTTP GET with an
+// Authorization header for the admin API's tests (HTTPGet).
 //
 // Only tests import it (TestOnlyTestsImportIt checks); it depends on the
 // standard library, pgcluster and pgx, so that any package's tests can use
