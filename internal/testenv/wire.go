@@ -42,11 +42,11 @@ func AcceptLoop(t testing.TB, stop func(), handle func(c net.Conn)) net.Listener
 	return ln
 }
 
-// ScriptedServer runs a fake server for the test's lifetime, for what a
-// real PostgreSQL never does (a malformed or hostile answer) and for
-// benchmarks without one: each connection has its StartupMessage read and
-// is then handed to script, and closed when script returns (or after ten
-// seconds). It returns the server's address.
+// ScriptedServer runs a fake server for the test's lifetime, for answers
+// a real PostgreSQL never gives (malformed, hostile or arbitrary ones):
+// each connection has its StartupMessage read and is then handed to
+// script, and closed when script returns (or after ten seconds). It
+// returns the server's address.
 func ScriptedServer(t testing.TB, script func(c net.Conn, be *pgproto3.Backend)) string {
 	t.Helper()
 	ln := AcceptLoop(t, nil, func(c net.Conn) {
