@@ -2,13 +2,14 @@ package proxy
 
 import (
 	"bufio"
-	"context"
 	"io"
 	"log/slog"
 	"net"
 	"testing"
 
 	"github.com/jackc/pgx/v5/pgproto3"
+
+	"github.com/phiproxy/phiproxy/internal/testenv"
 )
 
 // fakeUpstream is just enough of a PostgreSQL server for the relay
@@ -16,11 +17,6 @@ import (
 // pgbench -S -M prepared's (BindComplete, DataRow, CommandComplete,
 // ReadyForQuery).
 func fakeUpstream(b *testing.B) string {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		b.Fatal(err)
-	}
-	b.Cleanup(func() { ln.Close() })
 	var login, answer []byte
 	for _, m := range []pgproto3.BackendMessage{
 		&pgproto3.AuthenticationOk{}, &pgproto3.ParameterStatus{Name: "server_version", Value: "15.0"},
@@ -34,35 +30,27 @@ func fakeUpstream(b *testing.B) string {
 	} {
 		answer, _ = m.Encode(answer)
 	}
-	go func() {
+	ln := testenv.AcceptLoop(b, nil, func(c net.Conn) {
+		defer c.Close()
+		if _, err := readStartupPacket(c); err != nil {
+			return
+		}
+		if _, err := c.Write(login); err != nil {
+			return
+		}
+		in := msgReader{r: bufio.NewReader(c)}
 		for {
-			c, err := ln.Accept()
+			typ, _, err := in.next()
 			if err != nil {
 				return
 			}
-			go func() {
-				defer c.Close()
-				if _, err := readStartupPacket(c); err != nil {
+			if typ == 'S' {
+				if _, err := c.Write(answer); err != nil {
 					return
 				}
-				if _, err := c.Write(login); err != nil {
-					return
-				}
-				in := msgReader{r: bufio.NewReader(c)}
-				for {
-					typ, _, err := in.next()
-					if err != nil {
-						return
-					}
-					if typ == 'S' {
-						if _, err := c.Write(answer); err != nil {
-							return
-						}
-					}
-				}
-			}()
+			}
 		}
-	}()
+	})
 	return ln.Addr().String()
 }
 
@@ -118,12 +106,6 @@ func BenchmarkRelay(b *testing.B) {
 		if err != nil {
 			b.Fatal(err)
 		}
-		ln, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			b.Fatal(err)
-		}
-		go srv.Serve(context.Background(), ln)
-		defer srv.Close()
-		run(b, ln.Addr().String())
+		run(b, testenv.Serve(b, srv, nil))
 	})
 }

@@ -2,7 +2,6 @@ package proxy
 
 import (
 	"bytes"
-	"context"
 	"encoding/binary"
 	"io"
 	"net"
@@ -12,7 +11,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgproto3"
 
 	"github.com/phiproxy/phiproxy/internal/testenv"
@@ -41,16 +39,9 @@ func (u *recordingUpstream) got() string {
 
 func newRecordingUpstream(t *testing.T) *recordingUpstream {
 	u := &recordingUpstream{}
-	u.addr = scriptedUpstream(t, func(c net.Conn, be *pgproto3.Backend) {
+	u.addr = testenv.ScriptedServer(t, func(c net.Conn, be *pgproto3.Backend) {
 		u.dials.Add(1)
-		if loggedIn(c) != nil {
-			return
-		}
-		for {
-			msg, err := be.Receive()
-			if err != nil {
-				return
-			}
+		for msg := range trustedSession(c, be) {
 			var typ byte
 			switch m := msg.(type) {
 			case *pgproto3.Query:
@@ -86,22 +77,6 @@ func dataRowBody(vals ...string) []byte {
 		b = append(b, v...)
 	}
 	return b
-}
-
-// hijacked logs in through the proxy and hands over the raw connection.
-func hijacked(t *testing.T, ctx context.Context, dsn string) (net.Conn, *pgproto3.Frontend) {
-	t.Helper()
-	pc, err := pgconn.Connect(ctx, dsn)
-	if err != nil {
-		t.Fatal(err)
-	}
-	hc, err := pc.Hijack()
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { hc.Conn.Close() })
-	_ = hc.Conn.SetDeadline(time.Now().Add(15 * time.Second))
-	return hc.Conn, hc.Frontend
 }
 
 // fatalThenClose reads until the connection ends and returns the last
@@ -145,7 +120,7 @@ func TestBadClientFramesNeverReachUpstream(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			before := up.got()
-			conn, fe := hijacked(t, ctx, p.dsn())
+			conn, fe := testenv.Hijack(t, ctx, p.dsn(), 15*time.Second)
 			if _, err := conn.Write(append(queryFrame("SELECT 1"), tc.in...)); err != nil {
 				t.Fatal(err)
 			}
@@ -268,15 +243,11 @@ func TestUpstreamRowShapeChecked(t *testing.T) {
 	ctx := testCtx(t)
 	up := newRecordingUpstream(t)
 	p := startProxy(t, proxyConfig(t, up.addr, "auth: {mode: relay}"))
-	conn, err := pgconn.Connect(ctx, p.dsn())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close(ctx)
+	conn := pgConnect(t, ctx, p.dsn())
 	if _, err := conn.Exec(ctx, "SELECT 1").ReadAll(); err != nil {
 		t.Fatalf("a well-formed answer: %v", err)
 	}
-	_, err = conn.Exec(ctx, "short row").ReadAll()
+	_, err := conn.Exec(ctx, "short row").ReadAll()
 	if code := sqlstate(err); code != "08P01" || !strings.Contains(err.Error(), "DataRow") {
 		t.Fatalf("got %v, want 08P01 naming the DataRow", err)
 	}

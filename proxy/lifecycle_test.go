@@ -100,18 +100,9 @@ func TestUpstreamLostWhileIdle(t *testing.T) {
 	ctx := testCtx(t)
 	fwd := startForwarder(t, testCluster.Addr())
 	p := startProxy(t, proxyConfig(t, fwd.addr()))
-	conn, err := pgconn.Connect(ctx, p.dsn())
-	if err != nil {
-		t.Fatal(err)
-	}
-	hj, err := conn.Hijack()
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer hj.Conn.Close()
+	_, fe := testenv.Hijack(t, ctx, p.dsn(), 3*time.Second)
 	fwd.kill()
-	hj.Conn.SetReadDeadline(time.Now().Add(3 * time.Second))
-	msg, err := hj.Frontend.Receive()
+	msg, err := fe.Receive()
 	if err != nil {
 		t.Fatalf("no ErrorResponse before the close: %v", err)
 	}

@@ -160,44 +160,8 @@ type forwarder struct {
 func startForwarder(t testing.TB, target string) *forwarder {
 	t.Helper()
 	f := &forwarder{}
-	f.ln = acceptLoop(t, f.kill, func(c net.Conn) { f.serve(c, target) })
+	f.ln = testenv.AcceptLoop(t, f.kill, func(c net.Conn) { f.serve(c, target) })
 	return f
-}
-
-// acceptLoop listens on a loopback port for the test's lifetime and runs
-// handle on each connection in a goroutine of its own; at cleanup it
-// closes the listener, calls stop (when not nil) and waits for every
-// handler to return.
-func acceptLoop(t testing.TB, stop func(), handle func(c net.Conn)) net.Listener {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	var wg sync.WaitGroup
-	t.Cleanup(func() {
-		ln.Close()
-		if stop != nil {
-			stop()
-		}
-		wg.Wait()
-	})
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				handle(c)
-			}()
-		}
-	}()
-	return ln
 }
 
 func (f *forwarder) addr() string { return f.ln.Addr().String() }

@@ -5,10 +5,10 @@ import (
 	"crypto/md5"
 	"encoding/hex"
 	"errors"
+	"iter"
 	"net"
 	"strings"
 	"testing"
-	"time"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
@@ -21,22 +21,6 @@ import (
 // A misbehaving upstream (a fake server that speaks just enough of the
 // protocol) must end at most the session it serves, never the process.
 
-// scriptedUpstream runs a TCP server for the test's lifetime; each connection
-// has its StartupMessage read and is then handed to script.
-func scriptedUpstream(t *testing.T, script func(c net.Conn, be *pgproto3.Backend)) string {
-	t.Helper()
-	ln := acceptLoop(t, nil, func(c net.Conn) {
-		defer c.Close()
-		_ = c.SetDeadline(time.Now().Add(10 * time.Second))
-		be := pgproto3.NewBackend(c, c)
-		if _, err := be.ReceiveStartupMessage(); err != nil {
-			return
-		}
-		script(c, be)
-	})
-	return ln.Addr().String()
-}
-
 // errorBody is an ErrorResponse body with the given fields (a field type
 // byte and its value each), without a C field unless one is given.
 func errorBody(fields ...string) []byte {
@@ -47,14 +31,25 @@ func errorBody(fields ...string) []byte {
 	return append(b, 0)
 }
 
-// loggedIn answers a login as a trusting server does.
-func loggedIn(c net.Conn) error {
-	var out []byte
-	out = append(out, frame('R', []byte{0, 0, 0, 0})...)
-	out = append(out, frame('K', []byte{0, 0, 0, 7, 1, 2, 3, 4})...)
-	out = append(out, frame('Z', []byte{'I'})...)
-	_, err := c.Write(out)
-	return err
+// trustedSession answers a login as a trusting server does, then yields
+// each message the client sends (valid until the next) until the
+// connection ends.
+func trustedSession(c net.Conn, be *pgproto3.Backend) iter.Seq[pgproto3.FrontendMessage] {
+	return func(yield func(pgproto3.FrontendMessage) bool) {
+		var out []byte
+		out = append(out, frame('R', []byte{0, 0, 0, 0})...)
+		out = append(out, frame('K', []byte{0, 0, 0, 7, 1, 2, 3, 4})...)
+		out = append(out, frame('Z', []byte{'I'})...)
+		if _, err := c.Write(out); err != nil {
+			return
+		}
+		for {
+			msg, err := be.Receive()
+			if err != nil || !yield(msg) {
+				return
+			}
+		}
+	}
 }
 
 // logLines counts the lines of logs that contain every one of want.
@@ -94,7 +89,7 @@ func TestUpstreamErrorWithoutSQLSTATEDuringLogin(t *testing.T) {
 		// upstream (logged, which it was not before).
 		{"fields without terminator", []byte("SFATAL"), "08006", []string{"terminate"}},
 	} {
-		up := scriptedUpstream(t, func(c net.Conn, be *pgproto3.Backend) {
+		up := testenv.ScriptedServer(t, func(c net.Conn, be *pgproto3.Backend) {
 			_, _ = c.Write(frame('E', tc.body))
 		})
 		verifier := &auth.Verifier{Role: appUser, Secret: md5Secret(appUser, appPassword), CanLogin: true}
@@ -118,20 +113,15 @@ func TestUpstreamErrorWithoutSQLSTATEDuringLogin(t *testing.T) {
 
 func TestUpstreamErrorWithoutSQLSTATEAfterLogin(t *testing.T) {
 	ctx := testCtx(t)
-	up := scriptedUpstream(t, func(c net.Conn, be *pgproto3.Backend) {
-		if loggedIn(c) != nil {
-			return
-		}
-		for n := 0; ; n++ {
-			msg, err := be.Receive()
-			if err != nil {
-				return
-			}
+	up := testenv.ScriptedServer(t, func(c net.Conn, be *pgproto3.Backend) {
+		first := true
+		for msg := range trustedSession(c, be) {
 			if _, ok := msg.(*pgproto3.Query); !ok {
 				continue
 			}
-			if n == 0 {
+			if first {
 				_, _ = c.Write(append(frame('E', errorBody("S", "ERROR", "M", "no code")), frame('Z', []byte{'I'})...))
+				first = false
 				continue
 			}
 			_, _ = c.Write(frame('E', errorBody("S", "FATAL", "V", "FATAL", "M", "no code either")))

@@ -12,6 +12,8 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgproto3"
+
+	"github.com/phiproxy/phiproxy/internal/testenv"
 )
 
 // scenario runs the same protocol workload on conn and returns a
@@ -197,26 +199,18 @@ func TestFunctionCall(t *testing.T) {
 			t.Fatal(err)
 		}
 		defer hj.Conn.Close()
-		fe := hj.Frontend
-		fe.Send(&pgproto3.FunctionCall{Function: oid, ArgFormatCodes: []uint16{1}, Arguments: [][]byte{{0, 0, 0, 40}, {0, 0, 0, 2}}, ResultFormatCode: 1})
-		if err := fe.Flush(); err != nil {
-			t.Fatal(err)
-		}
 		var got []string
-		for {
-			msg, err := fe.Receive()
-			if err != nil {
-				t.Fatal(err)
-			}
+		testenv.Exchange(t, hj.Frontend, func(msg pgproto3.BackendMessage) {
 			switch m := msg.(type) {
 			case *pgproto3.FunctionCallResponse:
 				got = append(got, fmt.Sprintf("result %v", m.Result))
 			case *pgproto3.ReadyForQuery:
-				return strings.Join(append(got, fmt.Sprintf("ready %c", m.TxStatus)), "; ")
+				got = append(got, fmt.Sprintf("ready %c", m.TxStatus))
 			default:
 				got = append(got, fmt.Sprintf("%T", m))
 			}
-		}
+		}, &pgproto3.FunctionCall{Function: oid, ArgFormatCodes: []uint16{1}, Arguments: [][]byte{{0, 0, 0, 40}, {0, 0, 0, 2}}, ResultFormatCode: 1})
+		return strings.Join(got, "; ")
 	}
 	p := startProxy(t, proxyConfig(t, testCluster.Addr()))
 	direct, proxied := call(directDSN()), call(p.dsn())

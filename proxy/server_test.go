@@ -171,15 +171,8 @@ func TestAcceptOutOfFileDescriptors(t *testing.T) {
 // with at most 48 file descriptors, prints its address, and serves until
 // its stdin closes.
 func acceptChild(t *testing.T) {
-	up := scriptedUpstream(t, func(c net.Conn, be *pgproto3.Backend) {
-		if loggedIn(c) != nil {
-			return
-		}
-		for {
-			msg, err := be.Receive()
-			if err != nil {
-				return
-			}
+	up := testenv.ScriptedServer(t, func(c net.Conn, be *pgproto3.Backend) {
+		for msg := range trustedSession(c, be) {
 			if _, ok := msg.(*pgproto3.Query); ok {
 				_, _ = c.Write(append(frame('C', []byte("SELECT 0\x00")), frame('Z', []byte{'I'})...))
 			}

@@ -4,13 +4,14 @@ import (
 	"bytes"
 	"context"
 	"errors"
-	"io"
 	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/phiproxy/phiproxy/internal/testenv"
 )
 
 // serve runs the admin API beside the proxy when admin is configured,
@@ -29,19 +30,9 @@ func TestServeAdminAPI(t *testing.T) {
 	srv := startServe(t, cfgPath)
 	waitLog := srv.waitLog
 	base := "http://" + waitLog("admin API listening")["addr"].(string)
-	get := func(path, tok string) (int, string) {
+	get := func(path, auth string) (int, string) {
 		t.Helper()
-		req, _ := http.NewRequest(http.MethodGet, base+path, nil)
-		if tok != "" {
-			req.Header.Set("Authorization", "Bearer "+tok)
-		}
-		resp, err := http.DefaultClient.Do(req)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer resp.Body.Close()
-		b, _ := io.ReadAll(resp.Body)
-		return resp.StatusCode, string(b)
+		return testenv.HTTPGet(t, nil, base+path, auth)
 	}
 	if code, _ := get("/healthz", ""); code != 200 {
 		t.Errorf("/healthz: %d", code)
@@ -49,11 +40,11 @@ func TestServeAdminAPI(t *testing.T) {
 	if code, _ := get("/metrics", ""); code != 401 {
 		t.Errorf("/metrics without the token: %d", code)
 	}
-	if code, _ := get("/metrics", "wrong"); code != 401 {
+	if code, _ := get("/metrics", "Bearer wrong"); code != 401 {
 		t.Errorf("/metrics with a wrong token: %d", code)
 	}
 	// The upstream (127.0.0.1:1) is down: not ready, and it says why.
-	if code, body := get("/readyz", "tok-123"); code != 503 || !strings.Contains(body, "upstream") {
+	if code, body := get("/readyz", "Bearer tok-123"); code != 503 || !strings.Contains(body, "upstream") {
 		t.Errorf("/readyz: %d %s", code, body)
 	}
 	// SIGHUP re-reads the token file: rotation needs no restart.
@@ -61,18 +52,15 @@ func TestServeAdminAPI(t *testing.T) {
 		t.Fatal(err)
 	}
 	srv.reload("config reloaded")
-	deadline := time.Now().Add(5 * time.Second)
-	for {
-		code, body := get("/metrics", "tok-456")
-		if code == 200 && strings.Contains(body, `phiproxy_config_reloads_total{result="ok"} 1`) {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("/metrics with the rotated token: %d\n%s", code, body)
-		}
-		time.Sleep(20 * time.Millisecond)
+	var code int
+	var body string
+	if !testenv.Eventually(5*time.Second, 20*time.Millisecond, func() bool {
+		code, body = get("/metrics", "Bearer tok-456")
+		return code == 200 && strings.Contains(body, `phiproxy_config_reloads_total{result="ok"} 1`)
+	}) {
+		t.Fatalf("/metrics with the rotated token: %d\n%s", code, body)
 	}
-	if code, _ := get("/metrics", "tok-123"); code != 401 {
+	if code, _ := get("/metrics", "Bearer tok-123"); code != 401 {
 		t.Errorf("/metrics with the token before rotation: %d; want 401", code)
 	}
 

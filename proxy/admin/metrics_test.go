@@ -50,7 +50,7 @@ func metricsProxy(t *testing.T) (addr, base string) {
 
 func scrape(t *testing.T, base string) string {
 	t.Helper()
-	code, body := get(t, base+"/metrics", "Bearer "+testToken)
+	code, body := testenv.HTTPGet(t, nil, base+"/metrics", "Bearer "+testToken)
 	if code != 200 {
 		t.Fatalf("/metrics: %d %s", code, body)
 	}

@@ -2,7 +2,6 @@ package admin
 
 import (
 	"context"
-	"io"
 	"net"
 	"net/http"
 	"os"
@@ -12,6 +11,7 @@ import (
 	"time"
 
 	"github.com/phiproxy/phiproxy/config"
+	"github.com/phiproxy/phiproxy/internal/testenv"
 	"github.com/phiproxy/phiproxy/proxy/phi"
 )
 
@@ -57,28 +57,6 @@ func startAdmin(t *testing.T, m *Metrics, ready Readiness) (*Server, string) {
 	return s, "http://" + ln.Addr().String()
 }
 
-// get requests url with "Authorization: auth" (none when empty).
-func get(t *testing.T, url, auth string) (int, string) {
-	t.Helper()
-	req, err := http.NewRequest(http.MethodGet, url, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if auth != "" {
-		req.Header.Set("Authorization", auth)
-	}
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	b, err := io.ReadAll(resp.Body)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return resp.StatusCode, string(b)
-}
-
 // closedAddr is an address nothing listens on.
 func closedAddr(t *testing.T) string {
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
@@ -98,28 +76,28 @@ func TestTokenIsRequired(t *testing.T) {
 	defer up.Close()
 	srv, base := startAdmin(t, NewMetrics(nil), Readiness{Upstream: up.Addr().String()})
 
-	if code, body := get(t, base+"/healthz", ""); code != 200 || strings.TrimSpace(body) != "ok" {
+	if code, body := testenv.HTTPGet(t, nil, base+"/healthz", ""); code != 200 || strings.TrimSpace(body) != "ok" {
 		t.Errorf("/healthz without a token: %d %q; want 200 ok", code, body)
 	}
 	for _, path := range []string{"/metrics", "/readyz", "/lockdown", "/nothing"} {
 		for _, auth := range []string{"", "Bearer", "Bearer wrong", "Bearer " + testToken + "x", "Bearer " + testToken[:5], "Basic " + testToken, testToken} {
-			if code, body := get(t, base+path, auth); code != http.StatusUnauthorized || strings.Contains(body, "phiproxy_") {
+			if code, body := testenv.HTTPGet(t, nil, base+path, auth); code != http.StatusUnauthorized || strings.Contains(body, "phiproxy_") {
 				t.Errorf("%s with Authorization %q: %d; want 401 and nothing of the endpoint", path, auth, code)
 			}
 		}
 	}
 	good := "Bearer " + testToken
-	if code, body := get(t, base+"/metrics", good); code != 200 || !strings.Contains(body, "phiproxy_sessions_total") {
+	if code, body := testenv.HTTPGet(t, nil, base+"/metrics", good); code != 200 || !strings.Contains(body, "phiproxy_sessions_total") {
 		t.Errorf("/metrics with the token: %d\n%s", code, body)
 	}
-	if code, body := get(t, base+"/readyz", good); code != 200 || !strings.Contains(body, `"ready":true`) {
+	if code, body := testenv.HTTPGet(t, nil, base+"/readyz", good); code != 200 || !strings.Contains(body, `"ready":true`) {
 		t.Errorf("/readyz with the token and the upstream up: %d %s", code, body)
 	}
 	srv.Draining()
-	if code, body := get(t, base+"/readyz", good); code != 503 || !strings.Contains(body, `"draining"`) {
+	if code, body := testenv.HTTPGet(t, nil, base+"/readyz", good); code != 503 || !strings.Contains(body, `"draining"`) {
 		t.Errorf("/readyz while draining: %d %s; want 503", code, body)
 	}
-	if code, _ := get(t, base+"/nothing", good); code != 404 {
+	if code, _ := testenv.HTTPGet(t, nil, base+"/nothing", good); code != 404 {
 		t.Errorf("unknown path with the token: %d; want 404", code)
 	}
 }
@@ -153,11 +131,11 @@ func TestReloadToken(t *testing.T) {
 func TestReadyzFailsClosed(t *testing.T) {
 	status := phi.Status{PHI: true, KeysLoaded: true, CatalogRead: time.Now().Add(-time.Hour)}
 	_, base := startAdmin(t, nil, Readiness{Upstream: closedAddr(t), Status: func() phi.Status { return status }, CatalogMaxAge: time.Minute})
-	code, body := get(t, base+"/readyz", "Bearer "+testToken)
+	code, body := testenv.HTTPGet(t, nil, base+"/readyz", "Bearer "+testToken)
 	if code != http.StatusServiceUnavailable || !strings.Contains(body, `"upstream":"unreachable`) || !strings.Contains(body, "catalog_max_age") || !strings.Contains(body, `"keys":"ok"`) {
 		t.Errorf("/readyz with the upstream down and an old catalog: %d %s; want 503 naming both", code, body)
 	}
-	if code, _ := get(t, base+"/metrics", "Bearer "+testToken); code != 404 {
+	if code, _ := testenv.HTTPGet(t, nil, base+"/metrics", "Bearer "+testToken); code != 404 {
 		t.Errorf("/metrics without Metrics: %d; want 404", code)
 	}
 }

@@ -7,6 +7,7 @@ import (
 	"testing"
 
 	"github.com/phiproxy/phiproxy/config"
+	"github.com/phiproxy/phiproxy/internal/testenv"
 	"github.com/phiproxy/phiproxy/pgcluster"
 )
 
@@ -40,20 +41,11 @@ func TestAdminOverTLS(t *testing.T) {
 	}
 	client := &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: ca.Pool()}}}
 	for _, c := range []struct {
-		path, tok string
-		want      int
-	}{{"/healthz", "", 200}, {"/metrics", "", 401}, {"/metrics", testToken, 200}} {
-		req, _ := http.NewRequest(http.MethodGet, "https://"+ln.Addr().String()+c.path, nil)
-		if c.tok != "" {
-			req.Header.Set("Authorization", "Bearer "+c.tok)
-		}
-		resp, err := client.Do(req)
-		if err != nil {
-			t.Fatalf("%s over TLS: %v", c.path, err)
-		}
-		resp.Body.Close()
-		if resp.StatusCode != c.want {
-			t.Errorf("%s (token %q) over TLS: %d; want %d", c.path, c.tok, resp.StatusCode, c.want)
+		path, auth string
+		want       int
+	}{{"/healthz", "", 200}, {"/metrics", "", 401}, {"/metrics", "Bearer " + testToken, 200}} {
+		if code, _ := testenv.HTTPGet(t, client, "https://"+ln.Addr().String()+c.path, c.auth); code != c.want {
+			t.Errorf("%s (Authorization %q) over TLS: %d; want %d", c.path, c.auth, code, c.want)
 		}
 	}
 }

@@ -18,6 +18,7 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgproto3"
 
+	"github.com/phiproxy/phiproxy/internal/testenv"
 	"github.com/phiproxy/phiproxy/pgerr"
 )
 
@@ -78,22 +79,12 @@ func loginUpstream(t *testing.T, creds *Credentials, useTLS bool) (sent []byte, 
 			break
 		}
 	}
-	fe.Send(&pgproto3.Query{String: "SELECT current_user"})
-	if err := fe.Flush(); err != nil {
-		t.Fatal(err)
-	}
-	for {
-		msg, err := fe.Receive()
-		if err != nil {
-			t.Fatal(err)
-		}
-		switch m := msg.(type) {
-		case *pgproto3.DataRow:
+	testenv.Exchange(t, fe, func(msg pgproto3.BackendMessage) {
+		if m, ok := msg.(*pgproto3.DataRow); ok {
 			user = string(m.Values[0])
-		case *pgproto3.ReadyForQuery:
-			return rec.buf, user, nil
 		}
-	}
+	}, &pgproto3.Query{String: "SELECT current_user"})
+	return rec.buf, user, nil
 }
 
 func TestLoginUpstreamWithRecoveredKeys(t *testing.T) {

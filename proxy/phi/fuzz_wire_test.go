@@ -14,8 +14,9 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
-	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgproto3"
+
+	"github.com/phiproxy/phiproxy/internal/testenv"
 )
 
 // Fuzz targets for the message paths of a PHI session (issue 18): the
@@ -122,33 +123,23 @@ func FuzzClientMessages(f *testing.F) {
 	f.Fuzz(func(t *testing.T, in []byte) {
 		cctx, cancel := context.WithTimeout(ctx, 3*time.Second)
 		defer cancel()
-		pc, err := pgconn.Connect(cctx, fuzzDSN(p))
-		if err != nil {
-			t.Fatalf("login: %v", err)
-		}
-		hc, err := pc.Hijack()
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer hc.Conn.Close()
-		_ = hc.Conn.SetWriteDeadline(time.Now().Add(10 * time.Second))
+		conn, fe := testenv.Hijack(t, cctx, fuzzDSN(p), 10*time.Second)
 		// The input, then a Sync and a marker query: the session answers
 		// the marker unless the input ended it or left it waiting (COPY
 		// FROM STDIN, an unterminated message), which a pause tells.
-		_, _ = hc.Conn.Write(append(append(append([]byte{}, in...), rawFrame('S', nil)...), rawFrame('Q', []byte("SELECT 'fuzz-end'\x00"))...))
+		_, _ = conn.Write(append(append(append([]byte{}, in...), rawFrame('S', nil)...), rawFrame('Q', []byte("SELECT 'fuzz-end'\x00"))...))
 		// (Each input must finish well within the fuzzer's 10 s hang
 		// limit.)
-		_ = hc.Conn.SetReadDeadline(time.Now().Add(2 * time.Second))
-		fe := pgproto3.NewFrontend(hc.Conn, hc.Conn)
+		_ = conn.SetReadDeadline(time.Now().Add(2 * time.Second))
 		for {
 			m, err := fe.Receive()
 			if errors.Is(err, os.ErrDeadlineExceeded) {
 				// A pause: the session waits for more (an incomplete
 				// message, COPY FROM STDIN). The client goes away; the
 				// proxy must then end the session promptly.
-				_ = hc.Conn.(*net.TCPConn).CloseWrite()
-				_ = hc.Conn.SetReadDeadline(time.Now().Add(3 * time.Second))
-				if _, err := io.Copy(io.Discard, hc.Conn); errors.Is(err, os.ErrDeadlineExceeded) {
+				_ = conn.(*net.TCPConn).CloseWrite()
+				_ = conn.SetReadDeadline(time.Now().Add(3 * time.Second))
+				if _, err := io.Copy(io.Discard, conn); errors.Is(err, os.ErrDeadlineExceeded) {
 					t.Fatal("the proxy kept the session open after the client closed its side")
 				}
 				break
@@ -156,7 +147,7 @@ func FuzzClientMessages(f *testing.F) {
 			if err != nil {
 				break // the proxy ended the session
 			}
-			_ = hc.Conn.SetReadDeadline(time.Now().Add(time.Second))
+			_ = conn.SetReadDeadline(time.Now().Add(time.Second))
 			if d, ok := m.(*pgproto3.DataRow); ok && len(d.Values) == 1 && string(d.Values[0]) == "fuzz-end" {
 				break
 			}
@@ -233,20 +224,11 @@ func FuzzServerMessages(f *testing.F) {
 		answer.set(in)
 		cctx, cancel := context.WithTimeout(ctx, 3*time.Second)
 		defer cancel()
-		pc, err := pgconn.Connect(cctx, p.dsn())
-		if err != nil {
-			t.Fatalf("login: %v", err)
-		}
-		hc, err := pc.Hijack()
-		if err != nil {
+		conn, _ := testenv.Hijack(t, cctx, p.dsn(), 10*time.Second)
+		if _, err := conn.Write(rawFrame('Q', []byte("SELECT id, ssn FROM patients WHERE ssn = '123-45-6789'\x00"))); err != nil {
 			t.Fatal(err)
 		}
-		defer hc.Conn.Close()
-		_ = hc.Conn.SetWriteDeadline(time.Now().Add(10 * time.Second))
-		if _, err := hc.Conn.Write(rawFrame('Q', []byte("SELECT id, ssn FROM patients WHERE ssn = '123-45-6789'\x00"))); err != nil {
-			t.Fatal(err)
-		}
-		readToEnd(t, hc.Conn, func(m pgproto3.BackendMessage) {
+		readToEnd(t, conn, func(m pgproto3.BackendMessage) {
 			switch m := m.(type) {
 			case *pgproto3.DataRow:
 				for _, v := range m.Values {
@@ -300,43 +282,23 @@ func (a *fakeAnswer) get() []byte {
 // fakeUpstream logs any user in, then answers the first message after
 // login with answer's bytes and closes the connection.
 func fakeUpstream(t testing.TB, answer *fakeAnswer) string {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { ln.Close() })
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				defer c.Close()
-				_ = c.SetDeadline(time.Now().Add(20 * time.Second))
-				be := pgproto3.NewBackend(c, c)
-				if _, err := be.ReceiveStartupMessage(); err != nil {
-					return
-				}
-				var out []byte
-				out = append(out, rawFrame('R', []byte{0, 0, 0, 0})...)
-				out = append(out, rawFrame('S', []byte("standard_conforming_strings\x00on\x00"))...)
-				out = append(out, rawFrame('S', []byte("client_encoding\x00UTF8\x00"))...)
-				out = append(out, rawFrame('S', []byte("DateStyle\x00ISO, MDY\x00"))...)
-				out = append(out, rawFrame('S', []byte("TimeZone\x00UTC\x00"))...)
-				out = append(out, rawFrame('S', []byte("integer_datetimes\x00on\x00"))...)
-				out = append(out, rawFrame('S', []byte("IntervalStyle\x00postgres\x00"))...)
-				out = append(out, rawFrame('K', []byte{0, 0, 0, 7, 1, 2, 3, 4})...)
-				out = append(out, rawFrame('Z', []byte{'I'})...)
-				if _, err := c.Write(out); err != nil {
-					return
-				}
-				if _, err := be.Receive(); err != nil {
-					return
-				}
-				_, _ = c.Write(answer.get())
-			}()
+	return testenv.ScriptedServer(t, func(c net.Conn, be *pgproto3.Backend) {
+		var out []byte
+		out = append(out, rawFrame('R', []byte{0, 0, 0, 0})...)
+		out = append(out, rawFrame('S', []byte("standard_conforming_strings\x00on\x00"))...)
+		out = append(out, rawFrame('S', []byte("client_encoding\x00UTF8\x00"))...)
+		out = append(out, rawFrame('S', []byte("DateStyle\x00ISO, MDY\x00"))...)
+		out = append(out, rawFrame('S', []byte("TimeZone\x00UTC\x00"))...)
+		out = append(out, rawFrame('S', []byte("integer_datetimes\x00on\x00"))...)
+		out = append(out, rawFrame('S', []byte("IntervalStyle\x00postgres\x00"))...)
+		out = append(out, rawFrame('K', []byte{0, 0, 0, 7, 1, 2, 3, 4})...)
+		out = append(out, rawFrame('Z', []byte{'I'})...)
+		if _, err := c.Write(out); err != nil {
+			return
 		}
-	}()
-	return ln.Addr().String()
+		if _, err := be.Receive(); err != nil {
+			return
+		}
+		_, _ = c.Write(answer.get())
+	})
 }

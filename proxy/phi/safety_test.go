@@ -317,17 +317,8 @@ func TestSafetyNetFunctionCall(t *testing.T) {
 	}
 	rec := testKeys(t).Recognizer()
 	for _, format := range []uint16{0, 1} {
-		fe := conn.PgConn().Frontend()
-		fe.Send(&pgproto3.FunctionCall{Function: oid, ResultFormatCode: format})
-		if err := fe.Flush(); err != nil {
-			t.Fatal(err)
-		}
 		code := ""
-		for done := false; !done; {
-			msg, err := fe.Receive()
-			if err != nil {
-				t.Fatal(err)
-			}
+		testenv.Exchange(t, conn.PgConn().Frontend(), func(msg pgproto3.BackendMessage) {
 			switch m := msg.(type) {
 			case *pgproto3.FunctionCallResponse:
 				if rec.Contains(m.Result) {
@@ -335,10 +326,8 @@ func TestSafetyNetFunctionCall(t *testing.T) {
 				}
 			case *pgproto3.ErrorResponse:
 				code = m.Code
-			case *pgproto3.ReadyForQuery:
-				done = true
 			}
-		}
+		}, &pgproto3.FunctionCall{Function: oid, ResultFormatCode: format})
 		if code != "XX000" {
 			t.Fatalf("format %d: got SQLSTATE %q, want XX000", format, code)
 		}

@@ -11,6 +11,8 @@ import (
 	"testing"
 
 	"github.com/jackc/pgx/v5"
+
+	"github.com/phiproxy/phiproxy/internal/testenv"
 )
 
 // Issue 18, bad input item 8: a misbehaving upstream. A relay between
@@ -27,55 +29,38 @@ type mangle func(typ byte, body []byte) (out []byte, cut bool)
 // message whose body contains marker through m.
 func manglingUpstream(t *testing.T, marker string, m mangle) string {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	var wg sync.WaitGroup
-	t.Cleanup(func() { ln.Close(); wg.Wait() })
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
+	ln := testenv.AcceptLoop(t, nil, func(c net.Conn) {
+		s, err := net.Dial("tcp", testCluster.Addr())
+		if err != nil {
+			c.Close()
+			return
+		}
+		var wg sync.WaitGroup
+		defer wg.Wait()
+		defer c.Close()
+		defer s.Close()
+		wg.Go(func() { _, _ = io.Copy(s, c); s.Close() })
+		r := bufio.NewReader(s)
+		// The startup answers are untyped only for SSLRequest, which the
+		// test config never sends: every message is typed.
 		for {
-			c, err := ln.Accept()
-			if err != nil {
+			var h [5]byte
+			if _, err := io.ReadFull(r, h[:]); err != nil {
 				return
 			}
-			s, err := net.Dial("tcp", testCluster.Addr())
-			if err != nil {
-				c.Close()
-				continue
+			body := make([]byte, binary.BigEndian.Uint32(h[1:])-4)
+			if _, err := io.ReadFull(r, body); err != nil {
+				return
 			}
-			wg.Add(2)
-			go func() { defer wg.Done(); _, _ = io.Copy(s, c); s.Close() }()
-			go func() {
-				defer wg.Done()
-				defer c.Close()
-				defer s.Close()
-				r := bufio.NewReader(s)
-				// The startup answers are untyped only for SSLRequest,
-				// which the test config never sends: every message is
-				// typed.
-				for {
-					var h [5]byte
-					if _, err := io.ReadFull(r, h[:]); err != nil {
-						return
-					}
-					body := make([]byte, binary.BigEndian.Uint32(h[1:])-4)
-					if _, err := io.ReadFull(r, body); err != nil {
-						return
-					}
-					out, cut := append(h[:], body...), false
-					if bytes.Contains(body, []byte(marker)) {
-						out, cut = m(h[0], body)
-					}
-					if _, err := c.Write(out); err != nil || cut {
-						return
-					}
-				}
-			}()
+			out, cut := append(h[:], body...), false
+			if bytes.Contains(body, []byte(marker)) {
+				out, cut = m(h[0], body)
+			}
+			if _, err := c.Write(out); err != nil || cut {
+				return
+			}
 		}
-	}()
+	})
 	return ln.Addr().String()
 }
 

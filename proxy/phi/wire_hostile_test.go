@@ -9,8 +9,9 @@ import (
 	"testing"
 	"time"
 
-	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgproto3"
+
+	"github.com/phiproxy/phiproxy/internal/testenv"
 )
 
 // Issue 18, bad input item 1: malformed frames from a client of a PHI
@@ -27,17 +28,7 @@ func rawFrame(typ byte, body []byte) []byte {
 // rawSession logs in through the proxy and hands over the connection.
 func rawSession(t *testing.T, ctx context.Context, p *testProxy) (net.Conn, *pgproto3.Frontend) {
 	t.Helper()
-	pc, err := pgconn.Connect(ctx, p.dsn())
-	if err != nil {
-		t.Fatal(err)
-	}
-	hc, err := pc.Hijack()
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { hc.Conn.Close() })
-	_ = hc.Conn.SetDeadline(time.Now().Add(20 * time.Second))
-	return hc.Conn, hc.Frontend
+	return testenv.Hijack(t, ctx, p.dsn(), 20*time.Second)
 }
 
 // answer reads backend messages until ReadyForQuery or the end of the
