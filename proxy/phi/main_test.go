@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"log/slog"
 	"os"
 	"path/filepath"
 	"strings"
@@ -18,7 +17,6 @@ import (
 	"github.com/phiproxy/phiproxy/crypto"
 	"github.com/phiproxy/phiproxy/internal/testenv"
 	"github.com/phiproxy/phiproxy/pgcluster"
-	"github.com/phiproxy/phiproxy/proxy"
 )
 
 // The package's one PostgreSQL cluster and the config every test uses.
@@ -157,118 +155,20 @@ func setupPHI(ctx context.Context, c *pgcluster.Cluster, dir, phi string, schema
 	return cfg, nil
 }
 
-type testProxy struct {
-	phi  *Proxy
-	addr string
-	logs *testenv.Buffer
-}
-
-// startProxy runs phiproxy with the PHI layer in front of the cluster.
-func startProxy(t testing.TB, opts ...Option) *testProxy {
-	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	// Each test starts from empty tables: no test depends on another's
-	// rows, and the package can run with -count > 1.
-	if conn, err := pgx.Connect(ctx, directDSN()); err != nil {
-		t.Fatal(err)
-	} else {
-		_, err := conn.Exec(ctx, "TRUNCATE patients, patients_plain, visits, visits_plain, restricted, types, types_plain, blobs")
-		conn.Close(ctx)
-		if err != nil {
-			t.Fatal(err)
-		}
-	}
-	return serveProxy(t, ctx, testCfg, opts...)
-}
-
-// serveProxy runs phiproxy with the PHI layer of cfg in front of the
-// cluster until the test ends.
-func serveProxy(t testing.TB, ctx context.Context, cfg *config.Config, opts ...Option) *testProxy {
-	t.Helper()
-	logs := &testenv.Buffer{}
-	log := slog.New(slog.NewJSONHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
-	p, err := New(ctx, cfg, append([]Option{WithLogger(log)}, opts...)...)
-	if err != nil {
-		t.Fatal(err)
-	}
-	srv, err := proxy.New(cfg, proxy.WithLogger(log), proxy.WithInterceptor(p.Factory()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	addr := testenv.Serve(t, srv, func(error) {
-		p.Close()
-		if t.Failed() {
-			t.Logf("proxy log:\n%s", logs.String())
-		}
-	})
-	return &testProxy{phi: p, addr: addr, logs: logs}
-}
-
-// proxied starts a proxy (startProxy) and returns a test context and a
-// connection through it in mode.
-func proxied(t *testing.T, mode pgx.QueryExecMode) (context.Context, *pgx.Conn) {
-	t.Helper()
-	ctx := testCtx(t)
-	return ctx, connect(t, ctx, startProxy(t).dsn(), mode)
-}
-
-// simpleTwins starts a proxy and returns a test context, a
-// simple-protocol connection through it and one direct.
-func simpleTwins(t *testing.T) (ctx context.Context, via, direct *pgx.Conn) {
-	t.Helper()
-	ctx, via = proxied(t, pgx.QueryExecModeSimpleProtocol)
-	return ctx, via, connect(t, ctx, directDSN(), pgx.QueryExecModeSimpleProtocol)
-}
-
-func (p *testProxy) dsn(params ...string) string {
-	return testenv.AppDSN(p.addr, params...)
-}
-
-func directDSN() string {
-	return testCluster.DSN(appUser, appPassword, appDB, "sslmode=disable")
-}
-
-// connect connects to dsn in mode, each of configure applied to its
-// config, until the test ends.
-func connect(t testing.TB, ctx context.Context, dsn string, mode pgx.QueryExecMode, configure ...func(*pgx.ConnConfig)) *pgx.Conn {
-	t.Helper()
-	return testenv.Connect(t, ctx, dsn, func(cc *pgx.ConnConfig) {
-		cc.DefaultQueryExecMode = mode
-		for _, f := range configure {
-			f(cc)
-		}
-	})
-}
-
-// superConn connects to the app database as the cluster's superuser.
-func superConn(t testing.TB, ctx context.Context) *pgx.Conn {
-	t.Helper()
-	return connect(t, ctx, testCluster.DSN(testCluster.SuperUser, testCluster.SuperPassword, appDB, "sslmode=disable"), pgx.QueryExecModeCacheStatement)
-}
-
-func testCtx(t testing.TB) context.Context { return testenv.Context(t, 60*time.Second) }
-
-func sqlstate(err error) string {
-	if pe, ok := err.(*pgconn.PgError); ok {
-		return pe.Code
-	}
+// pgError is the *pgconn.PgError in err's chain, nil if there is none.
+func pgError(err error) *pgconn.PgError {
 	var pe *pgconn.PgError
-	if err != nil && asPgErr(err, &pe) {
+	errors.As(err, &pe)
+	return pe
+}
+
+// sqlstate is the SQLSTATE of the PostgreSQL error in err's chain, "" if
+// there is none.
+func sqlstate(err error) string {
+	if pe := pgError(err); pe != nil {
 		return pe.Code
 	}
 	return ""
-}
-
-func asPgErr(err error, target **pgconn.PgError) bool {
-	for err != nil {
-		if pe, ok := err.(*pgconn.PgError); ok {
-			*target = pe
-			return true
-		}
-		err = errors.Unwrap(err)
-	}
-	return false
 }
 
 var modes = []pgx.QueryExecMode{
