@@ -175,7 +175,7 @@ func TestAuditRecordsEveryPHIStatement(t *testing.T) {
 	if _, err := ext.Exec(ctx, "INSERT INTO sq_patients (name, gov_id) VALUES ('b', $1)", canary+"-gov"); sqlstate(err) != "23505" {
 		t.Fatalf("duplicate: %v", err)
 	}
-	mustExec(t, ctx, direct(t, ctx), "TRUNCATE sq_patients")
+	mustExec(t, ctx, p.direct(pgx.QueryExecModeSimpleProtocol), "TRUNCATE sq_patients")
 	// COPY both ways.
 	var buf bytes.Buffer
 	if _, err := simple.PgConn().CopyTo(ctx, &buf, "COPY patients (id, ssn) TO STDOUT"); err != nil {
@@ -245,10 +245,6 @@ func scanForCanary(t *testing.T, dir, canary string) {
 	}
 }
 
-func direct(t *testing.T, ctx context.Context) *pgx.Conn {
-	return connect(t, ctx, directDSN(), pgx.QueryExecModeSimpleProtocol)
-}
-
 // Strict mode with a sink that fails on command: every PHI statement fails
 // with 58030 and no row of it reaches the client, in both protocols;
 // non-PHI statements work; the trail recovers without a restart.
@@ -296,7 +292,7 @@ func TestAuditStrictRefusesPHIWhileTheSinkFails(t *testing.T) {
 		t.Fatalf("non-PHI statement while the sink fails: %v", err)
 	}
 	var n int
-	if err := direct(t, ctx).QueryRow(ctx, "SELECT count(*) FROM patients").Scan(&n); err != nil || n != 1 {
+	if err := p.direct(pgx.QueryExecModeSimpleProtocol).QueryRow(ctx, "SELECT count(*) FROM patients").Scan(&n); err != nil || n != 1 {
 		t.Fatalf("writes refused while the sink failed reached the table: %d rows, %v", n, err)
 	}
 

@@ -127,7 +127,7 @@ func TestClientKilledMidStatement(t *testing.T) {
 	if err := direct.QueryRow(ctx, "SELECT count(*) FROM patients WHERE id >= 100000").Scan(&n); err != nil || n != 0 {
 		t.Fatalf("%d rows of killed sessions were committed (%v)", n, err)
 	}
-	stillWorks(t, ctx, connect(t, ctx, p.dsn(), pgx.QueryExecModeCacheStatement))
+	stillWorks(t, ctx, p.via(pgx.QueryExecModeCacheStatement))
 }
 
 // Issue 18, item 11: the upstream restarts (fast shutdown) while one

@@ -97,8 +97,8 @@ func TestLogicalTypesTextAndBinary(t *testing.T) {
 	}
 	// Every mode reads the same Go values.
 	for _, mode := range modes {
-		c := connect(t, ctx, p.dsn(), mode)
-		d := connect(t, ctx, directDSN(), mode)
+		c := p.via(mode)
+		d := p.direct(mode)
 		for id := 1; id <= 4; id++ {
 			read := func(c *pgx.Conn, tbl string) []any {
 				rows, err := c.Query(ctx, fmt.Sprintf("SELECT %s FROM %s WHERE id = $1", colNames(), tbl), id)
