@@ -213,11 +213,11 @@ func TestCatalogListenSurvivesRestart(t *testing.T) {
 // cached SELECT never serves a wrong answer or ciphertext, and plaintext
 // bound for the PHI column is never stored in it.
 func TestPHITableRecreatedUnderCachedStatements(t *testing.T) {
-	ctx, f := startWatched(t)
-	direct := f.direct(pgx.QueryExecModeSimpleProtocol)
+	ctx, p := startWatched(t)
+	direct := p.direct(pgx.QueryExecModeSimpleProtocol)
 	rec := testKeys(t).Recognizer()
 	mustExec(t, ctx, direct, "TRUNCATE sq_patients RESTART IDENTITY")
-	conn := f.via(pgx.QueryExecModeCacheStatement)
+	conn := p.via(pgx.QueryExecModeCacheStatement)
 	mustExec(t, ctx, conn, "INSERT INTO sq_patients (name, gov_id) VALUES ($1, $2)", "re-1", "gov-before")
 	var v string
 	if err := conn.QueryRow(ctx, "SELECT gov_id FROM sq_patients WHERE name = $1", "re-1").Scan(&v); err != nil || v != "gov-before" {
@@ -271,8 +271,8 @@ func TestPHITableRecreatedUnderCachedStatements(t *testing.T) {
 // cannot know it holds PHI — and refused by its envelope CHECK: see
 // docs/security.md, Known limits.)
 func TestPHIColumnSwappedUnderCachedStatements(t *testing.T) {
-	ctx, f := startWatched(t)
-	conn := f.via(pgx.QueryExecModeCacheStatement)
+	ctx, p := startWatched(t)
+	conn := p.via(pgx.QueryExecModeCacheStatement)
 	rec := testKeys(t).Recognizer()
 	mustExec(t, ctx, conn, "INSERT INTO patients (id, name, ssn) VALUES ($1, $2, $3)", 8101, "swap-name", "swap-ssn")
 	var ssn string
@@ -281,7 +281,7 @@ func TestPHIColumnSwappedUnderCachedStatements(t *testing.T) {
 	}
 	mustExec(t, ctx, conn, "INSERT INTO patients (id, ssn) VALUES ($1, $2)", 8102, "swap-ssn-2")
 
-	direct := f.direct(pgx.QueryExecModeSimpleProtocol)
+	direct := p.direct(pgx.QueryExecModeSimpleProtocol)
 	mustExec(t, ctx, direct, "BEGIN; ALTER TABLE patients RENAME COLUMN ssn TO ssn_swapped; ALTER TABLE patients RENAME COLUMN name TO ssn; ALTER TABLE patients RENAME COLUMN ssn_swapped TO name; COMMIT")
 	t.Cleanup(func() {
 		ctx := context.Background()
