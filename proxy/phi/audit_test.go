@@ -39,6 +39,29 @@ func startAudited(t testing.TB, cfg *config.Config, dir string, opts ...Option) 
 	return serveProxy(t, ctx, cfg, append([]Option{WithAudit(cfg.Audit, filepath.Join(dir, "state", "audit-head.json"), "test")}, opts...)...)
 }
 
+// audited is a fixture whose proxy keeps an audit trail.
+type audited struct {
+	*fixture
+	cfg *config.Config // the proxy's: the trail is in cfg.Audit.File.Dir
+	dir string         // the test's directory (auditCfg), trail and state
+}
+
+// startStrictAudit runs a proxy with a strict audit trail in a fresh
+// directory (auditCfg, startAudited with opts) and returns the test's
+// context and the fixture.
+func startStrictAudit(t testing.TB, opts ...Option) (context.Context, *audited) {
+	t.Helper()
+	cfg, dir := auditCfg(t, config.AuditStrict)
+	f := fixtureOf(t, startAudited(t, cfg, dir, opts...))
+	return f.ctx, &audited{f, cfg, dir}
+}
+
+// trail reads the proxy's trail (trailEvents).
+func (a *audited) trail() []*audit.Event {
+	a.t.Helper()
+	return trailEvents(a.t, a.cfg.Audit.File.Dir)
+}
+
 // trailEvents reads every event of the trail in dir, checking the chain.
 func trailEvents(t testing.TB, dir string) []*audit.Event {
 	t.Helper()
@@ -125,11 +148,8 @@ func awaitEvents(t testing.TB, dir string, n int) []*audit.Event {
 // deletes, COPY both ways, refusals and server errors, both protocols;
 // non-PHI statements none. No planted value reaches the trail.
 func TestAuditRecordsEveryPHIStatement(t *testing.T) {
-	ctx := testCtx(t)
-	cfg, dir := auditCfg(t, config.AuditStrict)
-	p := startAudited(t, cfg, dir)
-	simple := connect(t, ctx, p.dsn("application_name=audit-test"), pgx.QueryExecModeSimpleProtocol)
-	ext := connect(t, ctx, p.dsn(), pgx.QueryExecModeCacheStatement)
+	ctx, p := startStrictAudit(t)
+	simple, ext := p.via(pgx.QueryExecModeSimpleProtocol, "application_name=audit-test"), p.via(pgx.QueryExecModeCacheStatement)
 	canary := "AUDIT-CANARY-" + fmt.Sprint(time.Now().UnixNano())
 
 	mustExec(t, ctx, ext, "INSERT INTO patients (id, ssn, diagnosis) VALUES (1, $1, $2)", canary+"-ssn", canary+"-dx")
@@ -155,7 +175,7 @@ func TestAuditRecordsEveryPHIStatement(t *testing.T) {
 	if _, err := ext.Exec(ctx, "INSERT INTO sq_patients (name, gov_id) VALUES ('b', $1)", canary+"-gov"); sqlstate(err) != "23505" {
 		t.Fatalf("duplicate: %v", err)
 	}
-	mustExec(t, ctx, direct(t, ctx), "TRUNCATE sq_patients")
+	mustExec(t, ctx, p.direct(pgx.QueryExecModeSimpleProtocol), "TRUNCATE sq_patients")
 	// COPY both ways.
 	var buf bytes.Buffer
 	if _, err := simple.PgConn().CopyTo(ctx, &buf, "COPY patients (id, ssn) TO STDOUT"); err != nil {
@@ -179,7 +199,7 @@ func TestAuditRecordsEveryPHIStatement(t *testing.T) {
 		"copy_in allowed public.patients public.patients.ssn simple rows=1 error= COPY patients (id, ssn) FROM STDIN",
 		"delete allowed public.patients public.patients.ssn extended rows=1 error= DELETE FROM patients WHERE ssn = $1",
 	}
-	evs := awaitEvents(t, cfg.Audit.File.Dir, len(want))
+	evs := awaitEvents(t, p.cfg.Audit.File.Dir, len(want))
 	var lines []string
 	for _, e := range evs {
 		lines = append(lines, describe(e))
@@ -195,7 +215,7 @@ func TestAuditRecordsEveryPHIStatement(t *testing.T) {
 	}
 	// No value anywhere in the trail or the head file.
 	p.phi.Close()
-	scanForCanary(t, dir, canary)
+	scanForCanary(t, p.dir, canary)
 }
 
 // scanForCanary fails if any file under dir holds canary (and proves it
@@ -225,25 +245,18 @@ func scanForCanary(t *testing.T, dir, canary string) {
 	}
 }
 
-func direct(t *testing.T, ctx context.Context) *pgx.Conn {
-	return connect(t, ctx, directDSN(), pgx.QueryExecModeSimpleProtocol)
-}
-
 // Strict mode with a sink that fails on command: every PHI statement fails
 // with 58030 and no row of it reaches the client, in both protocols;
 // non-PHI statements work; the trail recovers without a restart.
 func TestAuditStrictRefusesPHIWhileTheSinkFails(t *testing.T) {
-	ctx := testCtx(t)
-	cfg, dir := auditCfg(t, config.AuditStrict)
 	var failing atomic.Bool
-	p := startAudited(t, cfg, dir, WithAuditFault(func(op string) error {
+	ctx, p := startStrictAudit(t, WithAuditFault(func(op string) error {
 		if failing.Load() {
 			return errors.New("no space left on device")
 		}
 		return nil
 	}))
-	simple := connect(t, ctx, p.dsn(), pgx.QueryExecModeSimpleProtocol)
-	ext := connect(t, ctx, p.dsn(), pgx.QueryExecModeCacheStatement)
+	simple, ext := p.via(pgx.QueryExecModeSimpleProtocol), p.via(pgx.QueryExecModeCacheStatement)
 	mustExec(t, ctx, ext, "INSERT INTO patients (id, ssn) VALUES (1, $1)", "111-11-1111")
 
 	failing.Store(true)
@@ -279,7 +292,7 @@ func TestAuditStrictRefusesPHIWhileTheSinkFails(t *testing.T) {
 		t.Fatalf("non-PHI statement while the sink fails: %v", err)
 	}
 	var n int
-	if err := direct(t, ctx).QueryRow(ctx, "SELECT count(*) FROM patients").Scan(&n); err != nil || n != 1 {
+	if err := p.direct(pgx.QueryExecModeSimpleProtocol).QueryRow(ctx, "SELECT count(*) FROM patients").Scan(&n); err != nil || n != 1 {
 		t.Fatalf("writes refused while the sink failed reached the table: %d rows, %v", n, err)
 	}
 
@@ -304,9 +317,7 @@ func TestAuditConcurrentSessions(t *testing.T) {
 	if testing.Short() {
 		t.Skip("-short")
 	}
-	ctx := testCtx(t)
-	cfg, dir := auditCfg(t, config.AuditStrict)
-	p := startAudited(t, cfg, dir)
+	ctx, p := startStrictAudit(t)
 	const sessions, each = 16, 1000
 	var wg sync.WaitGroup
 	for s := 0; s < sessions; s++ {
@@ -314,7 +325,7 @@ func TestAuditConcurrentSessions(t *testing.T) {
 		if s%2 == 1 {
 			mode = pgx.QueryExecModeCacheStatement
 		}
-		c := connect(t, ctx, p.dsn(), mode)
+		c := p.via(mode)
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
@@ -335,7 +346,7 @@ func TestAuditConcurrentSessions(t *testing.T) {
 	}
 	wg.Wait()
 	p.phi.Close()
-	evs := statementEvents(trailEvents(t, cfg.Audit.File.Dir))
+	evs := statementEvents(p.trail())
 	if len(evs) != sessions*each {
 		t.Fatalf("%d statement events, want %d", len(evs), sessions*each)
 	}
@@ -477,17 +488,15 @@ func TestAuditRecordsAutomaticLogoff(t *testing.T) {
 // statement of the string or pipeline failed) are recorded as such, with
 // no rows: the trail never claims a read that did not happen.
 func TestAuditAnnouncedButNotRun(t *testing.T) {
-	ctx := testCtx(t)
-	cfg, dir := auditCfg(t, config.AuditStrict)
-	p := startAudited(t, cfg, dir)
-	simple := connect(t, ctx, p.dsn(), pgx.QueryExecModeSimpleProtocol)
+	ctx, p := startStrictAudit(t)
+	simple := p.via(pgx.QueryExecModeSimpleProtocol)
 	mustExec(t, ctx, simple, "INSERT INTO patients (id, ssn) VALUES (1, '111-11-1111'), (2, '222-22-2222')")
 	_, err := simple.Exec(ctx, "SELECT ssn FROM patients WHERE id = 1; SELECT ssn FROM patients WHERE id = 1/0; SELECT ssn FROM patients WHERE id = 2")
 	if sqlstate(err) != "22012" {
 		t.Fatalf("the string: %v", err)
 	}
 	// A pipeline: the second Execute is skipped after the first fails.
-	ext := connect(t, ctx, p.dsn(), pgx.QueryExecModeCacheStatement)
+	ext := p.via(pgx.QueryExecModeCacheStatement)
 	b := &pgx.Batch{}
 	b.Queue("SELECT ssn FROM patients WHERE id = 1/$1", 0)
 	b.Queue("SELECT ssn FROM patients WHERE id = $1", 2)
@@ -496,7 +505,7 @@ func TestAuditAnnouncedButNotRun(t *testing.T) {
 	}
 	p.phi.Close()
 	var lines []string
-	for _, e := range statementEvents(trailEvents(t, cfg.Audit.File.Dir)) {
+	for _, e := range statementEvents(p.trail()) {
 		if e.Action != "read" {
 			continue
 		}

@@ -2,12 +2,14 @@ package phi
 
 import (
 	"context"
+	"maps"
 	"testing"
 	"time"
 
 	"github.com/jackc/pgx/v5"
 
 	"github.com/phiproxy/phiproxy/config"
+	"github.com/phiproxy/phiproxy/crypto"
 	"github.com/phiproxy/phiproxy/internal/testenv"
 )
 
@@ -105,10 +107,7 @@ func seen(t *testing.T, ctx context.Context, what string, ok func() bool) {
 // otherwise make every instance refresh at the rate an app creates them).
 func TestCatalogTriggerSkipsTemporary(t *testing.T) {
 	ctx := testCtx(t)
-	super := connect(t, ctx, testCfg.CatalogDSN, pgx.QueryExecModeExec)
-	if err := InstallCatalogTrigger(ctx, super); err != nil {
-		t.Fatal(err)
-	}
+	watchCatalog(t, ctx)
 	listener := connect(t, ctx, directDSN(), pgx.QueryExecModeExec)
 	mustExec(t, ctx, listener, "LISTEN "+config.CatalogChannel)
 	direct := connect(t, ctx, directDSN(), pgx.QueryExecModeExec)
@@ -138,8 +137,7 @@ func TestCatalogTriggerSkipsTemporary(t *testing.T) {
 // snapshot and the plans cached against it; one that finds a change
 // swaps it.
 func TestCatalogRefreshKeepsUnchangedSnapshot(t *testing.T) {
-	ctx := testCtx(t)
-	p := startProxy(t)
+	ctx, p := start(t)
 	before := p.phi.cur.Load()
 	if err := p.phi.RefreshCatalog(ctx); err != nil {
 		t.Fatal(err)
@@ -147,7 +145,7 @@ func TestCatalogRefreshKeepsUnchangedSnapshot(t *testing.T) {
 	if p.phi.cur.Load() != before {
 		t.Fatal("a refresh that found nothing changed replaced the snapshot")
 	}
-	direct := connect(t, ctx, directDSN(), pgx.QueryExecModeExec)
+	direct := p.direct(pgx.QueryExecModeExec)
 	mustExec(t, ctx, direct, "CREATE VIEW refresh_v AS SELECT id, ssn FROM patients")
 	t.Cleanup(func() { direct.Exec(context.Background(), "DROP VIEW IF EXISTS refresh_v") })
 	if err := p.phi.RefreshCatalog(ctx); err != nil {
@@ -184,11 +182,7 @@ func TestOverlayInstallAddsCatalogTrigger(t *testing.T) {
 // event trigger alone (the periodic refresh off).
 func TestCatalogListenSurvivesRestart(t *testing.T) {
 	ctx := testCtx(t)
-	super := connect(t, ctx, testCfg.CatalogDSN, pgx.QueryExecModeExec)
-	if err := InstallCatalogTrigger(ctx, super); err != nil {
-		t.Fatal(err)
-	}
-	super.Close(ctx)
+	watchCatalog(t, ctx).Close(ctx)
 	cfg := *testCfg
 	cfg.Catalog.RefreshInterval = 0
 	p := serveProxy(t, ctx, &cfg)
@@ -211,4 +205,159 @@ func TestCatalogListenSurvivesRestart(t *testing.T) {
 		err := c.QueryRow(ctx, "SELECT id FROM restart_v WHERE ssn = '123-45-6789'").Scan(&id)
 		return sqlstate(err) == "0A000"
 	})
+}
+
+// Issue 18, item 6: a PHI table dropped and re-created under the same
+// name (its PHI column now plaintext text) while statements on it are
+// prepared and cached: before and after the proxy sees the DDL, the
+// cached SELECT never serves a wrong answer or ciphertext, and plaintext
+// bound for the PHI column is never stored in it.
+func TestPHITableRecreatedUnderCachedStatements(t *testing.T) {
+	ctx, p := startWatched(t)
+	direct := p.direct(pgx.QueryExecModeSimpleProtocol)
+	rec := testKeys(t).Recognizer()
+	mustExec(t, ctx, direct, "TRUNCATE sq_patients RESTART IDENTITY")
+	conn := p.via(pgx.QueryExecModeCacheStatement)
+	mustExec(t, ctx, conn, "INSERT INTO sq_patients (name, gov_id) VALUES ($1, $2)", "re-1", "gov-before")
+	var v string
+	if err := conn.QueryRow(ctx, "SELECT gov_id FROM sq_patients WHERE name = $1", "re-1").Scan(&v); err != nil || v != "gov-before" {
+		t.Fatalf("before: %q %v", v, err)
+	}
+	mustExec(t, ctx, direct, "DROP TABLE sq_patients")
+	mustExec(t, ctx, direct, "CREATE TABLE sq_patients (id serial PRIMARY KEY, name text, gov_id text UNIQUE, condition bytea, born bytea)")
+	mustExec(t, ctx, direct, "INSERT INTO sq_patients (name, gov_id) VALUES ('re-1', 'plain-in-the-new-table')")
+	t.Cleanup(func() {
+		ctx := context.Background()
+		stmts := []string{"DROP TABLE sq_patients", "CREATE TABLE sq_patients (id serial PRIMARY KEY, name text, gov_id bytea UNIQUE, condition bytea, born bytea)"}
+		for _, c := range testCfg.Columns() {
+			if c.Table == "sq_patients" {
+				stmts = append(stmts, crypto.EnvelopeCheckSQL(c))
+			}
+		}
+		for _, q := range stmts {
+			if _, err := direct.Exec(ctx, q); err != nil {
+				t.Errorf("restoring sq_patients: %s: %v", q, err)
+			}
+		}
+	})
+	c := canary(t, "recreate")
+	check := func(when string) {
+		t.Helper()
+		var got []byte
+		err := conn.QueryRow(ctx, "SELECT gov_id FROM sq_patients WHERE name = $1", "re-1").Scan(&got)
+		if err == nil && (rec.Contains(got) || string(got) != "plain-in-the-new-table") {
+			t.Fatalf("%s: the cached SELECT answered %q", when, got)
+		}
+		_, _ = conn.Exec(ctx, "INSERT INTO sq_patients (name, gov_id) VALUES ($1, $2)", "re-2", c) // the cached INSERT
+		var n int
+		if err := direct.QueryRow(ctx, "SELECT count(*) FROM sq_patients WHERE gov_id = $1", c).Scan(&n); err != nil || n != 0 {
+			t.Fatalf("%s: plaintext stored in the PHI column (%d rows, %v)", when, n, err)
+		}
+	}
+	check("before the proxy saw the DDL")
+	time.Sleep(catalogBound)
+	check("after the catalog refresh")
+}
+
+// Issue 18, item 6 (last part): a PHI column renamed away and a plain
+// column renamed into its name, directly on the server, while prepared
+// statements that use it are cached in a session through the proxy.
+// Nothing answers silently wrong: the cached statements fail or give
+// what PostgreSQL gives; no ciphertext reaches the client and no
+// plaintext is stored in the PHI column. (Measured: the cached SELECT
+// fails with 0A000 from the server, then XX000 from the proxy once its
+// catalog has the change; reads of the renamed PHI column fail with
+// XX000; plaintext written to it under its new name is sent — the proxy
+// cannot know it holds PHI — and refused by its envelope CHECK: see
+// docs/security.md, Known limits.)
+func TestPHIColumnSwappedUnderCachedStatements(t *testing.T) {
+	ctx, p := startWatched(t)
+	conn := p.via(pgx.QueryExecModeCacheStatement)
+	rec := testKeys(t).Recognizer()
+	mustExec(t, ctx, conn, "INSERT INTO patients (id, name, ssn) VALUES ($1, $2, $3)", 8101, "swap-name", "swap-ssn")
+	var ssn string
+	if err := conn.QueryRow(ctx, "SELECT ssn FROM patients WHERE id = $1", 8101).Scan(&ssn); err != nil || ssn != "swap-ssn" {
+		t.Fatalf("before: %q, %v", ssn, err)
+	}
+	mustExec(t, ctx, conn, "INSERT INTO patients (id, ssn) VALUES ($1, $2)", 8102, "swap-ssn-2")
+
+	direct := p.direct(pgx.QueryExecModeSimpleProtocol)
+	mustExec(t, ctx, direct, "BEGIN; ALTER TABLE patients RENAME COLUMN ssn TO ssn_swapped; ALTER TABLE patients RENAME COLUMN name TO ssn; ALTER TABLE patients RENAME COLUMN ssn_swapped TO name; COMMIT")
+	t.Cleanup(func() {
+		ctx := context.Background()
+		if _, err := direct.Exec(ctx, "BEGIN; ALTER TABLE patients RENAME COLUMN ssn TO name_swapped; ALTER TABLE patients RENAME COLUMN name TO ssn; ALTER TABLE patients RENAME COLUMN name_swapped TO name; COMMIT"); err != nil {
+			t.Errorf("restoring the columns: %v", err)
+		}
+	})
+	c := canary(t, "swap")
+	check := func(t *testing.T, when string) {
+		t.Helper()
+		// The cached SELECT: an error, or what PostgreSQL answers (the
+		// former name column, in the clear) — never ciphertext.
+		var v []byte
+		err := conn.QueryRow(ctx, "SELECT ssn FROM patients WHERE id = $1", 8101).Scan(&v)
+		if err == nil && (rec.Contains(v) || string(v) != "swap-name") {
+			t.Fatalf("%s: the cached SELECT answered %q", when, v)
+		}
+		// The former PHI column, now named name: never ciphertext to the
+		// client.
+		vals, _ := readAll(ctx, conn, "SELECT name FROM patients WHERE id = $1", 8101)
+		for _, v := range vals {
+			if rec.Contains(v) {
+				t.Fatalf("%s: ciphertext reached the client", when)
+			}
+		}
+		// Plaintext bound for the former PHI column is never stored there.
+		_, _ = conn.Exec(ctx, "INSERT INTO patients (id, name) VALUES ($1, $2)", 8103, c)
+		_, _ = conn.Exec(ctx, "INSERT INTO patients (id, ssn) VALUES ($1, $2)", 8104, c) // the cached INSERT
+		var stored []byte
+		if err := direct.QueryRow(ctx, "SELECT name FROM patients WHERE id IN (8103, 8104) AND name IS NOT NULL").Scan(&stored); err == nil && !rec.Contains(stored) {
+			t.Fatalf("%s: plaintext %q stored in the PHI column", when, stored)
+		}
+		_, _ = direct.Exec(ctx, "DELETE FROM patients WHERE id IN (8103, 8104)")
+	}
+	check(t, "before the proxy saw the DDL")
+	time.Sleep(catalogBound)
+	check(t, "after the catalog refresh")
+}
+
+// TestPlannedPHIColumnMustBeBytea: a column the snapshot still takes for
+// a PHI column but that the server reports as another type (altered
+// directly, the proxy not refreshed yet) fails the statement with XX000 at
+// its RowDescription: nothing it holds is decrypted or forwarded. Here
+// the column became text holding bytea's hex spelling of an envelope,
+// which the proxy would otherwise decrypt and serve.
+func TestPlannedPHIColumnMustBeBytea(t *testing.T) {
+	ctx := testCtx(t)
+	direct := connect(t, ctx, directDSN(), pgx.QueryExecModeExec)
+	super := connect(t, ctx, testCfg.CatalogDSN, pgx.QueryExecModeExec)
+	mustExec(t, ctx, direct, "DROP TABLE IF EXISTS stale_phi")
+	mustExec(t, ctx, direct, "CREATE TABLE stale_phi (id int4 PRIMARY KEY, ssn bytea)")
+	t.Cleanup(func() { direct.Exec(context.Background(), "DROP TABLE IF EXISTS stale_phi") })
+	for _, tr := range config.CatalogTriggers {
+		mustExec(t, ctx, super, "DROP EVENT TRIGGER IF EXISTS "+tr.Name)
+	}
+
+	// The proxy never refreshes by itself here: no triggers, no period.
+	cfg := *testCfg
+	cfg.CatalogOverlay = config.OverlayUse
+	cfg.Catalog.RefreshInterval = 0
+	cfg.PHI = maps.Clone(testCfg.PHI)
+	col := testCfg.PHI["public.patients"]["ssn"]
+	col.Table = "stale_phi"
+	cfg.PHI["public.stale_phi"] = map[string]config.Column{"ssn": col}
+	p := serveProxy(t, ctx, &cfg)
+
+	c := connect(t, ctx, p.dsn(), pgx.QueryExecModeExec)
+	mustExec(t, ctx, c, "INSERT INTO stale_phi VALUES (1, $1)", "123-45-6789")
+	mustExec(t, ctx, direct, "ALTER TABLE stale_phi ALTER COLUMN ssn TYPE text USING ssn::text")
+
+	for _, mode := range []pgx.QueryExecMode{pgx.QueryExecModeExec, pgx.QueryExecModeSimpleProtocol, pgx.QueryExecModeCacheDescribe} {
+		c := connect(t, ctx, p.dsn(), mode)
+		var ssn string
+		err := c.QueryRow(ctx, "SELECT ssn FROM stale_phi WHERE id = 1").Scan(&ssn)
+		if sqlstate(err) != "XX000" {
+			t.Fatalf("%v: got %q, %v; want XX000", mode, ssn, err)
+		}
+	}
 }

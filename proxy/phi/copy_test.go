@@ -13,8 +13,6 @@ import (
 	"runtime"
 	"runtime/metrics"
 	"strings"
-	"sync"
-	"sync/atomic"
 	"testing"
 	"time"
 
@@ -88,12 +86,14 @@ type copyLoad struct {
 	seed       uint64
 }
 
-// loadAndCompare runs each load into patients through the proxy and into
-// patients_plain directly, checks that the PHI columns of the rows with ids
-// in [lo, hi] hold envelopes, and compares COPY TO of those rows through
-// the proxy with PostgreSQL's on the plaintext twin for each of outOpts.
-func loadAndCompare(t *testing.T, ctx context.Context, via, direct *pgx.Conn, lo, hi int, loads []copyLoad, outOpts ...string) {
+// loadAndCompare starts a proxy for the rows with ids in [lo, hi]
+// (startCopy) and runs each load into patients through it and into
+// patients_plain directly; then it checks that the PHI columns of those
+// rows hold envelopes and compares COPY TO of them through the proxy with
+// PostgreSQL's on the plaintext twin for each of outOpts.
+func loadAndCompare(t *testing.T, lo, hi int, loads []copyLoad, outOpts ...string) (ctx context.Context, via, direct *pgx.Conn) {
 	t.Helper()
+	ctx, _, via, direct = startCopy(t, lo, hi)
 	for _, l := range loads {
 		copyBoth(t, ctx, via.PgConn(), direct.PgConn(), l.opts, l.data, l.seed)
 	}
@@ -101,6 +101,7 @@ func loadAndCompare(t *testing.T, ctx context.Context, via, direct *pgx.Conn, lo
 	for _, opts := range outOpts {
 		sameOutput(t, ctx, via.PgConn(), direct.PgConn(), lo, hi, opts)
 	}
+	return ctx, via, direct
 }
 
 // sameOutput compares COPY TO of patients through the proxy with COPY TO
@@ -153,19 +154,17 @@ func cleanup(t *testing.T, direct *pgx.Conn, table string, lo, hi int) {
 // startCopy starts a proxy and connects to it (via) and to PostgreSQL
 // directly, both with the simple protocol; the rows of patients and
 // patients_plain with ids in [lo, hi] are deleted when the test ends.
-func startCopy(t *testing.T, lo, hi int) (ctx context.Context, p *testProxy, via, direct *pgx.Conn) {
+func startCopy(t *testing.T, lo, hi int) (ctx context.Context, p *fixture, via, direct *pgx.Conn) {
 	t.Helper()
 	return startCopyOn(t, "patients", pgx.QueryExecModeSimpleProtocol, lo, hi)
 }
 
 // startCopyOn is startCopy for table (and its twin table_plain), with
 // both connections in mode.
-func startCopyOn(t *testing.T, table string, mode pgx.QueryExecMode, lo, hi int) (ctx context.Context, p *testProxy, via, direct *pgx.Conn) {
+func startCopyOn(t *testing.T, table string, mode pgx.QueryExecMode, lo, hi int) (ctx context.Context, p *fixture, via, direct *pgx.Conn) {
 	t.Helper()
-	ctx = testCtx(t)
-	p = startProxy(t)
-	via = connect(t, ctx, p.dsn(), mode)
-	direct = connect(t, ctx, directDSN(), mode)
+	ctx, p = start(t)
+	via, direct = p.via(mode), p.direct(mode)
 	cleanup(t, direct, table, lo, hi)
 	return ctx, p, via, direct
 }
@@ -178,10 +177,9 @@ const textRows = "2001\tplain name\t100-00-2001\tflu, with comma\t1980-1-2\t42\t
 	"2006\tlast\t\\N\tno line end\t0044-03-15 BC\t1\tt"
 
 func TestCopyText(t *testing.T) {
-	ctx, _, via, direct := startCopy(t, 2001, 2999)
 	// The second load has a long value split over many CopyData messages.
 	long := strings.Repeat("ab\\\\c\\td", 40000)
-	loadAndCompare(t, ctx, via, direct, 2001, 2999, []copyLoad{
+	ctx, via, direct := loadAndCompare(t, 2001, 2999, []copyLoad{
 		{"", textRows, 1},
 		{"WITH (FORMAT text, DELIMITER '|', NULL 'nil')", "2100|long|nil|" + long + "|2020-01-01|nil|nil\n2101|x|y|z|nil|1|t\n", 2},
 	}, "", "WITH (FORMAT text, DELIMITER ',', NULL '')", "WITH (FORMAT text, HEADER true)", "WITH (FORMAT csv)")
@@ -210,8 +208,7 @@ const csvRows = "id,name,ssn,diagnosis,dob,mrn,active\n" +
 	"3006,\"quote\"\"inside\",\"a,b\",\"x\ry\",2001-01-01,2,t"
 
 func TestCopyCSV(t *testing.T) {
-	ctx, _, via, direct := startCopy(t, 3001, 3999)
-	loadAndCompare(t, ctx, via, direct, 3001, 3999, []copyLoad{
+	ctx, via, direct := loadAndCompare(t, 3001, 3999, []copyLoad{
 		{"WITH (FORMAT csv, HEADER true)", csvRows, 3},
 		{"WITH (FORMAT csv, DELIMITER ';', QUOTE '''', ESCAPE '\\', NULL 'NULL', FORCE_NOT_NULL (ssn), FORCE_NULL (diagnosis))",
 			"3100;'it\\'s; here';NULL;'NULL';2020-02-02;NULL;t\n3101;a;'b\\\\c';d;2020-02-03;5;f\n", 4},
@@ -237,9 +234,8 @@ func psqlRun(t *testing.T, dsn string, args ...string) (string, error) {
 // TestCopyPsql runs psql's \copy (8 KiB chunks cut anywhere) in and out,
 // in text and csv, and compares with the plaintext twin.
 func TestCopyPsql(t *testing.T) {
-	ctx := testCtx(t)
-	p := startProxy(t)
-	direct := connect(t, ctx, directDSN(), pgx.QueryExecModeSimpleProtocol)
+	ctx, p := start(t)
+	direct := p.direct(pgx.QueryExecModeSimpleProtocol)
 	cleanup(t, direct, "patients", 4001, 4999)
 	dir := t.TempDir()
 	var text, csv strings.Builder
@@ -293,12 +289,8 @@ func TestCopyPsql(t *testing.T) {
 }
 
 func TestCopyTypes(t *testing.T) {
-	ctx, via := proxied(t, pgx.QueryExecModeSimpleProtocol)
-	direct := connect(t, ctx, directDSN(), pgx.QueryExecModeSimpleProtocol)
-	t.Cleanup(func() {
-		direct.Exec(context.Background(), "DELETE FROM types WHERE id BETWEEN 5001 AND 5999")
-		direct.Exec(context.Background(), "DELETE FROM types_plain WHERE id BETWEEN 5001 AND 5999")
-	})
+	ctx, via, direct := simpleTwins(t)
+	cleanup(t, direct, "types", 5001, 5999)
 	var cols []string
 	for _, c := range typeCols {
 		cols = append(cols, c.name)
@@ -436,35 +428,9 @@ func TestCopyBoundedMemory(t *testing.T) {
 		w.Flush()
 		pw.Close()
 	}()
-	// The live heap as of the last collection, not HeapAlloc: HeapAlloc
-	// also counts garbage not yet collected, which on a loaded machine
-	// (the collector lagging behind the allocation rate) measured up to
-	// 77 MiB with no leak at all. Anything the relay held on to for the
-	// whole stream would be live at every collection after it.
-	live := []metrics.Sample{{Name: "/gc/heap/live:bytes"}}
-	readLive := func() uint64 {
-		metrics.Read(live)
-		return live[0].Value.Uint64()
-	}
-	var peak atomic.Uint64
 	runtime.GC()
-	base := readLive()
-	stop := make(chan struct{})
-	var wg sync.WaitGroup
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		for {
-			select {
-			case <-stop:
-				return
-			case <-time.After(20 * time.Millisecond):
-			}
-			if v := readLive(); v > peak.Load() {
-				peak.Store(v)
-			}
-		}
-	}()
+	base := liveHeap()
+	stopSampling := sampleLiveHeap()
 	tag, err := via.PgConn().CopyFrom(ctx, pr, "COPY patients ("+patientCols+") FROM STDIN")
 	if err != nil || tag.RowsAffected() != rows {
 		t.Fatalf("COPY FROM: %v %v", tag, err)
@@ -473,15 +439,49 @@ func TestCopyBoundedMemory(t *testing.T) {
 	if _, err := via.PgConn().CopyTo(ctx, cw, fmt.Sprintf("COPY (SELECT %s FROM patients WHERE id >= %d) TO STDOUT", patientCols, lo)); err != nil {
 		t.Fatal(err)
 	}
-	close(stop)
-	wg.Wait()
+	peak := stopSampling()
 	if cw.n < 45<<20 || cw.lines != rows {
 		t.Fatalf("COPY TO returned %d bytes, %d rows", cw.n, cw.lines)
 	}
-	grow := int64(peak.Load()) - int64(base)
+	grow := int64(peak) - int64(base)
 	t.Logf("live heap grew by at most %d KiB while streaming %d MiB each way", grow>>10, cw.n>>20)
 	if grow > 24<<20 {
 		t.Fatalf("live heap grew by %d MiB while streaming %d MiB", grow>>20, cw.n>>20)
+	}
+}
+
+// liveHeap is the live heap as of the last collection. Not HeapAlloc:
+// HeapAlloc also counts garbage not yet collected, which on a loaded
+// machine (the collector lagging behind the allocation rate) measured up
+// to 77 MiB with no leak at all. Anything the relay held on to for the
+// whole stream would be live at every collection after it.
+func liveHeap() uint64 {
+	live := []metrics.Sample{{Name: "/gc/heap/live:bytes"}}
+	metrics.Read(live)
+	return live[0].Value.Uint64()
+}
+
+// sampleLiveHeap samples liveHeap every 20 ms until the function it
+// returns is called, which returns the highest sample.
+func sampleLiveHeap() (peak func() uint64) {
+	stop, result := make(chan struct{}), make(chan uint64)
+	go func() {
+		tick := time.NewTicker(20 * time.Millisecond)
+		defer tick.Stop()
+		var high uint64
+		for {
+			select {
+			case <-stop:
+				result <- high
+				return
+			case <-tick.C:
+				high = max(high, liveHeap())
+			}
+		}
+	}()
+	return func() uint64 {
+		close(stop)
+		return <-result
 	}
 }
 

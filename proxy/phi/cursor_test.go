@@ -89,9 +89,8 @@ func expectForgotten(t *testing.T, ctx context.Context, via *pgx.Conn, name, wha
 // psycopg2 sends it: a WITH HOLD cursor declared outside a transaction,
 // fetched 2000 (here 2) rows at a time, then closed.
 func TestCursorDjangoIterator(t *testing.T) {
-	ctx := testCtx(t)
-	p := startProxy(t)
-	fixtureModes(t, ctx, p, cursorFixture, func(t *testing.T, _ int, via, direct *pgx.Conn, base int) {
+	ctx, p := start(t)
+	fixtureModes(t, p, cursorFixture, func(t *testing.T, _ int, via, direct *pgx.Conn, base int) {
 		name := `"_django_curs_140_sync_1"`
 		twin(t, via, direct, `DECLARE `+name+` NO SCROLL CURSOR WITH HOLD FOR SELECT id, ssn, diagnosis, dob, mrn FROM %[1]s WHERE id > `+fmt.Sprint(base)+` AND id < `+fmt.Sprint(base+100)+` ORDER BY id`)
 		rows := fetchAll(t, via, direct, name, 2)
@@ -121,9 +120,8 @@ func TestCursorDjangoIterator(t *testing.T) {
 // after the COMMIT, and a cursor of the same name phiproxy did not see
 // declared is not decrypted with the old one's plan.
 func TestCursorInTransaction(t *testing.T) {
-	ctx := testCtx(t)
-	p := startProxy(t)
-	fixtureModes(t, ctx, p, cursorFixture, func(t *testing.T, _ int, via, direct *pgx.Conn, base int) {
+	ctx, p := start(t)
+	fixtureModes(t, p, cursorFixture, func(t *testing.T, _ int, via, direct *pgx.Conn, base int) {
 		for _, c := range []*pgx.Conn{via, direct} {
 			mustExec(t, ctx, c, "BEGIN")
 		}
@@ -148,9 +146,8 @@ func TestCursorInTransaction(t *testing.T) {
 // transaction (or savepoint) that declared it, nor CLOSE ALL or DISCARD
 // ALL.
 func TestCursorWithHold(t *testing.T) {
-	ctx := testCtx(t)
-	p := startProxy(t)
-	direct := connect(t, ctx, directDSN(), pgx.QueryExecModeSimpleProtocol)
+	ctx, p := start(t)
+	direct := p.direct(pgx.QueryExecModeSimpleProtocol)
 	both := func(t *testing.T, via *pgx.Conn, sqls ...string) {
 		t.Helper()
 		for _, sql := range sqls {
@@ -367,8 +364,7 @@ func TestCursorDescribePortal(t *testing.T) {
 // a FETCH whose PHI dates the session's DateStyle would print in a form
 // phiproxy does not write is refused (0A000). The session goes on.
 func TestCursorRefused(t *testing.T) {
-	ctx := testCtx(t)
-	p := startProxy(t)
+	ctx, p := start(t)
 	for _, mode := range []pgx.QueryExecMode{pgx.QueryExecModeSimpleProtocol, pgx.QueryExecModeCacheStatement} {
 		t.Run(mode.String(), func(t *testing.T) {
 			via := connect(t, ctx, p.dsn(), mode)
@@ -420,15 +416,14 @@ func TestCursorProtocolClose(t *testing.T) {
 // the DECLARE, holds for the FETCHes that follow (42501), in both
 // protocols.
 func TestCursorPolicyAtFetch(t *testing.T) {
-	ctx := testCtx(t)
-	p := startProxy(t)
+	ctx, p := start(t)
 	defer func() {
 		if err := p.phi.Reload(ctx, testCfg); err != nil {
 			t.Fatal(err)
 		}
 	}()
-	simple := connect(t, ctx, p.dsn(), pgx.QueryExecModeSimpleProtocol)
-	ext := connect(t, ctx, p.dsn(), pgx.QueryExecModeCacheStatement)
+	simple := p.via(pgx.QueryExecModeSimpleProtocol)
+	ext := p.via(pgx.QueryExecModeCacheStatement)
 	mustExec(t, ctx, simple, "INSERT INTO patients (id, ssn) VALUES (1, '111-11-1111')")
 	for _, c := range []*pgx.Conn{simple, ext} {
 		mustExec(t, ctx, c, "DECLARE c CURSOR WITH HOLD FOR SELECT id, ssn FROM patients")

@@ -13,8 +13,7 @@ import (
 // read and written as written through the proxy: no XX000 on reads, no
 // ciphertext in its text columns.
 func TestOtherDatabasePassesThrough(t *testing.T) {
-	ctx := testCtx(t)
-	p := startProxy(t)
+	ctx, p := start(t)
 	super := connect(t, ctx, testCfg.CatalogDSN, pgx.QueryExecModeExec)
 	const other = "phi_other_db"
 	mustExec(t, ctx, super, "DROP DATABASE IF EXISTS "+other)

@@ -47,6 +47,16 @@ func fcFixture(t *testing.T, ctx context.Context) *pgx.Conn {
 	return super
 }
 
+// fcStart is fcFixture, then a proxy (start) whose catalog snapshot
+// holds its schemas; it returns the test's context, the superuser
+// connection and the fixture.
+func fcStart(t *testing.T) (context.Context, *pgx.Conn, *fixture) {
+	t.Helper()
+	super := fcFixture(t, testCtx(t))
+	ctx, p := start(t)
+	return ctx, super, p
+}
+
 // canary is a value unique to the test that must never appear in the
 // clear anywhere but in the client's hands.
 func canary(t *testing.T, tag string) string {
@@ -145,9 +155,7 @@ func wentTo(t *testing.T, ctx context.Context, super, c *pgx.Conn, id int, v, wa
 }
 
 func TestFailClosedSessionState(t *testing.T) {
-	ctx := testCtx(t)
-	super := fcFixture(t, ctx)
-	p := startProxy(t)
+	ctx, super, p := fcStart(t)
 	open := func(t *testing.T, path string) *pgx.Conn {
 		c := connect(t, ctx, p.dsn(), pgx.QueryExecModeCacheStatement)
 		mustSimple(t, ctx, c, "SET search_path = "+path)
@@ -258,10 +266,8 @@ func TestFailClosedSessionState(t *testing.T) {
 }
 
 func TestFailClosedPreparedStatements(t *testing.T) {
-	ctx := testCtx(t)
-	super := fcFixture(t, ctx)
-	p := startProxy(t)
-	c := connect(t, ctx, p.dsn(), pgx.QueryExecModeCacheStatement)
+	ctx, super, p := fcStart(t)
+	c := p.via(pgx.QueryExecModeCacheStatement)
 
 	t.Run("14: PREPARE and EXECUTE in one string", func(t *testing.T) {
 		v := canary(t, "14")
@@ -349,9 +355,7 @@ var stateSteps = []string{
 // the name to, and a value meant for the PHI table never reaches the
 // server in the clear.
 func TestFailClosedStateProperty(t *testing.T) {
-	ctx := testCtx(t)
-	super := fcFixture(t, ctx)
-	p := startProxy(t)
+	ctx, super, p := fcStart(t)
 	var oids = map[uint32]string{}
 	for _, sch := range []string{"public", "fc", "fc_r2"} {
 		var oid uint32
@@ -436,10 +440,8 @@ func TestFailClosedStateProperty(t *testing.T) {
 }
 
 func TestFailClosedTempTablesGuardsAndNestedExecute(t *testing.T) {
-	ctx := testCtx(t)
-	super := fcFixture(t, ctx)
-	p := startProxy(t)
-	c := connect(t, ctx, p.dsn(), pgx.QueryExecModeCacheStatement)
+	ctx, super, p := fcStart(t)
+	c := p.via(pgx.QueryExecModeCacheStatement)
 	var publicOID uint32
 	if err := super.QueryRow(ctx, "SELECT 'public.patients'::regclass::oid").Scan(&publicOID); err != nil {
 		t.Fatal(err)

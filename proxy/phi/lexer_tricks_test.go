@@ -15,10 +15,8 @@ import (
 // (log_statement = all) never holds the value in the clear — a
 // statement the proxy misread would carry it there.
 func TestLexerTricksOnPHIStatements(t *testing.T) {
-	ctx := testCtx(t)
-	p := startProxy(t)
-	direct := connect(t, ctx, directDSN(), pgx.QueryExecModeSimpleProtocol)
-	via := connect(t, ctx, p.dsn(), pgx.QueryExecModeSimpleProtocol)
+	ctx, p := start(t)
+	direct, via := p.direct(pgx.QueryExecModeSimpleProtocol), p.via(pgx.QueryExecModeSimpleProtocol)
 	// The canary is split where the trick allows, so that only the
 	// parsed value, never the text, spells it. The reference statement
 	// (on the plaintext twin, logged in the clear) uses another canary of

@@ -163,6 +163,58 @@ type testProxy struct {
 	logs *testenv.Buffer
 }
 
+// fixture is the start of most tests: a proxy, and the test's context
+// in which via connects through it and direct straight to PostgreSQL.
+type fixture struct {
+	*testProxy
+	t   testing.TB
+	ctx context.Context
+}
+
+// start runs a proxy (startProxy, with opts) for the test and returns
+// the test's context and the fixture.
+func start(t testing.TB, opts ...Option) (context.Context, *fixture) {
+	t.Helper()
+	f := fixtureOf(t, startProxy(t, opts...))
+	return f.ctx, f
+}
+
+// fixtureOf is the fixture of p, a proxy already serving the test.
+func fixtureOf(t testing.TB, p *testProxy) *fixture {
+	return &fixture{testProxy: p, t: t, ctx: testCtx(t)}
+}
+
+// startWatched installs the catalog's event triggers (watchCatalog) and
+// runs a proxy: it learns of DDL done around it when it is done.
+func startWatched(t testing.TB) (context.Context, *fixture) {
+	t.Helper()
+	watchCatalog(t, testCtx(t))
+	return start(t)
+}
+
+// watchCatalog installs the catalog's event triggers over a superuser
+// connection, which it returns.
+func watchCatalog(t testing.TB, ctx context.Context) *pgx.Conn {
+	t.Helper()
+	super := connect(t, ctx, testCfg.CatalogDSN, pgx.QueryExecModeExec)
+	if err := InstallCatalogTrigger(ctx, super); err != nil {
+		t.Fatal(err)
+	}
+	return super
+}
+
+// via connects through the proxy in mode, with the DSN parameters params.
+func (f *fixture) via(mode pgx.QueryExecMode, params ...string) *pgx.Conn {
+	f.t.Helper()
+	return connect(f.t, f.ctx, f.dsn(params...), mode)
+}
+
+// direct connects straight to PostgreSQL in mode.
+func (f *fixture) direct(mode pgx.QueryExecMode) *pgx.Conn {
+	f.t.Helper()
+	return connect(f.t, f.ctx, directDSN(), mode)
+}
+
 // startProxy runs phiproxy with the PHI layer in front of the cluster.
 func startProxy(t testing.TB, opts ...Option) *testProxy {
 	t.Helper()
@@ -209,16 +261,16 @@ func serveProxy(t testing.TB, ctx context.Context, cfg *config.Config, opts ...O
 // connection through it in mode.
 func proxied(t *testing.T, mode pgx.QueryExecMode) (context.Context, *pgx.Conn) {
 	t.Helper()
-	ctx := testCtx(t)
-	return ctx, connect(t, ctx, startProxy(t).dsn(), mode)
+	ctx, f := start(t)
+	return ctx, f.via(mode)
 }
 
 // simpleTwins starts a proxy and returns a test context, a
 // simple-protocol connection through it and one direct.
 func simpleTwins(t *testing.T) (ctx context.Context, via, direct *pgx.Conn) {
 	t.Helper()
-	ctx, via = proxied(t, pgx.QueryExecModeSimpleProtocol)
-	return ctx, via, connect(t, ctx, directDSN(), pgx.QueryExecModeSimpleProtocol)
+	ctx, f := start(t)
+	return ctx, f.via(pgx.QueryExecModeSimpleProtocol), f.direct(pgx.QueryExecModeSimpleProtocol)
 }
 
 func (p *testProxy) dsn(params ...string) string {
@@ -249,26 +301,20 @@ func superConn(t testing.TB, ctx context.Context) *pgx.Conn {
 
 func testCtx(t testing.TB) context.Context { return testenv.Context(t, 60*time.Second) }
 
-func sqlstate(err error) string {
-	if pe, ok := err.(*pgconn.PgError); ok {
-		return pe.Code
-	}
+// pgError is the *pgconn.PgError in err's chain, nil if there is none.
+func pgError(err error) *pgconn.PgError {
 	var pe *pgconn.PgError
-	if err != nil && asPgErr(err, &pe) {
+	errors.As(err, &pe)
+	return pe
+}
+
+// sqlstate is the SQLSTATE of the PostgreSQL error in err's chain, "" if
+// there is none.
+func sqlstate(err error) string {
+	if pe := pgError(err); pe != nil {
 		return pe.Code
 	}
 	return ""
-}
-
-func asPgErr(err error, target **pgconn.PgError) bool {
-	for err != nil {
-		if pe, ok := err.(*pgconn.PgError); ok {
-			*target = pe
-			return true
-		}
-		err = errors.Unwrap(err)
-	}
-	return false
 }
 
 var modes = []pgx.QueryExecMode{

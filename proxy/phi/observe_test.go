@@ -313,10 +313,9 @@ func receiveUntil(t *testing.T, fe *pgproto3.Frontend, until func(pgproto3.Backe
 }
 
 func TestBumpDecisionEpochRebuildsAnOpenPortal(t *testing.T) {
-	ctx := testCtx(t)
 	rec := &epochRecorder{}
-	p := startProxy(t, WithObserver(rec))
-	conn := connect(t, ctx, p.dsn(), pgx.QueryExecModeCacheStatement)
+	ctx, p := start(t, WithObserver(rec))
+	conn := p.via(pgx.QueryExecModeCacheStatement)
 	mustExec(t, ctx, conn, "INSERT INTO patients (id, ssn) VALUES (1, $1), (2, $2)", "123-45-6789", "987-65-4321")
 	fe := conn.PgConn().Frontend()
 	fe.Send(&pgproto3.Parse{Name: "ep", Query: "SELECT ssn FROM patients ORDER BY id"})

@@ -1,7 +1,6 @@
 package phi
 
 import (
-	"context"
 	"fmt"
 	"reflect"
 	"strings"
@@ -96,9 +95,8 @@ const ormRows = `SELECT id, name, ssn, diagnosis, dob, mrn FROM %[1]s WHERE id B
 // entities in one UPDATE with a CASE per column (AbstractSqlDriver.
 // nativeUpdateMany), the column itself in ELSE.
 func TestORMBatchedFlushMikroORM(t *testing.T) {
-	ctx := testCtx(t)
-	p := startProxy(t)
-	fixtureModes(t, ctx, p, ormFixture, func(t *testing.T, mi int, via, direct *pgx.Conn, base int) {
+	ctx, p := start(t)
+	fixtureModes(t, p, ormFixture, func(t *testing.T, mi int, via, direct *pgx.Conn, base int) {
 		flush := `update "%[1]s" set "diagnosis" = case when ("id" = $1) then $2 when ("id" = $3) then $4 else "diagnosis" end, ` +
 			`"ssn" = case when ("id" = $5) then $6 when ("id" = $7) then $8 else "ssn" end, ` +
 			`"mrn" = case when ("id" = $9) then $10 else "mrn" end ` +
@@ -122,7 +120,7 @@ func TestORMBatchedFlushMikroORM(t *testing.T) {
 		twin(t, via, direct, `SELECT id FROM %[1]s WHERE ssn = $1 ORDER BY id`, "999-99-9999")
 	})
 	// A branch that is not a value for the column is still refused.
-	via := connect(t, ctx, p.dsn(), pgx.QueryExecModeCacheStatement)
+	via := p.via(pgx.QueryExecModeCacheStatement)
 	_, err := via.Exec(ctx, `UPDATE patients SET diagnosis = CASE WHEN id = 1 THEN name ELSE diagnosis END`)
 	expectCode(t, err, "0A000", "CASE with a non-PHI column")
 }
@@ -131,9 +129,8 @@ func TestORMBatchedFlushMikroORM(t *testing.T) {
 // model groups by every column, the randomized ones included, and the
 // primary key with them: each group is one row, so the counts match.
 func TestORMGroupByKeyDjango(t *testing.T) {
-	ctx := testCtx(t)
-	p := startProxy(t)
-	fixtureModes(t, ctx, p, ormFixture, func(t *testing.T, mi int, via, direct *pgx.Conn, base int) {
+	ctx, p := start(t)
+	fixtureModes(t, p, ormFixture, func(t *testing.T, mi int, via, direct *pgx.Conn, base int) {
 		django := `SELECT "%[1]s"."id", "%[1]s"."name", "%[1]s"."ssn", "%[1]s"."diagnosis", "%[1]s"."dob", "%[1]s"."mrn", "%[1]s"."active", ` +
 			`COUNT("%[2]s"."id") AS "visits__count" FROM "%[1]s" LEFT OUTER JOIN "%[2]s" ON ("%[1]s"."ssn" = "%[2]s"."patient_ssn") ` +
 			`WHERE "%[1]s"."id" BETWEEN $1 AND $2 ` +
@@ -147,7 +144,7 @@ func TestORMGroupByKeyDjango(t *testing.T) {
 	})
 	// Without the key, grouping by ciphertext would split "flu" in three:
 	// still refused.
-	via := connect(t, ctx, p.dsn(), pgx.QueryExecModeCacheStatement)
+	via := p.via(pgx.QueryExecModeCacheStatement)
 	_, err := via.Exec(ctx, `SELECT diagnosis, count(*) FROM patients GROUP BY name, diagnosis`)
 	expectCode(t, err, "0A000", "GROUP BY a randomized column without the key")
 }
@@ -157,9 +154,8 @@ func TestORMGroupByKeyDjango(t *testing.T) {
 // places ('…'::text IS NULL OR ssn = '…'): neither reaches the server in
 // the clear.
 func TestORMOptionalFilters(t *testing.T) {
-	ctx := testCtx(t)
-	p := startProxy(t)
-	fixtureModes(t, ctx, p, ormFixture, func(t *testing.T, mi int, via, direct *pgx.Conn, base int) {
+	ctx, p := start(t)
+	fixtureModes(t, p, ormFixture, func(t *testing.T, mi int, via, direct *pgx.Conn, base int) {
 		secret := fmt.Sprintf("NARG-%d-%d", mi, time.Now().UnixNano())
 		filter := `SELECT id, name, ssn, diagnosis, dob, mrn FROM %[1]s WHERE ($1::text IS NULL OR ssn = $1) AND ($2::int8 IS NULL OR mrn = $2) AND id BETWEEN $3 AND $4 ORDER BY id`
 		for _, args := range [][2]any{{"111-11-1111", nil}, {nil, int64(2)}, {nil, nil}, {"111-11-1111", int64(1)}} {
@@ -189,7 +185,7 @@ func TestORMOptionalFilters(t *testing.T) {
 		assertNotLogged(t, secret)
 	})
 	// = COALESCE on a randomized column compares ciphertexts: refused.
-	via := connect(t, ctx, p.dsn(), pgx.QueryExecModeCacheStatement)
+	via := p.via(pgx.QueryExecModeCacheStatement)
 	_, err := via.Exec(ctx, `SELECT id FROM patients WHERE diagnosis = COALESCE($1, diagnosis)`, "flu")
 	expectCode(t, err, "0A000", "= COALESCE on a randomized column")
 	if strings.Contains(fmt.Sprint(err), "flu") {
@@ -198,15 +194,15 @@ func TestORMOptionalFilters(t *testing.T) {
 }
 
 // fixtureModes runs body once per pgx mode, with a connection through the
-// proxy and one directly to the plaintext twin, fixture loaded from id
+// proxy and one directly to the plaintext twin, load run from id
 // base (a range of its own per mode mi).
-func fixtureModes(t *testing.T, ctx context.Context, p *testProxy, fixture func(t *testing.T, via, direct *pgx.Conn, base int), body func(t *testing.T, mi int, via, direct *pgx.Conn, base int)) {
+func fixtureModes(t *testing.T, p *fixture, load func(t *testing.T, via, direct *pgx.Conn, base int), body func(t *testing.T, mi int, via, direct *pgx.Conn, base int)) {
 	for mi, mode := range modes {
 		t.Run(mode.String(), func(t *testing.T) {
-			direct := connect(t, ctx, directDSN(), pgx.QueryExecModeSimpleProtocol)
-			via := connect(t, ctx, p.dsn(), mode)
+			direct := connect(t, p.ctx, directDSN(), pgx.QueryExecModeSimpleProtocol)
+			via := connect(t, p.ctx, p.dsn(), mode)
 			base := 1000 * (mi + 1)
-			fixture(t, via, direct, base)
+			load(t, via, direct, base)
 			body(t, mi, via, direct, base)
 		})
 	}

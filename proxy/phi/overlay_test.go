@@ -190,8 +190,7 @@ func TestCatalogIntrospectionPsql(t *testing.T) {
 	if err != nil {
 		t.Skip("psql not installed")
 	}
-	ctx := testCtx(t)
-	p := startProxy(t)
+	ctx, p := start(t)
 	columns := func(dsn, table string) string {
 		out, err := exec.CommandContext(ctx, psql, "-X", "-d", dsn, "-c", `\d+ `+table).CombinedOutput()
 		if err != nil {
@@ -467,8 +466,7 @@ func TestOverlayCommand(t *testing.T) {
 // phiproxy reads the catalogs as written (it failed with 42P01 on
 // phiproxy_overlay.pg_attribute).
 func TestCatalogOverlayOtherDatabase(t *testing.T) {
-	ctx := testCtx(t)
-	p := startProxy(t)
+	ctx, p := start(t)
 	dsn := "postgres://" + appUser + ":" + appPassword + "@" + p.addr + "/postgres?sslmode=disable"
 	for _, mode := range []pgx.QueryExecMode{pgx.QueryExecModeCacheStatement, pgx.QueryExecModeSimpleProtocol} {
 		c := connect(t, ctx, dsn, mode)

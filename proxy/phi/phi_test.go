@@ -24,9 +24,8 @@ type patient struct {
 func ptr[T any](v T) *T { return &v }
 
 func TestRoundTripEveryMode(t *testing.T) {
-	ctx := testCtx(t)
-	p := startProxy(t)
-	direct := connect(t, ctx, directDSN(), pgx.QueryExecModeSimpleProtocol)
+	ctx, p := start(t)
+	direct := p.direct(pgx.QueryExecModeSimpleProtocol)
 	for mi, mode := range modes {
 		t.Run(mode.String(), func(t *testing.T) {
 			conn := connect(t, ctx, p.dsn(), mode)
@@ -121,9 +120,8 @@ func TestRoundTripEveryMode(t *testing.T) {
 }
 
 func TestSimpleProtocolTextResults(t *testing.T) {
-	ctx := testCtx(t)
-	p := startProxy(t)
-	conn := connect(t, ctx, p.dsn(), pgx.QueryExecModeSimpleProtocol)
+	ctx, p := start(t)
+	conn := p.via(pgx.QueryExecModeSimpleProtocol)
 	if _, err := conn.Exec(ctx, "INSERT INTO patients (id, name, ssn, dob) VALUES (9001, 'Multi', '111-22-3333', '2001-02-03'); INSERT INTO visits (id, patient_ssn) VALUES (9001, '111-22-3333')"); err != nil {
 		t.Fatal(err)
 	}

@@ -1,33 +1,44 @@
 package phi
 
 import (
+	"context"
 	"testing"
 
 	"github.com/jackc/pgx/v5"
 )
+
+// shadowing connects as the superuser, drops schema and role (with what
+// role owns) as an earlier run left them, and runs setup: the schema and
+// role of a test whose plain patients table shadows the PHI one.
+func shadowing(t *testing.T, ctx context.Context, schema, role string, setup ...string) *pgx.Conn {
+	t.Helper()
+	super := superConn(t, ctx)
+	for _, q := range append([]string{
+		`DROP SCHEMA IF EXISTS ` + schema + ` CASCADE`,
+		`DO $$BEGIN IF EXISTS (SELECT FROM pg_roles WHERE rolname = '` + role + `') THEN EXECUTE 'DROP OWNED BY ` + role + `'; END IF; END$$`,
+		`DROP ROLE IF EXISTS ` + role,
+	}, setup...) {
+		mustExec(t, ctx, super, q)
+	}
+	return super
+}
 
 // The session's starting search_path decides which "patients" an
 // unqualified name means: a non-PHI shadow.patients must be left alone
 // (no encryption), exactly as PostgreSQL resolves the name.
 func TestSearchPathStartsWhereThePostgreSQLSessionStarts(t *testing.T) {
 	ctx := testCtx(t)
-	super := superConn(t, ctx)
-	mustExec(t, ctx, super, `DROP SCHEMA IF EXISTS shadow CASCADE`)
-	mustExec(t, ctx, super, `DO $$BEGIN IF EXISTS (SELECT FROM pg_roles WHERE rolname = 'sp_role') THEN EXECUTE 'DROP OWNED BY sp_role'; END IF; END$$`)
-	mustExec(t, ctx, super, `DROP ROLE IF EXISTS sp_role`)
-	for _, q := range []string{
+	super := shadowing(t, ctx, "shadow", "sp_role",
 		`CREATE SCHEMA shadow`,
 		`CREATE TABLE shadow.patients (id int PRIMARY KEY, ssn text)`,
-		`GRANT USAGE ON SCHEMA shadow TO ` + appUser,
-		`GRANT ALL ON shadow.patients TO ` + appUser,
+		`GRANT USAGE ON SCHEMA shadow TO `+appUser,
+		`GRANT ALL ON shadow.patients TO `+appUser,
 		`CREATE ROLE sp_role LOGIN PASSWORD 'sp-pw'`,
 		`GRANT USAGE ON SCHEMA shadow TO sp_role`,
 		`GRANT ALL ON shadow.patients TO sp_role`,
 		`GRANT ALL ON public.patients TO sp_role`,
 		`ALTER ROLE sp_role SET search_path = shadow, public`,
-	} {
-		mustExec(t, ctx, super, q)
-	}
+	)
 	// The catalog snapshot (with the role default) is taken at start.
 	p := startProxy(t)
 
@@ -86,4 +97,105 @@ func TestSearchPathStartsWhereThePostgreSQLSessionStarts(t *testing.T) {
 			}
 		}
 	})
+}
+
+// Issue 18, bad input item 3: a startup packet's options that change
+// what the proxy tracks. role (through options or as a parameter) makes
+// "$user" in search_path the new role: an unqualified PHI name must
+// resolve where PostgreSQL resolves it, or be refused — never a write to
+// the other table.
+func TestStartupRoleOptionResolvesAsTheServer(t *testing.T) {
+	ctx := testCtx(t)
+	super := shadowing(t, ctx, "opt_role", "opt_role",
+		`CREATE ROLE opt_role`,
+		`GRANT opt_role TO `+appUser,
+		`CREATE SCHEMA opt_role AUTHORIZATION opt_role`,
+		`CREATE TABLE opt_role.patients (id int PRIMARY KEY, ssn text)`,
+		`ALTER TABLE opt_role.patients OWNER TO opt_role`,
+		`GRANT ALL ON public.patients TO opt_role`,
+		`DROP ROLE IF EXISTS opt_login`,
+		`CREATE ROLE opt_login LOGIN PASSWORD 'opt-pw' IN ROLE opt_role`,
+		`ALTER ROLE opt_login SET role = 'opt_role'`,
+	)
+	t.Cleanup(func() {
+		_, _ = super.Exec(context.Background(), `DROP ROLE IF EXISTS opt_login`)
+	})
+	// The catalog snapshot (with the role default) is taken at start.
+	p := startProxy(t)
+	for i, tc := range []struct{ name, options, role string }{
+		{"options -c role", "-c role=opt_role", ""},
+		{"options -crole", "-crole=opt_role", ""},
+		{"options --role", "--role=opt_role", ""},
+		{"startup parameter role", "", "opt_role"},
+		{"ALTER ROLE SET role", "", ""},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			dsn := p.dsn()
+			if tc.name == "ALTER ROLE SET role" {
+				dsn = "postgres://opt_login:opt-pw@" + p.addr + "/" + appDB + "?sslmode=disable"
+			}
+			c := connect(t, ctx, dsn, pgx.QueryExecModeSimpleProtocol, func(cc *pgx.ConnConfig) {
+				if tc.options != "" {
+					cc.RuntimeParams["options"] = tc.options
+				}
+				if tc.role != "" {
+					cc.RuntimeParams["role"] = tc.role
+				}
+			})
+			var cu string
+			if err := c.QueryRow(ctx, "SELECT current_user").Scan(&cu); err != nil || cu != "opt_role" {
+				t.Fatalf("current_user %q, %v: the server did not take the role", cu, err)
+			}
+			_, err := c.Exec(ctx, "INSERT INTO patients (id, ssn) VALUES ($1, 'plain-text')", 10+i)
+			var inShadow, inPHI int
+			if err := super.QueryRow(ctx, "SELECT (SELECT count(*) FROM opt_role.patients WHERE id = $1), (SELECT count(*) FROM public.patients WHERE id = $1)", 10+i).Scan(&inShadow, &inPHI); err != nil {
+				t.Fatal(err)
+			}
+			if err == nil && inShadow != 1 {
+				t.Fatalf("the INSERT went to public.patients (%d rows) while PostgreSQL resolves patients to opt_role.patients", inPHI)
+			}
+			if err != nil {
+				t.Fatalf("refused: %v", err)
+			}
+			// And the PHI table, named, is still encrypted.
+			mustExec(t, ctx, c, "INSERT INTO public.patients (id, ssn) VALUES ($1, $2)", 20+i, "phi-ssn")
+			var raw []byte
+			if err := super.QueryRow(ctx, "SELECT ssn FROM public.patients WHERE id = $1", 20+i).Scan(&raw); err != nil || string(raw) == "phi-ssn" {
+				t.Fatalf("public.patients.ssn stored %q, %v", raw, err)
+			}
+		})
+	}
+}
+
+// Issue 18, item 6: a function whose own SET search_path makes its body
+// write the PHI table: called through the proxy, the value never lands
+// in the PHI column in plaintext (the proxy refuses a function it knows
+// reads PHI; the column's type and envelope check refuse the rest).
+func TestFunctionSearchPathCannotWritePlaintext(t *testing.T) {
+	ctx := testCtx(t)
+	direct := connect(t, ctx, directDSN(), pgx.QueryExecModeSimpleProtocol)
+	for _, q := range []string{
+		"DROP FUNCTION IF EXISTS fsp_write(text)",
+		"CREATE FUNCTION fsp_write(v text) RETURNS void LANGUAGE sql SET search_path = public AS $$ INSERT INTO patients (id, ssn) VALUES (7777, convert_to(v, 'UTF8')) $$",
+	} {
+		mustExec(t, ctx, direct, q)
+	}
+	t.Cleanup(func() { direct.Exec(context.Background(), "DROP FUNCTION IF EXISTS fsp_write(text)") })
+	p := startProxy(t)
+	c := canary(t, "fsp")
+	for _, mode := range []pgx.QueryExecMode{pgx.QueryExecModeSimpleProtocol, pgx.QueryExecModeCacheStatement} {
+		conn := connect(t, ctx, p.dsn(), mode)
+		_, err := conn.Exec(ctx, "SET search_path = pg_temp, public")
+		if err != nil {
+			t.Fatal(err)
+		}
+		_, err = conn.Exec(ctx, "SELECT fsp_write($1)", c)
+		if err == nil {
+			t.Errorf("%s: the function wrote the PHI table", mode)
+		}
+	}
+	var n int
+	if err := direct.QueryRow(ctx, "SELECT count(*) FROM patients WHERE position(convert_to($1, 'UTF8') in coalesce(ssn, ''::bytea)) > 0", c).Scan(&n); err != nil || n != 0 {
+		t.Fatalf("plaintext in the PHI column: %d rows, %v", n, err)
+	}
 }

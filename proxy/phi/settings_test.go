@@ -49,8 +49,7 @@ func connectWithOptions(t *testing.T, ctx context.Context, dsn, options string) 
 }
 
 func TestSessionSettings(t *testing.T) {
-	ctx := testCtx(t)
-	p := startProxy(t)
+	ctx, p := start(t)
 	// Startup parameters: the session's TimeZone and DateStyle come from
 	// the client's options, not from the server's defaults.
 	const options = "-c TimeZone=America/New_York -c DateStyle=SQL,DMY"

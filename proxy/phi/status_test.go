@@ -8,13 +8,12 @@ import (
 )
 
 func TestStatus(t *testing.T) {
-	ctx := testCtx(t)
-	p := startProxy(t)
+	ctx, p := start(t)
 	st := p.phi.Status()
 	if !st.PHI || !st.KeysLoaded || st.CatalogVersion == 0 || time.Since(st.CatalogRead) > time.Minute {
 		t.Fatalf("after New: %+v; want PHI, keys loaded, a catalog version, read just now", st)
 	}
-	c := connect(t, ctx, p.dsn(), pgx.QueryExecModeSimpleProtocol)
+	c := p.via(pgx.QueryExecModeSimpleProtocol)
 	for i := 0; i < 2; i++ {
 		if _, err := c.Exec(ctx, "SELECT ssn FROM patients WHERE id = 7"); err != nil {
 			t.Fatal(err)

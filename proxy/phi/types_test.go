@@ -30,10 +30,8 @@ func colNames() string {
 }
 
 func TestLogicalTypesTextAndBinary(t *testing.T) {
-	ctx := testCtx(t)
-	p := startProxy(t)
-	conn := connect(t, ctx, p.dsn(), pgx.QueryExecModeCacheStatement)
-	direct := connect(t, ctx, directDSN(), pgx.QueryExecModeCacheStatement)
+	ctx, p := start(t)
+	conn, direct := p.via(pgx.QueryExecModeCacheStatement), p.direct(pgx.QueryExecModeCacheStatement)
 	var lits []string
 	for _, v := range typeValues {
 		lits = append(lits, "'"+strings.ReplaceAll(v, "'", "''")+"'")
@@ -99,8 +97,8 @@ func TestLogicalTypesTextAndBinary(t *testing.T) {
 	}
 	// Every mode reads the same Go values.
 	for _, mode := range modes {
-		c := connect(t, ctx, p.dsn(), mode)
-		d := connect(t, ctx, directDSN(), mode)
+		c := p.via(mode)
+		d := p.direct(mode)
 		for id := 1; id <= 4; id++ {
 			read := func(c *pgx.Conn, tbl string) []any {
 				rows, err := c.Query(ctx, fmt.Sprintf("SELECT %s FROM %s WHERE id = $1", colNames(), tbl), id)
@@ -125,8 +123,7 @@ func TestLogicalTypesTextAndBinary(t *testing.T) {
 }
 
 func TestBatchLargeValuesAndPrepare(t *testing.T) {
-	ctx := testCtx(t)
-	p := startProxy(t)
+	ctx, p := start(t)
 	big := strings.Repeat("0123456789abcdef", 1<<16) // 1 MiB
 	for _, mode := range modes {
 		t.Run(mode.String(), func(t *testing.T) {
@@ -178,7 +175,7 @@ func TestBatchLargeValuesAndPrepare(t *testing.T) {
 		})
 	}
 	// SQL-level PREPARE / EXECUTE / DEALLOCATE.
-	conn := connect(t, ctx, p.dsn(), pgx.QueryExecModeSimpleProtocol)
+	conn := p.via(pgx.QueryExecModeSimpleProtocol)
 	mustExec(t, ctx, conn, "PREPARE byssn(text) AS SELECT name, ssn FROM patients WHERE ssn = $1")
 	var name, ssn string
 	if err := conn.QueryRow(ctx, "EXECUTE byssn('444-44-4444')").Scan(&name, &ssn); err != nil || ssn != "444-44-4444" {

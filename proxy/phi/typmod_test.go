@@ -208,8 +208,7 @@ func TestByteaCastRefused(t *testing.T) {
 			} {
 				_, err := px.Exec(ctx, c.sql, c.args...)
 				expectCode(t, err, "0A000", c.sql)
-				var pe *pgconn.PgError
-				asPgErr(err, &pe)
+				pe := pgError(err)
 				if !strings.Contains(pe.Hint, "drop the ::bytea cast") || !strings.Contains(pe.Message, "public.tm.t") {
 					t.Fatalf("%s: refusal without the column or the hint: %+v", c.sql, pe)
 				}

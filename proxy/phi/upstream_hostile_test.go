@@ -3,6 +3,7 @@ package phi
 import (
 	"bufio"
 	"bytes"
+	"context"
 	"encoding/binary"
 	"io"
 	"net"
@@ -11,7 +12,10 @@ import (
 	"testing"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgproto3"
 
+	"github.com/phiproxy/phiproxy/crypto"
 	"github.com/phiproxy/phiproxy/internal/testenv"
 )
 
@@ -64,48 +68,23 @@ func manglingUpstream(t *testing.T, marker string, m mangle) string {
 	return ln.Addr().String()
 }
 
-func msgBytes(typ byte, body []byte) []byte {
-	b := []byte{typ, 0, 0, 0, 0}
-	binary.BigEndian.PutUint32(b[1:], uint32(4+len(body)))
-	return append(b, body...)
-}
-
-// dataRow encodes a DataRow of vals (nil: NULL).
+// dataRow is the body of a DataRow of vals (nil: NULL).
 func dataRow(vals ...[]byte) []byte {
-	b := binary.BigEndian.AppendUint16(nil, uint16(len(vals)))
-	for _, v := range vals {
-		if v == nil {
-			b = binary.BigEndian.AppendUint32(b, 0xFFFFFFFF)
-			continue
-		}
-		b = binary.BigEndian.AppendUint32(b, uint32(len(v)))
-		b = append(b, v...)
-	}
-	return b
+	return frameBody(&pgproto3.DataRow{Values: vals})
 }
 
 // rowFields decodes a DataRow body (well-formed: it came from the server).
 func rowFields(body []byte) [][]byte {
-	n := int(binary.BigEndian.Uint16(body))
-	out := make([][]byte, 0, n)
-	body = body[2:]
-	for i := 0; i < n; i++ {
-		l := int32(binary.BigEndian.Uint32(body))
-		body = body[4:]
-		if l < 0 {
-			out = append(out, nil)
-			continue
-		}
-		out = append(out, body[:l])
-		body = body[l:]
+	var row pgproto3.DataRow
+	if err := row.Decode(body); err != nil {
+		panic("BUG: a DataRow from the server: " + err.Error())
 	}
-	return out
+	return row.Values
 }
 
 func TestMisbehavingUpstream(t *testing.T) {
-	ctx := testCtx(t)
-	setup := startProxy(t)
-	seed := connect(t, ctx, setup.dsn(), pgx.QueryExecModeCacheStatement)
+	ctx, setup := start(t)
+	seed := setup.via(pgx.QueryExecModeCacheStatement)
 	mustExec(t, ctx, seed, "INSERT INTO patients (id, name, ssn, diagnosis) VALUES (1, 'mangle-me', $1, $2)", "123-45-6789", "secret diagnosis")
 	rec := testKeys(t).Recognizer()
 
@@ -117,35 +96,35 @@ func TestMisbehavingUpstream(t *testing.T) {
 	}{
 		{"a DataRow with a field fewer", func(typ byte, body []byte) ([]byte, bool) {
 			if typ != 'D' {
-				return msgBytes(typ, body), false
+				return rawFrame(typ, body), false
 			}
 			f := rowFields(body)
-			return msgBytes('D', dataRow(f[:len(f)-1]...)), false
+			return rawFrame('D', dataRow(f[:len(f)-1]...)), false
 		}, false},
 		{"a DataRow with a field more", func(typ byte, body []byte) ([]byte, bool) {
 			if typ != 'D' {
-				return msgBytes(typ, body), false
+				return rawFrame(typ, body), false
 			}
-			return msgBytes('D', dataRow(append(rowFields(body), []byte("extra"))...)), false
+			return rawFrame('D', dataRow(append(rowFields(body), []byte("extra"))...)), false
 		}, false},
 		{"a DataRow with no fields", func(typ byte, body []byte) ([]byte, bool) {
-			return msgBytes(typ, dataRow()), false
+			return rawFrame(typ, dataRow()), false
 		}, false},
 		{"a DataRow whose field overruns it", func(typ byte, body []byte) ([]byte, bool) {
 			b := append([]byte{}, body...)
 			binary.BigEndian.PutUint32(b[2:], 1<<30)
-			return msgBytes(typ, b), false
+			return rawFrame(typ, b), false
 		}, false},
 		{"a DataRow larger than max_message_bytes", func(typ byte, body []byte) ([]byte, bool) {
 			f := rowFields(body)
 			f[1] = bytes.Repeat([]byte("x"), 128<<10)
-			return msgBytes('D', dataRow(f...)), false
+			return rawFrame('D', dataRow(f...)), false
 		}, false},
 		{"an ErrorResponse without SQLSTATE instead of the row", func(typ byte, body []byte) ([]byte, bool) {
-			return msgBytes('E', []byte("SERROR\x00Mmangled\x00\x00")), false
+			return rawFrame('E', []byte("SERROR\x00Mmangled\x00\x00")), false
 		}, false},
 		{"a connection reset mid-row", func(typ byte, body []byte) ([]byte, bool) {
-			full := msgBytes(typ, body)
+			full := rawFrame(typ, body)
 			return full[:len(full)/2], true
 		}, false},
 	}
@@ -184,5 +163,57 @@ func TestMisbehavingUpstream(t *testing.T) {
 				t.Fatalf("log:\n%s", logs)
 			}
 		})
+	}
+}
+
+// TestTriggerNoticeAndNotifyRedacted: a trigger created directly on the
+// server that NOTIFYs or RAISEs a NOTICE with the new row's ciphertext
+// (issue 18, found by a second review) reaches neither the writer nor a
+// listener with the envelope in it: both are redacted to <encrypted>.
+func TestTriggerNoticeAndNotifyRedacted(t *testing.T) {
+	ctx, p := start(t)
+	direct := p.direct(pgx.QueryExecModeSimpleProtocol)
+	mustExec(t, ctx, direct, `CREATE OR REPLACE FUNCTION hostile_leak() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+	PERFORM pg_notify('hostile_leak', 'ssn=' || encode(NEW.ssn, 'hex'));
+	RAISE NOTICE 'ssn %', NEW.ssn USING DETAIL = encode(NEW.ssn, 'escape');
+	RETURN NEW;
+END$$`)
+	mustExec(t, ctx, direct, "CREATE TRIGGER hostile_leak AFTER INSERT ON patients FOR EACH ROW EXECUTE FUNCTION hostile_leak()")
+	t.Cleanup(func() {
+		if _, err := direct.Exec(context.Background(), "DROP TRIGGER IF EXISTS hostile_leak ON patients"); err != nil {
+			t.Error(err)
+		}
+	})
+	rec := testKeys(t).Recognizer()
+	listener := p.via(pgx.QueryExecModeSimpleProtocol)
+	mustExec(t, ctx, listener, "LISTEN hostile_leak")
+	for i, mode := range []pgx.QueryExecMode{pgx.QueryExecModeCacheStatement, pgx.QueryExecModeSimpleProtocol} {
+		var notices []*pgconn.Notice
+		conn := connectWith(t, ctx, p.dsn(), func(cc *pgx.ConnConfig) {
+			cc.DefaultQueryExecMode = mode
+			cc.OnNotice = func(_ *pgconn.PgConn, n *pgconn.Notice) { notices = append(notices, n) }
+		})
+		ssn := []string{"trg-111-22-3333", "trg-444-55-6666"}[i]
+		mustExec(t, ctx, conn, "INSERT INTO patients (id, ssn) VALUES ($1, $2)", 7100+i, ssn)
+		if len(notices) != 1 {
+			t.Fatalf("%v: %d notices", mode, len(notices))
+		}
+		for _, f := range []string{notices[0].Message, notices[0].Detail} {
+			if rec.Contains([]byte(f)) || strings.Contains(f, ssn) || !strings.Contains(f, crypto.EnvelopeRedacted) {
+				t.Fatalf("%v: notice field %q", mode, f)
+			}
+		}
+		n, err := listener.WaitForNotification(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if rec.Contains([]byte(n.Payload)) || n.Payload != "ssn="+crypto.EnvelopeRedacted {
+			t.Fatalf("%v: notification payload %q", mode, n.Payload)
+		}
+		stillWorks(t, ctx, conn)
+	}
+	if strings.Contains(p.logs.String(), "trg-") {
+		t.Fatal("a value reached the log")
 	}
 }
