@@ -33,7 +33,7 @@ func TestCancelRequestsAudited(t *testing.T) {
 	c.Write(req)
 	c.Close()
 	// A real cancel of a running statement.
-	conn, err := pgx.Connect(context.Background(), fixture.dsn(p.addr(), "app", "app-pw", phiDB))
+	conn, err := pgx.Connect(context.Background(), appDSN(p.addr(), phiDB))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -100,7 +100,7 @@ FROM generate_series(1, %[2]d) AS i`, f.tag, rows))
 func encDirect(t *testing.T, f *encFixture) *pgx.Conn {
 	t.Helper()
 	e := fixture
-	return connectT(t, e.dsn(e.cluster.Addr(), "app", "app-pw", f.db))
+	return connectT(t, appDSN(e.cluster.Addr(), f.db))
 }
 
 func connectT(t *testing.T, dsn string) *pgx.Conn {

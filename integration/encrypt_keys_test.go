@@ -46,7 +46,7 @@ func TestRotateReencryptRetire(t *testing.T) {
 	f := newEncFixture(t, "enc_rotate", 1500)
 	f.mustRun(t, "encrypt", "--column", "public.people.ssn", "--column", "public.people.dob")
 	p := startProxy(t, proxyOpts{catalogDB: f.db, extra: f.section})
-	dsn := fixture.dsn(p.addr(), "app", "app-pw", f.db)
+	dsn := appDSN(p.addr(), f.db)
 	read := connectT(t, dsn)
 	f.checkPeople(t, read)
 
@@ -200,7 +200,7 @@ func TestEncryptSecondColumnWhileProxyServesTheFirst(t *testing.T) {
 		t.Fatal("BUG: the ssn line is not in the section")
 	}
 	p := startProxy(t, proxyOpts{catalogDB: f.db, extra: dobOnly})
-	dsn := fixture.dsn(p.addr(), "app", "app-pw", f.db)
+	dsn := appDSN(p.addr(), f.db)
 	w := startWriter(t, f, dsn, rows)
 
 	cmd := exec.Command(fixture.binary, "encrypt", "--column", "public.people.ssn", "--batch-size", "100", "--rate", "1000", "--config", f.cfg)
@@ -277,7 +277,7 @@ INSERT INTO events SELECT CASE WHEN i % 3 = 0 THEN 'east' ELSE 'west' END, i, 'S
 	// people is still plaintext here: the proxy gets events only.
 	keysLine, _, _ := strings.Cut(f.section, "phi:")
 	p := startProxy(t, proxyOpts{catalogDB: f.db, extra: keysLine + "phi:\n" + section})
-	conn := connectT(t, fixture.dsn(p.addr(), "app", "app-pw", f.db))
+	conn := connectT(t, appDSN(p.addr(), f.db))
 	rows, err := conn.Query(ctx, "SELECT id, ssn FROM events")
 	if err != nil {
 		t.Fatal(err)

@@ -194,6 +194,11 @@ func (e *env) dsn(hostport, user, password, db string, params ...string) string 
 	return fmt.Sprintf("postgres://%s:%s@%s/%s?%s", user, password, hostport, db, q)
 }
 
+// appDSN is dsn for role app, the owner of every test database.
+func appDSN(hostport, db string, params ...string) string {
+	return fixture.dsn(hostport, "app", "app-pw", db, params...)
+}
+
 // psql runs the real psql with a connection string and arguments.
 func psql(t *testing.T, conninfo string, args ...string) (string, error) {
 	t.Helper()

@@ -29,7 +29,7 @@ func TestServeExportsTheTrailToKafka(t *testing.T) {
 	brokers := c.ListenAddrs()
 	p := startProxy(t, proxyOpts{catalogDB: phiDB, extra: f.extra +
 		fmt.Sprintf("audit: {instance: px-kafka, kafka: {brokers: [%s], topic: phi-audit}}\n", strings.Join(brokers, ", "))})
-	dsn := fixture.dsn(p.addr(), "app", "app-pw", phiDB)
+	dsn := appDSN(p.addr(), phiDB)
 	for _, q := range []string{
 		"INSERT INTO patients (id, name, ssn) VALUES (1, 'k', 'KAFKA-CANARY-SSN')",
 		"SELECT ssn FROM patients WHERE ssn = 'KAFKA-CANARY-SSN'",

@@ -45,8 +45,8 @@ func TestLockdownCommand(t *testing.T) {
 	a := startProxy(t, proxyOpts{extra: f.extra + fmt.Sprintf("admin: {listen: 127.0.0.1:%d, token_file: %s}\n", adminPort, token), catalogDB: phiDB})
 	b := startPHIProxy(t)
 	t.Cleanup(func() { phiproxyCmd(t, "lockdown", "off", "--reason", "test over", "--config", b.config) })
-	dsnA := fixture.dsn(a.addr(), "app", "app-pw", phiDB)
-	dsnB := fixture.dsn(b.addr(), "app", "app-pw", phiDB)
+	dsnA := appDSN(a.addr(), phiDB)
+	dsnB := appDSN(b.addr(), phiDB)
 	if out, err := psql(t, dsnA, "-c", "INSERT INTO patients (id, name, ssn) VALUES (1, 'x', '123-45-6789')"); err != nil {
 		t.Fatalf("%v\n%s", err, out)
 	}

@@ -72,8 +72,8 @@ func TestObserveModeWorkloadAndReport(t *testing.T) {
 		t.Fatal(err)
 	}
 	p := startProxy(t, proxyOpts{extra: extra, catalogDB: observeDB})
-	via := e.dsn(p.addr(), "app", "app-pw", observeDB)
-	direct := e.dsn(e.cluster.Addr(), "app", "app-pw", observeDB)
+	via := appDSN(p.addr(), observeDB)
+	direct := appDSN(e.cluster.Addr(), observeDB)
 
 	// psql writes with literals through the proxy, then reads the same
 	// script through the proxy and direct.
@@ -251,7 +251,7 @@ func TestObserveModeWorkloadAndReport(t *testing.T) {
 		t.Fatal("BUG: ssn not switched on")
 	}
 	p2 := startProxy(t, proxyOpts{extra: on, catalogDB: observeDB})
-	c2 := testenv.Connect(t, ctx, e.dsn(p2.addr(), "app", "app-pw", observeDB), nil)
+	c2 := testenv.Connect(t, ctx, appDSN(p2.addr(), observeDB), nil)
 	var ssn string
 	if err := c2.QueryRow(ctx, "SELECT ssn FROM patients WHERE ssn = $1", "canary-obs-ssn-2").Scan(&ssn); err != nil || ssn != "canary-obs-ssn-2" {
 		t.Fatalf("ssn after encrypt, through the proxy: %q %v", ssn, err)

@@ -25,7 +25,6 @@ type phiClient struct {
 }
 
 func phiClients() []phiClient {
-	e := fixture
 	jdbcCRUD := func(params string) func(t *testing.T, hostport, suffix string, base int) string {
 		return func(t *testing.T, hostport, suffix string, base int) string {
 			url := "jdbc:postgresql://" + hostport + "/" + phiDB + "?sslmode=disable" + params
@@ -35,7 +34,7 @@ func phiClients() []phiClient {
 	return []phiClient{
 		{name: "node-postgres", base: 2000,
 			run: func(t *testing.T, hostport, suffix string, base int) string {
-				return runCmd(t, "node", "clients/node/crud.js", "crud", e.dsn(hostport, "app", "app-pw", phiDB), suffix, strconv.Itoa(base))
+				return runCmd(t, "node", "clients/node/crud.js", "crud", appDSN(hostport, phiDB), suffix, strconv.Itoa(base))
 			},
 			want: []string{
 				"select range: SELECT 5 fields=id:23,name:25,ssn:25,diagnosis:25,dob:1082,mrn:20",
@@ -46,7 +45,7 @@ func phiClients() []phiClient {
 			}},
 		{name: "psycopg 3", base: 3000,
 			run: func(t *testing.T, hostport, suffix string, base int) string {
-				return runCmd(t, pythonBin, "clients/python/crud.py", "crud", e.dsn(hostport, "app", "app-pw", phiDB), suffix, strconv.Itoa(base))
+				return runCmd(t, pythonBin, "clients/python/crud.py", "crud", appDSN(hostport, phiDB), suffix, strconv.Itoa(base))
 			},
 			want: []string{
 				"select binary: SELECT 6 6 fields=id:23,name:25,ssn:25,diagnosis:25,dob:1082,mrn:20",

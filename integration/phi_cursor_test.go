@@ -15,7 +15,7 @@ func TestPHIServerSideCursorPsycopg(t *testing.T) {
 	e := fixture
 	const base = 8600
 	run := func(hostport, suffix string) string {
-		return runCmd(t, pythonBin, "clients/python/cursor.py", e.dsn(hostport, "app", "app-pw", phiDB), suffix, strconv.Itoa(base))
+		return runCmd(t, pythonBin, "clients/python/cursor.py", appDSN(hostport, phiDB), suffix, strconv.Itoa(base))
 	}
 	want := run(e.cluster.Addr(), "_plain")
 	got := run(p.addr(), "")

@@ -189,7 +189,7 @@ func phiDirect(t *testing.T) *pgx.Conn {
 	e := fixture
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
-	return testenv.Connect(t, ctx, e.dsn(e.cluster.Addr(), "app", "app-pw", phiDB), nil)
+	return testenv.Connect(t, ctx, appDSN(e.cluster.Addr(), phiDB), nil)
 }
 
 // assertCiphertext checks, around the proxy, that the rows with ids in

@@ -44,7 +44,7 @@ func TestPHIPsqlCRUDMatchesPlaintext(t *testing.T) {
 		t.Fatal(err)
 	}
 	run := func(hostport, suffix string) string {
-		out, err := psql(t, e.dsn(hostport, "app", "app-pw", phiDB), "-A", "-v", "P=patients"+suffix, "-v", "V=visits"+suffix, "-f", script)
+		out, err := psql(t, appDSN(hostport, phiDB), "-A", "-v", "P=patients"+suffix, "-v", "V=visits"+suffix, "-f", script)
 		if err != nil {
 			t.Fatalf("psql on patients%s: %v\n%s", suffix, err, out)
 		}
@@ -65,10 +65,9 @@ var sqlstateRe = regexp.MustCompile(`ERROR:  ([0-9A-Z]{5}):`)
 
 func TestPHIPsqlRefusalsKeepTheSession(t *testing.T) {
 	p := startPHIProxy(t)
-	e := fixture
 	// ON_ERROR_STOP=0: psql carries on after each error, as an
 	// interactive user would.
-	out, _ := psql(t, e.dsn(p.addr(), "app", "app-pw", phiDB), "-v", "ON_ERROR_STOP=0", "-A", "-t",
+	out, _ := psql(t, appDSN(p.addr(), phiDB), "-v", "ON_ERROR_STOP=0", "-A", "-t",
 		"-c", `\set VERBOSITY verbose`,
 		"-c", "INSERT INTO patients (id, name, ssn, diagnosis, secret) VALUES (1101, 'refusals', '110-00-0001', 'flu', 'top secret')",
 		"-c", "SELECT id FROM patients WHERE id BETWEEN 1100 AND 1199 ORDER BY ssn",

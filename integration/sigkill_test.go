@@ -28,7 +28,7 @@ import (
 func TestSIGKILLUnderLoadKeepsTheAuditTrail(t *testing.T) {
 	p := startPHIProxy(t)
 	e := fixture
-	dsn := e.dsn(p.addr(), "app", "app-pw", phiDB)
+	dsn := appDSN(p.addr(), phiDB)
 
 	const workers = 4
 	var reads, writes, sent atomic.Int64
