@@ -8,11 +8,11 @@ import (
 	"errors"
 	"fmt"
 	"net"
-	"os"
 	"path/filepath"
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -191,7 +191,7 @@ func TestSIGKILLUnderLoadKeepsTheAuditTrail(t *testing.T) {
 	}
 	time.Sleep(1500 * time.Millisecond)
 	killed := time.Now()
-	p.exit(t, os.Kill)
+	p.exit(t, syscall.SIGKILL)
 	close(stop)
 	wg.Wait()
 	if reads.Load() == 0 {
