@@ -66,6 +66,22 @@ func phiClients() []phiClient {
 				"  5006|jdbc-6|5000-00-0006||2012-12-12|9223372036854775807",
 				"  5001|jdbc-1|5000-00-0001|cured|1980-01-03|4242",
 			}},
+		// psycopg 3 server-side cursors (conn.cursor(name=…): DECLARE, then
+		// FETCH FORWARD n while iterating; WITH HOLD; binary), issue 17,
+		// item 2.
+		{name: "psycopg 3 server-side cursors", base: 8600,
+			run: func(t *testing.T, hostport, suffix string, base int) string {
+				return runCmd(t, pythonBin, "clients/python/cursor.py", appDSN(hostport, phiDB), suffix, strconv.Itoa(base))
+			},
+			want: []string{
+				"named cursor: 7 rows",
+				"  8601|cur-1|8600-00-0001|flu|1980-01-01|101",
+				"named cursor lookup: 3 rows",
+				"  8604|8600-00-0001|104",
+				"named cursor with hold: 7 rows",
+				"named cursor binary: 5 rows",
+				"  8607|cur-7|8600-00-0001|flu|1980-01-07|107",
+			}},
 	}
 }
 
