@@ -32,6 +32,15 @@ func phiClients() []phiClient {
 		}
 	}
 	return []phiClient{
+		{name: "psql", base: 1000,
+			run: func(t *testing.T, hostport, suffix string, base int) string {
+				out, err := psql(t, appDSN(hostport, phiDB), "-A", "-v", "P=patients"+suffix, "-v", "V=visits"+suffix, "-f", tempFile(t, "crud.sql", phiPsqlCRUD))
+				if err != nil {
+					t.Fatalf("psql on patients%s: %v\n%s", suffix, err, out)
+				}
+				return out
+			},
+			want: []string{"1001|psql-1|100-00-0001|cured|1980-01-03|42"}},
 		{name: "node-postgres", base: 2000,
 			run: func(t *testing.T, hostport, suffix string, base int) string {
 				return runCmd(t, "node", "clients/node/crud.js", "crud", appDSN(hostport, phiDB), suffix, strconv.Itoa(base))
