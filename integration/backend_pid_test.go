@@ -20,10 +20,9 @@ import (
 
 func TestBackendPIDThroughPHIProxy(t *testing.T) {
 	p := startPHIProxy(t)
-	e := fixture
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
-	dsn := e.dsn(p.addr(), "app", "app-pw", phiDB, "sslmode=require")
+	dsn := appDSN(p.addr(), phiDB, "sslmode=require")
 	conn := testenv.Connect(t, ctx, dsn, testenv.CancelOnExpiry)
 
 	var backend uint32
@@ -95,8 +94,7 @@ except psycopg.errors.QueryCanceled:
 
 func TestBackendPIDWithLibpq(t *testing.T) {
 	p := startPHIProxy(t)
-	e := fixture
-	out := runCmd(t, pythonBin, "-c", libpqPIDScript, e.dsn(p.addr(), "app", "app-pw", phiDB))
+	out := runCmd(t, pythonBin, "-c", libpqPIDScript, appDSN(p.addr(), phiDB))
 	want := "pid matches: True\nown notification: [True]\ncancel: 57014\n"
 	if out != want {
 		t.Fatalf("psycopg 3 through the proxy:\n%s\nwant:\n%s", out, want)

@@ -99,8 +99,7 @@ FROM generate_series(1, %[2]d) AS i`, f.tag, rows))
 // encDirect connects to the fixture's database as app, around any proxy.
 func encDirect(t *testing.T, f *encFixture) *pgx.Conn {
 	t.Helper()
-	e := fixture
-	return connectT(t, e.dsn(e.cluster.Addr(), "app", "app-pw", f.db))
+	return connectT(t, appDSN(fixture.cluster.Addr(), f.db))
 }
 
 func connectT(t *testing.T, dsn string) *pgx.Conn {
@@ -113,6 +112,34 @@ func connectT(t *testing.T, dsn string) *pgx.Conn {
 	}
 	t.Cleanup(func() { conn.Close(context.Background()) })
 	return conn
+}
+
+// addRelation creates, around any proxy, what ddl makes, and points the
+// fixture at a copy of its config (name.yaml) whose phi: map also has
+// section, with that section's keys; it returns its connection to the
+// database.
+func (f *encFixture) addRelation(t *testing.T, name, ddl, section string) *pgx.Conn {
+	t.Helper()
+	direct := encDirect(t, f)
+	if _, err := direct.Exec(context.Background(), ddl); err != nil {
+		t.Fatal(err)
+	}
+	cfg := mustRead(t, f.cfg)
+	f.cfg = filepath.Join(filepath.Dir(f.cfg), name+".yaml")
+	if err := os.WriteFile(f.cfg, []byte(cfg+section), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	f.mustRun(t, "keys", "create")
+	return direct
+}
+
+func mustRead(t *testing.T, path string) string {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(b)
 }
 
 // run runs the phiproxy binary with the fixture's config and extra
@@ -280,16 +307,14 @@ func reload(t *testing.T, p *proxy, extra string) {
 	before := strings.Count(p.out.String(), "config reloaded")
 	failed := strings.Count(p.out.String(), "config reload failed")
 	p.cmd.Process.Signal(syscall.SIGHUP)
-	deadline := time.Now().Add(20 * time.Second)
-	for time.Now().Before(deadline) {
+	eventually(t, 20*time.Second, func() string {
 		out := p.out.String()
 		if strings.Count(out, "config reload failed") > failed {
 			t.Fatalf("reload failed:\n%s", out)
 		}
 		if strings.Count(out, "config reloaded") > before {
-			return
+			return ""
 		}
-		time.Sleep(20 * time.Millisecond)
-	}
-	t.Fatalf("no reload:\n%s", p.out.String())
+		return "no reload:\n" + out
+	})
 }

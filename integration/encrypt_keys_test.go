@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -46,7 +45,7 @@ func TestRotateReencryptRetire(t *testing.T) {
 	f := newEncFixture(t, "enc_rotate", 1500)
 	f.mustRun(t, "encrypt", "--column", "public.people.ssn", "--column", "public.people.dob")
 	p := startProxy(t, proxyOpts{catalogDB: f.db, extra: f.section})
-	dsn := fixture.dsn(p.addr(), "app", "app-pw", f.db)
+	dsn := appDSN(p.addr(), f.db)
 	read := connectT(t, dsn)
 	f.checkPeople(t, read)
 
@@ -131,19 +130,8 @@ FROM pg_attribute WHERE attrelid = 'people'::regclass AND attname IN ('ssn', 'do
 // left as it was.
 func TestEncryptRefusesATableWithoutPrimaryKey(t *testing.T) {
 	f := newEncFixture(t, "enc_nopk", 10)
-	direct := encDirect(t, f)
-	if _, err := direct.Exec(context.Background(), "CREATE TABLE notes (body text); INSERT INTO notes VALUES ('a'), ('b')"); err != nil {
-		t.Fatal(err)
-	}
-	cfg, err := os.ReadFile(f.cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	f.cfg = filepath.Join(filepath.Dir(f.cfg), "nopk.yaml")
-	if err := os.WriteFile(f.cfg, append(cfg, "  public.notes:\n    body: {type: text, mode: randomized}\n"...), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	f.mustRun(t, "keys", "create")
+	direct := f.addRelation(t, "nopk", "CREATE TABLE notes (body text); INSERT INTO notes VALUES ('a'), ('b')",
+		"  public.notes:\n    body: {type: text, mode: randomized}\n")
 	out, st := f.run(t, nil, "encrypt", "--column", "public.notes.body")
 	if st.ExitCode() != 1 || !strings.Contains(out, "public.notes has no primary key") {
 		t.Fatalf("encrypt of a table without a primary key: exit %d\n%s", st.ExitCode(), out)
@@ -160,20 +148,9 @@ func TestEncryptRefusesATableWithoutPrimaryKey(t *testing.T) {
 // the row is fixed the rerun finishes.
 func TestEncryptStopsAtAValueOfTheWrongType(t *testing.T) {
 	f := newEncFixture(t, "enc_badvalue", 10)
-	direct := encDirect(t, f)
+	direct := f.addRelation(t, "visits", "CREATE TABLE visits (id int PRIMARY KEY, seen text); INSERT INTO visits SELECT i, '2020-01-0' || i FROM generate_series(1, 9) i; UPDATE visits SET seen = 'CANARY-not-a-date' WHERE id = 7",
+		"  public.visits:\n    seen: {type: date, mode: randomized}\n")
 	ctx := context.Background()
-	if _, err := direct.Exec(ctx, "CREATE TABLE visits (id int PRIMARY KEY, seen text); INSERT INTO visits SELECT i, '2020-01-0' || i FROM generate_series(1, 9) i; UPDATE visits SET seen = 'CANARY-not-a-date' WHERE id = 7"); err != nil {
-		t.Fatal(err)
-	}
-	cfg, err := os.ReadFile(f.cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	f.cfg = filepath.Join(filepath.Dir(f.cfg), "visits.yaml")
-	if err := os.WriteFile(f.cfg, append(cfg, "  public.visits:\n    seen: {type: date, mode: randomized}\n"...), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	f.mustRun(t, "keys", "create")
 	out, st := f.run(t, nil, "encrypt", "--column", "public.visits.seen", "--batch-size", "4")
 	if st.ExitCode() != 1 || !strings.Contains(out, "public.visits.seen") || !strings.Contains(out, `row ("id") = (7)`) || strings.Contains(out, "CANARY") {
 		t.Fatalf("encrypt of a bad value: exit %d\n%s", st.ExitCode(), out)
@@ -200,7 +177,7 @@ func TestEncryptSecondColumnWhileProxyServesTheFirst(t *testing.T) {
 		t.Fatal("BUG: the ssn line is not in the section")
 	}
 	p := startProxy(t, proxyOpts{catalogDB: f.db, extra: dobOnly})
-	dsn := fixture.dsn(p.addr(), "app", "app-pw", f.db)
+	dsn := appDSN(p.addr(), f.db)
 	w := startWriter(t, f, dsn, rows)
 
 	cmd := exec.Command(fixture.binary, "encrypt", "--column", "public.people.ssn", "--batch-size", "100", "--rate", "1000", "--config", f.cfg)
@@ -235,38 +212,15 @@ func TestEncryptSecondColumnWhileProxyServesTheFirst(t *testing.T) {
 	f.checkPeople(t, connectT(t, dsn))
 }
 
-func mustRead(t *testing.T, path string) string {
-	t.Helper()
-	b, err := os.ReadFile(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return string(b)
-}
-
 // TestEncryptPartitionedTableWithCompositeKey: keyset pagination over a
 // two-column primary key, across partitions, resumed after a kill.
 func TestEncryptPartitionedTableWithCompositeKey(t *testing.T) {
 	f := newEncFixture(t, "enc_parted", 10)
-	direct := encDirect(t, f)
-	ctx := context.Background()
-	_, err := direct.Exec(ctx, `CREATE TABLE events (region text, id int, ssn text, PRIMARY KEY (region, id)) PARTITION BY LIST (region);
+	section := "  public.events:\n    ssn: {type: text, mode: deterministic, default: plaintext}\n"
+	f.addRelation(t, "events", `CREATE TABLE events (region text, id int, ssn text, PRIMARY KEY (region, id)) PARTITION BY LIST (region);
 CREATE TABLE events_east PARTITION OF events FOR VALUES IN ('east');
 CREATE TABLE events_west PARTITION OF events FOR VALUES IN ('west');
-INSERT INTO events SELECT CASE WHEN i % 3 = 0 THEN 'east' ELSE 'west' END, i, 'SSN-E-' || i FROM generate_series(1, 1500) i`)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cfg, err := os.ReadFile(f.cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	f.cfg = filepath.Join(filepath.Dir(f.cfg), "events.yaml")
-	section := "  public.events:\n    ssn: {type: text, mode: deterministic, default: plaintext}\n"
-	if err := os.WriteFile(f.cfg, append(cfg, section...), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	f.mustRun(t, "keys", "create")
+INSERT INTO events SELECT CASE WHEN i % 3 = 0 THEN 'east' ELSE 'west' END, i, 'SSN-E-' || i FROM generate_series(1, 1500) i`, section)
 	args := []string{"encrypt", "--column", "public.events.ssn", "--batch-size", "100"}
 	if out, st := f.run(t, []string{"PHIPROXY_ENCRYPT_CRASH_AT=backfill:4"}, args...); !killed(st) {
 		t.Fatalf("not killed at backfill:4: %v\n%s", st, out)
@@ -277,8 +231,8 @@ INSERT INTO events SELECT CASE WHEN i % 3 = 0 THEN 'east' ELSE 'west' END, i, 'S
 	// people is still plaintext here: the proxy gets events only.
 	keysLine, _, _ := strings.Cut(f.section, "phi:")
 	p := startProxy(t, proxyOpts{catalogDB: f.db, extra: keysLine + "phi:\n" + section})
-	conn := connectT(t, fixture.dsn(p.addr(), "app", "app-pw", f.db))
-	rows, err := conn.Query(ctx, "SELECT id, ssn FROM events")
+	conn := connectT(t, appDSN(p.addr(), f.db))
+	rows, err := conn.Query(context.Background(), "SELECT id, ssn FROM events")
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -29,7 +29,7 @@ func TestEncryptOnlineResumesAfterKills(t *testing.T) {
 	}
 	f := newEncFixture(t, "enc_online", rows)
 	p := startProxy(t, proxyOpts{catalogDB: f.db})
-	w := startWriter(t, f, fixture.dsn(p.addr(), "app", "app-pw", f.db), int64(rows))
+	w := startWriter(t, f, appDSN(p.addr(), f.db), int64(rows))
 
 	args := []string{"encrypt", "--column", "public.people.ssn", "--column", "public.people.dob", "--batch-size", "200", "--rate", strconv.Itoa(max(4000, rows/2))}
 	for _, point := range []string{"setup", "backfill-read:2", "backfill:3", "catchup", "swap", "swapped"} {
@@ -89,7 +89,7 @@ func TestEncryptOnlineResumesAfterKills(t *testing.T) {
 	// (one that has a phi map takes the new column at SIGHUP).
 	p.cmd.Process.Kill() // its cleanup waits for it
 	p = startProxy(t, proxyOpts{catalogDB: f.db, extra: f.section})
-	f.checkPeople(t, connectT(t, fixture.dsn(p.addr(), "app", "app-pw", f.db)))
+	f.checkPeople(t, connectT(t, appDSN(p.addr(), f.db)))
 
 	// check finds nothing wrong with the encrypted columns: bytea, no
 	// plaintext in its sample, the envelope constraints in their form.

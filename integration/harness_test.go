@@ -1,6 +1,7 @@
 package integration
 
 import (
+	"bytes"
 	"context"
 	"fmt"
 	"net"
@@ -8,6 +9,8 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -127,7 +130,6 @@ func startProxy(t *testing.T, o proxyOpts) *proxy {
 	if err != nil {
 		t.Fatal(err)
 	}
-	dir := t.TempDir()
 	cfg := fmt.Sprintf(`listen: 127.0.0.1:%d
 client_tls: {mode: %s, cert: %s, key: %s}
 upstream: {address: %s, sslmode: %s, sslrootcert: %s, server_name: localhost}
@@ -136,13 +138,18 @@ auth: {mode: %s}
 limits: {drain_timeout: %s}
 %s`, port, o.clientTLS, e.certFile, e.keyFile, e.cluster.Addr(), o.upstreamSSL, e.cluster.CA.CertFile,
 		e.cluster.SuperUser, e.cluster.Addr(), o.catalogDB, o.authMode, o.drainTimeout, o.extra)
-	cfgPath := filepath.Join(dir, "phiproxy.yaml")
-	if err := os.WriteFile(cfgPath, []byte(cfg), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	p := &proxy{port: port, out: &syncBuffer{}, config: cfgPath, done: make(chan error, 1)}
-	p.cmd = exec.Command(e.binary, "serve", "--config", cfgPath)
-	p.cmd.Env = append(os.Environ(), "PGPASSFILE="+e.pgpass)
+	p := &proxy{port: port, config: tempFile(t, "phiproxy.yaml", cfg)}
+	p.serve(t)
+	return p
+}
+
+// serve runs `phiproxy serve` on p.config, kills it when the test ends,
+// and returns once it listens on p.port.
+func (p *proxy) serve(t *testing.T) {
+	t.Helper()
+	p.out, p.done = &syncBuffer{}, make(chan error, 1)
+	p.cmd = exec.Command(fixture.binary, "serve", "--config", p.config)
+	p.cmd.Env = append(os.Environ(), "PGPASSFILE="+fixture.pgpass)
 	p.cmd.Stdout, p.cmd.Stderr = p.out, p.out
 	if err := p.cmd.Start(); err != nil {
 		t.Fatal(err)
@@ -155,12 +162,11 @@ limits: {drain_timeout: %s}
 			t.Logf("phiproxy output:\n%s", p.out.String())
 		}
 	})
-	deadline := time.Now().Add(20 * time.Second)
-	for {
+	eventually(t, 20*time.Second, func() string {
 		conn, err := net.DialTimeout("tcp", p.addr(), time.Second)
 		if err == nil {
 			conn.Close()
-			return p
+			return ""
 		}
 		select {
 		case err := <-p.done:
@@ -168,11 +174,73 @@ limits: {drain_timeout: %s}
 			t.Fatalf("phiproxy exited: %v\n%s", err, p.out.String())
 		default:
 		}
+		return fmt.Sprintf("phiproxy did not listen on %s:\n%s", p.addr(), p.out.String())
+	})
+}
+
+// eventually calls try until it returns "" (done), every 30 ms for at
+// most timeout; then the test fails with try's last answer.
+func eventually(t *testing.T, timeout time.Duration, try func() string) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for {
+		msg := try()
+		if msg == "" {
+			return
+		}
 		if time.Now().After(deadline) {
-			t.Fatalf("phiproxy did not listen on %s:\n%s", p.addr(), p.out.String())
+			t.Fatal(msg)
 		}
 		time.Sleep(30 * time.Millisecond)
 	}
+}
+
+// shutdown stops p as an operator does, with SIGTERM, and waits until it
+// has drained and exited.
+func (p *proxy) shutdown(t *testing.T) {
+	t.Helper()
+	p.exit(t, syscall.SIGTERM)
+}
+
+// exit sends sig to p and waits (30 s at most) for it to end.
+func (p *proxy) exit(t *testing.T, sig os.Signal) {
+	t.Helper()
+	if err := p.cmd.Process.Signal(sig); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case err := <-p.done:
+		p.done <- err // for the cleanup, which waits for it
+	case <-time.After(30 * time.Second):
+		t.Fatalf("phiproxy did not exit after %v", sig)
+	}
+}
+
+// tempFile writes content to a file name in a new temporary directory
+// (mode 0600) and returns its path.
+func tempFile(t *testing.T, name, content string) string {
+	t.Helper()
+	path := filepath.Join(t.TempDir(), name)
+	if err := os.WriteFile(path, []byte(content), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return path
+}
+
+// phiproxyCmd runs the binary with args (the process's environment, and
+// the fixture's PGPASSFILE) and returns its output and exit code.
+func phiproxyCmd(t *testing.T, args ...string) (string, int) {
+	t.Helper()
+	cmd := exec.Command(fixture.binary, args...)
+	cmd.Env = append(os.Environ(), "PGPASSFILE="+fixture.pgpass)
+	out, err := cmd.CombinedOutput()
+	code := 0
+	if ee, ok := err.(*exec.ExitError); ok {
+		code = ee.ExitCode()
+	} else if err != nil {
+		t.Fatal(err)
+	}
+	return string(out), code
 }
 
 // dsn is a libpq/pgx URL to the proxy (or, with direct, to PostgreSQL) as
@@ -194,6 +262,11 @@ func (e *env) dsn(hostport, user, password, db string, params ...string) string 
 	return fmt.Sprintf("postgres://%s:%s@%s/%s?%s", user, password, hostport, db, q)
 }
 
+// appDSN is dsn for role app, the owner of every test database.
+func appDSN(hostport, db string, params ...string) string {
+	return fixture.dsn(hostport, "app", "app-pw", db, params...)
+}
+
 // psql runs the real psql with a connection string and arguments.
 func psql(t *testing.T, conninfo string, args ...string) (string, error) {
 	t.Helper()
@@ -204,6 +277,39 @@ func psql(t *testing.T, conninfo string, args ...string) (string, error) {
 	cmd.Env = append(os.Environ(), "PGCONNECT_TIMEOUT=10")
 	out, err := cmd.CombinedOutput()
 	return string(out), err
+}
+
+// runCmd runs a client program and returns its stdout; stderr and the exit
+// status fail the test with everything printed.
+func runCmd(t *testing.T, name string, args ...string) string {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, name, args...)
+	var stdout, stderr bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	if err := cmd.Run(); err != nil {
+		t.Fatalf("%s %s: %v\nstdout:\n%s\nstderr:\n%s", name, strings.Join(args[:min(len(args), 2)], " "), err, stdout.String(), stderr.String())
+	}
+	return stdout.String()
+}
+
+// perRun is what a package run builds once, on first use (a fixture, a
+// compiled program); if building it failed, every test that needs it
+// fails with the error.
+type perRun[T any] struct {
+	once sync.Once
+	v    T
+	err  error
+}
+
+func (p *perRun[T]) get(t *testing.T, what string, build func() (T, error)) T {
+	t.Helper()
+	p.once.Do(func() { p.v, p.err = build() })
+	if p.err != nil {
+		t.Fatalf("%s: %v", what, p.err)
+	}
+	return p.v
 }
 
 // syncBuffer is what a child process writes while the test reads it (the

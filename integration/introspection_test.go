@@ -54,8 +54,8 @@ func TestGORMAutoMigrate(t *testing.T) {
 		}
 		return db, &sqls
 	}
-	via, viaSQL := open(fixture.dsn(p.addr(), "app", "app-pw", phiDB))
-	direct, _ := open(fixture.dsn(fixture.cluster.Addr(), "app", "app-pw", phiDB))
+	via, viaSQL := open(appDSN(p.addr(), phiDB))
+	direct, _ := open(appDSN(fixture.cluster.Addr(), phiDB))
 	if err := direct.Table("visits_plain").AutoMigrate(&gormVisit{}); err != nil {
 		t.Fatalf("AutoMigrate on the plaintext twin: %v", err)
 	}

@@ -12,7 +12,6 @@ import (
 	"path/filepath"
 	"sort"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
@@ -72,8 +71,8 @@ func TestObserveModeWorkloadAndReport(t *testing.T) {
 		t.Fatal(err)
 	}
 	p := startProxy(t, proxyOpts{extra: extra, catalogDB: observeDB})
-	via := e.dsn(p.addr(), "app", "app-pw", observeDB)
-	direct := e.dsn(e.cluster.Addr(), "app", "app-pw", observeDB)
+	via := appDSN(p.addr(), observeDB)
+	direct := appDSN(e.cluster.Addr(), observeDB)
 
 	// psql writes with literals through the proxy, then reads the same
 	// script through the proxy and direct.
@@ -81,10 +80,7 @@ func TestObserveModeWorkloadAndReport(t *testing.T) {
 		"INSERT INTO patients VALUES (1, 'Ann', 'canary-obs-ssn-1', 'canary-obs-dx-1', '1980-01-02'), (2, 'Bob', 'canary-obs-ssn-2', 'canary-obs-dx-2', '1990-03-04')"); err != nil {
 		t.Fatalf("psql insert: %v\n%s", err, out)
 	}
-	script := filepath.Join(t.TempDir(), "reads.sql")
-	if err := os.WriteFile(script, []byte(observeReads), 0o644); err != nil {
-		t.Fatal(err)
-	}
+	script := tempFile(t, "reads.sql", observeReads)
 	read := func(dsn string) string {
 		out, err := psql(t, dsn, "-A", "-v", "ON_ERROR_STOP=1", "-f", script)
 		if err != nil {
@@ -147,15 +143,7 @@ func TestObserveModeWorkloadAndReport(t *testing.T) {
 	}
 
 	// SIGTERM: the proxy drains and writes its records.
-	if err := p.cmd.Process.Signal(syscall.SIGTERM); err != nil {
-		t.Fatal(err)
-	}
-	select {
-	case <-p.done:
-	case <-time.After(30 * time.Second):
-		t.Fatal("phiproxy did not stop")
-	}
-	p.done <- nil // for the cleanup
+	p.shutdown(t)
 
 	out, code := runReport(t, p.config, "json")
 	if code != 1 {
@@ -241,17 +229,15 @@ func TestObserveModeWorkloadAndReport(t *testing.T) {
 
 	// The next step of adoption: encrypt ssn and switch it to on. The
 	// refusal the report predicted is now the proxy's, word for word.
-	enc := exec.Command(e.binary, "encrypt", "--config", p.config, "--column", "public.patients.ssn")
-	enc.Env = append(os.Environ(), "PGPASSFILE="+e.pgpass)
-	if out, err := enc.CombinedOutput(); err != nil {
-		t.Fatalf("phiproxy encrypt: %v\n%s", err, out)
+	if out, code := phiproxyCmd(t, "encrypt", "--config", p.config, "--column", "public.patients.ssn"); code != 0 {
+		t.Fatalf("phiproxy encrypt: exit %d\n%s", code, out)
 	}
 	on := strings.Replace(extra, "ssn:       {type: text, mode: deterministic, enforce: observe,", "ssn:       {type: text, mode: deterministic,", 1)
 	if on == extra {
 		t.Fatal("BUG: ssn not switched on")
 	}
 	p2 := startProxy(t, proxyOpts{extra: on, catalogDB: observeDB})
-	c2 := testenv.Connect(t, ctx, e.dsn(p2.addr(), "app", "app-pw", observeDB), nil)
+	c2 := testenv.Connect(t, ctx, appDSN(p2.addr(), observeDB), nil)
 	var ssn string
 	if err := c2.QueryRow(ctx, "SELECT ssn FROM patients WHERE ssn = $1", "canary-obs-ssn-2").Scan(&ssn); err != nil || ssn != "canary-obs-ssn-2" {
 		t.Fatalf("ssn after encrypt, through the proxy: %q %v", ssn, err)
@@ -305,4 +291,51 @@ func runReport(t *testing.T, cfg, format string) (string, int) {
 		t.Fatal(err)
 	}
 	return stdout.String(), cmd.ProcessState.ExitCode()
+}
+
+// observeScreenshot renders the HTML report of cfg in headless Chromium
+// (Debian's chromium): the page it lays out has the summary and the top
+// refusal, and a screenshot is taken (kept in OBSERVE_SCREENSHOT when
+// set, for a person to look at).
+func observeScreenshot(t *testing.T, cfg string) {
+	t.Helper()
+	bin, err := exec.LookPath("chromium")
+	if err != nil {
+		t.Fatalf("the HTML report is checked in Debian's chromium (apt-get install chromium): %v", err)
+	}
+	page, _ := runReport(t, cfg, "html")
+	dir := t.TempDir()
+	html := filepath.Join(dir, "report.html")
+	if err := os.WriteFile(html, []byte(page), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	png := filepath.Join(dir, "report.png")
+	if s := os.Getenv("OBSERVE_SCREENSHOT"); s != "" {
+		png = s
+	}
+	chromium := func(args ...string) []byte {
+		ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
+		defer cancel()
+		base := []string{"--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--user-data-dir=" + filepath.Join(dir, "profile")}
+		cmd := exec.CommandContext(ctx, bin, append(base, args...)...)
+		var out, errb bytes.Buffer
+		cmd.Stdout, cmd.Stderr = &out, &errb
+		if err := cmd.Run(); err != nil {
+			t.Fatalf("chromium %v: %v\n%s", args, err, errb.String())
+		}
+		return out.Bytes()
+	}
+	// The DOM Chromium built: summary cards, the headline and the
+	// refusals table, the most frequent refusal first.
+	dom := string(chromium("--dump-dom", "file://"+html))
+	for _, want := range []string{`id="headline"`, "would be refused once enforced", `id="refused"`, "ciphertext has no order", "0A000"} {
+		if !strings.Contains(dom, want) {
+			t.Errorf("rendered page lacks %q", want)
+		}
+	}
+	chromium("--window-size=1280,1600", "--screenshot="+png, "file://"+html)
+	b, err := os.ReadFile(png)
+	if err != nil || len(b) < 10000 || !bytes.HasPrefix(b, []byte("\x89PNG")) {
+		t.Fatalf("screenshot %s: %d bytes, %v", png, len(b), err)
+	}
 }

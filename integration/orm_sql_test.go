@@ -47,25 +47,21 @@ const (
 
 type sqlScanner interface{ Scan(...any) error }
 
-func scanPatient(r sqlScanner) (ormRow, error) {
-	var (
-		p   ormRow
-		dob *time.Time
-	)
-	err := r.Scan(&p.ID, &p.Name, &p.SSN, &p.Diagnosis, &p.Notes, &dob, &p.Active)
-	p.DOB = day(dob)
+func scanPatient(r sqlScanner) (ormPatient, error) {
+	var p ormPatient
+	err := r.Scan(&p.ID, &p.Name, &p.SSN, &p.Diagnosis, &p.Notes, &p.DOB, &p.Active)
 	return p, err
 }
 
 func queryPatients(ctx context.Context, q interface {
 	QueryContext(context.Context, string, ...any) (*sql.Rows, error)
-}, query string, args ...any) ([]ormRow, error) {
+}, query string, args ...any) ([]ormPatient, error) {
 	rows, err := q.QueryContext(ctx, query, args...)
 	if err != nil {
 		return nil, err
 	}
 	defer rows.Close()
-	out := []ormRow{}
+	out := []ormPatient{}
 	for rows.Next() {
 		p, err := scanPatient(rows)
 		if err != nil {
@@ -130,10 +126,10 @@ func runSQL(driver string) func(t *testing.T, dsn string, phi bool) string {
 			ssn, on string
 			reason  *string
 		}{{"111-11-1111", "2024-01-05", str("checkup")}, {"222-22-2222", "2024-02-06", nil}, {"111-11-1111", "2024-03-07", str("follow-up")}, {"999-99-9999", "2024-04-08", str("walk-in")}} {
-			_, err := db.ExecContext(ctx, "INSERT INTO visits (patient_ssn, visited_on, reason) VALUES ($1, $2, $3)", v.ssn, *date(v.on), v.reason)
+			_, err := db.ExecContext(ctx, "INSERT INTO visits (patient_ssn, visited_on, reason) VALUES ($1, $2, $3)", v.ssn, date(v.on).Time, v.reason)
 			must("visit", err)
 		}
-		created, err := scanPatient(db.QueryRowContext(ctx, qCreate, "Gus", "777-77-7777", "gout", nil, *date("1966-03-04")))
+		created, err := scanPatient(db.QueryRowContext(ctx, qCreate, "Gus", "777-77-7777", "gout", nil, date("1966-03-04").Time))
 		must("CreatePatient", err)
 		o.put(map[string]any{"created": created})
 
@@ -171,11 +167,11 @@ func runSQL(driver string) func(t *testing.T, dsn string, phi bool) string {
 			var (
 				id        int
 				name, ssn string
-				on        time.Time
+				on        ormDate
 				reason    *string
 			)
 			must("scan visit", rows.Scan(&id, &name, &ssn, &on, &reason))
-			joined = append(joined, []any{id, name, ssn, day(&on), reason})
+			joined = append(joined, []any{id, name, ssn, on, reason})
 		}
 		must("visits", rows.Err())
 		o.put(map[string]any{"join": joined})
@@ -191,7 +187,7 @@ func runSQL(driver string) func(t *testing.T, dsn string, phi bool) string {
 		must("UpdatePatient", err)
 		_, err = tx.ExecContext(ctx, "ROLLBACK TO SAVEPOINT before_notes")
 		must("ROLLBACK TO", err)
-		_, err = tx.ExecContext(ctx, "UPDATE patients SET dob = $1 WHERE ssn = ANY($2::text[])", *date("1975-07-01"), list)
+		_, err = tx.ExecContext(ctx, "UPDATE patients SET dob = $1 WHERE ssn = ANY($2::text[])", date("1975-07-01").Time, list)
 		must("update dob", err)
 		must("commit", tx.Commit())
 		after, err := queryPatients(ctx, db, qListBySSNs, list)
@@ -204,7 +200,7 @@ func runSQL(driver string) func(t *testing.T, dsn string, phi bool) string {
 		o.put(map[string]any{"duplicate ssn": pqOrPgxState(err)})
 		must("rollback", tx.Rollback())
 
-		for _, u := range []gormPatient{
+		for _, u := range []ormPatient{
 			{Name: "Ada", SSN: str("111-11-1111"), Diagnosis: str("pneumonia"), Notes: str("upserted"), DOB: date("1980-01-02")},
 			{Name: "Fay", SSN: str("666-66-6666"), Diagnosis: str("migraine"), Notes: str("new"), DOB: date("1990-09-09")},
 		} {
@@ -222,7 +218,7 @@ func runSQL(driver string) func(t *testing.T, dsn string, phi bool) string {
 		must("begin", err)
 		_, err = tx.ExecContext(ctx, "DECLARE export NO SCROLL CURSOR FOR SELECT "+sqlPatientCols+" FROM patients WHERE active ORDER BY id")
 		must("DECLARE", err)
-		var batches [][]ormRow
+		var batches [][]ormPatient
 		for {
 			b, err := queryPatients(ctx, tx, "FETCH FORWARD 3 FROM export")
 			must("FETCH", err)

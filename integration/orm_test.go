@@ -146,8 +146,8 @@ func runORMStack(t *testing.T, f *ormEnv, s ormStack) {
 		}
 	}
 	p := startProxy(t, proxyOpts{extra: f.extra, catalogDB: encDB})
-	want := s.run(t, e.dsn(e.cluster.Addr(), "app", "app-pw", plainDB), false)
-	got := s.run(t, e.dsn(p.addr(), "app", "app-pw", encDB), true)
+	want := s.run(t, appDSN(e.cluster.Addr(), plainDB), false)
+	got := s.run(t, appDSN(p.addr(), encDB), true)
 	if testing.Verbose() {
 		t.Logf("%s through phiproxy:\n%s", s.name, got)
 	}
@@ -200,7 +200,7 @@ func assertORMCiphertext(t *testing.T, db string) {
 	e := fixture
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
-	conn, err := pgx.Connect(ctx, e.dsn(e.cluster.Addr(), "app", "app-pw", db))
+	conn, err := pgx.Connect(ctx, appDSN(e.cluster.Addr(), db))
 	if err != nil {
 		t.Fatal(err)
 	}

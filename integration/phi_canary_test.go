@@ -78,7 +78,7 @@ func newCanary(t *testing.T, client string, id int) canary {
 func TestPHICanaryNeverReachesDiskOrLogs(t *testing.T) {
 	p := startPHIProxy(t)
 	e := fixture
-	dsn := e.dsn(p.addr(), "app", "app-pw", phiDB)
+	dsn := appDSN(p.addr(), phiDB)
 	jdbcURL := "jdbc:postgresql://" + p.addr() + "/" + phiDB + "?sslmode=disable"
 	writers := []struct {
 		name  string

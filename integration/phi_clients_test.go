@@ -25,7 +25,6 @@ type phiClient struct {
 }
 
 func phiClients() []phiClient {
-	e := fixture
 	jdbcCRUD := func(params string) func(t *testing.T, hostport, suffix string, base int) string {
 		return func(t *testing.T, hostport, suffix string, base int) string {
 			url := "jdbc:postgresql://" + hostport + "/" + phiDB + "?sslmode=disable" + params
@@ -33,9 +32,18 @@ func phiClients() []phiClient {
 		}
 	}
 	return []phiClient{
+		{name: "psql", base: 1000,
+			run: func(t *testing.T, hostport, suffix string, base int) string {
+				out, err := psql(t, appDSN(hostport, phiDB), "-A", "-v", "P=patients"+suffix, "-v", "V=visits"+suffix, "-f", tempFile(t, "crud.sql", phiPsqlCRUD))
+				if err != nil {
+					t.Fatalf("psql on patients%s: %v\n%s", suffix, err, out)
+				}
+				return out
+			},
+			want: []string{"1001|psql-1|100-00-0001|cured|1980-01-03|42"}},
 		{name: "node-postgres", base: 2000,
 			run: func(t *testing.T, hostport, suffix string, base int) string {
-				return runCmd(t, "node", "clients/node/crud.js", "crud", e.dsn(hostport, "app", "app-pw", phiDB), suffix, strconv.Itoa(base))
+				return runCmd(t, "node", "clients/node/crud.js", "crud", appDSN(hostport, phiDB), suffix, strconv.Itoa(base))
 			},
 			want: []string{
 				"select range: SELECT 5 fields=id:23,name:25,ssn:25,diagnosis:25,dob:1082,mrn:20",
@@ -46,7 +54,7 @@ func phiClients() []phiClient {
 			}},
 		{name: "psycopg 3", base: 3000,
 			run: func(t *testing.T, hostport, suffix string, base int) string {
-				return runCmd(t, pythonBin, "clients/python/crud.py", "crud", e.dsn(hostport, "app", "app-pw", phiDB), suffix, strconv.Itoa(base))
+				return runCmd(t, pythonBin, "clients/python/crud.py", "crud", appDSN(hostport, phiDB), suffix, strconv.Itoa(base))
 			},
 			want: []string{
 				"select binary: SELECT 6 6 fields=id:23,name:25,ssn:25,diagnosis:25,dob:1082,mrn:20",
@@ -66,6 +74,22 @@ func phiClients() []phiClient {
 				"executeBatch: [1, 1, 1, 1]",
 				"  5006|jdbc-6|5000-00-0006||2012-12-12|9223372036854775807",
 				"  5001|jdbc-1|5000-00-0001|cured|1980-01-03|4242",
+			}},
+		// psycopg 3 server-side cursors (conn.cursor(name=…): DECLARE, then
+		// FETCH FORWARD n while iterating; WITH HOLD; binary), issue 17,
+		// item 2.
+		{name: "psycopg 3 server-side cursors", base: 8600,
+			run: func(t *testing.T, hostport, suffix string, base int) string {
+				return runCmd(t, pythonBin, "clients/python/cursor.py", appDSN(hostport, phiDB), suffix, strconv.Itoa(base))
+			},
+			want: []string{
+				"named cursor: 7 rows",
+				"  8601|cur-1|8600-00-0001|flu|1980-01-01|101",
+				"named cursor lookup: 3 rows",
+				"  8604|8600-00-0001|104",
+				"named cursor with hold: 7 rows",
+				"named cursor binary: 5 rows",
+				"  8607|cur-7|8600-00-0001|flu|1980-01-07|107",
 			}},
 	}
 }

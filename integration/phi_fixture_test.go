@@ -1,14 +1,12 @@
 package integration
 
 import (
-	"bytes"
 	"context"
 	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -105,24 +103,6 @@ func buildPHIFixture() (*phiEnv, error) {
 	return f, err
 }
 
-// perRun is what a package run builds once, on first use (a fixture, a
-// compiled program); if building it failed, every test that needs it
-// fails with the error.
-type perRun[T any] struct {
-	once sync.Once
-	v    T
-	err  error
-}
-
-func (p *perRun[T]) get(t *testing.T, what string, build func() (T, error)) T {
-	t.Helper()
-	p.once.Do(func() { p.v, p.err = build() })
-	if p.err != nil {
-		t.Fatalf("%s: %v", what, p.err)
-	}
-	return p.v
-}
-
 // withEnvelopeChecks returns schema followed by the CHECK constraint that
 // lets only envelopes into each of cols.
 func withEnvelopeChecks(schema string, cols []config.Column) []string {
@@ -189,7 +169,7 @@ func phiDirect(t *testing.T) *pgx.Conn {
 	e := fixture
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
-	return testenv.Connect(t, ctx, e.dsn(e.cluster.Addr(), "app", "app-pw", phiDB), nil)
+	return testenv.Connect(t, ctx, appDSN(e.cluster.Addr(), phiDB), nil)
 }
 
 // assertCiphertext checks, around the proxy, that the rows with ids in
@@ -227,19 +207,4 @@ func diffLines(got, want string) string {
 		}
 	}
 	return ""
-}
-
-// runCmd runs a client program and returns its stdout; stderr and the exit
-// status fail the test with everything printed.
-func runCmd(t *testing.T, name string, args ...string) string {
-	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
-	defer cancel()
-	cmd := exec.CommandContext(ctx, name, args...)
-	var stdout, stderr bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &stdout, &stderr
-	if err := cmd.Run(); err != nil {
-		t.Fatalf("%s %s: %v\nstdout:\n%s\nstderr:\n%s", name, strings.Join(args[:min(len(args), 2)], " "), err, stdout.String(), stderr.String())
-	}
-	return stdout.String()
 }

@@ -28,7 +28,7 @@ func TestPolicyThroughClients(t *testing.T) {
 		t.Fatal("the fixture's ssn column is not where the test expects it")
 	}
 	p := startProxy(t, proxyOpts{extra: strings.Replace(f.extra, section, policy, 1), catalogDB: phiDB})
-	app := fixture.dsn(p.addr(), "app", "app-pw", phiDB)
+	app := appDSN(p.addr(), phiDB)
 	bob := fixture.dsn(p.addr(), "pol_bob", "pol-pw", phiDB)
 	if out, err := psql(t, app, "-c", "INSERT INTO patients (id, name, ssn) VALUES (1, 'a', '123-45-6789')"); err != nil {
 		t.Fatalf("%v\n%s", err, out)

@@ -16,8 +16,8 @@ import (
 func TestPsqlResultsEqualDirect(t *testing.T) {
 	p := startProxy(t, proxyOpts{})
 	e := fixture
-	direct := e.dsn(e.cluster.Addr(), "app", "app-pw", "clinic", "sslmode=require")
-	through := e.dsn(p.addr(), "app", "app-pw", "clinic", "sslmode=require")
+	direct := appDSN(e.cluster.Addr(), "clinic", "sslmode=require")
+	through := appDSN(p.addr(), "clinic", "sslmode=require")
 
 	// Each table name is per target so both runs start from the same state.
 	cases := []struct {
@@ -69,7 +69,7 @@ func TestPsqlCopyRoundTrip(t *testing.T) {
 	// outputs must be byte-identical and hold every row.
 	roundTrip := func(hostport, tbl string) []byte {
 		out := filepath.Join(dir, tbl+".csv")
-		if o, err := psql(t, e.dsn(hostport, "app", "app-pw", "clinic", "sslmode=require"), "-c", "CREATE TABLE "+tbl+"(n serial, a text, b text)",
+		if o, err := psql(t, appDSN(hostport, "clinic", "sslmode=require"), "-c", "CREATE TABLE "+tbl+"(n serial, a text, b text)",
 			"-c", `\copy `+tbl+`(a, b) FROM '`+in+`' WITH (FORMAT csv)`,
 			"-c", `\copy (SELECT a, b FROM `+tbl+` ORDER BY n) TO '`+out+`' WITH (FORMAT csv)`,
 			"-c", "DROP TABLE "+tbl); err != nil {
@@ -223,7 +223,7 @@ func TestPgbench(t *testing.T) {
 		})
 	}
 	var n string
-	out, err := psql(t, e.dsn(e.cluster.Addr(), "app", "app-pw", "clinic"), "-Atc", "SELECT count(*) FROM pgbench_accounts; SELECT count(*) FROM pgbench_history")
+	out, err := psql(t, appDSN(e.cluster.Addr(), "clinic"), "-Atc", "SELECT count(*) FROM pgbench_accounts; SELECT count(*) FROM pgbench_history")
 	if err != nil {
 		t.Fatal(out)
 	}

@@ -11,37 +11,32 @@ require('reflect-metadata');
 const { DataSource, EntitySchema, In, IsNull, MoreThan, Like, Not } = require('typeorm');
 const s = require('./scenario');
 
-const Patient = new EntitySchema({
-  name: 'Patient',
-  tableName: 'patients',
-  columns: {
-    id: { type: 'int', primary: true, generated: 'increment' },
-    name: { type: 'text' },
-    ssn: { type: 'text', nullable: true, unique: true },
-    diagnosis: { type: 'text', nullable: true },
-    notes: { type: 'text', nullable: true },
-    dob: { type: 'date', nullable: true },
-    active: { type: 'boolean', default: true },
-  },
-  relations: {
-    visits: { type: 'one-to-many', target: 'Visit', inverseSide: 'patient' },
-  },
+// entity is an EntitySchema of a table whose key is a serial id, as every
+// table of the suite's schema is.
+const entity = (name, tableName, columns, relations) => new EntitySchema({
+  name, tableName, relations,
+  columns: { id: { type: 'int', primary: true, generated: 'increment' }, ...columns },
 });
 
-const Visit = new EntitySchema({
-  name: 'Visit',
-  tableName: 'visits',
-  columns: {
-    id: { type: 'int', primary: true, generated: 'increment' },
-    patient_ssn: { type: 'text' },
-    visited_on: { type: 'date' },
-    reason: { type: 'text', nullable: true },
-  },
-  relations: {
-    patient: {
-      type: 'many-to-one', target: 'Patient', inverseSide: 'visits', createForeignKeyConstraints: false,
-      joinColumn: { name: 'patient_ssn', referencedColumnName: 'ssn' },
-    },
+const Patient = entity('Patient', 'patients', {
+  name: { type: 'text' },
+  ssn: { type: 'text', nullable: true, unique: true },
+  diagnosis: { type: 'text', nullable: true },
+  notes: { type: 'text', nullable: true },
+  dob: { type: 'date', nullable: true },
+  active: { type: 'boolean', default: true },
+}, {
+  visits: { type: 'one-to-many', target: 'Visit', inverseSide: 'patient' },
+});
+
+const Visit = entity('Visit', 'visits', {
+  patient_ssn: { type: 'text' },
+  visited_on: { type: 'date' },
+  reason: { type: 'text', nullable: true },
+}, {
+  patient: {
+    type: 'many-to-one', target: 'Patient', inverseSide: 'visits', createForeignKeyConstraints: false,
+    joinColumn: { name: 'patient_ssn', referencedColumnName: 'ssn' },
   },
 });
 
