@@ -4,7 +4,8 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"errors"
-	"sort"
+	"maps"
+	"slices"
 	"strconv"
 	"unicode/utf8"
 )
@@ -44,12 +45,7 @@ func (e *Event) appendCanonical(b []byte) []byte {
 	b = appendSet(b, member{"role", e.Role})
 	if len(e.Context) > 0 {
 		b = append(b, `,"context":{`...)
-		keys := make([]string, 0, len(e.Context))
-		for k := range e.Context {
-			keys = append(keys, k)
-		}
-		sort.Strings(keys)
-		for i, k := range keys {
+		for i, k := range slices.Sorted(maps.Keys(e.Context)) {
 			if i > 0 {
 				b = append(b, ',')
 			}

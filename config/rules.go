@@ -2,9 +2,10 @@ package config
 
 import (
 	"fmt"
+	"maps"
 	"reflect"
 	"regexp"
-	"sort"
+	"slices"
 	"strings"
 	"time"
 
@@ -273,10 +274,5 @@ func knownKeys() []string {
 	walk(reflect.TypeOf(raw{}))
 	walk(reflect.TypeOf(rawRule{}))
 	walk(reflect.TypeOf(rawBreakGlass{}))
-	out := make([]string, 0, len(seen))
-	for k := range seen {
-		out = append(out, k)
-	}
-	sort.Strings(out)
-	return out
+	return slices.Sorted(maps.Keys(seen))
 }

@@ -5,7 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"sort"
+	"maps"
+	"slices"
 	"sync/atomic"
 
 	"github.com/phiproxy/phiproxy/config"
@@ -70,7 +71,7 @@ func load(ctx context.Context, cfg *config.Config, opts Options) (*snapshot, err
 	s := &snapshot{cfg: cfg, ciphers: map[string]*Cipher{}}
 	var errs []error
 	names := cfg.KeyNames()
-	for _, name := range sortedKeys(names) {
+	for _, name := range slices.Sorted(maps.Keys(names)) {
 		cols := names[name]
 		l, err := readKeyset(cfg.Keys.Dir, ColumnKey(name), kek.aead)
 		if err != nil {
@@ -107,15 +108,6 @@ func load(ctx context.Context, cfg *config.Config, opts Options) (*snapshot, err
 	}
 	s.rec = recognizerOf(s.ciphers)
 	return s, nil
-}
-
-func sortedKeys[V any](m map[string]V) []string {
-	out := make([]string, 0, len(m))
-	for k := range m {
-		out = append(out, k)
-	}
-	sort.Strings(out)
-	return out
 }
 
 // Cipher returns the cipher of a key name (config Column.Key) from the
@@ -178,7 +170,7 @@ func recognizerOf(ciphers map[string]*Cipher) *Recognizer {
 }
 
 // KeyNames returns the loaded key names, sorted.
-func (k *Keyring) KeyNames() []string { return sortedKeys(k.cur.Load().ciphers) }
+func (k *Keyring) KeyNames() []string { return slices.Sorted(maps.Keys(k.cur.Load().ciphers)) }
 
 // LogValue implements slog.LogValuer: a Keyring holds keys.
 func (*Keyring) LogValue() slog.Value { return redacted() }

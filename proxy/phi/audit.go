@@ -3,8 +3,9 @@ package phi
 import (
 	"context"
 	"fmt"
+	"maps"
 	"net"
-	"sort"
+	"slices"
 	"time"
 	"unicode/utf8"
 
@@ -364,19 +365,10 @@ func (p *Proxy) auditReload(cfg *config.Config, before map[string]uint32) {
 		return
 	}
 	after := keyPrimaries(p.keys)
-	for _, n := range sortedNames(after) {
+	for _, n := range slices.Sorted(maps.Keys(after)) {
 		if old, ok := before[n]; ok && old != after[n] {
 			_ = p.auditor.Record(audit.ActionKeyRotated, fmt.Sprintf("key %s: primary key id %d (was %d)", n, after[n], old))
 		}
 	}
 	_ = p.auditor.Record(audit.ActionConfigLoaded, cfg.Path)
-}
-
-func sortedNames(m map[string]uint32) []string {
-	out := make([]string, 0, len(m))
-	for k := range m {
-		out = append(out, k)
-	}
-	sort.Strings(out)
-	return out
 }
