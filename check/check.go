@@ -1,8 +1,10 @@
 package check
 
 import (
+	"cmp"
 	"context"
 	"fmt"
+	"slices"
 	"sort"
 
 	"github.com/jackc/pgx/v5"
@@ -255,18 +257,15 @@ func splitRel(rel string) (schema, table string) {
 
 // Sort orders findings: errors first, then by object, kind and text.
 func Sort(fs []Finding) {
-	sort.SliceStable(fs, func(i, j int) bool {
-		a, b := fs[i], fs[j]
-		if a.Severity != b.Severity {
-			return a.Severity == Error
+	errorsFirst := func(f Finding) int {
+		if f.Severity == Error {
+			return 0
 		}
-		if a.Object != b.Object {
-			return a.Object < b.Object
-		}
-		if a.Kind != b.Kind {
-			return a.Kind < b.Kind
-		}
-		return a.Finding < b.Finding
+		return 1
+	}
+	slices.SortStableFunc(fs, func(a, b Finding) int {
+		return cmp.Or(cmp.Compare(errorsFirst(a), errorsFirst(b)), cmp.Compare(a.Object, b.Object),
+			cmp.Compare(a.Kind, b.Kind), cmp.Compare(a.Finding, b.Finding))
 	})
 }
 

@@ -1,10 +1,12 @@
 package config
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
 	"reflect"
+	"slices"
 	"sort"
 
 	"github.com/jackc/pgx/v5"
@@ -272,15 +274,8 @@ func (c *Catalog) Functions() []*Function {
 	for _, list := range c.functions {
 		out = append(out, list...)
 	}
-	sort.Slice(out, func(i, j int) bool {
-		a, b := out[i], out[j]
-		if a.Schema != b.Schema {
-			return a.Schema < b.Schema
-		}
-		if a.Name != b.Name {
-			return a.Name < b.Name
-		}
-		return a.OID < b.OID
+	slices.SortFunc(out, func(a, b *Function) int {
+		return cmp.Or(cmp.Compare(a.Schema, b.Schema), cmp.Compare(a.Name, b.Name), cmp.Compare(a.OID, b.OID))
 	})
 	return out
 }
