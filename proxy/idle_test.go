@@ -13,6 +13,7 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgproto3"
 
+	"github.com/phiproxy/phiproxy/internal/testenv"
 	"github.com/phiproxy/phiproxy/pgerr"
 )
 
@@ -126,8 +127,13 @@ func TestIdleSessionTimeout(t *testing.T) {
 		t.Errorf("SessionEnd(%v), want 57P05", r.err)
 	}
 	r.mu.Unlock()
-	if l := p.logs.String(); !strings.Contains(l, `"msg":"automatic logoff"`) || !strings.Contains(l, `"sqlstate":"57P05","state":"Idle"`) ||
-		!strings.Contains(l, `"state":"Idle","sqlstate":"57P05"`) {
+	// "session closed" is logged after SessionEnd returns.
+	logged := func() bool {
+		l := p.logs.String()
+		return strings.Contains(l, `"msg":"automatic logoff"`) && strings.Contains(l, `"sqlstate":"57P05","state":"Idle"`) &&
+			strings.Contains(l, `"state":"Idle","sqlstate":"57P05"`)
+	}
+	if !testenv.Eventually(5*time.Second, 10*time.Millisecond, logged) {
 		t.Errorf("no automatic logoff in the log:\n%s", p.logs.String())
 	}
 	waitBackendsGone(t, ctx, "idle_session_test")
