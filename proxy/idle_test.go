@@ -13,7 +13,6 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgproto3"
 
-	"github.com/phiproxy/phiproxy/internal/testenv"
 	"github.com/phiproxy/phiproxy/pgerr"
 )
 
@@ -128,12 +127,11 @@ func TestIdleSessionTimeout(t *testing.T) {
 	}
 	r.mu.Unlock()
 	// "session closed" is logged after SessionEnd returns.
-	logged := func() bool {
-		l := p.logs.String()
+	logged := func(l string) bool {
 		return strings.Contains(l, `"msg":"automatic logoff"`) && strings.Contains(l, `"sqlstate":"57P05","state":"Idle"`) &&
 			strings.Contains(l, `"state":"Idle","sqlstate":"57P05"`)
 	}
-	if !testenv.Eventually(5*time.Second, 10*time.Millisecond, logged) {
+	if !p.logs.Await(5*time.Second, logged) {
 		t.Errorf("no automatic logoff in the log:\n%s", p.logs.String())
 	}
 	waitBackendsGone(t, ctx, "idle_session_test")

@@ -3,6 +3,7 @@ package testenv
 import (
 	"bytes"
 	"sync"
+	"time"
 )
 
 // Buffer is a bytes.Buffer that a logger or a child process may write
@@ -29,4 +30,10 @@ func (s *Buffer) Bytes() []byte {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return append([]byte(nil), s.b.Bytes()...)
+}
+
+// Await reports whether cond holds for what was written, polling for up
+// to d: for lines a logger writes after the event the test waited for.
+func (s *Buffer) Await(d time.Duration, cond func(string) bool) bool {
+	return Eventually(d, 10*time.Millisecond, func() bool { return cond(s.String()) })
 }

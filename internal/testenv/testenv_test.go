@@ -66,3 +66,17 @@ func TestEventually(t *testing.T) {
 		t.Errorf("gave up after %v, before 30ms", d)
 	}
 }
+
+func TestBufferAwait(t *testing.T) {
+	var b Buffer
+	go func() {
+		time.Sleep(50 * time.Millisecond)
+		b.Write([]byte("late line\n"))
+	}()
+	if !b.Await(5*time.Second, func(s string) bool { return s == "late line\n" }) {
+		t.Fatalf("Await missed a line written later: %q", b.String())
+	}
+	if b.Await(30*time.Millisecond, func(s string) bool { return s == "never" }) {
+		t.Fatal("Await reported a condition that never held")
+	}
+}

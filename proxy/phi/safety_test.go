@@ -309,6 +309,7 @@ func TestSafetyNetFunctionCall(t *testing.T) {
 	p := startProxy(t)
 	direct := connect(t, ctx, directDSN(), pgx.QueryExecModeSimpleProtocol)
 	mustExec(t, ctx, direct, "CREATE OR REPLACE FUNCTION first_ssn() RETURNS bytea LANGUAGE sql AS $$SELECT ssn FROM patients LIMIT 1$$")
+	t.Cleanup(func() { _, _ = direct.Exec(context.Background(), "DROP FUNCTION IF EXISTS first_ssn()") })
 	conn := connect(t, ctx, p.dsn(), pgx.QueryExecModeSimpleProtocol)
 	mustExec(t, ctx, conn, "INSERT INTO patients (id, ssn) VALUES (1, '123-45-6789')")
 	var oid uint32
