@@ -2,6 +2,7 @@ package testenv
 
 import (
 	"context"
+	"errors"
 	"net"
 	"sync"
 	"testing"
@@ -12,7 +13,8 @@ import (
 )
 
 // AcceptLoop listens on a free loopback port and runs handle, in a
-// goroutine of its own, on every connection accepted. When the test ends
+// goroutine of its own, on every connection accepted; a failed accept
+// (EMFILE) is retried until the listener closes. When the test ends
 // it closes the listener, calls stop (when not nil: what ends the running
 // handlers, such as closing their connections) and waits for every
 // handler to return.
@@ -33,8 +35,14 @@ func AcceptLoop(t testing.TB, stop func(), handle func(c net.Conn)) net.Listener
 	wg.Go(func() {
 		for {
 			c, err := ln.Accept()
-			if err != nil {
+			if errors.Is(err, net.ErrClosed) {
 				return
+			}
+			if err != nil {
+				// Out of descriptors (a test that limits them) and the
+				// like: as net/http, wait and accept again.
+				time.Sleep(5 * time.Millisecond)
+				continue
 			}
 			wg.Go(func() { handle(c) })
 		}
